@@ -1,0 +1,49 @@
+"""Entry point: ``gptclf <verb>``. Each verb lives in its own module and calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from gptclf import __version__
+
+app = typer.Typer(
+    name="gptclf",
+    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gptclf {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """gptclf: classification finetuning of GPT-2 from the shell."""
+
+
+def _register() -> None:
+    """Attach the verbs (imported here so `gptclf --help` stays fast)."""
+    from cli import download
+
+    app.command("download")(download.download)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

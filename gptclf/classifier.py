@@ -1,0 +1,241 @@
+"""Classification head replacement, trainable-scope policies, LoRA adapters and pooling.
+
+The 50,257-way ``lm_head`` (tied to ``wte``) is swapped for a new ``Linear(n_embd, num_classes)``
+module; ``wte`` is untouched. A :class:`Classifier` runs GPT-2, pools one vector per text and applies
+the head: (B, T) ids + (B,) lengths -> (B, K) logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from gptclf.errors import BadInputError
+from gptclf.model import GPT
+
+POOLINGS = ("last-token", "last-position", "mean")
+SCOPE_KINDS = ("head", "last-block", "last-blocks", "all", "lora")
+
+
+@dataclass(frozen=True)
+class TrainableScope:
+    """Which parameters train.
+
+    Attributes:
+        kind: ``head``, ``last-block`` (last block + final norm + head), ``last-blocks``
+            (the last ``n_blocks`` blocks + final norm + head), ``all`` or ``lora``.
+        n_blocks: Number of trainable blocks for ``last-blocks``.
+        lora_rank: Adapter rank for ``lora``.
+        lora_alpha: Adapter scale numerator for ``lora`` (scale = alpha / rank).
+    """
+
+    kind: str = "last-block"
+    n_blocks: int = 1
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCOPE_KINDS:
+            raise BadInputError(f"unknown trainable scope {self.kind!r}: use one of {', '.join(SCOPE_KINDS)}")
+        if self.n_blocks < 1:
+            raise BadInputError(f"last-blocks needs N >= 1 (got {self.n_blocks})")
+        if self.kind == "lora" and (self.lora_rank < 1 or self.lora_alpha <= 0):
+            raise BadInputError("--lora-rank must be >= 1 and --lora-alpha > 0")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def trainable_blocks(self, n_layer: int) -> int:
+        """How many of the last blocks have trainable weights (LoRA counts as all)."""
+        if self.kind == "head":
+            return 0
+        if self.kind == "last-block":
+            return 1
+        if self.kind == "last-blocks":
+            if self.n_blocks > n_layer:
+                raise BadInputError(f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})")
+            return self.n_blocks
+        return n_layer
+
+
+def parse_scope(text: str, lora_rank: int = 16, lora_alpha: float = 16.0) -> TrainableScope:
+    """Parse ``--trainable``: ``head``, ``last-block``, ``last-blocks N`` (or ``last-blocks=N``), ``all``, ``lora``."""
+    parts = text.replace("=", " ").split()
+    if not parts:
+        raise BadInputError(f"empty --trainable: use one of {', '.join(SCOPE_KINDS)}")
+    kind = parts[0]
+    n_blocks = 1
+    if kind == "last-blocks":
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise BadInputError("--trainable last-blocks needs a number of blocks, e.g. 'last-blocks 2'")
+        n_blocks = int(parts[1])
+    elif len(parts) > 1:
+        raise BadInputError(f"--trainable {kind} takes no argument (got {text!r})")
+    return TrainableScope(kind=kind, n_blocks=n_blocks, lora_rank=lora_rank, lora_alpha=lora_alpha)
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``(alpha / r) * B @ A``.
+
+    B starts at zero, so the wrapped layer computes exactly what the base layer did until training
+    moves it.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform with a = sqrt(5), as nn.Linear
+        with torch.no_grad():
+            self.lora_A.copy_(torch.rand(self.lora_A.shape, generator=generator) * 2 * bound - bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+
+    def merged(self) -> nn.Linear:
+        """A plain Linear whose weight includes the adapter's update."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.scale * self.lora_B @ self.lora_A)
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out
+
+
+_LORA_TARGETS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
+
+
+def replace_head(model: GPT, num_classes: int, seed: int = 123) -> nn.Linear:
+    """Swap the vocabulary-sized output layer for ``Linear(n_embd, num_classes)``.
+
+    The old head was tied to ``transformer.wte``; assigning a new module breaks the tie and leaves
+    the embedding exactly as it was.
+    """
+    if num_classes < 2:
+        raise BadInputError(f"a classifier needs at least 2 classes (got {num_classes})")
+    head = nn.Linear(model.config.n_embd, num_classes, bias=True)
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(model.config.n_embd)
+    with torch.no_grad():
+        head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
+        head.bias.copy_(torch.rand(head.bias.shape, generator=gen) * 2 * bound - bound)
+    model.lm_head = head
+    return head
+
+
+def apply_scope(model: GPT, scope: TrainableScope, seed: int = 123) -> int:
+    """Freeze everything, then unfreeze what ``scope`` trains (adding LoRA adapters for ``lora``).
+
+    Returns:
+        The number of trainable parameters.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    n_layer = model.n_layer
+    if scope.kind == "all":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif scope.kind == "lora":
+        gen = torch.Generator().manual_seed(seed + 1)
+        for block in model.transformer.h:
+            for parent_name, child_name in _LORA_TARGETS:
+                parent = getattr(block, parent_name)
+                base = getattr(parent, child_name)
+                if not isinstance(base, LoRALinear):
+                    setattr(parent, child_name, LoRALinear(base, scope.lora_rank, scope.lora_alpha, gen))
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+    else:
+        k = scope.trainable_blocks(n_layer)
+        for block in model.transformer.h[n_layer - k :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        if scope.kind != "head":
+            for p in model.transformer.ln_f.parameters():
+                p.requires_grad_(True)
+    for p in model.lm_head.parameters():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def merge_lora(model: GPT) -> None:
+    """Fold every LoRA adapter into its base layer, leaving a plain GPT (for saving a run)."""
+    for block in model.transformer.h:
+        for parent_name, child_name in _LORA_TARGETS:
+            parent = getattr(block, parent_name)
+            child = getattr(parent, child_name)
+            if isinstance(child, LoRALinear):
+                setattr(parent, child_name, child.merged())
+
+
+def frozen_prefix(model: GPT, scope: TrainableScope) -> int:
+    """How many leading blocks are frozen and deterministic, so their output can be cached.
+
+    0 where caching cannot be exact: ``all`` and ``lora`` train every block, and dropout in the
+    frozen part would make its output differ from epoch to epoch.
+    """
+    if scope.kind in ("all", "lora") or model.config.dropout > 0:
+        return 0
+    return model.n_layer - scope.trainable_blocks(model.n_layer)
+
+
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per text from (B, T, C) hidden states -> (B, C).
+
+    Args:
+        hidden: Final hidden states of a right-padded batch.
+        lengths: Number of real tokens of each text, (B,).
+        mode: ``last-token`` (position ``length - 1``: never a pad, so padding cannot change the
+            result), ``last-position`` (position -1, the book's choice: a pad for shorter texts),
+            or ``mean`` (average over the real tokens).
+    """
+    if mode == "last-token":
+        idx = (lengths - 1).clamp(min=0).to(hidden.device)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    if mode == "last-position":
+        return hidden[:, -1]
+    if mode == "mean":
+        t = hidden.shape[1]
+        mask = torch.arange(t, device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
+        mask = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    raise BadInputError(f"unknown pooling {mode!r}: use one of {', '.join(POOLINGS)}")
+
+
+class Classifier(nn.Module):
+    """GPT-2 with a class head: (B, T) ids and (B,) lengths -> (B, K) logits.
+
+    ``start_block`` and ``hidden`` let the caller feed hidden states cached after the frozen first
+    blocks instead of token ids.
+    """
+
+    def __init__(self, gpt: GPT, classes: list[str], pooling: str = "last-token") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise BadInputError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        self.gpt = gpt
+        self.classes = list(classes)
+        self.pooling = pooling
+
+    def trunk(self, input_ids: torch.Tensor, end_block: int) -> torch.Tensor:
+        """Hidden states after the first ``end_block`` blocks: (B, T) -> (B, T, C)."""
+        return self.gpt.run_blocks(self.gpt.embed(input_ids), 0, end_block)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        lengths: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start_block: int = 0,
+    ) -> torch.Tensor:
+        if hidden is None:
+            assert input_ids is not None and start_block == 0
+            hidden = self.gpt.embed(input_ids)
+        x = self.gpt.run_blocks(hidden, start_block)
+        x = self.gpt.transformer.ln_f(x)  # (B, T, C)
+        return self.gpt.lm_head(pool(x, lengths, self.pooling))  # (B, K)

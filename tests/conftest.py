@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models, the real data in ../shared when it is there, an isolated cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gptclf.config import GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GPTCLF_SHARED", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+SMS_FILE = SHARED_DATA / "sms_spam_collection" / "SMSSpamCollection"
+BPE_DIR = SHARED_DATA / "gpt2_bpe"
+
+needs_shared_bpe = pytest.mark.skipif(
+    not (BPE_DIR / "encoder.json").is_file(),
+    reason=f"GPT-2 tokenizer files not found in {BPE_DIR} (../shared is absent)",
+)
+needs_shared_sms = pytest.mark.skipif(
+    not SMS_FILE.is_file(), reason=f"SMS Spam Collection not found at {SMS_FILE} (../shared is absent)"
+)
+
+
+@pytest.fixture
+def tiny_config() -> GPTConfig:
+    """A 2-layer, 32-wide GPT with GPT-2's vocabulary and a short context."""
+    return GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty cache, so nothing reads or writes ~/.cache/gptclf."""
+    home = tmp_path_factory.mktemp("gptclf_home")
+    monkeypatch.setenv("GPTCLF_HOME", str(home))
+    monkeypatch.delenv("GPTCLF_MIRROR", raising=False)
+    return home
