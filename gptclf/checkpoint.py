@@ -145,7 +145,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise BadInputError(f"run directory {run_dir} does not exist: pass the --out folder of `gptclf finetune`")
+        raise BadInputError(
+            f"run directory {run_dir} does not exist: pass the --out folder of `gptclf finetune`"
+        )
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         raise BadInputError(
@@ -160,7 +162,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     if info.get("format") != RUN_FORMAT:
         problems.append(f"format is {info.get('format')!r}, expected {RUN_FORMAT!r}")
     elif int(info.get("format_version", 0)) > RUN_FORMAT_VERSION:
-        problems.append(f"format_version {info['format_version']} is newer than this gptclf reads: upgrade gptclf")
+        problems.append(
+            f"format_version {info['format_version']} is newer than this gptclf reads: upgrade gptclf"
+        )
     for key in ("model", "classes", "max_length", "pooling"):
         if key not in info:
             problems.append(f"key {key!r} is missing")
@@ -188,4 +192,3 @@ def load_run(run_dir: Path) -> LoadedRun:
         )
     model = Classifier(gpt, info["classes"], info["pooling"]).eval()
     return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))
-

@@ -56,13 +56,15 @@ class TrainableScope:
             return 1
         if self.kind == "last-blocks":
             if self.n_blocks > n_layer:
-                raise BadInputError(f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})")
+                raise BadInputError(
+                    f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})"
+                )
             return self.n_blocks
         return n_layer
 
 
 def parse_scope(text: str, lora_rank: int = 16, lora_alpha: float = 16.0) -> TrainableScope:
-    """Parse ``--trainable``: ``head``, ``last-block``, ``last-blocks N`` (or ``last-blocks=N``), ``all``, ``lora``."""
+    """Parse ``--trainable``: ``head``, ``last-block``, ``last-blocks N`` (or ``=N``), ``all``, ``lora``."""
     parts = text.replace("=", " ").split()
     if not parts:
         raise BadInputError(f"empty --trainable: use one of {', '.join(SCOPE_KINDS)}")

@@ -81,9 +81,7 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             header = json.loads(fh.read(n))
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path} is not a readable safetensors file ({exc})") from exc
-    return {
-        k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"
-    }
+    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
 
 
 def check_tensors(found: dict[str, tuple[int, ...]], cfg: GPTConfig, source: str) -> None:
@@ -100,9 +98,7 @@ def check_tensors(found: dict[str, tuple[int, ...]], cfg: GPTConfig, source: str
         problems.append(f"unexpected tensor {name} (shape {list(found[name])})")
     for name in sorted(set(found) & set(expected)):
         if tuple(found[name]) != expected[name]:
-            problems.append(
-                f"tensor {name} has shape {list(found[name])}, expected {list(expected[name])}"
-            )
+            problems.append(f"tensor {name} has shape {list(found[name])}, expected {list(expected[name])}")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise BadInputError(f"{source} does not fit this model: {shown}")

@@ -109,7 +109,9 @@ def test_expected_shapes_match_transformers(preset: str) -> None:
 def test_wrong_shape_names_tensor_and_shapes(hf_model, tmp_path: Path) -> None:
     path = _hub_style_file(hf_model, tmp_path / "model.safetensors")
     other = GPTConfig(n_layer=2, n_head=4, n_embd=64, n_positions=256)
-    with pytest.raises(BadInputError, match=r"transformer\.wpe\.weight has shape \[128, 64\], expected \[256, 64\]"):
+    with pytest.raises(
+        BadInputError, match=r"transformer\.wpe\.weight has shape \[128, 64\], expected \[256, 64\]"
+    ):
         verify_checkpoint(path, other)
 
 

@@ -1,0 +1,109 @@
+"""Tokenised examples, length-aware batches, and collation to (input_ids, lengths).
+
+Each batch is right-padded to its own longest text only. Training batches group texts of similar
+length (so padding stays small) and are shuffled among themselves every epoch from the seed;
+evaluation and prediction sort by length and the caller restores the original order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+
+from gptclf.tokenizer import EOT_ID, encode_batch
+
+#: Training batches are drawn from pools of this many batches, sorted by length within the pool:
+#: similar lengths share a batch while the pools keep the epoch's order random.
+POOL_BATCHES = 50
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of texts, truncated to ``max_length``.
+
+    Attributes:
+        ids: One list of token ids per text.
+        truncated: How many texts were longer than ``max_length`` and were cut.
+    """
+
+    ids: list[list[int]]
+    truncated: int
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def encode_texts(enc: tiktoken.Encoding, texts: Sequence[str], max_length: int) -> Encoded:
+    """Tokenise ``texts`` and keep the first ``max_length`` tokens of each.
+
+    An empty text becomes the single token ``<|endoftext|>``, so every example has at least one
+    real position to pool.
+    """
+    ids = encode_batch(enc, list(texts))
+    truncated = 0
+    for i, seq in enumerate(ids):
+        if not seq:
+            ids[i] = [EOT_ID]
+        elif len(seq) > max_length:
+            ids[i] = seq[:max_length]
+            truncated += 1
+    return Encoded(ids, truncated)
+
+
+def collate(
+    seqs: Sequence[Sequence[int]], pad_id: int = EOT_ID, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into a batch.
+
+    Args:
+        seqs: Token ids of each text.
+        pad_id: The padding id (GPT-2's ``<|endoftext|>``).
+        pad_to: Pad to this length instead of the batch's longest (the book's fixed padding).
+
+    Returns:
+        ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64.
+    """
+    lengths = [len(s) for s in seqs]
+    width = max(lengths) if pad_to is None else max(pad_to, max(lengths))
+    batch = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        batch[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return batch, torch.as_tensor(lengths, dtype=torch.long)
+
+
+def train_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket: bool = True
+) -> list[list[int]]:
+    """Index batches for one training epoch, reproducible from (seed, epoch).
+
+    With ``bucket``, the shuffled indices are cut into pools of :data:`POOL_BATCHES` batches,
+    each pool is sorted by length and cut into batches, and the batches are shuffled, so a batch
+    holds texts of similar length. Without it, batches are consecutive slices of a plain shuffle
+    (the book's DataLoader with ``shuffle=True``).
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not bucket:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pool = batch_size * POOL_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches for evaluation or prediction: longest first, so padding is minimal.
+
+    The caller writes each result back to its index, which restores the input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from gptclf.batching import collate, encode_texts, sorted_batches, train_batches
+from tests.conftest import BPE_DIR, needs_shared_bpe
+
+
+def test_collate_pads_to_batch_longest() -> None:
+    ids, lengths = collate([[1, 2, 3], [4], [5, 6]])
+    assert ids.tolist() == [[1, 2, 3], [4, 50256, 50256], [5, 6, 50256]]
+    assert lengths.tolist() == [3, 1, 2]
+    fixed, _ = collate([[1], [2, 3]], pad_to=5)
+    assert fixed.shape == (2, 5)
+
+
+def test_train_batches_cover_every_index_once_and_group_lengths() -> None:
+    lengths = [(i * 37) % 100 + 1 for i in range(1000)]
+    batches = train_batches(lengths, 8, seed=1, epoch=0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    plain = train_batches(lengths, 8, seed=1, epoch=0, bucket=False)
+    plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / len(plain)
+    assert spread < plain_spread / 5
+
+
+def test_train_batches_are_seeded_and_reshuffled_each_epoch() -> None:
+    lengths = list(range(1, 101))
+    assert train_batches(lengths, 4, 3, 0) == train_batches(lengths, 4, 3, 0)
+    assert train_batches(lengths, 4, 3, 0) != train_batches(lengths, 4, 3, 1)
+    assert train_batches(lengths, 4, 3, 0) != train_batches(lengths, 4, 4, 0)
+
+
+def test_sorted_batches_longest_first() -> None:
+    batches = sorted_batches([3, 9, 1, 5], 2)
+    assert batches == [[1, 3], [0, 2]]
+
+
+@needs_shared_bpe
+def test_encode_truncates_and_counts() -> None:
+    from gptclf.tokenizer import load_tokenizer
+
+    enc = load_tokenizer(BPE_DIR)
+    out = encode_texts(enc, ["Hello, world", "", "a " * 50], max_length=10)
+    assert out.ids[0] == [15496, 11, 995]
+    assert out.ids[1] == [50256]
+    assert len(out.ids[2]) == 10
+    assert out.truncated == 1
