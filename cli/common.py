@@ -26,7 +26,7 @@ out_console = Console(highlight=False, soft_wrap=True)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``gptclf: error: <message>`` on stderr and return an Exit to raise."""
-    err_console.print(f"[bold red]gptclf: error:[/] {message}", markup=True, highlight=False)
+    err_console.print(f"[bold red]gptclf: error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -178,3 +178,23 @@ def load_weights(spec: str, cfg: GPTConfig, preset: str, seed: int = 123, home: 
             )
         return load_pretrained(cfg, path)
     return load_pretrained(cfg, Path(spec).expanduser())
+
+
+def check_safetensors_extent(path: Path) -> None:
+    """Check that a safetensors file is exactly as long as its header says.
+
+    A download truncated where the host stated no size still has a valid header; this catches it.
+
+    Raises:
+        BadInputError: The file is shorter or longer than its header says, or has no valid header.
+    """
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+        raise BadInputError(f"{path} has no valid safetensors header ({exc})") from None
+    expected, actual = 8 + n + end, path.stat().st_size
+    if actual != expected:
+        raise BadInputError(f"{path} has {actual:,} bytes but its header describes {expected:,}")
