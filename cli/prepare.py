@@ -1,0 +1,144 @@
+"""``gptclf prepare``: raw labelled data -> train/validation/test CSVs and labels.json.
+
+A per-class, per-split count table and what was dropped go to stderr; ``--json`` prints the same
+summary as one JSON object on stdout instead. The work is :func:`gptclf.prepare.prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.common import err_console, handle_errors
+from gptclf.data import SPLITS
+from gptclf.prepare import DEFAULT_SPLIT, PrepareSummary
+from gptclf.prepare import prepare as run_prepare
+
+DEFAULT_OUT = Path("data/prepared")
+
+
+@handle_errors
+def prepare(
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", metavar="NAME", help="Known dataset: sms-spam (downloaded if missing)."
+    ),
+    input_path: Path | None = typer.Option(
+        None, "--input", "-i", metavar="FILE", help="A labelled CSV, TSV, JSONL or SMS-format file."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+    ),
+    text_column: str | None = typer.Option(
+        None, "--text-column", help="Column (JSON key) with the texts; default: text."
+    ),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="Column (JSON key) with the labels; default: label."
+    ),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        metavar="A,B,...",
+        help="Class names in order (index = position); default: the sorted distinct labels.",
+    ),
+    drop_unknown: bool = typer.Option(
+        False, "--drop-unknown", help="Drop rows whose label is not in --classes instead of failing."
+    ),
+    balance: str | None = typer.Option(
+        None,
+        "--balance",
+        metavar="MODE",
+        help="undersample (every class down to the smallest), oversample (training split only, "
+        "up to the largest class) or none; default: undersample for sms-spam, none for --input.",
+    ),
+    split: str = typer.Option(
+        DEFAULT_SPLIT,
+        "--split",
+        metavar="TRAIN,VAL[,TEST]",
+        help="Split fractions; with two, test gets the rest.",
+    ),
+    stratify: bool = typer.Option(
+        True,
+        "--stratify/--no-stratify",
+        help="Keep each class's proportion in every split; --no-stratify: the book's shuffled split.",
+    ),
+    seed: int = typer.Option(123, "--seed", help="Seed of every random step; same seed, same files."),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Drop rows whose text appeared earlier."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", metavar="DIR", help="Folder to write."),
+    force: bool = typer.Option(False, "--force", help="Replace a prepared set already in --out."),
+    mirror: str | None = typer.Option(
+        None,
+        "--mirror",
+        metavar="URL|DIR",
+        envvar="GPTCLF_MIRROR",
+        help="Where to download --dataset from instead of the public hosts.",
+    ),
+    home: Path | None = typer.Option(
+        None, "--home", metavar="DIR", envvar="GPTCLF_HOME", help="Cache folder; default: ~/.cache/gptclf."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Turn labelled data into train.csv, validation.csv, test.csv and labels.json.
+
+    The book's recipe: gptclf prepare --dataset sms-spam --no-stratify (747/747, 1045/149/300).
+    Any bad input stops with one line and exit code 2, and leaves --out as it was.
+    """
+    progress = None
+    if dataset is not None:
+        from cli.download import progress_reporter  # only a download needs it
+
+        progress = progress_reporter()
+    summary = run_prepare(
+        out,
+        dataset=dataset,
+        input_path=input_path,
+        fmt=fmt,
+        text_column=text_column,
+        label_column=label_column,
+        encoding=encoding,
+        classes=classes,
+        balance=balance,
+        split=split,
+        stratify=stratify,
+        seed=seed,
+        dedupe=dedupe,
+        drop_unknown=drop_unknown,
+        force=force,
+        home=home.expanduser() if home is not None else None,
+        mirror=mirror,
+        progress=progress,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _report(summary)
+
+
+def _report(summary: PrepareSummary) -> None:
+    """The count table and notes, on stderr."""
+    table = Table(title=f"prepared {summary.out}", title_justify="left")
+    table.add_column("class")
+    for name in (*SPLITS, "total"):
+        table.add_column(name, justify="right")
+    for name in summary.classes:
+        row = [summary.counts[s][name] for s in SPLITS]
+        table.add_row(name, *(f"{n:,}" for n in (*row, sum(row))))
+    totals = [sum(summary.counts[s].values()) for s in SPLITS]
+    table.add_row("total", *(f"{n:,}" for n in (*totals, sum(totals))), style="bold")
+    err_console.print(table)
+    how = "stratified" if summary.stratify else "plain shuffled"
+    notes = [f"balance {summary.balance}, {how} split, seed {summary.seed}"]
+    if summary.dropped:
+        notes.append("dropped: " + ", ".join(f"{n:,} {reason}" for reason, n in summary.dropped.items()))
+    if summary.oversampled:
+        notes.append(f"oversampled: {summary.oversampled:,} copies added to train")
+    if summary.duplicate_texts and not summary.dedupe:
+        notes.append(f"{summary.duplicate_texts:,} rows repeat an earlier text (--dedupe drops them)")
+    shared = {pair: n for pair, n in summary.duplicates_across_splits.items() if n}
+    if shared:
+        notes.append("texts in two splits: " + ", ".join(f"{pair} {n:,}" for pair, n in shared.items()))
+    for note in notes:
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
