@@ -1,0 +1,144 @@
+"""``gptclf evaluate RUN``: metrics on a split of the prepared data or on a labelled file.
+
+Without ``--json``, human tables go to stdout (summary, per-class precision/recall/F1, confusion
+matrix). With ``--json``, stdout holds exactly one JSON object (see :func:`gptclf.evaluate.evaluate`).
+Messages and progress go to stderr. A gate that is not met (``--min-accuracy``, ``--min-f1``) exits 3
+after the metrics are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.common import err_console, handle_errors, out_console
+from gptclf.errors import BadInputError
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_tables(m: dict[str, Any]) -> None:
+    """Summary, per-class and confusion-matrix tables on stdout."""
+    summary = Table(title="Evaluation", show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    source = m["source"]
+    where = f"{source['split']} split of {source['data']}" if "split" in source else source["input"]
+    summary.add_row("data", where)
+    summary.add_row("texts", str(m["n"]))
+    summary.add_row("accuracy", _fmt(m["accuracy"]))
+    summary.add_row("loss", _fmt(m["loss"]))
+    summary.add_row("macro F1", _fmt(m["macro_f1"]))
+    if len(m["classes"]) == 2:
+        summary.add_row("ROC-AUC", _fmt(m["roc_auc"]))
+    summary.add_row("truncated", str(m["truncated"]))
+    out_console.print(summary, markup=False)
+
+    per_class = Table(title="Per class")
+    for name in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(name, justify="left" if name == "class" else "right")
+    for name, row in m["per_class"].items():
+        per_class.add_row(
+            name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"])
+        )
+    out_console.print(per_class, markup=False)
+
+    matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("true \\ predicted")
+    for name in m["classes"]:
+        matrix.add_column(name, justify="right")
+    for name, counts in zip(m["classes"], m["confusion_matrix"], strict=True):
+        matrix.add_row(name, *(str(c) for c in counts))
+    out_console.print(matrix, markup=False)
+
+
+@handle_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
+    split: str | None = typer.Option(
+        None, "--split", help="train, validation or test split of the prepared data (default test)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
+    ),
+    input_path: Path | None = typer.Option(
+        None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to evaluate on instead of a split."
+    ),
+    text_column: str | None = typer.Option(None, "--text-column", help="Text column of --input."),
+    label_column: str | None = typer.Option(None, "--label-column", help="Label column of --input."),
+    input_format: str | None = typer.Option(
+        None, "--format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+    ),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    min_accuracy: float | None = typer.Option(
+        None, "--min-accuracy", help="Exit 3 when accuracy is below this (for CI)."
+    ),
+    min_f1: float | None = typer.Option(
+        None, "--min-f1", help="Exit 3 when macro F1 is below this (for CI)."
+    ),
+) -> None:
+    """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
+    from gptclf.checkpoint import load_run
+    from gptclf.evaluate import Gates, file_data, split_data
+    from gptclf.evaluate import evaluate as run_evaluation
+    from gptclf.predict import Predictor
+
+    gates = Gates(min_accuracy, min_f1)
+    if input_path is not None and (split is not None or data is not None):
+        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
+    file_only = {"--text-column": text_column, "--label-column": label_column, "--format": input_format}
+    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
+    if stray:
+        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+    loaded = load_run(run)
+    if input_path is not None:
+        labelled = file_data(
+            loaded,
+            input_path,
+            text_column=text_column,
+            label_column=label_column,
+            fmt=input_format,
+            encoding=encoding,
+        )
+    else:
+        labelled = split_data(loaded, split or "test", data)
+    predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
+    if labelled.source.get("same_as_training") is False:
+        err_console.print(
+            "gptclf: warning: this prepared folder is not the one the run was trained on "
+            "(its fingerprint differs), so its split may overlap the training texts"
+        )
+    dropped = sum(labelled.source.get("dropped", {}).values())
+    if dropped:
+        err_console.print(f"gptclf: {dropped} rows without a text or a label were skipped")
+    err_console.print(
+        f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name})"
+    )
+    if err_console.is_terminal:
+        columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task("evaluate", total=len(labelled.texts))
+            metrics = run_evaluation(predictor, labelled, on_batch=lambda n: progress.advance(task, n))
+    else:
+        metrics = run_evaluation(predictor, labelled)
+    if metrics["truncated"]:
+        err_console.print(
+            f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"
+        )
+    if json_out:
+        sys.stdout.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+    else:
+        _print_tables(metrics)
+    gates.check(metrics)

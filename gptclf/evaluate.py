@@ -1,0 +1,180 @@
+"""Evaluate a run on a split of its prepared data or on any labelled file, and check metric gates.
+
+A run records the prepared folder it was trained on (``run.json``: ``data.dir``), so
+``evaluate RUN --split test`` finds the test split again; ``data_dir`` overrides it. A labelled file
+(CSV, TSV, JSONL) is read with the same loader that ``prepare`` uses; its labels must be classes of
+the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gptclf.checkpoint import LoadedRun
+from gptclf.data import SPLITS, label_ids, load_table, prepared_fingerprint, read_prepared
+from gptclf.errors import BadInputError, GateError
+from gptclf.metrics import classification_metrics
+from gptclf.predict import Predictor
+
+
+@dataclass
+class LabelledData:
+    """Texts with their true class indices, and where they came from.
+
+    Attributes:
+        texts: The texts.
+        labels: Index of each text's class in the run's classes.
+        source: JSON-ready description of the data: ``{"split", "data", "same_as_training"}`` for
+            a split (``same_as_training``: the folder's fingerprint is the one run.json recorded;
+            None when the run recorded none), ``{"input", "dropped"}`` for a file.
+    """
+
+    texts: list[str]
+    labels: list[int]
+    source: dict[str, Any]
+
+
+def _labelled(frame: pd.DataFrame, classes: list[str], where: str, source: dict[str, Any]) -> LabelledData:
+    """Texts and label ids of a (text, label) frame, checked against the run's classes."""
+    if frame.empty:
+        raise BadInputError(f"{where} has no rows to evaluate")
+    try:
+        labels = label_ids(frame, classes)
+    except BadInputError as exc:  # name the file: the bare message does not say where
+        raise BadInputError(f"{where}: {exc}") from None
+    return LabelledData(frame["text"].astype(str).tolist(), labels, source)
+
+
+def recorded_data_dir(run: LoadedRun) -> Path:
+    """The prepared folder a run was trained on, as recorded in its run.json.
+
+    A relative path is taken from the working directory first, then from the run directory.
+
+    Raises:
+        BadInputError: The run records no folder, or it is gone.
+    """
+    recorded = (run.info.get("data") or {}).get("dir")
+    if not recorded:
+        raise BadInputError(
+            f"{run.path / 'run.json'} records no prepared data folder: pass --data DIR or --input FILE"
+        )
+    path = Path(recorded)
+    for candidate in (path, run.path / path):
+        if candidate.is_dir():
+            return candidate
+    raise BadInputError(
+        f"the data folder this run was trained on ({recorded}) is not there any more: "
+        "pass --data DIR (a folder written by `gptclf prepare`) or --input FILE"
+    )
+
+
+def split_data(run: LoadedRun, split: str = "test", data_dir: Path | None = None) -> LabelledData:
+    """One split of a prepared folder (``data_dir``, or the one the run was trained on).
+
+    Raises:
+        BadInputError: An unknown split, no folder, or labels that are not classes of the run.
+    """
+    if split not in SPLITS:
+        raise BadInputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    directory = Path(data_dir) if data_dir is not None else recorded_data_dir(run)
+    prepared = read_prepared(directory)
+    recorded = (run.info.get("data") or {}).get("fingerprint")
+    # A test split from a different prepare run may overlap the texts this run was trained on.
+    same = None if not recorded else recorded == prepared_fingerprint(directory)
+    source = {"split": split, "data": str(directory), "same_as_training": same}
+    return _labelled(prepared.splits[split], run.classes, f"the {split} split of {directory}", source)
+
+
+def file_data(
+    run: LoadedRun,
+    path: Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> LabelledData:
+    """A labelled CSV, TSV or JSONL file (columns found as ``prepare`` finds them, or named).
+
+    Rows without a text or a label are dropped by the loader and counted in ``source["dropped"]``.
+
+    Raises:
+        BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
+    """
+    table = load_table(path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding)
+    source = {"input": str(path), "dropped": dict(table.dropped)}
+    return _labelled(table.frame, run.classes, str(path), source)
+
+
+def evaluate(
+    predictor: Predictor, data: LabelledData, on_batch: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Metrics of the predictor's run on ``data``.
+
+    Args:
+        predictor: The loaded run, on its device and precision.
+        data: Texts and true labels.
+        on_batch: Called with the size of each finished batch (for progress).
+
+    Returns:
+        A JSON-ready dict: ``run``, ``source``, ``truncated`` (texts cut to the run's max length),
+        and everything :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``,
+        ``accuracy``, ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``).
+    """
+    before = predictor.n_truncated
+    logits = predictor.logits(data.texts, on_batch=on_batch)
+    metrics = classification_metrics(logits, data.labels, predictor.classes)
+    return {
+        "run": str(predictor.run.path),
+        "source": data.source,
+        "truncated": predictor.n_truncated - before,
+        **metrics,
+    }
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Minimum metric values for CI jobs (``--min-accuracy``, ``--min-f1``: macro F1).
+
+    Attributes:
+        min_accuracy: Lowest acceptable accuracy, or None.
+        min_f1: Lowest acceptable macro F1, or None.
+    """
+
+    min_accuracy: float | None = None
+    min_f1: float | None = None
+
+    def __post_init__(self) -> None:
+        bad = [
+            f"{flag} must be in [0, 1] (got {value})"
+            for flag, value in (("--min-accuracy", self.min_accuracy), ("--min-f1", self.min_f1))
+            if value is not None and not 0.0 <= value <= 1.0
+        ]
+        if bad:
+            raise BadInputError("; ".join(bad))
+
+    def failures(self, metrics: dict[str, Any]) -> list[str]:
+        """One phrase per gate that ``metrics`` does not meet."""
+        out = []
+        for flag, key, floor in (
+            ("--min-accuracy", "accuracy", self.min_accuracy),
+            ("--min-f1", "macro_f1", self.min_f1),
+        ):
+            if floor is not None and metrics[key] < floor:
+                out.append(f"{key} {metrics[key]:.4f} is below {flag} {floor:.4f}")
+        return out
+
+    def check(self, metrics: dict[str, Any]) -> None:
+        """Raise when a gate is not met.
+
+        Raises:
+            GateError: One line naming every failed metric, its value and its threshold.
+        """
+        failed = self.failures(metrics)
+        if failed:
+            raise GateError("metric gate not met: " + "; ".join(failed))

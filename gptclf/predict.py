@@ -1,0 +1,240 @@
+"""Load a run once and classify texts in batches, with every class's probability.
+
+Texts are taken from any iterable, a chunk at a time (:data:`CHUNK_SIZE`): each chunk is tokenised,
+sorted by length into batches padded only to their own longest text, run through the model, and its
+results are yielded in input order before the next chunk is read. Memory therefore depends on the
+chunk size, never on the length of the input, and a stream (stdin, a huge file) is never read whole.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+
+from gptclf.batching import collate, encode_texts, sorted_batches
+from gptclf.checkpoint import LoadedRun
+from gptclf.classifier import Classifier
+from gptclf.device import Precision, resolve_device, resolve_precision, setup_backend
+from gptclf.errors import BadInputError
+
+#: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
+#: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
+CHUNK_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Two-class decision rule: ``positive`` when its probability is at least ``threshold``.
+
+    Attributes:
+        positive: Index of the positive class.
+        negative: Index of the other class.
+        threshold: Probability of the positive class from which it is predicted.
+    """
+
+    positive: int
+    negative: int
+    threshold: float
+
+
+def make_decision(classes: Sequence[str], threshold: float | None, positive: str | None) -> Decision | None:
+    """Check ``--threshold`` / ``--positive`` against the run's classes.
+
+    Args:
+        classes: The run's class names.
+        threshold: Probability in [0, 1], or None for the plain argmax.
+        positive: Name of the positive class; required with ``threshold``.
+
+    Returns:
+        The rule, or None when neither option is given (predict the most probable class).
+
+    Raises:
+        BadInputError: Only one of the two options, a threshold outside [0, 1], a run with more than
+            two classes, or a class the run does not have.
+    """
+    if threshold is None and positive is None:
+        return None
+    problems = []
+    if threshold is None:
+        problems.append("--positive needs --threshold P")
+    elif not 0.0 <= threshold <= 1.0:
+        problems.append(f"--threshold must be a probability in [0, 1] (got {threshold})")
+    if positive is None:
+        problems.append(f"--threshold needs --positive CLASS (one of {', '.join(classes)})")
+    elif positive not in classes:
+        problems.append(f"--positive {positive!r} is not a class of this run ({', '.join(classes)})")
+    if len(classes) != 2:
+        problems.append(
+            f"--threshold works for two classes only; this run has {len(classes)} ({', '.join(classes)})"
+        )
+    if problems:
+        raise BadInputError("; ".join(problems))
+    assert threshold is not None and positive is not None
+    pos = list(classes).index(positive)
+    return Decision(positive=pos, negative=1 - pos, threshold=float(threshold))
+
+
+def compute_logits(
+    model: Classifier,
+    enc: tiktoken.Encoding,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Class logits of ``texts``, in input order.
+
+    Texts are sorted longest first into batches (so each batch is padded to a similar length), and
+    each batch's logits are written back to the rows of its texts, which restores the input order.
+
+    Args:
+        model: The classifier, already on ``device`` and in eval mode.
+        enc: GPT-2's tokenizer.
+        texts: The texts; an empty one is read as the single token ``<|endoftext|>``.
+        max_length: Tokens kept per text (the rest is cut).
+        batch_size: Texts per forward pass (>= 1).
+        device: Where the model is.
+        precision: fp32, or the autocast type to run under.
+        on_batch: Called with the number of texts of each batch when it is done (for progress).
+
+    Returns:
+        ``(logits, truncated)``: (N, K) float32 logits on the CPU, and how many texts were cut.
+    """
+    encoded = encode_texts(enc, texts, max_length)
+    logits = torch.empty(len(texts), len(model.classes), dtype=torch.float32)
+    with torch.inference_mode():
+        for batch in sorted_batches(encoded.lengths, batch_size):
+            ids, lengths = collate([encoded.ids[i] for i in batch])
+            with precision.autocast(device):
+                out = model(ids.to(device, non_blocking=True), lengths.to(device, non_blocking=True))
+            logits[torch.as_tensor(batch)] = out.float().cpu()
+            if on_batch is not None:
+                on_batch(len(batch))
+    return logits, encoded.truncated
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The prediction for one text.
+
+    Attributes:
+        index: 0-based position of the text in the input.
+        text: The text as given (not truncated).
+        label: The predicted class.
+        probs: Probability of every class, in the run's class order (they sum to 1).
+    """
+
+    index: int
+    text: str
+    label: str
+    probs: dict[str, float]
+
+
+class Predictor:
+    """A run loaded once, classifying any number of texts.
+
+    Attributes:
+        run: The loaded run directory.
+        device: Where the model runs.
+        precision: fp32 or the autocast type.
+        n_texts: Texts predicted so far (over every call).
+        n_truncated: Of those, texts longer than the run's ``max_length`` that were cut.
+    """
+
+    def __init__(
+        self,
+        run: LoadedRun,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 32,
+        chunk_size: int = CHUNK_SIZE,
+        decision: Decision | None = None,
+    ) -> None:
+        """Move the run's model to ``device``.
+
+        Args:
+            run: A run from :func:`gptclf.checkpoint.load_run`.
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a torch device.
+            precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+            batch_size: Texts per forward pass.
+            chunk_size: Texts read and sorted together; bounds memory.
+            decision: A two-class threshold rule from :func:`make_decision`; None for the argmax.
+
+        Raises:
+            BadInputError: A bad device, precision, batch size or chunk size.
+        """
+        if batch_size < 1 or chunk_size < 1:
+            raise BadInputError(
+                f"--batch-size and the chunk size must be >= 1 (got {batch_size}, {chunk_size})"
+            )
+        self.run = run
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        setup_backend(self.device)
+        self.model = run.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.decision = decision
+        self.n_texts = 0
+        self.n_truncated = 0
+
+    @property
+    def classes(self) -> list[str]:
+        """The run's class names, in the order of the probabilities."""
+        return self.run.classes
+
+    def logits(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+        """(N, K) float32 logits of ``texts`` in input order; counts texts and truncations."""
+        out, truncated = compute_logits(
+            self.model,
+            self.run.tokenizer,
+            texts,
+            max_length=self.run.max_length,
+            batch_size=self.batch_size,
+            device=self.device,
+            precision=self.precision,
+            on_batch=on_batch,
+        )
+        self.n_texts += len(texts)
+        self.n_truncated += truncated
+        return out
+
+    def labels(self, probs: torch.Tensor) -> list[str]:
+        """Predicted class of each row of (N, K) probabilities: the argmax, or the threshold rule."""
+        if self.decision is None:
+            idx = probs.argmax(dim=1)
+        else:
+            d = self.decision
+            idx = torch.where(probs[:, d.positive] >= d.threshold, d.positive, d.negative)
+        return [self.classes[i] for i in idx.tolist()]
+
+    def predict_chunks(self, texts: Iterable[str]) -> Iterator[list[Prediction]]:
+        """Classify ``texts`` lazily, one chunk of results at a time, in input order.
+
+        Exactly one chunk (``chunk_size`` texts, fewer at the end) is pulled from ``texts`` before
+        its results are yielded, and the next only when the caller asks: a stream of any length is
+        classified in flat memory, and each chunk's results can be written before more is read.
+        """
+        it = iter(texts)
+        start = 0
+        while chunk := list(itertools.islice(it, self.chunk_size)):
+            probs = torch.softmax(self.logits(chunk), dim=1)
+            rows = zip(chunk, self.labels(probs), probs.tolist(), strict=True)
+            yield [
+                Prediction(start + offset, text, label, dict(zip(self.classes, row, strict=True)))
+                for offset, (text, label, row) in enumerate(rows)
+            ]
+            start += len(chunk)
+
+    def predict(self, texts: Iterable[str]) -> Iterator[Prediction]:
+        """Classify ``texts`` lazily, one result per text in input order (see :meth:`predict_chunks`)."""
+        for chunk in self.predict_chunks(texts):
+            yield from chunk

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from gptclf.checkpoint import load_run
+from gptclf.data import prepared_fingerprint
+from gptclf.metrics import classification_metrics
+from gptclf.predict import Predictor
+from tests.conftest import needs_shared_bpe
+from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
+from tests.test_predict import CLASSES, make_run
+
+pytestmark = needs_shared_bpe
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run that records a prepared folder, as `gptclf finetune --data` does."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    folder = prepared_folder(tmp)
+    record = {"dir": str(folder), "fingerprint": prepared_fingerprint(folder)}
+    return make_run(tmp / "run", data=record)
+
+
+@pytest.fixture(scope="module")
+def labelled(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("file") / "eval.csv", list(zip(TEXTS, LABELS, strict=True)))
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["evaluate", *args])
+    # stderr with its white space collapsed: rich may wrap a long message at the console width
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+def direct_metrics(run_dir: Path, texts: list[str], labels: list[str]) -> dict:
+    predictor = Predictor(load_run(run_dir), device="cpu", precision="fp32")
+    return classification_metrics(predictor.logits(texts), [CLASSES.index(x) for x in labels], CLASSES)
+
+
+def test_json_on_a_labelled_file_is_one_object_with_the_model_metrics(run_dir: Path, labelled: Path) -> None:
+    code, out, _ = invoke(str(run_dir), "--input", str(labelled), "--json", "--batch-size", "4")
+    assert code == 0
+    metrics = json.loads(out)  # the whole of stdout is one JSON object
+    expected = direct_metrics(run_dir, TEXTS, LABELS)
+    assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+    for key in ("accuracy", "loss", "macro_f1", "roc_auc"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-5)
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert metrics["source"] == {"input": str(labelled), "dropped": {}}
+
+
+def test_split_of_the_recorded_data_and_data_override(run_dir: Path, tmp_path: Path) -> None:
+    from gptclf.data import read_prepared
+
+    folder = Path(load_run(run_dir).info["data"]["dir"])
+    for split in ("validation", None):
+        args = [str(run_dir), "--json"] + (["--split", split] if split else [])
+        code, out, err = invoke(*args)
+        assert code == 0, err
+        metrics = json.loads(out)
+        frame = read_prepared(folder).splits[split or "test"]
+        assert metrics["n"] == len(frame)
+        assert metrics["source"]["split"] == (split or "test")
+        expected = direct_metrics(run_dir, frame["text"].tolist(), frame["label"].tolist())
+        assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    other = prepared_folder(tmp_path)
+    code, out, _ = invoke(str(run_dir), "--data", str(other), "--json")
+    assert code == 0 and json.loads(out)["source"]["data"] == str(other)
+
+
+def test_human_tables(run_dir: Path, labelled: Path) -> None:
+    code, out, _ = invoke(str(run_dir), "--input", str(labelled))
+    assert code == 0
+    for words in ("accuracy", "macro F1", "ROC-AUC", "Confusion matrix", "spam", "ham"):
+        assert words in out
+
+
+def test_gates_exit_3_after_printing_the_metrics(run_dir: Path, labelled: Path) -> None:
+    accuracy = direct_metrics(run_dir, TEXTS, LABELS)["accuracy"]
+    code, out, err = invoke(str(run_dir), "--input", str(labelled), "--json", "--min-accuracy", "1.0")
+    assert code == 3
+    assert json.loads(out)["accuracy"] == pytest.approx(accuracy)
+    assert f"accuracy {accuracy:.4f} is below --min-accuracy 1.0000" in err
+    assert err.count("error:") == 1
+    code, _, err = invoke(str(run_dir), "--input", str(labelled), "--min-f1", "0.99", "--json")
+    assert code == 3 and "macro_f1" in err and "--min-f1 0.9900" in err
+    code, _, _ = invoke(str(run_dir), "--input", str(labelled), "--min-accuracy", "0", "--min-f1", "0")
+    assert code == 0
+
+
+def test_bad_input_exits_2(run_dir: Path, labelled: Path, tmp_path: Path) -> None:
+    unknown = write_csv(tmp_path / "unknown.csv", [("a", "ham"), ("b", "eggs")])
+    no_data = make_run(tmp_path / "no_data")
+    cases = [
+        ([str(tmp_path / "nowhere")], "does not exist"),
+        ([str(tmp_path)], "not a complete gptclf run"),
+        ([str(run_dir), "--input", str(unknown)], "eggs"),
+        ([str(run_dir), "--split", "dev"], "unknown split"),
+        ([str(run_dir), "--min-accuracy", "2"], "--min-accuracy"),
+        ([str(run_dir), "--input", str(labelled), "--split", "test"], "--input"),
+        ([str(run_dir), "--text-column", "msg"], "--text-column"),
+        ([str(no_data)], "--data DIR"),
+    ]
+    for args, words in cases:
+        code, out, err = invoke(*args)
+        assert code == 2, (args, err)
+        assert words in err, (args, err)
+        assert "Traceback" not in err and out == ""

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tiktoken
+import torch
+
+from gptclf.checkpoint import LoadedRun, build_run_info, save_run
+from gptclf.classifier import Classifier, replace_head
+from gptclf.config import GPTConfig
+from gptclf.errors import BadInputError
+from gptclf.model import build_model
+from gptclf.predict import Decision, Predictor, make_decision
+from gptclf.tokenizer import EOT_ID
+from tests.conftest import BPE_DIR
+
+CLASSES = ["ham", "spam"]
+#: Texts of very different lengths, so that sorting by length reorders them.
+MIXED = ["a", "a much longer text than the others, by far", "", "mid length", "xy", "z" * 30, "hello"]
+
+
+def tiny_classifier(classes: list[str] = CLASSES, seed: int = 0) -> Classifier:
+    """A random 2-layer GPT-2 with a head for ``classes``, in eval mode."""
+    gpt = build_model(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64), seed=seed)
+    replace_head(gpt, len(classes), seed=seed)
+    return Classifier(gpt, list(classes), "last-token").eval()
+
+
+def byte_tokenizer() -> tiktoken.Encoding:
+    """One token per byte (ids 0-255): tests control lengths exactly and need no tokenizer files."""
+    ranks = {bytes([i]): i for i in range(256)}
+    return tiktoken.Encoding(
+        name="bytes", pat_str=r"[\s\S]", mergeable_ranks=ranks, special_tokens={"<|endoftext|>": EOT_ID}
+    )
+
+
+def memory_run(
+    path: Path, classes: list[str] = CLASSES, max_length: int = 40, seed: int = 0, **info: Any
+) -> LoadedRun:
+    """A run held in memory only, with the byte tokenizer."""
+    data = {"classes": list(classes), "max_length": max_length, **info}
+    return LoadedRun(path, data, tiny_classifier(classes, seed), byte_tokenizer())
+
+
+def make_run(run_dir: Path, classes: list[str] = CLASSES, max_length: int = 32, **kwargs: Any) -> Path:
+    """A complete run directory of a random tiny model (needs the shared GPT-2 tokenizer files)."""
+    model = tiny_classifier(classes)
+    info = build_run_info(
+        model_name="tiny",
+        config=model.gpt.config,
+        classes=classes,
+        max_length=max_length,
+        pooling="last-token",
+        trainable={"kind": "all"},
+        trainable_params=0,
+        train={},
+        seed=0,
+        weights="random",
+        **kwargs,
+    )
+    save_run(run_dir, model, info, BPE_DIR)
+    return run_dir
+
+
+def one_by_one(run: LoadedRun, texts: list[str]) -> torch.Tensor:
+    """Reference logits: each text alone, no batching, no sorting."""
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = run.tokenizer.encode_ordinary(text)[: run.max_length] or [EOT_ID]
+            rows.append(run.model(torch.tensor([ids]), torch.tensor([len(ids)]))[0])
+    return torch.stack(rows)
+
+
+def cpu_predictor(run: LoadedRun, **kwargs: Any) -> Predictor:
+    return Predictor(run, device="cpu", precision="fp32", **kwargs)
+
+
+def test_make_decision_checks_its_options() -> None:
+    assert make_decision(CLASSES, None, None) is None
+    assert make_decision(CLASSES, 0.3, "ham") == Decision(positive=0, negative=1, threshold=0.3)
+    assert make_decision(CLASSES, 0.9, "spam") == Decision(positive=1, negative=0, threshold=0.9)
+    for threshold, positive, words in [
+        (0.5, None, "--positive"),
+        (None, "spam", "--threshold"),
+        (1.5, "spam", "[0, 1]"),
+        (-0.1, "spam", "[0, 1]"),
+        (0.5, "eggs", "'eggs'"),
+    ]:
+        with pytest.raises(BadInputError, match=words.replace("[", r"\[")):
+            make_decision(CLASSES, threshold, positive)
+    with pytest.raises(BadInputError, match="two classes only"):
+        make_decision(["neg", "neu", "pos"], 0.5, "pos")
+
+
+def test_predictions_come_in_input_order_and_match_texts_predicted_alone(tmp_path: Path) -> None:
+    run = memory_run(tmp_path)
+    texts = MIXED * 3  # 21 texts: three chunks of 8, 8 and 5, each sorted into batches of 3
+    preds = list(cpu_predictor(run, batch_size=3, chunk_size=8).predict(texts))
+    assert [p.index for p in preds] == list(range(len(texts)))
+    assert [p.text for p in preds] == texts
+    expected = torch.softmax(one_by_one(run, texts), dim=1)
+    got = torch.tensor([list(p.probs.values()) for p in preds])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert [p.label for p in preds] == [CLASSES[i] for i in expected.argmax(1).tolist()]
+    for p in preds:
+        assert list(p.probs) == CLASSES
+        assert sum(p.probs.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_logits_restore_order_within_a_sorted_batch(tmp_path: Path) -> None:
+    run = memory_run(tmp_path)
+    got = cpu_predictor(run, batch_size=len(MIXED)).logits(MIXED)
+    torch.testing.assert_close(got, one_by_one(run, MIXED), atol=1e-5, rtol=1e-5)
+
+
+def test_empty_text_keeps_its_place_as_end_of_text(tmp_path: Path) -> None:
+    run = memory_run(tmp_path)
+    preds = list(cpu_predictor(run).predict(["first", "", "third"]))
+    assert [p.text for p in preds] == ["first", "", "third"]
+    with torch.no_grad():
+        alone = torch.softmax(run.model(torch.tensor([[EOT_ID]]), torch.tensor([1]))[0], dim=0)
+    assert list(preds[1].probs.values()) == pytest.approx(alone.tolist(), abs=1e-6)
+
+
+def test_long_texts_are_truncated_and_counted(tmp_path: Path) -> None:
+    run = memory_run(tmp_path, max_length=8)
+    predictor = cpu_predictor(run, chunk_size=2)
+    texts = ["short", "x" * 8, "y" * 9, "z" * 50, "ok"]
+    preds = list(predictor.predict(texts))
+    assert (predictor.n_texts, predictor.n_truncated) == (5, 2)
+    assert preds[3].text == "z" * 50  # the output keeps the whole text
+    # Only the first 8 tokens count: the truncated text predicts what its first 8 characters do.
+    assert preds[3].probs == pytest.approx(next(predictor.predict(["z" * 8])).probs, abs=1e-6)
+
+
+def test_predict_pulls_its_input_one_chunk_at_a_time() -> None:
+    predictor = cpu_predictor(memory_run(Path("unused")), chunk_size=16)
+    pulled = 0
+
+    def stream() -> Iterator[str]:
+        """A long input that counts how far it has been read."""
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield f"text number {i}"
+
+    results = predictor.predict(stream())
+    first = next(results)
+    assert (first.index, pulled) == (0, 16)
+    for _ in range(15):
+        next(results)
+    assert pulled == 16  # the whole first chunk is served without reading further
+    assert next(results).index == 16 and pulled == 32
+
+    pulled = 0
+    chunks = predictor.predict_chunks(stream())
+    assert [p.index for p in next(chunks)] == list(range(16)) and pulled == 16
+    assert [p.index for p in next(chunks)] == list(range(16, 32)) and pulled == 32
+
+
+def test_threshold_picks_the_positive_class_from_its_probability(tmp_path: Path) -> None:
+    run = memory_run(tmp_path)
+    texts = [f"message {i} " + "!" * i for i in range(12)]
+    plain = list(cpu_predictor(run).predict(texts))
+    p_spam = sorted(p.probs["spam"] for p in plain)
+    cut = (p_spam[5] + p_spam[6]) / 2  # half the texts above, half below
+    decision = make_decision(CLASSES, cut, "spam")
+    labelled = list(cpu_predictor(run, decision=decision).predict(texts))
+    assert [p.label for p in labelled] == ["spam" if p.probs["spam"] >= cut else "ham" for p in plain]
+    assert sum(p.label == "spam" for p in labelled) == 6
+    everything = make_decision(CLASSES, 0.0, "ham")
+    assert {p.label for p in cpu_predictor(run, decision=everything).predict(texts)} == {"ham"}
+
+
+def test_three_classes_give_three_probabilities(tmp_path: Path) -> None:
+    classes = ["neg", "neu", "pos"]
+    preds = list(cpu_predictor(memory_run(tmp_path, classes)).predict(MIXED))
+    for p in preds:
+        assert list(p.probs) == classes
+        assert p.label == max(p.probs, key=p.probs.__getitem__)
+        assert sum(p.probs.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bad_sizes_and_devices_are_bad_input(tmp_path: Path) -> None:
+    run = memory_run(tmp_path)
+    with pytest.raises(BadInputError, match="--batch-size"):
+        cpu_predictor(run, batch_size=0)
+    with pytest.raises(BadInputError):
+        Predictor(run, device="tpu")
+    with pytest.raises(BadInputError):
+        Predictor(run, device="cpu", precision="fp16")
