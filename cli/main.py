@@ -32,9 +32,13 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import download
+    from cli import download, evaluate, finetune, predict, prepare
 
     app.command("download")(download.download)
+    app.command("finetune")(finetune.finetune)
+    app.command("prepare")(prepare.prepare)
+    app.command("evaluate")(evaluate.evaluate)
+    app.command("predict")(predict.predict)
 
 
 _register()

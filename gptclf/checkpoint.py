@@ -184,7 +184,10 @@ def load_run(run_dir: Path) -> LoadedRun:
         state = load_file(str(run_dir / "model.safetensors"))
     except (SafetensorError, OSError) as exc:
         raise BadInputError(f"{run_dir / 'model.safetensors'} is unreadable ({exc})") from exc
-    result = gpt.load_state_dict(state, strict=False)
+    try:
+        result = gpt.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape: the weights belong to another run.json
+        raise BadInputError(f"{run_dir / 'model.safetensors'} does not match run.json ({exc})") from None
     if result.missing_keys or result.unexpected_keys:
         raise BadInputError(
             f"{run_dir / 'model.safetensors'} does not match run.json: missing "

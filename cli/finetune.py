@@ -1,0 +1,174 @@
+"""``gptclf finetune``: train a GPT-2 classifier and write a run directory.
+
+Every option defaults to "not given", so that a ``--config FILE.toml`` can set it and the command
+line can still override the file; the defaults themselves live in
+:class:`gptclf.runconfig.FinetuneSettings`. Progress and messages go to stderr, the summary to
+stdout (one JSON object with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+
+from cli.common import err_console, handle_errors, out_console
+
+if TYPE_CHECKING:
+    from gptclf.finetune import FinetuneResult
+
+_TRAIN = "Training"
+_MODEL = "Model"
+_DATA = "Data"
+_RUN = "Run"
+
+
+def _opt(*names: str, help: str, panel: str) -> Any:
+    return typer.Option(None, *names, help=help, rich_help_panel=panel, show_default=False)
+
+
+@handle_errors
+def finetune(
+    data: str | None = _opt(
+        "--data", help="Prepared folder (from `gptclf prepare`); default: the SMS set.", panel=_DATA
+    ),
+    classes: str | None = _opt("--classes", help="Class names in order, e.g. spam,ham.", panel=_DATA),
+    max_length: int | None = _opt(
+        "--max-length", help="Tokens kept per text (default: the context).", panel=_DATA
+    ),
+    pad_to: str | None = _opt("--pad-to", help="batch (default) or longest-train (the book's).", panel=_DATA),
+    model: str | None = _opt(
+        "--model",
+        help="gpt2-small (default) .. gpt2-xl, 124M .. 1558M, or n_layer=4,n_head=4,n_embd=256.",
+        panel=_MODEL,
+    ),
+    weights: str | None = _opt(
+        "--weights", help="pretrained (default), random, or a safetensors path.", panel=_MODEL
+    ),
+    trainable: str | None = _opt(
+        "--trainable", help="head, last-block (default), 'last-blocks N', all, lora.", panel=_MODEL
+    ),
+    lora_rank: int | None = _opt("--lora-rank", help="LoRA rank (default: 16).", panel=_MODEL),
+    lora_alpha: float | None = _opt("--lora-alpha", help="LoRA alpha (default: 16).", panel=_MODEL),
+    pooling: str | None = _opt(
+        "--pooling", help="last-token (default), last-position (the book's), mean.", panel=_MODEL
+    ),
+    epochs: int | None = _opt("--epochs", help="Epochs (default: 5).", panel=_TRAIN),
+    batch_size: int | None = _opt("--batch-size", help="Texts per forward pass (default: 8).", panel=_TRAIN),
+    grad_accum: int | None = _opt(
+        "--grad-accum", help="Forward passes per optimizer step (default: 1).", panel=_TRAIN
+    ),
+    lr: float | None = _opt("--lr", help="AdamW learning rate (default: 5e-5).", panel=_TRAIN),
+    weight_decay: float | None = _opt(
+        "--weight-decay", help="AdamW weight decay (default: 0.1).", panel=_TRAIN
+    ),
+    clip_grad: float | None = _opt(
+        "--clip-grad", help="Clip the gradient norm to this (default: off).", panel=_TRAIN
+    ),
+    schedule: str | None = _opt("--schedule", help="constant (default) or cosine.", panel=_TRAIN),
+    warmup: float | None = _opt(
+        "--warmup", help="Warmup steps (>= 1) or fraction of all steps (< 1).", panel=_TRAIN
+    ),
+    eval_every: int | None = _opt(
+        "--eval-every", help="Also evaluate every N steps (default: epoch ends).", panel=_TRAIN
+    ),
+    early_stop: int | None = _opt(
+        "--early-stop", help="Stop after N evaluations without improvement.", panel=_TRAIN
+    ),
+    monitor: str | None = _opt("--monitor", help="val_loss (default), val_acc or val_f1.", panel=_TRAIN),
+    class_weights: str | None = _opt("--class-weights", help="none (default) or balanced.", panel=_TRAIN),
+    seed: int | None = _opt("--seed", help="Seed of every random step (default: 123).", panel=_TRAIN),
+    device: str | None = _opt("--device", help="auto (default), cpu, cuda, cuda:N, mps.", panel=_RUN),
+    precision: str | None = _opt("--precision", help="auto (default), fp32, bf16, fp16.", panel=_RUN),
+    cache: bool | None = typer.Option(
+        None,
+        "--cache/--no-cache",
+        help="Cache the frozen blocks' output (default: on).",
+        rich_help_panel=_RUN,
+        show_default=False,
+    ),
+    cache_memory: str | None = _opt(
+        "--cache-memory", help="RAM for the cache, e.g. 2GB (default: 1/4 of RAM).", panel=_RUN
+    ),
+    out: str | None = _opt("--out", help="Run directory (default: runs/<timestamp>).", panel=_RUN),
+    force: bool | None = typer.Option(
+        None, "--force", help="Overwrite a non-empty run directory.", rich_help_panel=_RUN
+    ),
+    resume: bool | None = typer.Option(
+        None, "--resume", help="Continue the interrupted run in --out.", rich_help_panel=_RUN
+    ),
+    home: str | None = _opt(
+        "--home", help="Cache folder (default: $GPTCLF_HOME or ~/.cache/gptclf).", panel=_RUN
+    ),
+    mirror: str | None = _opt(
+        "--mirror", help="Download mirror URL or folder (default: $GPTCLF_MIRROR).", panel=_RUN
+    ),
+    config: Path | None = _opt(
+        "--config", help="TOML file of options; the command line overrides it.", panel=_RUN
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Finetune GPT-2 as a classifier: `gptclf finetune --classes spam,ham` runs the book's SMS recipe."""
+    options = dict(locals())  # first, so it holds exactly the parameters: the settings' field names
+    config_file = options.pop("config")
+    options.pop("json_output")
+    from gptclf.finetune import finetune as run_finetune
+    from gptclf.progress import ConsoleProgress
+    from gptclf.runconfig import build_settings
+
+    settings = build_settings(options, config_file)
+    result = run_finetune(
+        settings, progress=ConsoleProgress(err_console), download_progress=_downloads(err_console)
+    )
+    if json_output:
+        typer.echo(json.dumps(result.summary()))
+    else:
+        _print_summary(result)
+
+
+def _downloads(console: Console) -> Any:
+    """A download progress that says on stderr what was fetched (the default job downloads)."""
+    from gptclf.download import Progress
+
+    class Downloads(Progress):
+        def note(self, message: str) -> None:
+            console.print(message, markup=False, highlight=False)
+
+        def end(self, label: str, path: Path, fetched: bool) -> None:
+            if fetched:
+                console.print(f"downloaded {label} to {path}", markup=False, highlight=False)
+
+    return Downloads()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_summary(result: FinetuneResult) -> None:
+    """A few lines for people on stdout."""
+    s = result.summary()
+    lines = [f"run directory: {s['run_dir']}"]
+    if result.test is not None:
+        auc = f", ROC-AUC {_fmt(s['test_roc_auc'])}" if s["test_roc_auc"] is not None else ""
+        lines.append(
+            f"test: accuracy {_fmt(s['test_accuracy'])} on {result.test['n']} texts, "
+            f"loss {_fmt(s['test_loss'])}, macro F1 {_fmt(s['test_macro_f1'])}{auc}"
+        )
+    if s["best_step"] is not None:
+        lines.append(
+            f"kept the weights of step {s['best_step']}: validation accuracy {_fmt(s['best_val_acc'])}, "
+            f"loss {_fmt(s['best_val_loss'])}"
+        )
+    stop = " (stopped early)" if s["stopped_early"] else ""
+    cache = result.cache
+    where = f"cache of {cache['blocks']} blocks in {cache['location']}" if cache["blocks"] else "no cache"
+    lines.append(
+        f"trained {s['steps']} steps{stop} in {result.timings['train']:.1f} s ({where}); "
+        f"{s['trainable_params']:,} trainable parameters"
+    )
+    for line in lines:
+        out_console.print(line, markup=False, highlight=False)

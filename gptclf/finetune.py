@@ -1,0 +1,357 @@
+"""The ``finetune`` verb: settings -> a run directory, with everything in between.
+
+Resolve and check every setting first (all problems in one message, nothing written); get the data
+(a prepared folder, or the SMS Spam Collection downloaded and prepared with the book's settings
+into ``<out>/data``), the tokenizer and the weights (downloaded when missing); build the classifier;
+tokenise; cache the frozen trunk where that is exact; fit; evaluate on the test split; write the run
+directory. The command line only parses options and prints what :func:`finetune` returns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptclf.batching import encode_texts
+from gptclf.checkpoint import build_run_info, save_run
+from gptclf.classifier import Classifier, apply_scope, frozen_prefix, replace_head
+from gptclf.data import label_ids, prepared_fingerprint, read_prepared
+from gptclf.device import setup_backend
+from gptclf.download import Progress, ensure_tokenizer, ensure_weights
+from gptclf.errors import BadInputError
+from gptclf.features import FeatureCache, Source, make_sources
+from gptclf.fileio import atomic_write_json
+from gptclf.prepare import prepare
+from gptclf.progress import TrainProgress
+from gptclf.report import CURVES_FILE, METRICS_FILE, write_curves, write_history
+from gptclf.resume import CHECKPOINT_NAME, sigterm_raises
+from gptclf.runconfig import FinetuneSettings
+from gptclf.runplan import RunPlan, check_out_dir, make_plan, out_dir, resumed_settings
+from gptclf.tokenizer import load_tokenizer
+from gptclf.train import History, LabelledSet, Shard, evaluate, fit
+from gptclf.weights import load_weights
+
+#: The book's preparation of the SMS set (chapter 6): balanced by undersampling, a plain shuffled
+#: 70/10/20 split, seed 123.
+BOOK_SMS = {
+    "dataset": "sms-spam",
+    "balance": "undersample",
+    "split": "0.7,0.1,0.2",
+    "stratify": False,
+    "seed": 123,
+}
+
+
+@dataclass
+class FinetuneResult:
+    """What a finished run produced (also written to its directory).
+
+    Attributes:
+        run_dir: The run directory.
+        model: The trained classifier (best weights, on the run's device, LoRA not merged).
+        classes: Class names in order.
+        history: Training history.
+        test: Test metrics (None when the test split is empty).
+        validation: Validation metrics of the kept weights (None without validation data).
+        trainable_params: Parameters trained.
+        total_params: Parameters of the classifier.
+        cache: How the frozen trunk was handled: ``blocks`` cached and ``location``.
+        timings: Seconds per phase: ``tokenise``, ``cache``, ``train``, ``evaluate``, ``total``.
+    """
+
+    run_dir: Path
+    model: Classifier
+    classes: list[str]
+    history: History
+    test: dict[str, Any] | None
+    validation: dict[str, Any] | None
+    trainable_params: int
+    total_params: int
+    cache: dict[str, Any]
+    timings: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``--json`` prints)."""
+        best = self.history.best or {}
+        test = self.test or {}
+        return {
+            "run_dir": str(self.run_dir),
+            "classes": self.classes,
+            "test_accuracy": test.get("accuracy"),
+            "test_loss": test.get("loss"),
+            "test_macro_f1": test.get("macro_f1"),
+            "test_roc_auc": test.get("roc_auc"),
+            "best_val_acc": best.get("val_acc"),
+            "best_val_loss": best.get("val_loss"),
+            "best_step": best.get("step"),
+            "steps": self.history.steps,
+            "stopped_early": self.history.stopped_early,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "cache": self.cache,
+            "timings": self.timings,
+            "test": self.test,
+        }
+
+
+def finetune(
+    settings: FinetuneSettings,
+    *,
+    progress: TrainProgress | None = None,
+    download_progress: Progress | None = None,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
+) -> FinetuneResult:
+    """Run ``gptclf finetune``: train a classifier and write its run directory.
+
+    Args:
+        settings: The merged options (see :func:`gptclf.runconfig.build_settings`).
+        progress: Receives training progress and messages (default: silent).
+        download_progress: A :class:`gptclf.download.Progress` for downloads (default: silent).
+        shard: This process's place in a data-parallel job; only rank 0 writes.
+
+    Returns:
+        The result; the run directory holds the same.
+
+    Raises:
+        BadInputError: Bad settings or data (nothing written), exit code 2.
+        DownloadError: Something missing could not be downloaded.
+        TrainingError: The loss became NaN or infinite (nothing written).
+        Interrupted: Ctrl-C or SIGTERM: a checkpoint was saved for ``--resume``.
+    """
+    with sigterm_raises("finetune"):
+        return _finetune(settings, progress or TrainProgress(), download_progress, shard)
+
+
+def _finetune(
+    settings: FinetuneSettings, progress: TrainProgress, download_progress: Progress | None, shard: Shard
+) -> FinetuneResult:
+    """:func:`finetune` with its signal handling in place."""
+    t_start = time.monotonic()
+    out = out_dir(settings)
+    resume_state = None
+    if settings.resume:
+        settings, resume_state = resumed_settings(out, settings)
+    else:
+        check_out_dir(out, settings.force)
+    p = make_plan(settings)
+    setup_backend(p.device)
+    # Downloads first: they fill the cache, and a failed one leaves the run directory untouched.
+    tokenizer_dir = ensure_tokenizer(p.home, settings.mirror, download_progress)
+    enc = load_tokenizer(tokenizer_dir)
+    if settings.weights == "pretrained":
+        ensure_weights(p.model_name, p.home, settings.mirror, download_progress)
+    data_dir = _data_dir(settings, p, out, download_progress)
+    prepared = read_prepared(data_dir)
+    classes = _classes(settings.classes, prepared.classes, data_dir)
+    model, trainable_params, total_params = build_classifier(settings, p, classes)
+    progress.message(
+        f"model {p.model_name} ({settings.weights} weights), trainable scope {settings.trainable}: "
+        f"{trainable_params:,} of {total_params:,} parameters train"
+    )
+    model.to(p.device)
+
+    t0 = time.monotonic()
+    ids, labels, max_length, pad_length = _tokenise(
+        prepared.splits, classes, enc, p.max_length, p.train.pad_to
+    )
+    timings = {"tokenise": time.monotonic() - t0}
+    t0 = time.monotonic()
+    prefix = frozen_prefix(model.gpt, p.scope)
+    sources = make_sources(
+        model,
+        ids,
+        scope_prefix=prefix,
+        use_cache=settings.cache,
+        device=p.device,
+        precision=p.precision,
+        cache_memory=p.cache_memory,
+        batch_size=p.train.eval_batch_size,
+        pad_to=pad_length,
+    )
+    timings["cache"] = time.monotonic() - t0
+    cache = _cache_info(sources)
+    if cache["blocks"]:
+        progress.message(
+            f"cached the hidden states after block {cache['blocks']} of {p.config.n_layer} "
+            f"({cache['bytes'] / 2**20:,.1f} MiB, {cache['location']}) in {timings['cache']:.1f} s"
+        )
+    try:
+        sets = {name: LabelledSet(sources[name], labels[name]) for name in ids}
+        checkpoint = out / CHECKPOINT_NAME
+        extra = {"settings": {**settings.to_dict(), "data": str(data_dir), "out": str(out)}}
+        history = fit(
+            model,
+            sets["train"],
+            sets["validation"],
+            p.train,
+            device=p.device,
+            precision=p.precision,
+            seed=settings.seed,
+            checkpoint=checkpoint,
+            resume=resume_state,
+            extra=extra,
+            progress=progress,
+            shard=shard,
+        )
+        timings["train"] = history.train_seconds
+        t0 = time.monotonic()
+        batch = p.train.eval_batch_size
+        test = validation = None
+        if len(sets["test"]):
+            test, _ = evaluate(model, sets["test"], device=p.device, precision=p.precision, batch_size=batch)
+        if len(sets["validation"]):
+            validation, _ = evaluate(
+                model, sets["validation"], device=p.device, precision=p.precision, batch_size=batch
+            )
+        timings["evaluate"] = time.monotonic() - t0
+    finally:
+        for source in sources.values():
+            source.close()
+    timings["total"] = time.monotonic() - t_start
+    result = FinetuneResult(
+        out, model, classes, history, test, validation, trainable_params, total_params, cache, timings
+    )
+    if shard.is_main:
+        train_info = {
+            **p.train.to_dict(),
+            "pad_length": pad_length,
+            "device": str(p.device),
+            "precision": p.precision.name,
+            "cache": cache,
+        }
+        data_info = {
+            "dir": str(data_dir),
+            "fingerprint": prepared_fingerprint(data_dir),
+            "sizes": {name: len(v) for name, v in labels.items()},
+            "prepared": prepared.meta.get("source"),
+        }
+        info = build_run_info(
+            model_name=p.model_name,
+            config=p.config,
+            classes=classes,
+            max_length=max_length,
+            pooling=settings.pooling,
+            trainable=p.scope.to_dict(),
+            trainable_params=trainable_params,
+            train=train_info,
+            seed=settings.seed,
+            weights=settings.weights,
+            data=data_info,
+        )
+        _write_run(
+            out,
+            model,
+            info,
+            tokenizer_dir,
+            result,
+            math.ceil(len(ids["train"]) / (p.train.batch_size * p.train.grad_accum)),
+        )
+    return result
+
+
+def build_classifier(
+    settings: FinetuneSettings, p: RunPlan, classes: list[str]
+) -> tuple[Classifier, int, int]:
+    """GPT-2 from ``--weights`` with a class head and the trainable scope applied (on the CPU).
+
+    Returns:
+        The classifier, its trainable parameter count and its total parameter count.
+    """
+    gpt = load_weights(settings.weights, p.config, p.model_name, seed=settings.seed, home=p.home)
+    replace_head(gpt, len(classes), seed=settings.seed)
+    trainable = apply_scope(gpt, p.scope, seed=settings.seed)
+    total = sum(t.numel() for t in gpt.parameters())
+    return Classifier(gpt, classes, settings.pooling), trainable, total
+
+
+def _data_dir(settings: FinetuneSettings, p: RunPlan, out: Path, download_progress: Progress | None) -> Path:
+    """The prepared folder: ``--data``, or the SMS set prepared the book's way into ``<out>/data``."""
+    if settings.data is not None:
+        return Path(settings.data).expanduser().resolve()
+    target = out / "data"
+    if settings.resume and target.is_dir():
+        return target
+    prepare(
+        target,
+        classes=settings.classes,
+        force=settings.force,
+        home=p.home,
+        mirror=settings.mirror,
+        progress=download_progress,
+        **BOOK_SMS,
+    )
+    return target
+
+
+def _classes(given: list[str] | None, prepared: list[str], data_dir: Path) -> list[str]:
+    """The run's classes: ``--classes`` (any order of the prepared ones), else the prepared order."""
+    if not given:
+        return list(prepared)
+    if sorted(given) != sorted(prepared) or len(set(given)) != len(given):
+        raise BadInputError(
+            f"--classes {','.join(given)} does not match the classes of {data_dir} ({','.join(prepared)}): "
+            "give the same names (in any order) or prepare the data again"
+        )
+    return list(given)
+
+
+def _tokenise(
+    splits: dict[str, Any], classes: list[str], enc: Any, max_length: int, pad_to: str
+) -> tuple[dict[str, list[list[int]]], dict[str, list[int]], int, int | None]:
+    """Token ids and label ids of each split.
+
+    With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
+    text and padded to it; the book's dataset class truncates validation and test texts the same way.
+
+    Returns:
+        ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
+    """
+    names = ("train", "validation", "test")
+    ids = {n: encode_texts(enc, splits[n]["text"].astype(str).tolist(), max_length).ids for n in names}
+    labels = {n: label_ids(splits[n], classes) for n in names}
+    pad_length = None
+    if pad_to == "longest-train" and ids["train"]:
+        pad_length = max_length = max(len(x) for x in ids["train"])
+        ids = {n: [x[:max_length] for x in v] for n, v in ids.items()}
+    return ids, labels, max_length, pad_length
+
+
+def _cache_info(sources: dict[str, Source]) -> dict[str, Any]:
+    caches = [s for s in sources.values() if isinstance(s, FeatureCache)]
+    if not caches:
+        return {"blocks": 0, "location": "none", "bytes": 0}
+    locations = sorted({c.location for c in caches})
+    return {
+        "blocks": caches[0].start_block,
+        "location": "+".join(locations),
+        "bytes": sum(c.nbytes for c in caches),
+    }
+
+
+def _write_run(
+    out: Path,
+    model: Classifier,
+    info: dict[str, Any],
+    tokenizer_dir: Path,
+    result: FinetuneResult,
+    steps_per_epoch: float,
+) -> None:
+    """Write the run directory; the checkpoint goes last, once everything else is in place."""
+    save_run(out, model, info, tokenizer_dir)
+    write_history(out, result.history.rows)
+    metrics = {
+        "test": result.test,
+        "validation": result.validation,
+        "best": result.history.best,
+        "train": {k: v for k, v in result.history.to_dict().items() if k != "rows"},
+        "trainable_params": result.trainable_params,
+        "cache": result.cache,
+        "timings": result.timings,
+    }
+    atomic_write_json(out / METRICS_FILE, metrics)
+    if not write_curves(out, result.history.rows, steps_per_epoch):
+        (out / CURVES_FILE).unlink(missing_ok=True)  # never leave an older run's picture behind
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)

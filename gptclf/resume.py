@@ -1,0 +1,134 @@
+"""Resumable training checkpoints and the Ctrl-C / SIGTERM handling that writes them.
+
+A checkpoint holds what training needs to continue exactly where it stopped: the trainable
+weights (the frozen ones come back from the same ``--weights``), the best weights so far, the
+optimizer, the gradient scaler, the RNG states, the position (epoch, batch group, step), the
+history and whatever the caller adds (the run's settings). It is written with ``torch.save`` to a
+temporary name and renamed, so a second interrupt never leaves half a file, and read back with
+``weights_only=True``, so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+from gptclf.errors import BadInputError, Interrupted
+from gptclf.fileio import temp_path_for
+
+#: File name of the checkpoint inside a run directory.
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically."""
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Raises:
+        BadInputError: Missing, unreadable, or written by an incompatible version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"no checkpoint to resume at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise BadInputError(f"{path} is not a readable gptclf checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise BadInputError(f"{path} is not a gptclf checkpoint of version {CHECKPOINT_VERSION}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG states (CPU and every CUDA device) that dropout draws from."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class InterruptGuard:
+    """While active, SIGINT and SIGTERM set :attr:`signum` instead of stopping the process, so the
+    training loop can finish its step, save a checkpoint and leave cleanly. A second signal
+    stops at once (KeyboardInterrupt). Outside the main thread, signals cannot be caught and
+    the guard does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._restore()
+
+
+@contextlib.contextmanager
+def sigterm_raises(what: str = "gptclf") -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Interrupted` (exit code 143) like Ctrl-C raises
+    KeyboardInterrupt, so ``finally`` blocks still run (removing temporary cache files).
+    :class:`InterruptGuard` takes over inside the training loop. Does nothing outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(
+            f"{what} was terminated (SIGTERM) outside the training loop; no checkpoint was written", signum
+        )
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

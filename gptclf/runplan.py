@@ -1,0 +1,165 @@
+"""Settings checked and resolved before anything is written, and the rules of the run directory.
+
+:func:`make_plan` turns :class:`gptclf.runconfig.FinetuneSettings` into the objects a run needs
+(model config, trainable scope, device, precision, sizes), collecting every problem into one
+message. :func:`check_out_dir` and :func:`resumed_settings` say whether a run may write into its
+folder, and with which settings an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptclf.classifier import POOLINGS, TrainableScope, parse_scope
+from gptclf.config import HF_REPOS, GPTConfig, resolve_model
+from gptclf.device import Precision, resolve_device, resolve_precision
+from gptclf.errors import BadInputError
+from gptclf.resume import CHECKPOINT_NAME, load_checkpoint
+from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
+
+#: The labels of the SMS Spam Collection, the data of a run given no --data.
+SMS_LABELS = frozenset({"ham", "spam"})
+#: Settings a resumed run may change: where and how fast it runs, not what it computes.
+RESUME_CHANGEABLE = frozenset(
+    {"device", "precision", "cache", "cache_memory", "home", "mirror", "out", "resume"}
+)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Settings resolved into the objects a run needs."""
+
+    model_name: str
+    config: GPTConfig
+    scope: TrainableScope
+    train: TrainConfig
+    device: torch.device
+    precision: Precision
+    cache_memory: int
+    max_length: int
+    home: Path | None
+
+
+def _attempt(problems: list[str], func: Any, *args: Any) -> Any:
+    """Call ``func``; on a BadInputError note its message and return None (to report all at once)."""
+    try:
+        return func(*args)
+    except BadInputError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def make_plan(settings: FinetuneSettings) -> RunPlan:
+    """Check every setting that needs no data, and resolve it.
+
+    Raises:
+        BadInputError: Listing every problem found.
+    """
+    problems: list[str] = []
+    resolved = _attempt(problems, resolve_model, settings.model)
+    scope = _attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
+    if settings.pooling not in POOLINGS:
+        problems.append(f"unknown pooling {settings.pooling!r}: use one of {', '.join(POOLINGS)}")
+    train = settings.train_config()
+    problems.extend(train.problems())
+    device = _attempt(problems, resolve_device, settings.device)
+    precision = _attempt(problems, resolve_precision, settings.precision, device) if device else None
+    cache_memory = default_cache_memory()
+    if settings.cache_memory is not None:
+        cache_memory = _attempt(problems, parse_size, settings.cache_memory) or 0
+    max_length = 0
+    if resolved is not None:
+        name, cfg = resolved
+        max_length = cfg.n_positions if settings.max_length is None else settings.max_length
+        if not 1 <= max_length <= cfg.n_positions:
+            problems.append(
+                f"--max-length must be in 1..{cfg.n_positions} (the model's context), got {max_length}"
+            )
+        if scope is not None and scope.kind == "last-blocks" and scope.n_blocks > cfg.n_layer:
+            problems.append(
+                f"last-blocks {scope.n_blocks} asks for more blocks than the model has ({cfg.n_layer})"
+            )
+        if settings.weights == "pretrained" and name not in HF_REPOS:
+            problems.append(
+                "there are no pretrained weights for a custom model size: use --weights random or PATH"
+            )
+    if settings.weights not in ("pretrained", "random") and not Path(settings.weights).expanduser().is_file():
+        problems.append(
+            f"--weights {settings.weights}: no such file (use pretrained, random or a safetensors path)"
+        )
+    if settings.data is not None and not Path(settings.data).expanduser().is_dir():
+        problems.append(f"--data {settings.data}: no such folder (give a folder written by `gptclf prepare`)")
+    if settings.data is None and settings.classes and set(settings.classes) != SMS_LABELS:
+        problems.append(
+            f"--classes {','.join(settings.classes)}: without --data the SMS set is used, whose classes are "
+            "spam and ham (in any order); pass --data DIR for other classes"
+        )
+    if problems:
+        raise BadInputError("; ".join(problems))
+    name, cfg = resolved
+    home = Path(settings.home).expanduser() if settings.home else None
+    return RunPlan(name, cfg, scope, train, device, precision, cache_memory, max_length, home)
+
+
+def out_dir(settings: FinetuneSettings) -> Path:
+    """The run directory: ``--out``, else ``runs/<timestamp>`` (made unique)."""
+    if settings.out:
+        return Path(settings.out).expanduser().resolve()
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / stamp, 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    return path.resolve()
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to write into a non-empty folder unless ``force``.
+
+    Raises:
+        BadInputError: ``out`` is a file, or a non-empty folder without ``force``.
+    """
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        hint = " or --resume to continue it" if (out / CHECKPOINT_NAME).is_file() else ""
+        raise BadInputError(
+            f"--out {out} is not empty: choose another folder, or pass --force to overwrite it{hint}"
+        )
+
+
+def resumed_settings(out: Path, given: FinetuneSettings) -> tuple[FinetuneSettings, dict[str, Any]]:
+    """The settings and checkpoint of an interrupted run in ``out``.
+
+    Options given again must agree with the saved ones, except those in :data:`RESUME_CHANGEABLE`.
+
+    Raises:
+        BadInputError: No checkpoint (or the run had finished), or options that conflict.
+    """
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        done = (out / "run.json").is_file()
+        raise BadInputError(
+            f"nothing to resume in {out}: "
+            + ("that run has finished" if done else f"no {CHECKPOINT_NAME} there")
+        )
+    state = load_checkpoint(path)
+    saved = dict(state["extra"]["settings"])
+    conflicts = []
+    for name in sorted(given.given - RESUME_CHANGEABLE - {"force"}):
+        value, before = getattr(given, name), saved.get(name)
+        if name == "data" and value is not None:
+            value = str(Path(value).expanduser().resolve())
+        if value != before:
+            conflicts.append(f"--{name.replace('_', '-')} {value} (the run used {before})")
+    if conflicts:
+        raise BadInputError("cannot change these on --resume: " + "; ".join(conflicts))
+    for name in given.given & RESUME_CHANGEABLE:
+        saved[name] = getattr(given, name)
+    saved.update(out=str(out), resume=True)
+    return FinetuneSettings(**saved, given=given.given), state

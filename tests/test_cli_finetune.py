@@ -1,0 +1,189 @@
+"""`gptclf finetune` end to end: learnable data, the default SMS job, a real Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.conftest import REPO, SHARED
+from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
+
+MIRROR = SHARED / "mirror"
+TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu"]
+LEARN = [*TINY, "--trainable", "all", "--lr", "2e-3", "--epochs", "5"]
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def finetune(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["finetune", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "classes", [["spam", "ham"], ["spam", "ham", "other"]], ids=["2 classes", "3 classes"]
+)
+def test_a_tiny_model_learns_and_evaluate_agrees(tmp_path: Path, classes: list[str]) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, classes, n=300)
+    out = tmp_path / "run"
+    code, stdout, stderr = finetune("--data", str(data), *LEARN, "--out", str(out), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["best_val_acc"] >= 0.95 and summary["test_accuracy"] >= 0.9
+    assert summary["classes"] == classes and summary["run_dir"] == str(out.resolve())
+    assert "trainable scope all" in stderr and "val acc" in stderr  # progress lines on stderr
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_human_summary_on_stdout(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    code, stdout, _ = finetune("--data", str(data), *TINY, "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code == 0
+    assert "test: accuracy" in stdout and "trained 6 steps" in stdout and "cache of 1 blocks" in stdout
+
+
+@pytest.mark.skipif(
+    not (MIRROR / "static" / "public" / "228" / "sms+spam+collection.zip").is_file(),
+    reason=f"no download mirror with the SMS archive at {MIRROR} (../shared is absent)",
+)
+def test_the_default_job_downloads_and_prepares_the_sms_set(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, stderr = finetune(
+        "--classes", "spam,ham", *TINY, "--epochs", "1", "--out", str(out), "--mirror", str(MIRROR), "--json"
+    )
+    assert code == 0, stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"]["sizes"] == {"train": 1045, "validation": 149, "test": 300}  # the book's split
+    assert info["data"]["dir"] == str(out / "data") and info["classes"] == ["spam", "ham"]
+    assert json.loads(stdout)["test"]["n"] == 300
+
+
+def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=300)
+    common = ["--data", str(data), *LEARN, "--eval-every", "2"]
+    run = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "finetune", *common, "--out", str(run)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("epoch 1/5 step"):  # training is under way
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "SIGINT at step" in stderr and "--resume" in stderr
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+    code, _, stderr = finetune("--out", str(run), "--resume")
+    assert code == 0, stderr
+    assert not (run / "checkpoint.pt").exists()
+    code, _, _ = finetune(*common, "--out", str(tmp_path / "straight"))
+    assert code == 0
+    resumed, straight = (
+        load_file(run / "model.safetensors"),
+        load_file(tmp_path / "straight" / "model.safetensors"),
+    )
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    code, _, stderr = finetune("--out", str(run), "--resume")
+    assert code == 2 and "that run has finished" in stderr
+
+
+def test_config_file_and_command_line(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    config = tmp_path / "job.toml"
+    config.write_text(f'data = "{data}"\nepochs = 1\nbatch-size = 4\nlr = 1e-3\nmodel = "{TINY_SPEC}"\n')
+    code, _, stderr = finetune(
+        "--config", str(config), "--weights", "random", "--epochs", "2", "--out", str(tmp_path / "r")
+    )
+    assert code == 0, stderr
+    train = json.loads((tmp_path / "r" / "run.json").read_text())["train"]
+    assert (train["epochs"], train["batch_size"], train["lr"]) == (2, 4, 1e-3)
+
+
+def test_an_existing_run_is_not_overwritten_without_force(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--out", str(out)]
+    code, _, stderr = finetune(*args)
+    assert code == 2 and "not empty" in stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    code, _, _ = finetune(*args, "--force")
+    assert code == 0 and (out / "model.safetensors").is_file() and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trainable", "most"], "unknown trainable scope"),
+        (["--precision", "fp16"], "fp16 needs a CUDA GPU"),
+        (["--pooling", "first"], "unknown pooling"),
+        (["--pad-to", "longest"], "--pad-to 'longest'"),
+        (["--max-length", "0"], "--max-length must be in"),
+        (["--model", "gpt2-tiny"], "unknown model"),
+        (["--classes", "up,down"], "does not match the classes"),
+        (["--data", "no-such-folder"], "no such folder"),
+        (["--cache-memory", "lots"], "not a size"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--resume"], "nothing to resume"),
+        (["--config", "UNKNOWN_KEYS"], "unknown keys learning-rate"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    if args == ["--config", "UNKNOWN_KEYS"]:
+        (tmp_path / "bad.toml").write_text("learning-rate = 0.1\n")
+        args = ["--config", str(tmp_path / "bad.toml")]
+    out = tmp_path / "run"
+    code, stdout, stderr = finetune("--data", str(data), *TINY, *args, "--out", str(out))
+    assert code == 2, stderr
+    assert message in stderr and stderr.startswith("gptclf: error:") and "Traceback" not in stderr
+    assert stdout == "" and not out.exists()
+
+
+def test_cuda_without_a_gpu_exits_2(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, stderr = finetune("--device", "cuda", "--out", str(tmp_path / "run"))
+    assert code == 2 and "no CUDA GPU" in stderr and not (tmp_path / "run").exists()
+
+
+def test_nan_loss_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    out = tmp_path / "run"
+    code, _, stderr = finetune(
+        "--data", str(data), *TINY, "--trainable", "all", "--lr", "1e30", "--out", str(out)
+    )
+    assert code == 1 and "loss became nan at step" in stderr
+    assert not out.exists()

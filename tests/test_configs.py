@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gptclf.classifier import parse_scope
+from gptclf.config import resolve_model
+from gptclf.errors import BadInputError
+from gptclf.runconfig import FinetuneSettings, build_settings, load_config_file, parse_size
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))
+
+
+def test_there_are_configs() -> None:
+    assert {p.name for p in CONFIGS} >= {"sms-spam.toml", "general-csv.toml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_is_valid(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#") and "gptclf finetune --config configs/" in text  # says how to run it
+    settings = build_settings({}, path)
+    assert settings.given == frozenset(load_config_file(path))
+    assert settings.train_config().problems() == []
+    resolve_model(settings.model)
+    parse_scope(settings.trainable, settings.lora_rank, settings.lora_alpha)
+
+
+def test_the_sms_config_is_the_book_recipe() -> None:
+    s = build_settings({}, CONFIG_DIR / "sms-spam.toml")
+    assert (s.data, s.classes, s.model, s.trainable, s.seed) == (
+        None,
+        ["ham", "spam"],
+        "gpt2-small",
+        "last-block",
+        123,
+    )
+    assert (s.epochs, s.batch_size, s.lr, s.weight_decay) == (5, 8, 5e-5, 0.1)
+
+
+def test_command_line_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('epochs = 2\nbatch_size = 4\nlr = 1e-4\nclasses = "a,b"\ncache = false\n')
+    s = build_settings({"epochs": 7, "lr": None, "cache": None}, path)  # None: not given
+    assert (s.epochs, s.batch_size, s.lr, s.classes, s.cache) == (7, 4, 1e-4, ["a", "b"], False)
+    assert s.weight_decay == FinetuneSettings().weight_decay  # neither: the default
+    assert build_settings({"classes": "x, y"}).classes == ["x", "y"]
+
+
+def test_unknown_keys_are_all_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 2\nlearning-rate = 0.1\nbatchsize = 3\n")
+    with pytest.raises(BadInputError, match="unknown keys batchsize, learning-rate"):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('epochs = "five"', "epochs must be an integer"),
+        ("lr = true", "lr must be a number"),
+        ('cache = "no"', "cache must be true or false"),
+        ("classes = [1, 2]", "classes must be a list of names"),
+        ("epochs = 1\nepochs = 2", "not valid TOML"),
+        ("batch-size = 2\nbatch_size = 3", "given twice"),
+    ],
+)
+def test_bad_values(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    with pytest.raises(BadInputError, match=message):
+        load_config_file(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="does not exist"):
+        load_config_file(tmp_path / "none.toml")
+
+
+def test_training_problems_are_collected() -> None:
+    s = build_settings({"epochs": 0, "schedule": "linear", "monitor": "acc", "warmup": -1.0})
+    problems = s.train_config().problems()
+    assert len(problems) == 4 and any("--schedule 'linear'" in p for p in problems)
+
+
+def test_book_padding_turns_bucketing_off() -> None:
+    assert build_settings({}).train_config().bucket
+    assert not build_settings({"pad_to": "longest-train"}).train_config().bucket
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("2GB", 2 << 30),
+        ("512MB", 512 << 20),
+        ("1.5G", 3 << 29),
+        ("64MiB", 64 << 20),
+        ("0", 0),
+        ("1000", 1000),
+    ],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size() -> None:
+    with pytest.raises(BadInputError, match="not a size"):
+        parse_size("lots")

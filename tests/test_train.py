@@ -1,0 +1,228 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gptclf.classifier import Classifier, frozen_prefix, parse_scope
+from gptclf.device import resolve_precision
+from gptclf.errors import BadInputError, Interrupted, TrainingError
+from gptclf.features import Batch, TokenSource, make_sources
+from gptclf.progress import TrainProgress
+from gptclf.resume import load_checkpoint, sigterm_raises
+from gptclf.runconfig import TrainConfig
+from gptclf.train import LabelledSet, Shard, class_weights, evaluate, fit
+from tests.finetune_helpers import max_diff, synthetic_ids, tiny_classifier, trainable_state
+
+CPU = torch.device("cpu")
+FP32 = resolve_precision("fp32", CPU)
+CFG = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
+#: The book's learning rate: Adam's step is about lr in size whatever the gradient's, so float noise
+#: in a near-zero gradient can move a weight by up to lr; comparisons within 1e-5 need a small lr.
+EXACT = dataclasses.replace(CFG, lr=5e-5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def data(
+    model: Classifier, n_train: int = 43, n_val: int = 17, cache: bool = False, flip_val: bool = False
+) -> tuple[LabelledSet, LabelledSet]:
+    train_ids, train_labels = synthetic_ids(n_train, len(model.classes), seed=1)
+    val_ids, val_labels = synthetic_ids(n_val, len(model.classes), seed=2)
+    if flip_val:
+        val_labels = [1 - y for y in val_labels]
+    scope = "last-block" if any(p.requires_grad for p in model.gpt.transformer.h[-1].parameters()) else "all"
+    prefix = frozen_prefix(model.gpt, parse_scope(scope))
+    sources = make_sources(
+        model, {"train": train_ids, "val": val_ids}, scope_prefix=prefix, use_cache=cache, device=CPU,
+        precision=FP32, cache_memory=1 << 30,
+    )  # fmt: skip
+    return LabelledSet(sources["train"], train_labels), LabelledSet(sources["val"], val_labels)
+
+
+def run(cfg: TrainConfig = CFG, cache: bool = False, seed: int = 7, **kw: Any) -> tuple[Classifier, Any]:
+    model = tiny_classifier(["a", "b"], seed=seed)
+    train, val = data(model, cache=cache, flip_val=kw.pop("flip_val", False))
+    history = fit(model, train, val, cfg, device=CPU, precision=FP32, seed=seed, **kw)
+    return model, history
+
+
+def test_cache_gives_the_same_training_as_no_cache() -> None:
+    cached, h1 = run(EXACT, cache=True)
+    plain, h2 = run(EXACT, cache=False)
+    assert max_diff(trainable_state(cached), trainable_state(plain)) < 1e-5
+    for a, b in zip(h1.rows, h2.rows, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["none", "balanced"])
+def test_gradient_accumulation_equals_one_large_batch(weights: str) -> None:
+    """43 texts: groups of 8 and a last group of 3, which the accumulation must weight right."""
+    big, _ = run(dataclasses.replace(EXACT, class_weights=weights))
+    accumulated, _ = run(dataclasses.replace(EXACT, batch_size=4, grad_accum=2, class_weights=weights))
+    assert max_diff(trainable_state(big), trainable_state(accumulated)) < 1e-5
+    uneven, _ = run(dataclasses.replace(EXACT, batch_size=3, grad_accum=3, class_weights=weights))
+    assert max_diff(trainable_state(uneven), trainable_state(big)) > 1e-4  # groups of 9: the test can fail
+
+
+def test_early_stopping_keeps_the_best_weights() -> None:
+    """Validation labels are the opposite of the training rule: learning makes validation worse."""
+    cfg = dataclasses.replace(CFG, epochs=6, early_stop=2)
+    stopped, history = run(cfg, flip_val=True)
+    assert history.stopped_early and len(history.rows) == 3  # best at epoch 1, then two worse
+    assert history.best == history.rows[0]
+    after_one, _ = run(dataclasses.replace(CFG, epochs=1), flip_val=True)
+    assert max_diff(trainable_state(stopped), trainable_state(after_one)) == 0.0
+
+
+def test_monitor_accuracy_and_eval_every() -> None:
+    cfg = dataclasses.replace(CFG, epochs=2, eval_every=2, monitor="val_acc")
+    _, history = run(cfg)
+    assert [r["step"] for r in history.rows] == [2, 4, 6, 8, 10, 12]  # 6 steps an epoch; ends count once
+    assert {r["epoch"] for r in history.rows} == {1, 2}
+    best_acc = max(r["val_acc"] for r in history.rows)
+    assert history.best["val_acc"] == best_acc
+
+
+class NanAfter:
+    """A token source whose batches turn into NaN hidden states from the ``n``-th one on."""
+
+    def __init__(self, source: TokenSource, n: int, model: Classifier) -> None:
+        self.source, self.n, self.model, self.calls = source, n, model, 0
+        self.lengths, self.start_block = source.lengths, 0
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
+        self.calls += 1
+        batch = self.source.batch(indices, device)
+        if self.calls < self.n:
+            return batch
+        hidden = self.model.gpt.embed(batch.input_ids) * float("nan")
+        return Batch(None, hidden, batch.lengths, 0)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_nan_loss_stops_and_names_the_step(tmp_path: Path) -> None:
+    model = tiny_classifier(["a", "b"], seed=7)
+    train, val = data(model)
+    train = LabelledSet(NanAfter(train.source, 5, model), train.labels)  # type: ignore[arg-type]
+    before = trainable_state(model)
+    with pytest.raises(TrainingError, match=r"became nan at step 3 \(epoch 1, batch 3 of 6\)"):
+        cfg = dataclasses.replace(CFG, batch_size=4, grad_accum=2)
+        fit(model, train, val, cfg, device=CPU, precision=FP32, seed=7, checkpoint=tmp_path / "ckpt.pt")
+    assert not list(tmp_path.iterdir())  # no checkpoint, nothing else
+    assert max_diff(before, trainable_state(model)) > 0  # two steps were taken before the NaN
+
+
+class KillAt(TrainProgress):
+    """Sends this process a real signal after optimizer step ``step``."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.at, self.signum = step, signum
+
+    def step(self, epoch: int, step: int, loss: float) -> None:
+        if step == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize(("signum", "code", "at"), [(signal.SIGINT, 130, 5), (signal.SIGTERM, 143, 6)])
+def test_interrupt_saves_a_checkpoint_and_resume_matches(
+    tmp_path: Path, signum: int, code: int, at: int
+) -> None:
+    """Step 6 is an epoch end (43 texts, groups of 8): the resume starts the next epoch."""
+    cfg = dataclasses.replace(CFG, epochs=3, eval_every=4)
+    full, full_history = run(cfg)
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(Interrupted) as info:
+        run(cfg, checkpoint=ckpt, progress=KillAt(at, signum), extra={"note": "kept"})
+    assert info.value.exit_code == code and "--resume" in str(info.value)
+    state = load_checkpoint(ckpt)
+    assert state["loop"]["step"] == at and state["extra"] == {"note": "kept"}
+    resumed, history = run(cfg, checkpoint=ckpt, resume=state)
+    assert max_diff(trainable_state(resumed), trainable_state(full)) == 0.0
+    strip = [{k: v for k, v in r.items() if k != "elapsed"} for r in history.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "elapsed"} for r in full_history.rows]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def test_resume_refuses_other_settings(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(Interrupted):
+        run(CFG, checkpoint=ckpt, progress=KillAt(2, signal.SIGINT))
+    with pytest.raises(BadInputError, match="other training settings"):
+        run(dataclasses.replace(CFG, lr=0.5), resume=load_checkpoint(ckpt))
+
+
+def test_without_validation_the_last_weights_stay() -> None:
+    model = tiny_classifier(["a", "b"], seed=7)
+    train, _ = data(model)
+    history = fit(model, train, None, CFG, device=CPU, precision=FP32, seed=7)
+    assert history.best is None and len(history.rows) == 2 and history.rows[0]["val_loss"] is None
+    with pytest.raises(BadInputError, match="early-stop needs"):
+        fit(model, train, None, dataclasses.replace(CFG, early_stop=1), device=CPU, precision=FP32, seed=7)
+
+
+def test_cpu_bf16_autocast_trains() -> None:
+    model = tiny_classifier(["a", "b"], seed=7)
+    train, val = data(model)
+    history = fit(model, train, val, CFG, device=CPU, precision=resolve_precision("bf16", CPU), seed=7)
+    reference, _ = run(CFG)
+    assert all(math.isfinite(r["train_loss"]) for r in history.rows)
+    assert 0 < max_diff(trainable_state(model), trainable_state(reference)) < 0.05
+
+
+def test_evaluate_returns_logits_in_input_order() -> None:
+    model = tiny_classifier(["a", "b"], seed=7).eval()
+    _, val = data(model)
+    metrics, logits = evaluate(model, val, device=CPU, precision=FP32, batch_size=4)
+    with torch.no_grad():
+        one_by_one = torch.cat([val.source.batch([i], CPU).logits(model) for i in range(len(val))])
+    assert torch.allclose(torch.from_numpy(logits), one_by_one, atol=1e-5)
+    assert metrics["n"] == 17 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_schedules() -> None:
+    cfg = TrainConfig(lr=1.0, warmup=2, schedule="cosine")
+    assert [round(cfg.learning_rate(s, 10), 4) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert TrainConfig(lr=0.1).learning_rate(5, 10) == 0.1
+    assert TrainConfig(warmup=0.25).warmup_steps(40) == 10
+
+
+def test_balanced_class_weights() -> None:
+    assert class_weights([0, 0, 0, 1], 2, "none") is None
+    assert class_weights([0, 0, 0, 1], 3, "balanced").tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
+
+
+def test_shards_split_a_global_batch() -> None:
+    group = list(range(10))
+    shards = [Shard(rank, 3).take(group) for rank in range(3)]
+    assert (
+        sorted(i for shard in shards for i in shard) == group
+        and Shard().take(group) == group
+        and Shard(0, 3).is_main
+    )
+
+
+def test_sigterm_outside_training_raises_so_cleanup_runs() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as info, sigterm_raises("finetune"):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at once; the sleep is never finished
+    assert info.value.exit_code == 143 and "outside the training loop" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is before
