@@ -1,0 +1,84 @@
+"""What the benchmarks share: locating ../shared, running a child with its own peak RSS, tables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GPTCLF_SHARED", REPO.parent / "shared"))
+SMS_FILE = SHARED / "data" / "sms_spam_collection" / "SMSSpamCollection"
+BPE_DIR = SHARED / "data" / "gpt2_bpe"
+
+
+def require_shared() -> None:
+    """Stop with a clear message when the real data is not beside the repo."""
+    if not SMS_FILE.is_file() or not (BPE_DIR / "encoder.json").is_file():
+        sys.exit(f"benchmark needs the real data in {SHARED}/data (set GPTCLF_SHARED to its folder)")
+
+
+def gptclf_exe() -> str:
+    """The console script of the environment running this benchmark."""
+    exe = Path(sys.executable).parent / "gptclf"
+    return str(exe) if exe.exists() else shutil.which("gptclf") or "gptclf"
+
+
+def make_home(work: Path) -> Path:
+    """A private GPTCLF_HOME holding the tokenizer files (so nothing is downloaded)."""
+    home = work / "home"
+    (home / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(BPE_DIR / name, home / "tokenizer" / name)
+    return home
+
+
+@dataclass
+class ChildResult:
+    """A finished child process: exit code, wall seconds, its own peak RSS, captured stdout."""
+
+    returncode: int
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run_child(
+    cmd: list[str], env: dict[str, str] | None = None, stdout_path: Path | None = None
+) -> ChildResult:
+    """Run ``cmd`` and measure it alone: ``os.wait4`` gives this child's own peak RSS."""
+    full_env = {**os.environ, **(env or {})}
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8") as err,
+        tempfile.TemporaryFile("w+", encoding="utf-8") as tmp_out,
+    ):
+        out = open(stdout_path, "w", encoding="utf-8") if stdout_path else tmp_out  # noqa: SIM115
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=err, text=True)
+        # os.wait4 (not Popen.wait) so that the rusage is this child's own, not all children's.
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if stdout_path:
+            out.close()
+        tmp_out.seek(0)
+        captured = tmp_out.read()
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read()[-4000:])
+            raise SystemExit(f"benchmark step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return ChildResult(proc.returncode, seconds, usage.ru_maxrss / 1024.0, captured)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table on stdout (pastes into the README as it is)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
