@@ -19,7 +19,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Messages, tables and progress for people.
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 #: Results (JSON lines, CSV, tables) for whoever reads stdout.
 out_console = Console(highlight=False, soft_wrap=True)
 

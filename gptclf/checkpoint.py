@@ -136,6 +136,13 @@ class LoadedRun:
     def max_length(self) -> int:
         return int(self.info["max_length"])
 
+    @property
+    def pad_length(self) -> int | None:
+        """The fixed padding a ``last-position`` run was trained with (None: pad per batch)."""
+        if self.info.get("pooling") != "last-position":
+            return None
+        return self.info.get("train", {}).get("pad_length")
+
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     """Read and check run.json.

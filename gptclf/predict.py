@@ -20,6 +20,7 @@ from gptclf.checkpoint import LoadedRun
 from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision, setup_backend
 from gptclf.errors import BadInputError
+from gptclf.features import pooled_logits
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
@@ -87,6 +88,7 @@ def compute_logits(
     batch_size: int,
     device: torch.device,
     precision: Precision,
+    pad_to: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Class logits of ``texts``, in input order.
@@ -102,6 +104,8 @@ def compute_logits(
         batch_size: Texts per forward pass (>= 1).
         device: Where the model is.
         precision: fp32, or the autocast type to run under.
+        pad_to: Pad every batch to this length (a run trained with the book's fixed padding and
+            ``last-position`` pooling reads position -1, so it must see the same padding).
         on_batch: Called with the number of texts of each batch when it is done (for progress).
 
     Returns:
@@ -111,9 +115,9 @@ def compute_logits(
     logits = torch.empty(len(texts), len(model.classes), dtype=torch.float32)
     with torch.inference_mode():
         for batch in sorted_batches(encoded.lengths, batch_size):
-            ids, lengths = collate([encoded.ids[i] for i in batch])
+            ids, lengths = collate([encoded.ids[i] for i in batch], pad_to=pad_to)
             with precision.autocast(device):
-                out = model(ids.to(device, non_blocking=True), lengths.to(device, non_blocking=True))
+                out = pooled_logits(model, ids.to(device, non_blocking=True), lengths.to(device))
             logits[torch.as_tensor(batch)] = out.float().cpu()
             if on_batch is not None:
                 on_batch(len(batch))
@@ -201,6 +205,7 @@ class Predictor:
             batch_size=self.batch_size,
             device=self.device,
             precision=self.precision,
+            pad_to=self.run.pad_length,
             on_batch=on_batch,
         )
         self.n_texts += len(texts)

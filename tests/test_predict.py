@@ -193,3 +193,20 @@ def test_bad_sizes_and_devices_are_bad_input(tmp_path: Path) -> None:
         Predictor(run, device="tpu")
     with pytest.raises(BadInputError):
         Predictor(run, device="cpu", precision="fp16")
+
+
+def test_last_position_run_is_padded_as_in_training(tmp_path: Path) -> None:
+    """A book-mode run (position -1, fixed padding) must see the padding it was trained with."""
+    run = memory_run(tmp_path, pooling="last-position", train={"pad_length": 40})
+    run.model.pooling = "last-position"
+    assert run.pad_length == 40
+    texts = ["short", "a bit longer text"]
+    with torch.no_grad():
+        expected = []
+        for text in texts:
+            ids = torch.full((1, 40), EOT_ID)
+            ids[0, : len(text)] = torch.tensor(list(text.encode()))
+            expected.append(run.model(ids, torch.tensor([len(text)]))[0])
+    got = cpu_predictor(run).logits(texts)
+    torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
+    assert memory_run(tmp_path, pooling="last-token", train={"pad_length": 40}).pad_length is None
