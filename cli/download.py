@@ -127,7 +127,10 @@ def _human(n: float) -> str:
 @handle_errors
 def download(
     model: list[str] | None = typer.Option(
-        None, "--model", "-m", metavar="NAME",
+        None,
+        "--model",
+        "-m",
+        metavar="NAME",
         help="GPT-2 weights to fetch: gpt2-small, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, "
         "774M, 1558M). Repeat for several.",
     ),
@@ -138,12 +141,18 @@ def download(
         True, "--tokenizer/--no-tokenizer", help="Fetch GPT-2's tokenizer files too."
     ),
     mirror: str | None = typer.Option(
-        None, "--mirror", metavar="URL|DIR", envvar="GPTCLF_MIRROR",
+        None,
+        "--mirror",
+        metavar="URL|DIR",
+        envvar="GPTCLF_MIRROR",
         help="Take every file from <URL|DIR>/<its path on the public host> instead of the public "
         "hosts, e.g. DIR/openai-community/gpt2/resolve/main/model.safetensors.",
     ),
     home: Path | None = typer.Option(
-        None, "--home", metavar="DIR", envvar="GPTCLF_HOME",
+        None,
+        "--home",
+        metavar="DIR",
+        envvar="GPTCLF_HOME",
         help="Cache folder (default: ~/.cache/gptclf).",
     ),
     retries: int = typer.Option(

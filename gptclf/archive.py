@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from gptclf.errors import DownloadError
-from gptclf.tokenizer import sha256_file
+from gptclf.fileio import sha256_file
 
 SMS_FILE = "SMSSpamCollection"
 SMS_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"

@@ -35,7 +35,8 @@ from gptclf import __version__
 from gptclf.archive import SMS_FILE, SMS_SHA256, extract_sms_archive
 from gptclf.config import PRESETS, GPTConfig, cache_home, canonical_preset, valid_model_names
 from gptclf.errors import BadInputError, DownloadError
-from gptclf.tokenizer import TOKENIZER_FILES, TOKENIZER_URL_DIR, sha256_file, tokenizer_dir
+from gptclf.fileio import sha256_file
+from gptclf.tokenizer import TOKENIZER_FILES, TOKENIZER_URL_DIR, tokenizer_dir
 from gptclf.weights import check_safetensors_extent, verify_checkpoint, weights_file, weights_url_path
 
 #: Base URLs of the hosts each kind of file comes from, primary first. The mirror rule uses the

@@ -37,12 +37,12 @@ from gptclf.data import (
     PREPARED_FILES,
     SPLITS,
     LoadedTable,
-    file_sha256,
     load_sms_spam,
     load_table,
     resolve_format,
 )
 from gptclf.errors import BadInputError
+from gptclf.fileio import sha256_file
 
 if TYPE_CHECKING:
     from gptclf.download import Progress
@@ -228,7 +228,7 @@ def prepare(
         if source["format"] != "sms":
             source |= {"text_column": text_column or "text", "label_column": label_column or "label"}
         source["encoding"] = encoding
-    source["sha256"] = file_sha256(path)
+    source["sha256"] = sha256_file(path)
 
     frame, dropped, names = _select_classes(table, names, drop_unknown, path)
     duplicate_texts = int(frame["text"].duplicated().sum())

@@ -38,15 +38,6 @@ def tokenizer_dir(home: Path | None = None) -> Path:
     return (home or cache_home()) / "tokenizer"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's map from the printable stand-in characters of encoder.json back to bytes."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ MIRROR = SHARED / "mirror"
 TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu"]
 LEARN = [*TINY, "--trainable", "all", "--lr", "2e-3", "--epochs", "5"]
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def finetune(*args: str) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,6 @@ CFG = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
 #: The book's learning rate: Adam's step is about lr in size whatever the gradient's, so float noise
 #: in a near-zero gradient can move a weight by up to lr; comparisons within 1e-5 need a small lr.
 EXACT = dataclasses.replace(CFG, lr=5e-5)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def data(

@@ -1,0 +1,273 @@
+"""Data-parallel finetuning under ``torchrun``: process group, DDP wrapping, collectives, launcher.
+
+gptclf is a plain torchrun program. torchrun (or ``gptclf finetune --devices N``, which starts it)
+sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in every process;
+:func:`process_group` reads them, joins the group (NCCL on CUDA, one GPU per process: the local
+rank's; gloo on the CPU) with a finite timeout on collectives, and leaves it at the end. Under a
+world size of 1 nothing is initialised and the run is the single-process one.
+
+How the work is split (see :mod:`gptclf.train`): every rank draws the same seeded global batches of
+``batch_size * grad_accum * world_size`` texts and runs its share (:meth:`Shard.take`), so
+``--batch-size`` is per device. Every number a decision depends on (the step's loss, validation
+logits) is summed over the ranks before it is used, so all ranks decide the same (early stopping,
+NaN stop, an interrupt) without a broadcast. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gptclf.errors import BadInputError
+
+#: Seconds a collective may wait for the other ranks before the job fails (``--dist-timeout``).
+DEFAULT_TIMEOUT = 300.0
+#: How long ranks wait for rank 0 to download weights or prepare data (a long, CPU-side wait).
+SLOW_TIMEOUT = 24 * 3600.0
+#: Rows of a cache summed per collective: bounds the extra memory of :meth:`Shard.all_sum_rows`.
+CHUNK_BYTES = 64 << 20
+
+
+def torchrun_env() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when torchrun started this process, else None."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise BadInputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+    return rank, world, local
+
+
+def world_size() -> int:
+    """The world size torchrun set (1 outside torchrun)."""
+    env = torchrun_env()
+    return 1 if env is None else env[1]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a data-parallel job (rank 0 of 1 for a single process).
+
+    Its collectives are no-ops for a single process, so the training code has one path.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    #: A gloo group with a long timeout for waiting on rank 0's downloads (None: single process).
+    slow_group: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def take(self, indices: Sequence[int]) -> list[int]:
+        """This rank's share of a global batch (every ``world_size``-th index from ``rank``).
+
+        A global batch is length-sorted within its pool, so the shares have similar lengths.
+        """
+        return list(indices[self.rank :: self.world_size])
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place, and return it."""
+        if not self.distributed:
+            return tensor
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            # NCCL reduces CUDA tensors only: go through this rank's GPU.
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu)
+            return tensor.copy_(on_gpu)
+        dist.all_reduce(tensor)
+        return tensor
+
+    def all_sum_rows(self, flat: torch.Tensor) -> None:
+        """:meth:`all_sum` of a (rows, C) tensor in chunks, so a RAM or disk cache needs no second copy."""
+        if not self.distributed or flat.shape[0] == 0:
+            return
+        rows = max(1, CHUNK_BYTES // max(1, flat[0].numel() * flat.element_size()))
+        for start in range(0, flat.shape[0], rows):
+            chunk = flat[start : start + rows]
+            if chunk.is_contiguous():
+                self.all_sum(chunk)
+            else:
+                chunk.copy_(self.all_sum(chunk.contiguous()))
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (within the collective timeout)."""
+        if self.distributed:
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Run the block on each node's local rank 0 first, then on the other ranks.
+
+        For downloads into the shared cache and the data preparation: the first pass fills the
+        files, the later ones find them in place. The wait may be long, so it uses the slow group.
+        """
+        if not self.distributed:
+            yield
+            return
+        if self.local_rank == 0:
+            yield
+        dist.barrier(group=self.slow_group)
+        if self.local_rank != 0:
+            yield
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (pickled; for small things such as RNG states)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def _process_device(spec: str, local_rank: int) -> torch.device:
+    """The device of this process under torchrun: the local rank's GPU, or the CPU."""
+    spec = spec.strip().lower()
+    use_cuda = spec == "cuda" or (spec == "auto" and torch.cuda.is_available())
+    if spec.startswith("cuda:"):
+        raise BadInputError(
+            f"--device {spec}: under torchrun each process uses the GPU of its local rank; "
+            "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise BadInputError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        if local_rank >= torch.cuda.device_count():
+            raise BadInputError(
+                f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node"
+            )
+        return torch.device("cuda", local_rank)
+    if spec in ("auto", "cpu"):
+        return torch.device("cpu")
+    raise BadInputError(f"--device {spec}: data-parallel runs support cpu and cuda only")
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Iterator[Shard]:
+    """Join torchrun's process group for the duration of the block; yield this process's Shard.
+
+    Outside torchrun, or with a world size of 1, nothing is initialised and ``Shard()`` comes back.
+    On CUDA the process's current device becomes its local rank's GPU, so ``--device cuda`` and
+    ``auto`` resolve to it later.
+
+    Args:
+        device: ``--device``: ``auto``, ``cpu`` or ``cuda`` (one GPU per process).
+        timeout: Seconds a collective may wait before the job fails instead of hanging.
+
+    Raises:
+        BadInputError: A device that cannot be used data-parallel, or a bad timeout.
+    """
+    env = torchrun_env()
+    if env is None or env[1] == 1:
+        yield Shard()
+        return
+    if not timeout > 0:
+        raise BadInputError(f"--dist-timeout must be > 0 seconds (got {timeout})")
+    rank, world, local = env
+    dev = _process_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(
+        backend="nccl" if dev.type == "cuda" else "gloo",
+        timeout=_dt.timedelta(seconds=timeout),
+        device_id=dev if dev.type == "cuda" else None,
+    )
+    try:
+        slow = dist.new_group(backend="gloo", timeout=_dt.timedelta(seconds=SLOW_TIMEOUT))
+        yield Shard(rank, world, local, slow)
+    finally:
+        dist.destroy_process_group()
+
+
+class BatchLogits(nn.Module):
+    """The classifier's training forward as a module of its own.
+
+    DDP must see every training forward to sync the gradients of the backward that follows, and
+    training calls :func:`gptclf.features.pooled_logits` rather than the classifier's ``forward``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        lengths: torch.Tensor,
+        hidden: torch.Tensor | None,
+        start_block: int,
+    ) -> torch.Tensor:
+        from gptclf.features import pooled_logits  # features imports the model; keep this module light
+
+        return pooled_logits(self.model, input_ids, lengths, hidden, start_block)  # type: ignore[arg-type]
+
+
+def training_forward(model: nn.Module, device: torch.device, shard: Shard) -> nn.Module:
+    """:class:`BatchLogits` of ``model``, wrapped in DDP when the job has several ranks.
+
+    DDP registers only parameters that require a gradient, so the frozen blocks (and the frozen
+    trunk a cache replaces) cost nothing; every trainable parameter takes part in each forward,
+    so ``find_unused_parameters`` stays off. Buffers are constants here: no per-step broadcast.
+    """
+    forward = BatchLogits(model)
+    if not shard.distributed:
+        return forward
+    return DistributedDataParallel(
+        forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+
+
+def launch_command(devices: int, args: Sequence[str]) -> list[str]:
+    """The torchrun command that runs ``gptclf finetune ARGS`` on ``devices`` local processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(devices),
+        "-m",
+        "cli.main",
+        "finetune",
+        *args,
+    ]
+
+
+def launch(devices: int, args: Sequence[str]) -> int:
+    """Run ``gptclf finetune ARGS`` under torchrun on this machine; return torchrun's exit code.
+
+    torchrun ends every worker when one fails and exits 1 for any worker failure.
+    """
+    return subprocess.call(launch_command(devices, args))
+
+
+def refuse_distributed(verb: str) -> None:
+    """``predict`` and ``evaluate`` run in one process: refuse a torchrun job of several.
+
+    Raises:
+        BadInputError: ``WORLD_SIZE`` > 1.
+    """
+    if world_size() > 1:
+        raise BadInputError(
+            f"`gptclf {verb}` runs in one process; start it without torchrun (WORLD_SIZE is {world_size()})"
+        )
