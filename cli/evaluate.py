@@ -91,10 +91,12 @@ def evaluate(
 ) -> None:
     """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
     from gptclf.checkpoint import load_run
+    from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import Gates, file_data, split_data
     from gptclf.evaluate import evaluate as run_evaluation
     from gptclf.predict import Predictor
 
+    refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
     gates = Gates(min_accuracy, min_f1)
     if input_path is not None and (split is not None or data is not None):
         raise BadInputError("--input FILE replaces --split/--data: give one or the other")

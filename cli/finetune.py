@@ -4,6 +4,10 @@ Every option defaults to "not given", so that a ``--config FILE.toml`` can set i
 line can still override the file; the defaults themselves live in
 :class:`gptclf.runconfig.FinetuneSettings`. Progress and messages go to stderr, the summary to
 stdout (one JSON object with ``--json``).
+
+Under torchrun (``torchrun --nproc_per_node N -m cli.main finetune ...``) every process runs this
+command; rank 0 draws progress and prints the summary, the others are silent. ``--devices N``
+starts torchrun itself on this machine with the same options.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import typer
 from rich.console import Console
 
 from cli.common import err_console, handle_errors, out_console
+from gptclf.errors import BadInputError, Interrupted
 
 if TYPE_CHECKING:
     from gptclf.finetune import FinetuneResult
+    from gptclf.runconfig import FinetuneSettings
 
 _TRAIN = "Training"
 _MODEL = "Model"
@@ -57,7 +63,9 @@ def finetune(
         "--pooling", help="last-token (default), last-position (the book's), mean.", panel=_MODEL
     ),
     epochs: int | None = _opt("--epochs", help="Epochs (default: 5).", panel=_TRAIN),
-    batch_size: int | None = _opt("--batch-size", help="Texts per forward pass (default: 8).", panel=_TRAIN),
+    batch_size: int | None = _opt(
+        "--batch-size", help="Texts per forward pass, per device (default: 8).", panel=_TRAIN
+    ),
     grad_accum: int | None = _opt(
         "--grad-accum", help="Forward passes per optimizer step (default: 1).", panel=_TRAIN
     ),
@@ -109,24 +117,80 @@ def finetune(
     config: Path | None = _opt(
         "--config", help="TOML file of options; the command line overrides it.", panel=_RUN
     ),
+    devices: int = typer.Option(
+        1, "--devices", help="Data-parallel on N local processes (GPUs) via torchrun.", rich_help_panel=_RUN
+    ),
+    dist_timeout: float = typer.Option(
+        300.0,
+        "--dist-timeout",
+        envvar="GPTCLF_DIST_TIMEOUT",
+        help="Seconds a data-parallel process waits for the others before the job fails (default: 300).",
+        rich_help_panel=_RUN,
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Finetune GPT-2 as a classifier: `gptclf finetune --classes spam,ham` runs the book's SMS recipe."""
     options = dict(locals())  # first, so it holds exactly the parameters: the settings' field names
     config_file = options.pop("config")
-    options.pop("json_output")
+    for name in ("json_output", "devices", "dist_timeout"):
+        options.pop(name)
+    from gptclf.distributed import process_group
     from gptclf.finetune import finetune as run_finetune
-    from gptclf.progress import ConsoleProgress
+    from gptclf.progress import ConsoleProgress, TrainProgress
     from gptclf.runconfig import build_settings
 
     settings = build_settings(options, config_file)
-    result = run_finetune(
-        settings, progress=ConsoleProgress(err_console), download_progress=_downloads(err_console)
-    )
+    if devices != 1:
+        _launch(settings, devices, options, config_file, dist_timeout, json_output)
+    with process_group(settings.device, dist_timeout) as shard:
+        try:
+            result = run_finetune(
+                settings,
+                progress=ConsoleProgress(err_console) if shard.is_main else TrainProgress(),
+                download_progress=_downloads(err_console) if shard.is_main else None,
+                shard=shard,
+            )
+        except (BadInputError, Interrupted) as exc:
+            if shard.is_main:
+                raise
+            # Every rank meets these alike (same settings, same agreed interrupt): rank 0 says it.
+            raise typer.Exit(exc.exit_code) from None
+    if not shard.is_main:
+        return
     if json_output:
         typer.echo(json.dumps(result.summary()))
     else:
         _print_summary(result)
+
+
+def _launch(
+    settings: FinetuneSettings,
+    devices: int,
+    options: dict[str, Any],
+    config: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Check the settings, then run this command under torchrun on ``devices`` local processes.
+
+    Raises:
+        typer.Exit: With torchrun's exit code.
+    """
+    from gptclf.distributed import launch, torchrun_env
+    from gptclf.runplan import check_launch
+
+    if torchrun_env() is not None:
+        raise BadInputError("--devices starts torchrun itself: under torchrun, use its --nproc_per_node")
+    out = check_launch(settings, devices)
+    args = [] if config is None else ["--config", str(config)]
+    for name, value in {**options, "out": str(out)}.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{name}")  # --cache/--no-cache, --force, --resume
+        elif value is not None:
+            args += [flag, str(value)]
+    args += ["--dist-timeout", str(timeout), *(["--json"] if as_json else [])]
+    raise typer.Exit(launch(devices, args))
 
 
 def _downloads(console: Console) -> Any:

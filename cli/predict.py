@@ -147,8 +147,10 @@ def predict(
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
     from gptclf.checkpoint import load_run
+    from gptclf.distributed import refuse_distributed
     from gptclf.predict import Predictor, make_decision
 
+    refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "jsonl"
     if fmt not in FORMATS:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from gptclf.errors import BadInputError
+
+T = TypeVar("T")
 
 #: Seconds a collective may wait for the other ranks before the job fails (``--dist-timeout``).
 DEFAULT_TIMEOUT = 300.0
@@ -78,12 +80,12 @@ class Shard:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def take(self, indices: Sequence[int]) -> list[int]:
-        """This rank's share of a global batch (every ``world_size``-th index from ``rank``).
+    def take(self, items: Sequence[T]) -> list[T]:
+        """This rank's share: every ``world_size``-th item from ``rank``.
 
-        A global batch is length-sorted within its pool, so the shares have similar lengths.
+        A global training batch is length-sorted within its pool, so the shares have similar lengths.
         """
-        return list(indices[self.rank :: self.world_size])
+        return list(items[self.rank :: self.world_size])
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over the ranks, in place, and return it."""
@@ -115,20 +117,29 @@ class Shard:
             dist.barrier()
 
     @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Run the block on each node's local rank 0 first, then on the other ranks.
+    def main_first(self, per_node: bool = True) -> Iterator[None]:
+        """Run the block on rank 0 (``per_node``: on each node's local rank 0) first, then on the rest.
 
-        For downloads into the shared cache and the data preparation: the first pass fills the
-        files, the later ones find them in place. The wait may be long, so it uses the slow group.
+        For downloads into the cache and the data preparation: the first pass writes the files,
+        the later ones find them in place. The wait may be long, so it uses the slow group.
         """
+        first = (self.local_rank if per_node else self.rank) == 0
         if not self.distributed:
             yield
             return
-        if self.local_rank == 0:
+        if first:
             yield
         dist.barrier(group=self.slow_group)
-        if self.local_rank != 0:
+        if not first:
             yield
+
+    def from_main(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (pickled; for small things such as a path)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (pickled; for small things such as RNG states)."""
@@ -199,58 +210,28 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
         dist.destroy_process_group()
 
 
-class BatchLogits(nn.Module):
-    """The classifier's training forward as a module of its own.
-
-    DDP must see every training forward to sync the gradients of the backward that follows, and
-    training calls :func:`gptclf.features.pooled_logits` rather than the classifier's ``forward``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        lengths: torch.Tensor,
-        hidden: torch.Tensor | None,
-        start_block: int,
-    ) -> torch.Tensor:
-        from gptclf.features import pooled_logits  # features imports the model; keep this module light
-
-        return pooled_logits(self.model, input_ids, lengths, hidden, start_block)  # type: ignore[arg-type]
-
-
-def training_forward(model: nn.Module, device: torch.device, shard: Shard) -> nn.Module:
-    """:class:`BatchLogits` of ``model``, wrapped in DDP when the job has several ranks.
+def wrap_ddp(module: nn.Module, device: torch.device, shard: Shard) -> nn.Module:
+    """``module`` in DistributedDataParallel when the job has several ranks, else as it is.
 
     DDP registers only parameters that require a gradient, so the frozen blocks (and the frozen
     trunk a cache replaces) cost nothing; every trainable parameter takes part in each forward,
-    so ``find_unused_parameters`` stays off. Buffers are constants here: no per-step broadcast.
+    so ``find_unused_parameters`` stays off. GPT-2 here has no buffers, so DDP syncs nothing at a
+    forward pass, and ranks may run different numbers of micro-batches in a step.
     """
-    forward = BatchLogits(model)
     if not shard.distributed:
-        return forward
-    return DistributedDataParallel(
-        forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-    )
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def launch_command(devices: int, args: Sequence[str]) -> list[str]:
-    """The torchrun command that runs ``gptclf finetune ARGS`` on ``devices`` local processes."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(devices),
-        "-m",
-        "cli.main",
-        "finetune",
-        *args,
-    ]
+    """The torchrun command that runs ``gptclf finetune ARGS`` on ``devices`` local processes.
+
+    The ``--`` before the program matters: torchrun's argument parser looks at every word, also
+    the program's, and stops with "ambiguous option" at ``--monitor`` (a prefix of its own
+    ``--monitor-interval``); after ``--`` it reads none of them.
+    """
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(devices)]
+    return [*run, "-m", "--", "cli.main", "finetune", *args]
 
 
 def launch(devices: int, args: Sequence[str]) -> int:

@@ -15,6 +15,13 @@ The cache lives on the GPU when the device is CUDA and it fits, else in (pinned)
 budget (``--cache-memory``), else in a memory-mapped file in a temporary folder that is removed
 when the cache is closed.
 
+Under DDP every rank needs the states of every training text (the shards are redrawn each epoch),
+so each rank holds a whole cache, but the ranks compute disjoint parts of it: rank r runs every
+``world_size``-th of the length-sorted batches a single process would run, writes those rows into
+a zeroed cache, and the caches are summed over the ranks in chunks. Building takes 1/world_size
+of the time, and each text's states come from the same batch as in a single process, so the cache
+equals the single-process one exactly.
+
 :func:`pooled_logits` saves most of the remaining work for ``last-token`` pooling: the final block
 runs its query, MLP, norm and head at the pooled position only.
 """
@@ -36,6 +43,7 @@ from torch import nn
 from gptclf.batching import collate, sorted_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
+from gptclf.distributed import Shard
 from gptclf.model import Block
 from gptclf.tokenizer import EOT_ID
 
@@ -116,6 +124,23 @@ def _final_block_at(block: Block, x: torch.Tensor, pos: torch.Tensor) -> torch.T
     y = attn.resid_dropout(attn.c_proj(y.reshape(b, c)))  # (B, C)
     out = x[rows, pos] + y
     return out + block.mlp(block.ln_2(out))
+
+
+class BatchLogits(nn.Module):
+    """The training forward (:func:`pooled_logits`) as a module of its own.
+
+    DDP must see every training forward to sync the gradients of the backward that follows, and
+    training does not go through the classifier's ``forward``; this module does, for DDP to wrap.
+    """
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor | None, lengths: torch.Tensor, hidden: torch.Tensor | None, start: int
+    ) -> torch.Tensor:
+        return pooled_logits(self.model, input_ids, lengths, hidden, start)
 
 
 class Source(Protocol):
@@ -224,6 +249,7 @@ class FeatureCache:
         batch_size: int = 32,
         pad_to: int | None = None,
         spill_dir: Path | None = None,
+        shard: Shard = Shard(),  # frozen, so one shared default is safe
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -237,6 +263,8 @@ class FeatureCache:
             batch_size: Texts per forward pass.
             pad_to: Pad batches of this cache to at least this length (``--pad-to longest-train``).
             spill_dir: Folder for the memory-mapped file (default: the system's temporary folder).
+            shard: This process's place in a data-parallel job: it computes its share of the
+                batches and receives the rest from the other ranks.
         """
         assert start_block >= 1
         lengths = [len(x) for x in ids]
@@ -244,10 +272,12 @@ class FeatureCache:
         total = sum(lengths)
         nbytes = total * n_embd * 4
         tmpdir = None
+        # Under DDP the rows of the other ranks' texts must be zeros for the sum (a new memmap is).
+        empty = torch.zeros if shard.distributed else torch.empty
         if device.type == "cuda" and nbytes <= GPU_CACHE_SHARE * torch.cuda.mem_get_info(device)[0]:
-            flat, location = torch.empty(total, n_embd, device=device), "gpu"
+            flat, location = empty(total, n_embd, device=device), "gpu"
         elif budget.take(nbytes):
-            flat, location = torch.empty(total, n_embd, pin_memory=device.type == "cuda"), "memory"
+            flat, location = empty(total, n_embd, pin_memory=device.type == "cuda"), "memory"
         else:
             tmpdir = Path(tempfile.mkdtemp(prefix="gptclf-cache-", dir=spill_dir))
             mapped = np.memmap(
@@ -259,13 +289,14 @@ class FeatureCache:
         model.eval()
         try:
             with torch.inference_mode():
-                for batch in sorted_batches(lengths, batch_size):
+                for batch in shard.take(sorted_batches(lengths, batch_size)):
                     input_ids, _ = collate([ids[i] for i in batch], EOT_ID)
                     with precision.autocast(device):
                         hidden = model.trunk(to_device(input_ids, device), start_block)  # (B, T, C)
                     hidden = hidden.float().to(flat.device)
                     for row, i in enumerate(batch):
                         flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
+            shard.all_sum_rows(flat)
         except BaseException:
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
@@ -315,6 +346,7 @@ def make_sources(
     batch_size: int = 32,
     pad_to: int | None = None,
     spill_dir: Path | None = None,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
 ) -> dict[str, Source]:
     """A :class:`Source` per split: cached states where exact and allowed, token batches otherwise.
 
@@ -329,6 +361,7 @@ def make_sources(
         batch_size: Texts per forward pass while building.
         pad_to: Fixed padding length (``--pad-to longest-train``), or None.
         spill_dir: Folder for memory-mapped caches.
+        shard: This process's place in a data-parallel job (see :meth:`FeatureCache.build`).
     """
     start = cache_blocks(model, scope_prefix) if use_cache else 0
     if start == 0:
@@ -347,6 +380,7 @@ def make_sources(
                 batch_size=batch_size,
                 pad_to=pad_to,
                 spill_dir=spill_dir,
+                shard=shard,
             )
     except BaseException:
         for source in sources.values():

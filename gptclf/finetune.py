@@ -130,20 +130,23 @@ def _finetune(
 ) -> FinetuneResult:
     """:func:`finetune` with its signal handling in place."""
     t_start = time.monotonic()
-    out = out_dir(settings)
+    # Rank 0's folder: the others could name another runs/<timestamp> a second later.
+    out = shard.from_main(out_dir(settings))
     resume_state = None
     if settings.resume:
         settings, resume_state = resumed_settings(out, settings)
     else:
         check_out_dir(out, settings.force)
     p = make_plan(settings)
+    shard.barrier()  # every rank has checked the folder before rank 0 writes into it
     setup_backend(p.device)
     # Downloads first: they fill the cache, and a failed one leaves the run directory untouched.
-    tokenizer_dir = ensure_tokenizer(p.home, settings.mirror, download_progress)
+    with shard.main_first():
+        tokenizer_dir = ensure_tokenizer(p.home, settings.mirror, download_progress)
+        if settings.weights == "pretrained":
+            ensure_weights(p.model_name, p.home, settings.mirror, download_progress)
     enc = load_tokenizer(tokenizer_dir)
-    if settings.weights == "pretrained":
-        ensure_weights(p.model_name, p.home, settings.mirror, download_progress)
-    data_dir = _data_dir(settings, p, out, download_progress)
+    data_dir = _data_dir(settings, p, out, download_progress, shard)
     prepared = read_prepared(data_dir)
     classes = _classes(settings.classes, prepared.classes, data_dir)
     model, trainable_params, total_params = build_classifier(settings, p, classes)
@@ -170,6 +173,7 @@ def _finetune(
         cache_memory=p.cache_memory,
         batch_size=p.train.eval_batch_size,
         pad_to=pad_length,
+        shard=shard,
     )
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(sources)
@@ -199,13 +203,13 @@ def _finetune(
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
         batch = p.train.eval_batch_size
-        test = validation = None
-        if len(sets["test"]):
-            test, _ = evaluate(model, sets["test"], device=p.device, precision=p.precision, batch_size=batch)
-        if len(sets["validation"]):
-            validation, _ = evaluate(
-                model, sets["validation"], device=p.device, precision=p.precision, batch_size=batch
-            )
+        scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
+        for name in scores:
+            if len(sets[name]):
+                scores[name], _ = evaluate(
+                    model, sets[name], device=p.device, precision=p.precision, batch_size=batch, shard=shard
+                )
+        test, validation = scores["test"], scores["validation"]
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
@@ -247,7 +251,7 @@ def _finetune(
             info,
             tokenizer_dir,
             result,
-            math.ceil(len(ids["train"]) / (p.train.batch_size * p.train.grad_accum)),
+            math.ceil(len(ids["train"]) / (p.train.batch_size * p.train.grad_accum * shard.world_size)),
         )
     return result
 
@@ -267,22 +271,25 @@ def build_classifier(
     return Classifier(gpt, classes, settings.pooling), trainable, total
 
 
-def _data_dir(settings: FinetuneSettings, p: RunPlan, out: Path, download_progress: Progress | None) -> Path:
-    """The prepared folder: ``--data``, or the SMS set prepared the book's way into ``<out>/data``."""
+def _data_dir(
+    settings: FinetuneSettings, p: RunPlan, out: Path, download_progress: Progress | None, shard: Shard
+) -> Path:
+    """The prepared folder: ``--data``, or the SMS set prepared the book's way into ``<out>/data``
+    (by rank 0, which alone writes the run directory; the other ranks wait and read it)."""
     if settings.data is not None:
         return Path(settings.data).expanduser().resolve()
     target = out / "data"
-    if settings.resume and target.is_dir():
-        return target
-    prepare(
-        target,
-        classes=settings.classes,
-        force=settings.force,
-        home=p.home,
-        mirror=settings.mirror,
-        progress=download_progress,
-        **BOOK_SMS,
-    )
+    with shard.main_first(per_node=False):
+        if shard.is_main and not (settings.resume and target.is_dir()):
+            prepare(
+                target,
+                classes=settings.classes,
+                force=settings.force,
+                home=p.home,
+                mirror=settings.mirror,
+                progress=download_progress,
+                **BOOK_SMS,
+            )
     return target
 
 

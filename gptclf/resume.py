@@ -61,6 +61,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def check_world_size(state: dict[str, Any], world_size: int) -> None:
+    """Refuse to continue a checkpoint with another number of data-parallel processes.
+
+    The global batch is ``batch_size * grad_accum * world_size``: another world size would go on
+    with other batches and another number of steps than the interrupted run.
+
+    Raises:
+        BadInputError: The checkpoint was written by a job of another world size.
+    """
+    saved = state.get("world_size", 1)
+    if saved != world_size:
+        raise BadInputError(
+            f"the checkpoint was written by a run on {saved} process(es), this one has {world_size}: "
+            f"resume with the same number (gptclf finetune --devices {saved}, or torchrun's --nproc_per_node)"
+        )
+
+
 def rng_state() -> dict[str, Any]:
     """The torch RNG states (CPU and every CUDA device) that dropout draws from."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}

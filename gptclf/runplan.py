@@ -19,7 +19,7 @@ from gptclf.classifier import POOLINGS, TrainableScope, parse_scope
 from gptclf.config import HF_REPOS, GPTConfig, resolve_model
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError
-from gptclf.resume import CHECKPOINT_NAME, load_checkpoint
+from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
@@ -163,3 +163,32 @@ def resumed_settings(out: Path, given: FinetuneSettings) -> tuple[FinetuneSettin
         saved[name] = getattr(given, name)
     saved.update(out=str(out), resume=True)
     return FinetuneSettings(**saved, given=given.given), state
+
+
+def check_launch(settings: FinetuneSettings, devices: int) -> Path:
+    """What ``gptclf finetune --devices N`` checks before it starts N processes, so that bad input
+    exits 2 with one line instead of failing N times under torchrun. Writes nothing.
+
+    Returns:
+        The run directory, to pass on to every process (they must agree on it).
+
+    Raises:
+        BadInputError: A setting, the run directory, or a device count that cannot work.
+    """
+    if devices < 1:
+        raise BadInputError(f"--devices must be >= 1 (got {devices})")
+    out = out_dir(settings)
+    if settings.resume:
+        settings, state = resumed_settings(out, settings)
+        check_world_size(state, devices)
+    else:
+        check_out_dir(out, settings.force)
+    plan = make_plan(settings)
+    if plan.device.type == "cuda":
+        if settings.device.strip().lower().startswith("cuda:"):
+            raise BadInputError("--devices uses GPUs 0..N-1 (one per process): pass --device cuda or auto")
+        if devices > torch.cuda.device_count():
+            raise BadInputError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif plan.device.type != "cpu":
+        raise BadInputError(f"--devices runs on cuda or cpu, not {plan.device.type}")
+    return out

@@ -1,10 +1,18 @@
 """fit() and evaluate(): plain functions that train a classifier and return plain data.
 
-The loop draws, every epoch, batches of ``batch_size * grad_accum`` texts (seeded by seed and
-epoch) and splits each into micro-batches; the loss of a micro-batch is its summed cross-entropy
-divided by the whole group's size (or class weight), so the accumulated gradient is that of one
-large batch, also for the smaller last group of an epoch. Under DDP (:class:`Shard`) every rank
-draws the same groups and takes its share, and only rank 0 writes.
+The loop draws, every epoch, groups of ``batch_size * grad_accum * world_size`` texts (seeded by
+seed and epoch) and splits each into micro-batches; the loss of a micro-batch is its summed
+cross-entropy divided by the whole group's size (or class weight), so the accumulated gradient is
+that of one large batch, also for the smaller last group of an epoch.
+
+Under DDP (:class:`gptclf.distributed.Shard`) every rank draws the same groups and runs its share
+(``--batch-size`` is per device). Each micro-batch's loss is multiplied by the world size because
+DDP averages the ranks' gradients: the sum over ranks is again the large batch's gradient, so a
+2-process run with batch b trains like one process with batch 2b. Gradients sync only on a rank's
+last micro-batch (``no_sync`` before). The step's loss, accuracy and any pending signal are summed
+over the ranks, and validation logits are gathered, so every rank sees the same numbers and makes
+the same decisions (NaN stop, early stop, interrupt). Only rank 0 writes; under DDP it also saves a
+resumable checkpoint at each epoch end, since one lost process ends the whole job.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ import torch.nn.functional as F
 from gptclf.batching import sorted_batches, train_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
+from gptclf.distributed import Shard, wrap_ddp
 from gptclf.errors import BadInputError, Interrupted, TrainingError
-from gptclf.features import Source, to_device
+from gptclf.features import BatchLogits, Source, to_device
 from gptclf.metrics import classification_metrics
 from gptclf.progress import TrainProgress
-from gptclf.resume import InterruptGuard, restore_rng, rng_state, save_checkpoint
+from gptclf.resume import InterruptGuard, check_world_size, restore_rng, rng_state, save_checkpoint
 from gptclf.runconfig import TrainConfig
 
 #: Columns of history.csv, in order.
@@ -55,22 +64,6 @@ class LabelledSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in a data-parallel job (rank 0 of 1 for a single process)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def take(self, indices: list[int]) -> list[int]:
-        """This rank's share of a global batch."""
-        return indices[self.rank :: self.world_size]
 
 
 @dataclass
@@ -111,10 +104,14 @@ def evaluate(
     device: torch.device,
     precision: Precision,
     batch_size: int = 32,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of ``model`` on the whole of ``data``.
 
-    Batches are sorted by length (little padding); logits go back to their texts' rows.
+    Batches are sorted by length (little padding); logits go back to their texts' rows. Under DDP
+    each rank runs every ``world_size``-th of the same batches and the logits are summed over the
+    ranks (each row is non-zero on one rank only): every rank gets all the logits, computed in
+    the same batches as by one process, hence the same metrics.
 
     Returns:
         ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
@@ -125,13 +122,14 @@ def evaluate(
     model.eval()
     try:
         with torch.inference_mode():
-            for indices in sorted_batches(data.source.lengths, batch_size):
+            for indices in shard.take(sorted_batches(data.source.lengths, batch_size)):
                 batch = data.source.batch(indices, device)
                 with precision.autocast(device):
                     out = batch.logits(model)
                 logits[torch.as_tensor(indices)] = out.float().cpu()
     finally:
         model.train(was_training)
+    shard.all_sum(logits)
     return classification_metrics(logits, data.labels, model.classes), logits.numpy()
 
 
@@ -239,6 +237,7 @@ class _Trainer:
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
         self.device, self.precision, self.seed, self.shard = device, precision, seed, shard
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.forward = wrap_ddp(BatchLogits(model), device, shard)
         # The fused kernel is several times faster than the default per-tensor loop, on a CPU too.
         fused = True if device.type in ("cpu", "cuda") else None
         self.optimizer = torch.optim.AdamW(
@@ -252,6 +251,7 @@ class _Trainer:
         self.total = cfg.epochs * math.ceil(len(train) / self.group_size)
         self.loop = _Loop()
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.signal: int | None = None  # a signal that some rank received, as of the last step
         self.started = time.monotonic()
         torch.manual_seed(seed)
 
@@ -261,6 +261,7 @@ class _Trainer:
             raise BadInputError(
                 "the checkpoint was written with other training settings; keep them on --resume"
             )
+        check_world_size(state, self.shard.world_size)
         saved = state["trainable"]
         if sorted(saved) != sorted(n for n, _ in self.named) or any(
             saved[n].shape != p.shape for n, p in self.named
@@ -271,7 +272,8 @@ class _Trainer:
                 p.copy_(saved[n])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        ranks = state.get("rng_ranks")
+        restore_rng(ranks[self.shard.rank] if ranks else state["rng"])
         self.loop = _Loop(**state["loop"])
         self.best_state = state["best"]
 
@@ -290,7 +292,7 @@ class _Trainer:
                     )
                     while loop.group < len(groups) and not stopped:
                         lr = cfg.learning_rate(loop.step, self.total)
-                        self.step(groups[loop.group], lr, len(groups))
+                        self.step(groups[loop.group], lr, len(groups), guard)
                         # The mean since the last evaluation: steadier to watch than one step's loss.
                         progress.step(loop.epoch + 1, loop.step, loop.run_loss / loop.run_weight)
                         loop.group += 1
@@ -300,10 +302,14 @@ class _Trainer:
                             stopped = self.evaluate(lr, progress) and not last
                         if epoch_end:
                             loop.epoch, loop.group = loop.epoch + 1, 0
-                        if guard is not None and guard.signum is not None and not stopped:
+                        signum = self.signal if self.shard.distributed else guard.signum if guard else None
+                        if signum is not None and not stopped:
                             assert checkpoint is not None
-                            self.interrupt(checkpoint, guard.signum, extra)
+                            self.interrupt(checkpoint, signum, extra)
                         if epoch_end:
+                            more = not stopped and loop.epoch < cfg.epochs
+                            if more and self.shard.distributed and checkpoint is not None:
+                                self.save(checkpoint, extra)  # one lost process ends a DDP job
                             break  # the next epoch draws its own batches
             finally:
                 progress.close()
@@ -320,8 +326,8 @@ class _Trainer:
             train_seconds=loop.elapsed + time.monotonic() - self.started,
         )
 
-    def step(self, indices: list[int], lr: float, epoch_groups: int) -> None:
-        """One optimizer step over a group of ``batch_size * grad_accum`` texts."""
+    def step(self, indices: list[int], lr: float, epoch_groups: int, guard: InterruptGuard | None) -> None:
+        """One optimizer step over a group of ``batch_size * grad_accum * world_size`` texts."""
         cfg, loop, shard = self.cfg, self.loop, self.shard
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -330,26 +336,37 @@ class _Trainer:
         group_labels = self.labels[indices]
         denom = float(self.weights[group_labels].sum()) if self.weights is not None else float(len(indices))
         mine = shard.take(indices)
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for start in range(0, len(mine), cfg.batch_size):
-            micro = mine[start : start + cfg.batch_size]
+        micros = [mine[start : start + cfg.batch_size] for start in range(0, len(mine), cfg.batch_size)]
+        # A last group smaller than the world leaves some ranks nothing; they still run one text
+        # with a zero loss weight, because every rank must take part in the gradient sync.
+        scale = shard.world_size / denom if micros else 0.0
+        self.forward.train()
+        # [summed loss, correct, SIGINTs, SIGTERMs] over the ranks: one small collective per step.
+        stats = torch.zeros(4, dtype=torch.float64, device=self.device)
+        for n, micro in enumerate(micros or [indices[:1]]):
             batch = self.train.source.batch(micro, self.device)
             y = to_device(self.labels[micro], self.device)
-            with self.precision.autocast(self.device):
-                logits = batch.logits(self.model)
-            ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")
-            self.scaler.scale(ce * (shard.world_size / denom)).backward()
-            loss_sum += ce.detach()
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-        loss = float(loss_sum)  # the one host sync of a step
+            # Only the last micro-batch's backward syncs: DDP then reduces the accumulated gradient.
+            last = n == max(len(micros), 1) - 1
+            sync = self.forward.no_sync() if shard.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with self.precision.autocast(self.device):
+                    logits = self.forward(batch.input_ids, batch.lengths, batch.hidden, batch.start_block)
+                ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")
+                self.scaler.scale(ce * scale).backward()
+            if micros:
+                stats[0] += ce.detach()
+                stats[1] += (logits.detach().argmax(dim=1) == y).sum()
+        pending = guard.signum if guard is not None else None
+        stats[2], stats[3] = float(pending == signal.SIGINT), float(pending == signal.SIGTERM)
+        loss, correct, sigints, sigterms = shard.all_sum(stats).tolist()  # the one host sync of a step
         if not math.isfinite(loss):
             raise TrainingError(
                 f"the training loss became {loss} at step {loop.step + 1} (epoch {loop.epoch + 1}, batch "
-                f"{loop.group + 1} of {epoch_groups}); stopped and wrote nothing. Try a lower --lr, "
-                "--clip-grad 1.0 or --precision fp32"
+                f"{loop.group + 1} of {epoch_groups}); stopped, the run directory was not written. "
+                "Try a lower --lr, --clip-grad 1.0 or --precision fp32"
             )
+        self.signal = signal.SIGINT if sigints else signal.SIGTERM if sigterms else None
         if cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for _, p in self.named], cfg.clip_grad)
@@ -358,9 +375,9 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loop.step += 1
         loop.run_loss += loss
-        loop.run_weight += denom / shard.world_size
+        loop.run_weight += denom
         loop.run_correct += int(correct)
-        loop.run_seen += len(mine)
+        loop.run_seen += len(indices)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the trainable weights."""
@@ -393,6 +410,7 @@ class _Trainer:
                 device=self.device,
                 precision=self.precision,
                 batch_size=cfg.eval_batch_size,
+                shard=self.shard,
             )
             row.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"], val_f1=metrics["macro_f1"])
             score = list(_score(metrics, cfg.monitor))
@@ -407,23 +425,35 @@ class _Trainer:
         progress.evaluated(row)
         return stop
 
-    def interrupt(self, checkpoint: Path, signum: int, extra: dict[str, Any]) -> None:
-        """Save a resumable checkpoint (rank 0) and raise :class:`Interrupted`."""
+    def save(self, checkpoint: Path, extra: dict[str, Any]) -> None:
+        """Rank 0 saves a resumable checkpoint (every rank must call: the RNG states are gathered)."""
         loop = self.loop
-        loop.elapsed += time.monotonic() - self.started
-        self.started = time.monotonic()
-        if self.shard.is_main:
-            state = {
-                "train": self.cfg.to_dict(),
-                "loop": dataclasses.asdict(loop),
-                "extra": extra,
-                "trainable": self.snapshot(),
-                "best": self.best_state,
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-            }
-            save_checkpoint(checkpoint, state)
+        rngs = self.shard.gather_objects(rng_state())
+        if not self.shard.is_main:
+            return
+        position = dataclasses.asdict(loop)
+        position["elapsed"] = loop.elapsed + time.monotonic() - self.started
+        state = {
+            "train": self.cfg.to_dict(),
+            "world_size": self.shard.world_size,
+            "loop": position,
+            "extra": extra,
+            "trainable": self.snapshot(),
+            "best": self.best_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+        }
+        save_checkpoint(checkpoint, state)
+
+    def interrupt(self, checkpoint: Path, signum: int, extra: dict[str, Any]) -> None:
+        """Save a resumable checkpoint (rank 0) and raise :class:`Interrupted` on every rank."""
+        self.save(checkpoint, extra)
+        # No rank leaves before the checkpoint is complete: torchrun stops the others as soon as
+        # one exits, which would otherwise cut rank 0's save short.
+        self.shard.barrier()
+        loop = self.loop
         name = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
         raise Interrupted(
             f"{name} at step {loop.step} of {self.total}: saved a resumable checkpoint in {checkpoint}; "
