@@ -7,6 +7,8 @@ Side by side, each arm in its own process (so its peak RSS is its own):
   (a) book   gptclf in book-faithful mode: --pooling last-position --pad-to longest-train --no-cache
   (b) fast   gptclf's default: frozen-trunk cache, length-bucketed batches, last-token pooling
   (b16)      the fast path with --precision bf16 (CPU autocast)
+  (b-book)   the book's pooling and padding with the frozen-trunk cache (same math as (a): shows
+             what the cache alone gains, and that it leaves the results as they were)
   (c) hf     transformers' GPT2ForSequenceClassification under Trainer, same frozen blocks,
              same data, epochs, batch size and optimizer, dynamic padding
 
@@ -37,6 +39,10 @@ from gptclf.tokenizer import load_tokenizer
 ARMS = {
     "book": ("(a) book loop", ["--pooling", "last-position", "--pad-to", "longest-train", "--no-cache"]),
     "fast": ("(b) gptclf fast", []),
+    "book-cached": (
+        "(b-book) book pooling + cache",
+        ["--pooling", "last-position", "--pad-to", "longest-train"],
+    ),
     "fast-bf16": ("(b16) fast, bf16", ["--precision", "bf16"]),
     "hf": ("(c) HF Trainer", None),
 }
@@ -216,7 +222,7 @@ def main() -> None:
     )
     if "fast" in results:
         base = results["fast"]
-        for arm in ("book", "hf", "fast-bf16"):
+        for arm in ("book", "hf", "fast-bf16", "book-cached"):
             if arm in results:
                 r = results[arm]
                 print(

@@ -117,7 +117,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--texts", type=int, default=10_000, help="texts for the comparison (default 10,000)")
-    parser.add_argument("--scale", type=int, default=10, help="gptclf alone on this many times more texts")
+    parser.add_argument(
+        "--scale", type=int, default=10, help="gptclf alone on this many times more texts (1: skip)"
+    )
     parser.add_argument("--model", default="gpt2-small", help="preset or custom size (default gpt2-small)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", default="fp32", help="gptclf's --precision (fp32 or bf16)")
@@ -134,7 +136,8 @@ def main() -> None:
         model = make_run(work / "run", args.model, args.seed)
         rows = []
         results = {}
-        for label, count in (("gptclf", n), (f"gptclf x{args.scale}", n * args.scale)):
+        runs = [("gptclf", n)] + ([(f"gptclf x{args.scale}", n * args.scale)] if args.scale > 1 else [])
+        for label, count in runs:
             texts = work / f"texts-{count}.txt"
             write_texts(texts, count, args.seed)
             cmd = [
@@ -186,8 +189,10 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; wall time includes start-up and model loading"
     )
     print_table(["what", "texts", "seconds", "texts/s", "peak RSS MB"], rows)
-    base, big = results["gptclf"], results[f"gptclf x{args.scale}"]
-    print(f"\nRSS for {big[0]:,} texts / RSS for {base[0]:,}: {big[2] / base[2]:.3f}")
+    base = results["gptclf"]
+    if args.scale > 1:
+        big = results[f"gptclf x{args.scale}"]
+        print(f"\nRSS for {big[0]:,} texts / RSS for {base[0]:,}: {big[2] / base[2]:.3f}")
     if "HF pipeline" in results:
         ratio = (base[0] / base[1]) / (results["HF pipeline"][0] / results["HF pipeline"][1])
         print(f"gptclf texts/s / HF pipeline texts/s (wall): {ratio:.2f}x")

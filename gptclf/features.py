@@ -7,9 +7,11 @@ text (eval mode, no gradients) and training then runs only blocks ``k..``, the f
 head. Right padding and the causal mask mean a real token's state never depends on the pads after
 it, so each text is stored unpadded (one flat (tokens, C) tensor plus offsets) and re-padded per
 batch: the cache is exact for any batch composition. It cannot be exact where the frozen part has
-dropout, where every block trains (``all``, ``lora``), or for ``last-position`` pooling, which
-reads a pad's state (that depends on the batch's width); :func:`gptclf.classifier.frozen_prefix`
-and :func:`cache_blocks` say so.
+dropout, where every block trains (``all``, ``lora``), or for ``last-position`` pooling with
+per-batch padding, which reads a pad's state (that depends on the batch's width). With a fixed
+width (``--pad-to longest-train``, the book's padding) every text is cached together with its pads,
+which makes ``last-position`` exact too. :func:`gptclf.classifier.frozen_prefix` and
+:func:`cache_blocks` say where a cache is used.
 
 The cache lives on the GPU when the device is CUDA and it fits, else in (pinned) RAM up to a
 budget (``--cache-memory``), else in a memory-mapped file in a temporary folder that is removed
@@ -193,16 +195,17 @@ class CacheBudget:
         return True
 
 
-def cache_blocks(model: Classifier, scope_prefix: int) -> int:
+def cache_blocks(model: Classifier, scope_prefix: int, pad_to: int | None = None) -> int:
     """How many leading blocks a cache can replace for ``model`` (0: no cache).
 
     Args:
         model: The classifier (its pooling matters).
         scope_prefix: :func:`gptclf.classifier.frozen_prefix` of its GPT and scope.
+        pad_to: The fixed padding width, if any.
     """
-    # Position -1 of a padded batch is a pad whose state depends on the batch's width, which a
-    # per-text cache cannot reproduce.
-    return 0 if model.pooling == "last-position" else scope_prefix
+    # Position -1 of a padded batch is a pad whose state depends on the batch's width: a per-text
+    # cache reproduces it only when every batch has the same width and the pads are cached too.
+    return 0 if model.pooling == "last-position" and pad_to is None else scope_prefix
 
 
 class FeatureCache:
@@ -363,9 +366,13 @@ def make_sources(
         spill_dir: Folder for memory-mapped caches.
         shard: This process's place in a data-parallel job (see :meth:`FeatureCache.build`).
     """
-    start = cache_blocks(model, scope_prefix) if use_cache else 0
+    start = cache_blocks(model, scope_prefix, pad_to) if use_cache else 0
     if start == 0:
         return {name: TokenSource(ids, pad_to) for name, ids in splits.items()}
+    if model.pooling == "last-position":
+        assert pad_to is not None
+        # The pad read at position -1 is part of what the cache must hold: cache padded texts.
+        splits = {name: [[*x, *[EOT_ID] * (pad_to - len(x))] for x in ids] for name, ids in splits.items()}
     budget = CacheBudget(cache_memory)
     sources: dict[str, Source] = {}
     try:

@@ -147,3 +147,19 @@ def test_last_token_shortcut_equals_the_full_forward(scope: str) -> None:
     with torch.no_grad():
         hidden = model.trunk(input_ids, 1)
         assert torch.allclose(pooled_logits(model, None, lengths, hidden, 1), grads[1]["logits"], atol=1e-5)
+
+
+def test_last_position_with_fixed_padding_is_cached_exactly() -> None:
+    """The book's pooling (position -1) with the book's padding: cached pads give the same logits."""
+    ids, _ = synthetic_ids(9, 2, seed=6)
+    pad_to = max(len(x) for x in ids) + 3
+    model = tiny_classifier(["a", "b"], pooling="last-position", seed=4).eval()
+    kwargs = {"device": CPU, "precision": FP32, "cache_memory": 1 << 20, "pad_to": pad_to}
+    cached = make_sources(model, {"train": ids}, scope_prefix=1, use_cache=True, **kwargs)["train"]
+    plain = make_sources(model, {"train": ids}, scope_prefix=1, use_cache=False, **kwargs)["train"]
+    assert isinstance(cached, FeatureCache) and isinstance(plain, TokenSource)
+    picked = [4, 0, 7]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cached.batch(picked, CPU).logits(model), plain.batch(picked, CPU).logits(model), atol=1e-5, rtol=0
+        )
