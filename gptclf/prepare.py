@@ -385,9 +385,10 @@ def _allocate(n: int, fractions: Sequence[Fraction]) -> list[int]:
 
 
 def _undersample(frame: pd.DataFrame, names: list[str], seed: int) -> tuple[pd.DataFrame, int]:
-    """Sample every class down to the smallest one; classes concatenated in order, as the book
-    does (``pd.concat([ham_subset, spam])``)."""
-    groups = [frame[frame["label"] == c] for c in names]
+    """Sample every class down to the smallest one; classes concatenated in name order, as the book
+    does (``pd.concat([ham_subset, spam])``). Name order, not ``--classes`` order: the class order
+    sets label ids only, and must not change which rows land in which split."""
+    groups = [frame[frame["label"] == c] for c in sorted(names)]
     smallest = min(len(g) for g in groups)
     kept = [g.sample(smallest, random_state=seed) if len(g) > smallest else g for g in groups]
     return pd.concat(kept), len(frame) - smallest * len(groups)
@@ -419,7 +420,7 @@ def _split(
 def _oversample(train: pd.DataFrame, names: list[str], seed: int) -> tuple[pd.DataFrame, int]:
     """Replicate each smaller class of the training split up to the largest: whole copies first,
     then a seeded sample for the remainder, so every row appears as evenly often as possible."""
-    groups = [train[train["label"] == c] for c in names]
+    groups = [train[train["label"] == c] for c in sorted(names)]  # independent of --classes order
     largest = max(len(g) for g in groups)
     extra = []
     for group in groups:

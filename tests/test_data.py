@@ -225,6 +225,18 @@ def test_undersample_and_book_split_sizes(tmp_path: Path) -> None:
     assert summary.dropped == {"undersampled": 4080}
 
 
+@pytest.mark.parametrize("balance", ["undersample", "oversample"])
+def test_class_order_sets_label_ids_but_not_the_split(tmp_path: Path, balance: str) -> None:
+    """`--classes spam,ham` and `--classes ham,spam` put the same rows in the same splits."""
+    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"ham": 60, "spam": 15}))
+    for order in ("ham,spam", "spam,ham"):
+        prepare(tmp_path / order, input_path=path, classes=order, balance=balance, stratify=False)
+    for split in ("train", "validation", "test"):
+        assert read_split(tmp_path / "ham,spam" / f"{split}.csv") == read_split(
+            tmp_path / "spam,ham" / f"{split}.csv"
+        )
+
+
 def test_oversample_only_touches_train(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 70, "b": 20}))
     summary = prepare(tmp_path / "out", input_path=path, balance="oversample", split="0.5,0.2,0.3")
