@@ -38,5 +38,9 @@ demo: setup
 	printf '%s\n' "WINNER!! You have been selected to receive a 900 prize. Call 09061701461 now" \
 	  "Are we still meeting for lunch at 1?" | $(BIN)/gptclf predict $(DEMO_DIR) - --format jsonl
 
+# The finetuning benchmark's quick form (under 3 minutes); see README "Measured results".
+bench: setup
+	$(BIN)/python benchmarks/finetune_speed.py --quick
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

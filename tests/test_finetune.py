@@ -4,7 +4,6 @@ import csv
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ from gptclf.train import HISTORY_COLUMNS, LabelledSet, evaluate
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
