@@ -35,11 +35,10 @@ def _register() -> None:
     from cli import download, evaluate, finetune, predict, prepare
 
     app.command("download")(download.download)
-    app.command("finetune")(finetune.finetune)
     app.command("prepare")(prepare.prepare)
+    app.command("finetune")(finetune.finetune)
     app.command("evaluate")(evaluate.evaluate)
     app.command("predict")(predict.predict)
-
 
 _register()
 
