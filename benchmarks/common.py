@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -82,3 +83,15 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+def run_finetune(
+    data: Path, classes: str, home: Path, out: Path, seed: int, flags: list[str]
+) -> tuple[dict[str, object], ChildResult]:
+    """``gptclf finetune --json`` on CPU with random weights in its own process: (summary, child)."""
+    cmd = [
+        sys.executable, "-m", "cli.main", "finetune", "--data", str(data), "--classes", classes,
+        "--weights", "random", "--seed", str(seed), "--device", "cpu", "--out", str(out), "--json", *flags,
+    ]  # fmt: skip
+    child = run_child(cmd, env={"GPTCLF_HOME": str(home)})
+    return json.loads(child.stdout), child

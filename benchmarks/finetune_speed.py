@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BPE_DIR, SMS_FILE, make_home, print_table, require_shared, run_child
+from common import BPE_DIR, SMS_FILE, make_home, print_table, require_shared, run_child, run_finetune
 
 from gptclf.tokenizer import load_tokenizer
 
@@ -113,41 +113,11 @@ def run_arm(arm: str, data: Path, home: Path, work: Path, args: argparse.Namespa
         result = json.loads(result_file.read_text())
         result["peak_rss_mb"] = child.peak_rss_mb
         return result
-    flags = ARMS[arm][1] or []
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "finetune",
-        "--data",
-        str(data),
-        "--classes",
-        "ham,spam",
-        "--model",
-        args.model,
-        "--weights",
-        "random",
-        "--trainable",
-        "last-block",
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        "8",
-        "--lr",
-        "5e-5",
-        "--weight-decay",
-        "0.1",
-        "--seed",
-        str(args.seed),
-        "--device",
-        "cpu",
-        "--out",
-        str(work / f"run-{arm}"),
-        "--json",
-        *flags,
-    ]
-    child = run_child(cmd, env={"GPTCLF_HOME": str(home)})
-    summary = json.loads(child.stdout)
+    flags = [
+        "--model", args.model, "--trainable", "last-block", "--epochs", str(args.epochs),
+        "--batch-size", "8", "--lr", "5e-5", "--weight-decay", "0.1", *(ARMS[arm][1] or []),
+    ]  # fmt: skip
+    summary, child = run_finetune(data, "ham,spam", home, work / f"run-{arm}", args.seed, flags)
     return {
         "timings": summary["timings"],
         "test_accuracy": summary["test_accuracy"],

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_home, print_table, require_shared, run_child
+from common import make_home, print_table, require_shared, run_finetune
 from finetune_speed import prepare_data
 
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -113,28 +113,7 @@ def main() -> None:
                 )
                 continue
             label, flags = ROWS[row]
-            cmd = [
-                sys.executable,
-                "-m",
-                "cli.main",
-                "finetune",
-                "--data",
-                str(data),
-                "--classes",
-                ",".join(classes),
-                "--weights",
-                "random",
-                "--seed",
-                str(args.seed),
-                "--device",
-                "cpu",
-                "--out",
-                str(work / f"run-{row}"),
-                "--json",
-                *flags,
-            ]
-            child = run_child(cmd, env={"GPTCLF_HOME": str(home)})
-            s = json.loads(child.stdout)
+            s, child = run_finetune(data, ",".join(classes), home, work / f"run-{row}", args.seed, flags)
             results.append(
                 [
                     label,
