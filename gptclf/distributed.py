@@ -1,10 +1,11 @@
 """Data-parallel finetuning under ``torchrun``: process group, DDP wrapping, collectives, launcher.
 
 gptclf is a plain torchrun program. torchrun (or ``gptclf finetune --devices N``, which starts it)
-sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in every process;
-:func:`process_group` reads them, joins the group (NCCL on CUDA, one GPU per process: the local
-rank's; gloo on the CPU) with a finite timeout on collectives, and leaves it at the end. Under a
-world size of 1 nothing is initialised and the run is the single-process one.
+sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in every process; :func:`process_group` reads them, joins the group (NCCL on
+CUDA, one GPU per process: the local rank's; gloo on the CPU) with a finite timeout on
+collectives, and leaves it at the end. Under a world size of 1 nothing is initialised and the run
+is the single-process one.
 
 How the work is split (see :mod:`gptclf.train`): every rank draws the same seeded global batches of
 ``batch_size * grad_accum * world_size`` texts and runs its share (:meth:`Shard.take`), so
@@ -41,6 +42,24 @@ SLOW_TIMEOUT = 24 * 3600.0
 CHUNK_BYTES = 64 << 20
 
 
+def local_world_size(world: int) -> int:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, else the whole ``world``.
+
+    Raises:
+        BadInputError: ``LOCAL_WORLD_SIZE`` is not a positive integer.
+    """
+    raw = os.environ.get("LOCAL_WORLD_SIZE")
+    if raw is None:
+        return world
+    try:
+        local = int(raw)
+    except ValueError:
+        local = 0
+    if local < 1:
+        raise BadInputError(f"LOCAL_WORLD_SIZE must be an integer >= 1 (got {raw!r}; set by torchrun)")
+    return local
+
+
 def torchrun_env() -> tuple[int, int, int] | None:
     """``(rank, world_size, local_rank)`` when torchrun started this process, else None."""
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
@@ -69,6 +88,8 @@ class Shard:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``): they share its RAM and GPUs.
+    local_world_size: int = 1
     #: A gloo group with a long timeout for waiting on rank 0's downloads (None: single process).
     slow_group: Any = field(default=None, compare=False, repr=False)
 
@@ -115,6 +136,16 @@ class Shard:
         """Wait until every rank gets here (within the collective timeout)."""
         if self.distributed:
             dist.barrier()
+
+    def slow_barrier(self) -> None:
+        """Wait until every rank gets here, on the slow group (:data:`SLOW_TIMEOUT`, not ``--dist-timeout``).
+
+        For waits on work only rank 0 does and whose length the timeout cannot bound, such as
+        saving a large checkpoint: the other ranks wait here, not in the next collective.
+        A no-op for a single process.
+        """
+        if self.distributed:
+            dist.barrier(group=self.slow_group)
 
     @contextlib.contextmanager
     def main_first(self, per_node: bool = True) -> Iterator[None]:
@@ -195,6 +226,7 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     if not timeout > 0:
         raise BadInputError(f"--dist-timeout must be > 0 seconds (got {timeout})")
     rank, world, local = env
+    local_world = local_world_size(world)
     dev = _process_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -205,7 +237,7 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     )
     try:
         slow = dist.new_group(backend="gloo", timeout=_dt.timedelta(seconds=SLOW_TIMEOUT))
-        yield Shard(rank, world, local, slow)
+        yield Shard(rank, world, local, local_world, slow_group=slow)
     finally:
         dist.destroy_process_group()
 

@@ -212,3 +212,39 @@ def test_predict_and_evaluate_refuse_several_processes(
     args = [verb, str(tmp_path), "some text"] if verb == "predict" else [verb, str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "runs in one process" in result.stderr
+
+
+def _slow_barrier_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0 "saves" for longer than the collective timeout; rank 1 waits at the slow barrier."""
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    with process_group("cpu", timeout=1) as shard:
+        if shard.is_main:
+            time.sleep(3)  # three times --dist-timeout
+        shard.slow_barrier()
+        total = shard.all_sum(torch.ones(1))  # the group still works afterwards
+    Path(out, f"rank{rank}.json").write_text(json.dumps([shard.local_world_size, float(total)]))
+
+
+def test_slow_barrier_outlasts_the_collective_timeout(tmp_path: Path) -> None:
+    Shard().slow_barrier()  # a single process does not wait
+    args = (_free_port(), str(tmp_path))
+    mp.start_processes(_slow_barrier_worker, args=args, nprocs=2, start_method="spawn")
+    for rank in range(2):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [2, 2.0]
+
+
+def test_local_world_size_comes_from_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptclf.distributed import local_world_size
+    from gptclf.errors import BadInputError
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert local_world_size(4) == 4 and Shard().local_world_size == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert local_world_size(4) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "x")
+    with pytest.raises(BadInputError, match="LOCAL_WORLD_SIZE"):
+        local_world_size(4)
