@@ -83,6 +83,11 @@ def finetune(
     eval_every: int | None = _opt(
         "--eval-every", help="Also evaluate every N steps (default: epoch ends).", panel=_TRAIN
     ),
+    checkpoint_every: int | None = _opt(
+        "--checkpoint-every",
+        help="Also save a resumable checkpoint every N steps (default: epoch ends).",
+        panel=_TRAIN,
+    ),
     early_stop: int | None = _opt(
         "--early-stop", help="Stop after N evaluations without improvement.", panel=_TRAIN
     ),

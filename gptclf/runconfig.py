@@ -40,6 +40,8 @@ class TrainConfig:
         schedule: ``constant`` or ``cosine`` (decay to 0 at the last step).
         warmup: Linear warmup: a number of steps (>= 1) or a fraction of all steps (< 1).
         eval_every: Also evaluate every this many optimizer steps; None: at epoch ends only.
+        checkpoint_every: Also save a resumable checkpoint every this many optimizer steps; epoch
+            ends always save one.
         early_stop: Stop after this many evaluations without improvement; None: never.
         monitor: ``val_loss``, ``val_acc`` or ``val_f1``: what "best" means.
         class_weights: ``none`` or ``balanced`` (weights n / (K * count) in the loss).
@@ -59,6 +61,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup: float = 0.0
     eval_every: int | None = None
+    checkpoint_every: int | None = None
     early_stop: int | None = None
     monitor: str = "val_loss"
     class_weights: str = "none"
@@ -80,7 +83,7 @@ class TrainConfig:
             out.append(f"--clip-grad must be > 0 (got {self.clip_grad})")
         if self.warmup < 0:
             out.append(f"--warmup must be >= 0 (got {self.warmup})")
-        for name in ("eval_every", "early_stop"):
+        for name in ("eval_every", "checkpoint_every", "early_stop"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 out.append(f"--{_dash(name)} must be >= 1 (got {value})")
@@ -139,6 +142,7 @@ class FinetuneSettings:
     schedule: str = TrainConfig.schedule
     warmup: float = TrainConfig.warmup
     eval_every: int | None = TrainConfig.eval_every
+    checkpoint_every: int | None = TrainConfig.checkpoint_every
     early_stop: int | None = TrainConfig.early_stop
     monitor: str = TrainConfig.monitor
     class_weights: str = TrainConfig.class_weights
@@ -169,6 +173,7 @@ class FinetuneSettings:
             schedule=self.schedule,
             warmup=self.warmup,
             eval_every=self.eval_every,
+            checkpoint_every=self.checkpoint_every,
             early_stop=self.early_stop,
             monitor=self.monitor,
             class_weights=self.class_weights,
@@ -193,13 +198,15 @@ _INT_FIELDS = {
     "batch_size",
     "grad_accum",
     "eval_every",
+    "checkpoint_every",
     "early_stop",
     "max_length",
     "seed",
 }
 _FLOAT_FIELDS = {"lora_alpha", "lr", "weight_decay", "clip_grad", "warmup"}
 _BOOL_FIELDS = {"cache", "force", "resume"}
-_OPTIONAL_FIELDS = {"data", "classes", "clip_grad", "eval_every", "early_stop", "max_length", "cache_memory"}
+_OPTIONAL_FIELDS = {"data", "classes", "clip_grad", "eval_every", "checkpoint_every", "early_stop"}
+_OPTIONAL_FIELDS |= {"max_length", "cache_memory"}
 _OPTIONAL_FIELDS |= {"out", "home", "mirror"}
 
 

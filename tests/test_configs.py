@@ -108,3 +108,15 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_size() -> None:
     with pytest.raises(BadInputError, match="not a size"):
         parse_size("lots")
+
+
+def test_checkpoint_every_is_a_checked_training_option(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("checkpoint-every = 50\n")
+    assert build_settings({}, path).train_config().checkpoint_every == 50
+    assert build_settings({}).train_config().checkpoint_every is None
+    problems = build_settings({"checkpoint_every": 0}).train_config().problems()
+    assert problems == ["--checkpoint-every must be >= 1 (got 0)"]
+    path.write_text('checkpoint_every = "often"\n')
+    with pytest.raises(BadInputError, match="checkpoint-every must be an integer"):
+        load_config_file(path)
