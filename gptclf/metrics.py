@@ -41,7 +41,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def classification_metrics(
     logits: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray, classes: Sequence[str]
 ) -> dict[str, Any]:
-    """All metrics of a labelled set.
+    """All metrics of a labelled set, with scikit-learn's definitions.
 
     Args:
         logits: (N, K) raw class scores.
@@ -49,10 +49,12 @@ def classification_metrics(
         classes: Class names, index order.
 
     Returns:
-        A JSON-ready dict: ``n``, ``accuracy``, ``loss`` (mean cross-entropy), ``macro_f1``,
-        ``per_class`` (name -> precision, recall, f1, support), ``confusion_matrix`` (rows: true
-        class, columns: predicted class, both in ``classes`` order), and ``roc_auc`` for two
-        classes (score: probability of the second class; the AUC is the same for either class).
+        A JSON-ready dict: ``n``, ``accuracy``, ``loss`` (mean cross-entropy), ``macro_f1`` (the
+        mean F1 of the classes that occur in the labels or the predictions), ``per_class`` (every
+        class: name -> precision, recall, f1, support), ``confusion_matrix`` (rows: true class,
+        columns: predicted class, both in ``classes`` order), and ``roc_auc`` for two classes
+        (score: the logit margin of the second class over the first; the AUC is the same for
+        either class).
     """
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
@@ -69,6 +71,27 @@ def classification_metrics(
     pred = logits.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
+    per_class, macro_f1 = _per_class(cm, classes)
+    out["accuracy"] = float((pred == y).mean())
+    out["loss"] = float(-log_probs[np.arange(n), y].mean())
+    out["macro_f1"] = macro_f1
+    out["per_class"] = per_class
+    out["confusion_matrix"] = cm.tolist()
+    # Rank by the margin, not by softmax probabilities: p(second class) = sigmoid(margin) orders
+    # texts alike but rounds to exactly 1.0 in float64 beyond a margin of ~37, turning a perfect
+    # ranking of confident texts into ties.
+    out["roc_auc"] = roc_auc(logits[:, 1] - logits[:, 0], y == 1) if k == 2 else None
+    return out
+
+
+def _per_class(cm: np.ndarray, classes: Sequence[str]) -> tuple[dict[str, dict[str, Any]], float]:
+    """Precision, recall, F1 and support of every class, and the macro F1, from a confusion matrix.
+
+    The macro F1 averages only the classes that occur in the labels or the predictions, as
+    scikit-learn does: a class of the run that this set neither holds nor was predicted says
+    nothing about the model, and counting it as F1 0 would fail a ``--min-f1`` gate on a set
+    classified perfectly. Its row is still reported (all zeros).
+    """
     per_class = {}
     f1s = []
     for i, name in enumerate(classes):
@@ -78,11 +101,6 @@ def classification_metrics(
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-        f1s.append(f1)
-    out["accuracy"] = float((pred == y).mean())
-    out["loss"] = float(-log_probs[np.arange(n), y].mean())
-    out["macro_f1"] = float(np.mean(f1s))
-    out["per_class"] = per_class
-    out["confusion_matrix"] = cm.tolist()
-    out["roc_auc"] = roc_auc(np.exp(log_probs[:, 1]), y == 1) if k == 2 else None
-    return out
+        if predicted or support:
+            f1s.append(f1)
+    return per_class, float(np.mean(f1s))
