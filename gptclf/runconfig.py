@@ -37,7 +37,8 @@ class TrainConfig:
         lr: AdamW learning rate (peak, after warmup).
         weight_decay: AdamW weight decay, applied to every trainable tensor as in the book.
         clip_grad: Clip the gradient's global norm to this value; None: no clipping.
-        schedule: ``constant`` or ``cosine`` (decay to 0 at the last step).
+        schedule: ``constant`` or ``cosine`` (a half cosine from ``lr`` after warmup that would
+            reach 0 one step after the last, so that the last step still trains).
         warmup: Linear warmup: a number of steps (>= 1) or a fraction of all steps (< 1).
         eval_every: Also evaluate every this many optimizer steps; None: at epoch ends only.
         checkpoint_every: Also save a resumable checkpoint every this many optimizer steps; epoch
@@ -102,8 +103,15 @@ class TrainConfig:
         return round(self.warmup * total_steps) if self.warmup < 1 else int(self.warmup)
 
     def learning_rate(self, step: int, total: int) -> float:
-        """Learning rate of optimizer step ``step`` (0-based) of ``total``: linear warmup from
-        ``lr / warmup``, then constant or a cosine decay to 0."""
+        """Learning rate of optimizer step ``step`` (0-based, ``< total``) of ``total`` steps.
+
+        Linear warmup from ``lr / warmup`` up to ``lr`` at step ``warmup - 1``, then constant, or a
+        half cosine from ``lr`` at step ``warmup`` that reaches 0 at step ``total``, one past the
+        last step that runs. No step that runs has a learning rate of 0 (AdamW with lr 0 neither
+        moves nor decays the weights, so such a step would be wasted), and the cosine part is
+        PyTorch's ``CosineAnnealingLR(T_max=total - warmup)`` and Hugging Face's
+        ``get_cosine_schedule_with_warmup`` (which, unlike this, also spends step 0 at lr 0).
+        """
         warmup = self.warmup_steps(total)
         if step < warmup:
             return self.lr * (step + 1) / warmup

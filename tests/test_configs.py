@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from gptclf.classifier import parse_scope
 from gptclf.config import resolve_model
 from gptclf.errors import BadInputError
-from gptclf.runconfig import FinetuneSettings, build_settings, load_config_file, parse_size
+from gptclf.runconfig import FinetuneSettings, TrainConfig, build_settings, load_config_file, parse_size
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.toml"))
@@ -120,3 +122,22 @@ def test_checkpoint_every_is_a_checked_training_option(tmp_path: Path) -> None:
     path.write_text('checkpoint_every = "often"\n')
     with pytest.raises(BadInputError, match="checkpoint-every must be an integer"):
         load_config_file(path)
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(10, 2), (7, 0), (30, 0.1)])
+def test_cosine_schedule_over_the_steps_that_run(total: int, warmup: float) -> None:
+    cfg = TrainConfig(lr=1.0, warmup=warmup, schedule="cosine")
+    w = cfg.warmup_steps(total)
+    lrs = [cfg.learning_rate(s, total) for s in range(total)]  # steps 0 .. total - 1 run
+    assert lrs[:w] == pytest.approx([(s + 1) / w for s in range(w)])  # warmup from lr / warmup
+    assert all(lr > 0 for lr in lrs)  # no step is wasted at lr 0
+    # After warmup: PyTorch's CosineAnnealingLR with T_max = total - warmup, step for step.
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - w)
+    reference = []
+    for _ in range(w, total):
+        reference.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[w:] == pytest.approx(reference)
+    assert lrs[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * (total - w - 1) / (total - w))))
