@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from gptclf.errors import BadInputError
 from gptclf.model import GPT
@@ -42,8 +43,13 @@ class TrainableScope:
             raise BadInputError(f"unknown trainable scope {self.kind!r}: use one of {', '.join(SCOPE_KINDS)}")
         if self.n_blocks < 1:
             raise BadInputError(f"last-blocks needs N >= 1 (got {self.n_blocks})")
+        # NaN compares False with everything, so "alpha <= 0" alone lets it through: check finiteness.
+        if not math.isfinite(self.lora_alpha):
+            raise BadInputError(f"--lora-alpha must be a finite number > 0 (got {self.lora_alpha})")
         if self.kind == "lora" and (self.lora_rank < 1 or self.lora_alpha <= 0):
-            raise BadInputError("--lora-rank must be >= 1 and --lora-alpha > 0")
+            raise BadInputError(
+                f"--lora-rank must be >= 1 and --lora-alpha > 0 (got {self.lora_rank} and {self.lora_alpha})"
+            )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -100,10 +106,26 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
 
     def merged(self) -> nn.Linear:
-        """A plain Linear whose weight includes the adapter's update."""
-        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        """A plain Linear whose weight includes the adapter's update, on the base layer's device
+        and in its dtype.
+
+        The layer is created uninitialised (``skip_init``): its values are overwritten at once, and
+        a default init would draw from the global RNG and change what a seeded run does next.
+        """
+        weight = self.base.weight
+        out = skip_init(
+            nn.Linear,
+            self.base.in_features,
+            self.base.out_features,
+            bias=self.base.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.scale * self.lora_B @ self.lora_A)
+            # The update in fp32 at least, then rounded once into the base's dtype.
+            wide = torch.promote_types(weight.dtype, torch.float32)
+            update = self.lora_B.to(weight.device, wide) @ self.lora_A.to(weight.device, wide)
+            out.weight.copy_(weight.to(wide) + self.scale * update)
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
         return out

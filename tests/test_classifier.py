@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from gptclf.batching import collate
 from gptclf.classifier import (
     Classifier,
+    LoRALinear,
     apply_scope,
     frozen_prefix,
     merge_lora,
@@ -150,3 +152,29 @@ def test_cached_start_equals_a_full_forward() -> None:
         assert torch.allclose(
             model(None, lengths, hidden=hidden, start_block=1), model(ids, lengths), atol=1e-6
         )
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_lora_alpha_is_refused(alpha: float) -> None:
+    for scope in ("lora", "last-block"):
+        with pytest.raises(BadInputError, match="--lora-alpha must be a finite number"):
+            parse_scope(scope, lora_alpha=alpha)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_lora_merge_follows_the_base_layer_and_leaves_the_rng_alone(dtype: torch.dtype) -> None:
+    base = nn.Linear(8, 6, dtype=dtype)
+    layer = LoRALinear(base, rank=2, alpha=4.0, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    merged = layer.merged()
+    assert torch.equal(torch.get_rng_state(), rng)  # no default init drew from the global RNG
+    assert merged.weight.dtype == merged.bias.dtype == dtype
+    x = torch.randn(3, 8, dtype=torch.float64).to(dtype)
+    with torch.no_grad():
+        tol = 1e-12 if dtype == torch.float64 else 5e-2
+        torch.testing.assert_close(merged(x), layer(x), atol=tol, rtol=tol)
+    on_meta = layer.to("meta").merged()  # built where the base lives, not on the CPU
+    assert on_meta.weight.device.type == "meta" and on_meta.weight.dtype == dtype
