@@ -131,6 +131,7 @@ def finetune(
         envvar="GPTCLF_DIST_TIMEOUT",
         help="Seconds a data-parallel process waits for the others before the job fails (default: 300).",
         rich_help_panel=_RUN,
+        show_default=False,  # the help says it, as every other option's does
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
@@ -142,9 +143,13 @@ def finetune(
     from gptclf.distributed import process_group
     from gptclf.finetune import finetune as run_finetune
     from gptclf.progress import ConsoleProgress, TrainProgress
-    from gptclf.runconfig import build_settings
+    from gptclf.runconfig import build_settings, number_problems
 
     settings = build_settings(options, config_file)
+    if timeout_problems := number_problems(("dist_timeout", dist_timeout, 0.0, None)):
+        # Checked here, as it is no setting of the run; the training numbers' problems join the
+        # line, so that one try shows everything wrong with the numbers.
+        raise BadInputError("; ".join(timeout_problems + settings.train_config().problems()))
     if devices != 1:
         _launch(settings, devices, options, config_file, dist_timeout, json_output)
     with process_group(settings.device, dist_timeout) as shard:

@@ -23,6 +23,9 @@ SCHEDULES = ("constant", "cosine")
 MONITORS = ("val_loss", "val_acc", "val_f1")
 CLASS_WEIGHTS = ("none", "balanced")
 PAD_TO = ("batch", "longest-train")
+#: The largest --lr accepted: AdamW steps each weight by about lr, and weights of a GPT-2 are of
+#: order 0.1, so an lr above 1 can only blow training up (usual values are 1e-5 .. 1e-3).
+MAX_LR = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,21 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) < 1:
                 out.append(f"--{_dash(name)} must be >= 1 (got {getattr(self, name)})")
-        if not self.lr > 0:
-            out.append(f"--lr must be > 0 (got {self.lr})")
-        if self.weight_decay < 0:
-            out.append(f"--weight-decay must be >= 0 (got {self.weight_decay})")
-        if self.clip_grad is not None and not self.clip_grad > 0:
-            out.append(f"--clip-grad must be > 0 (got {self.clip_grad})")
-        if self.warmup < 0:
-            out.append(f"--warmup must be >= 0 (got {self.warmup})")
+        out += number_problems(
+            ("lr", self.lr, 0.0, MAX_LR),
+            ("weight_decay", self.weight_decay, None, None),
+            ("clip_grad", self.clip_grad, 0.0, None),
+            ("warmup", self.warmup, None, None),
+        )
+        if 0 < self.lr <= MAX_LR and 0 <= self.weight_decay < math.inf and self.lr * self.weight_decay >= 1:
+            # AdamW multiplies every weight by (1 - lr * weight_decay) per step: >= 1 zeroes or
+            # flips them all, and training diverges.
+            out.append(
+                f"--weight-decay {self.weight_decay:g} with --lr {self.lr:g} scales the weights by "
+                f"1 - lr * weight-decay <= 0 each step: keep weight-decay below 1 / lr"
+            )
+        if math.isfinite(self.warmup) and self.warmup >= 1 and not float(self.warmup).is_integer():
+            out.append(f"--warmup must be a fraction (< 1) or a whole number of steps (got {self.warmup:g})")
         for name in ("eval_every", "checkpoint_every", "early_stop"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -222,6 +232,27 @@ def _dash(name: str) -> str:
     return name.replace("_", "-")
 
 
+def number_problems(*checks: tuple[str, float | None, float | None, float | None]) -> list[str]:
+    """Messages for numbers that are not finite or out of range.
+
+    Args:
+        checks: ``(name, value, above, at_most)``: the value (None: not given, fine) must be
+            finite, ``> above`` (or ``>= 0`` where ``above`` is None) and ``<= at_most`` where
+            that is given. NaN fails every comparison, so it is refused with the rest.
+    """
+    out = []
+    for name, value, above, at_most in checks:
+        if value is None:
+            continue
+        low_ok = value > above if above is not None else value >= 0
+        if math.isfinite(value) and low_ok and (at_most is None or value <= at_most):
+            continue
+        rule = f"> {above:g}" if above is not None else ">= 0"
+        rule += f" and <= {at_most:g}" if at_most is not None else " and finite"
+        out.append(f"--{_dash(name)} must be {rule} (got {value:g})")
+    return out
+
+
 def _coerce(name: str, value: Any) -> tuple[Any, str | None]:
     """Check one value's type; return (value, problem)."""
     if value is None:
@@ -304,12 +335,14 @@ def build_settings(options: dict[str, Any], config_file: Path | None = None) -> 
     return FinetuneSettings(**merged, given=frozenset(merged))
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: A number, then optionally a unit: bytes (``B`` or nothing) or a prefix K/M/G/T with an optional
+#: ``i`` and ``B`` (``G``, ``GB``, ``GiB``). Every accepted spelling has its prefix in ``_UNITS``.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    """Parse a memory size: ``2GB``, ``512MB``, ``1.5G``, ``64MiB``, ``0``, or plain bytes.
+    """Parse a memory size: ``2GB``, ``512MB``, ``1.5G``, ``64MiB``, ``512B``, ``0``, or plain bytes.
 
     Units are binary (1 GB = 2**30 bytes), as memory is counted.
 
@@ -318,9 +351,9 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE_RE.match(str(text))
     if not match:
-        raise BadInputError(f"--cache-memory {text!r} is not a size: write e.g. 2GB, 512MB or 0")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "").lower()[:1]])
+        raise BadInputError(f"--cache-memory {text!r} is not a size: write e.g. 2GB, 512MB, 4096B or 0")
+    number, prefix = match.groups()
+    return int(float(number) * _UNITS[prefix and prefix.lower()])
 
 
 def total_memory() -> int:

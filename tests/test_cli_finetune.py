@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
+from gptclf.config import resolve_model
+from gptclf.weights import expected_hf_shapes
 from tests.conftest import REPO, SHARED
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
@@ -144,6 +146,7 @@ def test_an_existing_run_is_not_overwritten_without_force(tmp_path: Path) -> Non
         (["--classes", "up,down"], "does not match the classes"),
         (["--data", "no-such-folder"], "no such folder"),
         (["--cache-memory", "lots"], "not a size"),
+        (["--cache-memory", "3ib"], "--cache-memory '3ib' is not a size"),
         (["--lr", "0"], "--lr must be > 0"),
         (["--resume"], "nothing to resume"),
         (["--config", "UNKNOWN_KEYS"], "unknown keys learning-rate"),
@@ -172,9 +175,60 @@ def test_cuda_without_a_gpu_exits_2(tmp_path: Path) -> None:
 def test_nan_loss_exits_1_and_writes_nothing(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    # Weights with a NaN final norm: every option is in range (a huge --lr is refused up front), yet
+    # the loss is NaN from the first step.
+    _, cfg = resolve_model(TINY_SPEC)
+    tensors = {name: torch.randn(shape) * 0.02 for name, shape in expected_hf_shapes(cfg).items()}
+    tensors["transformer.ln_f.weight"].fill_(float("nan"))
+    save_file(tensors, tmp_path / "nan.safetensors")
     out = tmp_path / "run"
     code, _, stderr = finetune(
-        "--data", str(data), *TINY, "--trainable", "all", "--lr", "1e30", "--out", str(out)
-    )
+        "--data", str(data), *TINY, "--weights", str(tmp_path / "nan.safetensors"), "--trainable", "all",
+        "--out", str(out),
+    )  # fmt: skip
     assert code == 1 and "loss became nan at step" in stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        (["--warmup", "nan"], ["--warmup must be >= 0 and finite (got nan)"]),
+        (["--warmup", "inf"], ["--warmup must be >= 0 and finite (got inf)"]),
+        (["--warmup", "2.5"], ["--warmup must be a fraction (< 1) or a whole number"]),
+        (["--weight-decay", "nan"], ["--weight-decay must be >= 0 and finite (got nan)"]),
+        (["--weight-decay", "inf"], ["--weight-decay must be >= 0 and finite (got inf)"]),
+        (["--weight-decay", "1e5"], ["keep weight-decay below 1 / lr"]),
+        (["--lr", "inf"], ["--lr must be > 0 and <= 1 (got inf)"]),
+        (["--lr", "1e30"], ["--lr must be > 0 and <= 1 (got 1e+30)"]),
+        (["--lr", "nan"], ["--lr must be > 0 and <= 1 (got nan)"]),
+        (["--clip-grad", "nan"], ["--clip-grad must be > 0 and finite (got nan)"]),
+        (["--clip-grad", "inf"], ["--clip-grad must be > 0 and finite (got inf)"]),
+        (["--dist-timeout", "nan"], ["--dist-timeout must be > 0 and finite (got nan)"]),
+        (["--dist-timeout", "inf"], ["--dist-timeout must be > 0 and finite (got inf)"]),
+        (["--dist-timeout", "0"], ["--dist-timeout must be > 0 and finite (got 0)"]),
+        (["--lora-alpha", "nan"], ["--lora-alpha must be a finite number > 0 (got nan)"]),
+        (["--trainable", "lora", "--lora-rank", "0"], ["--lora-rank must be >= 1"]),
+        (
+            ["--lr", "inf", "--warmup", "nan", "--dist-timeout", "nan", "--clip-grad", "-1"],
+            ["--dist-timeout must be", "--lr must be", "--warmup must be", "--clip-grad must be"],
+        ),
+        (
+            ["--config", "TOML"],
+            ["--lr must be > 0 and <= 1 (got inf)", "--warmup must be >= 0 and finite (got nan)"],
+        ),
+    ],
+)
+def test_every_number_is_checked_up_front(tmp_path: Path, args: list[str], messages: list[str]) -> None:
+    """Bad numbers (NaN, infinities, out of range, on the command line or in TOML) are one line, exit 2."""
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    if args == ["--config", "TOML"]:
+        (tmp_path / "config-file.toml").write_text("lr = inf\nwarmup = nan\n")  # TOML has both literals
+        args = ["--config", str(tmp_path / "config-file.toml")]
+    out = tmp_path / "run"
+    code, stdout, stderr = finetune("--data", str(data), *TINY, *args, "--out", str(out))
+    assert code == 2, stderr
+    assert stderr.startswith("gptclf: error:") and stderr.count("\n") == 1, stderr  # one line
+    assert all(m in stderr for m in messages), stderr
+    assert stdout == "" and not out.exists()

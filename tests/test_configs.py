@@ -101,15 +101,21 @@ def test_book_padding_turns_bucketing_off() -> None:
         ("64MiB", 64 << 20),
         ("0", 0),
         ("1000", 1000),
+        ("512B", 512),
+        ("100b", 100),
+        ("2 KiB", 2048),
+        ("3kb", 3072),
+        ("1t", 1 << 40),
     ],
 )
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-def test_bad_size() -> None:
-    with pytest.raises(BadInputError, match="not a size"):
-        parse_size("lots")
+@pytest.mark.parametrize("text", ["lots", "3ib", "2i", "1.5.3G", "GB", "", "-1G", "4 PB", "1e9"])
+def test_bad_size(text: str) -> None:
+    with pytest.raises(BadInputError, match="is not a size: write e.g. 2GB"):
+        parse_size(text)
 
 
 def test_checkpoint_every_is_a_checked_training_option(tmp_path: Path) -> None:
