@@ -1,21 +1,26 @@
 """Device and precision, resolved once per run.
 
 ``--device auto`` picks cuda, then mps, then cpu. ``--precision auto`` picks bf16 autocast where
-CUDA supports it, fp16 autocast with a gradient scaler on other CUDA devices, and fp32 elsewhere
-(fp32 stays the CPU default because it is the exact one; ``bf16`` on a CPU with bf16 matrix
-instructions is much faster and is offered explicitly).
+the chosen GPU has native bf16, fp16 autocast with a gradient scaler on other CUDA devices (TF32
+allowed for what autocast leaves in fp32), and fp32 elsewhere (fp32 stays the CPU default because
+it is the exact one; ``bf16`` on a CPU with bf16 matrix instructions is much faster and is offered
+explicitly). ``fp32`` is IEEE fp32 on CUDA too; ``tf32`` asks for fp32 with TF32 matmuls. The TF32
+flags are process-wide in torch, so they are set only around gptclf's own work and restored after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from gptclf.errors import BadInputError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -53,18 +58,82 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """How to run: ``name`` (fp32, bf16, fp16), the autocast dtype (None for fp32), and whether a
-    gradient scaler is needed (fp16 only)."""
+    """How to run.
+
+    Attributes:
+        name: ``fp32``, ``tf32``, ``bf16`` or ``fp16`` (what the run records).
+        autocast_dtype: The autocast type, None for fp32 and tf32.
+        use_scaler: Whether the loss needs a gradient scaler (fp16).
+        tf32: Whether float32 matmuls and convolutions on CUDA may use TF32 (about 1e-3 relative
+            error): only inside :meth:`autocast` / :meth:`tf32_scope`, never process-wide.
+    """
 
     name: str
     autocast_dtype: torch.dtype | None
     use_scaler: bool
+    tf32: bool = False
 
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
-        """Autocast context for forward passes (a no-op for fp32)."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        """The forward passes' context: this precision's TF32 setting and autocast type."""
+        with self.tf32_scope(device):
+            if self.autocast_dtype is None:
+                yield
+            else:
+                with torch.autocast(device_type=device.type, dtype=self.autocast_dtype):
+                    yield
+
+    @contextlib.contextmanager
+    def tf32_scope(self, device: torch.device) -> Iterator[None]:
+        """Set CUDA's TF32 flags to :attr:`tf32` for the block and restore them after.
+
+        The flags are process-wide: set around our own work only, they neither leak into the
+        caller's program (a library user's other models) nor depend on what it set before, so
+        ``fp32`` is IEEE fp32 whatever else ran in the process. A no-op off CUDA.
+        """
+        if device.type != "cuda":
+            yield
+            return
+        flags = _tf32_flags()
+        saved = [getattr(space, name) for space, name in flags]
+        for space, name in flags:
+            setattr(space, name, _tf32_value(name, self.tf32))
+        try:
+            yield
+        finally:
+            for (space, name), value in zip(flags, saved, strict=True):
+                setattr(space, name, value)
+
+
+def _tf32_flags() -> list[tuple[Any, str]]:
+    """The (namespace, attribute) pairs that switch TF32 for CUDA matmuls and cuDNN.
+
+    torch >= 2.9 has ``fp32_precision`` settings and refuses to read the legacy ``allow_tf32``
+    flags once the new ones were set (by a library, say): use the new API where it exists.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        return [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision"), (cudnn.rnn, "fp32_precision")]
+    return [(matmul, "allow_tf32"), (cudnn, "allow_tf32")]
+
+
+def _tf32_value(name: str, on: bool) -> str | bool:
+    """The value of flag ``name`` that allows TF32 (``on``) or forbids it."""
+    if name == "fp32_precision":
+        return "tf32" if on else "ieee"
+    return on
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` (not the current one) computes in bf16 natively.
+
+    ``torch.cuda.is_bf16_supported()`` looks at the current device only, and by default also says
+    yes for a pre-Ampere GPU that merely emulates bf16 (slowly): ask the chosen device's compute
+    capability (8.0, Ampere, or later) instead. ROCm GPUs run bf16.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def cpu_has_bf16() -> bool:
@@ -80,35 +149,52 @@ def cpu_has_bf16() -> bool:
 def resolve_precision(spec: str, device: torch.device) -> Precision:
     """Turn ``--precision`` into a :class:`Precision` for ``device``.
 
+    ``fp32`` is IEEE fp32 everywhere; ``tf32`` (CUDA only) is fp32 with TF32 matmuls; ``auto``
+    on CUDA is bf16 where the chosen GPU has it natively, else fp16 with a scaler, and allows
+    TF32 for what autocast leaves in fp32.
+
     Raises:
         BadInputError: A combination the device cannot run (fp16 on a CPU, bf16 on an old GPU).
     """
     spec = spec.strip().lower()
     if spec not in PRECISIONS:
         raise BadInputError(f"unknown precision {spec!r}: use one of {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
     if spec == "auto":
-        if device.type == "cuda":
-            spec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            spec = "fp32"
+        if not cuda:
+            return Precision("fp32", None, False)
+        spec = "bf16" if cuda_has_bf16(device) else "fp16"
+        return dataclasses.replace(_explicit(spec, device), tf32=True)
+    return _explicit(spec, device)
+
+
+def _explicit(spec: str, device: torch.device) -> Precision:
+    """The :class:`Precision` of a named ``spec`` (not ``auto``) on ``device``, TF32 off."""
+    cuda = device.type == "cuda"
     if spec == "fp32":
         return Precision("fp32", None, False)
+    if spec == "tf32":
+        if not cuda:
+            raise BadInputError(f"--precision tf32 needs a CUDA GPU (device is {device.type}); use fp32")
+        return Precision("tf32", None, False, tf32=True)
     if spec == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if cuda and not cuda_has_bf16(device):
             raise BadInputError(
-                f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16"
+                f"--precision bf16: {torch.cuda.get_device_name(device)} ({device}) has no native bf16; "
+                "use fp16"
             )
         if device.type == "mps":
             raise BadInputError("--precision bf16 is not supported on MPS here; use fp32")
         return Precision("bf16", torch.bfloat16, False)
-    if device.type != "cuda":
+    if not cuda:
         raise BadInputError(f"--precision fp16 needs a CUDA GPU (device is {device.type}); use fp32 or bf16")
     return Precision("fp16", torch.float16, True)
 
 
 def setup_backend(device: torch.device) -> None:
-    """Process-wide speed settings: TF32 matmuls and cuDNN on CUDA (fp32 results to ~1e-3)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
+    """Does nothing; kept until its callers drop it.
+
+    It used to switch TF32 on process-wide, which made ``--precision fp32`` run TF32 and changed
+    the numerics of a library user's other models: TF32 is now set per :class:`Precision`, inside
+    :meth:`Precision.autocast` and :meth:`Precision.tf32_scope`, and restored after.
+    """

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from gptclf.device import resolve_device, resolve_precision
+from gptclf.device import resolve_device, resolve_precision, setup_backend
 from gptclf.errors import BadInputError
+
+CPU = torch.device("cpu")
 
 
 def test_cpu_defaults() -> None:
@@ -39,3 +43,86 @@ def test_fp16_on_cpu_is_an_error() -> None:
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(BadInputError, match="unknown precision"):
         resolve_precision("int8", torch.device("cpu"))
+
+
+@pytest.fixture
+def keep_tf32() -> Iterator[None]:
+    """Put the process-wide TF32 flags back as they were after the test."""
+    saved = [getattr(space, name) for space, name in _tf32_flags()]
+    yield
+    for (space, name), value in zip(_tf32_flags(), saved, strict=True):
+        setattr(space, name, value)
+
+
+@pytest.mark.usefixtures("keep_tf32")
+def test_fp32_means_fp32_and_tf32_is_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF32 flags are set only inside a precision's context on CUDA, and restored after."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    before = _tf32_state()
+    setup_backend(cuda)  # what constructing a Predictor and starting a finetune call
+    assert _tf32_state() == before  # no process-wide change
+    fp32, auto, tf32 = (resolve_precision(spec, cuda) for spec in ("fp32", "auto", "tf32"))
+    assert (fp32.name, fp32.tf32, auto.name, auto.tf32, tf32.name, tf32.tf32) == (
+        "fp32", False, "bf16", True, "tf32", True
+    )  # fmt: skip
+    for precision, inside in ((fp32, False), (tf32, True)):
+        for outside in (True, False):
+            _set_tf32(outside)
+            with precision.autocast(cuda):
+                assert _tf32_state() == (inside, inside)
+            assert _tf32_state() == (outside, outside)  # the caller's own setting is back
+    _set_tf32(True)
+    with resolve_precision("fp32", CPU).autocast(CPU):
+        assert _tf32_state() == (True, True)  # off CUDA nothing is touched
+    with pytest.raises(BadInputError, match="tf32 needs a CUDA GPU"):
+        resolve_precision("tf32", CPU)
+
+
+def test_bf16_support_is_that_of_the_chosen_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:0 is a Turing GPU (7.5), cuda:1 an Ampere one (8.0); the current device is cuda:0."""
+    caps = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: caps[_index(device)])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU{_index(device)}")
+    # torch's own check, as it is: the current device's (and it counts emulated bf16 as support).
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: caps[0] >= (8, 0))
+    monkeypatch.setattr(torch.version, "hip", None)
+    first, second = resolve_device("cuda:0"), resolve_device("cuda:1")
+    assert second == torch.device("cuda", 1)
+    assert resolve_precision("auto", second).name == "bf16"
+    assert resolve_precision("bf16", second).autocast_dtype == torch.bfloat16
+    auto = resolve_precision("auto", first)
+    assert (auto.name, auto.use_scaler) == ("fp16", True)
+    with pytest.raises(BadInputError, match=r"GPU0 \(cuda:0\) has no native bf16; use fp16"):
+        resolve_precision("bf16", first)
+    with pytest.raises(BadInputError, match="only 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
+def _index(device: object) -> int:
+    index = torch.device(device).index if device is not None else 0  # type: ignore[arg-type]
+    return 0 if index is None else index
+
+
+def _tf32_flags() -> list[tuple[object, str]]:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        return [(matmul, "fp32_precision"), (cudnn.conv, "fp32_precision")]
+    return [(matmul, "allow_tf32"), (cudnn, "allow_tf32")]
+
+
+def _tf32_state() -> tuple[bool, bool]:
+    """Whether CUDA matmuls and cuDNN convolutions may use TF32, read through either torch API."""
+    return tuple(getattr(space, name) in ("tf32", True) for space, name in _tf32_flags())  # type: ignore[return-value]
+
+
+def _set_tf32(on: bool) -> None:
+    for space, name in _tf32_flags():
+        setattr(space, name, ("tf32" if on else "ieee") if name == "fp32_precision" else on)
