@@ -33,10 +33,15 @@ DATASETS = {"sms-spam": ensure_sms_spam}
 
 
 class _Reporter(Progress):
-    """Says on stderr what was fetched or skipped, and keeps a record of it for ``--json``."""
+    """Says on stderr what was fetched or skipped, and keeps a record of it for ``--json``.
 
-    def __init__(self, console: Console) -> None:
+    ``only_fetched`` leaves files already present unsaid: a finetune run checks its files every
+    time, and only a download is news there.
+    """
+
+    def __init__(self, console: Console, only_fetched: bool = False) -> None:
         self.console = console
+        self.only_fetched = only_fetched
         self.files: list[dict[str, Any]] = []
 
     def say(self, message: str) -> None:
@@ -48,7 +53,8 @@ class _Reporter(Progress):
 
     def end(self, label: str, path: Path, fetched: bool) -> None:
         self.files.append({"name": label, "path": str(path), "fetched": fetched})
-        self.say(f"fetched {label}: {path}" if fetched else f"already present: {label}: {path}")
+        if fetched or not self.only_fetched:
+            self.say(f"fetched {label}: {path}" if fetched else f"already present: {label}: {path}")
 
 
 class LineReporter(_Reporter):
@@ -78,8 +84,8 @@ class LineReporter(_Reporter):
 class BarReporter(_Reporter):
     """A rich progress bar on the terminal: bytes, rate and time left, one file at a time."""
 
-    def __init__(self, console: Console) -> None:
-        super().__init__(console)
+    def __init__(self, console: Console, only_fetched: bool = False) -> None:
+        super().__init__(console, only_fetched)
         self._bar: RichProgress | None = None
         self._task: TaskID | None = None
 
@@ -110,9 +116,15 @@ class BarReporter(_Reporter):
         super().end(label, path, fetched)
 
 
-def progress_reporter(console: Console = err_console) -> _Reporter:
-    """The reporter for ``console`` (stderr): a live bar on a terminal, plain lines otherwise."""
-    return BarReporter(console) if console.is_terminal else LineReporter(console)
+def progress_reporter(console: Console = err_console, only_fetched: bool = False) -> _Reporter:
+    """The reporter for ``console`` (stderr): a live bar on a terminal, plain lines otherwise.
+
+    Args:
+        console: Where progress goes.
+        only_fetched: Say nothing about files that were already present (``finetune``).
+    """
+    kind = BarReporter if console.is_terminal else LineReporter
+    return kind(console, only_fetched)
 
 
 def _human(n: float) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 
 from cli.common import err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, Interrupted
@@ -140,6 +139,7 @@ def finetune(
     config_file = options.pop("config")
     for name in ("json_output", "devices", "dist_timeout"):
         options.pop(name)
+    from cli.download import progress_reporter
     from gptclf.distributed import process_group
     from gptclf.finetune import finetune as run_finetune
     from gptclf.progress import ConsoleProgress, TrainProgress
@@ -153,11 +153,13 @@ def finetune(
     if devices != 1:
         _launch(settings, devices, options, config_file, dist_timeout, json_output)
     with process_group(settings.device, dist_timeout) as shard:
+        # Downloads get the same bar or lines as `gptclf download` (gpt2-xl is 6 GB).
+        downloads = progress_reporter(err_console, only_fetched=True) if shard.is_main else None
         try:
             result = run_finetune(
                 settings,
                 progress=ConsoleProgress(err_console) if shard.is_main else TrainProgress(),
-                download_progress=_downloads(err_console) if shard.is_main else None,
+                download_progress=downloads,
                 shard=shard,
             )
         except (BadInputError, Interrupted) as exc:
@@ -201,21 +203,6 @@ def _launch(
             args += [flag, str(value)]
     args += ["--dist-timeout", str(timeout), *(["--json"] if as_json else [])]
     raise typer.Exit(launch(devices, args))
-
-
-def _downloads(console: Console) -> Any:
-    """A download progress that says on stderr what was fetched (the default job downloads)."""
-    from gptclf.download import Progress
-
-    class Downloads(Progress):
-        def note(self, message: str) -> None:
-            console.print(message, markup=False, highlight=False)
-
-        def end(self, label: str, path: Path, fetched: bool) -> None:
-            if fetched:
-                console.print(f"downloaded {label} to {path}", markup=False, highlight=False)
-
-    return Downloads()
 
 
 def _fmt(value: float | None) -> str:

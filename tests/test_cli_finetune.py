@@ -73,6 +73,22 @@ def test_the_default_job_downloads_and_prepares_the_sms_set(tmp_path: Path) -> N
     assert json.loads(stdout)["test"]["n"] == 300
 
 
+@pytest.mark.skipif(
+    not (MIRROR / "gpt-2" / "encodings" / "main" / "encoder.json").is_file(),
+    reason=f"no download mirror with the tokenizer files at {MIRROR} (../shared is absent)",
+)
+def test_downloads_show_the_same_progress_as_gptclf_download(tmp_path: Path) -> None:
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--mirror", str(MIRROR)]
+    code, _, stderr = finetune(*args, "--out", str(tmp_path / "run"))
+    assert code == 0, stderr
+    for name in ("encoder.json", "vocab.bpe"):  # the plain lines of `gptclf download` off a terminal
+        assert f"downloading {name} (" in stderr and f"fetched {name}: " in stderr
+        assert f"{name}: 100% " in stderr
+    code, _, stderr = finetune(*args, "--out", str(tmp_path / "again"))
+    assert code == 0 and "downloading" not in stderr and "already present" not in stderr  # nothing new
+
+
 def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=300)
