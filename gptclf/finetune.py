@@ -9,7 +9,9 @@ directory. The command line only parses options and prints what :func:`finetune`
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +23,16 @@ from gptclf.classifier import Classifier, apply_scope, frozen_prefix, replace_he
 from gptclf.data import label_ids, prepared_fingerprint, read_prepared
 from gptclf.device import setup_backend
 from gptclf.download import Progress, ensure_tokenizer, ensure_weights
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, Source, make_sources
 from gptclf.fileio import atomic_write_json
 from gptclf.prepare import prepare
 from gptclf.progress import TrainProgress
 from gptclf.report import CURVES_FILE, METRICS_FILE, write_curves, write_history
-from gptclf.resume import CHECKPOINT_NAME, sigterm_raises
+from gptclf.resume import CHECKPOINT_NAME, InterruptGuard
 from gptclf.runconfig import FinetuneSettings
-from gptclf.runplan import RunPlan, check_out_dir, make_plan, out_dir, resumed_settings
+from gptclf.rundir import RunBuild, check_out, work_dir
+from gptclf.runplan import RunPlan, make_plan, out_dir, resumed_settings
 from gptclf.tokenizer import load_tokenizer
 from gptclf.train import History, LabelledSet, Shard, evaluate, fit
 from gptclf.weights import load_weights
@@ -106,6 +109,12 @@ def finetune(
 ) -> FinetuneResult:
     """Run ``gptclf finetune``: train a classifier and write its run directory.
 
+    The run is built in a work folder beside ``--out`` (:mod:`gptclf.rundir`) and swapped in whole
+    at the end: ``--out`` is at every moment absent, the old run or the new one. A signal before
+    training stops at once and writes nothing; from the first step on, it saves a checkpoint (in
+    training), stops the test evaluation (training is saved), or lets the write finish, then
+    raises :class:`Interrupted`.
+
     Args:
         settings: The merged options (see :func:`gptclf.runconfig.build_settings`).
         progress: Receives training progress and messages (default: silent).
@@ -120,25 +129,51 @@ def finetune(
         DownloadError: Something missing could not be downloaded.
         TrainingError: The loss became NaN or infinite (nothing written).
         Interrupted: Ctrl-C or SIGTERM: a checkpoint was saved for ``--resume``.
+        DiskFullError: The disk filled while writing (the checkpoint is kept for ``--resume``).
     """
-    with sigterm_raises("finetune"):
-        return _finetune(settings, progress or TrainProgress(), download_progress, shard)
+    progress = progress or TrainProgress()
+    # Rank 0's folder: the others could name another runs/<timestamp> a second later.
+    out = shard.from_main(out_dir(settings))
+    with InterruptGuard() as guard:
+        resume_state = None
+        if settings.resume:
+            settings, resume_state = resumed_settings(out, settings)
+        else:
+            check_out(out, force=settings.force, resume=False)
+        plan = make_plan(settings)
+        build = None
+        if shard.is_main:
+            build = RunBuild.open(out, force=settings.force, resume=settings.resume, note=progress.message)
+            if settings.resume:
+                guard.before = f"the interrupted run in {build.path} is kept for --resume"
+        shard.barrier()  # rank 0 has made the work folder before the others look into it
+        try:
+            result = _finetune(settings, plan, out, resume_state, guard, progress, download_progress, shard)
+            if build is not None:
+                build.commit()
+        except BaseException as exc:
+            if build is not None:
+                build.close(exc)
+            raise
+        if build is not None:
+            build.close()
+        guard.check(f"stopped after the run was written completely to {out}")
+        return result
 
 
 def _finetune(
-    settings: FinetuneSettings, progress: TrainProgress, download_progress: Progress | None, shard: Shard
+    settings: FinetuneSettings,
+    p: RunPlan,
+    out: Path,
+    resume_state: dict[str, Any] | None,
+    guard: InterruptGuard,
+    progress: TrainProgress,
+    download_progress: Progress | None,
+    shard: Shard,
 ) -> FinetuneResult:
-    """:func:`finetune` with its signal handling in place."""
+    """:func:`finetune` inside its work folder: everything but the final swap."""
     t_start = time.monotonic()
-    # Rank 0's folder: the others could name another runs/<timestamp> a second later.
-    out = shard.from_main(out_dir(settings))
-    resume_state = None
-    if settings.resume:
-        settings, resume_state = resumed_settings(out, settings)
-    else:
-        check_out_dir(out, settings.force)
-    p = make_plan(settings)
-    shard.barrier()  # every rank has checked the folder before rank 0 writes into it
+    work = work_dir(out)
     setup_backend(p.device)
     # Downloads first: they fill the cache, and a failed one leaves the run directory untouched.
     with shard.main_first():
@@ -146,10 +181,15 @@ def _finetune(
         if settings.weights == "pretrained":
             ensure_weights(p.model_name, p.home, settings.mirror, download_progress)
     enc = load_tokenizer(tokenizer_dir)
-    data_dir = _data_dir(settings, p, out, download_progress, shard)
+    data_dir = _data_dir(settings, p, work, download_progress, shard)
     prepared = read_prepared(data_dir)
+    fingerprint = prepared_fingerprint(data_dir)
+    _check_same_data(resume_state, fingerprint, data_dir)
     classes = _classes(settings.classes, prepared.classes, data_dir)
     model, trainable_params, total_params = build_classifier(settings, p, classes)
+    needed = _bytes_needed(total_params, trainable_params)
+    if shard.is_main:
+        _check_space(work, out, needed)
     progress.message(
         f"model {p.model_name} ({settings.weights} weights), trainable scope {settings.trainable}: "
         f"{trainable_params:,} of {total_params:,} parameters train"
@@ -162,11 +202,10 @@ def _finetune(
     )
     timings = {"tokenise": time.monotonic() - t0}
     t0 = time.monotonic()
-    prefix = frozen_prefix(model.gpt, p.scope)
     sources = make_sources(
         model,
         ids,
-        scope_prefix=prefix,
+        scope_prefix=frozen_prefix(model.gpt, p.scope),
         use_cache=settings.cache,
         device=p.device,
         precision=p.precision,
@@ -182,32 +221,28 @@ def _finetune(
             f"cached the hidden states after block {cache['blocks']} of {p.config.n_layer} "
             f"({cache['bytes'] / 2**20:,.1f} MiB, {cache['location']}) in {timings['cache']:.1f} s"
         )
+    sizes = {name: len(v) for name, v in labels.items()}
+    # The SMS set prepared here lives in the work folder now and in <out>/data after the swap.
+    final_data = out / "data" if settings.data is None else data_dir
+    data_info = {"dir": str(final_data), "fingerprint": fingerprint, "sizes": sizes}
     try:
         sets = {name: LabelledSet(sources[name], labels[name]) for name in ids}
-        checkpoint = out / CHECKPOINT_NAME
-        extra = {"settings": {**settings.to_dict(), "data": str(data_dir), "out": str(out)}}
-        history = fit(
-            model,
-            sets["train"],
-            sets["validation"],
-            p.train,
-            device=p.device,
-            precision=p.precision,
-            seed=settings.seed,
-            checkpoint=checkpoint,
-            resume=resume_state,
-            extra=extra,
-            progress=progress,
-            shard=shard,
-        )
+        history = _fit(model, sets, settings, p, work, out, resume_state, data_info, guard, progress, shard)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
-        batch = p.train.eval_batch_size
+        saved = f"training has finished and is saved in {work / CHECKPOINT_NAME}; " + _resume_hint(out)
         scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
         for name in scores:
             if len(sets[name]):
+                progress.message(f"evaluating the kept weights on the {name} split ({len(sets[name])} texts)")
                 scores[name], _ = evaluate(
-                    model, sets[name], device=p.device, precision=p.precision, batch_size=batch, shard=shard
+                    model,
+                    sets[name],
+                    device=p.device,
+                    precision=p.precision,
+                    batch_size=p.train.eval_batch_size,
+                    shard=shard,
+                    between_batches=lambda: guard.check(saved),
                 )
         test, validation = scores["test"], scores["validation"]
         timings["evaluate"] = time.monotonic() - t0
@@ -226,12 +261,6 @@ def _finetune(
             "precision": p.precision.name,
             "cache": cache,
         }
-        data_info = {
-            "dir": str(data_dir),
-            "fingerprint": prepared_fingerprint(data_dir),
-            "sizes": {name: len(v) for name, v in labels.items()},
-            "prepared": prepared.meta.get("source"),
-        }
         info = build_run_info(
             model_name=p.model_name,
             config=p.config,
@@ -243,17 +272,94 @@ def _finetune(
             train=train_info,
             seed=settings.seed,
             weights=settings.weights,
-            data=data_info,
+            data={**data_info, "prepared": prepared.meta.get("source")},
         )
-        _write_run(
-            out,
-            model,
-            info,
-            tokenizer_dir,
-            result,
-            math.ceil(len(ids["train"]) / (p.train.batch_size * p.train.grad_accum * shard.world_size)),
+        steps_per_epoch = math.ceil(
+            sizes["train"] / (p.train.batch_size * p.train.grad_accum * shard.world_size)
         )
+        try:
+            _write_run(work, model, info, tokenizer_dir, result, steps_per_epoch, progress)
+        except OSError as exc:
+            raise write_error(exc, out, needed) from None
     return result
+
+
+def _fit(
+    model: Classifier,
+    sets: dict[str, LabelledSet],
+    settings: FinetuneSettings,
+    p: RunPlan,
+    work: Path,
+    out: Path,
+    resume_state: dict[str, Any] | None,
+    data_info: dict[str, Any],
+    guard: InterruptGuard,
+    progress: TrainProgress,
+    shard: Shard,
+) -> History:
+    """:func:`gptclf.train.fit` with checkpoints in the work folder and a hint that names ``out``."""
+    data = data_info["dir"] if settings.data is not None else None  # None: the SMS set, made here
+    extra = {"settings": {**settings.to_dict(), "data": data, "out": str(out)}, "data": data_info}
+    try:
+        return fit(
+            model,
+            sets["train"],
+            sets["validation"],
+            p.train,
+            device=p.device,
+            precision=p.precision,
+            seed=settings.seed,
+            checkpoint=work / CHECKPOINT_NAME,
+            resume=resume_state,
+            extra=extra,
+            progress=progress,
+            shard=shard,
+            guard=guard,
+        )
+    except Interrupted as exc:
+        message = str(exc).removesuffix("; continue with --resume")
+        raise Interrupted(f"{message}; {_resume_hint(out)}", exc.exit_code - 128) from None
+
+
+def _resume_hint(out: Path) -> str:
+    return f"continue with `gptclf finetune --out {out} --resume`"
+
+
+def _check_same_data(resume_state: dict[str, Any] | None, fingerprint: str, data_dir: Path) -> None:
+    """Refuse to resume on a prepared folder that changed since the run was interrupted.
+
+    Raises:
+        BadInputError: The fingerprint differs from the one the checkpoint recorded.
+    """
+    if resume_state is None:
+        return
+    recorded = (resume_state.get("extra", {}).get("data") or {}).get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise BadInputError(
+            f"the prepared data in {data_dir} changed since the run was interrupted (another split, seed "
+            "or files): resume with the data it was trained on, or start again with --force"
+        )
+
+
+def _bytes_needed(total_params: int, trainable_params: int) -> int:
+    """Rough disk space a run needs: fp32 weights, and a checkpoint with the trainable weights, the
+    best ones and AdamW's two moments, plus room for the small files."""
+    return 4 * total_params + 4 * 4 * trainable_params + (8 << 20)
+
+
+def _check_space(work: Path, out: Path, needed: int) -> None:
+    """Refuse to start when the run cannot fit on the disk (before any training time is spent).
+
+    Raises:
+        BadInputError: Less free space than the run needs, both named in the message.
+    """
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise BadInputError(
+            f"not enough space for the run in {out.parent}: it needs about {needed / 2**20:,.0f} MiB "
+            f"(weights and checkpoint), {free / 2**20:,.0f} MiB are free; free some space or choose "
+            "another --out"
+        )
 
 
 def build_classifier(
@@ -272,13 +378,13 @@ def build_classifier(
 
 
 def _data_dir(
-    settings: FinetuneSettings, p: RunPlan, out: Path, download_progress: Progress | None, shard: Shard
+    settings: FinetuneSettings, p: RunPlan, work: Path, download_progress: Progress | None, shard: Shard
 ) -> Path:
-    """The prepared folder: ``--data``, or the SMS set prepared the book's way into ``<out>/data``
-    (by rank 0, which alone writes the run directory; the other ranks wait and read it)."""
+    """The prepared folder: ``--data``, or the SMS set prepared the book's way into the work
+    folder's ``data`` (by rank 0, which alone writes the run; the other ranks wait and read it)."""
     if settings.data is not None:
         return Path(settings.data).expanduser().resolve()
-    target = out / "data"
+    target = work / "data"
     with shard.main_first(per_node=False):
         if shard.is_main and not (settings.resume and target.is_dir()):
             prepare(
@@ -339,16 +445,18 @@ def _cache_info(sources: dict[str, Source]) -> dict[str, Any]:
 
 
 def _write_run(
-    out: Path,
+    folder: Path,
     model: Classifier,
     info: dict[str, Any],
     tokenizer_dir: Path,
     result: FinetuneResult,
     steps_per_epoch: float,
+    progress: TrainProgress,
 ) -> None:
-    """Write the run directory; the checkpoint goes last, once everything else is in place."""
-    save_run(out, model, info, tokenizer_dir)
-    write_history(out, result.history.rows)
+    """Write the run's files into the work folder; its checkpoint stays until the swap is done, so a
+    kill before the swap still leaves a run to resume."""
+    save_run(folder, model, info, tokenizer_dir)
+    write_history(folder, result.history.rows)
     metrics = {
         "test": result.test,
         "validation": result.validation,
@@ -358,7 +466,11 @@ def _write_run(
         "cache": result.cache,
         "timings": result.timings,
     }
-    atomic_write_json(out / METRICS_FILE, metrics)
-    if not write_curves(out, result.history.rows, steps_per_epoch):
-        (out / CURVES_FILE).unlink(missing_ok=True)  # never leave an older run's picture behind
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    atomic_write_json(folder / METRICS_FILE, metrics)
+    if not write_curves(folder, result.history.rows, steps_per_epoch):
+        (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind
+        if importlib.util.find_spec("matplotlib") is None:
+            progress.message(
+                f"{CURVES_FILE} skipped: matplotlib is not installed (pip install 'gptclf[plot]')"
+            )
+    (folder / CHECKPOINT_NAME).unlink(missing_ok=True)  # the finished run replaces it

@@ -10,18 +10,16 @@ temporary name and renamed, so a second interrupt never leaves half a file, and 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 import torch
 
-from gptclf.errors import BadInputError, Interrupted
+from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.fileio import temp_path_for
 
 #: File name of the checkpoint inside a run directory.
@@ -30,7 +28,12 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically."""
+    """Write ``state`` to ``path`` atomically.
+
+    Raises:
+        GptclfError: The disk is full or the folder cannot be written (one line; the temporary
+            file is removed and an earlier checkpoint at ``path`` is kept).
+    """
     path = Path(path)
     tmp = temp_path_for(path)
     try:
@@ -38,6 +41,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        size = tmp.stat().st_size if tmp.is_file() else None
+        tmp.unlink(missing_ok=True)
+        raise write_error(exc, path.parent, size) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -54,8 +61,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise BadInputError(f"no checkpoint to resume at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise BadInputError(f"{path} is not a readable gptclf checkpoint ({exc})") from None
+    except Exception as exc:  # torch raises many types, with many lines, for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(
+            f"{path} is not a readable gptclf checkpoint ({first}): pass --force to start the run again"
+        ) from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise BadInputError(f"{path} is not a gptclf checkpoint of version {CHECKPOINT_VERSION}")
     return state
@@ -94,23 +104,38 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 class InterruptGuard:
-    """While active, SIGINT and SIGTERM set :attr:`signum` instead of stopping the process, so the
-    training loop can finish its step, save a checkpoint and leave cleanly. A second signal
-    stops at once (KeyboardInterrupt). Outside the main thread, signals cannot be caught and
-    the guard does nothing.
+    """SIGINT and SIGTERM handling for a whole ``finetune``, from its checks to its last file.
+
+    While :attr:`deferring` is off (before training starts, when there is nothing to save) a
+    signal raises :class:`Interrupted` at once, so ``finally`` blocks clean up. While it is on
+    (training, and everything after it) a signal only sets :attr:`signum`: the training loop
+    finishes its step and saves a checkpoint, the test evaluation stops at its next batch
+    (:meth:`check`), and a run being written is finished first. A second signal always raises at
+    once. Outside the main thread signals cannot be caught and the guard does nothing.
+
+    Args:
+        before: What an immediate interrupt says happened to the run (e.g. nothing was written).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, before: str = "nothing was written") -> None:
         self.signum: int | None = None
+        self.deferring = False
+        self.before = before
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None and self.deferring:
+            self.signum = signum
+            return
+        self.signum = self.signum or signum
+        raise Interrupted(f"{signal_name(signum)}: stopped at once; {self.before}", signum)
+
+    def check(self, what: str) -> None:
+        """Raise :class:`Interrupted` if a signal arrived; ``what`` says what is kept."""
         if self.signum is not None:
-            self._restore()
-            raise KeyboardInterrupt
-        self.signum = signum
+            raise Interrupted(f"{signal_name(self.signum)}: {what}", self.signum)
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -129,23 +154,6 @@ class InterruptGuard:
         self._restore()
 
 
-@contextlib.contextmanager
-def sigterm_raises(what: str = "gptclf") -> Iterator[None]:
-    """While active, SIGTERM raises :class:`Interrupted` (exit code 143) like Ctrl-C raises
-    KeyboardInterrupt, so ``finally`` blocks still run (removing temporary cache files).
-    :class:`InterruptGuard` takes over inside the training loop. Does nothing outside the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(
-            f"{what} was terminated (SIGTERM) outside the training loop; no checkpoint was written", signum
-        )
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def signal_name(signum: int) -> str:
+    """``SIGINT``, ``SIGTERM`` or ``signal N``."""
+    return {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")

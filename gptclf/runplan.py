@@ -2,8 +2,8 @@
 
 :func:`make_plan` turns :class:`gptclf.runconfig.FinetuneSettings` into the objects a run needs
 (model config, trainable scope, device, precision, sizes), collecting every problem into one
-message. :func:`check_out_dir` and :func:`resumed_settings` say whether a run may write into its
-folder, and with which settings an interrupted run continues.
+message. :func:`resumed_settings` says with which settings an interrupted run continues (whether a
+run may write into its folder is :func:`gptclf.rundir.check_out`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError
 from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
+from gptclf.rundir import check_out, work_dir
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
 SMS_LABELS = frozenset({"ham", "spam"})
@@ -118,38 +119,22 @@ def out_dir(settings: FinetuneSettings) -> Path:
     return path.resolve()
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to write into a non-empty folder unless ``force``.
-
-    Raises:
-        BadInputError: ``out`` is a file, or a non-empty folder without ``force``.
-    """
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        hint = " or --resume to continue it" if (out / CHECKPOINT_NAME).is_file() else ""
-        raise BadInputError(
-            f"--out {out} is not empty: choose another folder, or pass --force to overwrite it{hint}"
-        )
-
-
 def resumed_settings(out: Path, given: FinetuneSettings) -> tuple[FinetuneSettings, dict[str, Any]]:
-    """The settings and checkpoint of an interrupted run in ``out``.
+    """The settings and checkpoint of the interrupted run of ``out`` (in its work folder).
 
     Options given again must agree with the saved ones, except those in :data:`RESUME_CHANGEABLE`.
 
     Raises:
-        BadInputError: No checkpoint (or the run had finished), or options that conflict.
+        BadInputError: No interrupted run (or it had finished), or options that conflict.
     """
-    path = out / CHECKPOINT_NAME
-    if not path.is_file():
-        done = (out / "run.json").is_file()
-        raise BadInputError(
-            f"nothing to resume in {out}: "
-            + ("that run has finished" if done else f"no {CHECKPOINT_NAME} there")
-        )
+    check_out(out, force=False, resume=True)
+    path = work_dir(out) / CHECKPOINT_NAME
+    if not path.is_file():  # a run interrupted by an older gptclf kept its checkpoint in --out
+        path = out / CHECKPOINT_NAME
     state = load_checkpoint(path)
     saved = dict(state["extra"]["settings"])
+    if saved.get("data") == str(out / "data"):  # older runs recorded the SMS set they prepared
+        saved["data"] = None
     conflicts = []
     for name in sorted(given.given - RESUME_CHANGEABLE - {"force"}):
         value, before = getattr(given, name), saved.get(name)
@@ -182,7 +167,7 @@ def check_launch(settings: FinetuneSettings, devices: int) -> Path:
         settings, state = resumed_settings(out, settings)
         check_world_size(state, devices)
     else:
-        check_out_dir(out, settings.force)
+        check_out(out, force=settings.force, resume=False)
     plan = make_plan(settings)
     if plan.device.type == "cuda":
         if settings.device.strip().lower().startswith("cuda:"):

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,14 @@ from gptclf.errors import BadInputError, Interrupted, TrainingError
 from gptclf.features import BatchLogits, Source, to_device
 from gptclf.metrics import classification_metrics
 from gptclf.progress import TrainProgress
-from gptclf.resume import InterruptGuard, check_world_size, restore_rng, rng_state, save_checkpoint
+from gptclf.resume import (
+    InterruptGuard,
+    check_world_size,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+    signal_name,
+)
 from gptclf.runconfig import TrainConfig
 
 #: Columns of history.csv, in order.
@@ -105,6 +114,7 @@ def evaluate(
     precision: Precision,
     batch_size: int = 32,
     shard: Shard = Shard(),  # frozen, so one shared default is safe
+    between_batches: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of ``model`` on the whole of ``data``.
 
@@ -112,6 +122,9 @@ def evaluate(
     each rank runs every ``world_size``-th of the same batches and the logits are summed over the
     ranks (each row is non-zero on one rank only): every rank gets all the logits, computed in
     the same batches as by one process, hence the same metrics.
+
+    Args:
+        between_batches: Called before each batch (e.g. to stop on a signal by raising).
 
     Returns:
         ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
@@ -123,6 +136,8 @@ def evaluate(
     try:
         with torch.inference_mode():
             for indices in shard.take(sorted_batches(data.source.lengths, batch_size)):
+                if between_batches is not None:
+                    between_batches()
                 batch = data.source.batch(indices, device)
                 with precision.autocast(device):
                     out = batch.logits(model)
@@ -161,11 +176,24 @@ class _Loop:
     best_row: dict[str, Any] | None = None
     best_score: list[float] | None = None
     bad_evals: int = 0
-    run_loss: float = 0.0  # weighted loss since the last evaluation ...
-    run_weight: float = 0.0  # ... and its denominator
+    run_loss: float = 0.0  # summed cross-entropy since the last evaluation ...
+    run_weight: float = 0.0  # ... and the number of texts it sums over
     run_correct: int = 0
     run_seen: int = 0
     elapsed: float = 0.0
+    stopped: bool = False  # early stopping ended training
+
+
+def data_signature(train: LabelledSet) -> dict[str, Any]:
+    """What identifies a training set for resuming: its size and a hash of its labels and lengths.
+
+    A checkpoint continues only on the same texts: other data (re-prepared with another split or
+    seed) would give other batch groups, or a position past the end of an epoch.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.asarray(train.labels, dtype=np.int64).tobytes())
+    digest.update(np.asarray(train.source.lengths, dtype=np.int64).tobytes())
+    return {"n": len(train), "sha256": digest.hexdigest()}
 
 
 def fit(
@@ -182,6 +210,7 @@ def fit(
     extra: dict[str, Any] | None = None,
     progress: TrainProgress | None = None,
     shard: Shard = Shard(),  # frozen, so one shared default is safe
+    guard: InterruptGuard | None = None,
 ) -> History:
     """Train the trainable parameters of ``model`` (already on ``device``) and keep the best.
 
@@ -193,11 +222,15 @@ def fit(
         device: Where the model and the batches live.
         precision: Autocast type; fp16 uses a gradient scaler.
         seed: Seeds the batch order (with the epoch) and torch's RNG (dropout).
-        checkpoint: Where Ctrl-C or SIGTERM saves a resumable state; None: interrupts are not caught.
+        checkpoint: Where a resumable state is saved at every epoch end, every
+            ``cfg.checkpoint_every`` steps, when training ends and on Ctrl-C or SIGTERM; None:
+            no checkpoints, and interrupts are not caught.
         resume: A state read by :func:`gptclf.resume.load_checkpoint` to continue from.
         extra: Stored in the checkpoint as is (the caller's settings).
         progress: Receives progress events.
         shard: This process's rank and the world size.
+        guard: The caller's signal handling (it stays in place after training); default: one
+            of fit's own while it runs, when ``checkpoint`` is given.
 
     Returns:
         The history; ``model`` holds the best weights (by ``cfg.monitor``) when it returns.
@@ -217,7 +250,30 @@ def fit(
     trainer = _Trainer(model, train, val or None, cfg, device, precision, seed, shard)
     if resume is not None:
         trainer.restore(resume)
-    return trainer.run(checkpoint, extra or {}, progress or TrainProgress())
+    own = guard is None and checkpoint is not None
+    with InterruptGuard() if own else contextlib.nullcontext(guard) as active:
+        if active is not None:
+            active.deferring = True
+        return trainer.run(_Saver(checkpoint, extra or {}, shard), active, progress or TrainProgress())
+
+
+class _Saver:
+    """Writes checkpoints (rank 0) and makes every rank wait until the file is complete."""
+
+    def __init__(self, path: Path | None, extra: dict[str, Any], shard: Shard) -> None:
+        self.path, self.extra, self.shard = path, extra, shard
+        self.saved_step: int | None = None
+
+    def save(self, state: Callable[[], dict[str, Any]], step: int) -> None:
+        """Save ``state()`` once per step; every rank must call (the RNG states are gathered)."""
+        if self.path is None or self.saved_step == step:
+            return
+        rngs = self.shard.gather_objects(rng_state())
+        if self.shard.is_main:
+            save_checkpoint(self.path, {**state(), "extra": self.extra, "rng": rngs[0], "rng_ranks": rngs})
+        # A large checkpoint can take longer than --dist-timeout: the others wait on the slow group.
+        self.shard.slow_barrier()
+        self.saved_step = step
 
 
 class _Trainer:
@@ -249,19 +305,34 @@ class _Trainer:
         self.labels = torch.as_tensor(train.labels, dtype=torch.long)
         self.group_size = cfg.batch_size * cfg.grad_accum * shard.world_size
         self.total = cfg.epochs * math.ceil(len(train) / self.group_size)
+        self.data = data_signature(train)
         self.loop = _Loop()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.signal: int | None = None  # a signal that some rank received, as of the last step
+        # MPS has no float64: there the step's sums are float32 (exact for the counts it holds).
+        self.stats_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.started = time.monotonic()
         torch.manual_seed(seed)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: weights, optimizer, scaler, RNG and position."""
+        """Continue from a checkpoint: weights, optimizer, scaler, RNG and position.
+
+        Raises:
+            BadInputError: Other training settings, another world size, other training data, or
+                trainable weights that do not fit.
+        """
         if state.get("train") != self.cfg.to_dict():
             raise BadInputError(
                 "the checkpoint was written with other training settings; keep them on --resume"
             )
         check_world_size(state, self.shard.world_size)
+        saved_data = state.get("data")
+        if saved_data is not None and saved_data != self.data:
+            raise BadInputError(
+                f"the training data differ from those of the interrupted run ({saved_data['n']} texts then, "
+                f"{self.data['n']} now, or other texts): resume with the data it was trained on, "
+                "or start again with --force"
+            )
         saved = state["trainable"]
         if sorted(saved) != sorted(n for n, _ in self.named) or any(
             saved[n].shape != p.shape for n, p in self.named
@@ -271,60 +342,78 @@ class _Trainer:
             for n, p in self.named:
                 p.copy_(saved[n])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        # A run may resume in another precision: a scaler state only where both sides have one.
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         ranks = state.get("rng_ranks")
         restore_rng(ranks[self.shard.rank] if ranks else state["rng"])
         self.loop = _Loop(**state["loop"])
         self.best_state = state["best"]
 
-    def run(self, checkpoint: Path | None, extra: dict[str, Any], progress: TrainProgress) -> History:
-        """The epochs; stops early, on a signal (after saving), or on a non-finite loss."""
+    def run(self, saver: _Saver, guard: InterruptGuard | None, progress: TrainProgress) -> History:
+        """The epochs, flat: for each epoch, for each batch group: a step, maybe an evaluation,
+        maybe a checkpoint. Ends after the last epoch, on early stopping, on a signal (after
+        saving) or on a non-finite loss."""
         cfg, loop = self.cfg, self.loop
-        stopped = False
         self.started = time.monotonic()
         progress.start(self.total, loop.step, cfg.epochs)
-        guard = InterruptGuard() if checkpoint is not None else None
-        with guard or contextlib.nullcontext():
-            try:
-                while loop.epoch < cfg.epochs and not stopped:
-                    groups = train_batches(
-                        self.train.source.lengths, self.group_size, self.seed, loop.epoch, cfg.bucket
-                    )
-                    while loop.group < len(groups) and not stopped:
-                        lr = cfg.learning_rate(loop.step, self.total)
-                        self.step(groups[loop.group], lr, len(groups), guard)
-                        # The mean since the last evaluation: steadier to watch than one step's loss.
-                        progress.step(loop.epoch + 1, loop.step, loop.run_loss / loop.run_weight)
-                        loop.group += 1
-                        epoch_end = loop.group == len(groups)
-                        if epoch_end or (cfg.eval_every and loop.step % cfg.eval_every == 0):
-                            last = epoch_end and loop.epoch == cfg.epochs - 1
-                            stopped = self.evaluate(lr, progress) and not last
-                        if epoch_end:
-                            loop.epoch, loop.group = loop.epoch + 1, 0
-                        signum = self.signal if self.shard.distributed else guard.signum if guard else None
-                        if signum is not None and not stopped:
-                            assert checkpoint is not None
-                            self.interrupt(checkpoint, signum, extra)
-                        if epoch_end:
-                            more = not stopped and loop.epoch < cfg.epochs
-                            if more and self.shard.distributed and checkpoint is not None:
-                                self.save(checkpoint, extra)  # one lost process ends a DDP job
-                            break  # the next epoch draws its own batches
-            finally:
-                progress.close()
+        try:
+            for epoch in range(cfg.epochs if loop.stopped else loop.epoch, cfg.epochs):
+                groups = self.epoch_groups(epoch)
+                for index in range(loop.group, len(groups)):
+                    lr = cfg.learning_rate(loop.step, self.total)
+                    self.step(groups[index], lr, len(groups), guard)
+                    # The mean since the last evaluation: steadier to watch than one step's loss.
+                    progress.step(epoch + 1, loop.step, loop.run_loss / loop.run_weight)
+                    loop.group = index + 1
+                    epoch_end = loop.group == len(groups)
+                    if epoch_end or (cfg.eval_every and loop.step % cfg.eval_every == 0):
+                        loop.stopped = self.evaluate(lr, progress) and loop.step < self.total
+                    if epoch_end:
+                        loop.epoch, loop.group = epoch + 1, 0
+                    # Under DDP the ranks act on the signal they agreed on in the step; alone, at once.
+                    signum = self.signal if self.shard.distributed else guard.signum if guard else None
+                    if signum is not None:
+                        self.interrupt(saver, signum)
+                    if epoch_end or (cfg.checkpoint_every and loop.step % cfg.checkpoint_every == 0):
+                        saver.save(self.state, loop.step)
+                    if loop.stopped:
+                        break
+                if loop.stopped:
+                    break
+            self.restore_best()
+            saver.save(self.state, loop.step)  # training is over: a resume goes straight to the end
+        finally:
+            progress.close()
+        return History(
+            rows=loop.rows,
+            best=loop.best_row,
+            stopped_early=loop.stopped,
+            steps=loop.step,
+            total_steps=self.total,
+            train_seconds=self.elapsed(),
+        )
+
+    def epoch_groups(self, epoch: int) -> list[list[int]]:
+        """The batch groups of ``epoch``; a saved position past them is refused, never looped on."""
+        groups = train_batches(self.train.source.lengths, self.group_size, self.seed, epoch, self.cfg.bucket)
+        if self.loop.group > len(groups):
+            raise BadInputError(
+                f"the checkpoint is at batch group {self.loop.group} of epoch {epoch + 1}, which has only "
+                f"{len(groups)}: the training data changed; start again with --force"
+            )
+        return groups
+
+    def restore_best(self) -> None:
+        """Put the kept (best) weights back into the model."""
         if self.best_state is not None:
             with torch.no_grad():
                 for n, p in self.named:
                     p.copy_(self.best_state[n])
-        return History(
-            rows=loop.rows,
-            best=loop.best_row,
-            stopped_early=stopped,
-            steps=loop.step,
-            total_steps=self.total,
-            train_seconds=loop.elapsed + time.monotonic() - self.started,
-        )
+
+    def elapsed(self) -> float:
+        """Training seconds over every resumed part."""
+        return self.loop.elapsed + time.monotonic() - self.started
 
     def step(self, indices: list[int], lr: float, epoch_groups: int, guard: InterruptGuard | None) -> None:
         """One optimizer step over a group of ``batch_size * grad_accum * world_size`` texts."""
@@ -342,7 +431,7 @@ class _Trainer:
         scale = shard.world_size / denom if micros else 0.0
         self.forward.train()
         # [summed loss, correct, SIGINTs, SIGTERMs] over the ranks: one small collective per step.
-        stats = torch.zeros(4, dtype=torch.float64, device=self.device)
+        stats = torch.zeros(4, dtype=self.stats_dtype, device=self.device)
         for n, micro in enumerate(micros or [indices[:1]]):
             batch = self.train.source.batch(micro, self.device)
             y = to_device(self.labels[micro], self.device)
@@ -355,7 +444,9 @@ class _Trainer:
                 ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")
                 self.scaler.scale(ce * scale).backward()
             if micros:
-                stats[0] += ce.detach()
+                # Reported on the footing of the validation loss: plain, unweighted cross-entropy.
+                plain = ce if self.weights is None else F.cross_entropy(logits.float(), y, reduction="sum")
+                stats[0] += plain.detach()
                 stats[1] += (logits.detach().argmax(dim=1) == y).sum()
         pending = guard.signum if guard is not None else None
         stats[2], stats[3] = float(pending == signal.SIGINT), float(pending == signal.SIGTERM)
@@ -375,7 +466,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loop.step += 1
         loop.run_loss += loss
-        loop.run_weight += denom
+        loop.run_weight += len(indices)
         loop.run_correct += int(correct)
         loop.run_seen += len(indices)
 
@@ -420,43 +511,32 @@ class _Trainer:
             else:
                 loop.bad_evals += 1
                 stop = cfg.early_stop is not None and loop.bad_evals >= cfg.early_stop
-        row["elapsed"] = loop.elapsed + time.monotonic() - self.started
+        row["elapsed"] = self.elapsed()
         loop.rows.append(row)
         progress.evaluated(row)
         return stop
 
-    def save(self, checkpoint: Path, extra: dict[str, Any]) -> None:
-        """Rank 0 saves a resumable checkpoint (every rank must call: the RNG states are gathered)."""
-        loop = self.loop
-        rngs = self.shard.gather_objects(rng_state())
-        if not self.shard.is_main:
-            return
-        position = dataclasses.asdict(loop)
-        position["elapsed"] = loop.elapsed + time.monotonic() - self.started
-        state = {
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds besides the RNG states and the caller's extra."""
+        position = dataclasses.asdict(self.loop)
+        position["elapsed"] = self.elapsed()
+        return {
             "train": self.cfg.to_dict(),
             "world_size": self.shard.world_size,
+            "data": self.data,
             "loop": position,
-            "extra": extra,
             "trainable": self.snapshot(),
             "best": self.best_state,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rngs[0],
-            "rng_ranks": rngs,
         }
-        save_checkpoint(checkpoint, state)
 
-    def interrupt(self, checkpoint: Path, signum: int, extra: dict[str, Any]) -> None:
+    def interrupt(self, saver: _Saver, signum: int) -> None:
         """Save a resumable checkpoint (rank 0) and raise :class:`Interrupted` on every rank."""
-        self.save(checkpoint, extra)
-        # No rank leaves before the checkpoint is complete: torchrun stops the others as soon as
-        # one exits, which would otherwise cut rank 0's save short.
-        self.shard.barrier()
-        loop = self.loop
-        name = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+        saver.save(self.state, self.loop.step)
+        where = f"saved a resumable checkpoint in {saver.path}" if saver.path else "nothing was saved"
         raise Interrupted(
-            f"{name} at step {loop.step} of {self.total}: saved a resumable checkpoint in {checkpoint}; "
-            f"continue with `gptclf finetune --out {checkpoint.parent} --resume`",
+            f"{signal_name(signum)} at step {self.loop.step} of {self.total}: {where}; "
+            "continue with --resume",
             signum,
         )

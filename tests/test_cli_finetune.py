@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from gptclf.config import resolve_model
+from gptclf.rundir import work_dir
 from gptclf.weights import expected_hf_shapes
 from tests.conftest import REPO, SHARED
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
@@ -107,7 +108,8 @@ def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "SIGINT at step" in stderr and "--resume" in stderr
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+    # --out stays as it was (absent); the interrupted run waits in its work folder beside it.
+    assert not run.exists() and (work_dir(run) / "checkpoint.pt").is_file()
     code, _, stderr = finetune("--out", str(run), "--resume")
     assert code == 0, stderr
     assert not (run / "checkpoint.pt").exists()

@@ -28,6 +28,7 @@ from gptclf.distributed import Shard, process_group
 from gptclf.features import make_sources
 from gptclf.resume import load_checkpoint
 from gptclf.runconfig import TrainConfig
+from gptclf.rundir import work_dir
 from gptclf.train import LabelledSet, fit
 from tests.conftest import REPO
 from tests.finetune_helpers import (
@@ -168,7 +169,7 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(tmp_path: Path) -
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
     )  # fmt: skip
     launcher, deadline = psutil.Process(proc.pid), time.monotonic() + 90
-    while not (run / "checkpoint.pt").is_file():
+    while not (work_dir(run) / "checkpoint.pt").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the end"
         time.sleep(0.02)
     victim = _rank_pid(launcher, 1)
@@ -177,8 +178,8 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(tmp_path: Path) -
     killed = time.monotonic()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and time.monotonic() - killed < 45, stderr
-    assert not (run / "run.json").exists()
-    state = load_checkpoint(run / "checkpoint.pt")  # intact
+    assert not run.exists()  # the run is built beside --out and swapped in only when complete
+    state = load_checkpoint(work_dir(run) / "checkpoint.pt")  # intact
     assert state["world_size"] == 2 and state["loop"]["group"] == 0 and state["loop"]["epoch"] >= 1
 
     code = runner.invoke(app, ["finetune", "--out", str(run), "--resume"])

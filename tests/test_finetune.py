@@ -18,7 +18,8 @@ from gptclf.finetune import finetune
 from gptclf.report import history_csv, write_curves
 from gptclf.resume import CHECKPOINT_NAME, save_checkpoint
 from gptclf.runconfig import build_settings
-from gptclf.runplan import check_out_dir, make_plan, resumed_settings
+from gptclf.rundir import check_out
+from gptclf.runplan import make_plan, resumed_settings
 from gptclf.train import HISTORY_COLUMNS, LabelledSet, evaluate
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
@@ -123,14 +124,14 @@ def test_classes_must_match_the_prepared_data(data3: Path, tmp_path: Path) -> No
 
 
 def test_out_dir_rules(tmp_path: Path) -> None:
-    check_out_dir(tmp_path / "new", force=False)
-    check_out_dir(tmp_path, force=False)  # empty
+    check_out(tmp_path / "new", force=False, resume=False)
+    check_out(tmp_path, force=False, resume=False)  # empty
     (tmp_path / "x").write_text("x")
     with pytest.raises(BadInputError, match="not empty"):
-        check_out_dir(tmp_path, force=False)
-    check_out_dir(tmp_path, force=True)
+        check_out(tmp_path, force=False, resume=False)
+    check_out(tmp_path, force=True, resume=False)
     with pytest.raises(BadInputError, match="is a file"):
-        check_out_dir(tmp_path / "x", force=True)
+        check_out(tmp_path / "x", force=True, resume=False)
 
 
 def test_resume_keeps_what_the_run_computes(tmp_path: Path) -> None:

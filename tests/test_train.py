@@ -17,7 +17,7 @@ from gptclf.device import resolve_precision
 from gptclf.errors import BadInputError, Interrupted, TrainingError
 from gptclf.features import Batch, TokenSource, make_sources
 from gptclf.progress import TrainProgress
-from gptclf.resume import load_checkpoint, sigterm_raises
+from gptclf.resume import InterruptGuard, load_checkpoint
 from gptclf.runconfig import TrainConfig
 from gptclf.train import LabelledSet, Shard, class_weights, evaluate, fit
 from tests.finetune_helpers import max_diff, synthetic_ids, tiny_classifier, trainable_state
@@ -213,10 +213,20 @@ def test_shards_split_a_global_batch() -> None:
     )
 
 
-def test_sigterm_outside_training_raises_so_cleanup_runs() -> None:
+def test_a_signal_before_training_raises_at_once_so_cleanup_runs() -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted) as info, sigterm_raises("finetune"):
+    with pytest.raises(Interrupted) as info, InterruptGuard("nothing was written"):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises at once; the sleep is never finished
-    assert info.value.exit_code == 143 and "outside the training loop" in str(info.value)
+    assert info.value.exit_code == 143 and "nothing was written" in str(info.value)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_deferred_signal_waits_for_check() -> None:
+    with InterruptGuard() as guard:
+        guard.deferring = True
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.signum == signal.SIGINT  # noted, not raised
+        with pytest.raises(Interrupted) as info:
+            guard.check("training is saved")
+    assert info.value.exit_code == 130 and "training is saved" in str(info.value)

@@ -1,0 +1,345 @@
+"""Where a run is built: a work folder beside the run directory, swapped in whole at the end.
+
+``finetune --out runs/sms`` never writes into ``runs/sms`` while it works. Everything it writes
+(the checkpoints, the SMS data it prepares, then the run's files) goes into the work folder
+``runs/.sms.partial``, and only when the run is complete is that folder swapped in as ``runs/sms``
+with one atomic rename (``renameat2(RENAME_EXCHANGE)`` where the system has it). So at every
+instant ``runs/sms`` is absent, the old complete run, or the new complete run, and a run that was
+stopped (a signal, kill -9, a power cut, a full disk) leaves its work folder, which ``--resume``
+continues and ``--force`` discards. Files of the user's own in ``--out`` (anything that is not part
+of a run) are carried over into the new run by hard links before the swap, so they survive it.
+
+The work folder is locked (``flock``) by the process that uses it: a second ``finetune`` on the
+same ``--out`` is refused while the first runs, and an unlocked work folder is known to be a
+leftover of a process that is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from gptclf.errors import BadInputError, write_error
+from gptclf.resume import CHECKPOINT_NAME
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second run on the same --out is not detected
+    fcntl = None  # type: ignore[assignment]
+
+#: Names a finished run writes; an old run's copies are never carried into a new run.
+RUN_FILES = frozenset(
+    {
+        "model.safetensors",
+        "run.json",
+        "encoder.json",
+        "vocab.bpe",
+        "metrics.json",
+        "history.csv",
+        "curves.png",
+        CHECKPOINT_NAME,
+    }
+)
+#: Suffix of the work folder: ``runs/sms`` is built in ``runs/.sms.partial``.
+WORK_SUFFIX = ".partial"
+#: Where the old run waits for removal on systems without an atomic exchange.
+OLD_SUFFIX = ".old"
+
+Note = Callable[[str], None]
+
+
+def work_dir(out: Path) -> Path:
+    """The work folder of the run directory ``out``: ``<parent>/.<name>.partial``."""
+    return out.with_name(f".{out.name}{WORK_SUFFIX}")
+
+
+def _old_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}{OLD_SUFFIX}")
+
+
+def _is_temp_file(name: str) -> bool:
+    """A temporary file of an atomic write (``.<file>.<random>.tmp``), ours by its pattern."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def user_entries(out: Path) -> list[str]:
+    """Names in ``out`` that are not part of a run (the user's own files), sorted."""
+    if not out.is_dir():
+        return []
+    names = (p.name for p in out.iterdir())
+    return sorted(n for n in names if n not in RUN_FILES and n != "data" and not _is_temp_file(n))
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint to resume."""
+    return (folder / CHECKPOINT_NAME).is_file()
+
+
+def recover(out: Path, note: Note) -> None:
+    """Finish or undo a swap that a killed process left half done (systems without an exchange).
+
+    Between the two renames of the fallback swap, ``out`` is absent and the old run waits in
+    ``.<name>.old``: put it back (the new run's work folder is still there to resume). An old
+    folder beside a present ``out`` is the remains of a finished swap: remove it.
+    """
+    old = _old_dir(out)
+    if not old.is_dir():
+        return
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(old, out)
+        note(f"put back {out}, which an interrupted run had moved aside")
+
+
+class WorkLock:
+    """An exclusive ``flock`` on a folder, held while a process builds a run in it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another process holds it."""
+        if fcntl is None:
+            return True
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock (closing the descriptor releases it)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s lock (it is building a run there)."""
+    if not folder.is_dir():
+        return False
+    lock = WorkLock(folder)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def check_out(out: Path, *, force: bool, resume: bool) -> None:
+    """Refuse what cannot work, writing nothing (also used before ``--devices`` starts processes).
+
+    Raises:
+        BadInputError: ``out`` is a file; it holds something and neither ``--force`` nor
+            ``--resume`` is given; another process is building this run; ``--resume`` without an
+            interrupted run; an interrupted run that would be lost without ``--force``.
+    """
+    work = work_dir(out)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file, not a folder")
+    if is_locked(work):
+        raise BadInputError(
+            f"another `gptclf finetune` is writing {out} right now (its work folder {work} is in use): "
+            "wait for it to end or choose another --out"
+        )
+    interrupted = has_checkpoint(work) or has_checkpoint(out)
+    if resume:
+        if not interrupted:
+            done = (out / "run.json").is_file()
+            what = "that run has finished" if done else f"{work} holds no {CHECKPOINT_NAME}"
+            raise BadInputError(f"nothing to resume for {out}: {what}")
+        return
+    if interrupted and not force:
+        raise BadInputError(
+            f"an interrupted run of {out} is waiting in {work}: pass --resume to continue it, "
+            "or --force to discard it and start again"
+        )
+    if out.is_dir() and not force and any(not _is_temp_file(p.name) for p in out.iterdir()):
+        raise BadInputError(
+            f"--out {out} is not empty: choose another folder, or pass --force to overwrite it"
+        )
+
+
+class RunBuild:
+    """The work folder of one ``finetune`` process: locked while it lives, swapped in by
+    :meth:`commit`, kept for ``--resume`` or removed by :meth:`close`.
+
+    Attributes:
+        out: The run directory being made.
+        path: The work folder (``<parent>/.<name>.partial``).
+    """
+
+    def __init__(self, out: Path, path: Path, lock: WorkLock, resumable_at_open: bool) -> None:
+        self.out = out
+        self.path = path
+        self._lock = lock
+        self._resumable_at_open = resumable_at_open
+        self.committed = False
+
+    @property
+    def checkpoint(self) -> Path:
+        """Where this run saves its resumable state."""
+        return self.path / CHECKPOINT_NAME
+
+    @classmethod
+    def open(cls, out: Path, *, force: bool, resume: bool, note: Note) -> RunBuild:
+        """Check ``out``, then create (or, for ``--resume``, take over) its work folder and lock it.
+
+        Leftovers are cleaned on the way, each with a note: a half-done swap is finished or undone,
+        a dead process's work folder is removed unless ``--resume`` continues it, and stale
+        temporary files inside a resumed one are deleted.
+
+        Raises:
+            BadInputError: As :func:`check_out`, or the folder cannot be created or written
+                (read-only, under a file, no permission): one line, nothing left behind.
+        """
+        out = Path(out)
+        recover(out, note)
+        check_out(out, force=force, resume=resume)
+        work = work_dir(out)
+        if resume and not work.is_dir() and has_checkpoint(out):
+            os.rename(out, work)  # a run interrupted by an older gptclf kept its checkpoint in --out
+        if work.is_dir() and not resume:
+            shutil.rmtree(work)
+            note(f"removed {work}, left by an earlier run that did not finish")
+        created = not work.is_dir()
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            _probe(work)
+        except OSError as exc:
+            if created:
+                shutil.rmtree(work, ignore_errors=True)
+            raise write_error(exc, out.parent) from None
+        lock = WorkLock(work)
+        if not lock.acquire():  # another process took it in the moment since check_out
+            raise BadInputError(f"another `gptclf finetune` is writing {out} right now: choose another --out")
+        for name in sorted(os.listdir(work)):
+            if _is_temp_file(name):
+                (work / name).unlink(missing_ok=True)
+                note(f"removed {work / name}, a temporary file of an interrupted write")
+        return cls(out, work, lock, resumable_at_open=has_checkpoint(work))
+
+    def free_bytes(self) -> int:
+        """Free space on the work folder's file system."""
+        return shutil.disk_usage(self.path).free
+
+    def commit(self) -> None:
+        """Swap the finished work folder in as the run directory, keeping the user's own files.
+
+        Raises:
+            GptclfError: The swap failed (one line; the work folder is kept for ``--resume``).
+        """
+        out, work = self.out, self.path
+        try:
+            if out.is_dir() and any(out.iterdir()):
+                for name in user_entries(out):
+                    if not (work / name).exists():
+                        _link_tree(out / name, work / name)
+                _swap(work, out)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    out.rmdir()  # empty: rename() onto a folder needs it gone on some systems
+                os.rename(work, out)
+            _fsync_dir(out.parent)
+            (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # kept until now: the run is whole
+        except OSError as exc:
+            raise write_error(exc, out) from None
+        self.committed = True
+
+    def close(self, failed: BaseException | None = None) -> None:
+        """Release the lock; after a failure, remove the work folder unless it can be resumed.
+
+        It is kept when it holds a checkpoint (an interrupt, a full disk, a crash after some
+        epochs: ``--resume`` goes on), except after a NaN loss in a run that started afresh
+        (resuming it would meet the same NaN).
+        """
+        self._lock.release()
+        if self.committed or failed is None:
+            return
+        from gptclf.errors import TrainingError  # a NaN loss: nothing worth resuming
+
+        keep = has_checkpoint(self.path) and (
+            self._resumable_at_open or not isinstance(failed, TrainingError)
+        )
+        if not keep:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _probe(folder: Path) -> None:
+    """Write and remove a small file: a read-only or full file system fails here, before work."""
+    probe = folder / ".write-test.tmp"
+    with open(probe, "wb") as fh:
+        fh.write(b"gptclf")
+        fh.flush()
+        os.fsync(fh.fileno())
+    probe.unlink()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` (a file or a folder tree) to ``dst``; copy where links are not allowed."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=link)
+    elif src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    else:
+        link(str(src), str(dst))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2``; False where it is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _swap(work: Path, out: Path) -> None:
+    """Make ``work`` the run directory ``out`` and remove the old one."""
+    if _exchange(work, out):
+        shutil.rmtree(work, ignore_errors=True)  # now the old run
+        return
+    old = _old_dir(out)
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(out, old)  # a kill here leaves the old run in .<name>.old: recover() puts it back
+    os.rename(work, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where folders can be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
