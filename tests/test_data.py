@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import tempfile
 from collections import Counter
@@ -19,8 +20,12 @@ from gptclf.data import (
     load_sms_spam,
     load_table,
     prepared_fingerprint,
+    read_inputs,
     read_prepared,
     read_texts,
+    resolve_format,
+    split_tsv,
+    tsv_line,
 )
 from gptclf.errors import BadInputError
 from gptclf.prepare import min_rows_per_class, parse_classes, parse_split, prepare
@@ -177,6 +182,101 @@ def test_read_texts_keeps_every_line_and_streams(tmp_path: Path) -> None:
         list(texts)
     with pytest.raises(BadInputError, match="no such file"):
         read_texts(tmp_path / "absent.txt")
+
+
+def stdin_bytes(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """Make stdin a stream of ``data``, as a pipe would deliver it."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="ascii"))
+
+
+def test_stdin_is_decoded_like_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A BOM, CRLF line ends, an empty line and Latin-1 bytes: the file and stdin give the same texts.
+    data = b"\xef\xbb\xbfcaf\xc3\xa9 first\r\n\r\nsecond\ttab\r\nlast"
+    path = tmp_path / "in.txt"
+    path.write_bytes(data)
+    stdin_bytes(monkeypatch, data)
+    assert list(read_texts("-")) == list(read_texts(path)) == ["café first", "", "second\ttab", "last"]
+    latin = "caf\xe9\r\n".encode("latin-1")
+    stdin_bytes(monkeypatch, latin)
+    assert list(read_texts("-", encoding="latin-1")) == ["caf\xe9"]
+    stdin_bytes(monkeypatch, b'text,label\r\n"a, b",x\r\n')
+    assert list(read_texts("-", fmt="csv")) == ["a, b"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"ok\ncaf\xe9\n", r"stdin: line 2 is not valid utf-8; pass --encoding"),
+        (b"ok\nend cut off \xc3", r"stdin: line 2 is not valid utf-8"),
+        (b"ok\nbin\x00\x01\x02ary\n", r"stdin: line 2 holds a NUL byte: this is binary data"),
+        (bytes(range(256)) * 4, r"stdin: line 1 holds a NUL byte"),
+    ],
+)
+def test_undecodable_or_binary_stdin_is_bad_input_naming_the_line(
+    monkeypatch: pytest.MonkeyPatch, data: bytes, message: str
+) -> None:
+    stdin_bytes(monkeypatch, data)
+    with pytest.raises(BadInputError, match=message):
+        list(read_texts("-"))
+
+
+def test_binary_file_is_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("text,label\nhi,a\n".encode("utf-16-le"))  # read as UTF-8: NULs
+    with pytest.raises(BadInputError, match="line 1 holds a NUL byte"):
+        load_table(path)
+    assert load_table(path, encoding="utf-16-le").frame["text"].tolist() == ["hi"]
+
+
+TRICKY = ["tab\there", "line\nbreak", "carriage\rreturn", 'a "quote', "back\\slash", "lit\\t\\n", "\\", ""]
+
+
+def test_tsv_escapes_read_back_exactly(tmp_path: Path) -> None:
+    # The writer's convention (predict --format tsv) is the reader's: tabs, newlines, CRs, quotes
+    # and backslashes survive the round trip, and each record is one line.
+    lines = tsv_line(["text", "label"]) + "".join(tsv_line([t, "x"]) for t in TRICKY)
+    assert lines.count("\n") == len(TRICKY) + 1
+    path = tmp_path / "t.tsv"
+    path.write_text(lines, encoding="utf-8", newline="")
+    assert list(read_texts(path)) == TRICKY
+    table = load_table(path)
+    assert table.frame["text"].tolist() == [t for t in TRICKY if t]
+    # A backslash before any other character is kept (Windows paths in hand-made files).
+    assert split_tsv("C:\\data\\x\tb") == ["C:\\data\\x", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab\\\t\n\rtnr\"'"), max_size=12), min_size=1, max_size=4))
+def test_tsv_line_and_split_tsv_are_inverse(fields: list[str]) -> None:
+    line = tsv_line(fields)
+    assert "\n" not in line[:-1] and "\r" not in line
+    assert split_tsv(line[:-1]) == fields
+
+
+def test_ids_come_from_an_id_column_or_the_position(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "in.csv", ["id", "text"], [["a7", "x"], ["b8", "y"]])
+    assert list(read_inputs(path)) == [("a7", "x"), ("b8", "y")]
+    assert list(read_inputs(path, detect_id=False)) == [(0, "x"), (1, "y")]
+    jsonl = write_jsonl(tmp_path / "in.jsonl", [{"key": 5, "text": "x"}, {"key": None, "text": "y"}])
+    assert list(read_inputs(jsonl, id_column="key")) == [(5, "x"), (None, "y")]
+    assert list(read_inputs(jsonl)) == [(0, "x"), (1, "y")]
+    write_jsonl(jsonl, [{"id": 1, "text": "x"}, {"text": "y"}])
+    with pytest.raises(BadInputError, match="line 2 has no key 'id'"):
+        list(read_inputs(jsonl))
+    txt = tmp_path / "in.txt"
+    txt.write_text("x\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match="--id-column needs a CSV, TSV or JSONL input"):
+        read_inputs(txt, id_column="id")
+
+
+def test_format_hints_name_the_flag_and_what_it_accepts(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError) as info:
+        resolve_format(tmp_path / "data.bin", None)
+    assert "pass --input-format (csv, tsv, jsonl, sms)" in str(info.value)
+    with pytest.raises(BadInputError) as info:
+        resolve_format(tmp_path / "data.bin", None, ("csv", "tsv", "jsonl", "sms", "txt"))
+    assert "pass --input-format (csv, tsv, jsonl, sms, txt)" in str(info.value)
+    assert resolve_format("-", None, ("csv", "txt")) == "txt"
 
 
 # --- options ----------------------------------------------------------------------------------------
