@@ -1,18 +1,119 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename over the target.
 
 A killed process therefore leaves either the old file or the new one, never half of either.
+
+Temporary files (and the private folders of :func:`atomic_path`) are named
+``.<name>.gptclf-<pid>-<random>.tmp``: the writer's process id in the name lets a later run tell
+its own kind of leftovers (from a process that was killed) from those of a live process
+(:func:`remove_stale_temp_files`).
+
+Files get the permissions of an ordinary ``open()``, ``0o666`` less the user's umask (not
+``mkstemp``'s ``0o600``), so that a run on a shared machine is as readable as the user's other files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+#: Marks a temporary file as written by gptclf; the pid after it says by which process.
+TEMP_MARK = ".gptclf-"
+_TEMP_RE = re.compile(r"^\..+\.gptclf-(?P<pid>[0-9]+)-[0-9a-f]+\.tmp$")
+
+
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create a new, empty temporary sibling of ``path``; return its descriptor and path.
+
+    ``os.open`` with mode ``0o666`` lets the kernel apply the umask, as ``open()`` does.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = _temp_name(path)
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # 32 random bits: practically never, but never overwrite
+            continue
+
+
+def temp_dir_for(path: Path) -> Path:
+    """A new, empty private folder beside ``path``, named as temporary files are.
+
+    :func:`remove_stale_temp_files` removes it (with its content) once its process is gone.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_name(path)
+        try:
+            tmp.mkdir()  # 0o777 less the umask
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable, where the platform allows it (not on Windows)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot sync a folder; the data itself is synced
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Sync ``tmp`` to disk, rename it over ``path`` and sync the folder.
+
+    Without the first sync a power cut after the rename can leave ``path`` empty or partial on
+    file systems that reorder data and metadata writes (ext4 ``data=writeback``, XFS).
+    """
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A path to write ``path``'s new content to, for writers that take a path (safetensors, matplotlib).
+
+    The path lies in a private temporary folder beside ``path``, so that whatever the writer
+    creates there itself (safetensors writes a ``.tmpXXXXXX`` of its own) has a name
+    :func:`remove_stale_temp_files` recognises after a kill -9. On success the file gets the
+    umask's permissions, is synced and renamed to ``path``; on an exception (or a signal turned
+    into one) it is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    folder = temp_dir_for(path)
+    tmp = folder / path.name
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        wanted = stat.S_IMODE(tmp.stat().st_mode)  # what the umask gives a new file
+        yield tmp
+        if stat.S_IMODE(tmp.stat().st_mode) != wanted:
+            os.chmod(tmp, wanted)  # safetensors renames its own 0600 file over ours
+        _commit(tmp, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -22,8 +123,7 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as fh:
@@ -31,6 +131,7 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -55,12 +156,66 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def temp_path_for(path: Path) -> Path:
-    """A temporary name beside ``path`` for writers that need a path (e.g. safetensors' save_file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A new, empty temporary file beside ``path`` for writers that need a path.
+
+    The caller renames it into place or removes it; :func:`atomic_path` does both, and syncs.
+    """
+    fd, tmp = _create_temp(Path(path))
     os.close(fd)
-    return Path(tmp)
+    return tmp
+
+
+def temp_file_pid(path: Path) -> int | None:
+    """The process id in the name of a gptclf temporary file, or None for any other name."""
+    match = _TEMP_RE.match(Path(path).name)
+    return int(match["pid"]) if match else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one of another user's counts too)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: no signal is sent, only the existence check is made
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists but belongs to someone else
+    except OSError:
+        return True  # cannot tell (e.g. Windows): keep the file rather than remove a live one
+    return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders that gptclf writers left in ``folder`` when killed.
+
+    Only entries named by this module (``.<name>.gptclf-<pid>-<random>.tmp``) whose writer
+    process is gone are removed; those of a live process (this one included) are never touched.
+    A pid reused by an unrelated live process keeps its entry: removal errs on the safe side.
+
+    Args:
+        folder: The folder to clean (entries directly in it). A missing folder has nothing to clean.
+
+    Returns:
+        The entries removed, sorted by name (for a note on stderr).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        pid = temp_file_pid(entry)
+        if pid is None or entry.is_symlink() or process_alive(pid):
+            continue
+        try:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another cleaner got there first
+            continue
+        removed.append(entry)
+    return removed
 
 
 def sha256_file(path: Path) -> str:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptclf.fileio import atomic_write_text, temp_path_for
+from gptclf.fileio import atomic_path, atomic_write_text
 from gptclf.train import HISTORY_COLUMNS
 
 HISTORY_FILE = "history.csv"
@@ -76,12 +75,9 @@ def write_curves(run_dir: Path, rows: Sequence[dict[str, Any]], steps_per_epoch:
             )
             top.set_xlabel("Epoch")
     fig.tight_layout()
-    path = Path(run_dir) / CURVES_FILE
-    tmp = temp_path_for(path)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(Path(run_dir) / CURVES_FILE) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return True
