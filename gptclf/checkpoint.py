@@ -8,15 +8,20 @@ A run directory holds everything ``predict`` and ``evaluate`` need, and nothing 
 - ``encoder.json``, ``vocab.bpe``: the tokenizer files
 - ``metrics.json``, ``history.csv``, ``curves.png``: written by training
 
-Every file is written atomically (temporary name, then rename).
+Every file is written atomically (temporary name, fsync, then rename). run.json records the
+sha256 of the weights (``weights_sha256``), checked on every load, and is validated on load
+against one schema (:data:`RUN_SCHEMA`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
-import os
+import math
 import platform
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,16 +32,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptclf.classifier import Classifier, merge_lora, replace_head
+from gptclf.classifier import POOLINGS, Classifier, merge_lora, replace_head
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
-from gptclf.fileio import atomic_write_bytes, atomic_write_json, temp_path_for
+from gptclf.fileio import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 from gptclf.model import build_model
 from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, load_tokenizer
 
 RUN_FORMAT = "gptclf-run"
 RUN_FORMAT_VERSION = 1
-REQUIRED_FILES = ("model.safetensors", "run.json", *TOKENIZER_FILES)
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "run.json"
+REQUIRED_FILES = (WEIGHTS_FILE, INFO_FILE, *TOKENIZER_FILES)
 
 
 def package_versions() -> dict[str, str]:
@@ -97,26 +104,38 @@ def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically."""
-    tmp = temp_path_for(path)
-    try:
+    """Save tensors as safetensors atomically (synced to disk before the rename)."""
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
-def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_dir: Path) -> None:
-    """Write the weights, run.json and the tokenizer files into ``run_dir``."""
+def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_dir: Path) -> dict[str, Any]:
+    """Write the weights, run.json and the tokenizer files into ``run_dir``.
+
+    Args:
+        run_dir: The folder to write (created if needed).
+        model: The classifier; LoRA adapters are merged into a copy.
+        info: The content of run.json (:func:`build_run_info`); it is not modified.
+        tokenizer_dir: The folder holding the tokenizer files to copy.
+
+    Returns:
+        The run.json written: ``info`` plus ``weights_sha256``, the sha256 of the weights file as
+        it is on disk, which :func:`load_run` checks.
+    """
+    problems = run_info_problems(info)
+    if problems:  # a writer bug: never leave a run that load_run would refuse
+        raise ValueError(f"refusing to write an invalid {INFO_FILE}: " + "; ".join(problems))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(run_dir / "model.safetensors", classifier_state(model), {"format": RUN_FORMAT})
+    weights = run_dir / WEIGHTS_FILE
+    save_weights(weights, classifier_state(model), {"format": RUN_FORMAT})
+    info = {**info, "weights_sha256": sha256_file(weights)}
     for name in TOKENIZER_FILES:
         src, dst = Path(tokenizer_dir) / name, run_dir / name
         if src.resolve() != dst.resolve():
             atomic_write_bytes(dst, src.read_bytes())
-    atomic_write_json(run_dir / "run.json", info)
+    atomic_write_json(run_dir / INFO_FILE, info)
+    return info
 
 
 @dataclass
@@ -144,11 +163,195 @@ class LoadedRun:
         return self.info.get("train", {}).get("pad_length")
 
 
+#: A key of run.json that holds no value (absent): told apart from a JSON ``null``.
+_ABSENT = object()
+
+Check = Callable[[Any, dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One key of run.json: where it is, what it must be, and whether it may be absent.
+
+    Attributes:
+        key: Dotted path from the top of the file, e.g. ``model.config.n_layer``.
+        must: What the value must be, for the message; ``{n_positions}`` and ``{max_length}``
+            are filled in from the file.
+        ok: Whether a value (and the whole file, for limits set by other keys) is right.
+        required: Whether the key must be present.
+        needs: Other keys this rule reads; it is skipped when one of them is wrong.
+    """
+
+    key: str
+    must: str
+    ok: Check
+    required: bool = True
+    needs: tuple[str, ...] = ()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a number of layers
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _n_positions(info: dict[str, Any]) -> int:
+    return info["model"]["config"].get("n_positions", GPTConfig.n_positions)
+
+
+def _classes_ok(v: Any, _: dict[str, Any]) -> bool:
+    # A class named twice would collapse into one key of every prediction's "probs".
+    return (
+        isinstance(v, list)
+        and len(v) >= 2
+        and all(isinstance(c, str) and c.strip() for c in v)
+        and len(set(v)) == len(v)
+    )
+
+
+def _optional(kind: str, ok: Callable[[Any], bool]) -> tuple[str, Check]:
+    return f"{kind} or null", lambda v, _: v is None or ok(v)
+
+
+_CONFIG_RULES = (
+    *(
+        Rule(f"model.config.{f.name}", "an integer >= 1", lambda v, _: _is_int(v) and v >= 1, required=False)
+        for f in dataclasses.fields(GPTConfig)
+        if f.type in ("int", int)
+    ),
+    Rule("model.config.dropout", "a number in [0, 1)", lambda v, _: _is_number(v) and 0 <= v < 1, False),
+    Rule("model.config.layer_norm_epsilon", "a number > 0", lambda v, _: _is_number(v) and v > 0, False),
+)
+_CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+
+#: The one schema of run.json, checked on every load. Keys not listed are allowed (and ignored).
+RUN_SCHEMA: tuple[Rule, ...] = (
+    Rule("format", repr(RUN_FORMAT), lambda v, _: v == RUN_FORMAT),
+    Rule(
+        "format_version",
+        f"an integer from 1 to {RUN_FORMAT_VERSION}",
+        lambda v, _: _is_int(v) and 1 <= v <= RUN_FORMAT_VERSION,
+    ),
+    Rule("model", "an object with the keys name and config", lambda v, _: isinstance(v, dict)),
+    Rule("model.name", "a string", lambda v, _: isinstance(v, str), required=False),
+    Rule(
+        "model.config",
+        f"an object of GPT-2 sizes with keys among {', '.join(_CONFIG_KEYS)}",
+        lambda v, _: isinstance(v, dict) and set(v) <= set(_CONFIG_KEYS),
+    ),
+    *_CONFIG_RULES,
+    Rule("classes", "a list of at least 2 distinct non-empty strings", _classes_ok),
+    Rule(
+        "max_length",
+        "an integer from 1 to model.config.n_positions{n_positions}",
+        lambda v, info: _is_int(v) and 1 <= v <= _n_positions(info),
+        needs=("model.config.n_positions",),
+    ),
+    Rule(
+        "pad_id",
+        f"{EOT_ID} (<|endoftext|>, gptclf's padding)",
+        lambda v, _: _is_int(v) and v == EOT_ID,
+    ),
+    Rule("pooling", f"one of {', '.join(POOLINGS)}", lambda v, _: isinstance(v, str) and v in POOLINGS),
+    Rule("train", "an object", lambda v, _: isinstance(v, dict), required=False),
+    Rule(
+        "train.pad_length",
+        "null or an integer from max_length{max_length} to model.config.n_positions{n_positions}",
+        lambda v, info: v is None or (_is_int(v) and info["max_length"] <= v <= _n_positions(info)),
+        required=False,
+        needs=("max_length", "model.config.n_positions"),
+    ),
+    Rule("data", "an object", lambda v, _: isinstance(v, dict), required=False),
+    Rule("data.dir", *_optional("a string", lambda v: isinstance(v, str)), required=False),
+    Rule("data.fingerprint", *_optional("a string", lambda v: isinstance(v, str)), required=False),
+    Rule(
+        "weights_sha256",
+        "64 lower-case hexadecimal digits",
+        lambda v, _: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+        required=False,
+    ),
+    Rule("trainable", "an object", lambda v, _: isinstance(v, dict), required=False),
+    Rule("trainable_params", "an integer >= 0", lambda v, _: _is_int(v) and v >= 0, required=False),
+    Rule("seed", "an integer", lambda v, _: _is_int(v), required=False),
+    Rule("weights", "a string", lambda v, _: isinstance(v, str), required=False),
+    Rule("versions", "an object", lambda v, _: isinstance(v, dict), required=False),
+)
+
+
+def _lookup(info: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key``, or :data:`_ABSENT` (parents are known to be objects)."""
+    value: Any = info
+    for part in key.split("."):
+        value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is _ABSENT:
+            break
+    return value
+
+
+def _blocked(key: str, bad: set[str]) -> bool:
+    """Whether ``key`` or one of its parents was already found wrong or absent."""
+    return any(key == b or key.startswith(b + ".") for b in bad)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _limits(info: dict[str, Any], bad: set[str]) -> dict[str, str]:
+    """The values that ``Rule.must`` texts quote from other keys, where those are valid."""
+    config = _lookup(info, "model.config")
+    n = config.get("n_positions", GPTConfig.n_positions) if isinstance(config, dict) else None
+    n_positions = f" ({n})" if _is_int(n) and not _blocked("model.config.n_positions", bad) else ""
+    m = info.get("max_length")
+    max_length = f" ({m})" if _is_int(m) and not _blocked("max_length", bad) else ""
+    return {"n_positions": n_positions, "max_length": max_length}
+
+
+def run_info_problems(info: Any) -> list[str]:
+    """Every way ``info`` (a parsed run.json) breaks :data:`RUN_SCHEMA`, one phrase each.
+
+    Returns:
+        Phrases such as ``max_length must be an integer from 1 to ... (got 0)``; empty when valid.
+    """
+    if not isinstance(info, dict):
+        return [f"the file must hold a JSON object (got {type(info).__name__} {_shown(info)})"]
+    bad: set[str] = set()
+    problems = []
+    for rule in RUN_SCHEMA:
+        if _blocked(rule.key, bad):  # a parent is wrong or absent: that is the problem to report
+            continue
+        value = _lookup(info, rule.key)
+        if value is _ABSENT:
+            if rule.required:
+                bad.add(rule.key)
+                problems.append(
+                    f"{rule.key} is missing (it must be {rule.must.format_map(_limits(info, bad))})"
+                )
+        elif not any(_blocked(need, bad) for need in rule.needs) and not rule.ok(value, info):
+            bad.add(rule.key)
+            problems.append(
+                f"{rule.key} must be {rule.must.format_map(_limits(info, bad))} (got {_shown(value)})"
+            )
+        if rule.key == "format" and bad:  # not a gptclf run.json at all: the rest would be noise
+            return [f"{problems[0]}: this is not a gptclf run.json"]
+    # Only when model.config, its parent and all of its keys are well typed:
+    if not any(_blocked("model.config", {b}) or _blocked(b, {"model.config"}) for b in bad):
+        try:  # what the types allow but GPTConfig does not (n_embd not divisible by n_head)
+            GPTConfig.from_dict(info["model"]["config"])
+        except BadInputError as exc:
+            problems.append(f"model.config: {exc}")
+    return problems
+
+
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """Read and check run.json.
+    """Read run.json and check it against :data:`RUN_SCHEMA` (the tokenizer is not loaded).
 
     Raises:
-        BadInputError: Not a run directory, a file missing, or run.json malformed.
+        BadInputError: Not a run directory, a file missing, or run.json malformed (one line that
+            names every wrong key and what it must be).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -161,44 +364,95 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a complete gptclf run (missing {', '.join(missing)}): "
             "pass the --out folder of a finished `gptclf finetune`"
         )
+    path = run_dir / INFO_FILE
     try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BadInputError(f"{run_dir / 'run.json'} is not valid JSON ({exc})") from exc
-    problems = []
-    if info.get("format") != RUN_FORMAT:
-        problems.append(f"format is {info.get('format')!r}, expected {RUN_FORMAT!r}")
-    elif int(info.get("format_version", 0)) > RUN_FORMAT_VERSION:
-        problems.append(
-            f"format_version {info['format_version']} is newer than this gptclf reads: upgrade gptclf"
+        raise BadInputError(f"{path} is not valid JSON ({exc})") from exc
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if info_is_ours(info) and _is_int(version) and version > RUN_FORMAT_VERSION:
+        # A newer layout may differ in any key: say so instead of listing its differences.
+        raise BadInputError(
+            f"{path}: format_version {version} is newer than this gptclf reads: upgrade gptclf"
         )
-    for key in ("model", "classes", "max_length", "pooling"):
-        if key not in info:
-            problems.append(f"key {key!r} is missing")
+    problems = run_info_problems(info)
     if problems:
-        raise BadInputError(f"{run_dir / 'run.json'}: " + "; ".join(problems))
+        raise BadInputError(
+            f"{path}: " + "; ".join(problems) + ": restore the run.json written with this run's "
+            "weights, or train the run again"
+        )
     return info
 
 
-def load_run(run_dir: Path) -> LoadedRun:
-    """Load a run directory for prediction or evaluation (needs nothing outside the folder)."""
+def info_is_ours(info: Any) -> bool:
+    """Whether a parsed run.json says it is a gptclf run (whatever its version)."""
+    return isinstance(info, dict) and info.get("format") == RUN_FORMAT
+
+
+def verify_weights(path: Path, expected: str | None) -> None:
+    """Check the weights file against the sha256 that run.json records (None: an older run).
+
+    Raises:
+        BadInputError: The file's sha256 differs: it was damaged or replaced after training.
+    """
+    if expected is None:
+        return
+    if sha256_file(path) != expected:
+        raise BadInputError(
+            f"{path} does not match the sha256 recorded in run.json (the file is damaged or was "
+            "replaced): copy the run folder again from its source, or train the run again"
+        )
+
+
+def _shape_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """One phrase saying how ``state`` differs from the model run.json describes, or None."""
+    wrong = [k for k, t in expected.items() if k in state and state[k].shape != t.shape]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if wrong:
+        k, others = wrong[0], len(wrong) - 1
+        more = f" (and {others} other tensor{'s' * (others != 1)})" if others else ""
+        return (
+            f"{k} has shape {tuple(state[k].shape)} in the file but {tuple(expected[k].shape)} "
+            f"by run.json{more}"
+        )
+    if missing or unexpected:
+        return (
+            f"{len(missing)} tensors missing (first: {missing[:1]}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[:1]})"
+        )
+    return None
+
+
+def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
+    """Load a run directory for prediction or evaluation (needs nothing outside the folder).
+
+    Args:
+        run_dir: A folder written by :func:`save_run`.
+        verify: Check the weights against run.json's ``weights_sha256`` (reads the file once
+            more: about 1 s per GB).
+
+    Raises:
+        BadInputError: run.json is malformed, or the weights are damaged or not this run's.
+    """
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
+    weights = run_dir / WEIGHTS_FILE
     cfg = GPTConfig.from_dict(info["model"]["config"])
     gpt = build_model(cfg, seed=None)
     replace_head(gpt, len(info["classes"]))
     try:
-        state = load_file(str(run_dir / "model.safetensors"))
+        state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise BadInputError(f"{run_dir / 'model.safetensors'} is unreadable ({exc})") from exc
-    try:
-        result = gpt.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of the wrong shape: the weights belong to another run.json
-        raise BadInputError(f"{run_dir / 'model.safetensors'} does not match run.json ({exc})") from None
-    if result.missing_keys or result.unexpected_keys:
+        raise BadInputError(f"{weights} is unreadable ({exc})") from exc
+    problem = _shape_problem(gpt.state_dict(), state)
+    if problem:  # torch's own message lists every tensor: 30 lines for a model of another size
         raise BadInputError(
-            f"{run_dir / 'model.safetensors'} does not match run.json: missing "
-            f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+            f"{weights} does not match run.json: {problem}: the weights belong to another run; "
+            "use the run.json written with them"
         )
+    if verify:  # after the shape check, which names the likelier cause of a mismatch more precisely
+        verify_weights(weights, info.get("weights_sha256"))
+    gpt.load_state_dict(state)
     model = Classifier(gpt, info["classes"], info["pooling"]).eval()
     return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))
