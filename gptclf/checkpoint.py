@@ -430,7 +430,7 @@ def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
     Args:
         run_dir: A folder written by :func:`save_run`.
         verify: Check the weights against run.json's ``weights_sha256`` (reads the file once
-            more: about 1 s per GB).
+            more: 0.25 s for gpt2-small's 500 MB from the page cache).
 
     Raises:
         BadInputError: run.json is malformed, or the weights are damaged or not this run's.
