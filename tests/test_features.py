@@ -1,14 +1,23 @@
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from gptclf import features
 from gptclf.batching import collate
 from gptclf.classifier import frozen_prefix, parse_scope
 from gptclf.device import resolve_precision
-from gptclf.features import CacheBudget, FeatureCache, TokenSource, make_sources, pooled_logits
+from gptclf.distributed import Shard
+from gptclf.features import FeatureCache, TokenSource, make_sources, place_caches, pooled_logits
+from tests.conftest import REPO
 from tests.finetune_helpers import synthetic_ids, tiny_classifier
 
 CPU = torch.device("cpu")
@@ -16,7 +25,7 @@ FP32 = resolve_precision("fp32", CPU)
 
 
 def build(
-    ids: list[list[int]], budget: int = 1 << 30, spill: Path | None = None, **kw: object
+    ids: list[list[int]], location: str = "memory", spill: Path | None = None, **kw: object
 ) -> FeatureCache:
     model = tiny_classifier(["a", "b"], seed=4)
     return FeatureCache.build(
@@ -25,7 +34,7 @@ def build(
         1,
         device=CPU,
         precision=FP32,
-        budget=CacheBudget(budget),
+        location=location,
         batch_size=5,
         spill_dir=spill,
         **kw,
@@ -36,9 +45,7 @@ def test_cache_holds_each_text_unpadded_and_repads_exactly() -> None:
     """Right padding + causal attention: a text's states do not depend on its batch's padding."""
     ids, _ = synthetic_ids(23, 2, seed=1)
     model = tiny_classifier(["a", "b"], seed=4).eval()
-    cache = FeatureCache.build(
-        model, ids, 1, device=CPU, precision=FP32, budget=CacheBudget(1 << 30), batch_size=5
-    )
+    cache = FeatureCache.build(model, ids, 1, device=CPU, precision=FP32, batch_size=5)
     assert cache.flat.shape == (sum(len(x) for x in ids), 32) and cache.location == "memory"
     picked = [3, 0, 17, 9]
     batch = cache.batch(picked, CPU)
@@ -58,7 +65,7 @@ def test_cache_holds_each_text_unpadded_and_repads_exactly() -> None:
 def test_cache_beyond_the_budget_is_memory_mapped_and_removed(tmp_path: Path) -> None:
     ids, _ = synthetic_ids(15, 2, seed=2)
     in_memory = build(ids)
-    on_disk = build(ids, budget=0, spill=tmp_path)
+    on_disk = build(ids, location="disk", spill=tmp_path)
     assert on_disk.location == "disk"
     files = list(tmp_path.glob("gptclf-cache-*/states.f32"))
     assert len(files) == 1 and files[0].stat().st_size == on_disk.nbytes
@@ -115,9 +122,7 @@ def test_cache_is_used_only_where_exact(scope: str, pooling: str, use_cache: boo
 def test_cpu_bf16_autocast_builds_a_close_cache() -> None:
     ids, _ = synthetic_ids(8, 2, seed=6)
     model = tiny_classifier(["a", "b"], seed=4)
-    bf16 = FeatureCache.build(
-        model, ids, 1, device=CPU, precision=resolve_precision("bf16", CPU), budget=CacheBudget(1 << 30)
-    )
+    bf16 = FeatureCache.build(model, ids, 1, device=CPU, precision=resolve_precision("bf16", CPU))
     fp32 = build(ids)
     assert bf16.flat.dtype == torch.float32
     diff = (bf16.flat - fp32.flat).abs().max()
@@ -163,3 +168,136 @@ def test_last_position_with_fixed_padding_is_cached_exactly() -> None:
         torch.testing.assert_close(
             cached.batch(picked, CPU).logits(model), plain.batch(picked, CPU).logits(model), atol=1e-5, rtol=0
         )
+
+
+MIB = 1 << 20
+
+
+def test_placement_accounts_for_every_split_at_once() -> None:
+    """Train claims first, then validation; together they get half the free GPU memory, not half
+    each; test, read once at the end, never takes GPU memory."""
+    sizes = {"test": 100 * MIB, "validation": 300 * MIB, "train": 400 * MIB}  # test listed first
+    place = place_caches(sizes, gpu_free=1000 * MIB, ram=1 << 40)
+    assert place == {"test": "memory", "validation": "memory", "train": "gpu"}  # 400 + 300 > 500
+    assert list(place) == list(sizes)  # in the caller's order
+    roomy = place_caches(sizes, gpu_free=2000 * MIB, ram=1 << 40)
+    assert roomy == {"test": "memory", "validation": "gpu", "train": "gpu"}
+    # A train cache too large for the GPU leaves the room to validation, and the rest goes to disk.
+    assert place_caches(
+        {"train": 900 * MIB, "validation": 300 * MIB, "test": 300 * MIB}, gpu_free=1000 * MIB, ram=400 * MIB
+    ) == {"train": "disk", "validation": "gpu", "test": "memory"}
+    off_cuda = place_caches(sizes, gpu_free=None, ram=500 * MIB)
+    assert off_cuda == {"test": "memory", "validation": "disk", "train": "memory"}
+
+
+def test_ram_budget_is_the_machines_shared_by_its_local_ranks() -> None:
+    sizes = {"train": 300 * MIB, "validation": 100 * MIB, "test": 100 * MIB}
+    assert place_caches(sizes, gpu_free=None, ram=900 * MIB, local_ranks=1) == dict.fromkeys(sizes, "memory")
+    assert place_caches(sizes, gpu_free=None, ram=900 * MIB, local_ranks=2) == {
+        "train": "memory", "validation": "memory", "test": "disk"
+    }  # fmt: skip
+    assert place_caches(sizes, gpu_free=None, ram=900 * MIB, local_ranks=4) == {
+        "train": "disk", "validation": "memory", "test": "memory"
+    }  # fmt: skip
+
+
+def test_local_ranks_of_a_shard_share_cache_memory(tmp_path: Path) -> None:
+    """Through make_sources: a budget one process fits in spills to disk on each of 2 local ranks."""
+    ids, _ = synthetic_ids(10, 2, seed=3)
+    nbytes = sum(len(x) for x in ids) * 32 * 4
+    model = tiny_classifier(["a", "b"], seed=4)
+    kwargs = {"scope_prefix": 1, "use_cache": True, "device": CPU, "precision": FP32, "spill_dir": tmp_path}
+    for local_ranks, where in ((1, "memory"), (2, "disk")):
+        sources = make_sources(
+            model,
+            {"train": ids},
+            cache_memory=nbytes + 10,
+            shard=Shard(local_world_size=local_ranks),
+            **kwargs,
+        )
+        assert sources["train"].location == where  # type: ignore[attr-defined]
+        sources["train"].close()
+
+
+def test_cuda_placement_measures_free_memory_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_sources on CUDA, with the cache build stubbed: one measure, one decision for all splits."""
+    measured: list[object] = []
+
+    def mem_get_info(device: object = None) -> tuple[int, int]:
+        measured.append(device)
+        return 1000 * MIB, 2000 * MIB
+
+    built: dict[str, str] = {}
+
+    def fake_build(model: object, ids: list[list[int]], start: int, *, location: str, **kw: object) -> object:
+        built[str(len(ids))] = location
+        return TokenSource(ids)
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(FeatureCache, "build", fake_build)
+    monkeypatch.setattr(features, "remove_stale_caches", lambda spill_dir, note: [])
+    model = tiny_classifier(["a", "b"], seed=4)
+    model.gpt.config = dataclasses.replace(model.gpt.config, n_embd=MIB // 4)  # 1 MiB per token
+    splits = {"train": [[1] * 200, [2] * 100], "validation": [[3] * 150], "test": [[4] * 50] * 4}
+    make_sources(
+        model, splits, scope_prefix=1, use_cache=True, device=torch.device("cuda", 0), precision=FP32,
+        cache_memory=1 << 40,
+    )  # fmt: skip
+    assert measured == [torch.device("cuda", 0)]
+    assert built == {"2": "gpu", "1": "gpu", "4": "memory"}  # 300 + 150 MiB <= 500; test in RAM
+
+
+BUILD_AND_WAIT = """
+import sys, time
+from pathlib import Path
+import torch
+from gptclf.device import resolve_precision
+from gptclf.features import make_sources
+from tests.finetune_helpers import synthetic_ids, tiny_classifier
+
+class Slow(list):
+    def __getitem__(self, i):
+        time.sleep(0.2)  # each text of the build takes a while: the kill comes in the middle
+        return list.__getitem__(self, i)
+
+ids, _ = synthetic_ids(300, 2, seed=1)
+cpu = torch.device("cpu")
+make_sources(
+    tiny_classifier(["a", "b"]), {"train": Slow(ids)}, scope_prefix=1, use_cache=True, device=cpu,
+    precision=resolve_precision("fp32", cpu), cache_memory=0, spill_dir=Path(sys.argv[1]),
+)
+time.sleep(600)
+"""
+
+
+def test_a_killed_builds_cache_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT, str(spill)], env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(spill.glob("gptclf-cache-*/states.f32")):
+            assert child.poll() is None and time.monotonic() < deadline, "the child wrote no cache"
+            time.sleep(0.02)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()  # reaped: no zombie that would still count as alive
+    (left,) = spill.glob("gptclf-cache-*")
+    assert left.name.startswith(f"gptclf-cache-{child.pid}-") and (left / "states.f32").is_file()
+    alive = spill / f"gptclf-cache-{os.getpid()}-{features._host()}-live1234"  # this process's own
+    alive.mkdir()
+    other = spill / "gptclf-cache-notours"
+    other.mkdir()
+    notes: list[str] = []
+    ids, _ = synthetic_ids(5, 2, seed=1)
+    sources = make_sources(
+        tiny_classifier(["a", "b"]), {"train": ids}, scope_prefix=1, use_cache=True, device=CPU,
+        precision=FP32, cache_memory=0, spill_dir=spill, note=notes.append,
+    )  # fmt: skip
+    assert not left.exists() and alive.is_dir() and other.is_dir()
+    assert len(notes) == 1 and str(left) in notes[0] and f"process {child.pid}, which is gone" in notes[0]
+    assert sources["train"].location == "disk"  # type: ignore[attr-defined]
+    sources["train"].close()
+    assert sorted(p.name for p in spill.iterdir()) == sorted([alive.name, other.name])
