@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from gptclf.errors import GptclfError
+
+try:  # Typer >= 0.2x carries its own copy of click; older ones use click itself
+    from typer._click import Context, Parameter
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the Typer installed
+    from click import Context, Parameter
+    from click.exceptions import ClickException, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,3 +60,86 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 def _escape(text: str) -> str:
     """Keep rich from reading [brackets] in user data as markup."""
     return text.replace("[", r"\[")
+
+
+def _no_flag_metavar(params: Sequence[Parameter]) -> None:
+    """Give flags an empty metavar: they take no value, yet Typer's help shows ``<bool>`` for them."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _CommonParsing:
+    """What the app and each command add to Typer's classes (a mixin, listed first).
+
+    Flags (``--json``, ``--force``, ``--help``) get no ``<bool>`` metavar in the help, and usage
+    errors raised while parsing carry the context that names the command.
+    """
+
+    params: list[Parameter]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _no_flag_metavar(self.params)
+
+    def get_help_option(self, ctx: Context) -> Any:
+        option = super().get_help_option(ctx)  # made on demand, so not among self.params
+        _no_flag_metavar([option] if option is not None else [])
+        return option
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as exc:
+            if exc.ctx is None:  # click's parser raises some (`--split` without a value) bare
+                exc.ctx, exc.cmd = ctx, ctx.command
+            raise
+
+
+class GptclfCommand(_CommonParsing, TyperCommand):
+    """The class of every command (``app.command(name, cls=GptclfCommand)``)."""
+
+
+class GptclfGroup(_CommonParsing, TyperGroup):
+    """The app: usage errors are one line, like every other bad input.
+
+    A usage error (an unknown option, ``--epochs abc``, a missing argument) is raised by click
+    while the command line is parsed, before any command runs, so :func:`handle_errors` cannot see
+    it; Typer would draw it as a boxed panel under the usage. Here it becomes ``gptclf: error:
+    <message> (see <command> --help)`` with click's exit code (2).
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the app; exits with the command's code (standalone) or returns it."""
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if not standalone_mode:
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `gptclf` alone: the help is shown
+                sys.exit(exc.exit_code)
+            sys.exit(_usage_error(exc))
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            sys.exit(fail("aborted", 1).exit_code)
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _usage_error(exc: ClickException) -> int:
+    """Print a click error as one ``gptclf: error:`` line; return its exit code."""
+    message = " ".join(exc.format_message().split())  # click may wrap; one line it is
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        message += f" (see {ctx.command_path} {ctx.help_option_names[0]})"
+    return fail(_escape(message), exc.exit_code).exit_code

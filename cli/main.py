@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from cli.common import GptclfCommand, GptclfGroup
 from gptclf import __version__
 
 app = typer.Typer(
+    cls=GptclfGroup,
     name="gptclf",
     help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict.",
     no_args_is_help=True,
@@ -34,11 +36,15 @@ def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
     from cli import download, evaluate, finetune, predict, prepare
 
-    app.command("download")(download.download)
-    app.command("prepare")(prepare.prepare)
-    app.command("finetune")(finetune.finetune)
-    app.command("evaluate")(evaluate.evaluate)
-    app.command("predict")(predict.predict)
+    for name, func in (
+        ("download", download.download),
+        ("prepare", prepare.prepare),
+        ("finetune", finetune.finetune),
+        ("evaluate", evaluate.evaluate),
+        ("predict", predict.predict),
+    ):
+        app.command(name, cls=GptclfCommand)(func)
+
 
 _register()
 
