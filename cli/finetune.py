@@ -153,6 +153,8 @@ def finetune(
     if devices != 1:
         _launch(settings, devices, options, config_file, dist_timeout, json_output)
     with process_group(settings.device, dist_timeout) as shard:
+        if shard.is_main:
+            _warn_unused_lora(settings)
         # Downloads get the same bar or lines as `gptclf download` (gpt2-xl is 6 GB).
         downloads = progress_reporter(err_console, only_fetched=True) if shard.is_main else None
         try:
@@ -205,6 +207,19 @@ def _launch(
     raise typer.Exit(launch(devices, args))
 
 
+def _warn_unused_lora(settings: FinetuneSettings) -> None:
+    """Say on stderr when LoRA options are given (flag or config file) for a scope without LoRA."""
+    unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in settings.given]
+    if unused and settings.trainable.strip() != "lora":
+        err_console.print(
+            f"gptclf: warning: {' and '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} only "
+            f"with --trainable lora; ignored for "
+            f"--trainable {settings.trainable}",
+            markup=False,
+            highlight=False,
+        )
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -226,7 +241,8 @@ def _print_summary(result: FinetuneResult) -> None:
         )
     stop = " (stopped early)" if s["stopped_early"] else ""
     cache = result.cache
-    where = f"cache of {cache['blocks']} blocks in {cache['location']}" if cache["blocks"] else "no cache"
+    blocks = f"{cache['blocks']} block{'' if cache['blocks'] == 1 else 's'}"
+    where = f"cache of {blocks} in {cache['location']}" if cache["blocks"] else "no cache"
     lines.append(
         f"trained {s['steps']} steps{stop} in {result.timings['train']:.1f} s ({where}); "
         f"{s['trainable_params']:,} trainable parameters"

@@ -55,7 +55,7 @@ def test_human_summary_on_stdout(tmp_path: Path) -> None:
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
     code, stdout, _ = finetune("--data", str(data), *TINY, "--epochs", "1", "--out", str(tmp_path / "run"))
     assert code == 0
-    assert "test: accuracy" in stdout and "trained 6 steps" in stdout and "cache of 1 blocks" in stdout
+    assert "test: accuracy" in stdout and "trained 6 steps" in stdout and "cache of 1 block in" in stdout
 
 
 @pytest.mark.skipif(
@@ -123,6 +123,20 @@ def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     code, _, stderr = finetune("--out", str(run), "--resume")
     assert code == 2 and "that run has finished" in stderr
+
+
+def test_lora_options_without_lora_are_a_warning(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--lora-rank", "4"]
+    code, _, stderr = finetune(*args, "--out", str(tmp_path / "run"))
+    assert code == 0, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith("gptclf: warning:")]
+    assert warnings == [
+        "gptclf: warning: --lora-rank applies only with --trainable lora; ignored for --trainable last-block"
+    ]
+    code, _, stderr = finetune(*args, "--trainable", "lora", "--out", str(tmp_path / "lora"))
+    assert code == 0 and "warning" not in stderr
 
 
 def test_config_file_and_command_line(tmp_path: Path) -> None:
