@@ -265,9 +265,9 @@ def remove_stale_caches(
         match = _CACHE_DIR.fullmatch(path.name)
         if match is None or match.group(2) != _host() or not _removable(path, int(match.group(1))):
             continue
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        size = _tree_bytes(path)
         shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():  # another rank may have removed it first
+        if not path.exists():  # another run cleaning at the same time may have removed it first
             removed.append(path)
             if note is not None:
                 note(
@@ -275,6 +275,17 @@ def remove_stale_caches(
                     f"{match.group(1)}, which is gone"
                 )
     return removed
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (what a removal frees; files vanishing meanwhile count 0)."""
+    total = 0
+    for file in path.rglob("*"):
+        try:
+            total += file.lstat().st_size if file.is_file() else 0
+        except OSError:
+            continue
+    return total
 
 
 def _host() -> str:
