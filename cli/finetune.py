@@ -23,6 +23,7 @@ from gptclf.errors import BadInputError, Interrupted
 
 if TYPE_CHECKING:
     from gptclf.finetune import FinetuneResult
+    from gptclf.progress import TrainProgress
     from gptclf.runconfig import FinetuneSettings
 
 _TRAIN = "Training"
@@ -142,7 +143,7 @@ def finetune(
     from cli.download import progress_reporter
     from gptclf.distributed import process_group
     from gptclf.finetune import finetune as run_finetune
-    from gptclf.progress import ConsoleProgress, TrainProgress
+    from gptclf.progress import TrainProgress
     from gptclf.runconfig import build_settings, number_problems
 
     settings = build_settings(options, config_file)
@@ -153,14 +154,12 @@ def finetune(
     if devices != 1:
         _launch(settings, devices, options, config_file, dist_timeout, json_output)
     with process_group(settings.device, dist_timeout) as shard:
-        if shard.is_main:
-            _warn_unused_lora(settings)
         # Downloads get the same bar or lines as `gptclf download` (gpt2-xl is 6 GB).
         downloads = progress_reporter(err_console, only_fetched=True) if shard.is_main else None
         try:
             result = run_finetune(
                 settings,
-                progress=ConsoleProgress(err_console) if shard.is_main else TrainProgress(),
+                progress=_progress(_warnings(settings)) if shard.is_main else TrainProgress(),
                 download_progress=downloads,
                 shard=shard,
             )
@@ -207,17 +206,33 @@ def _launch(
     raise typer.Exit(launch(devices, args))
 
 
-def _warn_unused_lora(settings: FinetuneSettings) -> None:
-    """Say on stderr when LoRA options are given (flag or config file) for a scope without LoRA."""
+def _warnings(settings: FinetuneSettings) -> list[str]:
+    """Options that were given (flag or config file) but have no effect."""
     unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in settings.given]
-    if unused and settings.trainable.strip() != "lora":
-        err_console.print(
-            f"gptclf: warning: {' and '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} only "
-            f"with --trainable lora; ignored for "
-            f"--trainable {settings.trainable}",
-            markup=False,
-            highlight=False,
-        )
+    if not unused or settings.trainable.strip() == "lora":
+        return []
+    verb = "applies" if len(unused) == 1 else "apply"
+    return [
+        f"gptclf: warning: {' and '.join(unused)} {verb} only with --trainable lora; "
+        f"ignored for --trainable {settings.trainable}"
+    ]
+
+
+def _progress(warnings: list[str]) -> TrainProgress:
+    """Training progress on stderr that prints ``warnings`` before its first message.
+
+    The run's first message comes once it has accepted every setting, so bad input stays one
+    error line, and a warning does not precede an error that makes it moot.
+    """
+    from gptclf.progress import ConsoleProgress
+
+    class WarnFirst(ConsoleProgress):
+        def message(self, text: str) -> None:
+            while warnings:
+                super().message(warnings.pop(0))
+            super().message(text)
+
+    return WarnFirst(err_console)
 
 
 def _fmt(value: float | None) -> str:
