@@ -29,6 +29,9 @@ from typing import IO, Any
 #: Marks a temporary file as written by gptclf; the pid after it says by which process.
 TEMP_MARK = ".gptclf-"
 _TEMP_RE = re.compile(r"^\..+\.gptclf-(?P<pid>[0-9]+)-[0-9a-f]+\.tmp$")
+#: What earlier gptclf versions left (``mkstemp``'s ``.<name>.<random>.tmp``, safetensors'
+#: ``.tmpXXXXXX``): no pid tells whose they are, so only a caller that owns the folder removes them.
+_LEGACY_TEMP_RE = re.compile(r"^\.(?:.+\.[A-Za-z0-9_]{6,8}\.tmp|tmp[A-Za-z0-9]{6})$")
 
 
 def _temp_name(path: Path) -> Path:
@@ -186,7 +189,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temp_files(folder: Path) -> list[Path]:
+def remove_stale_temp_files(folder: Path, *, legacy: bool = False) -> list[Path]:
     """Remove the temporary files and folders that gptclf writers left in ``folder`` when killed.
 
     Only entries named by this module (``.<name>.gptclf-<pid>-<random>.tmp``) whose writer
@@ -195,6 +198,9 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 
     Args:
         folder: The folder to clean (entries directly in it). A missing folder has nothing to clean.
+        legacy: Also remove the pid-less temporaries of earlier versions (``.<name>.<random>.tmp``,
+            ``.tmpXXXXXX``). Only for a caller that owns ``folder`` (no other process writes there),
+            since nothing tells whether their writer is alive.
 
     Returns:
         The entries removed, sorted by name (for a note on stderr).
@@ -204,8 +210,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
         return []
     removed = []
     for entry in sorted(folder.iterdir()):
-        pid = temp_file_pid(entry)
-        if pid is None or entry.is_symlink() or process_alive(pid):
+        if entry.is_symlink() or not _is_stale(entry, legacy):
             continue
         try:
             if entry.is_dir():
@@ -216,6 +221,13 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
             continue
         removed.append(entry)
     return removed
+
+
+def _is_stale(entry: Path, legacy: bool) -> bool:
+    pid = temp_file_pid(entry)
+    if pid is not None:
+        return not process_alive(pid)
+    return legacy and entry.is_file() and _LEGACY_TEMP_RE.match(entry.name) is not None
 
 
 def sha256_file(path: Path) -> str:

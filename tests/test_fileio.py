@@ -202,3 +202,14 @@ def test_this_process_files_are_never_removed(tmp_path: Path) -> None:
         assert remove_stale_temp_files(tmp_path) == []
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_pid_less_leftovers_of_older_versions_go_only_when_asked(tmp_path: Path) -> None:
+    old = [".model.safetensors.k2j4_x9a.tmp", ".run.json.ab12cd.tmp", ".tmpFLD6HG"]
+    keep = [".hidden", "notes.tmp", ".config.toml"]
+    for name in old + keep:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temp_files(tmp_path) == []  # whose they are is unknown: kept by default
+    removed = remove_stale_temp_files(tmp_path, legacy=True)
+    assert sorted(p.name for p in removed) == sorted(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
