@@ -1,51 +1,60 @@
 """``gptclf predict RUN``: classify texts from arguments, a file or stdin, streamed in input order.
 
-Output, one record per input text in input order (``id`` is the text's 0-based position in the
-input: the argument, line or data row number):
+Output, one record per input text in input order (``id`` is the input's own id, from ``--id-column``
+or a column named ``id``, else the text's 0-based position: the argument, line or data row number):
 
 - ``jsonl`` (default when stdout is not a terminal): ``{"id", "text", "label", "probs": {class: p}}``
-- ``csv`` / ``tsv``: a header ``id,text,label,p_<class>...`` then one quoted row per text
+- ``csv``: a header ``id,text,label,p_<class>...`` then one RFC 4180 row per text
+- ``tsv``: the same columns, never quoted, with the backslash escapes ``\\t \\n \\r \\\\`` that
+  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.data.split_tsv`)
 - ``table`` (default on a terminal): a rich table per chunk of texts
 
-Probabilities are rounded to 6 decimals. Results are written and flushed a chunk at a time, so a
-pipeline sees them while the input is still being read.
+Probabilities are rounded to 6 decimals; output is UTF-8 whatever the locale. Results are written
+and flushed a chunk at a time, and a chunk from stdin ends early when input pauses, so a pipeline
+sees them while the input is still being read. With ``--output FILE`` the results go to a temporary
+file beside FILE that is renamed into place at the end: a run that fails leaves no partial file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from cli.common import err_console, handle_errors, out_console
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, write_error
 
 if TYPE_CHECKING:
     from gptclf.predict import Prediction
 
 FORMATS = ("jsonl", "csv", "tsv", "table")
+#: Seconds without a new line on stdin after which the texts read so far are predicted and written.
+STDIN_PAUSE = 0.2
 
-#: Writes one chunk of predictions to stdout.
+#: Writes one chunk of predictions.
 Writer = Callable[[list["Prediction"]], None]
 
 
-def _stdin_lines() -> Iterator[str]:
-    """Lines of stdin without their line ending, read lazily (an empty line is an empty text)."""
-    for line in sys.stdin:
-        yield line[:-1] if line.endswith("\n") else line
-
-
-def _texts(
-    texts: list[str], input_path: str | None, text_column: str | None, input_format: str | None, encoding: str
-) -> Iterable[str]:
+def _inputs(
+    texts: list[str],
+    input_path: str | None,
+    text_column: str | None,
+    id_column: str | None,
+    input_format: str | None,
+    encoding: str,
+) -> Iterable[str | tuple[Any, str]]:
     """The input stream chosen by the arguments, checked before the run is loaded."""
     if texts == ["-"] and input_path is None:
         input_path = "-"
@@ -55,71 +64,153 @@ def _texts(
     if input_path is None:
         if not texts:
             raise BadInputError("nothing to classify: give texts as arguments, --input FILE, or - for stdin")
+        stray = [f for f, v in {"--text-column": text_column, "--id-column": id_column}.items() if v]
+        if stray or input_format is not None:
+            raise BadInputError(f"{', '.join(stray) or '--input-format'} only apply to --input FILE or -")
         return texts
-    if input_path == "-":
-        if text_column is not None or input_format is not None:
-            raise BadInputError("stdin is read one text a line: --text-column and --input-format need a file")
-        return _stdin_lines()
-    from gptclf.data import read_texts
+    from gptclf.data import read_inputs
 
-    return read_texts(Path(input_path), text_column=text_column, fmt=input_format, encoding=encoding)
+    # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
+    source = input_path if input_path == "-" else Path(input_path)
+    return read_inputs(source, text_column, id_column, fmt=input_format, encoding=encoding)
 
 
-def _jsonl_writer() -> Writer:
+def _id_cell(value: Any) -> str:
+    """An id as a CSV/TSV/table cell: strings as they are, JSON values in their JSON spelling."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _jsonl_writer(out: TextIO) -> Writer:
     def write(preds: list[Prediction]) -> None:
         for p in preds:
             probs = {c: round(v, 6) for c, v in p.probs.items()}
-            record = {"id": p.index, "text": p.text, "label": p.label, "probs": probs}
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            record = {"id": p.id, "text": p.text, "label": p.label, "probs": probs}
+            # allow_nan=False: a NaN would make the line invalid JSON (logits are checked already).
+            out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
     return write
 
 
-def _delimited_writer(classes: list[str], delimiter: str) -> Writer:
+def _csv_writer(out: TextIO, classes: list[str]) -> Writer:
     # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
     # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
-    plain = csv.writer(sys.stdout, delimiter=delimiter, lineterminator="\n")
-    quoted = csv.writer(sys.stdout, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     plain.writerow(["id", "text", "label", *(f"p_{c}" for c in classes)])
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            row = [p.index, p.text, p.label, *(round(v, 6) for v in p.probs.values())]
+            row = [_id_cell(p.id), p.text, p.label, *(round(v, 6) for v in p.probs.values())]
             (quoted if "\r" in p.text else plain).writerow(row)
 
     return write
 
 
-def _table_writer(classes: list[str]) -> Writer:
+def _tsv_writer(out: TextIO, classes: list[str]) -> Writer:
+    from gptclf.data import tsv_line
+
+    # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
+    out.write(tsv_line(["id", "text", "label", *(f"p_{c}" for c in classes)]))
+
+    def write(preds: list[Prediction]) -> None:
+        for p in preds:
+            probs = (str(round(v, 6)) for v in p.probs.values())
+            out.write(tsv_line([_id_cell(p.id), p.text, p.label, *probs]))
+
+    return write
+
+
+def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
     def write(preds: list[Prediction]) -> None:
         # Every column but the text keeps its full width; the text gets what is left of the console
-        # (up to 60 characters) and ends in an ellipsis where it is longer.
-        id_width = max(2, len(str(preds[-1].index)))
+        # (up to 60 characters) and ends in an ellipsis where it is longer (jsonl has it whole).
+        ids = [_id_cell(p.id) for p in preds]
+        id_width = max(2, *map(len, ids))
         label_width = max(5, *map(len, classes))
         prob_widths = [len(c) + 3 for c in classes]
         fixed = id_width + label_width + sum(prob_widths) + 3 * (len(classes) + 3)
         table = Table(show_edge=False)
         table.add_column("id", justify="right", no_wrap=True, min_width=id_width)
         table.add_column(
-            "text", overflow="ellipsis", no_wrap=True, max_width=min(60, max(8, out_console.width - fixed))
+            "text", overflow="ellipsis", no_wrap=True, max_width=min(60, max(8, console.width - fixed))
         )
         table.add_column("label", style="bold", no_wrap=True, min_width=label_width)
         for c, width in zip(classes, prob_widths, strict=True):
             table.add_column(f"p({c})", justify="right", no_wrap=True, min_width=width)
-        for p in preds:
+        for ident, p in zip(ids, preds, strict=True):
             shown = Text(" ".join(p.text.splitlines()))  # one line per row; never read as markup
-            table.add_row(str(p.index), shown, Text(p.label), *(f"{v:.3f}" for v in p.probs.values()))
-        out_console.print(table)
+            table.add_row(Text(ident), shown, Text(p.label), *(f"{v:.3f}" for v in p.probs.values()))
+        # Rendered to a string and written here, not by rich: rich answers a closed pipe with
+        # SystemExit(1), where `| head` must end quietly with 0 like the other formats.
+        with console.capture() as captured:
+            console.print(table)
+        out.write(captured.get())
 
     return write
 
 
-def _writer(fmt: str, classes: list[str]) -> Writer:
+def _writer(fmt: str, out: TextIO, classes: list[str], to_file: bool) -> Writer:
     if fmt == "jsonl":
-        return _jsonl_writer()
-    if fmt in ("csv", "tsv"):
-        return _delimited_writer(classes, "," if fmt == "csv" else "\t")
-    return _table_writer(classes)
+        return _jsonl_writer(out)
+    if fmt == "csv":
+        return _csv_writer(out, classes)
+    if fmt == "tsv":
+        return _tsv_writer(out, classes)
+    console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
+    return _table_writer(out, classes, console)
+
+
+@contextlib.contextmanager
+def _destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
+    """Stdout (as UTF-8), or a temporary file beside ``output`` renamed onto it at the end.
+
+    The temporary file is made first, before the run is loaded, so an unwritable place fails at
+    once; it is removed on any failure, which leaves no partial results and an older FILE as it was.
+    """
+    if output is None:
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure is not None and fmt == "table":  # for people: a "?" for what cannot be shown
+            reconfigure(errors="replace")
+        elif reconfigure is not None:  # for programs: UTF-8, whatever the locale (LC_ALL=C, ...)
+            reconfigure(encoding="utf-8", errors="strict")
+        yield sys.stdout
+        return
+    if output.is_dir():
+        raise BadInputError(f"--output {output} is a folder: name a file")
+    tmp = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides
+    except OSError as exc:
+        raise write_error(exc, output.parent) from None
+    fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below, on every path)
+    try:
+        yield fh
+        try:  # only the file's own last steps: an OSError of the work above is not a write error
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise write_error(exc, output.parent) from None
+    finally:
+        with contextlib.suppress(OSError):  # after a full disk, closing fails too
+            fh.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _stream(predictions: Iterable[list[Prediction]], write: Writer, out: TextIO, where: str) -> None:
+    """Write and flush each chunk as it comes, so a pipeline sees results while input flows."""
+    for preds in predictions:
+        try:
+            write(preds)
+            out.flush()
+        except BrokenPipeError:
+            # The reader left (`| head`): point stdout at /dev/null so that the interpreter's final
+            # flush cannot fail again and turn a quiet exit into exit code 120.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
+        except OSError as exc:  # a full disk under the file or under a redirected stdout
+            raise write_error(exc, where) from None
 
 
 @handle_errors
@@ -130,12 +221,18 @@ def predict(
         None, "--input", "-i", help="File: one text a line, or CSV/TSV/JSONL with --text-column; - for stdin."
     ),
     text_column: str | None = typer.Option(None, "--text-column", help="Column holding the text."),
-    input_format: str | None = typer.Option(
-        None, "--input-format", help="Input file format (txt, csv, tsv, jsonl, sms); default: from its name."
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="Column whose value is each output's id (default: a column named id)."
     ),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the input file."),
+    input_format: str | None = typer.Option(
+        None, "--input-format", help="txt, csv, tsv, jsonl or sms; default: from the name (stdin: txt)."
+    ),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of the input (stdin too)."),
     fmt: str | None = typer.Option(
         None, "--format", "-f", help="jsonl, csv, tsv or table (default: table on a terminal, else jsonl)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the results to this file (whole or not at all), not stdout."
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
     threshold: float | None = typer.Option(
@@ -152,26 +249,20 @@ def predict(
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None:
-        fmt = "table" if sys.stdout.isatty() else "jsonl"
+        fmt = "table" if sys.stdout.isatty() and output is None else "jsonl"
     if fmt not in FORMATS:
         raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
-    stream = _texts(texts or [], input_path, text_column, input_format, encoding)
-    loaded = load_run(run)
-    decision = make_decision(loaded.classes, threshold, positive)
-    predictor = Predictor(
-        loaded, device=device, precision=precision, batch_size=batch_size, decision=decision
-    )
-    write = _writer(fmt, predictor.classes)
-    try:
-        # Flush each chunk before the next is read, so a pipeline sees results while input flows.
-        for preds in predictor.predict_chunks(stream):
-            write(preds)
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader left (`| head`): point stdout at /dev/null so that the interpreter's final
-        # flush cannot fail again and turn a quiet exit into exit code 120.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise
+    stream = _inputs(texts or [], input_path, text_column, id_column, input_format, encoding)
+    with _destination(output, fmt) as out:
+        loaded = load_run(run)
+        decision = make_decision(loaded.classes, threshold, positive)
+        predictor = Predictor(
+            loaded, device=device, precision=precision, batch_size=batch_size, decision=decision
+        )
+        write = _writer(fmt, out, predictor.classes, output is not None)
+        pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
+        where = str(output.parent) if output is not None else "stdout"
+        _stream(predictor.predict_chunks(stream, pause=pause), write, out, where)
     if predictor.n_truncated:
         err_console.print(
             f"gptclf: {predictor.n_truncated} of {predictor.n_texts} texts were longer than "

@@ -8,9 +8,11 @@ chunk size, never on the length of the input, and a stream (stdin, a huge file) 
 
 from __future__ import annotations
 
-import itertools
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import tiktoken
 import torch
@@ -19,12 +21,14 @@ from gptclf.batching import collate, encode_texts, sorted_batches
 from gptclf.checkpoint import LoadedRun
 from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision, setup_backend
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, GptclfError
 from gptclf.features import pooled_logits
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
 CHUNK_SIZE = 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,14 @@ class Prediction:
         text: The text as given (not truncated).
         label: The predicted class.
         probs: Probability of every class, in the run's class order (they sum to 1).
+        id: The id the input gave the text (its ``id`` column), else ``index``.
     """
 
     index: int
     text: str
     label: str
     probs: dict[str, float]
+    id: Any = None
 
 
 class Predictor:
@@ -175,10 +181,11 @@ class Predictor:
         Raises:
             BadInputError: A bad device, precision, batch size or chunk size.
         """
-        if batch_size < 1 or chunk_size < 1:
-            raise BadInputError(
-                f"--batch-size and the chunk size must be >= 1 (got {batch_size}, {chunk_size})"
-            )
+        # Name only the value that is wrong: the CLI never lets the user set the chunk size.
+        if batch_size < 1:
+            raise BadInputError(f"--batch-size must be >= 1 (got {batch_size})")
+        if chunk_size < 1:
+            raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -196,7 +203,12 @@ class Predictor:
         return self.run.classes
 
     def logits(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
-        """(N, K) float32 logits of ``texts`` in input order; counts texts and truncations."""
+        """(N, K) float32 logits of ``texts`` in input order; counts texts and truncations.
+
+        Raises:
+            GptclfError: A logit is NaN or infinite (broken weights): no probability or metric
+                computed from it would mean anything, and NaN is not valid JSON.
+        """
         out, truncated = compute_logits(
             self.model,
             self.run.tokenizer,
@@ -208,6 +220,11 @@ class Predictor:
             pad_to=self.run.pad_length,
             on_batch=on_batch,
         )
+        if not torch.isfinite(out).all():
+            raise GptclfError(
+                f"the model of {self.run.path} gives non-finite logits (NaN or inf): its weights are "
+                "broken; finetune the run again or restore model.safetensors"
+            )
         self.n_texts += len(texts)
         self.n_truncated += truncated
         return out
@@ -221,25 +238,128 @@ class Predictor:
             idx = torch.where(probs[:, d.positive] >= d.threshold, d.positive, d.negative)
         return [self.classes[i] for i in idx.tolist()]
 
-    def predict_chunks(self, texts: Iterable[str]) -> Iterator[list[Prediction]]:
+    def predict_chunks(
+        self, texts: Iterable[str | tuple[Any, str]], pause: float | None = None
+    ) -> Iterator[list[Prediction]]:
         """Classify ``texts`` lazily, one chunk of results at a time, in input order.
 
-        Exactly one chunk (``chunk_size`` texts, fewer at the end) is pulled from ``texts`` before
+        At most one chunk (``chunk_size`` texts, fewer at the end) is pulled from ``texts`` before
         its results are yielded, and the next only when the caller asks: a stream of any length is
         classified in flat memory, and each chunk's results can be written before more is read.
+
+        Args:
+            texts: Texts, or ``(id, text)`` pairs (the id is passed on to the predictions; a plain
+                text's id is its 0-based position).
+            pause: Seconds without a new text after which the texts read so far are predicted
+                as a short chunk, so a slow or interactive producer sees its results; None
+                waits for a full chunk (best for files, whose chunks sort best when full).
+
+        Raises:
+            Whatever reading ``texts`` raises, once the results of every text before it are out.
         """
-        it = iter(texts)
+        chunks = _waiting_chunks(texts, self.chunk_size, pause) if pause else _chunks(texts, self.chunk_size)
         start = 0
-        while chunk := list(itertools.islice(it, self.chunk_size)):
-            probs = torch.softmax(self.logits(chunk), dim=1)
-            rows = zip(chunk, self.labels(probs), probs.tolist(), strict=True)
+        for chunk in chunks:
+            ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
+            probs = torch.softmax(self.logits(list(items)), dim=1)
+            rows = zip(ids, items, self.labels(probs), probs.tolist(), strict=True)
             yield [
-                Prediction(start + offset, text, label, dict(zip(self.classes, row, strict=True)))
-                for offset, (text, label, row) in enumerate(rows)
+                Prediction(start + offset, text, label, dict(zip(self.classes, row, strict=True)), ident)
+                for offset, (ident, text, label, row) in enumerate(rows)
             ]
             start += len(chunk)
 
-    def predict(self, texts: Iterable[str]) -> Iterator[Prediction]:
+    def predict(self, texts: Iterable[str | tuple[Any, str]]) -> Iterator[Prediction]:
         """Classify ``texts`` lazily, one result per text in input order (see :meth:`predict_chunks`)."""
         for chunk in self.predict_chunks(texts):
             yield from chunk
+
+
+def _split_item(position: int, item: str | tuple[Any, str]) -> tuple[Any, str]:
+    return (position, item) if isinstance(item, str) else item
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of ``size`` items (the last shorter). An error while reading comes after the chunk of
+    the items before it, so every item that was read gets its result."""
+    it = iter(items)
+    while True:
+        chunk: list[T] = []
+        try:
+            for item in it:
+                chunk.append(item)
+                if len(chunk) == size:
+                    break
+        except Exception:
+            if chunk:
+                yield chunk
+            raise
+        if not chunk:
+            return
+        yield chunk
+
+
+#: What the reader thread puts on the queue when its input ends.
+_END = object()
+
+
+def _waiting_chunks(items: Iterable[T], size: int, pause: float) -> Iterator[list[T]]:
+    """Like :func:`_chunks`, but a chunk also ends when no item came for ``pause`` seconds.
+
+    A daemon thread reads ``items`` into a queue of ``size`` places, so no more than two chunks
+    are ever held (flat memory on an endless stream), and this side waits on the queue with a
+    timeout instead of on the input. The thread's error is raised here, after the items before it.
+    """
+    box: queue.Queue[Any] = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        # A timeout, so that the thread ends when the consumer has gone (error, broken pipe).
+        while not stop.is_set():
+            try:
+                return box.put(item, timeout=0.5)
+            except queue.Full:
+                continue
+
+    def read() -> None:
+        try:
+            for item in items:
+                put(item)
+                if stop.is_set():
+                    return
+            put(_END)
+        except BaseException as exc:  # passed on, raised in the consumer's thread
+            put(_Failure(exc))
+
+    threading.Thread(target=read, name="gptclf-input", daemon=True).start()
+    try:
+        yield from _gather(box, size, pause)
+    finally:
+        stop.set()
+
+
+def _gather(box: queue.Queue[Any], size: int, pause: float) -> Iterator[list[Any]]:
+    """The consumer side of :func:`_waiting_chunks`."""
+    chunk: list[Any] = []
+    while True:
+        try:
+            item = box.get(timeout=pause) if chunk else box.get()
+        except queue.Empty:  # the input paused: serve what has come so far
+            yield chunk
+            chunk = []
+            continue
+        if item is _END or isinstance(item, _Failure):
+            if chunk:
+                yield chunk
+            if isinstance(item, _Failure):
+                raise item.exc
+            return
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+
+
+@dataclass(frozen=True)
+class _Failure:
+    exc: BaseException

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import torch
 from gptclf.checkpoint import LoadedRun, build_run_info, save_run
 from gptclf.classifier import Classifier, replace_head
 from gptclf.config import GPTConfig
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, GptclfError
 from gptclf.model import build_model
 from gptclf.predict import Decision, Predictor, make_decision
 from gptclf.tokenizer import EOT_ID
@@ -45,9 +47,16 @@ def memory_run(
     return LoadedRun(path, data, tiny_classifier(classes, seed), byte_tokenizer())
 
 
-def make_run(run_dir: Path, classes: list[str] = CLASSES, max_length: int = 32, **kwargs: Any) -> Path:
-    """A complete run directory of a random tiny model (needs the shared GPT-2 tokenizer files)."""
-    model = tiny_classifier(classes)
+def make_run(
+    run_dir: Path,
+    classes: list[str] = CLASSES,
+    max_length: int = 32,
+    model: Classifier | None = None,
+    **kwargs: Any,
+) -> Path:
+    """A complete run directory of a random tiny model, or of ``model`` (needs the shared GPT-2
+    tokenizer files)."""
+    model = model or tiny_classifier(classes)
     info = build_run_info(
         model_name="tiny",
         config=model.gpt.config,
@@ -63,6 +72,14 @@ def make_run(run_dir: Path, classes: list[str] = CLASSES, max_length: int = 32, 
     )
     save_run(run_dir, model, info, BPE_DIR)
     return run_dir
+
+
+def nan_run(run_dir: Path) -> Path:
+    """A run whose weights hold NaN (recorded as they are, so only the logits show it)."""
+    model = tiny_classifier()
+    with torch.no_grad():
+        model.gpt.transformer.ln_f.weight[0] = float("nan")
+    return make_run(run_dir, model=model)
 
 
 def one_by_one(run: LoadedRun, texts: list[str]) -> torch.Tensor:
@@ -210,3 +227,70 @@ def test_last_position_run_is_padded_as_in_training(tmp_path: Path) -> None:
     got = cpu_predictor(run).logits(texts)
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=0)
     assert memory_run(tmp_path, pooling="last-token", train={"pad_length": 40}).pad_length is None
+
+
+def test_batch_size_error_names_only_what_the_user_set(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError) as info:
+        cpu_predictor(memory_run(tmp_path), batch_size=0)
+    assert str(info.value) == "--batch-size must be >= 1 (got 0)"  # no chunk size the user never set
+
+
+def test_non_finite_logits_are_an_error_naming_the_run(tmp_path: Path) -> None:
+    run = memory_run(tmp_path / "broken")
+    with torch.no_grad():
+        next(iter(run.model.parameters())).fill_(float("nan"))
+    with pytest.raises(GptclfError, match=r"broken.*non-finite logits") as info:
+        list(cpu_predictor(run).predict(["a", "b"]))
+    assert info.value.exit_code == 1 and not isinstance(info.value, BadInputError)
+
+
+def test_a_pause_in_the_input_ends_a_chunk_early() -> None:
+    """A producer that stops after two texts gets their results at once, not after 16 texts."""
+    predictor = cpu_predictor(memory_run(Path("unused")), chunk_size=16)
+    more = threading.Event()
+
+    def stream() -> Iterator[tuple[str, str]]:
+        yield ("a", "first")
+        yield ("b", "second")
+        assert more.wait(timeout=30)  # blocks like an interactive stdin until the test reads
+        yield ("c", "third")
+
+    chunks = predictor.predict_chunks(stream(), pause=0.05)
+    first = next(chunks)  # would hang (until the 30 s timeout fails the stream) without the pause
+    assert [(p.index, p.id, p.text) for p in first] == [(0, "a", "first"), (1, "b", "second")]
+    more.set()
+    assert [(p.index, p.id) for p in next(chunks)] == [(2, "c")]
+    assert next(chunks, None) is None
+
+
+def test_a_read_error_comes_after_the_results_of_the_texts_before_it() -> None:
+    predictor = cpu_predictor(memory_run(Path("unused")), chunk_size=4)
+
+    def stream() -> Iterator[str]:
+        yield from ["one", "two", "three", "four", "five"]
+        raise BadInputError("line 6 is not valid JSON")
+
+    for pause in (None, 0.05):
+        chunks = predictor.predict_chunks(stream(), pause=pause)
+        assert len(next(chunks)) == 4
+        assert [p.text for p in next(chunks)] == ["five"]  # served before the error
+        with pytest.raises(BadInputError, match="line 6"):
+            next(chunks)
+
+
+def test_waiting_on_an_endless_stream_holds_at_most_two_chunks() -> None:
+    predictor = cpu_predictor(memory_run(Path("unused")), chunk_size=8)
+    pulled = 0
+
+    def endless() -> Iterator[str]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield "x"
+
+    chunks = predictor.predict_chunks(endless(), pause=0.05)
+    for _ in range(5):
+        assert len(next(chunks)) == 8
+    time.sleep(0.2)  # let the reader run ahead as far as it can
+    assert pulled <= 5 * 8 + 8 + 1  # the chunks served, one queued chunk, one item in hand
+    chunks.close()
