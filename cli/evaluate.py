@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.common import err_console, handle_errors, out_console
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, GptclfError
 
 
 def _fmt(value: float | None) -> str:
@@ -40,7 +42,7 @@ def _print_tables(m: dict[str, Any]) -> None:
     if len(m["classes"]) == 2:
         summary.add_row("ROC-AUC", _fmt(m["roc_auc"]))
     summary.add_row("truncated", str(m["truncated"]))
-    out_console.print(summary, markup=False)
+    _show(summary)
 
     per_class = Table(title="Per class")
     for name in ("class", "precision", "recall", "F1", "support"):
@@ -49,7 +51,7 @@ def _print_tables(m: dict[str, Any]) -> None:
         per_class.add_row(
             name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"])
         )
-    out_console.print(per_class, markup=False)
+    _show(per_class)
 
     matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
     matrix.add_column("true \\ predicted")
@@ -57,7 +59,25 @@ def _print_tables(m: dict[str, Any]) -> None:
         matrix.add_column(name, justify="right")
     for name, counts in zip(m["classes"], m["confusion_matrix"], strict=True):
         matrix.add_row(name, *(str(c) for c in counts))
-    out_console.print(matrix, markup=False)
+    _show(matrix)
+
+
+def _show(table: Table) -> None:
+    """Print ``table`` whole: cells fold (wrap, long words too) instead of ending in an ellipsis,
+    and where stdout is no terminal (a pipe, a log, `make demo`) there is no width to fit, so the
+    table gets the width it needs instead of rich's default 80 columns."""
+    for column in table.columns:
+        column.overflow = "fold"
+    console = out_console
+    if not out_console.is_terminal:
+        options = out_console.options.update(max_width=_UNLIMITED)
+        needed = Measurement.get(out_console, options, table).maximum
+        console = Console(file=out_console.file, width=max(out_console.width, needed), highlight=False)
+    console.print(table, markup=False)
+
+
+#: A width no table reaches, to measure the one it needs.
+_UNLIMITED = 100_000
 
 
 @handle_errors
@@ -75,8 +95,9 @@ def evaluate(
     text_column: str | None = typer.Option(None, "--text-column", help="Text column of --input."),
     label_column: str | None = typer.Option(None, "--label-column", help="Label column of --input."),
     input_format: str | None = typer.Option(
-        None, "--format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
     ),
+    old_format: str | None = typer.Option(None, "--format", hidden=True),  # the old name, kept working
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -97,10 +118,13 @@ def evaluate(
     from gptclf.predict import Predictor
 
     refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
+    if old_format is not None and input_format not in (None, old_format):
+        raise BadInputError("--format is the old name of --input-format: give one of them")
+    input_format = input_format or old_format
     gates = Gates(min_accuracy, min_f1)
     if input_path is not None and (split is not None or data is not None):
         raise BadInputError("--input FILE replaces --split/--data: give one or the other")
-    file_only = {"--text-column": text_column, "--label-column": label_column, "--format": input_format}
+    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
     stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
     if stray:
         raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
@@ -140,7 +164,11 @@ def evaluate(
             f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"
         )
     if json_out:
-        sys.stdout.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        try:  # allow_nan=False: NaN is not JSON (non-finite logits are refused earlier; a backstop)
+            line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise GptclfError(f"the metrics of {loaded.path} hold a non-finite value") from None
+        sys.stdout.write(line + "\n")
     else:
         _print_tables(metrics)
     gates.check(metrics)

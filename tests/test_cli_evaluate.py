@@ -13,7 +13,7 @@ from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
 from tests.conftest import needs_shared_bpe
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
-from tests.test_predict import CLASSES, make_run
+from tests.test_predict import CLASSES, make_run, nan_run
 
 pytestmark = needs_shared_bpe
 
@@ -112,3 +112,64 @@ def test_bad_input_exits_2(run_dir: Path, labelled: Path, tmp_path: Path) -> Non
         assert code == 2, (args, err)
         assert words in err, (args, err)
         assert "Traceback" not in err and out == ""
+
+
+def test_non_finite_logits_exit_1_and_never_print_nan(labelled: Path, tmp_path: Path) -> None:
+    run = nan_run(tmp_path / "nan-run")
+    for extra in (["--json"], []):
+        code, out, err = invoke(str(run), "--input", str(labelled), *extra)
+        assert code == 1 and out == "", (extra, out)
+        assert f"gptclf: error: the model of {run} gives non-finite logits" in err
+        assert "Traceback" not in err
+
+
+def test_tables_are_never_cropped_when_stdout_is_not_a_terminal(run_dir: Path, tmp_path: Path) -> None:
+    deep = tmp_path / ("a-long-folder-name-" * 6) / "with-a-deeper-level" / "evaluation-data.csv"
+    deep.parent.mkdir(parents=True)
+    write_csv(deep, list(zip(TEXTS, LABELS, strict=True)))
+    assert len(str(deep)) > 160
+    code, out, err = invoke(str(run_dir), "--input", str(deep))
+    assert code == 0, err
+    assert str(deep) in out  # whole, on one line: a pipe has no width to wrap at
+    assert "…" not in out
+
+
+def test_input_format_and_its_old_name(run_dir: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "eval.data", list(zip(TEXTS, LABELS, strict=True)))  # no extension
+    code, _, err = invoke(str(run_dir), "--input", str(data))
+    assert code == 2 and "pass --input-format (csv, tsv, jsonl, sms)" in err
+    for flag in ("--input-format", "--format"):
+        code, out, err = invoke(str(run_dir), "--input", str(data), flag, "csv", "--json")
+        assert code == 0, err
+        assert json.loads(out)["n"] == len(TEXTS)
+    code, _, err = invoke(str(run_dir), "--input-format", "csv")
+    assert code == 2 and "--input-format only apply to --input FILE" in err
+
+
+def test_on_a_narrow_terminal_long_cells_wrap_instead_of_being_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import cli.evaluate
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, width=50, force_terminal=True, color_system=None)
+    monkeypatch.setattr(cli.evaluate, "out_console", terminal)
+    path = "/data/" + "very-long-folder-name/" * 5 + "test.csv"
+    metrics = {
+        "source": {"input": path},
+        "n": 2,
+        "accuracy": 1.0,
+        "loss": 0.1,
+        "macro_f1": 1.0,
+        "roc_auc": 1.0,
+        "truncated": 0,
+        "classes": ["ham", "spam"],
+        "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for c in ("ham", "spam")},
+        "confusion_matrix": [[1, 0], [0, 1]],
+    }
+    cli.evaluate._print_tables(metrics)
+    out = screen.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= 50
+    assert path in "".join(ch for ch in out if ch not in " │┃\n")  # every character, in order
