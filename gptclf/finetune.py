@@ -342,9 +342,10 @@ def _check_same_data(resume_state: dict[str, Any] | None, fingerprint: str, data
 
 
 def _bytes_needed(total_params: int, trainable_params: int) -> int:
-    """Rough disk space a run needs: fp32 weights, and a checkpoint with the trainable weights, the
-    best ones and AdamW's two moments, plus room for the small files."""
-    return 4 * total_params + 4 * 4 * trainable_params + (8 << 20)
+    """Rough disk space a run needs: fp32 weights, and two checkpoints (the last one stays until
+    its successor is complete) of the trainable weights, the best ones and AdamW's two moments,
+    plus room for the small files."""
+    return 4 * total_params + 2 * 4 * 4 * trainable_params + (8 << 20)
 
 
 def _check_space(work: Path, out: Path, needed: int) -> None:

@@ -10,7 +10,6 @@ temporary name and renamed, so a second interrupt never leaves half a file, and 
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 from gptclf.errors import BadInputError, Interrupted, write_error
-from gptclf.fileio import temp_path_for
+from gptclf.fileio import atomic_open
 
 #: File name of the checkpoint inside a run directory.
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -28,26 +27,34 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically.
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, folder fsync).
 
     Raises:
         GptclfError: The disk is full or the folder cannot be written (one line; the temporary
             file is removed and an earlier checkpoint at ``path`` is kept).
     """
     path = Path(path)
-    tmp = temp_path_for(path)
     try:
-        torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        size = tmp.stat().st_size if tmp.is_file() else None
-        tmp.unlink(missing_ok=True)
-        raise write_error(exc, path.parent, size) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        # Through a Python file, so that a failed write (a full disk) surfaces as the OSError it
+        # is: torch's own writer turns it into a RuntimeError that keeps it only as the context.
+        with atomic_open(path, "wb", encoding=None) as fh:
+            torch.save({"version": CHECKPOINT_VERSION, **state}, fh)
+    except (OSError, RuntimeError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(cause, OSError):
+            raise write_error(cause, path.parent, _tensor_bytes(state)) from None
         raise
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what a checkpoint of it roughly takes on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

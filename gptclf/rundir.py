@@ -224,9 +224,10 @@ class RunBuild:
         lock = WorkLock(work)
         if not lock.acquire():  # another process took it in the moment since check_out
             raise BadInputError(f"another `gptclf finetune` is writing {out} right now: choose another --out")
+        # The folder was unlocked: every temporary file in it is a dead process's half write.
         for name in sorted(os.listdir(work)):
             if _is_temp_file(name):
-                (work / name).unlink(missing_ok=True)
+                _remove(work / name)
                 note(f"removed {work / name}, a temporary file of an interrupted write")
         return cls(out, work, lock, resumable_at_open=has_checkpoint(work))
 
@@ -274,6 +275,14 @@ class RunBuild:
         )
         if not keep:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _probe(folder: Path) -> None:
