@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli.common import err_console, handle_errors
 from gptclf.data import SPLITS
+from gptclf.errors import BadInputError
 from gptclf.prepare import DEFAULT_SPLIT, PrepareSummary
 from gptclf.prepare import prepare as run_prepare
 
@@ -29,8 +30,9 @@ def prepare(
         None, "--input", "-i", metavar="FILE", help="A labelled CSV, TSV, JSONL or SMS-format file."
     ),
     fmt: str | None = typer.Option(
-        None, "--format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
     ),
+    old_format: str | None = typer.Option(None, "--format", hidden=True),  # the old name, kept working
     text_column: str | None = typer.Option(
         None, "--text-column", help="Column (JSON key) with the texts; default: text."
     ),
@@ -86,6 +88,9 @@ def prepare(
     The book's recipe: gptclf prepare --dataset sms-spam --no-stratify (747/747, 1045/149/300).
     Any bad input stops with one line and exit code 2, and leaves --out as it was.
     """
+    if old_format is not None and fmt not in (None, old_format):
+        raise BadInputError("--format is the old name of --input-format: give one of them")
+    fmt = fmt or old_format
     progress = None
     if dataset is not None:
         from cli.download import progress_reporter  # only a download needs it

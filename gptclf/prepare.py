@@ -41,7 +41,7 @@ from gptclf.data import (
     load_table,
     resolve_format,
 )
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import sha256_file
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def _check_options(
         if dataset not in DATASETS:
             problems.append(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
         if fmt or text_column or label_column:
-            problems.append("--format, --text-column and --label-column go with --input, not --dataset")
+            problems.append("--input-format, --text-column and --label-column go with --input, not --dataset")
     if balance is None:
         balance = "undersample" if dataset is not None else "none"
     elif balance not in BALANCE_MODES:
@@ -305,6 +305,8 @@ def _check_options(
         problems.append(str(exc))
     if out.exists() and not out.is_dir():
         problems.append(f"--out {out} is a file, not a folder")
+    elif unwritable := _unwritable(out):
+        problems.append(unwritable)
     elif not force:
         present = [name for name in PREPARED_FILES if (out / name).exists()]
         if present:
@@ -314,6 +316,26 @@ def _check_options(
     if problems:
         raise BadInputError("; ".join(problems))
     return fractions, names, balance
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why ``out`` cannot be written, or None. Found by writing (a folder made and removed at
+    once), since permission bits say nothing of read-only mounts, /proc, or root: the temporary
+    folder goes beside ``out``, and the files into ``out`` where it exists already."""
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent  # the folders up to here are made by the write
+    if not ancestor.is_dir():
+        return f"--out {out} is under {ancestor}, which is a file, not a folder"
+    for folder in ([out] if out.is_dir() else []) + [ancestor]:
+        probe = folder / f".gptclf-probe-{secrets.token_hex(6)}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            return f"--out {out}: cannot write into {folder} ({reason}); choose a folder you can write to"
+    return None
 
 
 def _select_classes(
@@ -464,16 +486,22 @@ def _write(out: Path, parts: dict[str, pd.DataFrame], summary: PrepareSummary) -
     files[LABELS_FILE] = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     assert tuple(files) == PREPARED_FILES
 
+    try:
+        _move_in(out, files)
+    except OSError as exc:  # a disk that fills after the checks: one line, no debris
+        raise write_error(exc, out, needed=sum(map(len, files.values()))) from None
+
+
+def _move_in(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a temporary folder beside ``out``, then move them into ``out``; the
+    temporary folder is removed whatever happens."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # mkdir (not mkdtemp) so the folder gets the umask's permissions when it becomes `out`.
     tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
     tmp.mkdir()
     try:
         for name, data in files.items():
-            with open(tmp / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_file(tmp / name, data)
         if not out.exists():
             with contextlib.suppress(OSError):  # created meanwhile: fall back to moving files
                 os.rename(tmp, out)  # the whole set appears at once
@@ -482,3 +510,11 @@ def _write(out: Path, parts: dict[str, pd.DataFrame], summary: PrepareSummary) -
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` into a new file, on the disk (fsync) before the file is moved into place."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

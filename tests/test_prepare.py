@@ -1,0 +1,93 @@
+"""`gptclf prepare` writes: --out checked before any work, a full disk is one line and no debris;
+--input-format (and its old name --format)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_prepare import FILES, one_line, rows_of, run, snapshot, write_table
+
+
+def test_out_under_a_file_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("keep me", encoding="utf-8")
+    out = tmp_path / "file" / "sub" / "prepared"
+    # The input is missing too: were the input read first, that would be the error.
+    result = run("--input", tmp_path / "absent.csv", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert f"is under {tmp_path / 'file'}, which is a file, not a folder" in one_line(result)
+    assert "no such file" not in one_line(result) and "Traceback" not in result.output
+    # Nor is the SMS set downloaded first (from a mirror that does not exist, which would fail).
+    result = run("--dataset", "sms-spam", "--mirror", tmp_path / "no-mirror", "--out", out)
+    assert result.exit_code == 2 and "which is a file" in one_line(result)
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "keep me"
+
+
+def test_out_that_cannot_be_written_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    result = run("--input", tmp_path / "absent.csv", "--out", "/proc/gptclf-nowhere/prepared")
+    assert result.exit_code == 2, result.output
+    assert "--out /proc/gptclf-nowhere/prepared: cannot write into /proc" in one_line(result)
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_refused(tmp_path: Path) -> None:
+    table = write_table(tmp_path / "data.csv", rows_of({"pos": 30, "neg": 20}))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = run("--input", table, "--out", locked / "prepared")
+        assert result.exit_code == 2 and "cannot write into" in one_line(result)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = write_table(tmp_path / "data.csv", rows_of({"pos": 30, "neg": 20}))
+    work = tmp_path / "work"
+    assert run("--input", table, "--out", work / "out").exit_code == 0
+    before = snapshot(work)
+    real_open = open
+
+    class FullDisk(io.FileIO):
+        """A file on a disk that fills halfway through the write."""
+
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            super().write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def open_on_a_full_disk(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode and Path(path).name == "validation.csv":  # train.csv fits, this does not
+            return FullDisk(path, "wb")
+        return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("gptclf.prepare.open", open_on_a_full_disk, raising=False)
+    result = run("--input", table, "--out", work / "out", "--force", "--seed", "7")
+    assert result.exit_code == 1, result.output
+    message = one_line(result)
+    assert message.startswith(f"gptclf: error: no space left on the disk of {work / 'out'} (")
+    assert "bytes needed" in message and "Traceback" not in result.output
+    assert snapshot(work) == before  # the old set as it was, no temporary folder left beside it
+
+
+def test_input_format_and_its_old_name(tmp_path: Path) -> None:
+    table = write_table(tmp_path / "data.table", rows_of({"pos": 30, "neg": 20}))  # no known extension
+    result = run("--input", table, "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "pass --input-format (csv, tsv, jsonl, sms)" in one_line(result)
+    for flag, out in (("--input-format", "b"), ("--format", "c")):
+        result = run("--input", table, flag, "csv", "--out", tmp_path / out)
+        assert result.exit_code == 0, result.output
+        assert all((tmp_path / out / name).is_file() for name in FILES)
+    result = run("--input", table, "--input-format", "csv", "--format", "tsv", "--out", tmp_path / "d")
+    assert result.exit_code == 2 and "old name of --input-format" in one_line(result)
+    result = run("--dataset", "sms-spam", "--input-format", "csv", "--out", tmp_path / "e")
+    assert result.exit_code == 2 and "--input-format, --text-column and --label-column go with --input" in (
+        one_line(result)
+    )
