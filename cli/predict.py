@@ -65,8 +65,10 @@ def _inputs(
         if not texts:
             raise BadInputError("nothing to classify: give texts as arguments, --input FILE, or - for stdin")
         stray = [f for f, v in {"--text-column": text_column, "--id-column": id_column}.items() if v]
-        if stray or input_format is not None:
-            raise BadInputError(f"{', '.join(stray) or '--input-format'} only apply to --input FILE or -")
+        stray += ["--input-format"] if input_format is not None else []
+        if stray:
+            verb = "applies" if len(stray) == 1 else "apply"
+            raise BadInputError(f"{', '.join(stray)} only {verb} to --input FILE or -")
         return texts
     from gptclf.data import read_inputs
 

@@ -4,6 +4,8 @@ Texts are taken from any iterable, a chunk at a time (:data:`CHUNK_SIZE`): each 
 sorted by length into batches padded only to their own longest text, run through the model, and its
 results are yielded in input order before the next chunk is read. Memory therefore depends on the
 chunk size, never on the length of the input, and a stream (stdin, a huge file) is never read whole.
+With a ``pause``, a chunk also ends when the input has given nothing new for that long (a reader
+thread feeds a bounded queue), so an interactive or slow producer sees its results at once.
 """
 
 from __future__ import annotations

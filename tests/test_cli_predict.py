@@ -286,7 +286,7 @@ def test_ids_of_the_input_are_kept(run_dir: Path, tmp_path: Path) -> None:
     code, _, err = invoke(str(run_dir), "--input", str(path), "--id-column", "nope")
     assert code == 2 and "no key 'nope'" in err
     code, _, err = invoke(str(run_dir), "--id-column", "key", "some text")
-    assert code == 2 and "--id-column only apply to --input" in err
+    assert code == 2 and "--id-column only applies to --input" in err
 
 
 def test_results_reach_a_pipe_while_input_is_still_open(run_dir: Path) -> None:
