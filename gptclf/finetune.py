@@ -21,7 +21,6 @@ from gptclf.batching import encode_texts
 from gptclf.checkpoint import build_run_info, save_run
 from gptclf.classifier import Classifier, apply_scope, frozen_prefix, replace_head
 from gptclf.data import label_ids, prepared_fingerprint, read_prepared
-from gptclf.device import setup_backend
 from gptclf.download import Progress, ensure_tokenizer, ensure_weights
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, Source, make_sources
@@ -174,7 +173,6 @@ def _finetune(
     """:func:`finetune` inside its work folder: everything but the final swap."""
     t_start = time.monotonic()
     work = work_dir(out)
-    setup_backend(p.device)
     # Downloads first: they fill the cache, and a failed one leaves the run directory untouched.
     with shard.main_first():
         tokenizer_dir = ensure_tokenizer(p.home, settings.mirror, download_progress)
@@ -213,6 +211,7 @@ def _finetune(
         batch_size=p.train.eval_batch_size,
         pad_to=pad_length,
         shard=shard,
+        note=progress.message,
     )
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(sources)
@@ -259,6 +258,7 @@ def _finetune(
             "pad_length": pad_length,
             "device": str(p.device),
             "precision": p.precision.name,
+            "tf32": p.precision.tf32,
             "cache": cache,
         }
         info = build_run_info(

@@ -27,7 +27,7 @@ from gptclf.rundir import check_out, work_dir
 SMS_LABELS = frozenset({"ham", "spam"})
 #: Settings a resumed run may change: where and how fast it runs, not what it computes.
 RESUME_CHANGEABLE = frozenset(
-    {"device", "precision", "cache", "cache_memory", "home", "mirror", "out", "resume"}
+    {"device", "precision", "cache", "cache_memory", "checkpoint_every", "home", "mirror", "out", "resume"}
 )
 
 

@@ -184,6 +184,17 @@ class _Loop:
     stopped: bool = False  # early stopping ended training
 
 
+def _what_trains(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings less those that only say when checkpoints are saved."""
+    return {k: v for k, v in train.items() if k != "checkpoint_every"}
+
+
+def stats_dtype(device: torch.device) -> torch.dtype:
+    """The type of a step's summed loss and counts: float64, but float32 on MPS, which has no
+    float64 (the counts stay exact in float32 up to 2**24 texts a step)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def data_signature(train: LabelledSet) -> dict[str, Any]:
     """What identifies a training set for resuming: its size and a hash of its labels and lengths.
 
@@ -309,8 +320,7 @@ class _Trainer:
         self.loop = _Loop()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.signal: int | None = None  # a signal that some rank received, as of the last step
-        # MPS has no float64: there the step's sums are float32 (exact for the counts it holds).
-        self.stats_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.stats_dtype = stats_dtype(device)
         self.started = time.monotonic()
         torch.manual_seed(seed)
 
@@ -321,7 +331,8 @@ class _Trainer:
             BadInputError: Other training settings, another world size, other training data, or
                 trainable weights that do not fit.
         """
-        if state.get("train") != self.cfg.to_dict():
+        # How often checkpoints are written does not change what is computed: it may differ.
+        if _what_trains(state.get("train") or {}) != _what_trains(self.cfg.to_dict()):
             raise BadInputError(
                 "the checkpoint was written with other training settings; keep them on --resume"
             )
@@ -438,7 +449,8 @@ class _Trainer:
             # Only the last micro-batch's backward syncs: DDP then reduces the accumulated gradient.
             last = n == max(len(micros), 1) - 1
             sync = self.forward.no_sync() if shard.distributed and not last else contextlib.nullcontext()
-            with sync:
+            # TF32 (--precision tf32 or auto on CUDA) for the backward too, which runs outside autocast.
+            with sync, self.precision.tf32_scope(self.device):
                 with self.precision.autocast(self.device):
                     logits = self.forward(batch.input_ids, batch.lengths, batch.hidden, batch.start_block)
                 ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from gptclf.classifier import Classifier, frozen_prefix, parse_scope
-from gptclf.device import resolve_precision
+from gptclf.device import Precision, resolve_precision
 from gptclf.errors import BadInputError, Interrupted, TrainingError
 from gptclf.features import Batch, TokenSource, make_sources
 from gptclf.progress import TrainProgress
 from gptclf.resume import InterruptGuard, load_checkpoint
 from gptclf.runconfig import TrainConfig
-from gptclf.train import LabelledSet, Shard, class_weights, evaluate, fit
+from gptclf.train import LabelledSet, Shard, class_weights, evaluate, fit, stats_dtype
 from tests.finetune_helpers import max_diff, synthetic_ids, tiny_classifier, trainable_state
 
 CPU = torch.device("cpu")
@@ -193,7 +193,8 @@ def test_evaluate_returns_logits_in_input_order() -> None:
 
 def test_schedules() -> None:
     cfg = TrainConfig(lr=1.0, warmup=2, schedule="cosine")
-    assert [round(cfg.learning_rate(s, 10), 4) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    # Steps 0..9 run; the cosine reaches 0 one step past the last (step 10), never on a step that runs.
+    assert [round(cfg.learning_rate(s, 10), 4) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.0381]
     assert TrainConfig(lr=0.1).learning_rate(5, 10) == 0.1
     assert TrainConfig(warmup=0.25).warmup_steps(40) == 10
 
@@ -230,3 +231,129 @@ def test_a_deferred_signal_waits_for_check() -> None:
         with pytest.raises(Interrupted) as info:
             guard.check("training is saved")
     assert info.value.exit_code == 130 and "training is saved" in str(info.value)
+
+
+# --- issue 9: checkpoints, resume checks, loss footing, precision changes, devices, DDP saves -------
+
+
+def test_checkpoints_at_every_epoch_end_every_n_steps_and_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.train as train_module
+
+    saved: list[tuple[int, int, bool]] = []
+    real = train_module.save_checkpoint
+
+    def record(path: Path, state: dict[str, Any]) -> None:
+        loop = state["loop"]
+        saved.append((loop["step"], loop["epoch"], loop["stopped"]))
+        real(path, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", record)
+    run(dataclasses.replace(CFG, epochs=2, checkpoint_every=4), checkpoint=tmp_path / "c.pt")
+    # 6 steps an epoch: step 4, the end of epoch 1 (6), step 8, the end of epoch 2 (12) = the end.
+    assert saved == [(4, 0, False), (6, 1, False), (8, 1, False), (12, 2, False)]
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["loop"]["epoch"] == 2 and state["data"]["n"] == 43
+
+
+def test_resuming_a_finished_training_only_restores_the_best_weights(tmp_path: Path) -> None:
+    trained, history = run(CFG, checkpoint=tmp_path / "c.pt")
+    steps = []
+
+    class Count(TrainProgress):
+        def step(self, epoch: int, step: int, loss: float) -> None:
+            steps.append(step)
+
+    resumed, again = run(CFG, checkpoint=tmp_path / "c.pt", resume=load_checkpoint(tmp_path / "c.pt"),
+                         progress=Count())  # fmt: skip
+    assert steps == [] and again.rows == history.rows
+    assert max_diff(trainable_state(resumed), trainable_state(trained)) == 0.0
+
+
+def test_a_checkpoint_of_other_data_is_refused_not_looped_on(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(Interrupted):
+        run(CFG, checkpoint=ckpt, progress=KillAt(5, signal.SIGINT))
+    state = load_checkpoint(ckpt)
+    model = tiny_classifier(["a", "b"], seed=7)
+    train, val = data(model, n_train=11)  # fewer texts: the saved group 5 is past this epoch's 2
+    with pytest.raises(BadInputError, match="training data differ"):
+        fit(model, train, val, CFG, device=CPU, precision=FP32, seed=7, resume=state)
+    state.pop("data")  # a checkpoint that recorded no data: the position itself is checked
+    with pytest.raises(BadInputError, match="batch group 5 of epoch 1, which has only 2"):
+        fit(model, train, val, CFG, device=CPU, precision=FP32, seed=7, resume=state)
+
+
+def test_train_loss_is_on_the_footing_of_the_validation_loss_with_class_weights() -> None:
+    """One step on all texts with a negligible lr: the step's training loss (before the update) and
+    the validation loss on the same texts (after it) must agree, weighted training or not."""
+    model = tiny_classifier(["a", "b"], seed=7)
+    ids, _ = synthetic_ids(40, 2, seed=1)
+    labels = [0] * 30 + [1] * 10  # imbalanced: the balanced weights are far from 1
+    same = LabelledSet(TokenSource(ids), labels)
+    cfg = TrainConfig(epochs=1, batch_size=40, lr=1e-12, weight_decay=0.0, class_weights="balanced")
+    history = fit(model, same, same, cfg, device=CPU, precision=FP32, seed=7)
+    row = history.rows[0]
+    assert row["train_loss"] == pytest.approx(row["val_loss"], abs=1e-6)
+
+
+def test_resume_may_change_into_and_out_of_a_gradient_scaler(tmp_path: Path) -> None:
+    """An fp32 run's scaler state is empty; resuming it under fp16 (here bf16 with a scaler, the
+    CPU's stand-in) must start a fresh scaler rather than crash, and the other way round."""
+    scaled = Precision("bf16", torch.bfloat16, use_scaler=True)
+    for first, second in ((FP32, scaled), (scaled, FP32)):
+        ckpt = tmp_path / f"{first.use_scaler}.pt"
+        with pytest.raises(Interrupted):
+            model = tiny_classifier(["a", "b"], seed=7)
+            train, val = data(model)
+            fit(model, train, val, CFG, device=CPU, precision=first, seed=7, checkpoint=ckpt,
+                progress=KillAt(3, signal.SIGINT))  # fmt: skip
+        model = tiny_classifier(["a", "b"], seed=7)
+        train, val = data(model)
+        history = fit(model, train, val, CFG, device=CPU, precision=second, seed=7,
+                      resume=load_checkpoint(ckpt))  # fmt: skip
+        assert history.steps == 12 and all(math.isfinite(r["train_loss"]) for r in history.rows)
+
+
+def test_step_sums_are_float32_on_mps_and_float64_elsewhere() -> None:
+    """MPS has no float64 (``torch.zeros(4, dtype=torch.float64, device="mps")`` raises)."""
+    assert stats_dtype(torch.device("mps")) == torch.float32
+    assert stats_dtype(CPU) == stats_dtype(torch.device("cuda", 0)) == torch.float64
+
+
+def _slow_save_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0's checkpoint takes 4 s, twice the collective timeout; the others must wait for it."""
+    import gptclf.train as train_module
+    from gptclf.distributed import process_group
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    real = train_module.save_checkpoint
+
+    def slow(path: Path, state: dict[str, Any]) -> None:
+        time.sleep(4)
+        real(path, state)
+
+    train_module.save_checkpoint = slow
+    with process_group("cpu", timeout=2) as shard:
+        model = tiny_classifier(["a", "b"], seed=7)
+        train, val = data(model)
+        cfg = dataclasses.replace(CFG, epochs=2, batch_size=4)
+        history = fit(model, train, val, cfg, device=CPU, precision=FP32, seed=7, shard=shard,
+                      checkpoint=Path(out) / "c.pt")  # fmt: skip
+    (Path(out) / f"done{rank}").write_text(str(history.steps))
+
+
+def test_ranks_wait_for_a_checkpoint_that_outlasts_the_collective_timeout(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    mp.start_processes(_slow_save_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    assert (tmp_path / "done0").read_text() == (tmp_path / "done1").read_text() == "12"
