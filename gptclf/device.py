@@ -189,12 +189,3 @@ def _explicit(spec: str, device: torch.device) -> Precision:
     if not cuda:
         raise BadInputError(f"--precision fp16 needs a CUDA GPU (device is {device.type}); use fp32 or bf16")
     return Precision("fp16", torch.float16, True)
-
-
-def setup_backend(device: torch.device) -> None:
-    """Does nothing; kept until its callers drop it.
-
-    It used to switch TF32 on process-wide, which made ``--precision fp32`` run TF32 and changed
-    the numerics of a library user's other models: TF32 is now set per :class:`Precision`, inside
-    :meth:`Precision.autocast` and :meth:`Precision.tf32_scope`, and restored after.
-    """

@@ -53,6 +53,7 @@ from gptclf.batching import collate, sorted_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
+from gptclf.errors import BadInputError
 from gptclf.model import Block
 from gptclf.tokenizer import EOT_ID
 
@@ -236,6 +237,27 @@ def place_caches(
         else:
             placed[name] = "disk"
     return {name: placed[name] for name in sizes}
+
+
+def check_spill_space(nbytes: int, spill_dir: Path | None = None) -> None:
+    """Refuse a cache that cannot fit on the disk it spills to, before any of it is computed.
+
+    A memory-mapped file on a full disk does not fail politely: the write that finds no space
+    kills the process with SIGBUS. So the room is checked up front.
+
+    Raises:
+        BadInputError: Less free space in the spill folder than the caches placed on disk need.
+    """
+    if nbytes <= 0:
+        return
+    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise BadInputError(
+            f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk in {folder} beyond "
+            f"--cache-memory, and {free / 2**20:,.0f} MiB are free: raise --cache-memory, free some "
+            "space, point TMPDIR at a larger disk, or pass --no-cache"
+        )
 
 
 def remove_stale_caches(
@@ -567,6 +589,7 @@ def make_sources(
     # previous left and the shares would add up.
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     placement = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=shard.local_world_size)
+    check_spill_space(sum(n for name, n in sizes.items() if placement[name] == "disk"), spill_dir)
     sources: dict[str, Source] = {}
     try:
         for name, ids in splits.items():

@@ -22,7 +22,7 @@ import torch
 from gptclf.batching import collate, encode_texts, sorted_batches
 from gptclf.checkpoint import LoadedRun
 from gptclf.classifier import Classifier
-from gptclf.device import Precision, resolve_device, resolve_precision, setup_backend
+from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.features import pooled_logits
 
@@ -191,7 +191,6 @@ class Predictor:
         self.run = run
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        setup_backend(self.device)
         self.model = run.model.to(self.device).eval()
         self.batch_size = batch_size
         self.chunk_size = chunk_size

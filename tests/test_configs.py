@@ -114,7 +114,7 @@ def test_sizes(text: str, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["lots", "3ib", "2i", "1.5.3G", "GB", "", "-1G", "4 PB", "1e9"])
 def test_bad_size(text: str) -> None:
-    with pytest.raises(BadInputError, match="is not a size: write e.g. 2GB"):
+    with pytest.raises(BadInputError, match=r"is not a size: write e\.g\. 2GB"):
         parse_size(text)
 
 

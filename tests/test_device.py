@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from gptclf.device import resolve_device, resolve_precision, setup_backend
+from gptclf.device import resolve_device, resolve_precision
 from gptclf.errors import BadInputError
 
 CPU = torch.device("cpu")
@@ -64,8 +64,7 @@ def test_fp32_means_fp32_and_tf32_is_scoped(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setattr(torch.version, "hip", None)
     before = _tf32_state()
-    setup_backend(cuda)  # what constructing a Predictor and starting a finetune call
-    assert _tf32_state() == before  # no process-wide change
+    assert _tf32_state() == before  # resolving a precision changes nothing process-wide
     fp32, auto, tf32 = (resolve_precision(spec, cuda) for spec in ("fp32", "auto", "tf32"))
     assert (fp32.name, fp32.tf32, auto.name, auto.tf32, tf32.name, tf32.tf32) == (
         "fp32", False, "bf16", True, "tf32", True

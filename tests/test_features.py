@@ -16,7 +16,14 @@ from gptclf.batching import collate
 from gptclf.classifier import frozen_prefix, parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
-from gptclf.features import FeatureCache, TokenSource, make_sources, place_caches, pooled_logits
+from gptclf.features import (
+    FeatureCache,
+    TokenSource,
+    check_spill_space,
+    make_sources,
+    place_caches,
+    pooled_logits,
+)
 from tests.conftest import REPO
 from tests.finetune_helpers import synthetic_ids, tiny_classifier
 
@@ -301,3 +308,18 @@ def test_a_killed_builds_cache_folder_is_removed_by_the_next_build(tmp_path: Pat
     assert sources["train"].location == "disk"  # type: ignore[attr-defined]
     sources["train"].close()
     assert sorted(p.name for p in spill.iterdir()) == sorted([alive.name, other.name])
+
+
+def test_a_cache_that_cannot_fit_on_its_spill_disk_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """A memory-mapped cache on a full disk dies of SIGBUS mid-write: its room is checked first."""
+    from gptclf.errors import BadInputError
+    from tests.fault_helpers import tmpfs
+
+    model = tiny_classifier(["a", "b"], seed=0)
+    ids, _ = synthetic_ids(200, 2, seed=1, max_len=60)  # ~6,000 tokens x 32 floats: ~0.8 MB
+    with tmpfs(tmp_path / "small", "256k") as disk, pytest.raises(BadInputError, match="MiB on disk in"):
+        make_sources(
+            model, {"train": ids}, scope_prefix=1, use_cache=True, device=CPU, precision=FP32,
+            cache_memory=0, spill_dir=disk,
+        )  # fmt: skip
+    check_spill_space(0, tmp_path)  # nothing on disk: nothing to check

@@ -47,6 +47,16 @@ def test_read_only_folder_is_refused(tmp_path: Path) -> None:
         locked.chmod(0o755)
 
 
+def test_a_read_only_file_system_is_refused_even_for_root(tmp_path: Path) -> None:
+    from tests.fault_helpers import tmpfs
+
+    table = write_table(tmp_path / "data.csv", rows_of({"pos": 30, "neg": 20}))
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+        result = run("--input", table, "--out", disk / "prepared")
+    assert result.exit_code == 2 and "cannot write into" in one_line(result), result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_no_debris(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
