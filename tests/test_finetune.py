@@ -15,6 +15,7 @@ from gptclf.data import read_prepared
 from gptclf.errors import BadInputError
 from gptclf.features import TokenSource
 from gptclf.finetune import finetune
+from gptclf.progress import TrainProgress
 from gptclf.report import history_csv, write_curves
 from gptclf.resume import CHECKPOINT_NAME, save_checkpoint
 from gptclf.runconfig import build_settings
@@ -155,3 +156,43 @@ def test_history_csv_and_curves_without_matplotlib(tmp_path: Path, monkeypatch: 
     assert history_csv(rows).splitlines() == [",".join(HISTORY_COLUMNS), "1,3,0.5,,0.25,1.0,1.0,0.001,2.0"]
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     assert write_curves(tmp_path, rows, 3) is False and not list(tmp_path.iterdir())
+
+
+def test_finetune_says_when_curves_are_skipped_for_want_of_matplotlib(
+    data3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util as util
+
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    said = Said()
+    finetune(settings(data3, tmp_path / "run", epochs=1), progress=said)
+    assert any(m.startswith("curves.png skipped: matplotlib is not installed") for m in said.lines)
+    assert not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
+    import datetime
+
+    from gptclf.resume import load_checkpoint
+
+    bad = tmp_path / CHECKPOINT_NAME
+    # Not a tensor state: torch's weights_only loader refuses it with a many-line explanation.
+    torch.save({"version": 1, "when": datetime.date(2026, 1, 1)}, bad)
+    for content in (None, b"PK\x03\x04 not really a zip file"):
+        if content is not None:
+            bad.write_bytes(content)
+        with pytest.raises(BadInputError) as info:
+            load_checkpoint(bad)
+        message = str(info.value)
+        assert "\n" not in message and "is not a readable gptclf checkpoint" in message
+        assert "--force" in message
+
+
+class Said(TrainProgress):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
