@@ -10,10 +10,32 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 #: Seconds between plain progress lines when stderr is not a terminal (evaluations always print).
 PLAIN_INTERVAL = 30.0
+
+
+class Progress:
+    """Receives the progress of long steps (downloads, cache builds, evaluations, training).
+
+    Every method does nothing here, so library calls stay silent; the command line passes a
+    subclass that draws a bar on a terminal and prints plain lines otherwise. One step runs at a
+    time: :meth:`begin`, any number of :meth:`advance`, :meth:`end`.
+    """
+
+    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        """A step named ``label`` starts: ``total`` units of ``unit`` if known, ``done`` already."""
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        """``n`` more units are done; ``fields`` (e.g. ``loss=0.31``) are shown beside the bar."""
+
+    def end(self) -> None:
+        """The step ended (normally or not)."""
+
+    def message(self, text: str) -> None:
+        """Something worth telling a person."""
 
 
 class TrainProgress:
@@ -55,7 +77,7 @@ class ConsoleProgress(TrainProgress):
         self.console = console
         self.interval = interval
         self.live = console.is_terminal
-        self._bar: Progress | None = None
+        self._bar: RichProgress | None = None
         self._task: Any = None
         self._epochs = 0
         self._total = 0
@@ -71,7 +93,7 @@ class ConsoleProgress(TrainProgress):
         self._epochs, self._total, self._first_step, self._step = epochs, total_steps, done_steps, done_steps
         self._started = self._last_line = time.monotonic()
         if self.live:
-            self._bar = Progress(
+            self._bar = RichProgress(
                 TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
