@@ -16,11 +16,13 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from cli.common import err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, GptclfError
+from gptclf.progress import Progress
 
 
 def _fmt(value: float | None) -> str:
@@ -78,6 +80,22 @@ def _show(table: Table) -> None:
 
 #: A width no table reaches, to measure the one it needs.
 _UNLIMITED = 100_000
+
+
+class _BarProgress(Progress):
+    """A transient bar on a terminal for the evaluation pass."""
+
+    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self._bar = RichProgress(*columns, console=err_console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total, completed=done)
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self._bar.advance(self._task, n)
+
+    def end(self) -> None:
+        self._bar.stop()
 
 
 @handle_errors
@@ -152,13 +170,9 @@ def evaluate(
     err_console.print(
         f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name})"
     )
-    if err_console.is_terminal:
-        columns = (TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task("evaluate", total=len(labelled.texts))
-            metrics = run_evaluation(predictor, labelled, on_batch=lambda n: progress.advance(task, n))
-    else:
-        metrics = run_evaluation(predictor, labelled)
+    metrics = run_evaluation(
+        predictor, labelled, progress=_BarProgress() if err_console.is_terminal else None
+    )
     if metrics["truncated"]:
         err_console.print(
             f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"

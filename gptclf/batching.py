@@ -1,8 +1,12 @@
-"""Tokenised examples, length-aware batches, and collation to (input_ids, lengths).
+"""Tokenised examples, length-aware batches, collation to (input_ids, lengths), and the sources
+that turn a batch's indices into model inputs on a device.
 
 Each batch is right-padded to its own longest text only. Training batches group texts of similar
 length (so padding stays small) and are shuffled among themselves every epoch from the seed;
-evaluation and prediction sort by length and the caller restores the original order.
+evaluation and prediction sort by length and the caller restores the original order
+(:mod:`gptclf.inference`). A :class:`Source` gives a batch's model inputs: token ids
+(:class:`TokenSource`) or hidden states cached after the frozen first blocks
+(:class:`gptclf.features.FeatureCache`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import tiktoken
 import torch
@@ -107,3 +112,56 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class Batch:
+    """One batch of model inputs: token ids, or cached hidden states entering ``start_block``.
+
+    Attributes:
+        input_ids: (B, T) token ids, or None when ``hidden`` is given.
+        hidden: (B, T, C) hidden states after block ``start_block - 1``, or None.
+        lengths: (B,) real tokens per text.
+        start_block: First block to run.
+    """
+
+    input_ids: torch.Tensor | None
+    hidden: torch.Tensor | None
+    lengths: torch.Tensor
+    start_block: int
+
+
+class Source(Protocol):
+    """Anything that turns a list of example indices into a :class:`Batch` on a device."""
+
+    lengths: list[int]
+    start_block: int
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> Batch: ...
+
+    def close(self) -> None: ...
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device``; through pinned memory without blocking on CUDA."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+class TokenSource:
+    """Token-id batches, right-padded to the batch's longest text (or to ``pad_to``)."""
+
+    start_block = 0
+
+    def __init__(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> None:
+        self.ids = ids
+        self.lengths = [len(x) for x in ids]
+        self.pad_to = pad_to
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
+        input_ids, lengths = collate([self.ids[i] for i in indices], EOT_ID, self.pad_to)
+        return Batch(to_device(input_ids, device), None, to_device(lengths, device), 0)
+
+    def close(self) -> None:
+        """Nothing to release."""

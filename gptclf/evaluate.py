@@ -8,7 +8,6 @@ the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from gptclf.data import SPLITS, label_ids, load_table, prepared_fingerprint, rea
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
+from gptclf.progress import Progress
 
 
 @dataclass
@@ -111,15 +111,13 @@ def file_data(
     return _labelled(table.frame, run.classes, str(path), source)
 
 
-def evaluate(
-    predictor: Predictor, data: LabelledData, on_batch: Callable[[int], None] | None = None
-) -> dict[str, Any]:
+def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None = None) -> dict[str, Any]:
     """Metrics of the predictor's run on ``data``.
 
     Args:
         predictor: The loaded run, on its device and precision.
         data: Texts and true labels.
-        on_batch: Called with the size of each finished batch (for progress).
+        progress: Shows the pass.
 
     Returns:
         A JSON-ready dict: ``run``, ``source``, ``truncated`` (texts cut to the run's max length),
@@ -127,7 +125,7 @@ def evaluate(
         ``accuracy``, ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``).
     """
     before = predictor.n_truncated
-    logits = predictor.logits(data.texts, on_batch=on_batch)
+    logits = predictor.logits(data.texts, progress=progress)
     metrics = classification_metrics(logits, data.labels, predictor.classes)
     return {
         "run": str(predictor.run.path),

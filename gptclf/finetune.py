@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptclf.batching import encode_texts
+from gptclf.batching import Source, encode_texts
 from gptclf.checkpoint import build_run_info, save_run
-from gptclf.classifier import Classifier, apply_scope, frozen_prefix, replace_head
+from gptclf.classifier import Classifier, apply_scope, replace_head
 from gptclf.data import label_ids, prepared_fingerprint, read_prepared
 from gptclf.download import Progress, ensure_tokenizer, ensure_weights
 from gptclf.errors import BadInputError, Interrupted, write_error
-from gptclf.features import FeatureCache, Source, make_sources
+from gptclf.features import FeatureCache, make_sources
 from gptclf.fileio import atomic_write_json
 from gptclf.prepare import prepare
 from gptclf.progress import TrainProgress
@@ -203,7 +203,7 @@ def _finetune(
     sources = make_sources(
         model,
         ids,
-        scope_prefix=frozen_prefix(model.gpt, p.scope),
+        scope=p.scope,
         use_cache=settings.cache,
         device=p.device,
         precision=p.precision,
@@ -212,6 +212,7 @@ def _finetune(
         pad_to=pad_length,
         shard=shard,
         note=progress.message,
+        progress=progress,
     )
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(sources)

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tiktoken
 import torch
 
-from gptclf.batching import collate, encode_texts, sorted_batches
+from gptclf.batching import TokenSource, encode_texts
 from gptclf.checkpoint import LoadedRun
 from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.features import pooled_logits
+from gptclf.inference import batched_logits
+from gptclf.progress import Progress
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
@@ -95,12 +96,10 @@ def compute_logits(
     device: torch.device,
     precision: Precision,
     pad_to: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Class logits of ``texts``, in input order.
-
-    Texts are sorted longest first into batches (so each batch is padded to a similar length), and
-    each batch's logits are written back to the rows of its texts, which restores the input order.
+    """Class logits of ``texts``, in input order, through the one inference loop
+    (:func:`gptclf.inference.batched_logits`: length-sorted batches, order restored).
 
     Args:
         model: The classifier, already on ``device`` and in eval mode.
@@ -112,21 +111,21 @@ def compute_logits(
         precision: fp32, or the autocast type to run under.
         pad_to: Pad every batch to this length (a run trained with the book's fixed padding and
             ``last-position`` pooling reads position -1, so it must see the same padding).
-        on_batch: Called with the number of texts of each batch when it is done (for progress).
+        progress: Shows the pass.
 
     Returns:
         ``(logits, truncated)``: (N, K) float32 logits on the CPU, and how many texts were cut.
     """
     encoded = encode_texts(enc, texts, max_length)
-    logits = torch.empty(len(texts), len(model.classes), dtype=torch.float32)
-    with torch.inference_mode():
-        for batch in sorted_batches(encoded.lengths, batch_size):
-            ids, lengths = collate([encoded.ids[i] for i in batch], pad_to=pad_to)
-            with precision.autocast(device):
-                out = pooled_logits(model, ids.to(device, non_blocking=True), lengths.to(device))
-            logits[torch.as_tensor(batch)] = out.float().cpu()
-            if on_batch is not None:
-                on_batch(len(batch))
+    logits = batched_logits(
+        model,
+        TokenSource(encoded.ids, pad_to),
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        progress=progress,
+        label="classifying",
+    )
     return logits, encoded.truncated
 
 
@@ -203,7 +202,7 @@ class Predictor:
         """The run's class names, in the order of the probabilities."""
         return self.run.classes
 
-    def logits(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    def logits(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
         """(N, K) float32 logits of ``texts`` in input order; counts texts and truncations.
 
         Raises:
@@ -219,7 +218,7 @@ class Predictor:
             device=self.device,
             precision=self.precision,
             pad_to=self.run.pad_length,
-            on_batch=on_batch,
+            progress=progress,
         )
         if not torch.isfinite(out).all():
             raise GptclfError(

@@ -38,7 +38,7 @@ class Progress:
         """Something worth telling a person."""
 
 
-class TrainProgress:
+class TrainProgress(Progress):
     """Receives training events. This base class ignores them."""
 
     def start(self, total_steps: int, done_steps: int, epochs: int) -> None:

@@ -1,4 +1,5 @@
-"""Resumable training checkpoints and the Ctrl-C / SIGTERM handling that writes them.
+"""Resumable training checkpoints (``checkpoint.pt``: save, load, restore) and the Ctrl-C / SIGTERM
+handling that writes them.
 
 A checkpoint holds what training needs to continue exactly where it stopped: the trainable
 weights (the frozen ones come back from the same ``--weights``), the best weights so far, the
@@ -10,14 +11,18 @@ temporary name and renamed, so a second interrupt never leaves half a file, and 
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 
+from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.fileio import atomic_open
 
@@ -164,3 +169,95 @@ class InterruptGuard:
 def signal_name(signum: int) -> str:
     """``SIGINT``, ``SIGTERM`` or ``signal N``."""
     return {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+
+
+def data_signature(labels: Sequence[int], lengths: Sequence[int]) -> dict[str, Any]:
+    """What identifies a training set for resuming: its size and a hash of its labels and lengths.
+
+    A checkpoint continues only on the same texts: other data (re-prepared with another split or
+    seed) would give other batch groups, or a position past the end of an epoch.
+    """
+    digest = hashlib.sha256()
+    digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    digest.update(np.asarray(lengths, dtype=np.int64).tobytes())
+    return {"n": len(labels), "sha256": digest.hexdigest()}
+
+
+class Checkpointer:
+    """Saves the training state at the moments the loop chooses: rank 0 writes, every rank waits.
+
+    Args:
+        path: Where ``checkpoint.pt`` goes; None: no checkpoints.
+        extra: Stored as is (the caller's settings, its data's fingerprint).
+        shard: This process's place in a data-parallel job.
+    """
+
+    def __init__(self, path: Path | None, extra: dict[str, Any], shard: Shard) -> None:
+        self.path, self.extra, self.shard = path, extra, shard
+        self.saved_step: int | None = None
+
+    def save(self, state: Callable[[], dict[str, Any]], step: int) -> None:
+        """Save ``state()`` once per step; every rank must call (the RNG states are gathered)."""
+        if self.path is None or self.saved_step == step:
+            return
+        rngs = self.shard.gather_objects(rng_state())
+        if self.shard.is_main:
+            save_checkpoint(self.path, {**state(), "extra": self.extra, "rng": rngs[0], "rng_ranks": rngs})
+        # A large checkpoint can take longer than --dist-timeout: the others wait on the slow group.
+        self.shard.slow_barrier()
+        self.saved_step = step
+
+
+def _what_trains(train: dict[str, Any]) -> dict[str, Any]:
+    """Training settings less those that only say when checkpoints are saved."""
+    return {k: v for k, v in train.items() if k != "checkpoint_every"}
+
+
+def restore_training(
+    state: dict[str, Any],
+    *,
+    train: dict[str, Any],
+    data: dict[str, Any],
+    named: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    shard: Shard,
+) -> None:
+    """Put a checkpoint's tensors back: trainable weights, optimizer, scaler, this rank's RNG.
+
+    Args:
+        state: What :func:`load_checkpoint` read.
+        train: The training settings of this run (``TrainConfig.to_dict()``).
+        data: The training set's signature (size and hash of labels and lengths).
+        named: The trainable parameters, by name.
+        optimizer: The optimizer to load.
+        scaler: The gradient scaler; a run may resume in another precision, so a scaler state
+            is loaded only where both sides have one.
+        shard: This process's rank and the world size.
+
+    Raises:
+        BadInputError: Other training settings, another world size, other training data, or
+            trainable weights that do not fit.
+    """
+    # How often checkpoints are written does not change what is computed: it may differ.
+    if _what_trains(state.get("train") or {}) != _what_trains(train):
+        raise BadInputError("the checkpoint was written with other training settings; keep them on --resume")
+    check_world_size(state, shard.world_size)
+    saved_data = state.get("data")
+    if saved_data is not None and saved_data != data:
+        raise BadInputError(
+            f"the training data differ from those of the interrupted run ({saved_data['n']} texts then, "
+            f"{data['n']} now, or other texts): resume with the data it was trained on, "
+            "or start again with --force"
+        )
+    saved = state["trainable"]
+    if sorted(saved) != sorted(n for n, _ in named) or any(saved[n].shape != p.shape for n, p in named):
+        raise BadInputError("the checkpoint's trainable weights do not fit this model and scope")
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(saved[n])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler.is_enabled() and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    ranks = state.get("rng_ranks")
+    restore_rng(ranks[shard.rank] if ranks else state["rng"])

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,25 +28,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from gptclf.batching import sorted_batches, train_batches
+from gptclf.batching import Source, train_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
-from gptclf.distributed import Shard, wrap_ddp
-from gptclf.errors import BadInputError, Interrupted, TrainingError
-from gptclf.features import BatchLogits, Source, to_device
+from gptclf.distributed import Shard
+from gptclf.errors import BadInputError, Interrupted
+from gptclf.inference import batched_logits
 from gptclf.metrics import classification_metrics
-from gptclf.progress import TrainProgress
-from gptclf.resume import (
-    InterruptGuard,
-    check_world_size,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-    signal_name,
-)
+from gptclf.progress import Progress, TrainProgress
+from gptclf.resume import Checkpointer, InterruptGuard, data_signature, restore_training, signal_name
 from gptclf.runconfig import TrainConfig
+from gptclf.step import Stepper
 
 #: Columns of history.csv, in order.
 HISTORY_COLUMNS = (
@@ -115,46 +106,32 @@ def evaluate(
     batch_size: int = 32,
     shard: Shard = Shard(),  # frozen, so one shared default is safe
     between_batches: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "evaluating",
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics of ``model`` on the whole of ``data``.
-
-    Batches are sorted by length (little padding); logits go back to their texts' rows. Under DDP
-    each rank runs every ``world_size``-th of the same batches and the logits are summed over the
-    ranks (each row is non-zero on one rank only): every rank gets all the logits, computed in
-    the same batches as by one process, hence the same metrics.
+    """Metrics of ``model`` on the whole of ``data``, through the one inference loop
+    (:func:`gptclf.inference.batched_logits`: the same batches as ``gptclf evaluate``).
 
     Args:
         between_batches: Called before each batch (e.g. to stop on a signal by raising).
+        progress: Shows the pass as ``label``.
 
     Returns:
         ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
         float32 logits in input order.
     """
-    logits = torch.zeros(len(data), len(model.classes), dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for indices in shard.take(sorted_batches(data.source.lengths, batch_size)):
-                if between_batches is not None:
-                    between_batches()
-                batch = data.source.batch(indices, device)
-                with precision.autocast(device):
-                    out = batch.logits(model)
-                logits[torch.as_tensor(indices)] = out.float().cpu()
-    finally:
-        model.train(was_training)
-    shard.all_sum(logits)
+    logits = batched_logits(
+        model,
+        data.source,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        shard=shard,
+        between_batches=between_batches,
+        progress=progress,
+        label=label,
+    )
     return classification_metrics(logits, data.labels, model.classes), logits.numpy()
-
-
-def class_weights(labels: list[int], num_classes: int, mode: str) -> torch.Tensor | None:
-    """Loss weight per class: None for ``none``; n / (K * count) for ``balanced`` (1 if absent)."""
-    if mode == "none":
-        return None
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
-    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 def _score(metrics: dict[str, Any], monitor: str) -> tuple[float, ...]:
@@ -182,29 +159,6 @@ class _Loop:
     run_seen: int = 0
     elapsed: float = 0.0
     stopped: bool = False  # early stopping ended training
-
-
-def _what_trains(train: dict[str, Any]) -> dict[str, Any]:
-    """Training settings less those that only say when checkpoints are saved."""
-    return {k: v for k, v in train.items() if k != "checkpoint_every"}
-
-
-def stats_dtype(device: torch.device) -> torch.dtype:
-    """The type of a step's summed loss and counts: float64, but float32 on MPS, which has no
-    float64 (the counts stay exact in float32 up to 2**24 texts a step)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def data_signature(train: LabelledSet) -> dict[str, Any]:
-    """What identifies a training set for resuming: its size and a hash of its labels and lengths.
-
-    A checkpoint continues only on the same texts: other data (re-prepared with another split or
-    seed) would give other batch groups, or a position past the end of an epoch.
-    """
-    digest = hashlib.sha256()
-    digest.update(np.asarray(train.labels, dtype=np.int64).tobytes())
-    digest.update(np.asarray(train.source.lengths, dtype=np.int64).tobytes())
-    return {"n": len(train), "sha256": digest.hexdigest()}
 
 
 def fit(
@@ -265,26 +219,31 @@ def fit(
     with InterruptGuard() if own else contextlib.nullcontext(guard) as active:
         if active is not None:
             active.deferring = True
-        return trainer.run(_Saver(checkpoint, extra or {}, shard), active, progress or TrainProgress())
+        saver = Checkpointer(checkpoint, extra or {}, shard)
+        return trainer.run(saver, active, progress or TrainProgress())
 
 
-class _Saver:
-    """Writes checkpoints (rank 0) and makes every rank wait until the file is complete."""
+class BestKeeper:
+    """Keeps the weights of the best evaluation so far and counts evaluations without progress.
 
-    def __init__(self, path: Path | None, extra: dict[str, Any], shard: Shard) -> None:
-        self.path, self.extra, self.shard = path, extra, shard
-        self.saved_step: int | None = None
+    Its position (best score, best row, evaluations since) lives in the loop's state, which
+    checkpoints carry; the weights are a CPU copy of the trainable tensors.
+    """
 
-    def save(self, state: Callable[[], dict[str, Any]], step: int) -> None:
-        """Save ``state()`` once per step; every rank must call (the RNG states are gathered)."""
-        if self.path is None or self.saved_step == step:
-            return
-        rngs = self.shard.gather_objects(rng_state())
-        if self.shard.is_main:
-            save_checkpoint(self.path, {**state(), "extra": self.extra, "rng": rngs[0], "rng_ranks": rngs})
-        # A large checkpoint can take longer than --dist-timeout: the others wait on the slow group.
-        self.shard.slow_barrier()
-        self.saved_step = step
+    def __init__(self, loop: _Loop, monitor: str, patience: int | None) -> None:
+        self.loop, self.monitor, self.patience = loop, monitor, patience
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, metrics: dict[str, Any], row: dict[str, Any], snapshot: Callable[[], Any]) -> bool:
+        """Record an evaluation; True when early stopping says stop."""
+        loop = self.loop
+        score = list(_score(metrics, self.monitor))
+        if loop.best_score is None or score > loop.best_score:
+            loop.best_score, loop.best_row, loop.bad_evals = score, row, 0
+            self.state = snapshot()
+            return False
+        loop.bad_evals += 1
+        return self.patience is not None and loop.bad_evals >= self.patience
 
 
 class _Trainer:
@@ -303,65 +262,34 @@ class _Trainer:
     ) -> None:
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
         self.device, self.precision, self.seed, self.shard = device, precision, seed, shard
-        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.forward = wrap_ddp(BatchLogits(model), device, shard)
-        # The fused kernel is several times faster than the default per-tensor loop, on a CPU too.
-        fused = True if device.type in ("cpu", "cuda") else None
-        self.optimizer = torch.optim.AdamW(
-            [p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.weights = class_weights(train.labels, len(model.classes), cfg.class_weights)
-        self.weights_dev = None if self.weights is None else self.weights.to(device)
-        self.labels = torch.as_tensor(train.labels, dtype=torch.long)
+        self.stepper = Stepper(model, train.source, train.labels, cfg, device, precision, shard)
+        self.named = self.stepper.named
         self.group_size = cfg.batch_size * cfg.grad_accum * shard.world_size
         self.total = cfg.epochs * math.ceil(len(train) / self.group_size)
-        self.data = data_signature(train)
+        self.data = data_signature(train.labels, train.source.lengths)
         self.loop = _Loop()
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best = BestKeeper(self.loop, cfg.monitor, cfg.early_stop)
         self.signal: int | None = None  # a signal that some rank received, as of the last step
-        self.stats_dtype = stats_dtype(device)
         self.started = time.monotonic()
         torch.manual_seed(seed)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: weights, optimizer, scaler, RNG and position.
-
-        Raises:
-            BadInputError: Other training settings, another world size, other training data, or
-                trainable weights that do not fit.
-        """
-        # How often checkpoints are written does not change what is computed: it may differ.
-        if _what_trains(state.get("train") or {}) != _what_trains(self.cfg.to_dict()):
-            raise BadInputError(
-                "the checkpoint was written with other training settings; keep them on --resume"
-            )
-        check_world_size(state, self.shard.world_size)
-        saved_data = state.get("data")
-        if saved_data is not None and saved_data != self.data:
-            raise BadInputError(
-                f"the training data differ from those of the interrupted run ({saved_data['n']} texts then, "
-                f"{self.data['n']} now, or other texts): resume with the data it was trained on, "
-                "or start again with --force"
-            )
-        saved = state["trainable"]
-        if sorted(saved) != sorted(n for n, _ in self.named) or any(
-            saved[n].shape != p.shape for n, p in self.named
-        ):
-            raise BadInputError("the checkpoint's trainable weights do not fit this model and scope")
-        with torch.no_grad():
-            for n, p in self.named:
-                p.copy_(saved[n])
-        self.optimizer.load_state_dict(state["optimizer"])
-        # A run may resume in another precision: a scaler state only where both sides have one.
-        if self.scaler.is_enabled() and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        ranks = state.get("rng_ranks")
-        restore_rng(ranks[self.shard.rank] if ranks else state["rng"])
+        """Continue from a checkpoint: weights, optimizer, scaler, RNG (:func:`restore_training`),
+        then the loop's position and the best weights so far."""
+        restore_training(
+            state,
+            train=self.cfg.to_dict(),
+            data=self.data,
+            named=self.named,
+            optimizer=self.stepper.optimizer,
+            scaler=self.stepper.scaler,
+            shard=self.shard,
+        )
         self.loop = _Loop(**state["loop"])
-        self.best_state = state["best"]
+        self.best = BestKeeper(self.loop, self.cfg.monitor, self.cfg.early_stop)
+        self.best.state = state["best"]
 
-    def run(self, saver: _Saver, guard: InterruptGuard | None, progress: TrainProgress) -> History:
+    def run(self, saver: Checkpointer, guard: InterruptGuard | None, progress: TrainProgress) -> History:
         """The epochs, flat: for each epoch, for each batch group: a step, maybe an evaluation,
         maybe a checkpoint. Ends after the last epoch, on early stopping, on a signal (after
         saving) or on a non-finite loss."""
@@ -417,69 +345,29 @@ class _Trainer:
 
     def restore_best(self) -> None:
         """Put the kept (best) weights back into the model."""
-        if self.best_state is not None:
+        if self.best.state is not None:
             with torch.no_grad():
                 for n, p in self.named:
-                    p.copy_(self.best_state[n])
+                    p.copy_(self.best.state[n])
 
     def elapsed(self) -> float:
         """Training seconds over every resumed part."""
         return self.loop.elapsed + time.monotonic() - self.started
 
     def step(self, indices: list[int], lr: float, epoch_groups: int, guard: InterruptGuard | None) -> None:
-        """One optimizer step over a group of ``batch_size * grad_accum * world_size`` texts."""
-        cfg, loop, shard = self.cfg, self.loop, self.shard
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        # The denominator is the whole group's (over every rank), so each micro-batch's gradient
-        # is its share of one large batch's mean loss; DDP averages over ranks, hence world_size.
-        group_labels = self.labels[indices]
-        denom = float(self.weights[group_labels].sum()) if self.weights is not None else float(len(indices))
-        mine = shard.take(indices)
-        micros = [mine[start : start + cfg.batch_size] for start in range(0, len(mine), cfg.batch_size)]
-        # A last group smaller than the world leaves some ranks nothing; they still run one text
-        # with a zero loss weight, because every rank must take part in the gradient sync.
-        scale = shard.world_size / denom if micros else 0.0
-        self.forward.train()
-        # [summed loss, correct, SIGINTs, SIGTERMs] over the ranks: one small collective per step.
-        stats = torch.zeros(4, dtype=self.stats_dtype, device=self.device)
-        for n, micro in enumerate(micros or [indices[:1]]):
-            batch = self.train.source.batch(micro, self.device)
-            y = to_device(self.labels[micro], self.device)
-            # Only the last micro-batch's backward syncs: DDP then reduces the accumulated gradient.
-            last = n == max(len(micros), 1) - 1
-            sync = self.forward.no_sync() if shard.distributed and not last else contextlib.nullcontext()
-            # TF32 (--precision tf32 or auto on CUDA) for the backward too, which runs outside autocast.
-            with sync, self.precision.tf32_scope(self.device):
-                with self.precision.autocast(self.device):
-                    logits = self.forward(batch.input_ids, batch.lengths, batch.hidden, batch.start_block)
-                ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")
-                self.scaler.scale(ce * scale).backward()
-            if micros:
-                # Reported on the footing of the validation loss: plain, unweighted cross-entropy.
-                plain = ce if self.weights is None else F.cross_entropy(logits.float(), y, reduction="sum")
-                stats[0] += plain.detach()
-                stats[1] += (logits.detach().argmax(dim=1) == y).sum()
+        """One optimizer step (:class:`gptclf.step.Stepper`), then the loop's counts."""
+        loop = self.loop
         pending = guard.signum if guard is not None else None
-        stats[2], stats[3] = float(pending == signal.SIGINT), float(pending == signal.SIGTERM)
-        loss, correct, sigints, sigterms = shard.all_sum(stats).tolist()  # the one host sync of a step
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss} at step {loop.step + 1} (epoch {loop.epoch + 1}, batch "
-                f"{loop.group + 1} of {epoch_groups}); stopped, the run directory was not written. "
-                "Try a lower --lr, --clip-grad 1.0 or --precision fp32"
-            )
-        self.signal = signal.SIGINT if sigints else signal.SIGTERM if sigterms else None
-        if cfg.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for _, p in self.named], cfg.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+
+        def where() -> str:
+            return f"step {loop.step + 1} (epoch {loop.epoch + 1}, batch {loop.group + 1} of {epoch_groups})"
+
+        result = self.stepper.step(indices, lr, pending, where)
+        self.signal = result.signal
         loop.step += 1
-        loop.run_loss += loss
+        loop.run_loss += result.loss
         loop.run_weight += len(indices)
-        loop.run_correct += int(correct)
+        loop.run_correct += result.correct
         loop.run_seen += len(indices)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -516,13 +404,7 @@ class _Trainer:
                 shard=self.shard,
             )
             row.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"], val_f1=metrics["macro_f1"])
-            score = list(_score(metrics, cfg.monitor))
-            if loop.best_score is None or score > loop.best_score:
-                loop.best_score, loop.best_row, loop.bad_evals = score, row, 0
-                self.best_state = self.snapshot()
-            else:
-                loop.bad_evals += 1
-                stop = cfg.early_stop is not None and loop.bad_evals >= cfg.early_stop
+            stop = self.best.offer(metrics, row, self.snapshot)
         row["elapsed"] = self.elapsed()
         loop.rows.append(row)
         progress.evaluated(row)
@@ -538,12 +420,12 @@ class _Trainer:
             "data": self.data,
             "loop": position,
             "trainable": self.snapshot(),
-            "best": self.best_state,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "best": self.best.state,
+            "optimizer": self.stepper.optimizer.state_dict(),
+            "scaler": self.stepper.scaler.state_dict(),
         }
 
-    def interrupt(self, saver: _Saver, signum: int) -> None:
+    def interrupt(self, saver: Checkpointer, signum: int) -> None:
         """Save a resumable checkpoint (rank 0) and raise :class:`Interrupted` on every rank."""
         saver.save(self.state, self.loop.step)
         where = f"saved a resumable checkpoint in {saver.path}" if saver.path else "nothing was saved"

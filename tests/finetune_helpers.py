@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gptclf.classifier import Classifier, apply_scope, parse_scope, replace_head
+from gptclf.batching import Batch
+from gptclf.classifier import Classifier, apply_scope, parse_scope, pool, replace_head
 from gptclf.config import GPTConfig
 from gptclf.model import build_model
 from gptclf.tokenizer import TOKENIZER_FILES, tokenizer_dir
@@ -94,3 +95,23 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Largest absolute difference between two states with the same keys."""
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def run_batch(model: Classifier, batch: Batch) -> torch.Tensor:
+    """The classifier's forward on a source's batch (token ids or cached hidden states)."""
+    return model(batch.input_ids, batch.lengths, hidden=batch.hidden, start_block=batch.start_block)
+
+
+def full_logits(
+    model: Classifier,
+    input_ids: torch.Tensor | None,
+    lengths: torch.Tensor,
+    hidden: torch.Tensor | None = None,
+    start_block: int = 0,
+) -> torch.Tensor:
+    """The logits computed the long way, without the last-token shortcut: every block at every
+    position, the final norm, the pooling, the head (the reference the shortcut must equal)."""
+    gpt = model.gpt
+    x = gpt.embed(input_ids) if hidden is None else hidden
+    x = gpt.transformer.ln_f(gpt.run_blocks(x, start_block))
+    return gpt.lm_head(pool(x, lengths, model.pooling))

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from gptclf.batching import collate
+from gptclf.cacheplan import cacheable_blocks
 from gptclf.classifier import (
     Classifier,
     LoRALinear,
     apply_scope,
-    frozen_prefix,
     merge_lora,
     parse_scope,
     pool,
@@ -72,15 +72,15 @@ def test_last_block_scope_trains_exactly_the_last_block_norm_and_head() -> None:
     }
     assert trained == {"h", "ln_f", "lm_head.weight", "lm_head.bias"}
     assert all(not p.requires_grad for p in gpt.transformer.h[0].parameters())
-    assert frozen_prefix(gpt, parse_scope("last-block")) == 1
-    assert frozen_prefix(gpt, parse_scope("head")) == 2
-    assert frozen_prefix(gpt, parse_scope("all")) == 0
-    assert frozen_prefix(gpt, parse_scope("lora")) == 0
+    assert cacheable_blocks(gpt, parse_scope("last-block")) == 1
+    assert cacheable_blocks(gpt, parse_scope("head")) == 2
+    assert cacheable_blocks(gpt, parse_scope("all")) == 0
+    assert cacheable_blocks(gpt, parse_scope("lora")) == 0
 
 
 def test_dropout_makes_the_frozen_part_uncacheable() -> None:
     gpt = build_model(GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64, dropout=0.1), seed=1)
-    assert frozen_prefix(gpt, parse_scope("last-block")) == 0
+    assert cacheable_blocks(gpt, parse_scope("last-block")) == 0
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_cached_start_equals_a_full_forward() -> None:
     model = tiny_classifier(["a", "b"], seed=2).eval()
     ids, lengths = collate([[1, 2, 3, 4], [5, 6]])
     with torch.no_grad():
-        hidden = model.trunk(ids, 1)
+        hidden = model(ids, lengths, stop_block=1)
         assert torch.allclose(
             model(None, lengths, hidden=hidden, start_block=1), model(ids, lengths), atol=1e-6
         )

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.classifier import frozen_prefix, parse_scope
+from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard, process_group
 from gptclf.features import make_sources
@@ -63,9 +63,8 @@ def _train(cfg: TrainConfig, shard: Shard) -> tuple[dict[str, torch.Tensor], lis
     model = tiny_classifier(["a", "b"], seed=7)
     train_ids, train_labels = synthetic_ids(43, 2, seed=1)
     val_ids, val_labels = synthetic_ids(17, 2, seed=2)
-    prefix = frozen_prefix(model.gpt, parse_scope("last-block"))
     sources = make_sources(
-        model, {"train": train_ids, "val": val_ids}, scope_prefix=prefix,
+        model, {"train": train_ids, "val": val_ids}, scope=parse_scope("last-block"),
         use_cache=True, device=CPU, precision=FP32, cache_memory=1 << 30, batch_size=4, shard=shard,
     )  # fmt: skip
     train, val = LabelledSet(sources["train"], train_labels), LabelledSet(sources["val"], val_labels)

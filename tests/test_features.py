@@ -12,23 +12,18 @@ import pytest
 import torch
 
 from gptclf import features
-from gptclf.batching import collate
-from gptclf.classifier import frozen_prefix, parse_scope
+from gptclf.batching import TokenSource, collate
+from gptclf.cacheplan import cacheable_blocks, check_spill_space, host_name, place_caches
+from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
-from gptclf.features import (
-    FeatureCache,
-    TokenSource,
-    check_spill_space,
-    make_sources,
-    place_caches,
-    pooled_logits,
-)
+from gptclf.features import FeatureCache, make_sources
 from tests.conftest import REPO
-from tests.finetune_helpers import synthetic_ids, tiny_classifier
+from tests.finetune_helpers import full_logits, run_batch, synthetic_ids, tiny_classifier
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
+LAST_BLOCK = parse_scope("last-block")  # the first of the tiny model's 2 blocks is cached
 
 
 def build(
@@ -58,14 +53,14 @@ def test_cache_holds_each_text_unpadded_and_repads_exactly() -> None:
     batch = cache.batch(picked, CPU)
     with torch.no_grad():
         input_ids, lengths = collate([ids[i] for i in picked])
-        direct = model.trunk(input_ids, 1)  # this batch's own padding, unlike the cache's batches
+        direct = model(input_ids, lengths, stop_block=1)  # this batch's own padding, unlike the cache's
     assert torch.equal(batch.lengths, lengths) and batch.start_block == 1 and batch.input_ids is None
     for row, n in enumerate(lengths.tolist()):
         assert torch.allclose(batch.hidden[row, :n], direct[row, :n], atol=1e-5)
         assert not batch.hidden[row, n:].any()  # zeros after the text
     with torch.no_grad():
-        cached_logits = batch.logits(model)
-        plain_logits = TokenSource(ids).batch(picked, CPU).logits(model)
+        cached_logits = run_batch(model, batch)
+        plain_logits = run_batch(model, TokenSource(ids).batch(picked, CPU))
     assert torch.allclose(cached_logits, plain_logits, atol=1e-5)
 
 
@@ -86,8 +81,8 @@ def test_budget_is_shared_between_splits(tmp_path: Path) -> None:
     one_split = sum(len(x) for x in ids) * 32 * 4
     model = tiny_classifier(["a", "b"], seed=4)
     sources = make_sources(
-        model, {"train": ids, "validation": ids}, scope_prefix=1, use_cache=True, device=CPU, precision=FP32,
-        cache_memory=one_split + 10, spill_dir=tmp_path,
+        model, {"train": ids, "validation": ids}, scope=LAST_BLOCK, use_cache=True, device=CPU,
+        precision=FP32, cache_memory=one_split + 10, spill_dir=tmp_path,
     )  # fmt: skip
     assert [s.location for s in sources.values()] == ["memory", "disk"]  # type: ignore[attr-defined]
     for source in sources.values():
@@ -116,14 +111,13 @@ def test_pad_to_pads_cached_batches_too() -> None:
 def test_cache_is_used_only_where_exact(scope: str, pooling: str, use_cache: bool, cached: bool) -> None:
     ids, _ = synthetic_ids(4, 2, seed=5)
     model = tiny_classifier(["a", "b"], scope=scope, pooling=pooling)
-    prefix = frozen_prefix(model.gpt, parse_scope(scope))
     sources = make_sources(
-        model, {"train": ids}, scope_prefix=prefix, use_cache=use_cache, device=CPU, precision=FP32,
+        model, {"train": ids}, scope=parse_scope(scope), use_cache=use_cache, device=CPU, precision=FP32,
         cache_memory=1 << 20,
     )  # fmt: skip
     assert isinstance(sources["train"], FeatureCache) is cached
     if cached:
-        assert sources["train"].start_block == prefix
+        assert sources["train"].start_block == cacheable_blocks(model.gpt, parse_scope(scope), pooling)
 
 
 def test_cpu_bf16_autocast_builds_a_close_cache() -> None:
@@ -147,7 +141,7 @@ def test_last_token_shortcut_equals_the_full_forward(scope: str) -> None:
                 p.normal_(0, 0.1)
     input_ids, lengths = collate(ids)
     grads = []
-    for forward in (lambda: pooled_logits(model, input_ids, lengths), lambda: model(input_ids, lengths)):
+    for forward in (lambda: model(input_ids, lengths), lambda: full_logits(model, input_ids, lengths)):
         model.zero_grad()
         logits = forward()
         (logits * torch.arange(1.0, 4.0)).sum().backward()
@@ -157,8 +151,9 @@ def test_last_token_shortcut_equals_the_full_forward(scope: str) -> None:
     for name, grad in grads[0].items():  # gradients reach ~10 here: compare relative to their size
         assert torch.allclose(grad, grads[1][name], rtol=1e-4, atol=1e-5), name
     with torch.no_grad():
-        hidden = model.trunk(input_ids, 1)
-        assert torch.allclose(pooled_logits(model, None, lengths, hidden, 1), grads[1]["logits"], atol=1e-5)
+        hidden = model(input_ids, lengths, stop_block=1)
+        cached = model(None, lengths, hidden=hidden, start_block=1)
+        assert torch.allclose(cached, grads[1]["logits"], atol=1e-5)
 
 
 def test_last_position_with_fixed_padding_is_cached_exactly() -> None:
@@ -167,13 +162,16 @@ def test_last_position_with_fixed_padding_is_cached_exactly() -> None:
     pad_to = max(len(x) for x in ids) + 3
     model = tiny_classifier(["a", "b"], pooling="last-position", seed=4).eval()
     kwargs = {"device": CPU, "precision": FP32, "cache_memory": 1 << 20, "pad_to": pad_to}
-    cached = make_sources(model, {"train": ids}, scope_prefix=1, use_cache=True, **kwargs)["train"]
-    plain = make_sources(model, {"train": ids}, scope_prefix=1, use_cache=False, **kwargs)["train"]
+    cached = make_sources(model, {"train": ids}, scope=LAST_BLOCK, use_cache=True, **kwargs)["train"]
+    plain = make_sources(model, {"train": ids}, scope=LAST_BLOCK, use_cache=False, **kwargs)["train"]
     assert isinstance(cached, FeatureCache) and isinstance(plain, TokenSource)
     picked = [4, 0, 7]
     with torch.no_grad():
         torch.testing.assert_close(
-            cached.batch(picked, CPU).logits(model), plain.batch(picked, CPU).logits(model), atol=1e-5, rtol=0
+            run_batch(model, cached.batch(picked, CPU)),
+            run_batch(model, plain.batch(picked, CPU)),
+            atol=1e-5,
+            rtol=0,
         )
 
 
@@ -213,7 +211,7 @@ def test_local_ranks_of_a_shard_share_cache_memory(tmp_path: Path) -> None:
     ids, _ = synthetic_ids(10, 2, seed=3)
     nbytes = sum(len(x) for x in ids) * 32 * 4
     model = tiny_classifier(["a", "b"], seed=4)
-    kwargs = {"scope_prefix": 1, "use_cache": True, "device": CPU, "precision": FP32, "spill_dir": tmp_path}
+    kwargs = {"scope": LAST_BLOCK, "use_cache": True, "device": CPU, "precision": FP32, "spill_dir": tmp_path}
     for local_ranks, where in ((1, "memory"), (2, "disk")):
         sources = make_sources(
             model,
@@ -247,7 +245,7 @@ def test_cuda_placement_measures_free_memory_once(monkeypatch: pytest.MonkeyPatc
     model.gpt.config = dataclasses.replace(model.gpt.config, n_embd=MIB // 4)  # 1 MiB per token
     splits = {"train": [[1] * 200, [2] * 100], "validation": [[3] * 150], "test": [[4] * 50] * 4}
     make_sources(
-        model, splits, scope_prefix=1, use_cache=True, device=torch.device("cuda", 0), precision=FP32,
+        model, splits, scope=LAST_BLOCK, use_cache=True, device=torch.device("cuda", 0), precision=FP32,
         cache_memory=1 << 40,
     )  # fmt: skip
     assert measured == [torch.device("cuda", 0)]
@@ -259,6 +257,7 @@ import sys, time
 from pathlib import Path
 import torch
 from gptclf.device import resolve_precision
+from gptclf.classifier import parse_scope
 from gptclf.features import make_sources
 from tests.finetune_helpers import synthetic_ids, tiny_classifier
 
@@ -270,8 +269,8 @@ class Slow(list):
 ids, _ = synthetic_ids(300, 2, seed=1)
 cpu = torch.device("cpu")
 make_sources(
-    tiny_classifier(["a", "b"]), {"train": Slow(ids)}, scope_prefix=1, use_cache=True, device=cpu,
-    precision=resolve_precision("fp32", cpu), cache_memory=0, spill_dir=Path(sys.argv[1]),
+    tiny_classifier(["a", "b"]), {"train": Slow(ids)}, scope=parse_scope("last-block"), use_cache=True,
+    device=cpu, precision=resolve_precision("fp32", cpu), cache_memory=0, spill_dir=Path(sys.argv[1]),
 )
 time.sleep(600)
 """
@@ -293,14 +292,14 @@ def test_a_killed_builds_cache_folder_is_removed_by_the_next_build(tmp_path: Pat
         child.wait()  # reaped: no zombie that would still count as alive
     (left,) = spill.glob("gptclf-cache-*")
     assert left.name.startswith(f"gptclf-cache-{child.pid}-") and (left / "states.f32").is_file()
-    alive = spill / f"gptclf-cache-{os.getpid()}-{features._host()}-live1234"  # this process's own
+    alive = spill / f"gptclf-cache-{os.getpid()}-{host_name()}-live1234"  # this process's own
     alive.mkdir()
     other = spill / "gptclf-cache-notours"
     other.mkdir()
     notes: list[str] = []
     ids, _ = synthetic_ids(5, 2, seed=1)
     sources = make_sources(
-        tiny_classifier(["a", "b"]), {"train": ids}, scope_prefix=1, use_cache=True, device=CPU,
+        tiny_classifier(["a", "b"]), {"train": ids}, scope=LAST_BLOCK, use_cache=True, device=CPU,
         precision=FP32, cache_memory=0, spill_dir=spill, note=notes.append,
     )  # fmt: skip
     assert not left.exists() and alive.is_dir() and other.is_dir()
@@ -319,7 +318,7 @@ def test_a_cache_that_cannot_fit_on_its_spill_disk_is_refused_before_it_is_built
     ids, _ = synthetic_ids(200, 2, seed=1, max_len=60)  # ~6,000 tokens x 32 floats: ~0.8 MB
     with tmpfs(tmp_path / "small", "256k") as disk, pytest.raises(BadInputError, match="MiB on disk in"):
         make_sources(
-            model, {"train": ids}, scope_prefix=1, use_cache=True, device=CPU, precision=FP32,
+            model, {"train": ids}, scope=LAST_BLOCK, use_cache=True, device=CPU, precision=FP32,
             cache_memory=0, spill_dir=disk,
         )  # fmt: skip
     check_spill_space(0, tmp_path)  # nothing on disk: nothing to check

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
+from gptclf.batching import TokenSource
 from gptclf.checkpoint import load_run
 from gptclf.data import read_prepared
 from gptclf.errors import BadInputError
-from gptclf.features import TokenSource
 from gptclf.finetune import finetune
 from gptclf.progress import TrainProgress
 from gptclf.report import history_csv, write_curves

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from gptclf.classifier import Classifier, LoRALinear, frozen_prefix, parse_scope
+from gptclf.classifier import Classifier, LoRALinear, parse_scope
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
@@ -45,7 +45,7 @@ def _run(
     val_ids, val_labels = synthetic_ids(17, 2, seed=2)
     sources = make_sources(
         model, {"train": train_ids, "validation": val_ids}, use_cache=cache, device=device,
-        scope_prefix=frozen_prefix(model.gpt, parse_scope("last-block")), precision=precision,
+        scope=parse_scope("last-block"), precision=precision,
         cache_memory=1 << 30,
     )  # fmt: skip
     if inf_grad:  # a finite loss whose backward overflows, as fp16 gradients can
@@ -97,8 +97,8 @@ def test_gpu_cache_lives_on_the_gpu_and_test_in_pinned_ram(cuda: torch.device) -
     model = tiny_classifier(["a", "b"], seed=4).to(cuda)
     ids, _ = synthetic_ids(20, 2, seed=1)
     sources = make_sources(
-        model, {"train": ids, "validation": ids, "test": ids}, scope_prefix=1, use_cache=True, device=cuda,
-        precision=resolve_precision("fp32", cuda), cache_memory=1 << 30,
+        model, {"train": ids, "validation": ids, "test": ids}, scope=parse_scope("last-block"),
+        use_cache=True, device=cuda, precision=resolve_precision("fp32", cuda), cache_memory=1 << 30,
     )  # fmt: skip
     caches = {name: s for name, s in sources.items() if isinstance(s, FeatureCache)}
     where = {name: (c.location, c.flat.device.type, c.flat.is_pinned()) for name, c in caches.items()}

@@ -12,15 +12,17 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.classifier import Classifier, frozen_prefix, parse_scope
+from gptclf.batching import Batch, TokenSource
+from gptclf.classifier import Classifier, parse_scope
 from gptclf.device import Precision, resolve_precision
 from gptclf.errors import BadInputError, Interrupted, TrainingError
-from gptclf.features import Batch, TokenSource, make_sources
+from gptclf.features import make_sources
 from gptclf.progress import TrainProgress
 from gptclf.resume import InterruptGuard, load_checkpoint
 from gptclf.runconfig import TrainConfig
-from gptclf.train import LabelledSet, Shard, class_weights, evaluate, fit, stats_dtype
-from tests.finetune_helpers import max_diff, synthetic_ids, tiny_classifier, trainable_state
+from gptclf.step import class_weights, stats_dtype
+from gptclf.train import LabelledSet, Shard, evaluate, fit
+from tests.finetune_helpers import max_diff, run_batch, synthetic_ids, tiny_classifier, trainable_state
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -38,9 +40,8 @@ def data(
     if flip_val:
         val_labels = [1 - y for y in val_labels]
     scope = "last-block" if any(p.requires_grad for p in model.gpt.transformer.h[-1].parameters()) else "all"
-    prefix = frozen_prefix(model.gpt, parse_scope(scope))
     sources = make_sources(
-        model, {"train": train_ids, "val": val_ids}, scope_prefix=prefix, use_cache=cache, device=CPU,
+        model, {"train": train_ids, "val": val_ids}, scope=parse_scope(scope), use_cache=cache, device=CPU,
         precision=FP32, cache_memory=1 << 30,
     )  # fmt: skip
     return LabelledSet(sources["train"], train_labels), LabelledSet(sources["val"], val_labels)
@@ -186,7 +187,7 @@ def test_evaluate_returns_logits_in_input_order() -> None:
     _, val = data(model)
     metrics, logits = evaluate(model, val, device=CPU, precision=FP32, batch_size=4)
     with torch.no_grad():
-        one_by_one = torch.cat([val.source.batch([i], CPU).logits(model) for i in range(len(val))])
+        one_by_one = torch.cat([run_batch(model, val.source.batch([i], CPU)) for i in range(len(val))])
     assert torch.allclose(torch.from_numpy(logits), one_by_one, atol=1e-5)
     assert metrics["n"] == 17 and 0 <= metrics["accuracy"] <= 1
 
@@ -239,17 +240,17 @@ def test_a_deferred_signal_waits_for_check() -> None:
 def test_checkpoints_at_every_epoch_end_every_n_steps_and_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptclf.train as train_module
+    import gptclf.resume as resume_module
 
     saved: list[tuple[int, int, bool]] = []
-    real = train_module.save_checkpoint
+    real = resume_module.save_checkpoint
 
     def record(path: Path, state: dict[str, Any]) -> None:
         loop = state["loop"]
         saved.append((loop["step"], loop["epoch"], loop["stopped"]))
         real(path, state)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", record)
+    monkeypatch.setattr(resume_module, "save_checkpoint", record)
     run(dataclasses.replace(CFG, epochs=2, checkpoint_every=4), checkpoint=tmp_path / "c.pt")
     # 6 steps an epoch: step 4, the end of epoch 1 (6), step 8, the end of epoch 2 (12) = the end.
     assert saved == [(4, 0, False), (6, 1, False), (8, 1, False), (12, 2, False)]
@@ -324,20 +325,20 @@ def test_step_sums_are_float32_on_mps_and_float64_elsewhere() -> None:
 
 def _slow_save_worker(rank: int, port: int, out: str) -> None:
     """Rank 0's checkpoint takes 4 s, twice the collective timeout; the others must wait for it."""
-    import gptclf.train as train_module
+    import gptclf.resume as resume_module
     from gptclf.distributed import process_group
 
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
-    real = train_module.save_checkpoint
+    real = resume_module.save_checkpoint
 
     def slow(path: Path, state: dict[str, Any]) -> None:
         time.sleep(4)
         real(path, state)
 
-    train_module.save_checkpoint = slow
+    resume_module.save_checkpoint = slow
     with process_group("cpu", timeout=2) as shard:
         model = tiny_classifier(["a", "b"], seed=7)
         train, val = data(model)

@@ -1,0 +1,119 @@
+"""The one batched-inference loop of gptclf.
+
+Validation during training, the frozen-trunk cache build, the test metrics of ``finetune``,
+``evaluate`` and ``predict`` all run their model through :func:`run_batches`: the texts are sorted
+longest first into batches (each padded only to its own longest text, so little padding), the model
+runs in eval mode under ``torch.inference_mode`` and the precision's autocast, each batch's inputs
+are copied to the device by its :class:`~gptclf.batching.Source`, and the caller receives each
+batch's output with the indices of its texts, which restores the input order. Under DDP every rank
+runs every ``world_size``-th of the same batches. Because every path shares these batches, the
+same texts give the same numbers wherever they are evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from gptclf.batching import Source, sorted_batches
+from gptclf.classifier import Classifier
+from gptclf.device import Precision
+from gptclf.distributed import Shard
+from gptclf.progress import Progress
+
+#: Receives each batch's output (logits, or hidden states) with the indices of its texts.
+Sink = Callable[[Sequence[int], torch.Tensor], None]
+
+
+def run_batches(
+    model: Classifier,
+    source: Source,
+    sink: Sink,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
+    stop_block: int | None = None,
+    between_batches: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "inference",
+) -> None:
+    """Run ``model`` over every text of ``source`` in length-sorted batches; hand each output to ``sink``.
+
+    Args:
+        model: The classifier, on ``device``; it runs in eval mode and is put back as it was.
+        source: The texts' model inputs (token ids, or cached hidden states).
+        sink: Called with each batch's indices and its output (on ``device``), outside autocast.
+        batch_size: Texts per forward pass.
+        device: Where the model runs.
+        precision: The autocast type (and TF32 setting) of the forward passes.
+        shard: This process's place in a data-parallel job: it runs its share of the batches.
+        stop_block: Return the hidden states after this many blocks instead of logits.
+        between_batches: Called before each batch (e.g. to stop on a signal by raising).
+        progress: Shown ``label`` with this rank's number of texts as the total.
+        label: What the progress calls this pass.
+    """
+    batches = shard.take(sorted_batches(source.lengths, batch_size))
+    progress = progress or Progress()
+    progress.begin(label, total=sum(len(b) for b in batches), unit="texts")
+    was_training = model.training
+    model.eval()
+    try:
+        for indices in batches:
+            if between_batches is not None:
+                between_batches()
+            with torch.inference_mode():
+                batch = source.batch(indices, device)
+                with precision.autocast(device):
+                    out = model(
+                        batch.input_ids,
+                        batch.lengths,
+                        hidden=batch.hidden,
+                        start_block=batch.start_block,
+                        stop_block=stop_block,
+                    )
+                sink(indices, out)
+            progress.advance(len(indices))
+    finally:
+        model.train(was_training)
+        progress.end()
+
+
+def batched_logits(
+    model: Classifier,
+    source: Source,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
+    between_batches: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "inference",
+) -> torch.Tensor:
+    """(N, K) float32 logits of every text of ``source``, on the CPU, in input order.
+
+    Under DDP each rank fills the rows of its batches and the logits are summed over the ranks
+    (each row is non-zero on one rank only): every rank gets all the logits, computed in the same
+    batches as by one process. Arguments are those of :func:`run_batches`.
+    """
+    logits = torch.zeros(len(source.lengths), len(model.classes), dtype=torch.float32)
+
+    def keep(indices: Sequence[int], out: torch.Tensor) -> None:
+        logits[torch.as_tensor(list(indices), dtype=torch.long)] = out.float().cpu()
+
+    run_batches(
+        model,
+        source,
+        keep,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        shard=shard,
+        between_batches=between_batches,
+        progress=progress,
+        label=label,
+    )
+    return shard.all_sum(logits)
