@@ -34,10 +34,10 @@ from common import (
     run_child,
 )
 
-from gptclf.checkpoint import build_run_info, save_run
 from gptclf.classifier import Classifier, TrainableScope, replace_head
 from gptclf.config import resolve_model
 from gptclf.model import build_model
+from gptclf.rundir import build_run_info, save_run
 from gptclf.weights import CONV1D_SUFFIXES
 
 CLASSES = ["ham", "spam"]

@@ -129,11 +129,11 @@ def evaluate(
     ),
 ) -> None:
     """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
-    from gptclf.checkpoint import load_run
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import Gates, file_data, split_data
     from gptclf.evaluate import evaluate as run_evaluation
     from gptclf.predict import Predictor
+    from gptclf.rundir import load_run
 
     refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
     if old_format is not None and input_format not in (None, old_format):

@@ -245,9 +245,9 @@ def predict(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
-    from gptclf.checkpoint import load_run
     from gptclf.distributed import refuse_distributed
     from gptclf.predict import Predictor, make_decision
+    from gptclf.rundir import load_run
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from gptclf.checkpoint import LoadedRun
 from gptclf.data import SPLITS, label_ids, load_table, prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
 from gptclf.progress import Progress
+from gptclf.rundir import LoadedRun
 
 
 @dataclass

@@ -20,12 +20,12 @@ import tiktoken
 import torch
 
 from gptclf.batching import TokenSource, encode_texts
-from gptclf.checkpoint import LoadedRun
 from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference import batched_logits
 from gptclf.progress import Progress
+from gptclf.rundir import LoadedRun
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
@@ -172,7 +172,7 @@ class Predictor:
         """Move the run's model to ``device``.
 
         Args:
-            run: A run from :func:`gptclf.checkpoint.load_run`.
+            run: A run from :func:`gptclf.rundir.load_run`.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a torch device.
             precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
             batch_size: Texts per forward pass.

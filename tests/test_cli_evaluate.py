@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.checkpoint import load_run
 from gptclf.data import prepared_fingerprint
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
+from gptclf.rundir import load_run
 from tests.conftest import needs_shared_bpe
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.test_predict import CLASSES, make_run, nan_run

@@ -15,8 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.checkpoint import load_run
 from gptclf.predict import Predictor
+from gptclf.rundir import load_run
 from tests.conftest import REPO, needs_shared_bpe
 from tests.test_predict import make_run, nan_run
 

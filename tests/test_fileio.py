@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptclf.checkpoint import save_weights
 from gptclf.fileio import (
     atomic_open,
     atomic_path,
@@ -26,6 +25,7 @@ from gptclf.fileio import (
     temp_file_pid,
     temp_path_for,
 )
+from gptclf.rundir import save_weights
 from tests.conftest import REPO
 
 TEMP_NAME = re.compile(r"^\.model\.safetensors\.gptclf-(\d+)-[0-9a-f]+\.tmp$")
@@ -137,7 +137,7 @@ from pathlib import Path
 
 import torch
 
-import gptclf.checkpoint as checkpoint
+import gptclf.rundir.files as files
 from gptclf.fileio import atomic_open
 
 target = Path(sys.argv[1])
@@ -152,8 +152,8 @@ else:
         (Path(path).parent / ".tmpAbC123").write_bytes(b"half a safetensors file")
         sys.stdin.read()
 
-    checkpoint.save_file = half_save
-    checkpoint.save_weights(target, {"w": torch.zeros(2)})
+    files.save_file = half_save
+    files.save_weights(target, {"w": torch.zeros(2)})
 """
 
 

@@ -26,25 +26,13 @@ from pathlib import Path
 
 from gptclf.errors import BadInputError, write_error
 from gptclf.resume import CHECKPOINT_NAME
+from gptclf.rundir.layout import INFO_FILE, RUN_FILES
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; a second run on the same --out is not detected
     fcntl = None  # type: ignore[assignment]
 
-#: Names a finished run writes; an old run's copies are never carried into a new run.
-RUN_FILES = frozenset(
-    {
-        "model.safetensors",
-        "run.json",
-        "encoder.json",
-        "vocab.bpe",
-        "metrics.json",
-        "history.csv",
-        "curves.png",
-        CHECKPOINT_NAME,
-    }
-)
 #: Suffix of the work folder: ``runs/sms`` is built in ``runs/.sms.partial``.
 WORK_SUFFIX = ".partial"
 #: Where the old run waits for removal on systems without an atomic exchange.
@@ -156,7 +144,7 @@ def check_out(out: Path, *, force: bool, resume: bool) -> None:
     interrupted = has_checkpoint(work) or has_checkpoint(out)
     if resume:
         if not interrupted:
-            done = (out / "run.json").is_file()
+            done = (out / INFO_FILE).is_file()
             what = "that run has finished" if done else f"{work} holds no {CHECKPOINT_NAME}"
             raise BadInputError(f"nothing to resume for {out}: {what}")
         return

@@ -1,16 +1,8 @@
-"""Self-describing run directory: save, load, validate.
+"""run.json: what it holds (:func:`build_run_info`), its one schema (:data:`RUN_SCHEMA`), and
+reading it back checked against that schema (:func:`read_run_info`).
 
-A run directory holds everything ``predict`` and ``evaluate`` need, and nothing else is read:
-
-- ``model.safetensors``: the classifier's weights (GPT-2 with its class head; LoRA merged in)
-- ``run.json``: model config, classes in order, max length, pad id, pooling, trainable scope,
-  training config, seed, data location and fingerprint, package versions
-- ``encoder.json``, ``vocab.bpe``: the tokenizer files
-- ``metrics.json``, ``history.csv``, ``curves.png``: written by training
-
-Every file is written atomically (temporary name, fsync, then rename). run.json records the
-sha256 of the weights (``weights_sha256``), checked on every load, and is validated on load
-against one schema (:data:`RUN_SCHEMA`).
+Every problem of a run.json is collected and told in one line that names each wrong key and what
+it must be, so that a damaged or hand-edited file is exit 2, never a traceback further on.
 """
 
 from __future__ import annotations
@@ -27,23 +19,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import tiktoken
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from gptclf.classifier import POOLINGS, Classifier, merge_lora, replace_head
+from gptclf.classifier import POOLINGS
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
-from gptclf.fileio import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
-from gptclf.model import build_model
-from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, load_tokenizer
-
-RUN_FORMAT = "gptclf-run"
-RUN_FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-INFO_FILE = "run.json"
-REQUIRED_FILES = (WEIGHTS_FILE, INFO_FILE, *TOKENIZER_FILES)
+from gptclf.rundir.layout import INFO_FILE, REQUIRED_FILES, RUN_FORMAT, RUN_FORMAT_VERSION
+from gptclf.tokenizer import EOT_ID
 
 
 def package_versions() -> dict[str, str]:
@@ -89,78 +69,6 @@ def build_run_info(
         "data": data or {},
         "versions": package_versions(),
     }
-
-
-def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
-    """The weights to save: GPT-2 with its head, LoRA folded in, contiguous CPU fp32 tensors."""
-    gpt = model.gpt
-    has_lora = any("lora_" in name for name, _ in gpt.named_parameters())
-    if has_lora:
-        import copy
-
-        gpt = copy.deepcopy(gpt)
-        merge_lora(gpt)
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in gpt.state_dict().items()}
-
-
-def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically (synced to disk before the rename)."""
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-
-
-def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_dir: Path) -> dict[str, Any]:
-    """Write the weights, run.json and the tokenizer files into ``run_dir``.
-
-    Args:
-        run_dir: The folder to write (created if needed).
-        model: The classifier; LoRA adapters are merged into a copy.
-        info: The content of run.json (:func:`build_run_info`); it is not modified.
-        tokenizer_dir: The folder holding the tokenizer files to copy.
-
-    Returns:
-        The run.json written: ``info`` plus ``weights_sha256``, the sha256 of the weights file as
-        it is on disk, which :func:`load_run` checks.
-    """
-    problems = run_info_problems(info)
-    if problems:  # a writer bug: never leave a run that load_run would refuse
-        raise ValueError(f"refusing to write an invalid {INFO_FILE}: " + "; ".join(problems))
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    weights = run_dir / WEIGHTS_FILE
-    save_weights(weights, classifier_state(model), {"format": RUN_FORMAT})
-    info = {**info, "weights_sha256": sha256_file(weights)}
-    for name in TOKENIZER_FILES:
-        src, dst = Path(tokenizer_dir) / name, run_dir / name
-        if src.resolve() != dst.resolve():
-            atomic_write_bytes(dst, src.read_bytes())
-    atomic_write_json(run_dir / INFO_FILE, info)
-    return info
-
-
-@dataclass
-class LoadedRun:
-    """A run directory read back: the classifier (eval mode, CPU), its run.json and tokenizer."""
-
-    path: Path
-    info: dict[str, Any]
-    model: Classifier
-    tokenizer: tiktoken.Encoding
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.info["classes"])
-
-    @property
-    def max_length(self) -> int:
-        return int(self.info["max_length"])
-
-    @property
-    def pad_length(self) -> int | None:
-        """The fixed padding a ``last-position`` run was trained with (None: pad per batch)."""
-        if self.info.get("pooling") != "last-position":
-            return None
-        return self.info.get("train", {}).get("pad_length")
 
 
 #: A key of run.json that holds no value (absent): told apart from a JSON ``null``.
@@ -387,72 +295,3 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def info_is_ours(info: Any) -> bool:
     """Whether a parsed run.json says it is a gptclf run (whatever its version)."""
     return isinstance(info, dict) and info.get("format") == RUN_FORMAT
-
-
-def verify_weights(path: Path, expected: str | None) -> None:
-    """Check the weights file against the sha256 that run.json records (None: an older run).
-
-    Raises:
-        BadInputError: The file's sha256 differs: it was damaged or replaced after training.
-    """
-    if expected is None:
-        return
-    if sha256_file(path) != expected:
-        raise BadInputError(
-            f"{path} does not match the sha256 recorded in run.json (the file is damaged or was "
-            "replaced): copy the run folder again from its source, or train the run again"
-        )
-
-
-def _shape_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
-    """One phrase saying how ``state`` differs from the model run.json describes, or None."""
-    wrong = [k for k, t in expected.items() if k in state and state[k].shape != t.shape]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if wrong:
-        k, others = wrong[0], len(wrong) - 1
-        more = f" (and {others} other tensor{'s' * (others != 1)})" if others else ""
-        return (
-            f"{k} has shape {tuple(state[k].shape)} in the file but {tuple(expected[k].shape)} "
-            f"by run.json{more}"
-        )
-    if missing or unexpected:
-        return (
-            f"{len(missing)} tensors missing (first: {missing[:1]}), "
-            f"{len(unexpected)} unexpected (first: {unexpected[:1]})"
-        )
-    return None
-
-
-def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
-    """Load a run directory for prediction or evaluation (needs nothing outside the folder).
-
-    Args:
-        run_dir: A folder written by :func:`save_run`.
-        verify: Check the weights against run.json's ``weights_sha256`` (reads the file once
-            more: 0.25 s for gpt2-small's 500 MB from the page cache).
-
-    Raises:
-        BadInputError: run.json is malformed, or the weights are damaged or not this run's.
-    """
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    weights = run_dir / WEIGHTS_FILE
-    cfg = GPTConfig.from_dict(info["model"]["config"])
-    gpt = build_model(cfg, seed=None)
-    replace_head(gpt, len(info["classes"]))
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise BadInputError(f"{weights} is unreadable ({exc})") from exc
-    problem = _shape_problem(gpt.state_dict(), state)
-    if problem:  # torch's own message lists every tensor: 30 lines for a model of another size
-        raise BadInputError(
-            f"{weights} does not match run.json: {problem}: the weights belong to another run; "
-            "use the run.json written with them"
-        )
-    if verify:  # after the shape check, which names the likelier cause of a mismatch more precisely
-        verify_weights(weights, info.get("weights_sha256"))
-    gpt.load_state_dict(state)
-    model = Classifier(gpt, info["classes"], info["pooling"]).eval()
-    return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from gptclf.report import CURVES_FILE, HISTORY_FILE, write_curves, write_history
+from gptclf.rundir import CURVES_FILE, HISTORY_FILE, METRICS_FILE, write_curves, write_history, write_metrics
 from tests.test_fileio import assert_synced_then_renamed, record_syncs
 
 ROWS = [
@@ -36,3 +37,15 @@ def test_history_and_curves_get_the_umask_permissions(tmp_path: Path, umask: int
         os.umask(before)
     for name in (HISTORY_FILE, CURVES_FILE):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_metrics_json_is_written_whole_and_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.json goes through the run directory's writer like the other files: synced, renamed."""
+    events = record_syncs(monkeypatch)
+    write_metrics(tmp_path, {"test": {"accuracy": 1.0}, "best": {"step": 2}})
+    assert_synced_then_renamed(events, METRICS_FILE, tmp_path)
+    assert json.loads((tmp_path / METRICS_FILE).read_text()) == {
+        "test": {"accuracy": 1.0},
+        "best": {"step": 2},
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE]

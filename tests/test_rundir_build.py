@@ -15,8 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from gptclf.errors import BadInputError, DiskFullError, Interrupted
-from gptclf.finetune import finetune
 from gptclf.progress import TrainProgress
+from gptclf.recipes import finetune
 from gptclf.runconfig import build_settings
 from gptclf.rundir import RunBuild, WorkLock, check_out, work_dir
 from tests.fault_helpers import LEARN, TINY, accuracy, cli, fill, spawn, tmpfs, wait_for
@@ -91,7 +91,7 @@ def test_a_swap_without_exchange_that_was_cut_short_is_undone(
 ) -> None:
     """Where renameat2 is missing the swap is two renames; a kill between them leaves the old run
     aside, and the next run puts it back (the new run's work folder is still there to resume)."""
-    import gptclf.rundir as rundir
+    import gptclf.rundir.build as rundir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -273,7 +273,7 @@ def test_a_disk_that_fills_on_the_final_save_is_one_line(
 ) -> None:
     import errno
 
-    import gptclf.checkpoint as checkpoint
+    import gptclf.rundir.files as checkpoint
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -1,3 +1,5 @@
+"""run.json: its one schema, checked on every load, one line naming every wrong key."""
+
 from __future__ import annotations
 
 import copy
@@ -8,63 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.batching import collate
-from gptclf.checkpoint import build_run_info, classifier_state, load_run, read_run_info, save_run
-from gptclf.classifier import Classifier, parse_scope
-from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
-from gptclf.fileio import sha256_file
+from gptclf.rundir import load_run, read_run_info, save_run
 from tests.conftest import REPO
-from tests.finetune_helpers import TINY, install_tokenizer, tiny_classifier
-
-
-def info_for(model: Classifier, scope: str = "last-block") -> dict[str, object]:
-    return build_run_info(
-        model_name="custom", config=TINY, classes=model.classes, max_length=64, pooling=model.pooling,
-        trainable=parse_scope(scope).to_dict(), trainable_params=1, train={"epochs": 1}, seed=1,
-        weights="random", data={"dir": "/somewhere", "fingerprint": "abc"},
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize(("scope", "pooling"), [("last-block", "last-token"), ("lora", "mean")])
-def test_a_saved_run_loads_and_predicts_the_same(tmp_path: Path, scope: str, pooling: str) -> None:
-    tokenizer = install_tokenizer()
-    model = tiny_classifier(["spam", "ham", "other"], scope=scope, pooling=pooling, seed=2).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)  # as if trained, so merging has something to fold in
-    ids, lengths = collate([[10, 20, 30], [40, 50, 60, 70, 80]])
-    with torch.no_grad():
-        expected = model(ids, lengths)
-    run = tmp_path / "run"
-    save_run(run, model, info_for(model, scope), tokenizer)
-    assert sorted(p.name for p in run.iterdir()) == [
-        "encoder.json",
-        "model.safetensors",
-        "run.json",
-        "vocab.bpe",
-    ]
-    loaded = load_run(run)
-    assert loaded.classes == ["spam", "ham", "other"] and loaded.model.pooling == pooling
-    assert loaded.max_length == 64 and loaded.info["data"]["fingerprint"] == "abc"
-    with torch.no_grad():
-        assert torch.allclose(loaded.model(ids, lengths), expected, atol=1e-5)
-    assert loaded.tokenizer.encode_ordinary("Hello, world") == [15496, 11, 995]
-    has_adapters = any("lora_" in n for n, _ in model.named_parameters())
-    assert has_adapters == (scope == "lora")  # saving merged a copy, not the live model
-
-
-def test_saved_state_is_plain_fp32_without_adapters() -> None:
-    model = tiny_classifier(["a", "b"], scope="lora")
-    state = classifier_state(model)
-    assert not any("lora" in k for k in state)
-    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in state.values())
-    assert state["lm_head.weight"].shape == (2, TINY.n_embd)
+from tests.finetune_helpers import tiny_classifier
+from tests.test_rundir_files import fake_tokenizer, info_for, saved_run
 
 
 def test_incomplete_or_foreign_folders_are_refused(tmp_path: Path) -> None:
@@ -83,84 +36,6 @@ def test_incomplete_or_foreign_folders_are_refused(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{not json")
     with pytest.raises(BadInputError, match="not valid JSON"):
         read_run_info(tmp_path)
-
-
-def test_weights_that_do_not_match_run_json_are_refused(tmp_path: Path) -> None:
-    tokenizer = install_tokenizer()
-    model = tiny_classifier(["a", "b"])
-    save_run(tmp_path, model, info_for(model), tokenizer)
-    info = json.loads((tmp_path / "run.json").read_text())
-    info["classes"] = ["a", "b", "c"]  # a 3-way head cannot take 2-way weights
-    (tmp_path / "run.json").write_text(json.dumps(info))
-    with pytest.raises(BadInputError, match=r"does not match run\.json"):
-        load_run(tmp_path)
-
-
-def fake_tokenizer(root: Path) -> Path:
-    """Stand-in tokenizer files: enough for tests that fail before the tokenizer is loaded."""
-    folder = root / "fake_tokenizer"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("encoder.json", "vocab.bpe"):
-        (folder / name).write_bytes(b"x")
-    return folder
-
-
-def saved_run(
-    root: Path, classes: tuple[str, ...] = ("a", "b"), cfg: GPTConfig = TINY, tokenizer: Path | None = None
-) -> Path:
-    """A run of a random tiny model (with fake tokenizer files unless ``tokenizer`` is given)."""
-    model = tiny_classifier(list(classes), cfg=cfg)
-    info = build_run_info(
-        model_name="custom", config=cfg, classes=list(classes), max_length=16, pooling="last-token",
-        trainable={"kind": "last-block"}, trainable_params=1, train={"epochs": 1, "pad_length": None},
-        seed=1, weights="random", data={"dir": "/somewhere", "fingerprint": "abc"},
-    )  # fmt: skip
-    run = root / "run"
-    save_run(run, model, info, tokenizer or fake_tokenizer(root))
-    return run
-
-
-def corrupt_middle(path: Path, n: int = 64) -> None:
-    """Overwrite ``n`` bytes in the middle of a file with other bytes, as a bad disk or copy would."""
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid : mid + n] = bytes((b + 1) % 256 for b in data[mid : mid + n])
-    path.write_bytes(bytes(data))
-
-
-def test_run_json_records_the_sha256_of_the_weights_as_written(tmp_path: Path) -> None:
-    run = saved_run(tmp_path)
-    info = json.loads((run / "run.json").read_text())
-    assert info["weights_sha256"] == sha256_file(run / "model.safetensors")
-
-
-def test_weights_damaged_in_the_middle_are_refused_with_one_line(tmp_path: Path) -> None:
-    run = saved_run(tmp_path)
-    corrupt_middle(run / "model.safetensors")
-    with pytest.raises(BadInputError, match=r"model\.safetensors does not match the sha256") as caught:
-        load_run(run)
-    assert "\n" not in str(caught.value) and "copy the run folder again" in str(caught.value)
-
-
-def test_a_run_without_a_recorded_sha256_still_loads(tmp_path: Path) -> None:
-    """Runs written before weights_sha256 existed load as before."""
-    run = saved_run(tmp_path, tokenizer=install_tokenizer())
-    info = json.loads((run / "run.json").read_text())
-    del info["weights_sha256"]
-    (run / "run.json").write_text(json.dumps(info))
-    assert load_run(run).classes == ["a", "b"]
-
-
-def test_weights_of_another_size_are_refused_in_one_line(tmp_path: Path) -> None:
-    run = saved_run(tmp_path / "a")
-    wide = saved_run(tmp_path / "b", cfg=GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=64))
-    (wide / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
-    with pytest.raises(BadInputError) as caught:
-        load_run(wide)
-    message = str(caught.value)
-    assert "\n" not in message and len(message) < 400
-    assert "has shape (50257, 32) in the file but (50257, 64) by run.json" in message
-    assert "other tensors" in message and "belong to another run" in message
 
 
 class _Delete:

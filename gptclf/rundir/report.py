@@ -12,12 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptclf.fileio import atomic_path, atomic_write_text
-from gptclf.train import HISTORY_COLUMNS
-
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-CURVES_FILE = "curves.png"
+from gptclf.fileio import atomic_path, atomic_write_json, atomic_write_text
+from gptclf.rundir.layout import CURVES_FILE, HISTORY_COLUMNS, HISTORY_FILE, METRICS_FILE
 
 
 def history_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -33,6 +29,11 @@ def history_csv(rows: Sequence[dict[str, Any]]) -> str:
 def write_history(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Write ``history.csv`` into ``run_dir``."""
     atomic_write_text(Path(run_dir) / HISTORY_FILE, history_csv(rows))
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write ``metrics.json`` (test and validation metrics, the best step, timings) into ``run_dir``."""
+    atomic_write_json(Path(run_dir) / METRICS_FILE, metrics)
 
 
 def write_curves(run_dir: Path, rows: Sequence[dict[str, Any]], steps_per_epoch: float) -> bool:

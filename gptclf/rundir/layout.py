@@ -1,0 +1,43 @@
+"""The run directory's layout: the name of every file a run holds and the columns of its history.
+
+One place for these names, so that the writers (:mod:`gptclf.rundir.files`,
+:mod:`gptclf.rundir.report`), the reader (:func:`gptclf.rundir.load_run`) and the work folder's
+rules (:mod:`gptclf.rundir.build`, which must tell a run's files from the user's own) cannot drift
+apart. Changing any of them changes the run-directory format.
+"""
+
+from __future__ import annotations
+
+from gptclf.resume import CHECKPOINT_NAME
+from gptclf.tokenizer import TOKENIZER_FILES
+
+#: run.json's ``format``: marks a file as a gptclf run.json.
+RUN_FORMAT = "gptclf-run"
+#: run.json's ``format_version``: the newest layout this code reads and the one it writes.
+RUN_FORMAT_VERSION = 1
+
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "run.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.png"
+
+#: What ``predict`` and ``evaluate`` need: a folder without one of these is not a finished run.
+REQUIRED_FILES = (WEIGHTS_FILE, INFO_FILE, *TOKENIZER_FILES)
+
+#: Every name a run writes (the checkpoint too, while it is unfinished); an old run's copies are
+#: never carried into a new run, and everything else in ``--out`` is the user's own.
+RUN_FILES = frozenset({*REQUIRED_FILES, HISTORY_FILE, METRICS_FILE, CURVES_FILE, CHECKPOINT_NAME})
+
+#: Columns of history.csv, in order: one row per evaluation during training.
+HISTORY_COLUMNS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_f1",
+    "lr",
+    "elapsed",
+)
