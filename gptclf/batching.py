@@ -165,3 +165,14 @@ class TokenSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+@dataclass
+class LabelledSet:
+    """Model inputs of a split and the true class index of each text."""
+
+    source: Source
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)

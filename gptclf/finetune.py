@@ -1,50 +1,38 @@
-"""The ``finetune`` verb: settings -> a run directory, with everything in between.
+"""The finetune component: a prepared folder, the tokenizer files and the weights -> a trained run.
 
-Resolve and check every setting first (all problems in one message, nothing written); get the data
-(a prepared folder, or the SMS Spam Collection downloaded and prepared with the book's settings
-into ``<out>/data``), the tokenizer and the weights (downloaded when missing); build the classifier;
-tokenise; cache the frozen trunk where that is exact; fit; evaluate on the test split; write the run
-directory. The command line only parses options and prints what :func:`finetune` returns.
+:func:`train_run` builds the classifier from ``--weights``, tokenises the splits, caches the frozen
+trunk where that is exact, fits, evaluates the kept weights on the test and validation splits
+(through the same inference loop as ``gptclf evaluate``, so the numbers are the same) and writes the
+run's files into the work folder it is given. It reads only what is on disk and fetches nothing:
+the ``gptclf finetune`` verb (:func:`gptclf.recipes.finetune`) downloads what is missing, prepares
+the SMS set when no ``--data`` is given, and swaps the finished work folder in.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptclf.batching import Source, encode_texts
-from gptclf.checkpoint import build_run_info, save_run
+from gptclf.batching import LabelledSet, Source, encode_texts
 from gptclf.classifier import Classifier, apply_scope, replace_head
 from gptclf.data import label_ids, prepared_fingerprint, read_prepared
-from gptclf.download import Progress, ensure_tokenizer, ensure_weights
+from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.fileio import atomic_write_json
-from gptclf.prepare import prepare
+from gptclf.inference import labelled_metrics
 from gptclf.progress import TrainProgress
-from gptclf.report import CURVES_FILE, METRICS_FILE, write_curves, write_history
-from gptclf.resume import CHECKPOINT_NAME, InterruptGuard
+from gptclf.resume import CHECKPOINT_NAME, InterruptGuard, check_same_data
 from gptclf.runconfig import FinetuneSettings
-from gptclf.rundir import RunBuild, check_out, work_dir
-from gptclf.runplan import RunPlan, make_plan, out_dir, resumed_settings
+from gptclf.rundir import CURVES_FILE, METRICS_FILE, build_run_info, save_run, write_curves, write_history
+from gptclf.runplan import RunPlan
 from gptclf.tokenizer import load_tokenizer
-from gptclf.train import History, LabelledSet, Shard, evaluate, fit
+from gptclf.train import History, fit
 from gptclf.weights import load_weights
-
-#: The book's preparation of the SMS set (chapter 6): balanced by undersampling, a plain shuffled
-#: 70/10/20 split, seed 123.
-BOOK_SMS = {
-    "dataset": "sms-spam",
-    "balance": "undersample",
-    "split": "0.7,0.1,0.2",
-    "stratify": False,
-    "seed": 123,
-}
 
 
 @dataclass
@@ -99,208 +87,183 @@ class FinetuneResult:
         }
 
 
-def finetune(
-    settings: FinetuneSettings,
-    *,
-    progress: TrainProgress | None = None,
-    download_progress: Progress | None = None,
-    shard: Shard = Shard(),  # frozen, so one shared default is safe
-) -> FinetuneResult:
-    """Run ``gptclf finetune``: train a classifier and write its run directory.
+@dataclass
+class RunContext:
+    """What one run's steps share.
 
-    The run is built in a work folder beside ``--out`` (:mod:`gptclf.rundir`) and swapped in whole
-    at the end: ``--out`` is at every moment absent, the old run or the new one. A signal before
-    training stops at once and writes nothing; from the first step on, it saves a checkpoint (in
-    training), stops the test evaluation (training is saved), or lets the write finish, then
-    raises :class:`Interrupted`.
-
-    Args:
-        settings: The merged options (see :func:`gptclf.runconfig.build_settings`).
-        progress: Receives training progress and messages (default: silent).
-        download_progress: A :class:`gptclf.download.Progress` for downloads (default: silent).
+    Attributes:
+        settings: The run's options (after ``--resume`` merged them with the saved ones).
+        plan: Those settings resolved (model config, scope, training config, device, ...).
+        out: The run directory the work folder becomes.
+        work: The work folder the run is built in.
+        resume_state: The checkpoint to continue from, or None.
+        guard: The run's signal handling.
+        progress: Receives progress and messages.
         shard: This process's place in a data-parallel job; only rank 0 writes.
+    """
 
-    Returns:
-        The result; the run directory holds the same.
+    settings: FinetuneSettings
+    plan: RunPlan
+    out: Path
+    work: Path
+    resume_state: dict[str, Any] | None
+    guard: InterruptGuard
+    progress: TrainProgress
+    shard: Shard
+
+
+def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneResult:
+    """Train on the prepared folder ``data_dir`` and write the run's files into ``ctx.work``.
 
     Raises:
-        BadInputError: Bad settings or data (nothing written), exit code 2.
-        DownloadError: Something missing could not be downloaded.
-        TrainingError: The loss became NaN or infinite (nothing written).
-        Interrupted: Ctrl-C or SIGTERM: a checkpoint was saved for ``--resume``.
-        DiskFullError: The disk filled while writing (the checkpoint is kept for ``--resume``).
+        BadInputError: Data that do not fit the settings, or not enough disk space (nothing trained).
+        TrainingError: The loss became NaN or infinite.
+        Interrupted: A signal (a checkpoint is kept from the first step on).
+        DiskFullError: The disk filled while writing (the checkpoint is kept).
     """
-    progress = progress or TrainProgress()
-    # Rank 0's folder: the others could name another runs/<timestamp> a second later.
-    out = shard.from_main(out_dir(settings))
-    with InterruptGuard() as guard:
-        resume_state = None
-        if settings.resume:
-            settings, resume_state = resumed_settings(out, settings)
-        else:
-            check_out(out, force=settings.force, resume=False)
-        plan = make_plan(settings)
-        build = None
-        if shard.is_main:
-            build = RunBuild.open(out, force=settings.force, resume=settings.resume, note=progress.message)
-            if settings.resume:
-                guard.before = f"the interrupted run in {build.path} is kept for --resume"
-        shard.barrier()  # rank 0 has made the work folder before the others look into it
-        try:
-            result = _finetune(settings, plan, out, resume_state, guard, progress, download_progress, shard)
-            if build is not None:
-                build.commit()
-        except BaseException as exc:
-            if build is not None:
-                build.close(exc)
-            raise
-        if build is not None:
-            build.close()
-        guard.check(f"stopped after the run was written completely to {out}")
-        return result
-
-
-def _finetune(
-    settings: FinetuneSettings,
-    p: RunPlan,
-    out: Path,
-    resume_state: dict[str, Any] | None,
-    guard: InterruptGuard,
-    progress: TrainProgress,
-    download_progress: Progress | None,
-    shard: Shard,
-) -> FinetuneResult:
-    """:func:`finetune` inside its work folder: everything but the final swap."""
     t_start = time.monotonic()
-    work = work_dir(out)
-    # Downloads first: they fill the cache, and a failed one leaves the run directory untouched.
-    with shard.main_first():
-        tokenizer_dir = ensure_tokenizer(p.home, settings.mirror, download_progress)
-        if settings.weights == "pretrained":
-            ensure_weights(p.model_name, p.home, settings.mirror, download_progress)
+    prepared, model, counts = _inputs(ctx, data_dir)
     enc = load_tokenizer(tokenizer_dir)
-    data_dir = _data_dir(settings, p, work, download_progress, shard)
-    prepared = read_prepared(data_dir)
-    fingerprint = prepared_fingerprint(data_dir)
-    _check_same_data(resume_state, fingerprint, data_dir)
-    classes = _classes(settings.classes, prepared.classes, data_dir)
-    model, trainable_params, total_params = build_classifier(settings, p, classes)
-    needed = _bytes_needed(total_params, trainable_params)
-    if shard.is_main:
-        _check_space(work, out, needed)
-    progress.message(
-        f"model {p.model_name} ({settings.weights} weights), trainable scope {settings.trainable}: "
-        f"{trainable_params:,} of {total_params:,} parameters train"
-    )
-    model.to(p.device)
-
     t0 = time.monotonic()
     ids, labels, max_length, pad_length = _tokenise(
-        prepared.splits, classes, enc, p.max_length, p.train.pad_to
+        prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to
     )
     timings = {"tokenise": time.monotonic() - t0}
     t0 = time.monotonic()
-    sources = make_sources(
-        model,
-        ids,
-        scope=p.scope,
-        use_cache=settings.cache,
-        device=p.device,
-        precision=p.precision,
-        cache_memory=p.cache_memory,
-        batch_size=p.train.eval_batch_size,
-        pad_to=pad_length,
-        shard=shard,
-        note=progress.message,
-        progress=progress,
-    )
+    sources = _sources(ctx, model, ids, pad_length)
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(sources)
     if cache["blocks"]:
-        progress.message(
-            f"cached the hidden states after block {cache['blocks']} of {p.config.n_layer} "
+        ctx.progress.message(
+            f"cached the hidden states after block {cache['blocks']} of {ctx.plan.config.n_layer} "
             f"({cache['bytes'] / 2**20:,.1f} MiB, {cache['location']}) in {timings['cache']:.1f} s"
         )
     sizes = {name: len(v) for name, v in labels.items()}
-    # The SMS set prepared here lives in the work folder now and in <out>/data after the swap.
-    final_data = out / "data" if settings.data is None else data_dir
-    data_info = {"dir": str(final_data), "fingerprint": fingerprint, "sizes": sizes}
+    # The SMS set prepared in the work folder is <out>/data once the run is swapped in.
+    final_data = ctx.out / "data" if ctx.settings.data is None else data_dir
+    data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
         sets = {name: LabelledSet(sources[name], labels[name]) for name in ids}
-        history = _fit(model, sets, settings, p, work, out, resume_state, data_info, guard, progress, shard)
+        history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
-        saved = f"training has finished and is saved in {work / CHECKPOINT_NAME}; " + _resume_hint(out)
-        scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
-        for name in scores:
-            if len(sets[name]):
-                progress.message(f"evaluating the kept weights on the {name} split ({len(sets[name])} texts)")
-                scores[name], _ = evaluate(
-                    model,
-                    sets[name],
-                    device=p.device,
-                    precision=p.precision,
-                    batch_size=p.train.eval_batch_size,
-                    shard=shard,
-                    between_batches=lambda: guard.check(saved),
-                )
-        test, validation = scores["test"], scores["validation"]
+        scores = _final_scores(model, sets, ctx)
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
             source.close()
     timings["total"] = time.monotonic() - t_start
     result = FinetuneResult(
-        out, model, classes, history, test, validation, trainable_params, total_params, cache, timings
-    )
-    if shard.is_main:
-        train_info = {
-            **p.train.to_dict(),
-            "pad_length": pad_length,
-            "device": str(p.device),
-            "precision": p.precision.name,
-            "tf32": p.precision.tf32,
-            "cache": cache,
-        }
-        info = build_run_info(
-            model_name=p.model_name,
-            config=p.config,
-            classes=classes,
-            max_length=max_length,
-            pooling=settings.pooling,
-            trainable=p.scope.to_dict(),
-            trainable_params=trainable_params,
-            train=train_info,
-            seed=settings.seed,
-            weights=settings.weights,
-            data={**data_info, "prepared": prepared.meta.get("source")},
-        )
-        steps_per_epoch = math.ceil(
-            sizes["train"] / (p.train.batch_size * p.train.grad_accum * shard.world_size)
+        ctx.out, model, model.classes, history, scores["test"], scores["validation"],
+        counts["trainable"], counts["total"], cache, timings,
+    )  # fmt: skip
+    if ctx.shard.is_main:
+        info = _run_info(
+            ctx, result, max_length, pad_length, {**data_info, "prepared": prepared.meta.get("source")}
         )
         try:
-            _write_run(work, model, info, tokenizer_dir, result, steps_per_epoch, progress)
+            _write_run(ctx.work, model, info, tokenizer_dir, result, ctx.progress)
         except OSError as exc:
-            raise write_error(exc, out, needed) from None
+            raise write_error(exc, ctx.out, counts["needed"]) from None
     return result
 
 
-def _fit(
-    model: Classifier,
-    sets: dict[str, LabelledSet],
-    settings: FinetuneSettings,
-    p: RunPlan,
-    work: Path,
-    out: Path,
-    resume_state: dict[str, Any] | None,
-    data_info: dict[str, Any],
-    guard: InterruptGuard,
-    progress: TrainProgress,
-    shard: Shard,
-) -> History:
+def _inputs(ctx: RunContext, data_dir: Path) -> tuple[Any, Classifier, dict[str, Any]]:
+    """The prepared data (checked against a resumed run's), and the classifier on its device."""
+    prepared = read_prepared(data_dir)
+    fingerprint = prepared_fingerprint(data_dir)
+    check_same_data(ctx.resume_state, fingerprint, data_dir)
+    classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
+    model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes)
+    needed = _bytes_needed(total, trainable)
+    if ctx.shard.is_main:
+        _check_space(ctx.work, ctx.out, needed)
+    ctx.progress.message(
+        f"model {ctx.plan.model_name} ({ctx.settings.weights} weights), trainable scope "
+        f"{ctx.settings.trainable}: {trainable:,} of {total:,} parameters train"
+    )
+    model.to(ctx.plan.device)
+    counts = {"fingerprint": fingerprint, "trainable": trainable, "total": total, "needed": needed}
+    return prepared, model, counts
+
+
+def _sources(
+    ctx: RunContext, model: Classifier, ids: dict[str, list[list[int]]], pad_length: int | None
+) -> dict[str, Source]:
+    """Each split's model inputs: the frozen-trunk cache where it is exact, token batches otherwise."""
+    p = ctx.plan
+    return make_sources(
+        model,
+        ids,
+        scope=p.scope,
+        use_cache=ctx.settings.cache,
+        device=p.device,
+        precision=p.precision,
+        cache_memory=p.cache_memory,
+        batch_size=p.train.eval_batch_size,
+        pad_to=pad_length,
+        shard=ctx.shard,
+        note=ctx.progress.message,
+        progress=ctx.progress,
+    )
+
+
+def _final_scores(
+    model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext
+) -> dict[str, dict[str, Any] | None]:
+    """Test and validation metrics of the kept weights; a signal stops this (training is saved)."""
+    saved = f"training has finished and is saved in {ctx.work / CHECKPOINT_NAME}; {_resume_hint(ctx.out)}"
+    scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
+    for name in scores:
+        if len(sets[name]):
+            ctx.progress.message(f"evaluating the kept weights on the {name} split ({len(sets[name])} texts)")
+            scores[name], _ = labelled_metrics(
+                model,
+                sets[name],
+                device=ctx.plan.device,
+                precision=ctx.plan.precision,
+                batch_size=ctx.plan.train.eval_batch_size,
+                shard=ctx.shard,
+                between_batches=lambda: ctx.guard.check(saved),
+                progress=ctx.progress,
+                label=f"evaluating on {name}",
+            )
+    return scores
+
+
+def _run_info(
+    ctx: RunContext, result: FinetuneResult, max_length: int, pad_length: int | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The content of run.json."""
+    p = ctx.plan
+    train_info = {
+        **p.train.to_dict(),
+        "pad_length": pad_length,
+        "device": str(p.device),
+        "precision": p.precision.name,
+        "tf32": p.precision.tf32,
+        "cache": result.cache,
+    }
+    return build_run_info(
+        model_name=p.model_name,
+        config=p.config,
+        classes=result.classes,
+        max_length=max_length,
+        pooling=ctx.settings.pooling,
+        trainable=p.scope.to_dict(),
+        trainable_params=result.trainable_params,
+        train=train_info,
+        seed=ctx.settings.seed,
+        weights=ctx.settings.weights,
+        data=data,
+    )
+
+
+def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data: dict[str, Any]) -> History:
     """:func:`gptclf.train.fit` with checkpoints in the work folder and a hint that names ``out``."""
-    data = data_info["dir"] if settings.data is not None else None  # None: the SMS set, made here
-    extra = {"settings": {**settings.to_dict(), "data": data, "out": str(out)}, "data": data_info}
+    settings, p = ctx.settings, ctx.plan
+    given = data["dir"] if settings.data is not None else None  # None: the SMS set, made here
+    extra = {"settings": {**settings.to_dict(), "data": given, "out": str(ctx.out)}, "data": data}
     try:
         return fit(
             model,
@@ -310,36 +273,21 @@ def _fit(
             device=p.device,
             precision=p.precision,
             seed=settings.seed,
-            checkpoint=work / CHECKPOINT_NAME,
-            resume=resume_state,
+            checkpoint=ctx.work / CHECKPOINT_NAME,
+            resume=ctx.resume_state,
             extra=extra,
-            progress=progress,
-            shard=shard,
-            guard=guard,
+            progress=ctx.progress,
+            shard=ctx.shard,
+            guard=ctx.guard,
         )
     except Interrupted as exc:
         message = str(exc).removesuffix("; continue with --resume")
-        raise Interrupted(f"{message}; {_resume_hint(out)}", exc.exit_code - 128) from None
+        raise Interrupted(f"{message}; {_resume_hint(ctx.out)}", exc.exit_code - 128) from None
 
 
 def _resume_hint(out: Path) -> str:
+    """What to run to continue the interrupted run of ``out``."""
     return f"continue with `gptclf finetune --out {out} --resume`"
-
-
-def _check_same_data(resume_state: dict[str, Any] | None, fingerprint: str, data_dir: Path) -> None:
-    """Refuse to resume on a prepared folder that changed since the run was interrupted.
-
-    Raises:
-        BadInputError: The fingerprint differs from the one the checkpoint recorded.
-    """
-    if resume_state is None:
-        return
-    recorded = (resume_state.get("extra", {}).get("data") or {}).get("fingerprint")
-    if recorded is not None and recorded != fingerprint:
-        raise BadInputError(
-            f"the prepared data in {data_dir} changed since the run was interrupted (another split, seed "
-            "or files): resume with the data it was trained on, or start again with --force"
-        )
 
 
 def _bytes_needed(total_params: int, trainable_params: int) -> int:
@@ -377,28 +325,6 @@ def build_classifier(
     trainable = apply_scope(gpt, p.scope, seed=settings.seed)
     total = sum(t.numel() for t in gpt.parameters())
     return Classifier(gpt, classes, settings.pooling), trainable, total
-
-
-def _data_dir(
-    settings: FinetuneSettings, p: RunPlan, work: Path, download_progress: Progress | None, shard: Shard
-) -> Path:
-    """The prepared folder: ``--data``, or the SMS set prepared the book's way into the work
-    folder's ``data`` (by rank 0, which alone writes the run; the other ranks wait and read it)."""
-    if settings.data is not None:
-        return Path(settings.data).expanduser().resolve()
-    target = work / "data"
-    with shard.main_first(per_node=False):
-        if shard.is_main and not (settings.resume and target.is_dir()):
-            prepare(
-                target,
-                classes=settings.classes,
-                force=settings.force,
-                home=p.home,
-                mirror=settings.mirror,
-                progress=download_progress,
-                **BOOK_SMS,
-            )
-    return target
 
 
 def _classes(given: list[str] | None, prepared: list[str], data_dir: Path) -> list[str]:
@@ -452,27 +378,25 @@ def _write_run(
     info: dict[str, Any],
     tokenizer_dir: Path,
     result: FinetuneResult,
-    steps_per_epoch: float,
     progress: TrainProgress,
 ) -> None:
     """Write the run's files into the work folder; its checkpoint stays until the swap is done, so a
     kill before the swap still leaves a run to resume."""
     save_run(folder, model, info, tokenizer_dir)
-    write_history(folder, result.history.rows)
+    history = result.history
+    write_history(folder, history.rows)
     metrics = {
         "test": result.test,
         "validation": result.validation,
-        "best": result.history.best,
-        "train": {k: v for k, v in result.history.to_dict().items() if k != "rows"},
+        "best": history.best,
+        "train": {k: v for k, v in history.to_dict().items() if k != "rows"},
         "trainable_params": result.trainable_params,
         "cache": result.cache,
         "timings": result.timings,
     }
     atomic_write_json(folder / METRICS_FILE, metrics)
-    if not write_curves(folder, result.history.rows, steps_per_epoch):
+    epochs = info["train"]["epochs"]
+    if not write_curves(folder, history.rows, history.total_steps / epochs):
         (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind
         if importlib.util.find_spec("matplotlib") is None:
-            progress.message(
-                f"{CURVES_FILE} skipped: matplotlib is not installed (pip install 'gptclf[plot]')"
-            )
-    (folder / CHECKPOINT_NAME).unlink(missing_ok=True)  # the finished run replaces it
+            progress.message(f"{CURVES_FILE} skipped: matplotlib is not installed (pip install gptclf[plot])")

@@ -13,13 +13,16 @@ same texts give the same numbers wherever they are evaluated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
-from gptclf.batching import Source, sorted_batches
+from gptclf.batching import LabelledSet, Source, sorted_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
+from gptclf.metrics import classification_metrics
 from gptclf.progress import Progress
 
 #: Receives each batch's output (logits, or hidden states) with the indices of its texts.
@@ -117,3 +120,40 @@ def batched_logits(
         label=label,
     )
     return shard.all_sum(logits)
+
+
+def labelled_metrics(
+    model: Classifier,
+    data: LabelledSet,
+    *,
+    device: torch.device,
+    precision: Precision,
+    batch_size: int = 32,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
+    between_batches: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "evaluating",
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of ``model`` on the whole of ``data``, through :func:`batched_logits` (the same
+    batches as ``gptclf evaluate``, so the same numbers).
+
+    Args:
+        between_batches: Called before each batch (e.g. to stop on a signal by raising).
+        progress: Shows the pass as ``label``.
+
+    Returns:
+        ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
+        float32 logits in input order.
+    """
+    logits = batched_logits(
+        model,
+        data.source,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        shard=shard,
+        between_batches=between_batches,
+        progress=progress,
+        label=label,
+    )
+    return classification_metrics(logits, data.labels, model.classes), logits.numpy()

@@ -183,6 +183,23 @@ def data_signature(labels: Sequence[int], lengths: Sequence[int]) -> dict[str, A
     return {"n": len(labels), "sha256": digest.hexdigest()}
 
 
+def check_same_data(resume_state: dict[str, Any] | None, fingerprint: str, data_dir: Path) -> None:
+    """Refuse to resume on a prepared folder that changed since the run was interrupted (the
+    checkpoint's extra records the folder's fingerprint).
+
+    Raises:
+        BadInputError: The fingerprint differs from the one the checkpoint recorded.
+    """
+    if resume_state is None:
+        return
+    recorded = (resume_state.get("extra", {}).get("data") or {}).get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise BadInputError(
+            f"the prepared data in {data_dir} changed since the run was interrupted (another split, seed "
+            "or files): resume with the data it was trained on, or start again with --force"
+        )
+
+
 class Checkpointer:
     """Saves the training state at the moments the loop chooses: rank 0 writes, every rank waits.
 

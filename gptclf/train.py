@@ -1,18 +1,12 @@
-"""fit() and evaluate(): plain functions that train a classifier and return plain data.
+"""fit(): the training loop, flat, and the small objects it keeps its state in.
 
-The loop draws, every epoch, groups of ``batch_size * grad_accum * world_size`` texts (seeded by
-seed and epoch) and splits each into micro-batches; the loss of a micro-batch is its summed
-cross-entropy divided by the whole group's size (or class weight), so the accumulated gradient is
-that of one large batch, also for the smaller last group of an epoch.
-
-Under DDP (:class:`gptclf.distributed.Shard`) every rank draws the same groups and runs its share
-(``--batch-size`` is per device). Each micro-batch's loss is multiplied by the world size because
-DDP averages the ranks' gradients: the sum over ranks is again the large batch's gradient, so a
-2-process run with batch b trains like one process with batch 2b. Gradients sync only on a rank's
-last micro-batch (``no_sync`` before). The step's loss, accuracy and any pending signal are summed
-over the ranks, and validation logits are gathered, so every rank sees the same numbers and makes
-the same decisions (NaN stop, early stop, interrupt). Only rank 0 writes; under DDP it also saves a
-resumable checkpoint at each epoch end, since one lost process ends the whole job.
+For each epoch (groups of texts drawn from seed and epoch), for each group: one optimizer step
+(:class:`gptclf.step.Stepper`: micro-batches, accumulation, DDP, scaler), maybe an evaluation on the
+whole validation split (keeping the best weights, :class:`BestKeeper`, and counting towards early
+stopping), maybe a checkpoint (:class:`gptclf.resume.Checkpointer`: every epoch end, every
+``--checkpoint-every`` steps, when training ends, and on a signal). Under DDP every rank draws the
+same groups and decides the same (NaN stop, early stop, interrupt) from numbers summed over the
+ranks; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -26,44 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from gptclf.batching import Source, train_batches
+from gptclf.batching import LabelledSet, train_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted
-from gptclf.inference import batched_logits
-from gptclf.metrics import classification_metrics
-from gptclf.progress import Progress, TrainProgress
+from gptclf.inference import labelled_metrics
+from gptclf.progress import TrainProgress
 from gptclf.resume import Checkpointer, InterruptGuard, data_signature, restore_training, signal_name
 from gptclf.runconfig import TrainConfig
 from gptclf.step import Stepper
-
-#: Columns of history.csv, in order.
-HISTORY_COLUMNS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_f1",
-    "lr",
-    "elapsed",
-)
-
-
-@dataclass
-class LabelledSet:
-    """Model inputs of a split and the true class index of each text."""
-
-    source: Source
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass
@@ -71,7 +39,7 @@ class History:
     """What :func:`fit` did.
 
     Attributes:
-        rows: One dict per evaluation, keys :data:`HISTORY_COLUMNS`.
+        rows: One dict per evaluation, keys :data:`gptclf.rundir.HISTORY_COLUMNS`.
         best: The row whose weights were kept (None without validation data: the last weights).
         stopped_early: Early stopping ended training before the last epoch.
         steps: Optimizer steps taken.
@@ -95,43 +63,6 @@ class History:
             "total_steps": self.total_steps,
             "train_seconds": self.train_seconds,
         }
-
-
-def evaluate(
-    model: Classifier,
-    data: LabelledSet,
-    *,
-    device: torch.device,
-    precision: Precision,
-    batch_size: int = 32,
-    shard: Shard = Shard(),  # frozen, so one shared default is safe
-    between_batches: Callable[[], None] | None = None,
-    progress: Progress | None = None,
-    label: str = "evaluating",
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Metrics of ``model`` on the whole of ``data``, through the one inference loop
-    (:func:`gptclf.inference.batched_logits`: the same batches as ``gptclf evaluate``).
-
-    Args:
-        between_batches: Called before each batch (e.g. to stop on a signal by raising).
-        progress: Shows the pass as ``label``.
-
-    Returns:
-        ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
-        float32 logits in input order.
-    """
-    logits = batched_logits(
-        model,
-        data.source,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        shard=shard,
-        between_batches=between_batches,
-        progress=progress,
-        label=label,
-    )
-    return classification_metrics(logits, data.labels, model.classes), logits.numpy()
 
 
 def _score(metrics: dict[str, Any], monitor: str) -> tuple[float, ...]:
@@ -395,7 +326,7 @@ class _Trainer:
         loop.run_correct = loop.run_seen = 0
         stop = False
         if self.val is not None:
-            metrics, _ = evaluate(
+            metrics, _ = labelled_metrics(
                 self.model,
                 self.val,
                 device=self.device,

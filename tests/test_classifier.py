@@ -18,7 +18,7 @@ from gptclf.classifier import (
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
 from gptclf.model import build_model
-from tests.finetune_helpers import TINY, tiny_classifier
+from tests.finetune_helpers import TINY, full_logits, tiny_classifier
 
 C = TINY.n_embd
 BLOCK = 12 * C * C + 13 * C  # ln_1, c_attn, c_proj, ln_2, c_fc, c_proj (weights and biases)
@@ -178,3 +178,21 @@ def test_lora_merge_follows_the_base_layer_and_leaves_the_rng_alone(dtype: torch
         torch.testing.assert_close(merged(x), layer(x), atol=tol, rtol=tol)
     on_meta = layer.to("meta").merged()  # built where the base lives, not on the CPU
     assert on_meta.weight.device.type == "meta" and on_meta.weight.dtype == dtype
+
+
+@pytest.mark.parametrize("pooling", ["last-token", "last-position", "mean"])
+@pytest.mark.parametrize("scope", ["head", "last-block", "all", "lora"])
+@pytest.mark.parametrize("start_block", [0, 1])
+def test_the_one_forward_equals_the_full_computation(pooling: str, scope: str, start_block: int) -> None:
+    """Classifier.forward (with its last-token shortcut) equals every block at every position, the
+    final norm, the pooling and the head, within 1e-5, from token ids and from cached states."""
+    model = tiny_classifier(["a", "b", "c"], scope=scope, pooling=pooling, seed=3).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # adapters that change the output, so the LoRA path is exercised
+        ids, lengths = collate([[5, 6, 7, 8, 9], [1, 2], [3, 4, 5]])
+        hidden = model(ids, lengths, stop_block=start_block) if start_block else None
+        got = model(None if start_block else ids, lengths, hidden=hidden, start_block=start_block)
+        want = full_logits(model, None if start_block else ids, lengths, hidden, start_block)
+    assert got.shape == (3, 3) and float((got - want).abs().max()) < 1e-5

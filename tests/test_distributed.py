@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.main import app
+from gptclf.batching import LabelledSet
 from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard, process_group
@@ -29,7 +30,7 @@ from gptclf.features import make_sources
 from gptclf.resume import load_checkpoint
 from gptclf.runconfig import TrainConfig
 from gptclf.rundir import work_dir
-from gptclf.train import LabelledSet, fit
+from gptclf.train import fit
 from tests.conftest import REPO
 from tests.finetune_helpers import (
     TINY_SPEC,

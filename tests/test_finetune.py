@@ -10,18 +10,16 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.batching import TokenSource
-from gptclf.checkpoint import load_run
+from gptclf.batching import LabelledSet, TokenSource
 from gptclf.data import read_prepared
 from gptclf.errors import BadInputError
-from gptclf.finetune import finetune
+from gptclf.inference import labelled_metrics
 from gptclf.progress import TrainProgress
-from gptclf.report import history_csv, write_curves
+from gptclf.recipes import finetune
 from gptclf.resume import CHECKPOINT_NAME, save_checkpoint
 from gptclf.runconfig import build_settings
-from gptclf.rundir import check_out
+from gptclf.rundir import HISTORY_COLUMNS, check_out, history_csv, load_run, write_curves
 from gptclf.runplan import make_plan, resumed_settings
-from gptclf.train import HISTORY_COLUMNS, LabelledSet, evaluate
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
 CPU = torch.device("cpu")
@@ -74,8 +72,8 @@ def test_a_run_directory_describes_itself(data3: Path, tmp_path: Path) -> None:
     labels = [run.classes.index(x) for x in prepared.splits["test"]["label"]]
     test_set = LabelledSet(TokenSource(ids), labels)
     fp32 = make_plan(settings(data3, out)).precision
-    _, loaded_logits = evaluate(run.model, test_set, device=CPU, precision=fp32)
-    _, live_logits = evaluate(result.model, test_set, device=CPU, precision=fp32)
+    _, loaded_logits = labelled_metrics(run.model, test_set, device=CPU, precision=fp32)
+    _, live_logits = labelled_metrics(result.model, test_set, device=CPU, precision=fp32)
     assert torch.equal(torch.from_numpy(loaded_logits), torch.from_numpy(live_logits))
 
 
@@ -196,3 +194,24 @@ class Said(TrainProgress):
 
     def message(self, text: str) -> None:
         self.lines.append(text)
+
+
+@pytest.mark.parametrize("trainable", ["last-block", "all"], ids=["cached test split", "no cache"])
+def test_finetunes_test_metrics_equal_gptclf_evaluate_exactly(
+    data3: Path, tmp_path: Path, trainable: str
+) -> None:
+    """One inference loop: the metrics finetune reports are those `gptclf evaluate` computes."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "run"
+    result = finetune(settings(data3, out, trainable=trainable, epochs=1))
+    assert (result.cache["blocks"] > 0) is (trainable == "last-block")
+    args = ["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"]
+    evaluated = CliRunner().invoke(app, args)
+    assert evaluated.exit_code == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert result.test is not None
+    for key in ("n", "accuracy", "loss", "macro_f1", "per_class", "confusion_matrix", "roc_auc"):
+        assert metrics[key] == result.test[key], key

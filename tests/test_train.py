@@ -12,16 +12,18 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.batching import Batch, TokenSource
+from gptclf.batching import Batch, LabelledSet, TokenSource
 from gptclf.classifier import Classifier, parse_scope
 from gptclf.device import Precision, resolve_precision
+from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, TrainingError
 from gptclf.features import make_sources
+from gptclf.inference import labelled_metrics
 from gptclf.progress import TrainProgress
 from gptclf.resume import InterruptGuard, load_checkpoint
 from gptclf.runconfig import TrainConfig
 from gptclf.step import class_weights, stats_dtype
-from gptclf.train import LabelledSet, Shard, evaluate, fit
+from gptclf.train import fit
 from tests.finetune_helpers import max_diff, run_batch, synthetic_ids, tiny_classifier, trainable_state
 
 CPU = torch.device("cpu")
@@ -185,7 +187,7 @@ def test_cpu_bf16_autocast_trains() -> None:
 def test_evaluate_returns_logits_in_input_order() -> None:
     model = tiny_classifier(["a", "b"], seed=7).eval()
     _, val = data(model)
-    metrics, logits = evaluate(model, val, device=CPU, precision=FP32, batch_size=4)
+    metrics, logits = labelled_metrics(model, val, device=CPU, precision=FP32, batch_size=4)
     with torch.no_grad():
         one_by_one = torch.cat([run_batch(model, val.source.batch([i], CPU)) for i in range(len(val))])
     assert torch.allclose(torch.from_numpy(logits), one_by_one, atol=1e-5)

@@ -1,0 +1,142 @@
+"""The ``gptclf finetune`` verb, a recipe over components that each take one input.
+
+Read top to bottom, :func:`finetune` is the job a user runs: check every setting (nothing written
+on bad input); open the run's work folder beside ``--out`` (:mod:`gptclf.rundir`); download what
+is missing (the tokenizer files, the pretrained weights: :mod:`gptclf.download`); with no
+``--data``, prepare the SMS Spam Collection the book's way into the work folder
+(:func:`prepare_book_sms`, over :func:`gptclf.prepare.prepare`); train and evaluate
+(:func:`gptclf.finetune.train_run`, which reads only what is on disk); swap the finished run in.
+The command line only parses options and prints what :func:`finetune` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gptclf.distributed import Shard
+from gptclf.download import Progress, ensure_sms_spam, ensure_tokenizer, ensure_weights
+from gptclf.finetune import FinetuneResult, RunContext, train_run
+from gptclf.prepare import prepare
+from gptclf.progress import TrainProgress
+from gptclf.resume import InterruptGuard
+from gptclf.runconfig import FinetuneSettings
+from gptclf.rundir import RunBuild, check_out, work_dir
+from gptclf.runplan import RunPlan, make_plan, out_dir, resumed_settings
+
+#: The book's preparation of the SMS set (chapter 6): balanced by undersampling, a plain shuffled
+#: 70/10/20 split, seed 123.
+BOOK_SMS: dict[str, Any] = {
+    "balance": "undersample",
+    "split": "0.7,0.1,0.2",
+    "stratify": False,
+    "seed": 123,
+}
+
+
+def finetune(
+    settings: FinetuneSettings,
+    *,
+    progress: TrainProgress | None = None,
+    download_progress: Progress | None = None,
+    shard: Shard = Shard(),  # frozen, so one shared default is safe
+) -> FinetuneResult:
+    """Run ``gptclf finetune``: train a classifier and write its run directory.
+
+    The run is built in a work folder beside ``--out`` and swapped in whole at the end: ``--out``
+    is at every moment absent, the old run or the new one. A signal before training stops at once
+    and writes nothing; from the first step on, it saves a checkpoint (in training), stops the
+    test evaluation (training is saved), or lets the write finish, then raises
+    :class:`~gptclf.errors.Interrupted`.
+
+    Args:
+        settings: The merged options (see :func:`gptclf.runconfig.build_settings`).
+        progress: Receives training progress and messages (default: silent).
+        download_progress: Receives download progress (default: silent).
+        shard: This process's place in a data-parallel job; only rank 0 writes.
+
+    Raises:
+        BadInputError: Bad settings or data (nothing written), exit code 2.
+        DownloadError: Something missing could not be downloaded.
+        TrainingError: The loss became NaN or infinite (nothing written).
+        Interrupted: Ctrl-C or SIGTERM: a checkpoint was saved for ``--resume``.
+        DiskFullError: The disk filled while writing (the checkpoint is kept for ``--resume``).
+    """
+    progress = progress or TrainProgress()
+    # Rank 0's folder: the others could name another runs/<timestamp> a second later.
+    out = shard.from_main(out_dir(settings))
+    with InterruptGuard() as guard:
+        settings, resume_state = _checked_settings(out, settings)
+        plan = make_plan(settings)
+        build = None
+        if shard.is_main:
+            build = RunBuild.open(out, force=settings.force, resume=settings.resume, note=progress.message)
+            if settings.resume:
+                guard.before = f"the interrupted run in {build.path} is kept for --resume"
+        shard.barrier()  # rank 0 has made the work folder before the others look into it
+        ctx = RunContext(settings, plan, out, work_dir(out), resume_state, guard, progress, shard)
+        try:
+            tokenizer_dir = _fetch(settings, plan, download_progress, shard)
+            data_dir = _data(ctx, download_progress)
+            result = train_run(ctx, data_dir, tokenizer_dir)
+            if build is not None:
+                build.commit()
+        except BaseException as exc:
+            if build is not None:
+                build.close(exc)
+            raise
+        if build is not None:
+            build.close()
+        guard.check(f"stopped after the run was written completely to {out}")
+        return result
+
+
+def _checked_settings(
+    out: Path, settings: FinetuneSettings
+) -> tuple[FinetuneSettings, dict[str, Any] | None]:
+    """The settings to run with: a resumed run's saved ones (and its checkpoint), or the given ones
+    once ``--out`` may be written."""
+    if settings.resume:
+        return resumed_settings(out, settings)
+    check_out(out, force=settings.force, resume=False)
+    return settings, None
+
+
+def _fetch(settings: FinetuneSettings, plan: RunPlan, progress: Progress | None, shard: Shard) -> Path:
+    """Download what the run needs and the cache lacks; returns the tokenizer folder.
+
+    Downloads come first: they fill the cache, and a failed one leaves the run directory untouched.
+    One process per machine downloads; the others wait and find the files in place.
+    """
+    with shard.main_first():
+        tokenizer_dir = ensure_tokenizer(plan.home, settings.mirror, progress)
+        if settings.weights == "pretrained":
+            ensure_weights(plan.model_name, plan.home, settings.mirror, progress)
+    return tokenizer_dir
+
+
+def _data(ctx: RunContext, progress: Progress | None) -> Path:
+    """The prepared folder: ``--data``, or the SMS set prepared the book's way into the work
+    folder's ``data`` (by rank 0, which alone writes the run; the other ranks wait and read it)."""
+    settings = ctx.settings
+    if settings.data is not None:
+        return Path(settings.data).expanduser().resolve()
+    target = ctx.work / "data"
+    with ctx.shard.main_first(per_node=False):
+        if ctx.shard.is_main and not (settings.resume and target.is_dir()):
+            prepare_book_sms(target, settings.classes, ctx.plan.home, settings.mirror, progress)
+    return target
+
+
+def prepare_book_sms(
+    out: Path,
+    classes: list[str] | None,
+    home: Path | None,
+    mirror: str | None,
+    progress: Progress | None = None,
+) -> None:
+    """The SMS Spam Collection (downloaded when missing) prepared as chapter 6 does into ``out``:
+    747/747 balanced by undersampling, a plain shuffled 70/10/20 split (1,045/149/300), seed 123.
+    """
+    path = ensure_sms_spam(home, mirror, progress)
+    prepare(out, path, dataset="sms-spam", classes=classes, force=True, **BOOK_SMS)
