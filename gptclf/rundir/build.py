@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptclf.errors import BadInputError, write_error
+from gptclf.fileio import fsync_folder
 from gptclf.resume import CHECKPOINT_NAME
 from gptclf.rundir.layout import INFO_FILE, RUN_FILES
 
@@ -240,7 +241,7 @@ class RunBuild:
                 with contextlib.suppress(FileNotFoundError):
                     out.rmdir()  # empty: rename() onto a folder needs it gone on some systems
                 os.rename(work, out)
-            _fsync_dir(out.parent)
+            fsync_folder(out.parent)  # the swap itself must survive a power cut
             (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # kept until now: the run is whole
         except OSError as exc:
             raise write_error(exc, out) from None
@@ -330,13 +331,3 @@ def _swap(work: Path, out: Path) -> None:
     os.rename(out, old)  # a kill here leaves the old run in .<name>.old: recover() puts it back
     os.rename(work, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where folders can be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
