@@ -7,133 +7,42 @@ lines otherwise); the final paths go to stdout, one per line, or as one JSON obj
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as RichProgress
 
 from cli.common import err_console, handle_errors
+from gptclf.artefacts import Placed, ensure_sms_spam, ensure_tokenizer, ensure_weights, resolve_mirror
 from gptclf.config import cache_home, canonical_preset, valid_model_names
-from gptclf.download import Progress, Retry, ensure_sms_spam, ensure_tokenizer, ensure_weights, resolve_mirror
 from gptclf.errors import BadInputError
+from gptclf.http import Retry
+from gptclf.progress import ConsoleProgress
 
 #: Datasets ``--dataset`` knows, and the function that puts each in the cache.
 DATASETS = {"sms-spam": ensure_sms_spam}
 
 
-class _Reporter(Progress):
-    """Says on stderr what was fetched or skipped, and keeps a record of it for ``--json``.
+def _wanted(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
+    """The presets and datasets asked for, each once; the tokenizer's gpt2-small when neither.
 
-    ``only_fetched`` leaves files already present unsaid: a finetune run checks its files every
-    time, and only a download is news there.
+    Raises:
+        BadInputError: Naming every unknown model and dataset.
     """
-
-    def __init__(self, console: Console, only_fetched: bool = False) -> None:
-        self.console = console
-        self.only_fetched = only_fetched
-        self.files: list[dict[str, Any]] = []
-
-    def say(self, message: str) -> None:
-        # markup off: paths and URLs may hold [brackets]; soft wrap: log lines stay whole
-        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-    def note(self, message: str) -> None:
-        self.say(message)
-
-    def end(self, label: str, path: Path, fetched: bool) -> None:
-        self.files.append({"name": label, "path": str(path), "fetched": fetched})
-        if fetched or not self.only_fetched:
-            self.say(f"fetched {label}: {path}" if fetched else f"already present: {label}: {path}")
-
-
-class LineReporter(_Reporter):
-    """Plain lines for logs and CI: one as a file starts, then every 10% or every 10 seconds."""
-
-    def begin(self, label: str, total: int | None, done: int) -> None:
-        self._label, self._total, self._done = label, total, done
-        self._start, self._start_done = time.monotonic(), done
-        self._last_time, self._last_tenth = self._start, self._tenth()
-        size = _human(total) if total is not None else "size unknown"
-        self.say(f"resuming {label} at {_human(done)} ({size})" if done else f"downloading {label} ({size})")
-
-    def advance(self, nbytes: int) -> None:
-        self._done += nbytes
-        now = time.monotonic()
-        tenth = self._tenth()
-        if tenth > self._last_tenth or now - self._last_time >= 10:
-            self._last_time, self._last_tenth = now, tenth
-            rate = (self._done - self._start_done) / max(now - self._start, 1e-9)
-            share = f"{100 * self._done // self._total}% " if self._total else ""
-            self.say(f"{self._label}: {share}{_human(self._done)} at {_human(rate)}/s")
-
-    def _tenth(self) -> int:
-        return 10 * self._done // self._total if self._total else 0
-
-
-class BarReporter(_Reporter):
-    """A rich progress bar on the terminal: bytes, rate and time left, one file at a time."""
-
-    def __init__(self, console: Console, only_fetched: bool = False) -> None:
-        super().__init__(console, only_fetched)
-        self._bar: RichProgress | None = None
-        self._task: TaskID | None = None
-
-    def begin(self, label: str, total: int | None, done: int) -> None:
-        if self._bar is None:
-            self._bar = RichProgress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,  # the "fetched ..." line replaces the finished bar
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(label, total=total, completed=done)
-        elif self._task is not None:  # a retry of the same file
-            self._bar.reset(self._task, total=total, completed=done, description=label)
-
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None and self._task is not None:
-            self._bar.advance(self._task, nbytes)
-
-    def end(self, label: str, path: Path, fetched: bool) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar, self._task = None, None
-        super().end(label, path, fetched)
-
-
-def progress_reporter(console: Console = err_console, only_fetched: bool = False) -> _Reporter:
-    """The reporter for ``console`` (stderr): a live bar on a terminal, plain lines otherwise.
-
-    Args:
-        console: Where progress goes.
-        only_fetched: Say nothing about files that were already present (``finetune``).
-    """
-    kind = BarReporter if console.is_terminal else LineReporter
-    return kind(console, only_fetched)
-
-
-def _human(n: float) -> str:
-    """Bytes in decimal units, as rich's DownloadColumn shows them."""
-    for unit in ("B", "kB", "MB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    problems = []
+    presets: list[str] = []
+    for name in models:
+        preset = canonical_preset(name.strip())
+        if preset is None:
+            problems.append(f"unknown model {name!r} (valid: {', '.join(valid_model_names())})")
+        elif preset not in presets:
+            presets.append(preset)
+    names = list(dict.fromkeys(d.strip() for d in datasets))
+    problems += [f"unknown dataset {n!r} (valid: {', '.join(DATASETS)})" for n in names if n not in DATASETS]
+    if problems:
+        raise BadInputError("; ".join(problems))
+    return (presets or ([] if names else ["gpt2-small"])), names
 
 
 @handle_errors
@@ -178,35 +87,31 @@ def download(
     Files already present and verified are not fetched again; an interrupted download resumes.
     Paths go to stdout, one per line (--json: one JSON object); progress goes to stderr.
     """
-    problems = []
-    presets: list[str] = []
-    for name in model or []:
-        preset = canonical_preset(name.strip())
-        if preset is None:
-            problems.append(f"unknown model {name!r} (valid: {', '.join(valid_model_names())})")
-        elif preset not in presets:
-            presets.append(preset)
-    datasets = list(dict.fromkeys(d.strip() for d in dataset or []))
-    for name in datasets:
-        if name not in DATASETS:
-            problems.append(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
-    if problems:
-        raise BadInputError("; ".join(problems))
-    if not presets and not datasets:
-        presets = ["gpt2-small"]
+    presets, datasets = _wanted(model or [], dataset or [])
     resolved = resolve_mirror(mirror)  # a missing mirror folder stops us before any download
     cache = home.expanduser() if home is not None else cache_home()
-    reporter = progress_reporter()
+    progress = ConsoleProgress(err_console)
+    placed: list[Placed] = []
     retry = Retry(retries=retries)
+
+    def place(ensure: Callable[..., Path], *args: str) -> str:
+        # The library says what it fetched; this verb, whose job is the cache, also says what
+        # was already there.
+        before = len(placed)
+        path = ensure(*args, cache, resolved, progress, retry=retry, placed=placed)
+        for item in placed[before:]:
+            if not item.fetched:
+                progress.message(f"already present: {item.label}: {item.path}")
+        return str(path)
 
     result: dict[str, Any] = {"home": str(cache), "tokenizer": None, "datasets": {}, "models": {}}
     if tokenizer:
-        result["tokenizer"] = str(ensure_tokenizer(cache, resolved, reporter, retry=retry))
+        result["tokenizer"] = place(ensure_tokenizer)
     for name in datasets:
-        result["datasets"][name] = str(DATASETS[name](cache, resolved, reporter, retry=retry))
+        result["datasets"][name] = place(DATASETS[name])
     for preset in presets:
-        result["models"][preset] = str(ensure_weights(preset, cache, resolved, reporter, retry=retry))
-    result["files"] = reporter.files
+        result["models"][preset] = place(ensure_weights, preset)
+    result["files"] = [{"name": p.label, "path": str(p.path), "fetched": p.fetched} for p in placed]
 
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -16,17 +16,11 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from cli.common import err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.progress import Progress
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+from gptclf.progress import ConsoleProgress, fmt_metric
 
 
 def _print_tables(m: dict[str, Any]) -> None:
@@ -38,11 +32,11 @@ def _print_tables(m: dict[str, Any]) -> None:
     where = f"{source['split']} split of {source['data']}" if "split" in source else source["input"]
     summary.add_row("data", where)
     summary.add_row("texts", str(m["n"]))
-    summary.add_row("accuracy", _fmt(m["accuracy"]))
-    summary.add_row("loss", _fmt(m["loss"]))
-    summary.add_row("macro F1", _fmt(m["macro_f1"]))
+    summary.add_row("accuracy", fmt_metric(m["accuracy"]))
+    summary.add_row("loss", fmt_metric(m["loss"]))
+    summary.add_row("macro F1", fmt_metric(m["macro_f1"]))
     if len(m["classes"]) == 2:
-        summary.add_row("ROC-AUC", _fmt(m["roc_auc"]))
+        summary.add_row("ROC-AUC", fmt_metric(m["roc_auc"]))
     summary.add_row("truncated", str(m["truncated"]))
     _show(summary)
 
@@ -51,7 +45,11 @@ def _print_tables(m: dict[str, Any]) -> None:
         per_class.add_column(name, justify="left" if name == "class" else "right")
     for name, row in m["per_class"].items():
         per_class.add_row(
-            name, _fmt(row["precision"]), _fmt(row["recall"]), _fmt(row["f1"]), str(row["support"])
+            name,
+            fmt_metric(row["precision"]),
+            fmt_metric(row["recall"]),
+            fmt_metric(row["f1"]),
+            str(row["support"]),
         )
     _show(per_class)
 
@@ -80,22 +78,6 @@ def _show(table: Table) -> None:
 
 #: A width no table reaches, to measure the one it needs.
 _UNLIMITED = 100_000
-
-
-class _BarProgress(Progress):
-    """A transient bar on a terminal for the evaluation pass."""
-
-    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
-        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._bar = RichProgress(*columns, console=err_console, transient=True)
-        self._bar.start()
-        self._task = self._bar.add_task(label, total=total, completed=done)
-
-    def advance(self, n: int = 1, **fields: object) -> None:
-        self._bar.advance(self._task, n)
-
-    def end(self) -> None:
-        self._bar.stop()
 
 
 @handle_errors
@@ -170,9 +152,7 @@ def evaluate(
     err_console.print(
         f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name})"
     )
-    metrics = run_evaluation(
-        predictor, labelled, progress=_BarProgress() if err_console.is_terminal else None
-    )
+    metrics = run_evaluation(predictor, labelled, progress=ConsoleProgress(err_console))
     if metrics["truncated"]:
         err_console.print(
             f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import tiktoken
 
-from gptclf.config import cache_home
 from gptclf.errors import BadInputError
 
 #: Token id of ``<|endoftext|>``, GPT-2's only special token; also the pad id.
@@ -26,16 +25,8 @@ TOKENIZER_FILES: dict[str, str] = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
-#: Path of the tokenizer files on OpenAI's public host (and, by the mirror rule, on a mirror).
-TOKENIZER_URL_DIR = "gpt-2/encodings/main"
-
 # GPT-2's pre-tokenisation pattern (the one tiktoken calls r50k).
 _PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def tokenizer_dir(home: Path | None = None) -> Path:
-    """Cache folder of the tokenizer files: ``<home>/tokenizer``."""
-    return (home or cache_home()) / "tokenizer"
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -73,17 +64,18 @@ def _check_merges(vocab_bpe: bytes, ranks: dict[bytes, int]) -> None:
             raise BadInputError(f"vocab.bpe merge {i} ({line!r}) does not match encoder.json")
 
 
-def load_tokenizer(directory: Path | None = None, verify: bool = True) -> tiktoken.Encoding:
+def load_tokenizer(directory: Path, verify: bool = True) -> tiktoken.Encoding:
     """Build GPT-2's tokenizer from ``encoder.json`` and ``vocab.bpe`` in ``directory``.
 
     Args:
-        directory: Folder holding the two files (default: the cache's tokenizer folder).
+        directory: Folder holding the two files (the cache's, see
+            :func:`gptclf.artefacts.tokenizer_dir`, or a run directory).
         verify: Check each file's sha256 before use.
 
     Raises:
         BadInputError: A file is missing or is not the GPT-2 file.
     """
-    directory = Path(directory) if directory is not None else tokenizer_dir()
+    directory = Path(directory)
     contents = {}
     for name, digest in TOKENIZER_FILES.items():
         path = directory / name

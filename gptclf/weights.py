@@ -1,4 +1,4 @@
-"""GPT-2 checkpoints: where they live, and Hugging Face safetensors -> :class:`gptclf.model.GPT`.
+"""GPT-2 checkpoints: Hugging Face safetensors -> :class:`gptclf.model.GPT`, and their checks.
 
 Hugging Face's GPT-2 uses ``Conv1D`` layers whose weight is stored (in, out), the transpose of
 ``nn.Linear``'s (out, in): ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` are
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from gptclf.config import HF_REPOS, GPTConfig, cache_home
+from gptclf.config import HF_REPOS, GPTConfig
 from gptclf.errors import BadInputError
 from gptclf.model import GPT, build_model
 
@@ -24,16 +24,6 @@ from gptclf.model import GPT, build_model
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 _SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
-
-
-def weights_file(preset: str, home: Path | None = None) -> Path:
-    """Cache location of a preset's ``model.safetensors``: ``<home>/models/<preset>/``."""
-    return (home or cache_home()) / "models" / preset / "model.safetensors"
-
-
-def weights_url_path(preset: str) -> str:
-    """Path of a preset's weights on the Hugging Face hub (and, by the mirror rule, on a mirror)."""
-    return f"{HF_REPOS[preset]}/resolve/main/model.safetensors"
 
 
 def expected_hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
@@ -147,6 +137,23 @@ def load_pretrained(cfg: GPTConfig, path: Path) -> GPT:
     return model
 
 
+def weights_problems(spec: str, preset: str) -> list[str]:
+    """What keeps ``--weights spec`` from being loaded for the model ``preset``, checked before
+    anything is downloaded (empty: it can be; a missing download is found by :func:`load_weights`).
+
+    Args:
+        spec: ``pretrained``, ``random`` or a path to a safetensors file.
+        preset: The preset name (``custom`` for a custom size).
+    """
+    if spec == "pretrained" and preset not in HF_REPOS:
+        return [
+            "there are no pretrained weights for a custom model size: use --weights random or --weights PATH"
+        ]
+    if spec not in ("pretrained", "random") and not Path(spec).expanduser().is_file():
+        return [f"--weights {spec}: the file does not exist (use pretrained, random or a safetensors path)"]
+    return []
+
+
 def load_weights(spec: str, cfg: GPTConfig, preset: str, seed: int = 123, home: Path | None = None) -> GPT:
     """Build the model ``--weights`` asks for.
 
@@ -162,14 +169,14 @@ def load_weights(spec: str, cfg: GPTConfig, preset: str, seed: int = 123, home: 
         BadInputError: Pretrained weights requested for a custom size, or a file that is missing
             or does not fit.
     """
+    if problems := weights_problems(spec, preset):
+        raise BadInputError("; ".join(problems))
     if spec == "random":
         return build_model(cfg, seed=seed)
     if spec == "pretrained":
-        if preset not in HF_REPOS:
-            raise BadInputError(
-                "there are no pretrained weights for a custom model size: use --weights random "
-                "or --weights PATH"
-            )
+        # Imported here: artefacts verifies downloads with this module's checks, so it imports us.
+        from gptclf.artefacts import weights_file
+
         path = weights_file(preset, home)
         if not path.is_file():
             raise BadInputError(

@@ -11,11 +11,12 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from gptclf import config
+from gptclf.artefacts import TOKENIZER_URL_DIR, weights_file
 from gptclf.config import valid_model_names
-from gptclf.tokenizer import TOKENIZER_FILES, TOKENIZER_URL_DIR
-from gptclf.weights import weights_file
+from gptclf.tokenizer import TOKENIZER_FILES
 from tests.conftest import BPE_DIR, needs_shared_bpe
-from tests.test_download import MIRROR, TINY, WEIGHTS, FileServer, needs_shared_mirror, sha, tiny_checkpoint
+from tests.test_artefacts import MIRROR, needs_shared_mirror
+from tests.test_http import TINY, WEIGHTS, FileServer, sha, tiny_checkpoint
 
 runner = CliRunner()
 

@@ -1,12 +1,10 @@
-"""Downloads against a real HTTP server on 127.0.0.1: resume, retries, verification, mirrors, archives."""
+"""The HTTP client against a real HTTP server on 127.0.0.1: resume, retries, verification, progress."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import socket
 import threading
-import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,35 +13,19 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from gptclf.archive import extract_sms_archive
+from gptclf.artefacts import Placed, ensure_weights, weights_file, weights_url_path
 from gptclf.config import GPTConfig, cache_home
-from gptclf.download import (
-    SMS_URL_PATH,
-    Progress,
-    Retry,
-    download_file,
-    ensure_sms_spam,
-    ensure_tokenizer,
-    ensure_weights,
-    mirror_location,
-    resolve_mirror,
-    sms_spam_path,
-)
-from gptclf.errors import BadInputError, DownloadError
+from gptclf.errors import DownloadError
+from gptclf.http import Retry, download_file
 from gptclf.model import build_model
-from gptclf.tokenizer import TOKENIZER_FILES, TOKENIZER_URL_DIR
-from gptclf.weights import CONV1D_SUFFIXES, weights_file, weights_url_path
-from tests.conftest import BPE_DIR, SHARED, needs_shared_bpe
+from gptclf.progress import Progress
+from gptclf.weights import CONV1D_SUFFIXES
 
 #: A GPT small enough that its checkpoint is a few tens of kB.
 TINY = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=2, n_head=2)
 #: Retries without sleeping, so failure paths stay fast.
 FAST = Retry(retries=2, backoff=0.0, timeout=5.0)
 WEIGHTS = "/" + weights_url_path("gpt2-small")
-MIRROR = SHARED / "mirror"
-needs_shared_mirror = pytest.mark.skipif(
-    not (MIRROR / SMS_URL_PATH).is_file(), reason=f"no local mirror at {MIRROR} (../shared is absent)"
-)
 
 
 def tiny_checkpoint() -> bytes:
@@ -146,25 +128,30 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Recorder(Progress):
-    """Keeps the events a download reports."""
+    """Keeps the events a download reports; ``ended`` is given to the ``ensure_*`` as ``placed``."""
 
     def __init__(self) -> None:
         self.begun: list[tuple[str, int | None, int]] = []
+        self.units: set[str] = set()
         self.bytes = 0
+        self.open = 0  # steps begun and not yet ended
         self.notes: list[str] = []
-        self.ended: list[tuple[str, Path, bool]] = []
+        self.ended: list[Placed] = []
 
-    def begin(self, label: str, total: int | None, done: int) -> None:
+    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        assert self.open == 0, "a step began while another was running"
+        self.open += 1
         self.begun.append((label, total, done))
+        self.units.add(unit)
 
-    def advance(self, nbytes: int) -> None:
-        self.bytes += nbytes
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self.bytes += n
 
-    def note(self, message: str) -> None:
-        self.notes.append(message)
+    def end(self) -> None:
+        self.open -= 1
 
-    def end(self, label: str, path: Path, fetched: bool) -> None:
-        self.ended.append((label, path, fetched))
+    def message(self, text: str) -> None:
+        self.notes.append(text)
 
 
 @pytest.fixture
@@ -195,14 +182,6 @@ def cached_part() -> Path:
     return cached_weights().with_name("model.safetensors.part")
 
 
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 # --- weights over HTTP ------------------------------------------------------------------------
 
 
@@ -211,7 +190,9 @@ def test_clean_download_lands_in_the_cache(
 ) -> None:
     server.files[WEIGHTS] = checkpoint
     progress = Recorder()
-    path = ensure_weights("gpt2-small", progress=progress, config=TINY, hosts=[server.url], retry=FAST)
+    path = ensure_weights(
+        "gpt2-small", progress=progress, config=TINY, hosts=[server.url], retry=FAST, placed=progress.ended
+    )
     assert path == isolated_home / "models" / "gpt2-small" / "model.safetensors"
     assert path.read_bytes() == checkpoint
     assert not path.with_name("model.safetensors.part").exists()
@@ -225,7 +206,9 @@ def test_second_call_fetches_nothing(server: FileServer, checkpoint: bytes) -> N
     server.files[WEIGHTS] = checkpoint
     path = ensure_weights("gpt2-small", config=TINY, hosts=[server.url], retry=FAST)
     progress = Recorder()
-    again = ensure_weights("124M", progress=progress, config=TINY, hosts=[server.url], retry=FAST)
+    again = ensure_weights(
+        "124M", progress=progress, config=TINY, hosts=[server.url], retry=FAST, placed=progress.ended
+    )
     assert again == path
     assert len(server.requests) == 1  # the second call never contacted the host
     assert progress.ended == [("gpt2-small weights", path, False)]
@@ -388,184 +371,3 @@ def test_hub_redirect_headers_that_disagree_refuse_the_file(
         ensure_weights("gpt2-small", config=TINY, hosts=[server.url], retry=FAST)
     assert not cached_part().exists()
     assert not cached_weights().exists()
-
-
-def test_checkpoint_of_another_shape_is_refused(server: FileServer, checkpoint: bytes) -> None:
-    server.files[WEIGHTS] = checkpoint
-    wider = GPTConfig(vocab_size=256, n_positions=16, n_embd=32, n_layer=2, n_head=2)
-    with pytest.raises(DownloadError, match="does not fit"):
-        ensure_weights("gpt2-small", config=wider, hosts=[server.url], retry=FAST)
-    assert not cached_weights().exists()
-
-
-def test_truncated_checkpoint_is_refused_when_no_size_is_stated(tmp_path: Path, checkpoint: bytes) -> None:
-    # A folder mirror states no size or hash: the safetensors header's extent catches the cut.
-    mirror = tmp_path / "mirror"
-    (mirror / WEIGHTS.lstrip("/")).parent.mkdir(parents=True)
-    (mirror / WEIGHTS.lstrip("/")).write_bytes(checkpoint[:-64])
-    with pytest.raises(DownloadError, match="header describes"):
-        ensure_weights("gpt2-small", mirror=str(mirror), config=TINY)
-    assert not cached_weights().exists()
-
-
-def test_unknown_preset_lists_valid_names() -> None:
-    with pytest.raises(BadInputError, match="gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, 124M"):
-        ensure_weights("gpt3")
-
-
-# --- mirrors ------------------------------------------------------------------------------------
-
-
-def test_mirror_rule_maps_public_urls_to_mirror_paths(tmp_path: Path) -> None:
-    zip_url = f"https://archive.ics.uci.edu/{SMS_URL_PATH}"
-    assert mirror_location(zip_url, "http://m.example/x") == f"http://m.example/x/{SMS_URL_PATH}"
-    assert mirror_location(zip_url, str(tmp_path)) == tmp_path / "static/public/228/sms+spam+collection.zip"
-    vocab = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"
-    assert mirror_location(vocab, str(tmp_path)) == tmp_path / "gpt-2" / "encodings" / "main" / "vocab.bpe"
-
-
-def test_resolve_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_mirror(None) is None
-    assert resolve_mirror("http://m.example/x/") == "http://m.example/x"
-    monkeypatch.setenv("GPTCLF_MIRROR", str(tmp_path))
-    assert resolve_mirror(None) == str(tmp_path.resolve())
-    assert resolve_mirror(f"file://{tmp_path}") == str(tmp_path.resolve())
-    assert resolve_mirror("https://other.example") == "https://other.example"  # the argument wins
-    with pytest.raises(BadInputError, match="does not exist"):
-        resolve_mirror(str(tmp_path / "nope"))
-
-
-def test_mirror_folder_serves_weights(
-    tmp_path: Path, checkpoint: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mirror = tmp_path / "mirror"
-    source = mirror / WEIGHTS.lstrip("/")
-    source.parent.mkdir(parents=True)
-    source.write_bytes(checkpoint)
-    monkeypatch.setenv("GPTCLF_MIRROR", str(mirror))  # the environment alone selects the mirror
-    path = ensure_weights("gpt2-small", config=TINY, hosts=[dead_url()])
-    assert path.read_bytes() == checkpoint
-    assert source.read_bytes() == checkpoint  # copied, not moved
-
-
-def test_mirror_folder_without_the_file_explains_the_layout(tmp_path: Path) -> None:
-    with pytest.raises(DownloadError) as info:
-        ensure_weights("gpt2-small", mirror=str(tmp_path), config=TINY)
-    message = str(info.value)
-    assert str(tmp_path / WEIGHTS.lstrip("/")) in message
-    assert "<mirror>/<its path on the public host>" in message
-
-
-def test_mirror_url_replaces_the_public_hosts(server: FileServer, checkpoint: bytes) -> None:
-    server.files["/m" + WEIGHTS] = checkpoint
-    path = ensure_weights("gpt2-small", mirror=f"{server.url}/m/", config=TINY, hosts=[dead_url()])
-    assert path.read_bytes() == checkpoint
-    assert server.requests == [("/m" + WEIGHTS, None)]
-
-
-# --- tokenizer ----------------------------------------------------------------------------------
-
-
-@needs_shared_bpe
-def test_tokenizer_over_http_by_sha256_then_not_again(server: FileServer, isolated_home: Path) -> None:
-    for name in TOKENIZER_FILES:
-        server.files[f"/{TOKENIZER_URL_DIR}/{name}"] = (BPE_DIR / name).read_bytes()
-    folder = ensure_tokenizer(mirror=server.url)
-    assert folder == isolated_home / "tokenizer"
-    for name, digest in TOKENIZER_FILES.items():
-        assert sha((folder / name).read_bytes()) == digest
-    assert len(server.requests) == 2
-    ensure_tokenizer(mirror=server.url)
-    assert len(server.requests) == 2
-
-
-def test_tokenizer_file_with_wrong_bytes_is_refused(server: FileServer, isolated_home: Path) -> None:
-    for name in TOKENIZER_FILES:
-        server.files[f"/{TOKENIZER_URL_DIR}/{name}"] = b"not the GPT-2 file"
-    with pytest.raises(DownloadError, match=r"encoder\.json has sha256"):
-        ensure_tokenizer(hosts=[server.url], retry=FAST)
-    assert not any((isolated_home / "tokenizer").iterdir())
-
-
-@needs_shared_mirror
-def test_real_shared_mirror_gives_tokenizer_and_sms(isolated_home: Path) -> None:
-    folder = ensure_tokenizer(mirror=str(MIRROR))
-    for name, digest in TOKENIZER_FILES.items():
-        assert sha((folder / name).read_bytes()) == digest
-    path = ensure_sms_spam(mirror=str(MIRROR))
-    assert path == sms_spam_path(isolated_home)
-    assert len(path.read_bytes().splitlines()) == 5574
-    assert (path.parent / "readme").is_file()
-    assert (path.parent / "sms+spam+collection.zip").is_file()
-
-
-@needs_shared_mirror
-def test_sms_over_http_then_not_again(server: FileServer) -> None:
-    server.files["/" + SMS_URL_PATH] = (MIRROR / SMS_URL_PATH).read_bytes()
-    progress = Recorder()
-    path = ensure_sms_spam(progress=progress, hosts=[server.url], retry=FAST)
-    assert path.is_file()
-    assert [fetched for _, _, fetched in progress.ended] == [True, True]  # the zip, then the data
-    ensure_sms_spam(progress=progress, hosts=[server.url], retry=FAST)
-    assert len(server.requests) == 1
-    assert progress.ended[-1] == ("SMSSpamCollection", path, False)
-
-
-# --- archives -----------------------------------------------------------------------------------
-
-DATA = b"ham\tHello there\nspam\tWIN a prize\n"
-
-
-def test_extraction_takes_the_data_and_readme_only(tmp_path: Path) -> None:
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(make_zip({"SMSSpamCollection": DATA, "readme": b"about", "other.txt": b"x"}))
-    out = tmp_path / "out"
-    path = extract_sms_archive(archive, out, sha256=sha(DATA))
-    assert path == out / "SMSSpamCollection"
-    assert path.read_bytes() == DATA
-    assert sorted(p.name for p in out.iterdir()) == ["SMSSpamCollection", "readme"]  # no temp left
-
-
-@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "sub/../../evil", "C:/evil", "..\\evil"])
-def test_zip_slip_is_refused(tmp_path: Path, name: str) -> None:
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(make_zip({"SMSSpamCollection": DATA, name: b"pwned"}))
-    out = tmp_path / "deep" / "out"
-    with pytest.raises(DownloadError, match="would land outside"):
-        extract_sms_archive(archive, out, sha256=None)
-    assert list(out.iterdir()) == []
-    assert not (tmp_path / "deep" / "evil").exists()
-
-
-def test_archive_that_expands_too_far_is_refused(tmp_path: Path) -> None:
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(make_zip({"SMSSpamCollection": b"0" * 5000}))  # compresses to a few bytes
-    with pytest.raises(DownloadError, match="more than the 1,000-byte limit"):
-        extract_sms_archive(archive, tmp_path / "out", sha256=None, max_bytes=1000)
-    assert list((tmp_path / "out").iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("content", "error"),
-    [
-        (make_zip({"readme": b"no data"}), "holds no SMSSpamCollection"),
-        (make_zip({"SMSSpamCollection": b"edited"}), "has sha256"),
-        (b"this is not a zip", "not a readable zip"),
-    ],
-)
-def test_wrong_archives_are_refused(tmp_path: Path, content: bytes, error: str) -> None:
-    archive = tmp_path / "a.zip"
-    archive.write_bytes(content)
-    with pytest.raises(DownloadError, match=error):
-        extract_sms_archive(archive, tmp_path / "out", sha256=sha(DATA))
-    assert not (tmp_path / "out" / "SMSSpamCollection").exists()
-
-
-def test_hostile_archive_from_a_mirror_is_not_kept(tmp_path: Path) -> None:
-    mirror = tmp_path / "mirror"
-    (mirror / SMS_URL_PATH).parent.mkdir(parents=True)
-    (mirror / SMS_URL_PATH).write_bytes(make_zip({"SMSSpamCollection": DATA, "../../evil": b"x"}))
-    with pytest.raises(DownloadError, match="would land outside"):
-        ensure_sms_spam(mirror=str(mirror))
-    assert not sms_spam_path().exists()
-    assert not (sms_spam_path().parent / "sms+spam+collection.zip").exists()  # the next run refetches
