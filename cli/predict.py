@@ -6,7 +6,7 @@ or a column named ``id``, else the text's 0-based position: the argument, line o
 - ``jsonl`` (default when stdout is not a terminal): ``{"id", "text", "label", "probs": {class: p}}``
 - ``csv``: a header ``id,text,label,p_<class>...`` then one RFC 4180 row per text
 - ``tsv``: the same columns, never quoted, with the backslash escapes ``\\t \\n \\r \\\\`` that
-  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.data.split_tsv`)
+  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.tables.split_tsv`)
 - ``table`` (default on a terminal): a rich table per chunk of texts
 
 Probabilities are rounded to 6 decimals; output is UTF-8 whatever the locale. Results are written
@@ -70,7 +70,7 @@ def _inputs(
             verb = "applies" if len(stray) == 1 else "apply"
             raise BadInputError(f"{', '.join(stray)} only {verb} to --input FILE or -")
         return texts
-    from gptclf.data import read_inputs
+    from gptclf.tables import read_inputs
 
     # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
     source = input_path if input_path == "-" else Path(input_path)
@@ -109,7 +109,7 @@ def _csv_writer(out: TextIO, classes: list[str]) -> Writer:
 
 
 def _tsv_writer(out: TextIO, classes: list[str]) -> Writer:
-    from gptclf.data import tsv_line
+    from gptclf.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
     out.write(tsv_line(["id", "text", "label", *(f"p_{c}" for c in classes)]))

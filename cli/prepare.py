@@ -1,22 +1,27 @@
 """``gptclf prepare``: raw labelled data -> train/validation/test CSVs and labels.json.
 
 A per-class, per-split count table and what was dropped go to stderr; ``--json`` prints the same
-summary as one JSON object on stdout instead. The work is :func:`gptclf.prepare.prepare`.
+summary as one JSON object on stdout instead. The work is :func:`gptclf.prepare.prepare`; this is
+the recipe around it: check the options, fetch ``--dataset`` (:func:`gptclf.artefacts.ensure_sms_spam`)
+unless ``--input`` names the file, then prepare that file.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from cli.common import err_console, handle_errors
-from gptclf.data import SPLITS
+from gptclf.artefacts import ensure_sms_spam
 from gptclf.errors import BadInputError
-from gptclf.prepare import DEFAULT_SPLIT, PrepareSummary
+from gptclf.prepare import DEFAULT_SPLIT, PrepareSummary, check_options
 from gptclf.prepare import prepare as run_prepare
+from gptclf.prepared import SPLITS
+from gptclf.progress import ConsoleProgress
 
 DEFAULT_OUT = Path("data/prepared")
 
@@ -91,35 +96,50 @@ def prepare(
     if old_format is not None and fmt not in (None, old_format):
         raise BadInputError("--format is the old name of --input-format: give one of them")
     fmt = fmt or old_format
-    progress = None
-    if dataset is not None:
-        from cli.download import progress_reporter  # only a download needs it
-
-        progress = progress_reporter()
+    options = {
+        "dataset": dataset,
+        "fmt": fmt,
+        "text_column": text_column,
+        "label_column": label_column,
+        "classes": classes,
+        "balance": balance,
+        "split": split,
+        "seed": seed,
+        "force": force,
+    }
+    # Everything that needs no data is refused before the dataset is downloaded.
+    _check(out, input_path, options)
+    if input_path is None:
+        assert dataset is not None  # _check refuses neither
+        progress = ConsoleProgress(err_console)
+        input_path = ensure_sms_spam(home.expanduser() if home is not None else None, mirror, progress)
     summary = run_prepare(
         out,
-        dataset=dataset,
-        input_path=input_path,
-        fmt=fmt,
-        text_column=text_column,
-        label_column=label_column,
+        input_path,
         encoding=encoding,
-        classes=classes,
-        balance=balance,
-        split=split,
         stratify=stratify,
-        seed=seed,
         dedupe=dedupe,
         drop_unknown=drop_unknown,
-        force=force,
-        home=home.expanduser() if home is not None else None,
-        mirror=mirror,
-        progress=progress,
+        **options,
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
         _report(summary)
+
+
+def _check(out: Path, input_path: Path | None, options: dict[str, Any]) -> None:
+    """Refuse bad options, and a source that is not exactly one of --dataset and --input, in one
+    message (the source first)."""
+    problems = []
+    if (options["dataset"] is None) == (input_path is None):
+        problems.append("give either --dataset sms-spam or --input FILE")
+    try:
+        check_options(out, **options)
+    except BadInputError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise BadInputError("; ".join(problems))
 
 
 def _report(summary: PrepareSummary) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from gptclf.data import SPLITS, label_ids, load_table, prepared_fingerprint, read_prepared
+from gptclf.data import label_ids
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
+from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
+from gptclf.tables import load_table
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Datasets: read the SMS Spam Collection and labelled tables without losing a row, stream texts for
-prediction, and read back the folder that ``gptclf prepare`` writes (see :mod:`gptclf.prepare`).
+"""Labelled tables and text streams, read without losing a row: the SMS Spam Collection, CSV, TSV
+and JSONL tables for ``prepare`` and ``evaluate``, and texts (with ids) streamed for ``predict``.
 
 Formats, chosen by extension or named explicitly:
 
@@ -13,7 +13,7 @@ Formats, chosen by extension or named explicitly:
 - ``jsonl``: one JSON object per line; every object carries the text and label keys (null allowed).
 - ``txt``: one text per line, no labels (for :func:`read_texts` only).
 
-Files and stdin (``-``) go through one decoding path (:func:`_decoded_lines`): the encoding, a
+Files and stdin (``-``) go through one decoding path (:mod:`gptclf.decoding`): the encoding, a
 UTF-8 byte-order mark, CRLF line ends, undecodable bytes and NUL bytes are handled alike.
 
 Records are numbered from 1 in file order (header and blank lines not counted); that number is the
@@ -24,35 +24,28 @@ whose label is empty, is dropped and counted under its reason.
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import csv
-import hashlib
-import io
-import itertools
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pandas as pd
 
+from gptclf.decoding import (
+    Source,
+    check_file,
+    csv_lines,
+    is_stdin,
+    numbered_lines,
+    reading_encoding,
+    source_name,
+)
 from gptclf.errors import BadInputError
 
-#: The three splits, in the order they are written and reported.
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
-#: The file holding the class names and the metadata of a prepared folder.
-LABELS_FILE = "labels.json"
-#: Everything a prepared folder holds; labels.json last, as it is written last.
-PREPARED_FILES: tuple[str, ...] = (*(f"{s}.csv" for s in SPLITS), LABELS_FILE)
-#: The input name that means standard input.
-STDIN = "-"
-#: An input: a file, or :data:`STDIN`.
-Source = Path | str
 #: Formats a labelled table can have.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "sms")
 #: Reasons a record is dropped while loading.
@@ -83,22 +76,6 @@ class LoadedTable:
 
     frame: pd.DataFrame
     dropped: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class PreparedData:
-    """A prepared folder read back.
-
-    Attributes:
-        classes: Class names; a class's index is its position.
-        splits: ``"train"``, ``"validation"``, ``"test"`` -> frame with ``text`` and ``label``
-            (the class name).
-        meta: Everything labels.json holds (source, seed, split, balance, counts, ...).
-    """
-
-    classes: list[str]
-    splits: dict[str, pd.DataFrame]
-    meta: dict[str, Any]
 
 
 def resolve_format(path: Source, fmt: str | None, allowed: Sequence[str] = TABLE_FORMATS) -> str:
@@ -145,7 +122,7 @@ def load_sms_spam(path: Source, encoding: str = "utf-8") -> LoadedTable:
     Raises:
         BadInputError: Missing or empty file, a line without a tab, or bytes not in ``encoding``.
     """
-    rows = (_sms_fields(path, line, line_no) for line_no, line in _lines(path, encoding))
+    rows = (_sms_fields(path, line, line_no) for line_no, line in numbered_lines(path, encoding))
     return _collect(path, rows)
 
 
@@ -216,14 +193,14 @@ def read_inputs(
     """
     fmt = resolve_format(path, fmt, (*TABLE_FORMATS, "txt"))
     if not is_stdin(path):
-        _check_file(Path(path))
-    _reading_encoding(encoding)
+        check_file(Path(path))
+    reading_encoding(encoding)
     if fmt in ("txt", "sms"):
         if id_column is not None:
             raise BadInputError(f"--id-column needs a CSV, TSV or JSONL input; {fmt} has no columns")
         if fmt == "txt":
-            return enumerate(line for _, line in _lines(path, encoding, skip_blank=False))
-        return enumerate(_sms_fields(path, ln, n)[0] for n, ln in _lines(path, encoding))
+            return enumerate(line for _, line in numbered_lines(path, encoding, skip_blank=False))
+        return enumerate(_sms_fields(path, ln, n)[0] for n, ln in numbered_lines(path, encoding))
     text = text_column or "text"
 
     def choose(header: list[str]) -> list[str]:
@@ -232,63 +209,6 @@ def read_inputs(
 
     records = _records(path, fmt, choose, encoding)
     return ((r[1] if len(r) > 1 else i, _cell(r[0])) for i, r in enumerate(records))
-
-
-def read_prepared(directory: Path) -> PreparedData:
-    """Read a folder written by ``gptclf prepare`` and check that its files belong together.
-
-    Raises:
-        BadInputError: A file is missing, labels.json is malformed, a split file does not match
-            the checksum labels.json recorded for it, or a label is not one of the classes.
-    """
-    directory = Path(directory)
-    _require_prepared(directory)
-    meta = _read_labels_json(directory / LABELS_FILE)
-    classes: list[str] = meta["classes"]
-    splits: dict[str, pd.DataFrame] = {}
-    for split in SPLITS:
-        name = f"{split}.csv"
-        data = (directory / name).read_bytes()
-        recorded = meta.get("files", {}).get(name, {}).get("sha256")
-        if recorded != hashlib.sha256(data).hexdigest():
-            raise BadInputError(
-                f"{directory / name} does not match labels.json (edited, or left from another "
-                "prepare run); run `gptclf prepare --force` again"
-            )
-        frame = _read_prepared_csv(directory / name, data)
-        unknown = sorted(set(frame["label"]) - set(classes))
-        if unknown:
-            raise BadInputError(f"{directory / name} has labels not in labels.json: {unknown}")
-        splits[split] = frame
-    return PreparedData(classes=classes, splits=splits, meta=meta)
-
-
-def label_ids(frame: pd.DataFrame, classes: Sequence[str]) -> list[int]:
-    """Class indices of ``frame["label"]``: the position of each label in ``classes``.
-
-    Raises:
-        BadInputError: A label is not one of ``classes``.
-    """
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(frame["label"]) - index.keys())
-    if unknown:
-        raise BadInputError(f"labels not among the classes {list(classes)}: {unknown}")
-    return [index[label] for label in frame["label"]]
-
-
-def prepared_fingerprint(directory: Path) -> str:
-    """SHA-256 over the four files of a prepared folder, for recording which data a run saw.
-
-    Raises:
-        BadInputError: A file is missing.
-    """
-    directory = Path(directory)
-    _require_prepared(directory)
-    digest = hashlib.sha256()
-    for name in PREPARED_FILES:
-        file_hash = hashlib.sha256((directory / name).read_bytes()).hexdigest()
-        digest.update(f"{name}\0{file_hash}\n".encode())
-    return digest.hexdigest()
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -312,7 +232,7 @@ def _collect(path: Source, records: Iterator[tuple[Any, ...]]) -> LoadedTable:
             labels.append(label)
             rows.append(count)
     if count == 0:
-        raise BadInputError(f"{_name(path)} has no rows")
+        raise BadInputError(f"{source_name(path)} has no rows")
     frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
     return LoadedTable(frame=frame, dropped=dict(dropped))
 
@@ -329,110 +249,8 @@ def _cell(value: Any) -> str:
 def _sms_fields(path: Source, line: str, line_no: int) -> tuple[str, str]:
     label, tab, text = line.partition("\t")
     if not tab:
-        raise BadInputError(f"{_name(path)}: line {line_no} has no tab (expected label<TAB>text)")
+        raise BadInputError(f"{source_name(path)}: line {line_no} has no tab (expected label<TAB>text)")
     return text, label
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise BadInputError(f"no such file: {path}")
-    if not path.is_file():
-        raise BadInputError(f"not a file: {path}")
-
-
-def is_stdin(source: Source) -> bool:
-    """Whether ``source`` names standard input (``-``) rather than a file."""
-    return str(source) == STDIN
-
-
-def _name(source: Source) -> str:
-    return "stdin" if is_stdin(source) else str(source)
-
-
-def _reading_encoding(encoding: str) -> str:
-    """The codec to read with: UTF-8 becomes utf-8-sig, so a byte-order mark never glues itself
-    to the first column name or label."""
-    try:
-        name = codecs.lookup(encoding).name
-    except LookupError:
-        raise BadInputError(f"unknown encoding {encoding!r}") from None
-    return "utf-8-sig" if name == "utf-8" else name
-
-
-def _open_bytes(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
-    """The raw bytes of a file or of stdin, for :func:`_decoded_lines` to decode.
-
-    Stdin gets a reader of its own on the same descriptor (not ``sys.stdin.buffer``), so that a
-    reader thread blocked on it cannot hold the lock that the interpreter takes to close
-    ``sys.stdin`` at exit. Where stdin has no descriptor (a test harness), its buffer is used.
-    """
-    if is_stdin(source):
-        try:
-            return open(sys.stdin.fileno(), "rb", closefd=False)
-        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-            return contextlib.nullcontext(sys.stdin.buffer)
-    path = Path(source)
-    _check_file(path)
-    if path.stat().st_size == 0:
-        raise BadInputError(f"{path} is empty")
-    return open(path, "rb")
-
-
-def _decoded_lines(source: Source, encoding: str) -> Iterator[str]:
-    """The lines of a file or of stdin, decoded, each with its ``\\n`` (the last may have none).
-
-    The one decoding path of every format, files and stdin alike: the bytes are decoded
-    incrementally, line by line, so a line number is exact (for ASCII-compatible encodings) and a
-    pipe's line is delivered as soon as it arrives. Only ``\\n`` ends a line here; the callers
-    strip a ``\\r`` before it, so CRLF input gives the same texts as LF input.
-
-    Raises:
-        BadInputError: Bytes that ``encoding`` cannot decode, or a NUL (binary data), naming the line.
-    """
-    decoder = codecs.getincrementaldecoder(_reading_encoding(encoding))()
-    pending, line_no = "", 0
-    with _open_bytes(source) as fh:
-        for raw in itertools.chain(fh, [None]):  # None: the end, where a cut-off sequence fails
-            try:
-                text = pending + (decoder.decode(b"", final=True) if raw is None else decoder.decode(raw))
-            except UnicodeDecodeError:
-                raise _decode_error(source, line_no + 1, encoding) from None
-            *complete, pending = text.split("\n")
-            lines = [line + "\n" for line in complete]
-            if raw is None and pending:
-                lines.append(pending)  # a last line without a line ending
-            for line in lines:
-                line_no += 1
-                if "\0" in line:
-                    raise BadInputError(
-                        f"{_name(source)}: line {line_no} holds a NUL byte: this is binary data, not "
-                        f"{encoding} text (pass --encoding if it is text in another encoding)"
-                    )
-                yield line
-
-
-def _lines(source: Source, encoding: str, skip_blank: bool = True) -> Iterator[tuple[int, str]]:
-    """Numbered lines without their ending; only ``\\n`` (or ``\\r\\n``) ends a line, so a lone
-    ``\\r`` or U+2028 inside a text stays in the text."""
-    for line_no, line in enumerate(_decoded_lines(source, encoding), start=1):
-        line = line.removesuffix("\n").removesuffix("\r")
-        if skip_blank and not line.strip():
-            continue
-        yield line_no, line
-
-
-def _csv_lines(source: Source, encoding: str) -> Iterator[str]:
-    """Decoded lines cut where ``open(newline="")`` cuts them (``\\n``, ``\\r\\n`` and a lone
-    ``\\r``), which is what the csv module expects; a quoted field spans them whole."""
-    for line in _decoded_lines(source, encoding):
-        if "\r" in line:
-            yield from _LONE_CR.split(line)
-        else:
-            yield line
-
-
-#: Where a line is cut after a ``\r`` that no ``\n`` follows.
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
 
 
 #: The columns to read: a fixed list, or chosen from the header (the first object's keys).
@@ -447,7 +265,7 @@ def _records(source: Source, fmt: str, columns: Columns, encoding: str) -> Itera
     rows = _rows(source, fmt, encoding)
     header = next((r for _, r in rows if r), None)
     if header is None:
-        raise BadInputError(f"{_name(source)} is empty")
+        raise BadInputError(f"{source_name(source)} is empty")
     chosen = columns(header) if callable(columns) else columns
     index = [_column_index(source, header, c) for c in chosen]
     for line_no, record in rows:
@@ -455,7 +273,7 @@ def _records(source: Source, fmt: str, columns: Columns, encoding: str) -> Itera
             continue
         if len(record) != len(header):
             raise BadInputError(
-                f"{_name(source)}: line {line_no} has {len(record)} fields, the header has "
+                f"{source_name(source)}: line {line_no} has {len(record)} fields, the header has "
                 f"{len(header)}" + (" (a tab inside a text?)" if fmt == "tsv" else "")
             )
         yield tuple(record[i] for i in index)
@@ -464,15 +282,15 @@ def _records(source: Source, fmt: str, columns: Columns, encoding: str) -> Itera
 def _rows(source: Source, fmt: str, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each line of a CSV or TSV input; a blank line has no fields."""
     if fmt == "tsv":
-        for line_no, line in _lines(source, encoding, skip_blank=False):
+        for line_no, line in numbered_lines(source, encoding, skip_blank=False):
             yield line_no, split_tsv(line) if line else []
         return
-    reader = csv.reader(_csv_lines(source, encoding), strict=True)
+    reader = csv.reader(csv_lines(source, encoding), strict=True)
     try:
         for record in reader:
             yield reader.line_num, record
     except csv.Error as exc:
-        raise BadInputError(f"{_name(source)}: line {reader.line_num}: malformed CSV ({exc})") from None
+        raise BadInputError(f"{source_name(source)}: line {reader.line_num}: malformed CSV ({exc})") from None
 
 
 #: TSV escapes (the PostgreSQL text format): what a backslash and the next character stand for.
@@ -502,20 +320,21 @@ def tsv_line(fields: Iterable[str]) -> str:
 
 def _jsonl_records(source: Source, columns: Columns, encoding: str) -> Iterator[tuple[Any, ...]]:
     chosen: Sequence[str] | None = None if callable(columns) else columns
-    for line_no, line in _lines(source, encoding):
+    for line_no, line in numbered_lines(source, encoding):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BadInputError(f"{_name(source)}: line {line_no} is not valid JSON ({exc.msg})") from None
+            message = f"{source_name(source)}: line {line_no} is not valid JSON ({exc.msg})"
+            raise BadInputError(message) from None
         if not isinstance(obj, dict):
-            raise BadInputError(f"{_name(source)}: line {line_no} is not a JSON object")
+            raise BadInputError(f"{source_name(source)}: line {line_no} is not a JSON object")
         if chosen is None:  # chosen from the first object's keys
             assert callable(columns)
             chosen = columns(list(obj))
         for column in chosen:
             if column not in obj:
                 raise BadInputError(
-                    f"{_name(source)}: line {line_no} has no key {column!r} "
+                    f"{source_name(source)}: line {line_no} has no key {column!r} "
                     f"(keys there: {', '.join(obj) or 'none'}); choose with --text-column / "
                     "--label-column / --id-column"
                 )
@@ -525,50 +344,9 @@ def _jsonl_records(source: Source, columns: Columns, encoding: str) -> Iterator[
 def _column_index(source: Source, header: list[str], column: str) -> int:
     if column not in header:
         raise BadInputError(
-            f"{_name(source)} has no column {column!r} (columns: {', '.join(header)}); choose with "
+            f"{source_name(source)} has no column {column!r} (columns: {', '.join(header)}); choose with "
             "--text-column / --label-column / --id-column"
         )
     if header.count(column) > 1:
-        raise BadInputError(f"{_name(source)}: column {column!r} appears {header.count(column)} times")
+        raise BadInputError(f"{source_name(source)}: column {column!r} appears {header.count(column)} times")
     return header.index(column)
-
-
-def _decode_error(source: Source, line_no: int, encoding: str) -> BadInputError:
-    return BadInputError(
-        f"{_name(source)}: line {line_no} is not valid {encoding}; pass --encoding with the input's "
-        "encoding (for example --encoding latin-1)"
-    )
-
-
-def _require_prepared(directory: Path) -> None:
-    missing = [name for name in PREPARED_FILES if not (directory / name).is_file()]
-    if missing:
-        raise BadInputError(
-            f"{directory} is not a prepared data folder (missing {', '.join(missing)}); "
-            f"run `gptclf prepare --out {directory}` first"
-        )
-
-
-def _read_labels_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path} is not valid JSON ({exc})") from None
-    classes = meta.get("classes") if isinstance(meta, dict) else None
-    if (
-        not isinstance(classes, list)
-        or len(classes) < 2
-        or not all(isinstance(c, str) and c for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
-        raise BadInputError(f"{path}: 'classes' must list two or more distinct names")
-    return meta
-
-
-def _read_prepared_csv(path: Path, data: bytes) -> pd.DataFrame:
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
-    header = next(reader, None)
-    if header != ["text", "label"]:
-        raise BadInputError(f"{path}: expected the header text,label, found {header}")
-    records = list(reader)
-    return pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})

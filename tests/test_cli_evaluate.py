@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.data import prepared_fingerprint
+from gptclf.prepared import prepared_fingerprint
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
@@ -56,7 +56,7 @@ def test_json_on_a_labelled_file_is_one_object_with_the_model_metrics(run_dir: P
 
 
 def test_split_of_the_recorded_data_and_data_override(run_dir: Path, tmp_path: Path) -> None:
-    from gptclf.data import read_prepared
+    from gptclf.prepared import read_prepared
 
     folder = Path(load_run(run_dir).info["data"]["dir"])
     for split in ("validation", None):

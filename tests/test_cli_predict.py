@@ -90,7 +90,7 @@ def test_csv_and_tsv_parse_back(run_dir: Path, fmt: str, delimiter: str) -> None
     if fmt == "csv":
         rows = list(csv.reader(io.StringIO(out, newline=""), delimiter=delimiter))
     else:  # never quoted; a tab, newline, CR or backslash in a text is escaped (see split_tsv)
-        from gptclf.data import split_tsv
+        from gptclf.tables import split_tsv
 
         assert len(out.split("\n")) == len(texts) + 2
         rows = [split_tsv(line) for line in out.split("\n")[:-1]]

@@ -1,10 +1,9 @@
-"""Loading without loss, balancing, splitting and the prepared folder (gptclf.data, gptclf.prepare)."""
+"""Choosing classes, balancing and splitting (gptclf.data), through ``prepare`` and on their own;
+the property that no row is lost or invented."""
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import tempfile
 from collections import Counter
 from fractions import Fraction
@@ -14,35 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclf.data import (
-    LoadedTable,
-    label_ids,
-    load_sms_spam,
-    load_table,
-    prepared_fingerprint,
-    read_inputs,
-    read_prepared,
-    read_texts,
-    resolve_format,
-    split_tsv,
-    tsv_line,
-)
+from gptclf.data import label_ids, min_rows_per_class, parse_classes, parse_split
 from gptclf.errors import BadInputError
-from gptclf.prepare import min_rows_per_class, parse_classes, parse_split, prepare
+from gptclf.prepare import prepare
+from gptclf.prepared import prepared_fingerprint, read_prepared
+from gptclf.tables import LoadedTable, load_table
 from tests.conftest import SMS_FILE, needs_shared_sms
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+from tests.test_tables import write_csv, write_jsonl
 
 
 def labelled(n_per_class: dict[str, int]) -> list[list[str]]:
@@ -54,229 +31,6 @@ def read_split(path: Path) -> list[tuple[str, str]]:
         rows = list(csv.reader(fh))
     assert rows[0] == ["text", "label"]
     return [(r[0], r[1]) for r in rows[1:]]
-
-
-# --- loading -------------------------------------------------------------------------------------
-
-
-def test_sms_format_splits_on_first_tab_and_keeps_quotes(tmp_path: Path) -> None:
-    path = tmp_path / "sms.txt"
-    path.write_bytes(b'ham\t"Quoted start\nspam \tcall now\tor\ttabs\r\n\nham\tlone\rreturn\n')
-    table = load_sms_spam(path)
-    assert table.frame["text"].tolist() == ['"Quoted start', "call now\tor\ttabs", "lone\rreturn"]
-    assert table.frame["label"].tolist() == ["ham", "spam", "ham"]
-    assert table.frame["row"].tolist() == [1, 2, 3]  # the blank line is no record
-    assert table.dropped == {}
-    assert list(read_texts(path, fmt="sms")) == table.frame["text"].tolist()
-
-
-def test_sms_line_without_tab_is_an_error_naming_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "sms.txt"
-    path.write_text("ham\tok\nno tab here\n", encoding="utf-8")
-    with pytest.raises(BadInputError, match="line 2 has no tab"):
-        load_sms_spam(path)
-
-
-@needs_shared_sms
-def test_real_sms_file_loads_every_line() -> None:
-    table = load_sms_spam(SMS_FILE)
-    assert len(table.frame) == 5574
-    assert table.frame["label"].value_counts().to_dict() == {"ham": 4827, "spam": 747}
-    assert table.dropped == {}
-    quoted = [t for t in table.frame["text"] if t.startswith('"')]
-    assert len(quoted) == 54
-    assert int(table.frame["text"].duplicated().sum()) == 403
-    # By extension-less name, through the generic loader, and streamed.
-    assert len(load_table(SMS_FILE).frame) == 5574
-    assert sum(1 for _ in read_texts(SMS_FILE)) == 5574
-
-
-def test_csv_with_named_columns_quotes_and_newlines(tmp_path: Path) -> None:
-    rows = [
-        ["1", 'say "hi", then\nleave', " pos "],
-        ["2", "   ", "neg"],
-        ["3", "fine", ""],
-        ["4", "NA", "neg"],
-    ]
-    path = write_csv(tmp_path / "t.csv", ["id", "body", "sentiment"], rows)
-    table = load_table(path, text_column="body", label_column="sentiment")
-    assert table.frame.to_dict("list") == {
-        "text": ['say "hi", then\nleave', "NA"],  # "NA" is a text, not a missing value
-        "label": ["pos", "neg"],
-        "row": [1, 4],
-    }
-    assert table.dropped == {"empty text": 1, "missing label": 1}
-
-
-def test_tsv_has_no_quoting(tmp_path: Path) -> None:
-    path = tmp_path / "t.tsv"
-    path.write_text('text\tlabel\n"starts with a quote\ta\nplain\tb\n', encoding="utf-8")
-    assert load_table(path).frame["text"].tolist() == ['"starts with a quote', "plain"]
-
-
-def test_jsonl_values_and_missing_key(tmp_path: Path) -> None:
-    path = write_jsonl(
-        tmp_path / "t.jsonl",
-        [{"text": "a", "label": 1}, {"text": None, "label": 0}, {"text": "b", "label": True}],
-    )
-    table = load_table(path)
-    assert table.frame["label"].tolist() == ["1", "true"]
-    assert table.dropped == {"empty text": 1}
-    write_jsonl(path, [{"text": "a", "label": "x"}, {"text": "b", "class": "y"}])
-    with pytest.raises(BadInputError, match=r"line 2 has no key 'label' \(keys there: text, class\)"):
-        load_table(path)
-
-
-def test_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
-    path = tmp_path / "bom.csv"
-    path.write_bytes(b"\xef\xbb\xbftext,label\nhello,a\n")
-    assert load_table(path).frame["text"].tolist() == ["hello"]
-
-
-@pytest.mark.parametrize(
-    ("name", "content", "kwargs", "message"),
-    [
-        ("missing.csv", None, {}, "no such file"),
-        ("empty.csv", b"", {}, "is empty"),
-        ("header.csv", b"text,label\n", {}, "has no rows"),
-        ("cols.csv", b"body,y\nhi,a\n", {}, r"no column 'text' \(columns: body, y\)"),
-        ("fields.csv", b"text,label\nhi,a,extra\n", {}, "line 2 has 3 fields"),
-        ("quote.csv", b'text,label\n"open,a\n', {}, "malformed CSV"),
-        ("latin.csv", b"text,label\nok,a\ncaf\xe9,b\n", {}, r"line 3 is not valid utf-8; pass --encoding"),
-        ("bad.jsonl", b'{"text": "a", "label": "b"}\n{oops\n', {}, "line 2 is not valid JSON"),
-        ("list.jsonl", b"[1, 2]\n", {}, "line 1 is not a JSON object"),
-        ("data.bin", b"x", {}, "cannot tell the format"),
-        ("texts.txt", b"x\n", {}, "has no labels"),
-        ("t.csv", b"text,label\na,b\n", {"fmt": "xml"}, "unknown format 'xml'"),
-        ("t.csv", b"text,label\na,b\n", {"encoding": "klingon"}, "unknown encoding"),
-    ],
-)
-def test_bad_files(tmp_path: Path, name: str, content: bytes | None, kwargs: dict, message: str) -> None:
-    path = tmp_path / name
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(BadInputError, match=message):
-        load_table(path, **kwargs)
-
-
-def test_other_encoding_reads(tmp_path: Path) -> None:
-    path = tmp_path / "latin.csv"
-    path.write_bytes(b"text,label\ncaf\xe9,b\n")
-    assert load_table(path, encoding="latin-1").frame["text"].tolist() == ["café"]
-
-
-def test_read_texts_keeps_every_line_and_streams(tmp_path: Path) -> None:
-    txt = tmp_path / "in.txt"
-    txt.write_text("first\n\n  \nlast", encoding="utf-8")
-    assert list(read_texts(txt)) == ["first", "", "  ", "last"]
-    path = write_csv(tmp_path / "in.csv", ["text", "label"], [["a\nb", "x"], ["", "y"]])
-    assert list(read_texts(path)) == ["a\nb", ""]
-    jsonl = write_jsonl(tmp_path / "in.jsonl", [{"body": "x"}, {"body": 5}])
-    assert list(read_texts(jsonl, text_column="body")) == ["x", "5"]
-    # A generator: a problem far down the file surfaces only when the stream gets there.
-    big = tmp_path / "big.csv"
-    big.write_bytes(b"text\n" + b"ok\n" * 100_000 + b"\xff\n")
-    texts = read_texts(big)
-    assert next(texts) == "ok"
-    with pytest.raises(BadInputError, match="line 100002 is not valid utf-8"):
-        list(texts)
-    with pytest.raises(BadInputError, match="no such file"):
-        read_texts(tmp_path / "absent.txt")
-
-
-def stdin_bytes(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
-    """Make stdin a stream of ``data``, as a pipe would deliver it."""
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="ascii"))
-
-
-def test_stdin_is_decoded_like_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A BOM, CRLF line ends, an empty line and Latin-1 bytes: the file and stdin give the same texts.
-    data = b"\xef\xbb\xbfcaf\xc3\xa9 first\r\n\r\nsecond\ttab\r\nlast"
-    path = tmp_path / "in.txt"
-    path.write_bytes(data)
-    stdin_bytes(monkeypatch, data)
-    assert list(read_texts("-")) == list(read_texts(path)) == ["café first", "", "second\ttab", "last"]
-    latin = "caf\xe9\r\n".encode("latin-1")
-    stdin_bytes(monkeypatch, latin)
-    assert list(read_texts("-", encoding="latin-1")) == ["caf\xe9"]
-    stdin_bytes(monkeypatch, b'text,label\r\n"a, b",x\r\n')
-    assert list(read_texts("-", fmt="csv")) == ["a, b"]
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"ok\ncaf\xe9\n", r"stdin: line 2 is not valid utf-8; pass --encoding"),
-        (b"ok\nend cut off \xc3", r"stdin: line 2 is not valid utf-8"),
-        (b"ok\nbin\x00\x01\x02ary\n", r"stdin: line 2 holds a NUL byte: this is binary data"),
-        (bytes(range(256)) * 4, r"stdin: line 1 holds a NUL byte"),
-    ],
-)
-def test_undecodable_or_binary_stdin_is_bad_input_naming_the_line(
-    monkeypatch: pytest.MonkeyPatch, data: bytes, message: str
-) -> None:
-    stdin_bytes(monkeypatch, data)
-    with pytest.raises(BadInputError, match=message):
-        list(read_texts("-"))
-
-
-def test_binary_file_is_bad_input(tmp_path: Path) -> None:
-    path = tmp_path / "t.csv"
-    path.write_bytes("text,label\nhi,a\n".encode("utf-16-le"))  # read as UTF-8: NULs
-    with pytest.raises(BadInputError, match="line 1 holds a NUL byte"):
-        load_table(path)
-    assert load_table(path, encoding="utf-16-le").frame["text"].tolist() == ["hi"]
-
-
-TRICKY = ["tab\there", "line\nbreak", "carriage\rreturn", 'a "quote', "back\\slash", "lit\\t\\n", "\\", ""]
-
-
-def test_tsv_escapes_read_back_exactly(tmp_path: Path) -> None:
-    # The writer's convention (predict --format tsv) is the reader's: tabs, newlines, CRs, quotes
-    # and backslashes survive the round trip, and each record is one line.
-    lines = tsv_line(["text", "label"]) + "".join(tsv_line([t, "x"]) for t in TRICKY)
-    assert lines.count("\n") == len(TRICKY) + 1
-    path = tmp_path / "t.tsv"
-    path.write_text(lines, encoding="utf-8", newline="")
-    assert list(read_texts(path)) == TRICKY
-    table = load_table(path)
-    assert table.frame["text"].tolist() == [t for t in TRICKY if t]
-    # A backslash before any other character is kept (Windows paths in hand-made files).
-    assert split_tsv("C:\\data\\x\tb") == ["C:\\data\\x", "b"]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet=st.sampled_from("ab\\\t\n\rtnr\"'"), max_size=12), min_size=1, max_size=4))
-def test_tsv_line_and_split_tsv_are_inverse(fields: list[str]) -> None:
-    line = tsv_line(fields)
-    assert "\n" not in line[:-1] and "\r" not in line
-    assert split_tsv(line[:-1]) == fields
-
-
-def test_ids_come_from_an_id_column_or_the_position(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "in.csv", ["id", "text"], [["a7", "x"], ["b8", "y"]])
-    assert list(read_inputs(path)) == [("a7", "x"), ("b8", "y")]
-    assert list(read_inputs(path, detect_id=False)) == [(0, "x"), (1, "y")]
-    jsonl = write_jsonl(tmp_path / "in.jsonl", [{"key": 5, "text": "x"}, {"key": None, "text": "y"}])
-    assert list(read_inputs(jsonl, id_column="key")) == [(5, "x"), (None, "y")]
-    assert list(read_inputs(jsonl)) == [(0, "x"), (1, "y")]
-    write_jsonl(jsonl, [{"id": 1, "text": "x"}, {"text": "y"}])
-    with pytest.raises(BadInputError, match="line 2 has no key 'id'"):
-        list(read_inputs(jsonl))
-    txt = tmp_path / "in.txt"
-    txt.write_text("x\n", encoding="utf-8")
-    with pytest.raises(BadInputError, match="--id-column needs a CSV, TSV or JSONL input"):
-        read_inputs(txt, id_column="id")
-
-
-def test_format_hints_name_the_flag_and_what_it_accepts(tmp_path: Path) -> None:
-    with pytest.raises(BadInputError) as info:
-        resolve_format(tmp_path / "data.bin", None)
-    assert "pass --input-format (csv, tsv, jsonl, sms)" in str(info.value)
-    with pytest.raises(BadInputError) as info:
-        resolve_format(tmp_path / "data.bin", None, ("csv", "tsv", "jsonl", "sms", "txt"))
-    assert "pass --input-format (csv, tsv, jsonl, sms, txt)" in str(info.value)
-    assert resolve_format("-", None, ("csv", "txt")) == "txt"
 
 
 # --- options ----------------------------------------------------------------------------------------
@@ -393,21 +147,6 @@ def test_same_seed_same_bytes_other_seed_other_split(tmp_path: Path) -> None:
         assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes()
     assert prepared_fingerprint(tmp_path / "one") == prepared_fingerprint(tmp_path / "two")
     assert prepared_fingerprint(tmp_path / "one") != prepared_fingerprint(tmp_path / "three")
-
-
-def test_read_prepared_refuses_missing_and_mixed_sets(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 20, "b": 20}))
-    out = tmp_path / "out"
-    prepare(out, input_path=path)
-    (out / "test.csv").unlink()
-    with pytest.raises(BadInputError, match=r"missing test.csv\); run `gptclf prepare"):
-        read_prepared(out)
-    prepare(out, input_path=path, force=True)
-    other = tmp_path / "other"
-    prepare(other, input_path=path, seed=1)
-    (out / "train.csv").write_bytes((other / "train.csv").read_bytes())
-    with pytest.raises(BadInputError, match=r"does not match labels\.json"):
-        read_prepared(out)
 
 
 @needs_shared_sms

@@ -66,7 +66,7 @@ def test_labels_outside_the_run_are_named(tmp_path: Path) -> None:
 
 
 def test_split_of_the_recorded_folder_and_an_override(tmp_path: Path) -> None:
-    from gptclf.data import prepared_fingerprint, read_prepared
+    from gptclf.prepared import prepared_fingerprint, read_prepared
 
     folder = prepared_folder(tmp_path)
     record = {"dir": str(folder), "fingerprint": prepared_fingerprint(folder)}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gptclf.batching import LabelledSet, TokenSource
-from gptclf.data import read_prepared
+from gptclf.prepared import read_prepared
 from gptclf.errors import BadInputError
 from gptclf.inference import labelled_metrics
 from gptclf.progress import TrainProgress

@@ -78,7 +78,7 @@ def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_no_debris(
             return FullDisk(path, "wb")
         return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr("gptclf.prepare.open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr("gptclf.prepared.open", open_on_a_full_disk, raising=False)
     result = run("--input", table, "--out", work / "out", "--force", "--seed", "7")
     assert result.exit_code == 1, result.output
     message = one_line(result)
@@ -101,3 +101,64 @@ def test_input_format_and_its_old_name(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--input-format, --text-column and --label-column go with --input" in (
         one_line(result)
     )
+
+
+def test_prepare_reads_a_known_dataset_from_its_file_and_never_fetches(tmp_path: Path) -> None:
+    """`dataset` names what the file holds (format, default balance, the record in labels.json);
+    the downloader is not even importable here, and nothing lands in a cache."""
+    import json
+    import subprocess
+    import sys
+
+    sms = tmp_path / "collection.txt"
+    sms.write_text("".join(f"{'spam' if i % 4 == 0 else 'ham'}\tmessage {i}\n" for i in range(80)), "utf-8")
+    code = (
+        "import sys\n"
+        "for name in ('gptclf.artefacts', 'gptclf.http', 'gptclf.download'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "from pathlib import Path\n"
+        "from gptclf.prepare import prepare\n"
+        f"prepare(Path({str(tmp_path / 'out')!r}), Path({str(sms)!r}), dataset='sms-spam', stratify=False)\n"
+    )
+    env = {**os.environ, "GPTCLF_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text(encoding="utf-8"))
+    assert list(labels["source"]) == ["dataset", "file", "sha256"]
+    assert labels["source"]["dataset"] == "sms-spam" and labels["source"]["file"] == "collection.txt"
+    assert labels["balance"] == "undersample" and labels["dropped"] == {"undersampled": 40}
+    assert not (tmp_path / "home").exists()
+
+
+def test_check_options_reports_every_problem_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    from gptclf.errors import BadInputError
+    from gptclf.prepare import check_options
+
+    (tmp_path / "file").write_text("keep me", encoding="utf-8")
+    with pytest.raises(BadInputError) as info:
+        check_options(
+            tmp_path / "file",
+            dataset="imdb",
+            fmt="csv",
+            balance="smote",
+            split="0.9,0.9",
+            classes="a,a",
+            seed=-1,
+        )
+    message = str(info.value)
+    for phrase in (
+        "unknown dataset 'imdb'",
+        "go with --input, not --dataset",
+        "unknown --balance 'smote'",
+        "--seed must be",
+        "must sum to 1",
+        "'a' more than once",
+        "is a file, not a folder",
+    ):
+        assert phrase in message
+    assert "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    options = check_options(tmp_path / "new", dataset="sms-spam", classes="spam,ham")
+    assert options.balance == "undersample" and options.classes == ["spam", "ham"]
+    assert check_options(tmp_path / "new").balance == "none"
+    assert not (tmp_path / "new").exists()

@@ -6,11 +6,16 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from gptclf.errors import BadInputError
 from gptclf.prepare import prepare
+from gptclf.prepared import read_prepared
 from tests.conftest import SMS_FILE, needs_shared_sms
+from tests.test_data import labelled
+from tests.test_tables import write_csv
 
 FIXTURES = Path(__file__).parent / "fixtures" / "prepared"
 FILES = ("train.csv", "validation.csv", "test.csv", "labels.json")
@@ -53,3 +58,42 @@ def test_the_book_recipe_writes_the_same_bytes_as_before(isolated_home: Path, tm
     assert result.exit_code == 0, result.output
     for name, digest in BOOK_SHA256.items():
         assert hashlib.sha256((tmp_path / "o" / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_read_prepared_refuses_missing_and_mixed_sets(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 20, "b": 20}))
+    out = tmp_path / "out"
+    prepare(out, input_path=path)
+    (out / "test.csv").unlink()
+    with pytest.raises(BadInputError, match=r"missing test.csv\); run `gptclf prepare"):
+        read_prepared(out)
+    prepare(out, input_path=path, force=True)
+    other = tmp_path / "other"
+    prepare(other, input_path=path, seed=1)
+    (out / "train.csv").write_bytes((other / "train.csv").read_bytes())
+    with pytest.raises(BadInputError, match=r"does not match labels\.json"):
+        read_prepared(out)
+
+
+def test_write_then_read_gives_the_splits_back_exactly(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from gptclf.prepared import prepared_fingerprint, write_prepared
+
+    texts = ['a "quote", a comma', "line\nbreak", "lone\rreturn", "crlf\r\nend", "é 😀", " padded "]
+    parts = {
+        split: pd.DataFrame({"text": texts[i::3], "label": ["x", "y"][: len(texts[i::3])]})
+        for i, split in enumerate(("train", "validation", "test"))
+    }
+    write_prepared(tmp_path / "out", parts, {"classes": ["x", "y"], "seed": 1})
+    back = read_prepared(tmp_path / "out")
+    assert back.classes == ["x", "y"] and back.meta["seed"] == 1
+    assert back.meta["format"] == "gptclf-prepared/1"
+    for split, part in parts.items():
+        assert back.splits[split].to_dict("list") == part.to_dict("list")
+        assert back.meta["files"][f"{split}.csv"]["rows"] == len(part)
+    # The same content written again elsewhere has the same fingerprint; other meta, another.
+    write_prepared(tmp_path / "again", parts, {"classes": ["x", "y"], "seed": 1})
+    write_prepared(tmp_path / "other", parts, {"classes": ["x", "y"], "seed": 2})
+    assert prepared_fingerprint(tmp_path / "out") == prepared_fingerprint(tmp_path / "again")
+    assert prepared_fingerprint(tmp_path / "out") != prepared_fingerprint(tmp_path / "other")

@@ -1,0 +1,152 @@
+"""The one decoding path of every input: the bytes of a file or of stdin (``-``) -> numbered lines.
+
+Files and stdin are decoded alike: the encoding (UTF-8 by default, a byte-order mark dropped), CRLF
+line ends, bytes the encoding cannot decode and NUL bytes (binary data) are handled in one place,
+so a text reads the same whichever way it comes in. The formats (:mod:`gptclf.tables`) are built on
+:func:`numbered_lines` and :func:`csv_lines`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import itertools
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from gptclf.errors import BadInputError
+
+#: The input name that means standard input.
+STDIN = "-"
+#: An input: a file, or :data:`STDIN`.
+Source = Path | str
+
+#: Where a line is cut after a ``\r`` that no ``\n`` follows.
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
+
+
+def is_stdin(source: Source) -> bool:
+    """Whether ``source`` names standard input (``-``) rather than a file."""
+    return str(source) == STDIN
+
+
+def source_name(source: Source) -> str:
+    """How messages name ``source``: ``stdin`` or the path."""
+    return "stdin" if is_stdin(source) else str(source)
+
+
+def check_file(path: Path) -> None:
+    """Refuse a path that is not an existing file.
+
+    Raises:
+        BadInputError: ``path`` does not exist or is not a file.
+    """
+    if not path.exists():
+        raise BadInputError(f"no such file: {path}")
+    if not path.is_file():
+        raise BadInputError(f"not a file: {path}")
+
+
+def reading_encoding(encoding: str) -> str:
+    """The codec to read ``encoding`` with: UTF-8 becomes utf-8-sig, so a byte-order mark never
+    glues itself to the first column name or label.
+
+    Raises:
+        BadInputError: Python knows no such encoding.
+    """
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise BadInputError(f"unknown encoding {encoding!r}") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def decoded_lines(source: Source, encoding: str) -> Iterator[str]:
+    """The lines of a file or of stdin, decoded, each with its ``\\n`` (the last may have none).
+
+    The bytes are decoded incrementally, line by line, so a line number is exact (for
+    ASCII-compatible encodings) and a pipe's line is delivered as soon as it arrives. Only ``\\n``
+    ends a line here; the callers strip a ``\\r`` before it, so CRLF input gives the same texts as
+    LF input.
+
+    Raises:
+        BadInputError: A missing or empty file; bytes that ``encoding`` cannot decode, or a NUL
+            (binary data), naming the line.
+    """
+    decoder = codecs.getincrementaldecoder(reading_encoding(encoding))()
+    pending, line_no = "", 0
+    with _open_bytes(source) as fh:
+        for raw in itertools.chain(fh, [None]):  # None: the end, where a cut-off sequence fails
+            try:
+                text = pending + (decoder.decode(b"", final=True) if raw is None else decoder.decode(raw))
+            except UnicodeDecodeError:
+                raise _decode_error(source, line_no + 1, encoding) from None
+            *complete, pending = text.split("\n")
+            lines = [line + "\n" for line in complete]
+            if raw is None and pending:
+                lines.append(pending)  # a last line without a line ending
+            for line in lines:
+                line_no += 1
+                if "\0" in line:
+                    raise BadInputError(
+                        f"{source_name(source)}: line {line_no} holds a NUL byte: this is binary data, "
+                        f"not {encoding} text (pass --encoding if it is text in another encoding)"
+                    )
+                yield line
+
+
+def numbered_lines(source: Source, encoding: str, skip_blank: bool = True) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` without the line ending; only ``\\n`` (or ``\\r\\n``) ends a line, so
+    a lone ``\\r`` or U+2028 inside a text stays in the text.
+
+    Raises:
+        BadInputError: As :func:`decoded_lines`.
+    """
+    for line_no, line in enumerate(decoded_lines(source, encoding), start=1):
+        line = line.removesuffix("\n").removesuffix("\r")
+        if skip_blank and not line.strip():
+            continue
+        yield line_no, line
+
+
+def csv_lines(source: Source, encoding: str) -> Iterator[str]:
+    """Decoded lines cut where ``open(newline="")`` cuts them (``\\n``, ``\\r\\n`` and a lone
+    ``\\r``), which is what the csv module expects; a quoted field spans them whole.
+
+    Raises:
+        BadInputError: As :func:`decoded_lines`.
+    """
+    for line in decoded_lines(source, encoding):
+        if "\r" in line:
+            yield from _LONE_CR.split(line)
+        else:
+            yield line
+
+
+def _open_bytes(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """The raw bytes of a file or of stdin, for :func:`decoded_lines` to decode.
+
+    Stdin gets a reader of its own on the same descriptor (not ``sys.stdin.buffer``), so that a
+    reader thread blocked on it cannot hold the lock that the interpreter takes to close
+    ``sys.stdin`` at exit. Where stdin has no descriptor (a test harness), its buffer is used.
+    """
+    if is_stdin(source):
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            return contextlib.nullcontext(sys.stdin.buffer)
+    path = Path(source)
+    check_file(path)
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path} is empty")
+    return open(path, "rb")
+
+
+def _decode_error(source: Source, line_no: int, encoding: str) -> BadInputError:
+    return BadInputError(
+        f"{source_name(source)}: line {line_no} is not valid {encoding}; pass --encoding with the "
+        "input's encoding (for example --encoding latin-1)"
+    )

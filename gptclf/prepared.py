@@ -1,0 +1,208 @@
+"""The prepared-folder format: what ``gptclf prepare`` writes and ``finetune`` / ``evaluate`` read.
+
+A prepared folder holds ``train.csv``, ``validation.csv`` and ``test.csv`` (header ``text,label``,
+RFC 4180 with CRLF line ends, UTF-8) and ``labels.json``: the format tag, the class names in order
+(a class's index is its position), the metadata of the run that wrote it, and every split file's
+row count and sha256. labels.json is written last and its checksums are checked on reading, so a
+folder left half-replaced, or a split file edited by hand, is refused rather than trained on.
+
+Everything here is byte-exact: the same splits and metadata give the same files, so that
+:func:`prepared_fingerprint` (recorded by a run) names the data a run saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gptclf.errors import BadInputError, write_error
+
+#: The three splits, in the order they are written and reported.
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+#: The file holding the class names and the metadata of a prepared folder.
+LABELS_FILE = "labels.json"
+#: Everything a prepared folder holds; labels.json last, as it is written last.
+PREPARED_FILES: tuple[str, ...] = (*(f"{s}.csv" for s in SPLITS), LABELS_FILE)
+#: Bumped when the layout of a prepared folder changes.
+PREPARED_FORMAT = "gptclf-prepared/1"
+
+
+@dataclass
+class PreparedData:
+    """A prepared folder read back.
+
+    Attributes:
+        classes: Class names; a class's index is its position.
+        splits: ``"train"``, ``"validation"``, ``"test"`` -> frame with ``text`` and ``label``
+            (the class name).
+        meta: Everything labels.json holds (source, seed, split, balance, counts, ...).
+    """
+
+    classes: list[str]
+    splits: dict[str, pd.DataFrame]
+    meta: dict[str, Any]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def write_prepared(out: Path, parts: Mapping[str, pd.DataFrame], meta: Mapping[str, Any]) -> None:
+    """Write a prepared folder: the three split files and labels.json, all or nothing.
+
+    The files go into a fresh folder beside ``out`` and are then moved in (labels.json last), so
+    ``out`` never holds a mix that :func:`read_prepared` would accept.
+
+    Args:
+        out: The folder (made if missing; files of another prepared set in it are replaced).
+        parts: Split name -> frame with ``text`` and ``label``, for every name of :data:`SPLITS`.
+        meta: What labels.json records besides the format tag and the files; must hold
+            ``classes``. Its key order is kept, as it is part of the bytes.
+
+    Raises:
+        DiskFullError: The disk filled while writing (one line, no temporary folder left).
+        GptclfError: Another write error, named with ``out``.
+    """
+    assert "classes" in meta and "format" not in meta and "files" not in meta
+    files = {f"{name}.csv": _csv_bytes(parts[name]) for name in SPLITS}
+    recorded = {
+        name: {"rows": len(parts[name.removesuffix(".csv")]), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in files.items()
+    }
+    labels = {"format": PREPARED_FORMAT, **meta, "files": recorded}
+    files[LABELS_FILE] = (json.dumps(labels, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    assert tuple(files) == PREPARED_FILES
+    try:
+        _move_in(out, files)
+    except OSError as exc:  # a disk that fills after the checks: one line, no debris
+        raise write_error(exc, out, needed=sum(map(len, files.values()))) from None
+
+
+def _csv_bytes(part: pd.DataFrame) -> bytes:
+    # The csv module's default CRLF ending matters: with "\n" it would not quote a lone "\r" in a
+    # text, and a reader would split the row there.
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "label"])
+    writer.writerows(zip(part["text"], part["label"], strict=True))
+    return buffer.getvalue().encode("utf-8")
+
+
+def _move_in(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a temporary folder beside ``out``, then move them into ``out``; the
+    temporary folder is removed whatever happens."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir (not mkdtemp) so the folder gets the umask's permissions when it becomes `out`.
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        if not out.exists():
+            with contextlib.suppress(OSError):  # created meanwhile: fall back to moving files
+                os.rename(tmp, out)  # the whole set appears at once
+                return
+        for name in files:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """``data`` into a new file, on the disk (fsync) before the file is moved into place."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_prepared(directory: Path) -> PreparedData:
+    """Read a prepared folder and check that its files belong together.
+
+    Raises:
+        BadInputError: A file is missing, labels.json is malformed, a split file does not match
+            the checksum labels.json recorded for it, or a label is not one of the classes.
+    """
+    directory = Path(directory)
+    _require_prepared(directory)
+    meta = _read_labels_json(directory / LABELS_FILE)
+    classes: list[str] = meta["classes"]
+    splits: dict[str, pd.DataFrame] = {}
+    for split in SPLITS:
+        name = f"{split}.csv"
+        data = (directory / name).read_bytes()
+        recorded = meta.get("files", {}).get(name, {}).get("sha256")
+        if recorded != hashlib.sha256(data).hexdigest():
+            raise BadInputError(
+                f"{directory / name} does not match labels.json (edited, or left from another "
+                "prepare run); run `gptclf prepare --force` again"
+            )
+        frame = _read_split_csv(directory / name, data)
+        unknown = sorted(set(frame["label"]) - set(classes))
+        if unknown:
+            raise BadInputError(f"{directory / name} has labels not in labels.json: {unknown}")
+        splits[split] = frame
+    return PreparedData(classes=classes, splits=splits, meta=meta)
+
+
+def prepared_fingerprint(directory: Path) -> str:
+    """SHA-256 over the four files of a prepared folder, for recording which data a run saw.
+
+    Raises:
+        BadInputError: A file is missing.
+    """
+    directory = Path(directory)
+    _require_prepared(directory)
+    digest = hashlib.sha256()
+    for name in PREPARED_FILES:
+        file_hash = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        digest.update(f"{name}\0{file_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def _require_prepared(directory: Path) -> None:
+    missing = [name for name in PREPARED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise BadInputError(
+            f"{directory} is not a prepared data folder (missing {', '.join(missing)}); "
+            f"run `gptclf prepare --out {directory}` first"
+        )
+
+
+def _read_labels_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path} is not valid JSON ({exc})") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
+    if (
+        not isinstance(classes, list)
+        or len(classes) < 2
+        or not all(isinstance(c, str) and c for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
+        raise BadInputError(f"{path}: 'classes' must list two or more distinct names")
+    return meta
+
+
+def _read_split_csv(path: Path, data: bytes) -> pd.DataFrame:
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
+    header = next(reader, None)
+    if header != ["text", "label"]:
+        raise BadInputError(f"{path}: expected the header text,label, found {header}")
+    records = list(reader)
+    return pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})

@@ -1,0 +1,201 @@
+"""Reading labelled tables and text streams without loss (gptclf.tables): the SMS format, CSV, TSV
+and its escapes, JSONL, ids, and the format hints."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptclf.errors import BadInputError
+from gptclf.tables import (
+    load_sms_spam,
+    load_table,
+    read_inputs,
+    read_texts,
+    resolve_format,
+    split_tsv,
+    tsv_line,
+)
+from tests.conftest import SMS_FILE, needs_shared_sms
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_sms_format_splits_on_first_tab_and_keeps_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "sms.txt"
+    path.write_bytes(b'ham\t"Quoted start\nspam \tcall now\tor\ttabs\r\n\nham\tlone\rreturn\n')
+    table = load_sms_spam(path)
+    assert table.frame["text"].tolist() == ['"Quoted start', "call now\tor\ttabs", "lone\rreturn"]
+    assert table.frame["label"].tolist() == ["ham", "spam", "ham"]
+    assert table.frame["row"].tolist() == [1, 2, 3]  # the blank line is no record
+    assert table.dropped == {}
+    assert list(read_texts(path, fmt="sms")) == table.frame["text"].tolist()
+
+
+def test_sms_line_without_tab_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "sms.txt"
+    path.write_text("ham\tok\nno tab here\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match="line 2 has no tab"):
+        load_sms_spam(path)
+
+
+@needs_shared_sms
+def test_real_sms_file_loads_every_line() -> None:
+    table = load_sms_spam(SMS_FILE)
+    assert len(table.frame) == 5574
+    assert table.frame["label"].value_counts().to_dict() == {"ham": 4827, "spam": 747}
+    assert table.dropped == {}
+    quoted = [t for t in table.frame["text"] if t.startswith('"')]
+    assert len(quoted) == 54
+    assert int(table.frame["text"].duplicated().sum()) == 403
+    # By extension-less name, through the generic loader, and streamed.
+    assert len(load_table(SMS_FILE).frame) == 5574
+    assert sum(1 for _ in read_texts(SMS_FILE)) == 5574
+
+
+def test_csv_with_named_columns_quotes_and_newlines(tmp_path: Path) -> None:
+    rows = [
+        ["1", 'say "hi", then\nleave', " pos "],
+        ["2", "   ", "neg"],
+        ["3", "fine", ""],
+        ["4", "NA", "neg"],
+    ]
+    path = write_csv(tmp_path / "t.csv", ["id", "body", "sentiment"], rows)
+    table = load_table(path, text_column="body", label_column="sentiment")
+    assert table.frame.to_dict("list") == {
+        "text": ['say "hi", then\nleave', "NA"],  # "NA" is a text, not a missing value
+        "label": ["pos", "neg"],
+        "row": [1, 4],
+    }
+    assert table.dropped == {"empty text": 1, "missing label": 1}
+
+
+def test_tsv_has_no_quoting(tmp_path: Path) -> None:
+    path = tmp_path / "t.tsv"
+    path.write_text('text\tlabel\n"starts with a quote\ta\nplain\tb\n', encoding="utf-8")
+    assert load_table(path).frame["text"].tolist() == ['"starts with a quote', "plain"]
+
+
+def test_jsonl_values_and_missing_key(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "t.jsonl",
+        [{"text": "a", "label": 1}, {"text": None, "label": 0}, {"text": "b", "label": True}],
+    )
+    table = load_table(path)
+    assert table.frame["label"].tolist() == ["1", "true"]
+    assert table.dropped == {"empty text": 1}
+    write_jsonl(path, [{"text": "a", "label": "x"}, {"text": "b", "class": "y"}])
+    with pytest.raises(BadInputError, match=r"line 2 has no key 'label' \(keys there: text, class\)"):
+        load_table(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kwargs", "message"),
+    [
+        ("missing.csv", None, {}, "no such file"),
+        ("empty.csv", b"", {}, "is empty"),
+        ("header.csv", b"text,label\n", {}, "has no rows"),
+        ("cols.csv", b"body,y\nhi,a\n", {}, r"no column 'text' \(columns: body, y\)"),
+        ("fields.csv", b"text,label\nhi,a,extra\n", {}, "line 2 has 3 fields"),
+        ("quote.csv", b'text,label\n"open,a\n', {}, "malformed CSV"),
+        ("latin.csv", b"text,label\nok,a\ncaf\xe9,b\n", {}, r"line 3 is not valid utf-8; pass --encoding"),
+        ("bad.jsonl", b'{"text": "a", "label": "b"}\n{oops\n', {}, "line 2 is not valid JSON"),
+        ("list.jsonl", b"[1, 2]\n", {}, "line 1 is not a JSON object"),
+        ("data.bin", b"x", {}, "cannot tell the format"),
+        ("texts.txt", b"x\n", {}, "has no labels"),
+        ("t.csv", b"text,label\na,b\n", {"fmt": "xml"}, "unknown format 'xml'"),
+        ("t.csv", b"text,label\na,b\n", {"encoding": "klingon"}, "unknown encoding"),
+    ],
+)
+def test_bad_files(tmp_path: Path, name: str, content: bytes | None, kwargs: dict, message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(BadInputError, match=message):
+        load_table(path, **kwargs)
+
+
+def test_read_texts_keeps_every_line_and_streams(tmp_path: Path) -> None:
+    txt = tmp_path / "in.txt"
+    txt.write_text("first\n\n  \nlast", encoding="utf-8")
+    assert list(read_texts(txt)) == ["first", "", "  ", "last"]
+    path = write_csv(tmp_path / "in.csv", ["text", "label"], [["a\nb", "x"], ["", "y"]])
+    assert list(read_texts(path)) == ["a\nb", ""]
+    jsonl = write_jsonl(tmp_path / "in.jsonl", [{"body": "x"}, {"body": 5}])
+    assert list(read_texts(jsonl, text_column="body")) == ["x", "5"]
+    # A generator: a problem far down the file surfaces only when the stream gets there.
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"text\n" + b"ok\n" * 100_000 + b"\xff\n")
+    texts = read_texts(big)
+    assert next(texts) == "ok"
+    with pytest.raises(BadInputError, match="line 100002 is not valid utf-8"):
+        list(texts)
+    with pytest.raises(BadInputError, match="no such file"):
+        read_texts(tmp_path / "absent.txt")
+
+
+TRICKY = ["tab\there", "line\nbreak", "carriage\rreturn", 'a "quote', "back\\slash", "lit\\t\\n", "\\", ""]
+
+
+def test_tsv_escapes_read_back_exactly(tmp_path: Path) -> None:
+    # The writer's convention (predict --format tsv) is the reader's: tabs, newlines, CRs, quotes
+    # and backslashes survive the round trip, and each record is one line.
+    lines = tsv_line(["text", "label"]) + "".join(tsv_line([t, "x"]) for t in TRICKY)
+    assert lines.count("\n") == len(TRICKY) + 1
+    path = tmp_path / "t.tsv"
+    path.write_text(lines, encoding="utf-8", newline="")
+    assert list(read_texts(path)) == TRICKY
+    table = load_table(path)
+    assert table.frame["text"].tolist() == [t for t in TRICKY if t]
+    # A backslash before any other character is kept (Windows paths in hand-made files).
+    assert split_tsv("C:\\data\\x\tb") == ["C:\\data\\x", "b"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab\\\t\n\rtnr\"'"), max_size=12), min_size=1, max_size=4))
+def test_tsv_line_and_split_tsv_are_inverse(fields: list[str]) -> None:
+    line = tsv_line(fields)
+    assert "\n" not in line[:-1] and "\r" not in line
+    assert split_tsv(line[:-1]) == fields
+
+
+def test_ids_come_from_an_id_column_or_the_position(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "in.csv", ["id", "text"], [["a7", "x"], ["b8", "y"]])
+    assert list(read_inputs(path)) == [("a7", "x"), ("b8", "y")]
+    assert list(read_inputs(path, detect_id=False)) == [(0, "x"), (1, "y")]
+    jsonl = write_jsonl(tmp_path / "in.jsonl", [{"key": 5, "text": "x"}, {"key": None, "text": "y"}])
+    assert list(read_inputs(jsonl, id_column="key")) == [(5, "x"), (None, "y")]
+    assert list(read_inputs(jsonl)) == [(0, "x"), (1, "y")]
+    write_jsonl(jsonl, [{"id": 1, "text": "x"}, {"text": "y"}])
+    with pytest.raises(BadInputError, match="line 2 has no key 'id'"):
+        list(read_inputs(jsonl))
+    txt = tmp_path / "in.txt"
+    txt.write_text("x\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match="--id-column needs a CSV, TSV or JSONL input"):
+        read_inputs(txt, id_column="id")
+
+
+def test_format_hints_name_the_flag_and_what_it_accepts(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError) as info:
+        resolve_format(tmp_path / "data.bin", None)
+    assert "pass --input-format (csv, tsv, jsonl, sms)" in str(info.value)
+    with pytest.raises(BadInputError) as info:
+        resolve_format(tmp_path / "data.bin", None, ("csv", "tsv", "jsonl", "sms", "txt"))
+    assert "pass --input-format (csv, tsv, jsonl, sms, txt)" in str(info.value)
+    assert resolve_format("-", None, ("csv", "txt")) == "txt"
