@@ -8,7 +8,7 @@ written into a temporary folder beside ``out`` and moved in, so any bad input le
 was. Every random step uses ``seed``: the same input and options give byte-identical files.
 
 Nothing is downloaded here: a known dataset (``dataset="sms-spam"``) is a file that the caller has
-fetched already (``gptclf.cli.prepare`` does, through the downloader); its name selects how the file
+fetched already (:mod:`cli.prepare` does, through :mod:`gptclf.artefacts`); its name selects how the file
 is read and its default balancing, and is recorded in labels.json.
 """
 
@@ -58,7 +58,6 @@ class KnownDataset:
 
 #: Known datasets by name (the downloader knows where to get each).
 KNOWN_DATASETS: dict[str, KnownDataset] = {"sms-spam": KnownDataset(fmt="sms", balance="undersample")}
-DATASETS: tuple[str, ...] = tuple(KNOWN_DATASETS)
 # Reasons a row is left out, in the order the steps run (and the summary lists them).
 _REASONS = (EMPTY_TEXT, MISSING_LABEL, UNKNOWN_LABEL, DUPLICATE, UNDERSAMPLED)
 
@@ -148,7 +147,7 @@ def check_options(
     problems: list[str] = []
     if dataset is not None:
         if dataset not in KNOWN_DATASETS:
-            problems.append(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+            problems.append(f"unknown dataset {dataset!r} (known: {', '.join(KNOWN_DATASETS)})")
         if fmt or text_column or label_column:
             problems.append("--input-format, --text-column and --label-column go with --input, not --dataset")
     if balance is None:
