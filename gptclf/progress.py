@@ -118,7 +118,7 @@ class _Step:
     total: int | None
     unit: str
     done: int
-    started: float = field(default_factory=time.monotonic)
+    started: float
     fields: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -153,7 +153,7 @@ class ConsoleProgress(TrainProgress):
 
     def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
         self.end()  # one step at a time: a retry begins again
-        self._step = _Step(label, total, unit, done)
+        self._step = _Step(label, total, unit, done, time.monotonic())
         if self.live:
             self._bar = _rich_bar(self.console, unit)
             self._bar.start()

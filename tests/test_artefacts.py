@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gptclf.artefacts import (
+    SMS_HOSTS,
     SMS_URL_PATH,
     TOKENIZER_URL_DIR,
     ensure_sms_spam,
@@ -16,6 +17,8 @@ from gptclf.artefacts import (
     mirror_location,
     resolve_mirror,
     sms_spam_path,
+    tokenizer_artefacts,
+    weights_artefact,
 )
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError, DownloadError
@@ -181,3 +184,18 @@ def test_hostile_archive_from_a_mirror_is_not_kept(tmp_path: Path) -> None:
         ensure_sms_spam(mirror=str(mirror))
     assert not sms_spam_path().exists()
     assert not (sms_spam_path().parent / "sms+spam+collection.zip").exists()  # the next run refetches
+
+
+@needs_shared_mirror
+def test_every_artefact_is_where_the_mirror_rule_puts_it(isolated_home: Path) -> None:
+    # The shared mirror was laid out by hand from the public URLs: the table must agree with it.
+    archive = f"{SMS_HOSTS[0]}/{SMS_URL_PATH}"
+    for artefact in tokenizer_artefacts():
+        source = mirror_location(f"{artefact.hosts[0]}/{artefact.url_path}", str(MIRROR))
+        assert isinstance(source, Path) and sha(source.read_bytes()) == artefact.sha256
+        assert artefact.dest.parent == isolated_home / "tokenizer"
+    assert Path(mirror_location(archive, str(MIRROR))).is_file()
+    weights = weights_artefact("124M")
+    assert weights.url_path == "openai-community/gpt2/resolve/main/model.safetensors"
+    assert weights.dest == isolated_home / "models" / "gpt2-small" / "model.safetensors"
+    assert weights.label == "gpt2-small weights" and weights.check is not None

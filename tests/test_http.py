@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import socket
 import threading
@@ -13,12 +14,13 @@ import pytest
 import torch
 from safetensors.torch import save
 
+import gptclf.http
 from gptclf.artefacts import Placed, ensure_weights, weights_file, weights_url_path
 from gptclf.config import GPTConfig, cache_home
 from gptclf.errors import DownloadError
 from gptclf.http import Retry, download_file
 from gptclf.model import build_model
-from gptclf.progress import Progress
+from gptclf.progress import BYTES, Progress
 from gptclf.weights import CONV1D_SUFFIXES
 
 #: A GPT small enough that its checkpoint is a few tens of kB.
@@ -371,3 +373,23 @@ def test_hub_redirect_headers_that_disagree_refuse_the_file(
         ensure_weights("gpt2-small", config=TINY, hosts=[server.url], retry=FAST)
     assert not cached_part().exists()
     assert not cached_weights().exists()
+
+
+def test_each_transfer_is_one_step_in_bytes_ended_even_when_it_breaks(
+    server: FileServer, checkpoint: bytes
+) -> None:
+    half = len(checkpoint) // 2
+    server.files[WEIGHTS] = checkpoint
+    server.drop_after[WEIGHTS] = [half]
+    progress = Recorder()  # it refuses a step that begins before the last one ended
+    ensure_weights("gpt2-small", progress=progress, config=TINY, hosts=[server.url], retry=FAST)
+    assert len(progress.begun) == 2 and progress.open == 0
+    assert progress.units == {BYTES}
+    assert any(note == f"fetched gpt2-small weights: {cached_weights()}" for note in progress.notes)
+
+
+def test_the_client_knows_nothing_of_what_it_downloads() -> None:
+    tree = ast.parse(Path(gptclf.http.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    ours = {name for name in imported if name and name.startswith("gptclf")}
+    assert ours <= {"gptclf", "gptclf.errors", "gptclf.fileio", "gptclf.progress"}, ours
