@@ -25,7 +25,8 @@ DATASETS = {"sms-spam": ensure_sms_spam}
 
 
 def _wanted(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
-    """The presets and datasets asked for, each once; the tokenizer's gpt2-small when neither.
+    """The presets and datasets asked for, each once; gpt2-small (what the default finetune
+    needs) when neither is.
 
     Raises:
         BadInputError: Naming every unknown model and dataset.
