@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from gptclf.artefacts import tokenizer_dir
 from gptclf.batching import Batch
 from gptclf.classifier import Classifier, apply_scope, parse_scope, pool, replace_head
 from gptclf.config import GPTConfig
 from gptclf.model import build_model
-from gptclf.tokenizer import TOKENIZER_FILES, tokenizer_dir
+from gptclf.tokenizer import TOKENIZER_FILES
 from tests.conftest import BPE_DIR
 
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64)
