@@ -22,6 +22,13 @@ POOLINGS = ("last-token", "last-position", "mean")
 SCOPE_KINDS = ("head", "last-block", "last-blocks", "all", "lora")
 
 
+def pooling_problems(mode: str) -> list[str]:
+    """What is wrong with the pooling ``mode`` (empty: it is one of :data:`POOLINGS`)."""
+    if mode in POOLINGS:
+        return []
+    return [f"unknown pooling {mode!r}: use one of {', '.join(POOLINGS)}"]
+
+
 @dataclass(frozen=True)
 class TrainableScope:
     """Which parameters train.
@@ -62,12 +69,19 @@ class TrainableScope:
         if self.kind == "last-block":
             return 1
         if self.kind == "last-blocks":
-            if self.n_blocks > n_layer:
-                raise BadInputError(
-                    f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})"
-                )
+            if problems := self.problems(n_layer):
+                raise BadInputError("; ".join(problems))
             return self.n_blocks
         return n_layer
+
+    def problems(self, n_layer: int) -> list[str]:
+        """What keeps this scope from fitting a model of ``n_layer`` blocks (empty: it fits).
+
+        The scope's own values are checked when it is made; this is the rule that needs the model.
+        """
+        if self.kind == "last-blocks" and self.n_blocks > n_layer:
+            return [f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})"]
+        return []
 
 
 def parse_scope(text: str, lora_rank: int = 16, lora_alpha: float = 16.0) -> TrainableScope:
@@ -231,8 +245,8 @@ class Classifier(nn.Module):
 
     def __init__(self, gpt: GPT, classes: list[str], pooling: str = "last-token") -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise BadInputError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        if problems := pooling_problems(pooling):
+            raise BadInputError(problems[0])
         self.gpt = gpt
         self.classes = list(classes)
         self.pooling = pooling

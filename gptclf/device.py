@@ -23,37 +23,93 @@ from gptclf.errors import BadInputError
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn ``--device`` into a torch device, checking that it exists.
+@dataclass(frozen=True)
+class LocalJob:
+    """This process's place among the data-parallel processes on its node.
+
+    Attributes:
+        rank: Its local rank (torchrun's ``LOCAL_RANK``): the index of its GPU.
+        processes: Processes on the node (``LOCAL_WORLD_SIZE``, or ``--devices``), one GPU each.
+    """
+
+    rank: int
+    processes: int
+
+
+def resolve_device(spec: str = "auto", job: LocalJob | None = None) -> torch.device:
+    """Turn ``--device`` into a torch device, checking that it exists; every device rule is here.
+
+    A single process takes what ``spec`` names; ``auto`` picks cuda (the current GPU), then mps,
+    then cpu. A process of a data-parallel ``job`` runs on the GPU of its local rank or on the CPU:
+    ``cuda`` and ``auto`` with a GPU give ``cuda:<rank>`` (which also needs a GPU for every
+    process on the node), ``auto`` without one the CPU; a chosen ``cuda:N`` and ``mps`` are
+    refused, as gloo and NCCL serve CPU and CUDA tensors only.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        job: This process's data-parallel job (None: a single process). A launcher checks the
+            job it is about to start with ``LocalJob(0, processes)``.
 
     Raises:
-        BadInputError: The device is unknown or not present on this machine.
+        BadInputError: The device is unknown, not present on this machine, or not usable by ``job``.
     """
     spec = spec.strip().lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
     try:
-        device = torch.device(spec)
+        device = None if spec == "auto" else torch.device(spec)
     except RuntimeError as exc:
         raise BadInputError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if device is not None and device.type not in ("cpu", "cuda", "mps"):
+        raise BadInputError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    if job is not None:
+        return _job_device(spec, device, job)
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInputError(f"--device {spec}: no CUDA GPU is available here; use --device cpu or auto")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise BadInputError(
-                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)"
-            )
+        index = device.index if device.index is not None else _current_gpu(spec)
+        _check_gpus(spec, index + 1, f"only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
         return torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise BadInputError("--device mps: MPS is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise BadInputError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def _job_device(spec: str, device: torch.device | None, job: LocalJob) -> torch.device:
+    """:func:`resolve_device` for a process of a data-parallel job."""
+    if device is None:  # auto: never MPS, which no collective backend serves
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise BadInputError(f"--device {spec}: data-parallel runs use cuda or cpu")
+    if device.index is not None:
+        raise BadInputError(
+            f"--device {spec}: a data-parallel job uses one GPU per process, that of its local rank: "
+            "pass --device cuda or auto (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    _check_gpus(
+        spec,
+        max(job.rank + 1, job.processes),
+        f"{job.processes} processes on this node need a GPU each, but only {count} CUDA device(s) are "
+        f"here: start at most {count} (--devices, or torchrun's --nproc_per_node)",
+    )
+    return torch.device("cuda", job.rank)
+
+
+def _current_gpu(spec: str) -> int:
+    """The current CUDA device's index (after checking that there is one)."""
+    _check_gpus(spec, 1, "")
+    return torch.cuda.current_device()
+
+
+def _check_gpus(spec: str, needed: int, too_few: str) -> None:
+    """Raise unless CUDA is available with at least ``needed`` devices (``too_few``: the message)."""
+    if not torch.cuda.is_available():
+        raise BadInputError(f"--device {spec}: no CUDA GPU is available here; use --device cpu or auto")
+    if torch.cuda.device_count() < needed:
+        raise BadInputError(f"--device {spec}: {too_few}")
 
 
 @dataclass(frozen=True)

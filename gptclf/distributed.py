@@ -30,12 +30,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gptclf.device import LocalJob, resolve_device
 from gptclf.errors import BadInputError
+from gptclf.runconfig import LaunchSettings
 
 T = TypeVar("T")
 
 #: Seconds a collective may wait for the other ranks before the job fails (``--dist-timeout``).
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = LaunchSettings.dist_timeout
 #: How long ranks wait for rank 0 to download weights or prepare data (a long, CPU-side wait).
 SLOW_TIMEOUT = 24 * 3600.0
 #: Rows of a cache summed per collective: bounds the extra memory of :meth:`Shard.all_sum_rows`.
@@ -181,27 +183,16 @@ class Shard:
         return out
 
 
-def _process_device(spec: str, local_rank: int) -> torch.device:
-    """The device of this process under torchrun: the local rank's GPU, or the CPU."""
-    spec = spec.strip().lower()
-    use_cuda = spec == "cuda" or (spec == "auto" and torch.cuda.is_available())
-    if spec.startswith("cuda:"):
-        raise BadInputError(
-            f"--device {spec}: under torchrun each process uses the GPU of its local rank; "
-            "pass --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
-        )
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise BadInputError("--device cuda: no CUDA GPU is available here; use --device cpu")
-        if local_rank >= torch.cuda.device_count():
-            raise BadInputError(
-                f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                "start at most that many processes per node"
-            )
-        return torch.device("cuda", local_rank)
-    if spec in ("auto", "cpu"):
-        return torch.device("cpu")
-    raise BadInputError(f"--device {spec}: data-parallel runs support cpu and cuda only")
+def local_job() -> LocalJob | None:
+    """This process's place on its node in a torchrun job of several processes (None: one process).
+
+    Raises:
+        BadInputError: torchrun's variables are not integers.
+    """
+    env = torchrun_env()
+    if env is None or env[1] == 1:
+        return None
+    return LocalJob(env[2], local_world_size(env[1]))
 
 
 @contextlib.contextmanager
@@ -219,15 +210,14 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     Raises:
         BadInputError: A device that cannot be used data-parallel, or a bad timeout.
     """
-    env = torchrun_env()
-    if env is None or env[1] == 1:
+    env, job = torchrun_env(), local_job()
+    if env is None or job is None:
         yield Shard()
         return
     if not timeout > 0:
         raise BadInputError(f"--dist-timeout must be > 0 seconds (got {timeout})")
-    rank, world, local = env
-    local_world = local_world_size(world)
-    dev = _process_device(device, local)
+    rank, world, _ = env
+    dev = resolve_device(device, job)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group(
@@ -237,7 +227,7 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     )
     try:
         slow = dist.new_group(backend="gloo", timeout=_dt.timedelta(seconds=SLOW_TIMEOUT))
-        yield Shard(rank, world, local, local_world, slow_group=slow)
+        yield Shard(rank, world, job.rank, job.processes, slow_group=slow)
     finally:
         dist.destroy_process_group()
 

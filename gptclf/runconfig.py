@@ -1,9 +1,13 @@
 """Settings of a finetuning run: typed dataclasses, TOML files, and command-line overrides.
 
+Each option is declared once, as a field of :class:`TrainConfig` (how to train), of
+:class:`FinetuneSettings` (everything else a run takes; it nests the TrainConfig) or of
+:class:`LaunchSettings` (how the processes of a run are started): type, default, help and the
+simple rules on its value (see :mod:`gptclf.options`). The TOML reading, the options and help of
+``gptclf finetune`` and run.json's ``train`` record are derived from those fields.
+
 Precedence, lowest first: the defaults below, a ``--config FILE.toml``, the options given on the
 command line. A TOML file's keys are the long option names (``batch-size`` or ``batch_size``).
-The training part (:class:`TrainConfig`) is what :func:`gptclf.train.fit` needs and what run.json
-records under ``train``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptclf.classifier import POOLINGS
+from gptclf.device import PRECISIONS
 from gptclf.errors import BadInputError
+from gptclf.options import coerce, field_problems, option, option_names, option_specs
 
 SCHEDULES = ("constant", "cosine")
 MONITORS = ("val_loss", "val_acc", "val_f1")
@@ -27,10 +34,12 @@ PAD_TO = ("batch", "longest-train")
 #: order 0.1, so an lr above 1 can only blow training up (usual values are 1e-5 .. 1e-3).
 MAX_LR = 1.0
 
+_DATA, _MODEL, _TRAIN, _RUN = "Data", "Model", "Training", "Run"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How :func:`gptclf.train.fit` trains.
+    """How :func:`gptclf.train.fit` trains; run.json records it under ``train``.
 
     Attributes:
         epochs: Passes over the training set.
@@ -51,40 +60,47 @@ class TrainConfig:
         class_weights: ``none`` or ``balanced`` (weights n / (K * count) in the loss).
         pad_to: ``batch`` (each batch to its own longest text) or ``longest-train`` (every text
             to the longest training text, as the book does).
-        bucket: Group training texts of similar length into batches; False gives plain shuffled
-            batches (the book's DataLoader).
+        bucket: Group training texts of similar length into batches; derived from ``pad_to``:
+            padding everything to one length makes grouping by length pointless, and plain
+            shuffled batches are what the book's DataLoader draws, so the comparison stays faithful.
         eval_batch_size: Texts per forward pass when evaluating or building the cache.
     """
 
-    epochs: int = 5
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-5
-    weight_decay: float = 0.1
-    clip_grad: float | None = None
-    schedule: str = "constant"
-    warmup: float = 0.0
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    early_stop: int | None = None
-    monitor: str = "val_loss"
-    class_weights: str = "none"
-    pad_to: str = "batch"
-    bucket: bool = True
-    eval_batch_size: int = 32
+    epochs: int = option(5, "Epochs", _TRAIN, at_least=1)
+    batch_size: int = option(8, "Texts per forward pass, per device", _TRAIN, at_least=1)
+    grad_accum: int = option(1, "Forward passes per optimizer step", _TRAIN, at_least=1)
+    lr: float = option(5e-5, "AdamW learning rate", _TRAIN, above=0.0, at_most=MAX_LR)
+    weight_decay: float = option(0.1, "AdamW weight decay", _TRAIN)
+    clip_grad: float | None = option(
+        None, "Clip the gradient norm to this", _TRAIN, above=0.0, default_text="off"
+    )
+    schedule: str = option("constant", "Learning-rate schedule", _TRAIN, choices=SCHEDULES)
+    warmup: float = option(0.0, "Warmup steps (>= 1) or fraction of all steps (< 1)", _TRAIN)
+    eval_every: int | None = option(
+        None, "Also evaluate every N steps", _TRAIN, at_least=1, default_text="epoch ends only"
+    )
+    checkpoint_every: int | None = option(
+        None,
+        "Also save a resumable checkpoint every N steps",
+        _TRAIN,
+        at_least=1,
+        default_text="epoch ends only",
+    )
+    early_stop: int | None = option(
+        None, "Stop after N evaluations without improvement", _TRAIN, at_least=1, default_text="never"
+    )
+    monitor: str = option("val_loss", "What the kept weights are best at", _TRAIN, choices=MONITORS)
+    class_weights: str = option("none", "Class weights in the loss", _TRAIN, choices=CLASS_WEIGHTS)
+    pad_to: str = option("batch", "How texts are padded (longest-train is the book's)", _DATA, choices=PAD_TO)
+    bucket: bool = field(init=False, default=True)
+    eval_batch_size: int = field(default=32, metadata={"at_least": 1})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bucket", self.pad_to == "batch")  # frozen: set the derived field
 
     def problems(self) -> list[str]:
         """Everything wrong with these values, as messages naming the option."""
-        out = []
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                out.append(f"--{_dash(name)} must be >= 1 (got {getattr(self, name)})")
-        out += number_problems(
-            ("lr", self.lr, 0.0, MAX_LR),
-            ("weight_decay", self.weight_decay, None, None),
-            ("clip_grad", self.clip_grad, 0.0, None),
-            ("warmup", self.warmup, None, None),
-        )
+        out = field_problems(self)
         if 0 < self.lr <= MAX_LR and 0 <= self.weight_decay < math.inf and self.lr * self.weight_decay >= 1:
             # AdamW multiplies every weight by (1 - lr * weight_decay) per step: >= 1 zeroes or
             # flips them all, and training diverges.
@@ -94,18 +110,6 @@ class TrainConfig:
             )
         if math.isfinite(self.warmup) and self.warmup >= 1 and not float(self.warmup).is_integer():
             out.append(f"--warmup must be a fraction (< 1) or a whole number of steps (got {self.warmup:g})")
-        for name in ("eval_every", "checkpoint_every", "early_stop"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                out.append(f"--{_dash(name)} must be >= 1 (got {value})")
-        for name, allowed in (
-            ("schedule", SCHEDULES),
-            ("monitor", MONITORS),
-            ("class_weights", CLASS_WEIGHTS),
-            ("pad_to", PAD_TO),
-        ):
-            if getattr(self, name) not in allowed:
-                out.append(f"--{_dash(name)} {getattr(self, name)!r}: use one of {', '.join(allowed)}")
         return out
 
     def warmup_steps(self, total_steps: int) -> int:
@@ -131,6 +135,7 @@ class TrainConfig:
         return self.lr
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values: run.json's ``train`` record."""
         return dataclasses.asdict(self)
 
 
@@ -140,144 +145,106 @@ class FinetuneSettings:
 
     ``None`` means "derive it": ``classes`` from the prepared data, ``max_length`` from the model's
     context, ``cache_memory`` a quarter of the RAM, ``out`` ``runs/<timestamp>``, ``home`` and
-    ``mirror`` from the environment.
+    ``mirror`` from the environment. The training options live in :attr:`train`; :meth:`option`
+    reads any option by its name.
     """
 
-    data: str | None = None
-    classes: list[str] | None = None
-    model: str = "gpt2-small"
-    weights: str = "pretrained"
-    trainable: str = "last-block"
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    pooling: str = "last-token"
-    epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size
-    grad_accum: int = TrainConfig.grad_accum
-    lr: float = TrainConfig.lr
-    weight_decay: float = TrainConfig.weight_decay
-    clip_grad: float | None = TrainConfig.clip_grad
-    schedule: str = TrainConfig.schedule
-    warmup: float = TrainConfig.warmup
-    eval_every: int | None = TrainConfig.eval_every
-    checkpoint_every: int | None = TrainConfig.checkpoint_every
-    early_stop: int | None = TrainConfig.early_stop
-    monitor: str = TrainConfig.monitor
-    class_weights: str = TrainConfig.class_weights
-    device: str = "auto"
-    precision: str = "auto"
-    max_length: int | None = None
-    pad_to: str = TrainConfig.pad_to
-    cache: bool = True
-    cache_memory: str | None = None
-    seed: int = 123
-    out: str | None = None
-    force: bool = False
-    resume: bool = False
-    home: str | None = None
-    mirror: str | None = None
+    data: str | None = option(
+        None, "Prepared folder (from `gptclf prepare`)", _DATA, default_text="the SMS set"
+    )
+    classes: list[str] | None = option(  # noqa: RUF009 - option() is a dataclasses.field
+        None, "Class names in order, e.g. spam,ham", _DATA, default_text="those of the prepared data"
+    )
+    max_length: int | None = option(None, "Tokens kept per text", _DATA, default_text="the context")
+    model: str = option(
+        "gpt2-small", "gpt2-small .. gpt2-xl, 124M .. 1558M, or n_layer=4,n_head=4,n_embd=256", _MODEL
+    )
+    weights: str = option("pretrained", "pretrained, random, or a safetensors path", _MODEL)
+    trainable: str = option("last-block", "head, last-block, 'last-blocks N', all, lora", _MODEL)
+    lora_rank: int = option(16, "LoRA rank", _MODEL)
+    lora_alpha: float = option(16.0, "LoRA alpha", _MODEL)
+    pooling: str = option(
+        "last-token", "Where a text is read (last-position is the book's)", _MODEL, choices=POOLINGS
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = option(123, "Seed of every random step", _TRAIN)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", _RUN)
+    precision: str = option("auto", "Number format", _RUN, choices=PRECISIONS)
+    cache: bool = option(True, "Cache the frozen blocks' output", _RUN)
+    cache_memory: str | None = option(
+        None, "RAM for the cache, e.g. 2GB", _RUN, default_text="1/4 of RAM", int_as_text=True
+    )
+    out: str | None = option(None, "Run directory", _RUN, default_text="runs/<timestamp>")
+    force: bool = option(False, "Overwrite a non-empty run directory", _RUN)
+    resume: bool = option(False, "Continue the interrupted run in --out", _RUN)
+    home: str | None = option(None, "Cache folder", _RUN, default_text="$GPTCLF_HOME or ~/.cache/gptclf")
+    mirror: str | None = option(None, "Download mirror URL or folder", _RUN, default_text="$GPTCLF_MIRROR")
     #: Which options were set by a config file or the command line (for messages and resume).
     given: frozenset[str] = field(default=frozenset(), compare=False)
 
-    def train_config(self) -> TrainConfig:
-        """The training part; book-faithful padding also turns length bucketing off."""
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            clip_grad=self.clip_grad,
-            schedule=self.schedule,
-            warmup=self.warmup,
-            eval_every=self.eval_every,
-            checkpoint_every=self.checkpoint_every,
-            early_stop=self.early_stop,
-            monitor=self.monitor,
-            class_weights=self.class_weights,
-            pad_to=self.pad_to,
-            # Padding everything to one length makes grouping by length pointless; plain shuffled
-            # batches are what the book's loop draws, so the comparison stays faithful.
-            bucket=self.pad_to == "batch",
+    def option(self, name: str) -> Any:
+        """The value of the option ``name`` (underscores), wherever it is nested."""
+        return getattr(self.train if name in _TRAIN_NAMES else self, name)
+
+    def with_options(self, values: dict[str, Any], given: frozenset[str] | None = None) -> FinetuneSettings:
+        """A copy with the options ``values`` (by name) changed, and ``given`` if that is passed."""
+        train = {k: v for k, v in values.items() if k in _TRAIN_NAMES}
+        top = {k: v for k, v in values.items() if k not in _TRAIN_NAMES}
+        return dataclasses.replace(
+            self,
+            **top,
+            train=dataclasses.replace(self.train, **train),
+            given=self.given if given is None else given,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values (without ``given``)."""
+        """JSON-ready values (without ``given``), the training ones nested under ``train``."""
         out = dataclasses.asdict(self)
         out.pop("given")
         return out
 
-
-#: Option name (underscores) -> accepted Python types, for checking TOML values.
-_SETTING_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneSettings) if f.name != "given"}
-_INT_FIELDS = {
-    "lora_rank",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "eval_every",
-    "checkpoint_every",
-    "early_stop",
-    "max_length",
-    "seed",
-}
-_FLOAT_FIELDS = {"lora_alpha", "lr", "weight_decay", "clip_grad", "warmup"}
-_BOOL_FIELDS = {"cache", "force", "resume"}
-_OPTIONAL_FIELDS = {"data", "classes", "clip_grad", "eval_every", "checkpoint_every", "early_stop"}
-_OPTIONAL_FIELDS |= {"max_length", "cache_memory"}
-_OPTIONAL_FIELDS |= {"out", "home", "mirror"}
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], given: frozenset[str] = frozenset()) -> FinetuneSettings:
+        """Inverse of :meth:`to_dict`; also reads the flat dicts of checkpoints from before the
+        nesting (the training options beside the others)."""
+        flat = {**{k: v for k, v in data.items() if k != "train"}, **data.get("train", {})}
+        return FinetuneSettings().with_options({k: v for k, v in flat.items() if k in _INIT_NAMES}, given)
 
 
-def _dash(name: str) -> str:
-    return name.replace("_", "-")
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How ``gptclf finetune`` starts its processes: options of the command line only (no TOML, not
+    recorded, free to change on ``--resume``)."""
+
+    devices: int = option(1, "Data-parallel on N local processes (GPUs) via torchrun", _RUN, at_least=1)
+    dist_timeout: float = option(
+        300.0,
+        "Seconds a data-parallel process waits for the others before the job fails",
+        _RUN,
+        above=0.0,
+        envvar="GPTCLF_DIST_TIMEOUT",
+    )
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these values, as messages naming the option."""
+        return field_problems(self)
 
 
-def number_problems(*checks: tuple[str, float | None, float | None, float | None]) -> list[str]:
-    """Messages for numbers that are not finite or out of range.
+_TRAIN_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.init)
+#: Every name :meth:`FinetuneSettings.with_options` takes: the options and TrainConfig's other fields.
+_INIT_NAMES = option_names(FinetuneSettings) | _TRAIN_NAMES
+_SPECS = {spec.name: spec for spec in option_specs(FinetuneSettings)}
 
-    Args:
-        checks: ``(name, value, above, at_most)``: the value (None: not given, fine) must be
-            finite, ``> above`` (or ``>= 0`` where ``above`` is None) and ``<= at_most`` where
-            that is given. NaN fails every comparison, so it is refused with the rest.
-    """
-    out = []
-    for name, value, above, at_most in checks:
-        if value is None:
-            continue
-        low_ok = value > above if above is not None else value >= 0
-        if math.isfinite(value) and low_ok and (at_most is None or value <= at_most):
-            continue
-        rule = f"> {above:g}" if above is not None else ">= 0"
-        rule += f" and <= {at_most:g}" if at_most is not None else " and finite"
-        out.append(f"--{_dash(name)} must be {rule} (got {value:g})")
+
+def _coerce_all(values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``values`` checked against their options' types (problems noted), unknown names left out."""
+    out = {}
+    for name, value in values.items():
+        coerced, problem = coerce(_SPECS[name], value)
+        if problem:
+            problems.append(problem)
+        out[name] = coerced
     return out
-
-
-def _coerce(name: str, value: Any) -> tuple[Any, str | None]:
-    """Check one value's type; return (value, problem)."""
-    if value is None:
-        return (None, None) if name in _OPTIONAL_FIELDS else (None, f"{_dash(name)} cannot be empty")
-    if name == "classes":
-        if isinstance(value, str):
-            value = [c.strip() for c in value.split(",") if c.strip()]
-        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-            return None, "classes must be a list of names or a comma-separated string"
-        return value, None
-    if name in _BOOL_FIELDS:
-        return (value, None) if isinstance(value, bool) else (None, f"{_dash(name)} must be true or false")
-    if name in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"{_dash(name)} must be an integer (got {value!r})"
-        return value, None
-    if name in _FLOAT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None, f"{_dash(name)} must be a number (got {value!r})"
-        return float(value), None
-    if name == "cache_memory" and isinstance(value, int) and not isinstance(value, bool):
-        return str(value), None
-    if not isinstance(value, str):
-        return None, f"{_dash(name)} must be a string (got {value!r})"
-    return value, None
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -294,21 +261,18 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise BadInputError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BadInputError(f"config file {path} is not valid TOML ({exc})") from None
-    values: dict[str, Any] = {}
     problems = []
-    unknown = sorted(k for k in raw if k.replace("-", "_") not in _SETTING_FIELDS)
+    unknown = sorted(k for k in raw if k.replace("-", "_") not in _SPECS)
     if unknown:
         problems.append(f"unknown keys {', '.join(unknown)} (keys are finetune's long option names)")
+    named: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in _SETTING_FIELDS:
-            continue
-        if name in values:
+        if name in named:
             problems.append(f"{key} is given twice (with - and with _)")
-        coerced, problem = _coerce(name, value)
-        if problem:
-            problems.append(problem)
-        values[name] = coerced
+        if name in _SPECS:
+            named[name] = value
+    values = _coerce_all(named, problems)
     if problems:
         raise BadInputError(f"config file {path}: " + "; ".join(problems))
     return values
@@ -322,17 +286,18 @@ def build_settings(options: dict[str, Any], config_file: Path | None = None) -> 
         config_file: A TOML file whose values the options override.
 
     Raises:
-        BadInputError: Unknown option names or a bad config file.
+        BadInputError: Unknown option names, values of the wrong type, or a bad config file.
     """
     merged = load_config_file(config_file) if config_file is not None else {}
     given_options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(given_options) - set(_SETTING_FIELDS))
+    unknown = sorted(set(given_options) - set(_SPECS))
     if unknown:
         raise BadInputError(f"unknown finetune options: {', '.join(unknown)}")
-    merged.update(given_options)
-    if isinstance(merged.get("classes"), str):
-        merged["classes"], _ = _coerce("classes", merged["classes"])
-    return FinetuneSettings(**merged, given=frozenset(merged))
+    problems: list[str] = []
+    merged.update(_coerce_all(given_options, problems))
+    if problems:
+        raise BadInputError("; ".join(problems))
+    return FinetuneSettings().with_options(merged, given=frozenset(merged))
 
 
 #: A number, then optionally a unit: bytes (``B`` or nothing) or a prefix K/M/G/T with an optional

@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
-from gptclf.classifier import POOLINGS, TrainableScope, parse_scope
-from gptclf.config import HF_REPOS, GPTConfig, resolve_model
-from gptclf.device import Precision, resolve_device, resolve_precision
+from gptclf.classifier import TrainableScope, parse_scope, pooling_problems
+from gptclf.config import GPTConfig, resolve_model
+from gptclf.device import LocalJob, Precision, resolve_device, resolve_precision
+from gptclf.distributed import local_job
 from gptclf.errors import BadInputError
 from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 from gptclf.rundir import check_out, work_dir
+from gptclf.weights import weights_problems
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
 SMS_LABELS = frozenset({"ham", "spam"})
@@ -55,8 +57,18 @@ def _attempt(problems: list[str], func: Any, *args: Any) -> Any:
         return None
 
 
-def make_plan(settings: FinetuneSettings) -> RunPlan:
+def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPlan:
     """Check every setting that needs no data, and resolve it.
+
+    Each rule is checked by the component that owns it (the training options by
+    :class:`TrainConfig`, the scope by :class:`TrainableScope`, the pooling by the classifier, the
+    weights by :mod:`gptclf.weights`, the device by :mod:`gptclf.device`); the rules here are those
+    of the run itself. Every problem found is reported at once.
+
+    Args:
+        settings: The merged options.
+        job: The data-parallel job to plan for (a launcher's ``LocalJob(0, N)``); default: this
+            process's own, from torchrun's environment (none for a single process).
 
     Raises:
         BadInputError: Listing every problem found.
@@ -64,47 +76,40 @@ def make_plan(settings: FinetuneSettings) -> RunPlan:
     problems: list[str] = []
     resolved = _attempt(problems, resolve_model, settings.model)
     scope = _attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
-    if settings.pooling not in POOLINGS:
-        problems.append(f"unknown pooling {settings.pooling!r}: use one of {', '.join(POOLINGS)}")
-    train = settings.train_config()
-    problems.extend(train.problems())
-    device = _attempt(problems, resolve_device, settings.device)
+    problems += pooling_problems(settings.pooling) + settings.train.problems()
+    device = _attempt(problems, resolve_device, settings.device, job or local_job())
     precision = _attempt(problems, resolve_precision, settings.precision, device) if device else None
     cache_memory = default_cache_memory()
     if settings.cache_memory is not None:
         cache_memory = _attempt(problems, parse_size, settings.cache_memory) or 0
+    problems += weights_problems(settings.weights, resolved[0] if resolved else None)
     max_length = 0
     if resolved is not None:
         name, cfg = resolved
+        problems += scope.problems(cfg.n_layer) if scope else []
         max_length = cfg.n_positions if settings.max_length is None else settings.max_length
         if not 1 <= max_length <= cfg.n_positions:
             problems.append(
                 f"--max-length must be in 1..{cfg.n_positions} (the model's context), got {max_length}"
             )
-        if scope is not None and scope.kind == "last-blocks" and scope.n_blocks > cfg.n_layer:
-            problems.append(
-                f"last-blocks {scope.n_blocks} asks for more blocks than the model has ({cfg.n_layer})"
-            )
-        if settings.weights == "pretrained" and name not in HF_REPOS:
-            problems.append(
-                "there are no pretrained weights for a custom model size: use --weights random or PATH"
-            )
-    if settings.weights not in ("pretrained", "random") and not Path(settings.weights).expanduser().is_file():
-        problems.append(
-            f"--weights {settings.weights}: no such file (use pretrained, random or a safetensors path)"
-        )
-    if settings.data is not None and not Path(settings.data).expanduser().is_dir():
-        problems.append(f"--data {settings.data}: no such folder (give a folder written by `gptclf prepare`)")
-    if settings.data is None and settings.classes and set(settings.classes) != SMS_LABELS:
-        problems.append(
-            f"--classes {','.join(settings.classes)}: without --data the SMS set is used, whose classes are "
-            "spam and ham (in any order); pass --data DIR for other classes"
-        )
+    problems += _data_problems(settings)
     if problems:
         raise BadInputError("; ".join(problems))
     name, cfg = resolved
     home = Path(settings.home).expanduser() if settings.home else None
-    return RunPlan(name, cfg, scope, train, device, precision, cache_memory, max_length, home)
+    return RunPlan(name, cfg, scope, settings.train, device, precision, cache_memory, max_length, home)
+
+
+def _data_problems(settings: FinetuneSettings) -> list[str]:
+    """What is wrong with ``--data`` and ``--classes`` before the data is read."""
+    if settings.data is not None and not Path(settings.data).expanduser().is_dir():
+        return [f"--data {settings.data}: no such folder (give a folder written by `gptclf prepare`)"]
+    if settings.data is None and settings.classes and set(settings.classes) != SMS_LABELS:
+        return [
+            f"--classes {','.join(settings.classes)}: without --data the SMS set is used, whose classes are "
+            "spam and ham (in any order); pass --data DIR for other classes"
+        ]
+    return []
 
 
 def out_dir(settings: FinetuneSettings) -> Path:
@@ -132,48 +137,42 @@ def resumed_settings(out: Path, given: FinetuneSettings) -> tuple[FinetuneSettin
     if not path.is_file():  # a run interrupted by an older gptclf kept its checkpoint in --out
         path = out / CHECKPOINT_NAME
     state = load_checkpoint(path)
-    saved = dict(state["extra"]["settings"])
-    if saved.get("data") == str(out / "data"):  # older runs recorded the SMS set they prepared
-        saved["data"] = None
+    record = dict(state["extra"]["settings"])
+    if record.get("data") == str(out / "data"):  # older runs recorded the SMS set they prepared
+        record["data"] = None
+    saved = FinetuneSettings.from_dict(record)
     conflicts = []
     for name in sorted(given.given - RESUME_CHANGEABLE - {"force"}):
-        value, before = getattr(given, name), saved.get(name)
+        value, before = given.option(name), saved.option(name)
         if name == "data" and value is not None:
             value = str(Path(value).expanduser().resolve())
         if value != before:
             conflicts.append(f"--{name.replace('_', '-')} {value} (the run used {before})")
     if conflicts:
         raise BadInputError("cannot change these on --resume: " + "; ".join(conflicts))
-    for name in given.given & RESUME_CHANGEABLE:
-        saved[name] = getattr(given, name)
-    saved.update(out=str(out), resume=True)
-    return FinetuneSettings(**saved, given=given.given), state
+    changed = {name: given.option(name) for name in given.given & RESUME_CHANGEABLE}
+    return saved.with_options({**changed, "out": str(out), "resume": True}, given=given.given), state
 
 
 def check_launch(settings: FinetuneSettings, devices: int) -> Path:
     """What ``gptclf finetune --devices N`` checks before it starts N processes, so that bad input
     exits 2 with one line instead of failing N times under torchrun. Writes nothing.
 
+    Args:
+        settings: The merged options.
+        devices: The number of local processes to start (>= 1: :class:`LaunchSettings` checks it).
+
     Returns:
         The run directory, to pass on to every process (they must agree on it).
 
     Raises:
-        BadInputError: A setting, the run directory, or a device count that cannot work.
+        BadInputError: A setting, the run directory, or a device that ``devices`` processes cannot use.
     """
-    if devices < 1:
-        raise BadInputError(f"--devices must be >= 1 (got {devices})")
     out = out_dir(settings)
     if settings.resume:
         settings, state = resumed_settings(out, settings)
         check_world_size(state, devices)
     else:
         check_out(out, force=settings.force, resume=False)
-    plan = make_plan(settings)
-    if plan.device.type == "cuda":
-        if settings.device.strip().lower().startswith("cuda:"):
-            raise BadInputError("--devices uses GPUs 0..N-1 (one per process): pass --device cuda or auto")
-        if devices > torch.cuda.device_count():
-            raise BadInputError(f"--devices {devices}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif plan.device.type != "cpu":
-        raise BadInputError(f"--devices runs on cuda or cpu, not {plan.device.type}")
+    make_plan(settings, LocalJob(0, devices))  # the device as rank 0 of the job will resolve it
     return out

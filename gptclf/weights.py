@@ -137,15 +137,16 @@ def load_pretrained(cfg: GPTConfig, path: Path) -> GPT:
     return model
 
 
-def weights_problems(spec: str, preset: str) -> list[str]:
+def weights_problems(spec: str, preset: str | None) -> list[str]:
     """What keeps ``--weights spec`` from being loaded for the model ``preset``, checked before
     anything is downloaded (empty: it can be; a missing download is found by :func:`load_weights`).
 
     Args:
         spec: ``pretrained``, ``random`` or a path to a safetensors file.
-        preset: The preset name (``custom`` for a custom size).
+        preset: The preset name (``custom`` for a custom size; None: not known, so only the file
+            is checked).
     """
-    if spec == "pretrained" and preset not in HF_REPOS:
+    if spec == "pretrained" and preset is not None and preset not in HF_REPOS:
         return [
             "there are no pretrained weights for a custom model size: use --weights random or --weights PATH"
         ]

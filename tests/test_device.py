@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
-from gptclf.device import resolve_device, resolve_precision
+from gptclf.device import LocalJob, resolve_device, resolve_precision
+from gptclf.distributed import process_group
 from gptclf.errors import BadInputError
+from gptclf.runconfig import build_settings
+from gptclf.runplan import check_launch, make_plan
+from tests.finetune_helpers import TINY_SPEC
 
 CPU = torch.device("cpu")
 
@@ -125,3 +130,68 @@ def _tf32_state() -> tuple[bool, bool]:
 def _set_tf32(on: bool) -> None:
     for space, name in _tf32_flags():
         setattr(space, name, ("tf32" if on else "ieee") if name == "fp32_precision" else on)
+
+
+@pytest.fixture
+def two_gpus_and_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with two CUDA GPUs (cuda:0 current) and, as on a Mac, MPS too."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.usefixtures("two_gpus_and_mps")
+def test_data_parallel_device_rules() -> None:
+    """One GPU per process, its local rank's; a chosen GPU and MPS are refused; one GPU per process."""
+    assert resolve_device("cuda", LocalJob(1, 2)) == torch.device("cuda", 1)
+    assert resolve_device("auto", LocalJob(1, 2)) == torch.device("cuda", 1)
+    assert resolve_device("cpu", LocalJob(1, 2)) == CPU
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # a single process may choose
+    for spec, message in (
+        ("cuda:1", "one GPU per process, that of its local rank"),
+        ("mps", "data-parallel runs use cuda or cpu"),
+        ("tpu", "unknown device"),
+    ):
+        with pytest.raises(BadInputError, match=message):
+            resolve_device(spec, LocalJob(0, 2))
+    with pytest.raises(
+        BadInputError, match="3 processes on this node need a GPU each, but only 2 CUDA device"
+    ):
+        resolve_device("cuda", LocalJob(0, 3))
+
+
+def test_data_parallel_auto_without_gpu_is_the_cpu_not_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gloo and NCCL serve CPU and CUDA tensors only, so a data-parallel ``auto`` never picks MPS."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    assert resolve_device("auto", LocalJob(0, 2)) == CPU
+    with pytest.raises(BadInputError, match="no CUDA GPU"):
+        resolve_device("cuda", LocalJob(0, 2))
+
+
+@pytest.mark.usefixtures("two_gpus_and_mps")
+def test_launcher_ranks_and_plan_apply_the_same_device_rules(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--devices (before it starts processes), process_group and make_plan in a rank agree."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    base = {"model": TINY_SPEC, "weights": "random", "out": str(tmp_path / "run")}
+    assert make_plan(build_settings({**base, "device": "auto"})).device == torch.device("cuda", 1)
+    for device, message in (("cuda:1", "that of its local rank"), ("mps", "use cuda or cpu")):
+        settings = build_settings({**base, "device": device})
+        for check in (
+            lambda s=settings: make_plan(s),
+            lambda s=settings: check_launch(s, 2),
+            lambda s=settings: process_group(s.device).__enter__(),
+        ):
+            with pytest.raises(BadInputError, match=message):
+                check()
+    with pytest.raises(BadInputError, match="only 2 CUDA device"):
+        check_launch(build_settings({**base, "device": "cuda"}), 3)

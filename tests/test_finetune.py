@@ -139,7 +139,7 @@ def test_resume_keeps_what_the_run_computes(tmp_path: Path) -> None:
     s, _ = resumed_settings(
         tmp_path, build_settings({"resume": True, "device": "cpu", "data": str(tmp_path)})
     )
-    assert (s.epochs, s.device, s.resume) == (3, "cpu", True)
+    assert (s.train.epochs, s.device, s.resume) == (3, "cpu", True)
     with pytest.raises(
         BadInputError, match=r"cannot change these on --resume: --epochs 4 \(the run used 3\)"
     ):

@@ -1,0 +1,46 @@
+"""make_plan: every rule is checked by the component that owns it, and all problems come at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gptclf.classifier import Classifier, parse_scope
+from gptclf.config import resolve_model
+from gptclf.errors import BadInputError
+from gptclf.runconfig import build_settings
+from gptclf.runplan import make_plan
+from gptclf.weights import load_weights
+from tests.finetune_helpers import TINY_SPEC
+
+
+def _message(func: object, *args: object) -> str:
+    with pytest.raises(BadInputError) as info:
+        func(*args)  # type: ignore[operator]
+    return str(info.value)
+
+
+def test_the_plan_reports_each_owners_own_message(tmp_path: Path) -> None:
+    """The plan says what the component that would fail later says, word for word, all at once."""
+    _, tiny = resolve_model(TINY_SPEC)
+    gpt = load_weights("random", tiny, "custom", seed=1)
+    missing = str(tmp_path / "none.safetensors")
+    owners = [
+        _message(load_weights, "pretrained", tiny, "custom"),  # no pretrained weights for a custom size
+        _message(parse_scope("last-blocks 3").trainable_blocks, tiny.n_layer),  # deeper than the model
+        _message(Classifier, gpt, ["a", "b"], "max"),  # an unknown pooling
+    ]
+    plan = _message(
+        make_plan, build_settings({"model": TINY_SPEC, "trainable": "last-blocks 3", "pooling": "max"})
+    )
+    assert all(plan.count(message) == 1 for message in owners), (plan, owners)
+    missing_file = _message(load_weights, missing, tiny, "custom")
+    assert missing_file in _message(make_plan, build_settings({"model": TINY_SPEC, "weights": missing}))
+    assert missing_file in _message(make_plan, build_settings({"model": "gpt2-tiny", "weights": missing}))
+
+
+def test_a_fitting_plan_keeps_the_nested_training_config() -> None:
+    s = build_settings({"model": TINY_SPEC, "weights": "random", "device": "cpu", "epochs": 2})
+    plan = make_plan(s)
+    assert plan.train is s.train and plan.train.epochs == 2 and plan.max_length == 64
