@@ -279,8 +279,3 @@ def _oversample(train: pd.DataFrame, names: list[str], seed: int) -> tuple[pd.Da
     added = sum(len(e) for e in extra)
     mixed = pd.concat([train, *extra]).sample(frac=1, random_state=seed).reset_index(drop=True)
     return mixed, added
-
-
-# Until gptclf/finetune.py imports these from gptclf.prepared (its rewrite is under way elsewhere):
-# a re-export, so that the package keeps importing meanwhile. Remove with that import line.
-from gptclf.prepared import prepared_fingerprint, read_prepared  # noqa: E402, F401

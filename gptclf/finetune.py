@@ -19,12 +19,13 @@ from typing import Any
 
 from gptclf.batching import LabelledSet, Source, encode_texts
 from gptclf.classifier import Classifier, apply_scope, replace_head
-from gptclf.data import label_ids, prepared_fingerprint, read_prepared
+from gptclf.data import label_ids
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.fileio import atomic_write_json
 from gptclf.inference import labelled_metrics
+from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.resume import CHECKPOINT_NAME, InterruptGuard, check_same_data
 from gptclf.runconfig import FinetuneSettings
