@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import pandas as pd
 import tiktoken
 import torch
 
+from gptclf.data import label_ids
 from gptclf.tokenizer import EOT_ID, encode_batch
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
@@ -176,3 +178,28 @@ class LabelledSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def encode_splits(
+    splits: dict[str, pd.DataFrame],
+    classes: list[str],
+    enc: tiktoken.Encoding,
+    max_length: int,
+    pad_to: str,
+) -> tuple[dict[str, list[list[int]]], dict[str, list[int]], int, int | None]:
+    """Token ids and label ids of each split of a prepared folder.
+
+    With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
+    text and padded to it; the book's dataset class truncates validation and test texts the same way.
+
+    Returns:
+        ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
+    """
+    names = ("train", "validation", "test")
+    ids = {n: encode_texts(enc, splits[n]["text"].astype(str).tolist(), max_length).ids for n in names}
+    labels = {n: label_ids(splits[n], classes) for n in names}
+    pad_length = None
+    if pad_to == "longest-train" and ids["train"]:
+        pad_length = max_length = max(len(x) for x in ids["train"])
+        ids = {n: [x[:max_length] for x in v] for n, v in ids.items()}
+    return ids, labels, max_length, pad_length

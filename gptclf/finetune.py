@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptclf.batching import LabelledSet, Source, encode_texts
+from gptclf.batching import LabelledSet, Source, encode_splits
 from gptclf.classifier import Classifier, apply_scope, replace_head
-from gptclf.data import label_ids
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
@@ -126,7 +125,7 @@ def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneR
     prepared, model, counts = _inputs(ctx, data_dir)
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
-    ids, labels, max_length, pad_length = _tokenise(
+    ids, labels, max_length, pad_length = encode_splits(
         prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to
     )
     timings = {"tokenise": time.monotonic() - t0}
@@ -338,27 +337,6 @@ def _classes(given: list[str] | None, prepared: list[str], data_dir: Path) -> li
             "give the same names (in any order) or prepare the data again"
         )
     return list(given)
-
-
-def _tokenise(
-    splits: dict[str, Any], classes: list[str], enc: Any, max_length: int, pad_to: str
-) -> tuple[dict[str, list[list[int]]], dict[str, list[int]], int, int | None]:
-    """Token ids and label ids of each split.
-
-    With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
-    text and padded to it; the book's dataset class truncates validation and test texts the same way.
-
-    Returns:
-        ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
-    """
-    names = ("train", "validation", "test")
-    ids = {n: encode_texts(enc, splits[n]["text"].astype(str).tolist(), max_length).ids for n in names}
-    labels = {n: label_ids(splits[n], classes) for n in names}
-    pad_length = None
-    if pad_to == "longest-train" and ids["train"]:
-        pad_length = max_length = max(len(x) for x in ids["train"])
-        ids = {n: [x[:max_length] for x in v] for n, v in ids.items()}
-    return ids, labels, max_length, pad_length
 
 
 def _cache_info(sources: dict[str, Source]) -> dict[str, Any]:
