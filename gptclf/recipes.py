@@ -2,7 +2,7 @@
 
 Read top to bottom, :func:`finetune` is the job a user runs: check every setting (nothing written
 on bad input); open the run's work folder beside ``--out`` (:mod:`gptclf.rundir`); download what
-is missing (the tokenizer files, the pretrained weights: :mod:`gptclf.download`); with no
+is missing (the tokenizer files, the pretrained weights: :mod:`gptclf.artefacts`); with no
 ``--data``, prepare the SMS Spam Collection the book's way into the work folder
 (:func:`prepare_book_sms`, over :func:`gptclf.prepare.prepare`); train and evaluate
 (:func:`gptclf.finetune.train_run`, which reads only what is on disk); swap the finished run in.
@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gptclf.artefacts import ensure_sms_spam, ensure_tokenizer, ensure_weights
 from gptclf.distributed import Shard
-from gptclf.download import Progress, ensure_sms_spam, ensure_tokenizer, ensure_weights
 from gptclf.finetune import FinetuneResult, RunContext, train_run
 from gptclf.prepare import prepare
-from gptclf.progress import TrainProgress
+from gptclf.progress import Progress, TrainProgress
 from gptclf.resume import InterruptGuard
 from gptclf.runconfig import FinetuneSettings
 from gptclf.rundir import RunBuild, check_out, work_dir
