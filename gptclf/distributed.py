@@ -200,8 +200,8 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     """Join torchrun's process group for the duration of the block; yield this process's Shard.
 
     Outside torchrun, or with a world size of 1, nothing is initialised and ``Shard()`` comes back.
-    On CUDA the process's current device becomes its local rank's GPU, so ``--device cuda`` and
-    ``auto`` resolve to it later.
+    The device follows the data-parallel rules of :func:`gptclf.device.resolve_device` (as the
+    run's plan does); on CUDA it becomes the process's current device, its local rank's GPU.
 
     Args:
         device: ``--device``: ``auto``, ``cpu`` or ``cuda`` (one GPU per process).

@@ -160,7 +160,8 @@ def check_launch(settings: FinetuneSettings, devices: int) -> Path:
 
     Args:
         settings: The merged options.
-        devices: The number of local processes to start (>= 1: :class:`LaunchSettings` checks it).
+        devices: The number of local processes to start (>= 1, as
+            :class:`gptclf.runconfig.LaunchSettings` checks).
 
     Returns:
         The run directory, to pass on to every process (they must agree on it).

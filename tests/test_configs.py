@@ -252,3 +252,12 @@ def test_a_toml_integer_is_a_cache_size(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("cache-memory = 0\n")
     assert build_settings({}, path).cache_memory == "0"
+
+
+def test_a_callers_values_are_checked_like_a_files() -> None:
+    """build_settings reads a library caller's values through the same typed path as TOML."""
+    with pytest.raises(
+        BadInputError, match=r"epochs must be an integer \(got '3'\); cache must be true or false"
+    ):
+        build_settings({"epochs": "3", "cache": "yes"})
+    assert build_settings({"lr": 1}).train.lr == 1.0  # an integer is a number
