@@ -232,7 +232,7 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor
         mask = torch.arange(t, device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
         mask = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    raise BadInputError(f"unknown pooling {mode!r}: use one of {', '.join(POOLINGS)}")
+    raise BadInputError(pooling_problems(mode)[0])  # the one message for an unknown pooling
 
 
 class Classifier(nn.Module):

@@ -214,8 +214,9 @@ def process_group(device: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Ite
     if env is None or job is None:
         yield Shard()
         return
-    if not timeout > 0:
-        raise BadInputError(f"--dist-timeout must be > 0 seconds (got {timeout})")
+    problems = LaunchSettings(dist_timeout=timeout).problems()  # the option's own rule
+    if problems:
+        raise BadInputError("; ".join(problems))
     rank, world, _ = env
     dev = resolve_device(device, job)
     if dev.type == "cuda":
