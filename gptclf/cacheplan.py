@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gptclf.classifier import Classifier, TrainableScope
+from gptclf.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.errors import BadInputError
 from gptclf.model import GPT
 
@@ -186,7 +186,7 @@ def cacheable_blocks(
     """
     if scope.kind in ("all", "lora") or gpt.config.dropout > 0:
         return 0
-    if pooling == "last-position" and pad_to is None:
+    if reads_a_pad(pooling) and pad_to is None:
         return 0
     return gpt.n_layer - scope.trainable_blocks(gpt.n_layer)
 
@@ -226,7 +226,7 @@ def plan_cache(
     if start == 0:
         return CachePlan(0, {})
     row_bytes = model.gpt.config.n_embd * 4  # fp32 states
-    width = pad_to or 0 if model.pooling == "last-position" else 0  # such texts are cached with their pads
+    width = pad_to or 0 if reads_a_pad(model.pooling) else 0  # such texts are cached with their pads
     sizes = {name: sum(max(len(x), width) for x in ids) * row_bytes for name, ids in splits.items()}
     # Free GPU memory once, before any cache: measured per split, each would see only what the
     # previous left and the shares would add up.

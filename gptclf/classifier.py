@@ -22,6 +22,12 @@ POOLINGS = ("last-token", "last-position", "mean")
 SCOPE_KINDS = ("head", "last-block", "last-blocks", "all", "lora")
 
 
+def reads_a_pad(pooling: str) -> bool:
+    """Whether ``pooling`` reads a pad's state: position -1 of a right-padded batch is one for
+    every shorter text, so such a run must see the padding it was trained with."""
+    return pooling == "last-position"
+
+
 def pooling_problems(mode: str) -> list[str]:
     """What is wrong with the pooling ``mode`` (empty: it is one of :data:`POOLINGS`)."""
     if mode in POOLINGS:

@@ -45,7 +45,7 @@ import torch
 
 from gptclf.batching import Batch, Source, TokenSource, to_device
 from gptclf.cacheplan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
-from gptclf.classifier import Classifier, TrainableScope
+from gptclf.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.inference import run_batches
@@ -299,7 +299,7 @@ def make_sources(
     )  # fmt: skip
     if plan.start_block == 0:
         return {name: TokenSource(ids, pad_to) for name, ids in splits.items()}
-    if model.pooling == "last-position":
+    if reads_a_pad(model.pooling):
         assert pad_to is not None
         # The pad read at position -1 is part of what the cache must hold: cache padded texts.
         splits = {name: [[*x, *[EOT_ID] * (pad_to - len(x))] for x in ids] for name, ids in splits.items()}

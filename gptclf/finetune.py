@@ -22,13 +22,12 @@ from gptclf.classifier import Classifier, apply_scope, replace_head
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
-from gptclf.fileio import atomic_write_json
 from gptclf.inference import labelled_metrics
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.resume import CHECKPOINT_NAME, InterruptGuard, check_same_data
 from gptclf.runconfig import FinetuneSettings
-from gptclf.rundir import CURVES_FILE, METRICS_FILE, build_run_info, save_run, write_curves, write_history
+from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, write_history, write_metrics
 from gptclf.runplan import RunPlan
 from gptclf.tokenizer import load_tokenizer
 from gptclf.train import History, fit
@@ -373,7 +372,7 @@ def _write_run(
         "cache": result.cache,
         "timings": result.timings,
     }
-    atomic_write_json(folder / METRICS_FILE, metrics)
+    write_metrics(folder, metrics)
     epochs = info["train"]["epochs"]
     if not write_curves(folder, history.rows, history.total_steps / epochs):
         (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptclf.classifier import Classifier, merge_lora, replace_head
+from gptclf.classifier import Classifier, merge_lora, reads_a_pad, replace_head
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
@@ -102,7 +102,7 @@ class LoadedRun:
         for ``last-position`` pooling, the one pooling that reads a pad: any other run predicts
         the same numbers with per-batch padding, which is faster.
         """
-        if self.info.get("pooling") != "last-position":
+        if not reads_a_pad(str(self.info.get("pooling"))):
             return None
         return (self.info.get("train") or {}).get("pad_length")
 
