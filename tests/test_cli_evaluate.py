@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.prepared import prepared_fingerprint
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
+from gptclf.prepared import prepared_fingerprint
 from gptclf.rundir import load_run
 from tests.conftest import needs_shared_bpe
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gptclf.batching import LabelledSet, TokenSource
-from gptclf.prepared import read_prepared
 from gptclf.errors import BadInputError
 from gptclf.inference import labelled_metrics
+from gptclf.prepared import read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.recipes import finetune
 from gptclf.resume import CHECKPOINT_NAME, save_checkpoint
