@@ -100,6 +100,7 @@ class FeatureCache:
         spill_dir: Path | None = None,
         shard: Shard = Shard(),  # frozen, so one shared default is safe
         progress: Progress | None = None,
+        label: str = "caching the frozen blocks",
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -116,7 +117,7 @@ class FeatureCache:
             spill_dir: Folder for the memory-mapped file (default: the system's temporary folder).
             shard: This process's place in a data-parallel job: it computes its share of the
                 batches and receives the rest from the other ranks.
-            progress: Shows the build.
+            progress: Shows the build as ``label``.
         """
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
         lengths = [len(x) for x in ids]
@@ -126,7 +127,9 @@ class FeatureCache:
         )
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0)
         try:
-            _fill(flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress)
+            _fill(
+                flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label
+            )
             shard.all_sum_rows(flat)
         except BaseException:
             if tmpdir is not None:
@@ -233,6 +236,7 @@ def _fill(
     batch_size: int,
     shard: Shard,
     progress: Progress | None,
+    label: str,
 ) -> None:
     """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``."""
     lengths = [len(x) for x in ids]
@@ -252,7 +256,7 @@ def _fill(
         shard=shard,
         stop_block=start_block,
         progress=progress,
-        label="caching the frozen blocks",
+        label=label,
     )
 
 
@@ -320,6 +324,7 @@ def make_sources(
                 spill_dir=spill_dir,
                 shard=shard,
                 progress=progress,
+                label=f"caching the frozen blocks of the {name} split",
             )
     except BaseException:
         for source in sources.values():

@@ -215,7 +215,6 @@ def _final_scores(
     scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
     for name in scores:
         if len(sets[name]):
-            ctx.progress.message(f"evaluating the kept weights on the {name} split ({len(sets[name])} texts)")
             scores[name], _ = labelled_metrics(
                 model,
                 sets[name],
@@ -225,7 +224,7 @@ def _final_scores(
                 shard=ctx.shard,
                 between_batches=lambda: ctx.guard.check(saved),
                 progress=ctx.progress,
-                label=f"evaluating on {name}",
+                label=f"evaluating the kept weights on the {name} split",
             )
     return scores
 

@@ -137,13 +137,13 @@ def test_a_second_finetune_on_the_same_out_is_refused_while_the_first_runs(tmp_p
 
 
 class SignalOn(TrainProgress):
-    """Sends this process ``signum`` when a message starting with ``prefix`` is shown."""
+    """Sends this process ``signum`` when a step whose label starts with ``prefix`` begins."""
 
     def __init__(self, prefix: str, signum: int) -> None:
         self.prefix, self.signum = prefix, signum
 
-    def message(self, text: str) -> None:
-        if text.startswith(self.prefix):
+    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        if label.startswith(self.prefix):
             os.kill(os.getpid(), self.signum)
 
 
