@@ -135,8 +135,8 @@ def test_finetune_shows_the_cache_build_and_the_test_evaluation(tmp_path: Path) 
     result = runner.invoke(app, [*args, "--epochs", "1", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert any(line.startswith("caching the frozen blocks (") for line in lines), lines
-    assert any(line.startswith("evaluating on test (") for line in lines), lines
+    assert any(line.startswith("caching the frozen blocks of the train split (") for line in lines), lines
+    assert any(line.startswith("evaluating the kept weights on the test split (") for line in lines), lines
 
 
 def test_evaluate_shows_its_pass_off_a_terminal(tmp_path: Path) -> None:
