@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gptclf.batching import LabelledSet, Source, encode_splits
+from gptclf.calibration import Calibration, fit_temperature
 from gptclf.classifier import Classifier, apply_scope, replace_head
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import labelled_metrics
+from gptclf.metrics import classification_metrics
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.resume import CHECKPOINT_NAME, InterruptGuard, check_same_data
@@ -49,6 +53,7 @@ class FinetuneResult:
         total_params: Parameters of the classifier.
         cache: How the frozen trunk was handled: ``blocks`` cached and ``location``.
         timings: Seconds per phase: ``tokenise``, ``cache``, ``train``, ``evaluate``, ``total``.
+        calibration: The temperature fitted on the validation split (None without validation data).
     """
 
     run_dir: Path
@@ -61,6 +66,7 @@ class FinetuneResult:
     total_params: int
     cache: dict[str, Any]
     timings: dict[str, float]
+    calibration: Calibration | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--json`` prints)."""
@@ -83,6 +89,7 @@ class FinetuneResult:
             "cache": self.cache,
             "timings": self.timings,
             "test": self.test,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
 
@@ -111,8 +118,13 @@ class RunContext:
     shard: Shard
 
 
-def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneResult:
+def train_run(
+    ctx: RunContext, data_dir: Path, tokenizer_dir: Path, weights_path: Path | None = None
+) -> FinetuneResult:
     """Train on the prepared folder ``data_dir`` and write the run's files into ``ctx.work``.
+
+    ``tokenizer_dir`` holds GPT-2's tokenizer files and ``weights_path`` the preset's downloaded
+    weights for ``--weights pretrained``: what the recipe fetched; nothing is fetched here.
 
     Raises:
         BadInputError: Data that do not fit the settings, or not enough disk space (nothing trained).
@@ -121,7 +133,7 @@ def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneR
         DiskFullError: The disk filled while writing (the checkpoint is kept).
     """
     t_start = time.monotonic()
-    prepared, model, counts = _inputs(ctx, data_dir)
+    prepared, model, counts = _inputs(ctx, data_dir, weights_path)
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
     ids, labels, max_length, pad_length = encode_splits(
@@ -146,7 +158,7 @@ def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneR
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
-        scores = _final_scores(model, sets, ctx)
+        scores, calibration = _final_scores(model, sets, ctx)
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
@@ -154,7 +166,7 @@ def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneR
     timings["total"] = time.monotonic() - t_start
     result = FinetuneResult(
         ctx.out, model, model.classes, history, scores["test"], scores["validation"],
-        counts["trainable"], counts["total"], cache, timings,
+        counts["trainable"], counts["total"], cache, timings, calibration,
     )  # fmt: skip
     if ctx.shard.is_main:
         info = _run_info(
@@ -167,13 +179,15 @@ def train_run(ctx: RunContext, data_dir: Path, tokenizer_dir: Path) -> FinetuneR
     return result
 
 
-def _inputs(ctx: RunContext, data_dir: Path) -> tuple[Any, Classifier, dict[str, Any]]:
+def _inputs(
+    ctx: RunContext, data_dir: Path, weights_path: Path | None
+) -> tuple[Any, Classifier, dict[str, Any]]:
     """The prepared data (checked against a resumed run's), and the classifier on its device."""
     prepared = read_prepared(data_dir)
     fingerprint = prepared_fingerprint(data_dir)
     check_same_data(ctx.resume_state, fingerprint, data_dir)
     classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
-    model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes)
+    model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes, weights_path)
     needed = _bytes_needed(total, trainable)
     if ctx.shard.is_main:
         _check_space(ctx.work, ctx.out, needed)
@@ -209,13 +223,17 @@ def _sources(
 
 def _final_scores(
     model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext
-) -> dict[str, dict[str, Any] | None]:
-    """Test and validation metrics of the kept weights; a signal stops this (training is saved)."""
+) -> tuple[dict[str, dict[str, Any] | None], Calibration | None]:
+    """Test and validation metrics of the kept weights, and the temperature fitted on validation
+    (None without validation data); a signal stops this (training is saved).
+
+    The metrics are those of the calibrated probabilities, as ``gptclf evaluate`` reports them.
+    """
     saved = f"training has finished and is saved in {ctx.work / CHECKPOINT_NAME}; {_resume_hint(ctx.out)}"
-    scores: dict[str, dict[str, Any] | None] = {"test": None, "validation": None}
-    for name in scores:
+    logits: dict[str, np.ndarray] = {}
+    for name in ("test", "validation"):
         if len(sets[name]):
-            scores[name], _ = labelled_metrics(
+            _, logits[name] = labelled_metrics(
                 model,
                 sets[name],
                 device=ctx.plan.device,
@@ -226,7 +244,24 @@ def _final_scores(
                 progress=ctx.progress,
                 label=f"evaluating the kept weights on the {name} split",
             )
-    return scores
+    calibration = None
+    if "validation" in logits:  # every rank has all the logits, so every rank fits the same T
+        calibration = fit_temperature(
+            logits["validation"], sets["validation"].labels, {"split": "validation"}
+        )
+        c = calibration
+        ctx.progress.message(
+            f"calibration: temperature {c.temperature:.4g}; validation NLL {c.val_nll_before:.4f} -> "
+            f"{c.val_nll_after:.4f}, ECE {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}"
+        )
+    t = calibration.temperature if calibration else 1.0
+    scores = {
+        name: classification_metrics(logits[name] / t, sets[name].labels, model.classes)
+        if name in logits
+        else None
+        for name in ("test", "validation")
+    }
+    return scores, calibration
 
 
 def _run_info(
@@ -254,6 +289,7 @@ def _run_info(
         seed=ctx.settings.seed,
         weights=ctx.settings.weights,
         data=data,
+        calibration=result.calibration.to_dict() if result.calibration else None,
     )
 
 
@@ -311,14 +347,15 @@ def _check_space(work: Path, out: Path, needed: int) -> None:
 
 
 def build_classifier(
-    settings: FinetuneSettings, p: RunPlan, classes: list[str]
+    settings: FinetuneSettings, p: RunPlan, classes: list[str], weights_path: Path | None = None
 ) -> tuple[Classifier, int, int]:
-    """GPT-2 from ``--weights`` with a class head and the trainable scope applied (on the CPU).
+    """GPT-2 from ``--weights`` (``weights_path``: the downloaded preset's file, for
+    ``pretrained``) with a class head and the trainable scope applied (on the CPU).
 
     Returns:
         The classifier, its trainable parameter count and its total parameter count.
     """
-    gpt = load_weights(settings.weights, p.config, p.model_name, seed=settings.seed, home=p.home)
+    gpt = load_weights(settings.weights, p.config, p.model_name, seed=settings.seed, pretrained=weights_path)
     replace_head(gpt, len(classes), seed=settings.seed)
     trainable = apply_scope(gpt, p.scope, seed=settings.seed)
     total = sum(t.numel() for t in gpt.parameters())
@@ -365,6 +402,7 @@ def _write_run(
     metrics = {
         "test": result.test,
         "validation": result.validation,
+        "calibration": info.get("calibration"),
         "best": history.best,
         "train": {k: v for k, v in history.to_dict().items() if k != "rows"},
         "trainable_params": result.trainable_params,

@@ -76,9 +76,9 @@ def finetune(
         shard.barrier()  # rank 0 has made the work folder before the others look into it
         ctx = RunContext(settings, plan, out, work_dir(out), resume_state, guard, progress, shard)
         try:
-            tokenizer_dir = _fetch(settings, plan, download_progress, shard)
+            tokenizer_dir, weights_path = _fetch(settings, plan, download_progress, shard)
             data_dir = _data(ctx, download_progress)
-            result = train_run(ctx, data_dir, tokenizer_dir)
+            result = train_run(ctx, data_dir, tokenizer_dir, weights_path)
             if build is not None:
                 build.commit()
         except BaseException as exc:
@@ -102,17 +102,21 @@ def _checked_settings(
     return settings, None
 
 
-def _fetch(settings: FinetuneSettings, plan: RunPlan, progress: Progress | None, shard: Shard) -> Path:
-    """Download what the run needs and the cache lacks; returns the tokenizer folder.
+def _fetch(
+    settings: FinetuneSettings, plan: RunPlan, progress: Progress | None, shard: Shard
+) -> tuple[Path, Path | None]:
+    """Download what the run needs and the cache lacks: the tokenizer folder, and the pretrained
+    weights' file (None for ``--weights random`` or a path).
 
     Downloads come first: they fill the cache, and a failed one leaves the run directory untouched.
     One process per machine downloads; the others wait and find the files in place.
     """
+    weights = None
     with shard.main_first():
         tokenizer_dir = ensure_tokenizer(plan.home, settings.mirror, progress)
         if settings.weights == "pretrained":
-            ensure_weights(plan.model_name, plan.home, settings.mirror, progress)
-    return tokenizer_dir
+            weights = ensure_weights(plan.model_name, plan.home, settings.mirror, progress)
+    return tokenizer_dir, weights
 
 
 def _data(ctx: RunContext, progress: Progress | None) -> Path:

@@ -155,16 +155,19 @@ def weights_problems(spec: str, preset: str | None) -> list[str]:
     return []
 
 
-def load_weights(spec: str, cfg: GPTConfig, preset: str, seed: int = 123, home: Path | None = None) -> GPT:
-    """Build the model ``--weights`` asks for.
+def load_weights(
+    spec: str, cfg: GPTConfig, preset: str, seed: int = 123, pretrained: Path | None = None
+) -> GPT:
+    """Build the model ``--weights`` asks for, from what is on disk (nothing is fetched).
 
     Args:
-        spec: ``pretrained`` (the preset's file in the cache), ``random`` (seeded init) or a path
-            to a local safetensors file.
+        spec: ``pretrained`` (the preset's file, at ``pretrained``), ``random`` (seeded init) or
+            a path to a local safetensors file.
         cfg: The model shape.
         preset: The preset name (``custom`` for a custom size).
         seed: Seed for ``random``.
-        home: Cache folder (default :func:`gptclf.config.cache_home`).
+        pretrained: Where the preset's downloaded file is (the cache's place for it:
+            :func:`gptclf.artefacts.weights_file`); None: not downloaded.
 
     Raises:
         BadInputError: Pretrained weights requested for a custom size, or a file that is missing
@@ -175,16 +178,13 @@ def load_weights(spec: str, cfg: GPTConfig, preset: str, seed: int = 123, home: 
     if spec == "random":
         return build_model(cfg, seed=seed)
     if spec == "pretrained":
-        # Imported here: artefacts verifies downloads with this module's checks, so it imports us.
-        from gptclf.artefacts import weights_file
-
-        path = weights_file(preset, home)
-        if not path.is_file():
+        if pretrained is None or not pretrained.is_file():
+            where = f" in {pretrained.parent}" if pretrained is not None else ""
             raise BadInputError(
-                f"no pretrained weights for {preset} in {path.parent}: run `gptclf download --model "
+                f"no pretrained weights for {preset}{where}: run `gptclf download --model "
                 f"{preset}` (or use --weights random)"
             )
-        return load_pretrained(cfg, path)
+        return load_pretrained(cfg, pretrained)
     return load_pretrained(cfg, Path(spec).expanduser())
 
 

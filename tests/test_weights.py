@@ -141,6 +141,8 @@ def test_weights_sources(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="custom model size"):
         load_weights("pretrained", TINY, "custom")
     with pytest.raises(BadInputError, match="gptclf download --model gpt2-small"):
-        load_weights("pretrained", PRESETS["gpt2-small"], "gpt2-small", home=tmp_path)
+        load_weights(
+            "pretrained", PRESETS["gpt2-small"], "gpt2-small", pretrained=tmp_path / "none.safetensors"
+        )
     with pytest.raises(BadInputError, match="does not exist"):
         load_weights(str(tmp_path / "nope.safetensors"), TINY, "custom")
