@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import inspect
+import json
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
-from gptclf.metrics import classification_metrics, roc_auc
+from gptclf.metrics import classification_metrics, expected_calibration_error, reliability_bins, roc_auc
 
 
 def test_known_confusion_matrix() -> None:
@@ -92,3 +96,117 @@ def test_metrics_match_scikit_learn(k: int) -> None:
             assert m["roc_auc"] == pytest.approx(sk.roc_auc_score(labels, logits[:, 1] - logits[:, 0]))
         elif k == 2:
             assert m["roc_auc"] is None
+
+
+def _random_cases(k: int, trials: int = 40) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """Random logits and labels: absent classes, ties (rounded logits, repeated rows) and saturation."""
+    rng = np.random.default_rng(100 + k)
+    for trial in range(trials):
+        n = int(rng.integers(1, 80))
+        present = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+        labels = rng.choice(present, size=n)
+        scale = rng.choice([0.5, 5.0, 80.0])  # 80: probabilities round to exactly 0 and 1
+        logits = rng.normal(size=(n, k)) * scale
+        if trial % 3 == 0:  # ties: a few distinct scores only
+            logits = np.round(logits / scale) * scale
+        if trial % 4 == 1:  # repeated rows: equal scores with different labels
+            logits = logits[rng.integers(0, max(1, n // 4), size=n)]
+        yield labels, logits, scale
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _reference_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Guo et al.'s top-label ECE, written out bin by bin: bins (b/15, (b+1)/15]."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    total = 0.0
+    for b in range(n_bins):
+        inside = (conf > b / n_bins) & (conf <= (b + 1) / n_bins)
+        if inside.any():
+            total += (
+                inside.sum()
+                / len(labels)
+                * abs((pred[inside] == labels[inside]).mean() - conf[inside].mean())
+            )
+    return total
+
+
+@pytest.mark.filterwarnings("ignore")  # scikit-learn warns about absent classes and a single class
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_probability_and_agreement_metrics_match_scikit_learn(k: int) -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    for labels, logits, scale in _random_cases(k):
+        m = classification_metrics(logits, labels, [f"c{i}" for i in range(k)])
+        pred, probs = logits.argmax(axis=1), _softmax(logits)
+        assert m["weighted_f1"] == pytest.approx(
+            sk.f1_score(labels, pred, average="weighted", zero_division=0)
+        )
+        assert m["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, pred))
+        mcc = sk.matthews_corrcoef(labels, pred)
+        # One class in the labels: nothing to correlate with (scikit-learn says 0.0).
+        assert m["mcc"] == (pytest.approx(mcc) if len(set(labels)) > 1 else None)
+        # Brier: two classes as brier_score_loss(y, p(second class)); more: the mean squared
+        # distance of the probability vector to the one-hot label (brier_score_loss from 1.7).
+        if k == 2:
+            assert m["brier"] == pytest.approx(sk.brier_score_loss(labels, probs[:, 1], pos_label=1))
+        else:
+            distance = ((probs - np.eye(k)[labels]) ** 2).sum(axis=1).mean()
+            assert m["brier"] == pytest.approx(distance)
+            if "labels" in inspect.signature(sk.brier_score_loss).parameters:
+                assert m["brier"] == pytest.approx(sk.brier_score_loss(labels, probs, labels=list(range(k))))
+        assert m["ece"] == pytest.approx(_reference_ece(probs, labels), abs=1e-12)
+        if scale < 80:  # log_loss clips probabilities at 1e-15; ours is exact at any margin
+            assert m["loss"] == pytest.approx(sk.log_loss(labels, probs, labels=list(range(k))))
+        if k == 2:
+            margin = logits[:, 1] - logits[:, 0]
+            expected = sk.average_precision_score(labels == 1, margin) if (labels == 1).any() else None
+            assert m["pr_auc"] == (None if expected is None else pytest.approx(expected))
+            assert m["pr_auc_positive"] == "c1"
+        else:
+            assert m["pr_auc"] is None and m["pr_auc_positive"] is None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_average_precision_of_the_first_class_when_it_is_the_positive_one() -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    for labels, logits, _ in _random_cases(2):
+        m = classification_metrics(logits, labels, ["spam", "ham"], positive=0)
+        assert m["pr_auc_positive"] == "spam"
+        if (labels == 0).any():
+            expected = sk.average_precision_score(labels == 0, logits[:, 0] - logits[:, 1])
+            assert m["pr_auc"] == pytest.approx(expected)
+        assert m["roc_auc"] == classification_metrics(logits, labels, ["spam", "ham"])["roc_auc"]
+
+
+def test_ece_by_hand_and_bins_closed_on_the_right() -> None:
+    # Ten texts at confidence 0.9 with 7 right, five at 0.6 all right: (10 * 0.2 + 5 * 0.4) / 15.
+    p = np.array([0.9] * 10 + [0.6] * 5)
+    probs = np.stack([p, 1 - p], axis=1)
+    labels = np.array([0] * 7 + [1] * 3 + [0] * 5)
+    assert expected_calibration_error(probs, labels) == pytest.approx(4 / 15)
+    # Three equal logits give confidence 1/3 exactly, the upper edge of bin 4: (4/15, 5/15].
+    bins = reliability_bins(_softmax(np.zeros((4, 3))), np.array([0, 1, 2, 0]))
+    assert [row["n"] for row in bins] == [0, 0, 0, 0, 4] + [0] * 10
+    assert bins[4]["accuracy"] == 0.5 and bins[4]["confidence"] == pytest.approx(1 / 3)
+    assert bins[0]["accuracy"] is None and bins[-1]["upper"] == 1.0
+
+
+def test_undefined_metrics_are_none_and_the_result_is_strict_json() -> None:
+    saturated = np.array([[0.0, 900.0], [0.0, 800.0], [700.0, 0.0]])
+    one_class = classification_metrics(saturated, [0, 0, 0], ["ham", "spam"])
+    assert one_class["mcc"] is None  # the labels hold one class: nothing to correlate with
+    assert one_class["pr_auc"] is None  # no spam: recall is undefined
+    assert one_class["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert one_class["brier"] == pytest.approx(2 / 3) and one_class["ece"] == pytest.approx(2 / 3)
+    all_spam = classification_metrics(saturated, [1, 1, 1], ["ham", "spam"])
+    assert all_spam["pr_auc"] == 1.0 and all_spam["mcc"] is None
+    constant = classification_metrics(saturated[:2], [0, 1], ["ham", "spam"])
+    assert constant["mcc"] == 0.0  # mixed labels, one predicted class: no correlation
+    empty = classification_metrics(np.zeros((0, 3)), [], ["a", "b", "c"])
+    new_keys = ("weighted_f1", "balanced_accuracy", "mcc", "brier", "ece", "pr_auc", "pr_auc_positive")
+    assert all(empty[key] is None for key in new_keys)
+    for m in (one_class, all_spam, constant, empty):
+        json.dumps(m, allow_nan=False)
