@@ -32,11 +32,9 @@ def _print_tables(m: dict[str, Any]) -> None:
     where = f"{source['split']} split of {source['data']}" if "split" in source else source["input"]
     summary.add_row("data", where)
     summary.add_row("texts", str(m["n"]))
-    summary.add_row("accuracy", fmt_metric(m["accuracy"]))
-    summary.add_row("loss", fmt_metric(m["loss"]))
-    summary.add_row("macro F1", fmt_metric(m["macro_f1"]))
-    if len(m["classes"]) == 2:
-        summary.add_row("ROC-AUC", fmt_metric(m["roc_auc"]))
+    for label, key in _summary_rows(m):
+        if key in m:  # metrics of an older gptclf may lack the newer keys
+            summary.add_row(label, fmt_metric(m[key]))
     summary.add_row("truncated", str(m["truncated"]))
     _show(summary)
 
@@ -60,6 +58,26 @@ def _print_tables(m: dict[str, Any]) -> None:
     for name, counts in zip(m["classes"], m["confusion_matrix"], strict=True):
         matrix.add_row(name, *(str(c) for c in counts))
     _show(matrix)
+
+
+def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, key) of the summary's metrics: decisions, then probabilities, then ranking (two classes)."""
+    from gptclf.metrics import ECE_BINS  # here, not at the top: it imports torch
+
+    rows = [
+        ("accuracy", "accuracy"),
+        ("balanced accuracy", "balanced_accuracy"),
+        ("macro F1", "macro_f1"),
+        ("weighted F1", "weighted_f1"),
+        ("MCC", "mcc"),
+        ("loss (NLL)", "loss"),
+        ("Brier score", "brier"),
+        (f"ECE ({ECE_BINS} bins)", "ece"),
+    ]
+    if len(m["classes"]) == 2:
+        positive = m.get("pr_auc_positive")
+        rows += [("ROC-AUC", "roc_auc"), (f"PR-AUC ({positive})" if positive else "PR-AUC", "pr_auc")]
+    return rows
 
 
 def _show(table: Table) -> None:

@@ -173,3 +173,17 @@ def test_on_a_narrow_terminal_long_cells_wrap_instead_of_being_cut(monkeypatch: 
     out = screen.getvalue()
     assert max(len(line) for line in out.splitlines()) <= 50
     assert path in "".join(ch for ch in out if ch not in " │┃\n")  # every character, in order
+
+
+def test_probability_quality_and_agreement_metrics_in_json_and_table(run_dir: Path, labelled: Path) -> None:
+    code, out, err = invoke(str(run_dir), "--input", str(labelled), "--json")
+    assert code == 0, err
+    metrics, expected = json.loads(out), direct_metrics(run_dir, TEXTS, LABELS)
+    for key in ("weighted_f1", "balanced_accuracy", "mcc", "brier", "ece", "pr_auc"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-5), key
+    assert metrics["pr_auc_positive"] == CLASSES[1]
+    code, out, err = invoke(str(run_dir), "--input", str(labelled))
+    assert code == 0, err
+    rows = ("balanced accuracy", "weighted F1", "MCC", "loss (NLL)", "Brier score", "ECE (15 bins)")
+    for words in (*rows, f"PR-AUC ({CLASSES[1]})"):
+        assert words in out
