@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from cli.common import err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.progress import ConsoleProgress, fmt_metric
+
+if TYPE_CHECKING:
+    from gptclf.predict import Predictor
 
 
 def _print_tables(m: dict[str, Any]) -> None:
@@ -98,6 +101,15 @@ def _show(table: Table) -> None:
 _UNLIMITED = 100_000
 
 
+def _probabilities(predictor: Predictor) -> str:
+    """Which probabilities the metrics are of, for the line that starts the evaluation."""
+    if "calibration" not in predictor.run.info:
+        return "raw probabilities (the run stores no calibration)"
+    if not predictor.calibrated:
+        return "raw probabilities (--no-calibration)"
+    return f"calibrated probabilities (temperature {predictor.temperature:.4g})"
+
+
 @handle_errors
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
@@ -120,6 +132,9 @@ def evaluate(
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Metrics of the raw probabilities, without the run's temperature."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     min_accuracy: float | None = typer.Option(
         None, "--min-accuracy", help="Exit 3 when accuracy is below this (for CI)."
@@ -158,7 +173,9 @@ def evaluate(
         )
     else:
         labelled = split_data(loaded, split or "test", data)
-    predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
+    predictor = Predictor(
+        loaded, device=device, precision=precision, batch_size=batch_size, calibrated=not no_calibration
+    )
     if labelled.source.get("same_as_training") is False:
         err_console.print(
             "gptclf: warning: this prepared folder is not the one the run was trained on "
@@ -168,7 +185,8 @@ def evaluate(
     if dropped:
         err_console.print(f"gptclf: {dropped} rows without a text or a label were skipped")
     err_console.print(
-        f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name})"
+        f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name}), "
+        + _probabilities(predictor)
     )
     metrics = run_evaluation(predictor, labelled, progress=ConsoleProgress(err_console))
     if metrics["truncated"]:

@@ -34,7 +34,7 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import download, evaluate, finetune, predict, prepare
+    from cli import calibrate, download, evaluate, finetune, predict, prepare
 
     for name, func in (
         ("download", download.download),
@@ -42,6 +42,7 @@ def _register() -> None:
         ("finetune", finetune.finetune),
         ("evaluate", evaluate.evaluate),
         ("predict", predict.predict),
+        ("calibrate", calibrate.calibrate),
     ):
         app.command(name, cls=GptclfCommand)(func)
 

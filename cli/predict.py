@@ -241,6 +241,9 @@ def predict(
         None, "--threshold", help="Two classes: predict --positive when its probability is >= P."
     ),
     positive: str | None = typer.Option(None, "--positive", help="The positive class for --threshold."),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Raw softmax probabilities, without the run's fitted temperature."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
 ) -> None:
@@ -259,7 +262,12 @@ def predict(
         loaded = load_run(run)
         decision = make_decision(loaded.classes, threshold, positive)
         predictor = Predictor(
-            loaded, device=device, precision=precision, batch_size=batch_size, decision=decision
+            loaded,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            decision=decision,
+            calibrated=not no_calibration,
         )
         write = _writer(fmt, out, predictor.classes, output is not None)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None

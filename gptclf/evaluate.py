@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from gptclf.calibration import run_temperature
 from gptclf.data import label_ids
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics
@@ -41,10 +42,12 @@ class LabelledData:
     source: dict[str, Any]
 
 
-def _labelled(frame: pd.DataFrame, classes: list[str], where: str, source: dict[str, Any]) -> LabelledData:
+def _labelled(
+    frame: pd.DataFrame, classes: list[str], where: str, source: dict[str, Any], purpose: str = "evaluate"
+) -> LabelledData:
     """Texts and label ids of a (text, label) frame, checked against the run's classes."""
     if frame.empty:
-        raise BadInputError(f"{where} has no rows to evaluate")
+        raise BadInputError(f"{where} has no rows to {purpose}")
     try:
         labels = label_ids(frame, classes)
     except BadInputError as exc:  # name the file: the bare message does not say where
@@ -75,8 +78,12 @@ def recorded_data_dir(run: LoadedRun) -> Path:
     )
 
 
-def split_data(run: LoadedRun, split: str = "test", data_dir: Path | None = None) -> LabelledData:
+def split_data(
+    run: LoadedRun, split: str = "test", data_dir: Path | None = None, purpose: str = "evaluate"
+) -> LabelledData:
     """One split of a prepared folder (``data_dir``, or the one the run was trained on).
+
+    ``purpose`` names what the texts are for in the message about an empty split.
 
     Raises:
         BadInputError: An unknown split, no folder, or labels that are not classes of the run.
@@ -89,7 +96,9 @@ def split_data(run: LoadedRun, split: str = "test", data_dir: Path | None = None
     # A test split from a different prepare run may overlap the texts this run was trained on.
     same = None if not recorded else recorded == prepared_fingerprint(directory)
     source = {"split": split, "data": str(directory), "same_as_training": same}
-    return _labelled(prepared.splits[split], run.classes, f"the {split} split of {directory}", source)
+    return _labelled(
+        prepared.splits[split], run.classes, f"the {split} split of {directory}", source, purpose
+    )
 
 
 def file_data(
@@ -100,8 +109,11 @@ def file_data(
     label_column: str | None = None,
     fmt: str | None = None,
     encoding: str = "utf-8",
+    purpose: str = "evaluate",
 ) -> LabelledData:
     """A labelled CSV, TSV or JSONL file (columns found as ``prepare`` finds them, or named).
+
+    ``purpose`` names what the texts are for in the message about an empty file.
 
     Rows without a text or a label are dropped by the loader and counted in ``source["dropped"]``.
 
@@ -110,7 +122,7 @@ def file_data(
     """
     table = load_table(path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding)
     source = {"input": str(path), "dropped": dict(table.dropped)}
-    return _labelled(table.frame, run.classes, str(path), source)
+    return _labelled(table.frame, run.classes, str(path), source, purpose)
 
 
 def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None = None) -> dict[str, Any]:
@@ -122,19 +134,23 @@ def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None
         progress: Shows the pass.
 
     Returns:
-        A JSON-ready dict: ``run``, ``source``, ``truncated`` (texts cut to the run's max length),
-        and everything :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``,
-        ``accuracy``, ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``).
+        A JSON-ready dict: ``run``, ``source``, ``calibration`` (only for a run that stores one:
+        ``applied``, whether the metrics are those of the calibrated probabilities, and the run's
+        ``temperature``), ``truncated`` (texts cut to the run's max length), and everything
+        :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
+        ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
+        probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``).
     """
     before = predictor.n_truncated
     logits = predictor.logits(data.texts, progress=progress)
-    metrics = classification_metrics(logits, data.labels, predictor.classes)
-    return {
-        "run": str(predictor.run.path),
-        "source": data.source,
-        "truncated": predictor.n_truncated - before,
-        **metrics,
-    }
+    # The metrics are those of the probabilities predict prints: softmax(logits / T). Dividing by
+    # T > 0 keeps every argmax and ranking, so only the probability metrics (loss, ...) move.
+    metrics = classification_metrics(logits / predictor.temperature, data.labels, predictor.classes)
+    out = {"run": str(predictor.run.path), "source": data.source}
+    if "calibration" in predictor.run.info:  # a run without one has only raw probabilities
+        stored = run_temperature(predictor.run.info)
+        out["calibration"] = {"applied": predictor.calibrated, "temperature": stored}
+    return {**out, "truncated": predictor.n_truncated - before, **metrics}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import tiktoken
 import torch
 
 from gptclf.batching import TokenSource, encode_texts
+from gptclf.calibration import run_temperature
 from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError, GptclfError
@@ -157,6 +158,8 @@ class Predictor:
         precision: fp32 or the autocast type.
         n_texts: Texts predicted so far (over every call).
         n_truncated: Of those, texts longer than the run's ``max_length`` that were cut.
+        calibrated: Whether the run's stored temperature is applied.
+        temperature: What the logits are divided by before the softmax (1.0: raw probabilities).
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class Predictor:
         batch_size: int = 32,
         chunk_size: int = CHUNK_SIZE,
         decision: Decision | None = None,
+        calibrated: bool = True,
     ) -> None:
         """Move the run's model to ``device``.
 
@@ -178,6 +182,9 @@ class Predictor:
             batch_size: Texts per forward pass.
             chunk_size: Texts read and sorted together; bounds memory.
             decision: A two-class threshold rule from :func:`make_decision`; None for the argmax.
+            calibrated: Divide the logits by the temperature the run stores (run.json's
+                ``calibration``; 1 for a run without one) before the softmax; False gives the
+                raw probabilities (``--no-calibration``). The argmax is the same either way.
 
         Raises:
             BadInputError: A bad device, precision, batch size or chunk size.
@@ -194,6 +201,8 @@ class Predictor:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.decision = decision
+        self.calibrated = calibrated
+        self.temperature = run_temperature(run.info) if calibrated else 1.0
         self.n_texts = 0
         self.n_truncated = 0
 
@@ -229,6 +238,10 @@ class Predictor:
         self.n_truncated += truncated
         return out
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K) class probabilities of (N, K) logits: ``softmax(logits / temperature)``."""
+        return torch.softmax(logits / self.temperature, dim=1)
+
     def labels(self, probs: torch.Tensor) -> list[str]:
         """Predicted class of each row of (N, K) probabilities: the argmax, or the threshold rule."""
         if self.decision is None:
@@ -261,7 +274,7 @@ class Predictor:
         start = 0
         for chunk in chunks:
             ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
-            probs = torch.softmax(self.logits(list(items)), dim=1)
+            probs = self.probabilities(self.logits(list(items)))
             rows = zip(ids, items, self.labels(probs), probs.tolist(), strict=True)
             yield [
                 Prediction(start + offset, text, label, dict(zip(self.classes, row, strict=True)), ident)

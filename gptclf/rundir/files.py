@@ -107,6 +107,32 @@ class LoadedRun:
         return (self.info.get("train") or {}).get("pad_length")
 
 
+def update_run_info(run_dir: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Set top-level keys of a run's run.json and rewrite it atomically; no other file changes.
+
+    The weights are untouched, so their recorded ``weights_sha256`` stays valid. The new content is
+    checked against the schema before anything is written: a run.json that :func:`load_run` would
+    refuse is never left behind.
+
+    Args:
+        run_dir: A run directory (its run.json is read and checked first).
+        changes: The keys to set, e.g. ``{"calibration": {...}}``.
+
+    Returns:
+        The run.json written.
+
+    Raises:
+        BadInputError: The folder is not a valid run.
+    """
+    run_dir = Path(run_dir)
+    info = {**read_run_info(run_dir), **changes}
+    problems = run_info_problems(info)
+    if problems:  # a caller's bug: refuse before the old file is replaced
+        raise ValueError(f"refusing to write an invalid {INFO_FILE}: " + "; ".join(problems))
+    atomic_write_json(run_dir / INFO_FILE, info)
+    return info
+
+
 def verify_weights(path: Path, expected: str | None) -> None:
     """Check the weights file against the sha256 that run.json records (None: an older run).
 

@@ -50,9 +50,11 @@ def build_run_info(
     seed: int,
     weights: str,
     data: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of run.json."""
-    return {
+    """The content of run.json (``calibration``: :meth:`gptclf.calibration.Calibration.to_dict`,
+    left out when None, as for a run without validation data)."""
+    info = {
         "format": RUN_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -69,6 +71,9 @@ def build_run_info(
         "data": data or {},
         "versions": package_versions(),
     }
+    if calibration is not None:
+        info["calibration"] = calibration
+    return info
 
 
 #: A key of run.json that holds no value (absent): told apart from a JSON ``null``.
@@ -133,6 +138,15 @@ _CONFIG_RULES = (
     Rule("model.config.layer_norm_epsilon", "a number > 0", lambda v, _: _is_number(v) and v > 0, False),
 )
 _CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+#: What run.json's ``calibration`` must hold (:class:`gptclf.calibration.Calibration`).
+_CALIBRATION_KEYS = (
+    "method",
+    "temperature",
+    "val_nll_before",
+    "val_nll_after",
+    "val_ece_before",
+    "val_ece_after",
+)
 
 #: The one schema of run.json, checked on every load. Keys not listed are allowed (and ignored).
 RUN_SCHEMA: tuple[Rule, ...] = (
@@ -185,6 +199,19 @@ RUN_SCHEMA: tuple[Rule, ...] = (
     Rule("seed", "an integer", lambda v, _: _is_int(v), required=False),
     Rule("weights", "a string", lambda v, _: isinstance(v, str), required=False),
     Rule("versions", "an object", lambda v, _: isinstance(v, dict), required=False),
+    # Absent in runs written before calibration existed or without validation data: T = 1.
+    Rule(
+        "calibration",
+        f"an object with the keys {', '.join(_CALIBRATION_KEYS)}",
+        lambda v, _: isinstance(v, dict) and set(_CALIBRATION_KEYS) <= set(v),
+        required=False,
+    ),
+    Rule("calibration.method", "'temperature'", lambda v, _: v == "temperature", required=False),
+    Rule("calibration.temperature", "a number > 0", lambda v, _: _is_number(v) and v > 0, required=False),
+    *(
+        Rule(f"calibration.{key}", "a number >= 0", lambda v, _: _is_number(v) and v >= 0, required=False)
+        for key in _CALIBRATION_KEYS[2:]
+    ),
 )
 
 

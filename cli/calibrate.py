@@ -1,0 +1,89 @@
+"""``gptclf calibrate RUN``: refit a run's temperature on labelled data, without retraining.
+
+The texts (a split of the prepared data, ``validation`` by default, or a labelled file) go through
+the model once; the temperature that minimises their NLL (:mod:`gptclf.calibration`) replaces the
+run's ``calibration`` in run.json, which is rewritten atomically. No other file changes, so the
+recorded ``weights_sha256`` stays valid. Bad input (no such data, labels that are not classes of the
+run) is refused before run.json is touched.
+
+Stdout: the temperature and the NLL and ECE before and after, or with ``--json`` one object
+(``run`` and the ``calibration`` written). Messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cli.common import err_console, handle_errors, out_console
+from gptclf.errors import BadInputError
+
+
+@handle_errors
+def calibrate(
+    run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
+    split: str | None = typer.Option(
+        None, "--split", help="Split of the prepared data to fit on (default validation)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
+    ),
+    input_path: Path | None = typer.Option(
+        None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to fit on instead of a split."
+    ),
+    text_column: str | None = typer.Option(None, "--text-column", help="Text column of --input."),
+    label_column: str | None = typer.Option(None, "--label-column", help="Label column of --input."),
+    input_format: str | None = typer.Option(
+        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+    ),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
+    from gptclf.calibration import fit_on, store_calibration
+    from gptclf.distributed import refuse_distributed
+    from gptclf.evaluate import file_data, split_data
+    from gptclf.predict import Predictor
+    from gptclf.progress import ConsoleProgress
+    from gptclf.rundir import load_run
+
+    refuse_distributed("calibrate")  # one process writes run.json
+    if input_path is not None and (split is not None or data is not None):
+        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
+    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
+    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
+    if stray:
+        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+    loaded = load_run(run)
+    if input_path is not None:
+        labelled = file_data(
+            loaded,
+            input_path,
+            text_column=text_column,
+            label_column=label_column,
+            fmt=input_format,
+            encoding=encoding,
+            purpose="calibrate on",
+        )
+    else:
+        labelled = split_data(loaded, split or "validation", data, purpose="calibrate on")
+    predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
+    err_console.print(f"gptclf: fitting the temperature on {len(labelled.texts)} texts on {predictor.device}")
+    calibration = fit_on(predictor, labelled, progress=ConsoleProgress(err_console))
+    store_calibration(loaded.path, calibration)
+    if json_out:
+        record = {"run": str(loaded.path), "calibration": calibration.to_dict()}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        return
+    c = calibration
+    kept = " (scaling did not lower the NLL: T = 1 kept)" if c.temperature == 1.0 else ""
+    out_console.print(f"temperature  {c.temperature:.4f}{kept}", markup=False)
+    out_console.print(f"NLL          {c.val_nll_before:.4f} -> {c.val_nll_after:.4f}", markup=False)
+    out_console.print(f"ECE          {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}", markup=False)
+    err_console.print(f"gptclf: wrote the calibration into {loaded.path / 'run.json'}")
