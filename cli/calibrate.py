@@ -46,7 +46,7 @@ def calibrate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
-    from gptclf.calibration import fit_on, store_calibration
+    from gptclf.calibration import fit_temperature, store_calibration
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import file_data, split_data
     from gptclf.predict import Predictor
@@ -75,7 +75,9 @@ def calibrate(
         labelled = split_data(loaded, split or "validation", data, purpose="calibrate on")
     predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
     err_console.print(f"gptclf: fitting the temperature on {len(labelled.texts)} texts on {predictor.device}")
-    calibration = fit_on(predictor, labelled, progress=ConsoleProgress(err_console))
+    # The model's raw logits, whatever the run stores: a refit replaces the calibration, never stacks.
+    logits = predictor.logits(labelled.texts, progress=ConsoleProgress(err_console))
+    calibration = fit_temperature(logits, labelled.labels, labelled.source)
     store_calibration(loaded.path, calibration)
     if json_out:
         record = {"run": str(loaded.path), "calibration": calibration.to_dict()}

@@ -22,18 +22,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from gptclf.errors import BadInputError
 from gptclf.metrics import expected_calibration_error, softmax
-
-if TYPE_CHECKING:  # predict imports this module for run_temperature
-    from gptclf.evaluate import LabelledData
-    from gptclf.predict import Predictor
-    from gptclf.progress import Progress
+from gptclf.rundir import update_run_info
 
 #: The only method so far; run.json names it so that another can be added without ambiguity.
 METHOD = "temperature"
@@ -155,15 +151,6 @@ def run_temperature(info: Mapping[str, Any]) -> float:
     return float(calibration["temperature"]) if isinstance(calibration, dict) else 1.0
 
 
-def fit_on(predictor: Predictor, data: LabelledData, progress: Progress | None = None) -> Calibration:
-    """Fit the temperature of ``predictor``'s run on labelled ``data`` (one pass over its texts).
-
-    The logits are the model's raw ones, whatever temperature the run stores: a refit replaces the
-    old calibration, it does not stack on it.
-    """
-    return fit_temperature(predictor.logits(data.texts, progress=progress), data.labels, data.source)
-
-
 def store_calibration(run_dir: Path, calibration: Calibration) -> dict[str, Any]:
     """Store ``calibration`` in a run's run.json, rewritten atomically (nothing else changes, so the
     recorded ``weights_sha256`` stays valid).
@@ -171,6 +158,4 @@ def store_calibration(run_dir: Path, calibration: Calibration) -> dict[str, Any]
     Returns:
         The run.json written.
     """
-    from gptclf.rundir.files import update_run_info
-
     return update_run_info(Path(run_dir), {"calibration": calibration.to_dict()})

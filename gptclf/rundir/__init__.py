@@ -20,7 +20,15 @@ Import from here; the submodules are the package's own business.
 """
 
 from gptclf.rundir.build import RunBuild, WorkLock, check_out, work_dir
-from gptclf.rundir.files import LoadedRun, classifier_state, load_run, save_run, save_weights, verify_weights
+from gptclf.rundir.files import (
+    LoadedRun,
+    classifier_state,
+    load_run,
+    save_run,
+    save_weights,
+    update_run_info,
+    verify_weights,
+)
 from gptclf.rundir.info import (
     build_run_info,
     info_is_ours,
@@ -67,6 +75,7 @@ __all__ = [
     "run_info_problems",
     "save_run",
     "save_weights",
+    "update_run_info",
     "verify_weights",
     "work_dir",
     "write_curves",
