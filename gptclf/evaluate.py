@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from gptclf.calibration import run_temperature
 from gptclf.data import label_ids
+from gptclf.decoding import is_stdin
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
 from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
-from gptclf.tables import load_table
+from gptclf.tables import load_table, read_inputs
 
 
 @dataclass
@@ -35,11 +37,14 @@ class LabelledData:
         source: JSON-ready description of the data: ``{"split", "data", "same_as_training"}`` for
             a split (``same_as_training``: the folder's fingerprint is the one run.json recorded;
             None when the run recorded none), ``{"input", "dropped"}`` for a file.
+        ids: Each text's id for the error report: a file's ``id`` column (see :func:`file_data`),
+            else its 0-based record position; None: the positions in ``texts`` (a split).
     """
 
     texts: list[str]
     labels: list[int]
     source: dict[str, Any]
+    ids: list[Any] | None = None
 
 
 def _labelled(
@@ -110,23 +115,50 @@ def file_data(
     fmt: str | None = None,
     encoding: str = "utf-8",
     purpose: str = "evaluate",
+    read_ids: bool = False,
 ) -> LabelledData:
     """A labelled CSV, TSV or JSONL file (columns found as ``prepare`` finds them, or named).
 
     ``purpose`` names what the texts are for in the message about an empty file.
 
     Rows without a text or a label are dropped by the loader and counted in ``source["dropped"]``.
+    Each text's id is its 0-based record position (dropped records counted, as ``predict``
+    counts them); with ``read_ids``, a column (JSON key) named ``id`` gives it instead, as
+    ``predict`` reads it (the file is read a second time, so only when an error report wants it).
 
     Raises:
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
     table = load_table(path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding)
     source = {"input": str(path), "dropped": dict(table.dropped)}
-    return _labelled(table.frame, run.classes, str(path), source, purpose)
+    data = _labelled(table.frame, run.classes, str(path), source, purpose)
+    positions = (table.frame["row"] - 1).tolist()  # row is the 1-based record number
+    data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
+    return data
+
+
+def _record_ids(
+    path: Path, text_column: str | None, fmt: str | None, encoding: str, positions: list[int]
+) -> list[Any]:
+    """The ``id`` column's value of the records at ``positions``, read as ``predict`` reads ids.
+
+    Without an ``id`` column (or from stdin, which cannot be read twice) the positions are the ids.
+    """
+    if is_stdin(path):
+        return positions
+    every = [i for i, _ in read_inputs(path, text_column, fmt=fmt, encoding=encoding)]
+    return [every[p] for p in positions]
 
 
 def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None = None) -> dict[str, Any]:
-    """Metrics of the predictor's run on ``data``.
+    """Metrics of the predictor's run on ``data`` (:func:`evaluate_with_logits` without the logits)."""
+    return evaluate_with_logits(predictor, data, progress)[0]
+
+
+def evaluate_with_logits(
+    predictor: Predictor, data: LabelledData, progress: Progress | None = None
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Metrics of the predictor's run on ``data``, and the raw logits they come from.
 
     Args:
         predictor: The loaded run, on its device and precision.
@@ -139,7 +171,9 @@ def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None
         ``temperature``), ``truncated`` (texts cut to the run's max length), and everything
         :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
         ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
-        probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``).
+        probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``);
+        and the (N, K) raw logits in ``data`` order, for the error report and the pictures
+        (``predictor.probabilities(logits)`` are the probabilities the metrics judge).
     """
     before = predictor.n_truncated
     logits = predictor.logits(data.texts, progress=progress)
@@ -150,7 +184,7 @@ def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None
     if "calibration" in predictor.run.info:  # a run without one has only raw probabilities
         stored = run_temperature(predictor.run.info)
         out["calibration"] = {"applied": predictor.calibrated, "temperature": stored}
-    return {**out, "truncated": predictor.n_truncated - before, **metrics}
+    return {**out, "truncated": predictor.n_truncated - before, **metrics}, logits
 
 
 @dataclass(frozen=True)
