@@ -9,6 +9,12 @@ or a column named ``id``, else the text's 0-based position: the argument, line o
   ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.tables.split_tsv`)
 - ``table`` (default on a terminal): a rich table per chunk of texts
 
+With abstention (``--min-confidence P`` or a run's stored ``abstain``), a text whose top calibrated
+probability is below P gets no label: JSONL ``"label": null, "abstained": true`` (every record has
+``abstained``), CSV/TSV an empty label and an ``abstained`` column (``true``/``false``), the table
+``(abstained)``. The labels follow the run's stored decision (``decision``: a threshold chosen by
+``calibrate``/``finetune --target``) unless ``--threshold`` replaces it.
+
 Probabilities are rounded to 6 decimals; output is UTF-8 whatever the locale. Results are written
 and flushed a chunk at a time, and a chunk from stdin ends early when input pauses, so a pipeline
 sees them while the input is still being read. With ``--output FILE`` the results go to a temporary
@@ -82,42 +88,53 @@ def _id_cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _jsonl_writer(out: TextIO) -> Writer:
+def _jsonl_writer(out: TextIO, abstains: bool) -> Writer:
     def write(preds: list[Prediction]) -> None:
         for p in preds:
             probs = {c: round(v, 6) for c, v in p.probs.items()}
             record = {"id": p.id, "text": p.text, "label": p.label, "probs": probs}
+            if abstains:
+                record["abstained"] = p.abstained
             # allow_nan=False: a NaN would make the line invalid JSON (logits are checked already).
             out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
     return write
 
 
-def _csv_writer(out: TextIO, classes: list[str]) -> Writer:
+def _abstain_cells(p: Prediction, abstains: bool) -> list[str]:
+    """The ``abstained`` cell of a CSV/TSV row, where the run abstains at all."""
+    return [("true" if p.abstained else "false")] if abstains else []
+
+
+def _csv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
     # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
     # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    plain.writerow(["id", "text", "label", *(f"p_{c}" for c in classes)])
+    extra = ["abstained"] if abstains else []
+    plain.writerow(["id", "text", "label", *(f"p_{c}" for c in classes), *extra])
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            row = [_id_cell(p.id), p.text, p.label, *(round(v, 6) for v in p.probs.values())]
+            probs = (round(v, 6) for v in p.probs.values())
+            row = [_id_cell(p.id), p.text, p.label or "", *probs, *_abstain_cells(p, abstains)]
             (quoted if "\r" in p.text else plain).writerow(row)
 
     return write
 
 
-def _tsv_writer(out: TextIO, classes: list[str]) -> Writer:
+def _tsv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
     from gptclf.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
-    out.write(tsv_line(["id", "text", "label", *(f"p_{c}" for c in classes)]))
+    extra = ["abstained"] if abstains else []
+    out.write(tsv_line(["id", "text", "label", *(f"p_{c}" for c in classes), *extra]))
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
             probs = (str(round(v, 6)) for v in p.probs.values())
-            out.write(tsv_line([_id_cell(p.id), p.text, p.label, *probs]))
+            row = [_id_cell(p.id), p.text, p.label or "", *probs, *_abstain_cells(p, abstains)]
+            out.write(tsv_line(row))
 
     return write
 
@@ -128,7 +145,7 @@ def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
         # (up to 60 characters) and ends in an ellipsis where it is longer (jsonl has it whole).
         ids = [_id_cell(p.id) for p in preds]
         id_width = max(2, *map(len, ids))
-        label_width = max(5, *map(len, classes))
+        label_width = max(5, len(_ABSTAINED), *map(len, classes))
         prob_widths = [len(c) + 3 for c in classes]
         fixed = id_width + label_width + sum(prob_widths) + 3 * (len(classes) + 3)
         table = Table(show_edge=False)
@@ -141,7 +158,8 @@ def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
             table.add_column(f"p({c})", justify="right", no_wrap=True, min_width=width)
         for ident, p in zip(ids, preds, strict=True):
             shown = Text(" ".join(p.text.splitlines()))  # one line per row; never read as markup
-            table.add_row(Text(ident), shown, Text(p.label), *(f"{v:.3f}" for v in p.probs.values()))
+            label = Text(p.label or _ABSTAINED)
+            table.add_row(Text(ident), shown, label, *(f"{v:.3f}" for v in p.probs.values()))
         # Rendered to a string and written here, not by rich: rich answers a closed pipe with
         # SystemExit(1), where `| head` must end quietly with 0 like the other formats.
         with console.capture() as captured:
@@ -151,13 +169,17 @@ def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
     return write
 
 
-def _writer(fmt: str, out: TextIO, classes: list[str], to_file: bool) -> Writer:
+#: The table's label of a text the run abstains on.
+_ABSTAINED = "(abstained)"
+
+
+def _writer(fmt: str, out: TextIO, classes: list[str], to_file: bool, abstains: bool) -> Writer:
     if fmt == "jsonl":
-        return _jsonl_writer(out)
+        return _jsonl_writer(out, abstains)
     if fmt == "csv":
-        return _csv_writer(out, classes)
+        return _csv_writer(out, classes, abstains)
     if fmt == "tsv":
-        return _tsv_writer(out, classes)
+        return _tsv_writer(out, classes, abstains)
     console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
     return _table_writer(out, classes, console)
 
@@ -241,6 +263,11 @@ def predict(
         None, "--threshold", help="Two classes: predict --positive when its probability is >= P."
     ),
     positive: str | None = typer.Option(None, "--positive", help="The positive class for --threshold."),
+    min_confidence: float | None = typer.Option(
+        None,
+        "--min-confidence",
+        help="Abstain (label null) where the top calibrated probability is below P, in (0, 1].",
+    ),
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Raw softmax probabilities, without the run's fitted temperature."
     ),
@@ -248,6 +275,7 @@ def predict(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
+    from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
     from gptclf.predict import Predictor, make_decision
     from gptclf.rundir import load_run
@@ -257,10 +285,14 @@ def predict(
         fmt = "table" if sys.stdout.isatty() and output is None else "jsonl"
     if fmt not in FORMATS:
         raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_min_confidence(min_confidence)
     stream = _inputs(texts or [], input_path, text_column, id_column, input_format, encoding)
     with _destination(output, fmt) as out:
         loaded = load_run(run)
-        decision = make_decision(loaded.classes, threshold, positive)
+        # The run's stored rules are the defaults; the options replace them.
+        decision = make_decision(loaded.classes, threshold, positive, stored_decision(loaded.info))
+        if min_confidence is None:
+            min_confidence = stored_min_confidence(loaded.info)
         predictor = Predictor(
             loaded,
             device=device,
@@ -268,8 +300,9 @@ def predict(
             batch_size=batch_size,
             decision=decision,
             calibrated=not no_calibration,
+            min_confidence=min_confidence,
         )
-        write = _writer(fmt, out, predictor.classes, output is not None)
+        write = _writer(fmt, out, predictor.classes, output is not None, min_confidence is not None)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
         _stream(predictor.predict_chunks(stream, pause=pause), write, out, where)

@@ -22,6 +22,7 @@ import torch
 from gptclf.batching import TokenSource, encode_texts
 from gptclf.calibration import run_temperature
 from gptclf.classifier import Classifier
+from gptclf.decisions import Decision, check_min_confidence
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference import batched_logits
@@ -35,38 +36,30 @@ CHUNK_SIZE = 1024
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """Two-class decision rule: ``positive`` when its probability is at least ``threshold``.
-
-    Attributes:
-        positive: Index of the positive class.
-        negative: Index of the other class.
-        threshold: Probability of the positive class from which it is predicted.
-    """
-
-    positive: int
-    negative: int
-    threshold: float
-
-
-def make_decision(classes: Sequence[str], threshold: float | None, positive: str | None) -> Decision | None:
+def make_decision(
+    classes: Sequence[str],
+    threshold: float | None,
+    positive: str | None,
+    stored: Decision | None = None,
+) -> Decision | None:
     """Check ``--threshold`` / ``--positive`` against the run's classes.
 
     Args:
         classes: The run's class names.
         threshold: Probability in [0, 1], or None for the plain argmax.
         positive: Name of the positive class; required with ``threshold``.
+        stored: The rule the run stores (:func:`gptclf.decisions.stored_decision`), used when
+            neither option is given; the options replace it.
 
     Returns:
-        The rule, or None when neither option is given (predict the most probable class).
+        The rule, or ``stored`` when neither option is given (None: predict the most probable class).
 
     Raises:
         BadInputError: Only one of the two options, a threshold outside [0, 1], a run with more than
             two classes, or a class the run does not have.
     """
     if threshold is None and positive is None:
-        return None
+        return stored
     problems = []
     if threshold is None:
         problems.append("--positive needs --threshold P")
@@ -137,16 +130,18 @@ class Prediction:
     Attributes:
         index: 0-based position of the text in the input.
         text: The text as given (not truncated).
-        label: The predicted class.
+        label: The predicted class; None where the predictor abstained.
         probs: Probability of every class, in the run's class order (they sum to 1).
         id: The id the input gave the text (its ``id`` column), else ``index``.
+        abstained: The top calibrated probability is below the predictor's ``min_confidence``.
     """
 
     index: int
     text: str
-    label: str
+    label: str | None
     probs: dict[str, float]
     id: Any = None
+    abstained: bool = False
 
 
 class Predictor:
@@ -172,6 +167,7 @@ class Predictor:
         chunk_size: int = CHUNK_SIZE,
         decision: Decision | None = None,
         calibrated: bool = True,
+        min_confidence: float | None = None,
     ) -> None:
         """Move the run's model to ``device``.
 
@@ -184,10 +180,13 @@ class Predictor:
             decision: A two-class threshold rule from :func:`make_decision`; None for the argmax.
             calibrated: Divide the logits by the temperature the run stores (run.json's
                 ``calibration``; 1 for a run without one) before the softmax; False gives the
-                raw probabilities (``--no-calibration``). The argmax is the same either way.
+                raw probabilities (``--no-calibration``). The argmax is the same either way,
+                and so is every label: the decision rules always read the calibrated ones.
+            min_confidence: Abstain (label None) on texts whose top calibrated probability is
+                below this, in (0, 1]; None never abstains.
 
         Raises:
-            BadInputError: A bad device, precision, batch size or chunk size.
+            BadInputError: A bad device, precision, batch size, chunk size or min_confidence.
         """
         # Name only the value that is wrong: the CLI never lets the user set the chunk size.
         if batch_size < 1:
@@ -201,8 +200,12 @@ class Predictor:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.decision = decision
+        self.min_confidence = check_min_confidence(min_confidence)
         self.calibrated = calibrated
         self.temperature = run_temperature(run.info) if calibrated else 1.0
+        # Thresholds (stored or given) are chosen on calibrated probabilities, so the labels
+        # are decided on those whatever is shown: --no-calibration changes no label.
+        self.decision_temperature = run_temperature(run.info)
         self.n_texts = 0
         self.n_truncated = 0
 
@@ -242,14 +245,19 @@ class Predictor:
         """(N, K) class probabilities of (N, K) logits: ``softmax(logits / temperature)``."""
         return torch.softmax(logits / self.temperature, dim=1)
 
-    def labels(self, probs: torch.Tensor) -> list[str]:
-        """Predicted class of each row of (N, K) probabilities: the argmax, or the threshold rule."""
+    def labels(self, probs: torch.Tensor) -> list[str | None]:
+        """Predicted class of each row of (N, K) calibrated probabilities: the argmax, or the
+        threshold rule; None where the top probability is below ``min_confidence``."""
         if self.decision is None:
             idx = probs.argmax(dim=1)
         else:
             d = self.decision
             idx = torch.where(probs[:, d.positive] >= d.threshold, d.positive, d.negative)
-        return [self.classes[i] for i in idx.tolist()]
+        names: list[str | None] = [self.classes[i] for i in idx.tolist()]
+        if self.min_confidence is not None:
+            unsure = (probs.max(dim=1).values < self.min_confidence).tolist()
+            names = [None if out else name for name, out in zip(names, unsure, strict=True)]
+        return names
 
     def predict_chunks(
         self, texts: Iterable[str | tuple[Any, str]], pause: float | None = None
@@ -274,10 +282,18 @@ class Predictor:
         start = 0
         for chunk in chunks:
             ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
-            probs = self.probabilities(self.logits(list(items)))
-            rows = zip(ids, items, self.labels(probs), probs.tolist(), strict=True)
+            logits = self.logits(list(items))
+            labels = self.labels(torch.softmax(logits / self.decision_temperature, dim=1))
+            rows = zip(ids, items, labels, self.probabilities(logits).tolist(), strict=True)
             yield [
-                Prediction(start + offset, text, label, dict(zip(self.classes, row, strict=True)), ident)
+                Prediction(
+                    start + offset,
+                    text,
+                    label,
+                    dict(zip(self.classes, row, strict=True)),
+                    ident,
+                    label is None,
+                )
                 for offset, (ident, text, label, row) in enumerate(rows)
             ]
             start += len(chunk)

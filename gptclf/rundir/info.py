@@ -212,6 +212,40 @@ RUN_SCHEMA: tuple[Rule, ...] = (
         Rule(f"calibration.{key}", "a number >= 0", lambda v, _: _is_number(v) and v >= 0, required=False)
         for key in _CALIBRATION_KEYS[2:]
     ),
+    # Absent unless a threshold or a coverage was chosen (gptclf.decisions, calibrate or finetune).
+    Rule(
+        "decision",
+        "an object with the keys positive, threshold, target, validation, in a run of two classes",
+        lambda v, info: isinstance(v, dict)
+        and {"positive", "threshold", "target", "validation"} <= set(v)
+        and len(info["classes"]) == 2,
+        required=False,
+        needs=("classes",),
+    ),
+    Rule(
+        "decision.positive",
+        "one of the run's classes",
+        lambda v, info: isinstance(v, str) and v in info["classes"],
+        required=False,
+        needs=("classes",),
+    ),
+    Rule("decision.threshold", "a number in [0, 1]", lambda v, _: _is_number(v) and 0 <= v <= 1, False),
+    Rule("decision.target", "a string", lambda v, _: isinstance(v, str), required=False),
+    Rule("decision.validation", "an object", lambda v, _: isinstance(v, dict), required=False),
+    Rule(
+        "abstain",
+        "an object with the keys min_confidence, target, validation",
+        lambda v, _: isinstance(v, dict) and {"min_confidence", "target", "validation"} <= set(v),
+        required=False,
+    ),
+    Rule(
+        "abstain.min_confidence",
+        "a number in (0, 1]",
+        lambda v, _: _is_number(v) and 0 < v <= 1,
+        required=False,
+    ),
+    Rule("abstain.target", *_optional("a string", lambda v: isinstance(v, str)), required=False),
+    Rule("abstain.validation", "an object", lambda v, _: isinstance(v, dict), required=False),
 )
 
 

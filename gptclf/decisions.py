@@ -1,0 +1,295 @@
+"""Decisions chosen on validation: a two-class threshold, and abstention for any number of classes.
+
+Both work on calibrated probabilities (``softmax(logits / T)``, :mod:`gptclf.calibration`), so a
+threshold means what it says. ``--target`` names what to choose (:func:`parse_target`, the one
+parser of it):
+
+- ``f1``: the threshold on the positive class's probability that maximises F1;
+- ``precision=P``: the LOWEST threshold whose precision reaches P (the most recall at that precision);
+- ``recall=R``: the HIGHEST threshold whose recall reaches R (the most precision at that recall);
+- ``coverage=C``: the ``min_confidence`` (top probability) that keeps at least C of the texts.
+
+Every search looks only at the distinct probabilities of the validation texts: between two of
+them every threshold gives the same predictions. The value stored is the midpoint between the
+chosen probability and the next lower one, so the float noise of another batching (a probability
+recomputed as 0.70000001 instead of 0.7) cannot flip a validation text to the other side.
+
+run.json keys (:func:`decision_record`, :func:`abstain_record`): ``decision`` = ``{positive,
+threshold, target, validation: {precision, recall, f1, n}}`` and ``abstain`` = ``{min_confidence,
+target, validation: {coverage, accuracy, n}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gptclf.errors import BadInputError, GateError
+
+#: What ``--target`` may name; all but ``f1`` take ``=VALUE`` in (0, 1].
+THRESHOLD_KINDS = ("f1", "precision", "recall")
+TARGET_KINDS = (*THRESHOLD_KINDS, "coverage")
+#: The confidence levels of evaluate's risk-coverage table.
+RISK_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+_SPELLING = "f1, precision=P, recall=R or coverage=C (P, R, C in (0, 1])"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed ``--target``.
+
+    Attributes:
+        kind: One of :data:`TARGET_KINDS`.
+        value: The level in (0, 1]; None for ``f1``.
+    """
+
+    kind: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value:g}"
+
+    @property
+    def is_threshold(self) -> bool:
+        """Whether this target chooses a two-class threshold (else abstention)."""
+        return self.kind in THRESHOLD_KINDS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Two-class decision rule: ``positive`` when its probability is at least ``threshold``.
+
+    Attributes:
+        positive: Index of the positive class.
+        negative: Index of the other class.
+        threshold: Probability of the positive class from which it is predicted.
+    """
+
+    positive: int
+    negative: int
+    threshold: float
+
+
+def parse_target(text: str) -> Target:
+    """Read ``--target``: ``f1``, ``precision=0.99``, ``recall=0.95`` or ``coverage=0.9``.
+
+    Raises:
+        BadInputError: Another name, a missing or extra value, or a value outside (0, 1].
+    """
+    kind, sep, raw = text.strip().partition("=")
+    kind = kind.strip().lower()
+    if kind not in TARGET_KINDS:
+        raise BadInputError(f"--target {text!r} is not a target: use {_SPELLING}")
+    if kind == "f1":
+        if sep:
+            raise BadInputError(f"--target f1 takes no value (got {text!r}): write --target f1")
+        return Target("f1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInputError(f"--target {text!r} needs a number: write e.g. --target {kind}=0.9") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise BadInputError(f"--target {text!r}: {kind} must be in (0, 1] (got {raw.strip()})")
+    return Target(kind, value)
+
+
+def check_target(target: str | None, positive: str | None, classes: Sequence[str]) -> Target | None:
+    """``--target`` and ``--positive`` checked together against a run's classes.
+
+    Returns:
+        The parsed target, or None when neither is given.
+
+    Raises:
+        BadInputError: A bad target; a threshold target without ``--positive``, with more than two
+            classes, or naming a class the run does not have; ``--positive`` without a threshold
+            target. Every problem in one line.
+    """
+    if target is None and positive is None:
+        return None
+    names = ", ".join(classes)
+    if target is None:
+        raise BadInputError(f"--positive needs --target f1, precision=P or recall=R ({positive!r} given)")
+    parsed = parse_target(target)
+    problems = []
+    if parsed.is_threshold:
+        if len(classes) != 2:
+            problems.append(
+                f"--target {parsed} chooses a two-class threshold; this run has {len(classes)} "
+                f"classes ({names}): use --target coverage=C for abstention"
+            )
+        if positive is None:
+            problems.append(f"--target {parsed} needs --positive CLASS (one of {names})")
+    elif positive is not None:
+        problems.append(f"--positive does not apply to --target {parsed} (abstention uses no positive class)")
+    if positive is not None and positive not in classes:
+        problems.append(f"--positive {positive!r} is not a class of this run ({names})")
+    if problems:
+        raise BadInputError("; ".join(problems))
+    return parsed
+
+
+def check_min_confidence(value: float | None) -> float | None:
+    """``--min-confidence`` (None: not given) checked to be in (0, 1].
+
+    Raises:
+        BadInputError: Outside (0, 1] or not finite.
+    """
+    if value is not None and not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise BadInputError(f"--min-confidence must be a probability in (0, 1] (got {value:g})")
+    return value
+
+
+def _cut_points(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct scores, highest first, and the threshold stored for each: the midpoint to the
+    next lower distinct score (half the lowest for the lowest), which splits the texts alike."""
+    distinct = np.unique(scores)[::-1]
+    lower = np.append(distinct[1:], 0.0)
+    return distinct, (distinct + lower) / 2.0
+
+
+def threshold_counts(p_positive: np.ndarray, is_positive: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1 and accuracy of "positive when p >= threshold" (0 where undefined).
+
+    Args:
+        p_positive: (N,) probability of the positive class.
+        is_positive: (N,) whether each text truly is of the positive class.
+        threshold: The rule's threshold.
+    """
+    predicted = np.asarray(p_positive) >= threshold
+    truth = np.asarray(is_positive, dtype=bool)
+    tp = int((predicted & truth).sum())
+    fp = int((predicted & ~truth).sum())
+    fn = int((~predicted & truth).sum())
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
+    }
+
+
+def choose_threshold(p_positive: np.ndarray, is_positive: np.ndarray, target: Target) -> float:
+    """The threshold ``target`` asks for on labelled texts (see the module docstring).
+
+    Raises:
+        BadInputError: The texts hold no text of the positive class.
+        GateError: No threshold reaches a precision or recall target; the message names the best
+            value reached.
+    """
+    p = np.asarray(p_positive, dtype=np.float64)
+    y = np.asarray(is_positive, dtype=bool)
+    if not y.any():
+        raise BadInputError(
+            "the labelled texts hold no text of the positive class: no threshold can be chosen"
+        )
+    distinct, cuts = _cut_points(p)
+    # Cumulative counts with the distinct scores highest first: row i predicts p >= distinct[i].
+    order = np.argsort(-p, kind="stable")
+    tp_all, fp_all = np.cumsum(y[order]), np.cumsum(~y[order])
+    last = np.searchsorted(-p[order], -distinct, side="right") - 1  # last text with p >= distinct[i]
+    tp, fp = tp_all[last], fp_all[last]
+    precision, recall = tp / (tp + fp), tp / y.sum()
+    if target.kind == "f1":
+        f1 = 2 * tp / (tp + fp + y.sum())
+        return float(cuts[int(np.argmax(f1))])  # the highest threshold among equal F1s
+    values = precision if target.kind == "precision" else recall
+    ok = np.flatnonzero(values >= target.value - 1e-12)
+    if not len(ok):
+        raise GateError(
+            f"--target {target} cannot be reached on these texts: the best {target.kind} is "
+            f"{values.max():.4f}; choose a lower target"
+        )
+    # precision: the lowest threshold that reaches it (last in highest-first order); recall: the highest.
+    return float(cuts[ok[-1]] if target.kind == "precision" else cuts[ok[0]])
+
+
+def choose_min_confidence(confidence: np.ndarray, coverage: float) -> float:
+    """The highest ``min_confidence`` that keeps at least ``coverage`` of the texts.
+
+    Args:
+        confidence: (N,) top probability of each text (N >= 1).
+        coverage: The share of texts to keep, in (0, 1].
+    """
+    c = np.asarray(confidence, dtype=np.float64)
+    distinct, cuts = _cut_points(c)
+    needed = math.ceil(coverage * len(c) - 1e-9)
+    kept = np.array([(c >= d).sum() for d in distinct])
+    return float(cuts[int(np.flatnonzero(kept >= needed)[0])])
+
+
+def coverage_counts(probs: np.ndarray, labels: np.ndarray, min_confidence: float) -> dict[str, float]:
+    """Coverage (share of texts whose top probability is >= ``min_confidence``) and the accuracy
+    of the argmax on those texts (0 where none is covered), with ``n_covered``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    covered = probs.max(axis=1) >= min_confidence
+    right = probs.argmax(axis=1) == np.asarray(labels)
+    n = int(covered.sum())
+    return {
+        "coverage": n / len(probs) if len(probs) else 0.0,
+        "accuracy": float(right[covered].mean()) if n else 0.0,
+        "n_covered": n,
+    }
+
+
+def risk_coverage(
+    probs: np.ndarray, labels: np.ndarray, levels: Sequence[float] = RISK_LEVELS
+) -> list[dict[str, float]]:
+    """Coverage and accuracy on the covered texts at each confidence level (evaluate's table)."""
+    return [{"min_confidence": level, **coverage_counts(probs, labels, level)} for level in levels]
+
+
+def decision_record(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], positive: str, target: Target
+) -> dict[str, Any]:
+    """Choose the threshold for ``target`` on labelled (N, 2) probabilities: run.json's ``decision``.
+
+    Raises:
+        BadInputError, GateError: As :func:`choose_threshold`.
+    """
+    pos = list(classes).index(positive)
+    p, y = np.asarray(probs)[:, pos], np.asarray(labels) == pos
+    threshold = choose_threshold(p, y, target)
+    counts = threshold_counts(p, y, threshold)
+    validation = {k: counts[k] for k in ("precision", "recall", "f1")}
+    return {"positive": positive, "threshold": threshold, "target": str(target),
+            "validation": {**validation, "n": len(y)}}  # fmt: skip
+
+
+def abstain_record(probs: np.ndarray, labels: np.ndarray, target: Target) -> dict[str, Any]:
+    """Choose ``min_confidence`` for a coverage ``target`` on labelled (N, K) probabilities:
+    run.json's ``abstain``."""
+    assert target.kind == "coverage" and target.value is not None
+    probs = np.asarray(probs, dtype=np.float64)
+    level = choose_min_confidence(probs.max(axis=1), target.value)
+    counts = coverage_counts(probs, labels, level)
+    validation = {"coverage": counts["coverage"], "accuracy": counts["accuracy"], "n": len(probs)}
+    return {"min_confidence": level, "target": str(target), "validation": validation}
+
+
+def choose(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], target: Target, positive: str | None
+) -> dict[str, Any]:
+    """The run.json change ``target`` makes: ``{"decision": ...}`` or ``{"abstain": ...}``."""
+    if target.is_threshold:
+        assert positive is not None
+        return {"decision": decision_record(probs, labels, classes, positive, target)}
+    return {"abstain": abstain_record(probs, labels, target)}
+
+
+def stored_decision(info: Mapping[str, Any]) -> Decision | None:
+    """The threshold rule a run.json stores (None for a run without ``decision``)."""
+    record = info.get("decision")
+    if not isinstance(record, dict):
+        return None
+    pos = list(info["classes"]).index(record["positive"])
+    return Decision(positive=pos, negative=1 - pos, threshold=float(record["threshold"]))
+
+
+def stored_min_confidence(info: Mapping[str, Any]) -> float | None:
+    """The ``min_confidence`` a run.json stores (None for a run without ``abstain``)."""
+    record = info.get("abstain")
+    return float(record["min_confidence"]) if isinstance(record, dict) else None
