@@ -21,13 +21,24 @@ INFO_FILE = "run.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
+#: The pictures of the test split (:mod:`gptclf.plots`), by kind; ROC and precision-recall only
+#: for two classes.
+PLOT_FILES = {
+    "confusion": "confusion_matrix.png",
+    "roc": "roc.png",
+    "precision_recall": "precision_recall.png",
+    "reliability": "reliability.png",
+    "f1": "per_class_f1.png",
+}
 
 #: What ``predict`` and ``evaluate`` need: a folder without one of these is not a finished run.
 REQUIRED_FILES = (WEIGHTS_FILE, INFO_FILE, *TOKENIZER_FILES)
 
 #: Every name a run writes (the checkpoint too, while it is unfinished); an old run's copies are
 #: never carried into a new run, and everything else in ``--out`` is the user's own.
-RUN_FILES = frozenset({*REQUIRED_FILES, HISTORY_FILE, METRICS_FILE, CURVES_FILE, CHECKPOINT_NAME})
+RUN_FILES = frozenset(
+    {*REQUIRED_FILES, HISTORY_FILE, METRICS_FILE, CURVES_FILE, *PLOT_FILES.values(), CHECKPOINT_NAME}
+)
 
 #: Columns of history.csv, in order: one row per evaluation during training.
 HISTORY_COLUMNS = (
