@@ -10,10 +10,9 @@ the SMS set when no ``--data`` is given, and swaps the finished work folder in.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import labelled_metrics
 from gptclf.metrics import classification_metrics
+from gptclf.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.resume import CHECKPOINT_NAME, InterruptGuard, check_same_data
@@ -54,6 +54,9 @@ class FinetuneResult:
         cache: How the frozen trunk was handled: ``blocks`` cached and ``location``.
         timings: Seconds per phase: ``tokenise``, ``cache``, ``train``, ``evaluate``, ``total``.
         calibration: The temperature fitted on the validation split (None without validation data).
+        logits: Raw (N, K) logits of the kept weights on the test and validation splits (those
+            with texts), in split order.
+        labels: The true class indices of those splits.
     """
 
     run_dir: Path
@@ -67,6 +70,8 @@ class FinetuneResult:
     cache: dict[str, Any]
     timings: dict[str, float]
     calibration: Calibration | None = None
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, list[int]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--json`` prints)."""
@@ -158,7 +163,7 @@ def train_run(
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
-        scores, calibration = _final_scores(model, sets, ctx)
+        scores, calibration, logits = _final_scores(model, sets, ctx)
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
@@ -167,6 +172,7 @@ def train_run(
     result = FinetuneResult(
         ctx.out, model, model.classes, history, scores["test"], scores["validation"],
         counts["trainable"], counts["total"], cache, timings, calibration,
+        logits, {name: sets[name].labels for name in logits},
     )  # fmt: skip
     if ctx.shard.is_main:
         info = _run_info(
@@ -223,9 +229,10 @@ def _sources(
 
 def _final_scores(
     model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext
-) -> tuple[dict[str, dict[str, Any] | None], Calibration | None]:
-    """Test and validation metrics of the kept weights, and the temperature fitted on validation
-    (None without validation data); a signal stops this (training is saved).
+) -> tuple[dict[str, dict[str, Any] | None], Calibration | None, dict[str, np.ndarray]]:
+    """Test and validation metrics of the kept weights, the temperature fitted on validation
+    (None without validation data) and the raw logits of those splits; a signal stops this
+    (training is saved).
 
     The metrics are those of the calibrated probabilities, as ``gptclf evaluate`` reports them.
     """
@@ -261,7 +268,7 @@ def _final_scores(
         else None
         for name in ("test", "validation")
     }
-    return scores, calibration
+    return scores, calibration, logits
 
 
 def _run_info(
@@ -411,7 +418,10 @@ def _write_run(
     }
     write_metrics(folder, metrics)
     epochs = info["train"]["epochs"]
+    plots = write_run_plots(
+        folder, result.logits.get("test"), result.labels.get("test"), result.classes, info
+    )
     if not write_curves(folder, history.rows, history.total_steps / epochs):
         (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind
-        if importlib.util.find_spec("matplotlib") is None:
-            progress.message(f"{CURVES_FILE} skipped: matplotlib is not installed (pip install gptclf[plot])")
+        if plots is None:  # one line for every picture: the reason is the same
+            progress.message(f"{CURVES_FILE} {SKIPPED_NOTE}, and so were the test split's plots")

@@ -42,7 +42,7 @@ DPI = 100
 #: The threshold marked when the run stores no decision: the argmax of two classes.
 DEFAULT_THRESHOLD = 0.5
 #: The one line a caller prints when matplotlib is missing.
-SKIPPED_NOTE = "plots skipped: matplotlib is not installed (pip install gptclf[plot])"
+SKIPPED_NOTE = "skipped: matplotlib is not installed (pip install gptclf[plot])"
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,33 @@ def plot_names(n_classes: int) -> list[str]:
     """The file names :func:`write_plots` writes for a task of ``n_classes`` classes."""
     two = n_classes == 2
     return [name for kind, name in PLOT_FILES.items() if two or kind not in ("roc", "precision_recall")]
+
+
+def write_run_plots(
+    folder: Path, logits: Any, labels: Sequence[int] | None, classes: Sequence[str], info: Mapping[str, Any]
+) -> list[Path] | None:
+    """``finetune``'s pictures of the test split, beside ``curves.png`` in the run's work folder.
+
+    Every plot name is removed first, so a run never shows an older run's picture (nor, without
+    matplotlib or without test texts, any picture).
+
+    Args:
+        folder: The run's work folder.
+        logits: (N, K) raw test logits of the kept weights; None without test texts.
+        labels: Their true class indices.
+        classes: Class names, index order.
+        info: The run's run.json content (its temperature and decision are shown).
+
+    Returns:
+        The files written ([] without test texts), or None when matplotlib is not installed.
+    """
+    for name in PLOT_FILES.values():
+        (Path(folder) / name).unlink(missing_ok=True)
+    if not plots_available():
+        return None
+    if logits is None or labels is None or not len(labels):
+        return []
+    return write_plots(folder, plot_inputs(logits, labels, classes, info, "test split"))
 
 
 def write_plots(folder: Path, inputs: PlotInputs) -> list[Path] | None:
