@@ -6,6 +6,12 @@ run's ``calibration`` in run.json, which is rewritten atomically. No other file 
 recorded ``weights_sha256`` stays valid. Bad input (no such data, labels that are not classes of the
 run) is refused before run.json is touched.
 
+With ``--target`` (and ``--positive`` for a threshold) a decision is also chosen on the same texts
+calibrated probabilities (:mod:`gptclf.decisions`) and stored with the temperature in the same one
+rewrite: ``decision`` (two classes: ``f1``, ``precision=P``, ``recall=R``) or ``abstain``
+(``coverage=C``). A target the texts cannot reach is exit 3 with the best value reached, and
+nothing is stored (not the temperature either).
+
 Stdout: the temperature and the NLL and ECE before and after, or with ``--json`` one object
 (``run`` and the ``calibration`` written). Messages and progress go to stderr.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,15 +50,24 @@ def calibrate(
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    positive: str | None = typer.Option(
+        None, "--positive", help="The positive class of a threshold --target (two classes)."
+    ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Also choose a decision: f1, precision=P, recall=R (threshold) or coverage=C (abstention).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
-    from gptclf.calibration import fit_temperature, store_calibration
+    from gptclf.calibration import fit_temperature
+    from gptclf.decisions import check_target, choose
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import file_data, split_data
     from gptclf.predict import Predictor
     from gptclf.progress import ConsoleProgress
-    from gptclf.rundir import load_run
+    from gptclf.rundir import load_run, update_run_info
 
     refuse_distributed("calibrate")  # one process writes run.json
     if input_path is not None and (split is not None or data is not None):
@@ -61,6 +77,7 @@ def calibrate(
     if stray:
         raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
     loaded = load_run(run)
+    chosen = check_target(target, positive, loaded.classes)  # before the model runs
     if input_path is not None:
         labelled = file_data(
             loaded,
@@ -78,9 +95,12 @@ def calibrate(
     # The model's raw logits, whatever the run stores: a refit replaces the calibration, never stacks.
     logits = predictor.logits(labelled.texts, progress=ConsoleProgress(err_console))
     calibration = fit_temperature(logits, labelled.labels, labelled.source)
-    store_calibration(loaded.path, calibration)
+    changes = {"calibration": calibration.to_dict()}
+    if chosen is not None:  # raises GateError for a target out of reach: then nothing is stored
+        changes |= choose(logits, labelled.labels, calibration.temperature, loaded.classes, chosen, positive)
+    update_run_info(loaded.path, changes)
     if json_out:
-        record = {"run": str(loaded.path), "calibration": calibration.to_dict()}
+        record = {"run": str(loaded.path), **changes}
         sys.stdout.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         return
     c = calibration
@@ -88,4 +108,23 @@ def calibrate(
     out_console.print(f"temperature  {c.temperature:.4f}{kept}", markup=False)
     out_console.print(f"NLL          {c.val_nll_before:.4f} -> {c.val_nll_after:.4f}", markup=False)
     out_console.print(f"ECE          {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}", markup=False)
+    _print_choice(changes)
     err_console.print(f"gptclf: wrote the calibration into {loaded.path / 'run.json'}")
+
+
+def _print_choice(changes: dict[str, Any]) -> None:
+    """The decision or abstention level chosen, with what it gives on the texts (stdout)."""
+    if "decision" in changes:
+        d, v = changes["decision"], changes["decision"]["validation"]
+        out_console.print(
+            f"threshold    {d['threshold']:.4f} on p({d['positive']}) for {d['target']}: precision "
+            f"{v['precision']:.4f}, recall {v['recall']:.4f}, F1 {v['f1']:.4f}",
+            markup=False,
+        )
+    if "abstain" in changes:
+        a, v = changes["abstain"], changes["abstain"]["validation"]
+        out_console.print(
+            f"abstain      below {a['min_confidence']:.4f} for {a['target']}: coverage "
+            f"{v['coverage']:.4f}, accuracy on the covered {v['accuracy']:.4f}",
+            markup=False,
+        )

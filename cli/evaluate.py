@@ -63,6 +63,33 @@ def _print_tables(m: dict[str, Any]) -> None:
     _show(matrix)
 
 
+def _print_decisions(m: dict[str, Any]) -> None:
+    """The stored threshold's metrics, the abstention's and the risk-coverage table (stdout)."""
+    if "at_threshold" in m:
+        t = m["at_threshold"]
+        table = Table(title=f"At the stored threshold: {t['positive']} when p >= {t['threshold']:.4f}")
+        for name in ("precision", "recall", "F1", "accuracy"):
+            table.add_column(name, justify="right")
+        table.add_row(*(fmt_metric(t[k]) for k in ("precision", "recall", "f1", "accuracy")))
+        _show(table)
+    if "abstention" in m:
+        a = m["abstention"]
+        table = Table(title=f"Abstention below confidence {a['min_confidence']:.4f}")
+        for name in ("coverage", "accuracy (covered)", "covered texts"):
+            table.add_column(name, justify="right")
+        table.add_row(fmt_metric(a["coverage"]), fmt_metric(a["accuracy"]), str(a["n_covered"]))
+        _show(table)
+    if m.get("risk_coverage"):
+        table = Table(title="Risk-coverage (texts whose top probability is >= the confidence)")
+        for name in ("confidence", "coverage", "accuracy (covered)"):
+            table.add_column(name, justify="right")
+        for row in m["risk_coverage"]:
+            table.add_row(
+                f"{row['min_confidence']:g}", fmt_metric(row["coverage"]), fmt_metric(row["accuracy"])
+            )
+        _show(table)
+
+
 def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, key) of the summary's metrics: decisions, then probabilities, then ranking (two classes)."""
     from gptclf.metrics import ECE_BINS  # here, not at the top: it imports torch
@@ -144,6 +171,7 @@ def evaluate(
     ),
 ) -> None:
     """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
+    from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import Gates, file_data, split_data
     from gptclf.evaluate import evaluate as run_evaluation
@@ -174,7 +202,13 @@ def evaluate(
     else:
         labelled = split_data(loaded, split or "test", data)
     predictor = Predictor(
-        loaded, device=device, precision=precision, batch_size=batch_size, calibrated=not no_calibration
+        loaded,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        calibrated=not no_calibration,
+        decision=stored_decision(loaded.info),  # judged as predict applies them
+        min_confidence=stored_min_confidence(loaded.info),
     )
     if labelled.source.get("same_as_training") is False:
         err_console.print(
@@ -201,4 +235,5 @@ def evaluate(
         sys.stdout.write(line + "\n")
     else:
         _print_tables(metrics)
+        _print_decisions(metrics)
     gates.check(metrics)

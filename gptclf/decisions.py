@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from gptclf.errors import BadInputError, GateError
+from gptclf.metrics import softmax
 
 #: What ``--target`` may name; all but ``f1`` take ``=VALUE`` in (0, 1].
 THRESHOLD_KINDS = ("f1", "precision", "recall")
@@ -221,23 +222,23 @@ def choose_min_confidence(confidence: np.ndarray, coverage: float) -> float:
     return float(cuts[int(np.flatnonzero(kept >= needed)[0])])
 
 
-def coverage_counts(probs: np.ndarray, labels: np.ndarray, min_confidence: float) -> dict[str, float]:
+def coverage_counts(probs: np.ndarray, labels: np.ndarray, min_confidence: float) -> dict[str, Any]:
     """Coverage (share of texts whose top probability is >= ``min_confidence``) and the accuracy
-    of the argmax on those texts (0 where none is covered), with ``n_covered``."""
+    of the argmax on those texts (None where none is covered: no accuracy), with ``n_covered``."""
     probs = np.asarray(probs, dtype=np.float64)
     covered = probs.max(axis=1) >= min_confidence
     right = probs.argmax(axis=1) == np.asarray(labels)
     n = int(covered.sum())
     return {
         "coverage": n / len(probs) if len(probs) else 0.0,
-        "accuracy": float(right[covered].mean()) if n else 0.0,
+        "accuracy": float(right[covered].mean()) if n else None,
         "n_covered": n,
     }
 
 
 def risk_coverage(
     probs: np.ndarray, labels: np.ndarray, levels: Sequence[float] = RISK_LEVELS
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Coverage and accuracy on the covered texts at each confidence level (evaluate's table)."""
     return [{"min_confidence": level, **coverage_counts(probs, labels, level)} for level in levels]
 
@@ -271,13 +272,35 @@ def abstain_record(probs: np.ndarray, labels: np.ndarray, target: Target) -> dic
 
 
 def choose(
-    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], target: Target, positive: str | None
+    logits: np.ndarray | Any,
+    labels: Sequence[int] | np.ndarray,
+    temperature: float,
+    classes: Sequence[str],
+    target: Target,
+    positive: str | None,
 ) -> dict[str, Any]:
-    """The run.json change ``target`` makes: ``{"decision": ...}`` or ``{"abstain": ...}``."""
+    """Choose what ``target`` asks for on labelled texts' calibrated probabilities.
+
+    Args:
+        logits: (N, K) raw logits (numpy, or a CPU torch tensor).
+        labels: (N,) true class indices.
+        temperature: The run's temperature: the probabilities are ``softmax(logits / T)``.
+        classes: The run's classes.
+        target: From :func:`check_target`.
+        positive: The positive class of a threshold target.
+
+    Returns:
+        The run.json change: ``{"decision": ...}`` or ``{"abstain": ...}``.
+
+    Raises:
+        BadInputError, GateError: As :func:`choose_threshold`.
+    """
+    probs = softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    y = np.asarray(labels)
     if target.is_threshold:
         assert positive is not None
-        return {"decision": decision_record(probs, labels, classes, positive, target)}
-    return {"abstain": abstain_record(probs, labels, target)}
+        return {"decision": decision_record(probs, y, classes, positive, target)}
+    return {"abstain": abstain_record(probs, y, target)}
 
 
 def stored_decision(info: Mapping[str, Any]) -> Decision | None:
@@ -293,3 +316,29 @@ def stored_min_confidence(info: Mapping[str, Any]) -> float | None:
     """The ``min_confidence`` a run.json stores (None for a run without ``abstain``)."""
     record = info.get("abstain")
     return float(record["min_confidence"]) if isinstance(record, dict) else None
+
+
+def decision_metrics(
+    probs: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    classes: Sequence[str],
+    decision: Decision | None,
+    min_confidence: float | None,
+) -> dict[str, Any]:
+    """What evaluate reports about the decision rules, on labelled (N, K) calibrated probabilities.
+
+    Returns:
+        ``risk_coverage`` (:func:`risk_coverage`), always; ``at_threshold`` (``positive``,
+        ``threshold``, ``precision``, ``recall``, ``f1``, ``accuracy`` of the positive class under
+        the rule) with a decision; ``abstention`` (``min_confidence``, ``coverage``, ``accuracy`` on
+        the covered texts, ``n_covered``) with a ``min_confidence``.
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    out: dict[str, Any] = {"risk_coverage": risk_coverage(probs, y)}
+    if decision is not None:
+        counts = threshold_counts(probs[:, decision.positive], y == decision.positive, decision.threshold)
+        rule = {"positive": classes[decision.positive], "threshold": decision.threshold}
+        out["at_threshold"] = {**rule, **counts}
+    if min_confidence is not None:
+        out["abstention"] = {"min_confidence": min_confidence, **coverage_counts(probs, y, min_confidence)}
+    return out

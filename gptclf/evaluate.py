@@ -17,9 +17,10 @@ import torch
 
 from gptclf.calibration import run_temperature
 from gptclf.data import label_ids
+from gptclf.decisions import decision_metrics
 from gptclf.decoding import is_stdin
 from gptclf.errors import BadInputError, GateError
-from gptclf.metrics import classification_metrics
+from gptclf.metrics import classification_metrics, softmax
 from gptclf.predict import Predictor
 from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.progress import Progress
@@ -173,7 +174,9 @@ def evaluate_with_logits(
         ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
         probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``);
         and the (N, K) raw logits in ``data`` order, for the error report and the pictures
-        (``predictor.probabilities(logits)`` are the probabilities the metrics judge).
+        (``predictor.probabilities(logits)`` are the probabilities the metrics judge); the
+        decision rules' report (:func:`gptclf.decisions.decision_metrics`: ``risk_coverage``, and
+        ``at_threshold`` / ``abstention`` where the predictor has those rules) beside them.
     """
     before = predictor.n_truncated
     logits = predictor.logits(data.texts, progress=progress)
@@ -184,7 +187,12 @@ def evaluate_with_logits(
     if "calibration" in predictor.run.info:  # a run without one has only raw probabilities
         stored = run_temperature(predictor.run.info)
         out["calibration"] = {"applied": predictor.calibrated, "temperature": stored}
-    return {**out, "truncated": predictor.n_truncated - before, **metrics}, logits
+    # The decision rules read calibrated probabilities, whatever the metrics above are of.
+    calibrated = logits.double().numpy() / predictor.decision_temperature
+    rules = decision_metrics(
+        softmax(calibrated), data.labels, predictor.classes, predictor.decision, predictor.min_confidence
+    )
+    return {**out, "truncated": predictor.n_truncated - before, **metrics, **rules}, logits
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,310 @@
+"""Thresholds and abstention chosen on validation (gptclf.decisions), stored by `calibrate`,
+applied by `predict` and reported by `evaluate`; their bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from gptclf.decisions import (
+    Target,
+    check_target,
+    choose_min_confidence,
+    choose_threshold,
+    parse_target,
+    threshold_counts,
+)
+from gptclf.errors import BadInputError, GateError
+from gptclf.evaluate import split_data
+from gptclf.predict import Predictor
+from gptclf.rundir import load_run
+from tests.conftest import needs_shared_bpe
+from tests.finetune_helpers import prepared_folder
+from tests.test_predict import make_run, tiny_classifier
+
+CLASSES = ["ham", "spam"]
+TEXTS = ["win a prize now", "dinner at eight", "apple river prize", "stone cloud dinner", "call now", "ok"]
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, " ".join(result.stderr.split())
+
+
+# ---- the searches, on numbers ------------------------------------------------------------------
+
+
+def random_scores(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.0, 1.0).round(2)  # rounded: many ties
+    return p, y
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_f1_threshold_is_at_least_as_good_as_one_half(seed: int) -> None:
+    p, y = random_scores(seed)
+    t = choose_threshold(p, y, Target("f1"))
+    best = threshold_counts(p, y, t)["f1"]
+    assert best >= threshold_counts(p, y, 0.5)["f1"]
+    assert all(best >= threshold_counts(p, y, c)["f1"] - 1e-12 for c in np.unique(p))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_precision_target_is_the_lowest_threshold_that_reaches_it(seed: int) -> None:
+    p, y = random_scores(seed)
+    t = choose_threshold(p, y, parse_target("precision=0.8"))
+    assert threshold_counts(p, y, t)["precision"] >= 0.8
+    lower = [c for c in np.unique(p) if c < t]
+    assert all(threshold_counts(p, y, c)["precision"] < 0.8 for c in lower)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_recall_target_is_the_highest_threshold_that_reaches_it(seed: int) -> None:
+    p, y = random_scores(seed)
+    t = choose_threshold(p, y, parse_target("recall=0.9"))
+    assert threshold_counts(p, y, t)["recall"] >= 0.9
+    # The stored threshold sits just below the probability it stands for (same predictions).
+    chosen = min(c for c in np.unique(p) if c >= t)
+    assert all(threshold_counts(p, y, c)["recall"] < 0.9 for c in np.unique(p) if c > chosen)
+
+
+def test_an_unreachable_precision_names_the_best_reached() -> None:
+    p = np.array([0.9, 0.8, 0.3, 0.2])
+    y = np.array([False, True, True, False])  # the most likely "positive" is wrong: best 2/3
+    with pytest.raises(GateError, match=r"best precision is 0\.6667"):
+        choose_threshold(p, y, parse_target("precision=0.99"))
+
+
+def test_coverage_keeps_at_least_the_share_asked_and_no_higher_level_does() -> None:
+    c = np.random.default_rng(0).uniform(0.5, 1.0, 101).round(2)
+    level = choose_min_confidence(c, 0.9)
+    assert (c >= level).mean() >= 0.9
+    chosen = min(d for d in np.unique(c) if d >= level)
+    assert all((c >= d).mean() < 0.9 for d in np.unique(c) if d > chosen)
+
+
+@pytest.mark.parametrize(
+    ("target", "positive", "classes", "message"),
+    [
+        ("precision=1.5", "spam", CLASSES, "precision must be in (0, 1]"),
+        ("precision=0", "spam", CLASSES, "precision must be in (0, 1]"),
+        ("accuracy=0.9", "spam", CLASSES, "is not a target"),
+        ("f1", "eggs", CLASSES, "--positive 'eggs' is not a class of this run (ham, spam)"),
+        ("f1", None, CLASSES, "needs --positive CLASS"),
+        (None, "spam", CLASSES, "--positive needs --target"),
+        ("f1", "pos", ["neg", "neu", "pos"], "this run has 3 classes"),
+        ("coverage=1.2", None, CLASSES, "coverage must be in (0, 1]"),
+    ],
+)
+def test_bad_targets_are_one_line(
+    target: str | None, positive: str | None, classes: list, message: str
+) -> None:
+    with pytest.raises(BadInputError, match=None) as caught:
+        check_target(target, positive, classes)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_coverage_works_for_any_number_of_classes() -> None:
+    assert check_target("coverage=0.9", None, ["neg", "neu", "pos"]) == Target("coverage", 0.9)
+
+
+# ---- the verbs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return prepared_folder(tmp_path, CLASSES, n=160)
+
+
+def tiny_run(root: Path, data: Path, classes: list[str] = CLASSES) -> Path:
+    """A random tiny model whose head is scaled up (spread-out probabilities), recording ``data``."""
+    model = tiny_classifier(classes)
+    with torch.no_grad():
+        model.gpt.lm_head.weight.mul_(20.0)
+    return make_run(
+        root / "run", classes, max_length=32, model=model, data={"dir": str(data), "fingerprint": None}
+    )
+
+
+@pytest.fixture
+def run(tmp_path: Path, data: Path) -> Path:
+    return tiny_run(tmp_path, data)
+
+
+def validation_probs(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities and labels of the validation split, as predict computes them."""
+    loaded = load_run(run)
+    labelled = split_data(loaded, "validation")
+    predictor = Predictor(loaded, device="cpu", precision="fp32")
+    probs = predictor.probabilities(predictor.logits(labelled.texts)).double().numpy()
+    return probs, np.asarray(labelled.labels)
+
+
+def predicted(run: Path, *flags: str, texts: list[str] = TEXTS) -> list[dict]:
+    code, out, err = invoke("predict", str(run), *texts, "--format", "jsonl", "--device", "cpu", *flags)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@needs_shared_bpe
+def test_calibrate_stores_the_f1_threshold_and_it_beats_one_half_on_validation(run: Path) -> None:
+    code, out, err = invoke(
+        "calibrate", str(run), "--positive", "spam", "--target", "f1", "--json", "--device", "cpu"
+    )
+    assert code == 0, err
+    decision = json.loads((run / "run.json").read_text())["decision"]
+    assert decision == json.loads(out)["decision"]
+    assert decision["positive"] == "spam" and decision["target"] == "f1"
+    probs, labels = validation_probs(run)
+    p, y = probs[:, 1], labels == 1
+    at_stored = threshold_counts(p, y, decision["threshold"])
+    assert at_stored["f1"] >= threshold_counts(p, y, 0.5)["f1"]
+    assert decision["validation"] == pytest.approx(
+        {**{k: at_stored[k] for k in ("precision", "recall", "f1")}, "n": len(y)}
+    )
+    load_run(run)  # the schema takes it
+
+
+@needs_shared_bpe
+def test_a_precision_target_is_met_on_validation_and_predict_applies_it(run: Path, data: Path) -> None:
+    code, _, err = invoke(
+        "calibrate", str(run), "--positive", "ham", "--target", "precision=0.6", "--device", "cpu"
+    )
+    assert code == 0, err
+    decision = json.loads((run / "run.json").read_text())["decision"]
+    probs, labels = validation_probs(run)
+    assert threshold_counts(probs[:, 0], labels == 0, decision["threshold"])["precision"] >= 0.6
+    # predict, with no flag, labels by the stored threshold (on the calibrated probabilities it prints)
+    texts = pd.read_csv(data / "test.csv")["text"].tolist()[:40]
+    rows = predicted(run, texts=texts)
+    assert [r["label"] for r in rows] == [
+        "ham" if r["probs"]["ham"] >= decision["threshold"] else "spam" for r in rows
+    ]
+    argmax = [max(r["probs"], key=r["probs"].get) for r in rows]
+    assert [r["label"] for r in rows] != argmax  # the stored threshold (about 0.55) moves labels
+    # --threshold replaces the stored rule.
+    everything = predicted(run, "--threshold", "0.0", "--positive", "spam", texts=texts)
+    assert {r["label"] for r in everything} == {"spam"}
+
+
+@needs_shared_bpe
+def test_evaluate_reports_the_stored_threshold_beside_argmax(run: Path) -> None:
+    assert (
+        invoke("calibrate", str(run), "--positive", "spam", "--target", "recall=0.9", "--device", "cpu")[0]
+        == 0
+    )
+    decision = json.loads((run / "run.json").read_text())["decision"]
+    code, out, err = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
+    assert code == 0, err
+    m = json.loads(out)
+    at = m["at_threshold"]
+    assert at["threshold"] == decision["threshold"] and at["positive"] == "spam"
+    assert at["recall"] >= 0.9 and at["recall"] == pytest.approx(decision["validation"]["recall"])
+    assert "accuracy" in m and {"precision", "f1", "accuracy"} <= set(at)
+    assert m["risk_coverage"][0]["min_confidence"] == 0.5
+    code, out, _ = invoke("evaluate", str(run), "--split", "validation", "--device", "cpu")
+    assert code == 0 and "stored threshold" in out and "Risk-coverage" in out
+
+
+@needs_shared_bpe
+def test_abstention_writes_null_labels_exactly_below_the_level(run: Path, data: Path) -> None:
+    texts = pd.read_csv(data / "test.csv")["text"].tolist()[:40]
+    plain = predicted(run, texts=texts)
+    level = float(np.median([max(r["probs"].values()) for r in plain]))
+    rows = predicted(run, "--min-confidence", str(level), texts=texts)
+    for r, ref in zip(rows, plain, strict=True):
+        unsure = max(ref["probs"].values()) < level
+        assert r["abstained"] is unsure and (r["label"] is None) is unsure
+        if not unsure:
+            assert r["label"] == ref["label"]
+    assert any(r["abstained"] for r in rows) and not all(r["abstained"] for r in rows)
+    # CSV: an empty label and an abstained column.
+    code, out, _ = invoke(
+        "predict", str(run), *texts, "--format", "csv", "--device", "cpu", "--min-confidence", str(level)
+    )
+    table = pd.read_csv(__import__("io").StringIO(out), keep_default_na=False)
+    assert code == 0 and list(table["abstained"]) == [r["abstained"] for r in rows]
+    assert all((lab == "") == ab for lab, ab in zip(table["label"], table["abstained"], strict=True))
+
+
+@needs_shared_bpe
+def test_a_stored_coverage_is_applied_by_predict_and_reported_by_evaluate(run: Path) -> None:
+    code, _, err = invoke("calibrate", str(run), "--target", "coverage=0.7", "--device", "cpu")
+    assert code == 0, err
+    abstain = json.loads((run / "run.json").read_text())["abstain"]
+    assert abstain["target"] == "coverage=0.7" and abstain["validation"]["coverage"] >= 0.7
+    rows = predicted(run)
+    assert all(r["abstained"] == (max(r["probs"].values()) < abstain["min_confidence"]) for r in rows)
+    code, out, err = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
+    assert code == 0, err
+    got = json.loads(out)["abstention"]
+    assert got["coverage"] == pytest.approx(abstain["validation"]["coverage"])
+    assert got["accuracy"] == pytest.approx(abstain["validation"]["accuracy"])
+
+
+@needs_shared_bpe
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--positive", "spam", "--target", "precision=1.5"], "precision must be in (0, 1]"),
+        (["--positive", "eggs", "--target", "f1"], "--positive 'eggs' is not a class"),
+        (["--positive", "spam"], "--positive needs --target"),
+    ],
+)
+def test_calibrate_bad_targets_exit_2_and_leave_run_json(run: Path, flags: list[str], message: str) -> None:
+    before = (run / "run.json").read_bytes()
+    code, out, err = invoke("calibrate", str(run), *flags, "--device", "cpu")
+    assert (code, out) == (2, "") and message in err and "Traceback" not in err
+    assert (run / "run.json").read_bytes() == before
+
+
+@needs_shared_bpe
+def test_a_threshold_target_with_three_classes_is_exit_2(tmp_path: Path) -> None:
+    classes = ["neg", "neu", "pos"]
+    run = tiny_run(tmp_path, tmp_path, classes)  # refused before any data is read
+    before = (run / "run.json").read_bytes()
+    code, _, err = invoke("calibrate", str(run), "--positive", "pos", "--target", "f1", "--device", "cpu")
+    assert code == 2 and "this run has 3 classes" in err
+    assert (run / "run.json").read_bytes() == before
+
+
+@needs_shared_bpe
+def test_an_unreachable_target_is_exit_3_and_stores_nothing(run: Path, tmp_path: Path) -> None:
+    # Label the texts the model finds most "spam" as ham: no threshold reaches precision 0.99.
+    loaded = load_run(run)
+    p = Predictor(loaded, device="cpu", precision="fp32")
+    p_spam = p.probabilities(p.logits(TEXTS))[:, 1].tolist()
+    order = sorted(range(len(TEXTS)), key=lambda i: -p_spam[i])
+    labels = {i: ("ham" if rank < 3 else "spam") for rank, i in enumerate(order)}
+    path = tmp_path / "labelled.csv"
+    pd.DataFrame({"text": TEXTS, "label": [labels[i] for i in range(len(TEXTS))]}).to_csv(path, index=False)
+    before = (run / "run.json").read_bytes()
+    code, out, err = invoke(
+        "calibrate",
+        str(run),
+        "--input",
+        str(path),
+        "--positive",
+        "spam",
+        "--target",
+        "precision=0.99",
+        "--device",
+        "cpu",
+    )
+    assert code == 3 and out == "" and "best precision is" in err and "Traceback" not in err
+    assert (run / "run.json").read_bytes() == before
+
+
+@needs_shared_bpe
+@pytest.mark.parametrize("level", ["0", "1.5", "-0.1", "nan"])
+def test_min_confidence_outside_0_1_is_exit_2(run: Path, level: str) -> None:
+    code, out, err = invoke("predict", str(run), "hello", "--device", "cpu", "--min-confidence", level)
+    assert (code, out) == (2, "") and "--min-confidence must be a probability in (0, 1]" in err
