@@ -23,6 +23,9 @@ from gptclf.errors import BadInputError, GptclfError
 from gptclf.progress import ConsoleProgress, fmt_metric
 
 if TYPE_CHECKING:
+    import torch
+
+    from gptclf.evaluate import LabelledData
     from gptclf.predict import Predictor
 
 
@@ -110,17 +113,18 @@ def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _show(table: Table) -> None:
-    """Print ``table`` whole: cells fold (wrap, long words too) instead of ending in an ellipsis,
-    and where stdout is no terminal (a pipe, a log, `make demo`) there is no width to fit, so the
-    table gets the width it needs instead of rich's default 80 columns."""
+def _show(table: Table, base: Console | None = None) -> None:
+    """Print ``table`` whole on ``base`` (default stdout): cells fold (wrap, long words too) instead
+    of ending in an ellipsis, and where it is no terminal (a pipe, a log, `make demo`) there is no
+    width to fit, so the table gets the width it needs instead of rich's default 80 columns."""
+    base = base or out_console
     for column in table.columns:
         column.overflow = "fold"
-    console = out_console
-    if not out_console.is_terminal:
-        options = out_console.options.update(max_width=_UNLIMITED)
-        needed = Measurement.get(out_console, options, table).maximum
-        console = Console(file=out_console.file, width=max(out_console.width, needed), highlight=False)
+    console = base
+    if not base.is_terminal:
+        options = base.options.update(max_width=_UNLIMITED)
+        needed = Measurement.get(base, options, table).maximum
+        console = Console(file=base.file, width=max(base.width, needed), highlight=False)
     console.print(table, markup=False)
 
 
@@ -135,6 +139,68 @@ def _probabilities(predictor: Predictor) -> str:
     if not predictor.calibrated:
         return "raw probabilities (--no-calibration)"
     return f"calibrated probabilities (temperature {predictor.temperature:.4g})"
+
+
+def _check_reports(errors_path: Path | None, show_errors: int, plots_dir: Path | None) -> None:
+    """Refuse report destinations that cannot be written, before the model runs.
+
+    Raises:
+        BadInputError: A bad --errors name or folder, a negative --show-errors, a --plots file.
+    """
+    from gptclf.errorreport import error_format
+
+    if show_errors < 0:
+        raise BadInputError(f"--show-errors must be >= 0 (got {show_errors})")
+    if errors_path is not None:
+        error_format(errors_path)
+        if errors_path.is_dir():
+            raise BadInputError(f"--errors {errors_path} is a folder: name the file to write")
+        if not errors_path.parent.is_dir():
+            raise BadInputError(f"--errors {errors_path}: the folder {errors_path.parent} does not exist")
+    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
+        raise BadInputError(f"--plots {plots_dir} is a file: name a folder (it is created if missing)")
+
+
+def _report_errors(
+    predictor: Predictor,
+    data: LabelledData,
+    logits: torch.Tensor,
+    path: Path | None,
+    show: int,
+    *,
+    to_stderr: bool,
+) -> None:
+    """Write the error report to ``path`` and print its first ``show`` rows (stdout beside the
+    tables; stderr under --json, whose stdout holds the JSON object only)."""
+    from gptclf.errorreport import error_rows, write_errors
+
+    probs = predictor.probabilities(logits).double().numpy()  # the probabilities the metrics judge
+    rows = error_rows(probs, data.labels, predictor.classes, data.texts, data.ids)
+    if path is not None:
+        write_errors(path, rows, predictor.classes)
+        err_console.print(f"gptclf: wrote {len(rows)} misclassified texts to {path}", markup=False)
+    if show:
+        table = Table(title=f"Most confident errors ({min(show, len(rows))} of {len(rows)})")
+        for name in ("id", "true", "predicted", "confidence", "text"):
+            table.add_column(name, justify="right" if name == "confidence" else "left")
+        for row in rows[:show]:
+            shown = row.id if isinstance(row.id, str) else json.dumps(row.id, ensure_ascii=False)
+            table.add_row(shown, row.label, row.predicted, fmt_metric(row.confidence), row.text)
+        _show(table, err_console if to_stderr else out_console)
+
+
+def _write_plots(folder: Path, predictor: Predictor, data: LabelledData, logits: torch.Tensor) -> None:
+    """Write the pictures into ``folder``, or say in one line that matplotlib is missing."""
+    from gptclf.plots import SKIPPED_NOTE, plot_inputs, write_plots
+
+    source = data.source
+    title = f"{source['split']} split" if "split" in source else Path(source["input"]).name
+    inputs = plot_inputs(logits.numpy(), data.labels, predictor.classes, predictor.run.info, title)
+    written = write_plots(folder, inputs)
+    if written is None:
+        err_console.print(f"gptclf: plots {SKIPPED_NOTE}", markup=False)
+    else:
+        err_console.print(f"gptclf: wrote {len(written)} plots to {folder}", markup=False)
 
 
 @handle_errors
@@ -169,12 +235,24 @@ def evaluate(
     min_f1: float | None = typer.Option(
         None, "--min-f1", help="Exit 3 when macro F1 is below this (for CI)."
     ),
+    errors_path: Path | None = typer.Option(
+        None,
+        "--errors",
+        help="Write every misclassified text (id, true and predicted class, probabilities) to FILE "
+        "(.jsonl, .csv or .tsv), most confident first.",
+    ),
+    show_errors: int = typer.Option(0, "--show-errors", help="Print the N most confident errors."),
+    plots_dir: Path | None = typer.Option(
+        None,
+        "--plots",
+        help="Write PNGs into DIR: confusion matrix, ROC and precision-recall (two classes), "
+        "reliability before/after calibration, F1 per class (needs the plot extra).",
+    ),
 ) -> None:
     """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
     from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
-    from gptclf.evaluate import Gates, file_data, split_data
-    from gptclf.evaluate import evaluate as run_evaluation
+    from gptclf.evaluate import Gates, evaluate_with_logits, file_data, split_data
     from gptclf.predict import Predictor
     from gptclf.rundir import load_run
 
@@ -183,6 +261,7 @@ def evaluate(
         raise BadInputError("--format is the old name of --input-format: give one of them")
     input_format = input_format or old_format
     gates = Gates(min_accuracy, min_f1)
+    _check_reports(errors_path, show_errors, plots_dir)  # before the model runs: nothing written
     if input_path is not None and (split is not None or data is not None):
         raise BadInputError("--input FILE replaces --split/--data: give one or the other")
     file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
@@ -198,6 +277,7 @@ def evaluate(
             label_column=label_column,
             fmt=input_format,
             encoding=encoding,
+            read_ids=errors_path is not None or show_errors > 0,
         )
     else:
         labelled = split_data(loaded, split or "test", data)
@@ -222,7 +302,7 @@ def evaluate(
         f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name}), "
         + _probabilities(predictor)
     )
-    metrics = run_evaluation(predictor, labelled, progress=ConsoleProgress(err_console))
+    metrics, logits = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
     if metrics["truncated"]:
         err_console.print(
             f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"
@@ -236,4 +316,9 @@ def evaluate(
     else:
         _print_tables(metrics)
         _print_decisions(metrics)
+    # Written before the gate is checked: a CI job that fails it still gets the report to look at.
+    if errors_path is not None or show_errors:
+        _report_errors(predictor, labelled, logits, errors_path, show_errors, to_stderr=json_out)
+    if plots_dir is not None:
+        _write_plots(plots_dir, predictor, labelled, logits)
     gates.check(metrics)
