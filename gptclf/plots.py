@@ -275,7 +275,7 @@ def _reliability(plt: Any, inputs: PlotInputs) -> Any:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
     panels = (
         ("Before calibration", 1.0),
-        (f"After calibration (T = {inputs.temperature:.3g})", inputs.temperature),
+        (f"After calibration (T = {inputs.temperature:.4g})", inputs.temperature),
     )
     for ax, (name, t) in zip(axes, panels, strict=True):
         probs = softmax(inputs.logits / t)
