@@ -21,8 +21,9 @@ import numpy as np
 from gptclf.batching import LabelledSet, Source, encode_splits
 from gptclf.calibration import Calibration, fit_temperature
 from gptclf.classifier import Classifier, apply_scope, replace_head
+from gptclf.decisions import check_target, choose
 from gptclf.distributed import Shard
-from gptclf.errors import BadInputError, Interrupted, write_error
+from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import labelled_metrics
 from gptclf.metrics import classification_metrics
@@ -57,6 +58,9 @@ class FinetuneResult:
         logits: Raw (N, K) logits of the kept weights on the test and validation splits (those
             with texts), in split order.
         labels: The true class indices of those splits.
+        choices: What ``--target`` chose on the validation split, as run.json stores it
+            (``{"decision": ...}`` or ``{"abstain": ...}``); empty without a target.
+        unmet: Why a ``--target`` was not met (the best value reached); nothing is then stored.
     """
 
     run_dir: Path
@@ -72,6 +76,8 @@ class FinetuneResult:
     calibration: Calibration | None = None
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, list[int]] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)
+    unmet: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--json`` prints)."""
@@ -95,6 +101,8 @@ class FinetuneResult:
             "timings": self.timings,
             "test": self.test,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "decision": self.choices.get("decision"),
+            "abstain": self.choices.get("abstain"),
         }
 
 
@@ -174,6 +182,7 @@ def train_run(
         counts["trainable"], counts["total"], cache, timings, calibration,
         logits, {name: sets[name].labels for name in logits},
     )  # fmt: skip
+    result.choices, result.unmet = _choose(ctx, result)
     if ctx.shard.is_main:
         info = _run_info(
             ctx, result, max_length, pad_length, {**data_info, "prepared": prepared.meta.get("source")}
@@ -193,6 +202,13 @@ def _inputs(
     fingerprint = prepared_fingerprint(data_dir)
     check_same_data(ctx.resume_state, fingerprint, data_dir)
     classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
+    # A bad --target or --positive is refused before any training time is spent.
+    target = check_target(ctx.settings.target, ctx.settings.positive, classes)
+    if target is not None and prepared.splits["validation"].empty:
+        raise BadInputError(
+            f"--target {target} is chosen on the validation split, and {data_dir} has none: "
+            "prepare the data with a validation fraction, or leave --target out"
+        )
     model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes, weights_path)
     needed = _bytes_needed(total, trainable)
     if ctx.shard.is_main:
@@ -271,6 +287,32 @@ def _final_scores(
     return scores, calibration, logits
 
 
+def _choose(ctx: RunContext, result: FinetuneResult) -> tuple[dict[str, Any], str | None]:
+    """What ``--target`` asks for, chosen on the validation split's calibrated probabilities.
+
+    Returns:
+        The run.json keys to store, and None; or nothing and the message of a target the
+        validation split cannot reach (the run is kept: its training is not lost for it).
+    """
+    s = ctx.settings
+    target = check_target(s.target, s.positive, result.classes)
+    if target is None or "validation" not in result.logits:
+        return {}, None
+    t = result.calibration.temperature if result.calibration else 1.0
+    try:
+        chosen = choose(
+            result.logits["validation"], result.labels["validation"], t, result.classes, target, s.positive
+        )
+    except GptclfError as exc:  # unreachable, or no text of the positive class
+        ctx.progress.message(f"warning: {exc}; no decision stored")
+        return {}, str(exc)
+    for key, record in chosen.items():
+        shown = {k: round(v, 4) for k, v in record["validation"].items()}
+        level = record.get("threshold", record.get("min_confidence"))
+        ctx.progress.message(f"{key} for --target {target}: {level:.4f}; validation {shown}")
+    return chosen, None
+
+
 def _run_info(
     ctx: RunContext, result: FinetuneResult, max_length: int, pad_length: int | None, data: dict[str, Any]
 ) -> dict[str, Any]:
@@ -284,7 +326,7 @@ def _run_info(
         "tf32": p.precision.tf32,
         "cache": result.cache,
     }
-    return build_run_info(
+    info = build_run_info(
         model_name=p.model_name,
         config=p.config,
         classes=result.classes,
@@ -298,6 +340,7 @@ def _run_info(
         data=data,
         calibration=result.calibration.to_dict() if result.calibration else None,
     )
+    return {**info, **result.choices}  # the decision / abstain level chosen on validation
 
 
 def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data: dict[str, Any]) -> History:

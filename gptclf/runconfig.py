@@ -168,6 +168,14 @@ class FinetuneSettings:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = option(123, "Seed of every random step", _TRAIN)
+    # Checked against the classes by gptclf.decisions.check_target once the data are read.
+    target: str | None = option(
+        None,
+        "Choose on validation: f1, precision=P, recall=R (threshold, with --positive) or coverage=C",
+        _RUN,
+        default_text="none (argmax)",
+    )
+    positive: str | None = option(None, "The positive class of a threshold --target", _RUN)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", _RUN)
     precision: str = option("auto", "Number format", _RUN, choices=PRECISIONS)
     cache: bool = option(True, "Cache the frozen blocks' output", _RUN)

@@ -26,7 +26,7 @@ from gptclf.evaluate import split_data
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
 from tests.conftest import needs_shared_bpe
-from tests.finetune_helpers import prepared_folder
+from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 from tests.test_predict import make_run, tiny_classifier
 
 CLASSES = ["ham", "spam"]
@@ -308,3 +308,61 @@ def test_an_unreachable_target_is_exit_3_and_stores_nothing(run: Path, tmp_path:
 def test_min_confidence_outside_0_1_is_exit_2(run: Path, level: str) -> None:
     code, out, err = invoke("predict", str(run), "hello", "--device", "cpu", "--min-confidence", level)
     assert (code, out) == (2, "") and "--min-confidence must be a probability in (0, 1]" in err
+
+
+# ---- finetune --positive/--target ----------------------------------------------------------------
+
+TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu", "--epochs", "1"]
+
+
+def test_finetune_chooses_the_target_on_validation_and_stores_it(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, CLASSES, n=80)
+    out = tmp_path / "run"
+    code, stdout, err = invoke(
+        "finetune",
+        "--data",
+        str(data),
+        *TINY,
+        "--out",
+        str(out),
+        "--positive",
+        "spam",
+        "--target",
+        "f1",
+        "--json",
+    )
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    decision = info["decision"]
+    assert decision["positive"] == "spam" and decision["target"] == "f1"
+    assert json.loads(stdout)["decision"] == decision
+    probs, labels = validation_probs(out)
+    p, y = probs[:, 1], labels == 1
+    assert decision["validation"]["f1"] == pytest.approx(threshold_counts(p, y, decision["threshold"])["f1"])
+    assert decision["validation"]["f1"] >= threshold_counts(p, y, 0.5)["f1"]
+    # and a coverage target, for abstention
+    code, _, err = invoke(
+        "finetune", "--data", str(data), *TINY, "--out", str(out), "--force", "--target", "coverage=0.8"
+    )
+    assert code == 0, err
+    info = json.loads((out / "run.json").read_text())
+    assert "decision" not in info and info["abstain"]["validation"]["coverage"] >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--positive", "spam", "--target", "precision=1.5"], "precision must be in (0, 1]"),
+        (["--positive", "eggs", "--target", "f1"], "--positive 'eggs' is not a class"),
+    ],
+)
+def test_finetune_refuses_a_bad_target_before_training(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, CLASSES, n=40)
+    out = tmp_path / "run"
+    code, _, err = invoke("finetune", "--data", str(data), *TINY, "--out", str(out), *flags)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (out / "run.json").exists()
