@@ -366,3 +366,37 @@ def test_finetune_refuses_a_bad_target_before_training(
     code, _, err = invoke("finetune", "--data", str(data), *TINY, "--out", str(out), *flags)
     assert code == 2 and message in err and "Traceback" not in err
     assert not (out / "run.json").exists()
+
+
+@needs_shared_bpe
+def test_the_table_shows_abstained_texts(run: Path) -> None:
+    code, out, err = invoke(
+        "predict", str(run), *TEXTS, "--format", "table", "--device", "cpu", "--min-confidence", "1"
+    )
+    assert code == 0, err
+    abstained = sum(r["abstained"] for r in predicted(run, "--min-confidence", "1"))
+    assert out.count("(abstained)") == abstained > 0
+
+
+@needs_shared_bpe
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "decision",
+            {"positive": "eggs", "threshold": 0.5, "target": "f1", "validation": {}},
+            "decision.positive",
+        ),
+        (
+            "decision",
+            {"positive": "spam", "threshold": 1.5, "target": "f1", "validation": {}},
+            "decision.threshold",
+        ),
+        ("abstain", {"min_confidence": 0, "target": None, "validation": {}}, "abstain.min_confidence"),
+    ],
+)
+def test_a_damaged_stored_rule_is_one_line_exit_2(run: Path, key: str, value: dict, message: str) -> None:
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, key: value}))
+    code, out, err = invoke("predict", str(run), "hello", "--device", "cpu")
+    assert (code, out) == (2, "") and message in err and "Traceback" not in err
