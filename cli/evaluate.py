@@ -3,7 +3,11 @@
 Without ``--json``, human tables go to stdout (summary, per-class precision/recall/F1, confusion
 matrix). With ``--json``, stdout holds exactly one JSON object (see :func:`gptclf.evaluate.evaluate`).
 Messages and progress go to stderr. A gate that is not met (``--min-accuracy``, ``--min-f1``) exits 3
-after the metrics are printed.
+after the metrics are printed (and after the reports below are written).
+
+``--errors FILE`` writes every misclassified text (see :mod:`gptclf.errorreport`); ``--show-errors N``
+prints the N most confident of them as a table beside the others (on stderr under ``--json``).
+``--plots DIR`` writes the pictures of :mod:`gptclf.plots`.
 """
 
 from __future__ import annotations
