@@ -218,7 +218,8 @@ def choose_min_confidence(confidence: np.ndarray, coverage: float) -> float:
     c = np.asarray(confidence, dtype=np.float64)
     distinct, cuts = _cut_points(c)
     needed = math.ceil(coverage * len(c) - 1e-9)
-    kept = np.array([(c >= d).sum() for d in distinct])
+    ascending = np.sort(-c)  # -c ascending: texts with c >= d are those with -c <= -d
+    kept = np.searchsorted(ascending, -distinct, side="right")
     return float(cuts[int(np.flatnonzero(kept >= needed)[0])])
 
 

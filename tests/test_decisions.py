@@ -190,6 +190,9 @@ def test_a_precision_target_is_met_on_validation_and_predict_applies_it(run: Pat
     ]
     argmax = [max(r["probs"], key=r["probs"].get) for r in rows]
     assert [r["label"] for r in rows] != argmax  # the stored threshold (about 0.55) moves labels
+    # The rule reads the calibrated probabilities: showing the raw ones changes no label.
+    raw = predicted(run, "--no-calibration", texts=texts)
+    assert [r["label"] for r in raw] == [r["label"] for r in rows]
     # --threshold replaces the stored rule.
     everything = predicted(run, "--threshold", "0.0", "--positive", "spam", texts=texts)
     assert {r["label"] for r in everything} == {"spam"}
