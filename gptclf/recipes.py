@@ -16,6 +16,7 @@ from typing import Any
 
 from gptclf.artefacts import ensure_sms_spam, ensure_tokenizer, ensure_weights
 from gptclf.distributed import Shard
+from gptclf.errors import GateError
 from gptclf.finetune import FinetuneResult, RunContext, train_run
 from gptclf.prepare import prepare
 from gptclf.progress import Progress, TrainProgress
@@ -61,6 +62,8 @@ def finetune(
         TrainingError: The loss became NaN or infinite (nothing written).
         Interrupted: Ctrl-C or SIGTERM: a checkpoint was saved for ``--resume``.
         DiskFullError: The disk filled while writing (the checkpoint is kept for ``--resume``).
+        GateError: ``--target`` could not be reached on the validation split (exit 3; the run is
+            written, without a decision).
     """
     progress = progress or TrainProgress()
     # Rank 0's folder: the others could name another runs/<timestamp> a second later.
@@ -88,6 +91,8 @@ def finetune(
         if build is not None:
             build.close()
         guard.check(f"stopped after the run was written completely to {out}")
+        if result.unmet:  # the run is kept; the decision the user asked for could not be made
+            raise GateError(f"{result.unmet}; the run was written to {out} without a decision")
         return result
 
 

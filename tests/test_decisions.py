@@ -403,3 +403,20 @@ def test_a_damaged_stored_rule_is_one_line_exit_2(run: Path, key: str, value: di
     (run / "run.json").write_text(json.dumps({**info, key: value}))
     code, out, err = invoke("predict", str(run), "hello", "--device", "cpu")
     assert (code, out) == (2, "") and message in err and "Traceback" not in err
+
+
+def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.finetune as component
+
+    install_tokenizer()
+    data = prepared_folder(tmp_path, CLASSES, n=80)
+    out = tmp_path / "run"
+    unmet = "--target precision=0.99 cannot be reached on these texts: the best precision is 0.6667"
+    monkeypatch.setattr(component, "_choose", lambda ctx, result: ({}, unmet))
+    args = ["--data", str(data), *TINY, "--out", str(out), "--positive", "spam", "--target", "precision=0.99"]
+    code, _, err = invoke("finetune", *args)
+    assert code == 3 and "cannot be reached" in err and "without a decision" in err, err
+    info = json.loads((out / "run.json").read_text())  # the trained run is kept
+    assert "decision" not in info and (out / "model.safetensors").is_file()
