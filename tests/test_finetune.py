@@ -13,6 +13,7 @@ import torch
 from gptclf.batching import LabelledSet, TokenSource
 from gptclf.errors import BadInputError
 from gptclf.inference import labelled_metrics
+from gptclf.plots import plot_names
 from gptclf.prepared import read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.recipes import finetune
@@ -42,7 +43,7 @@ def test_a_run_directory_describes_itself(data3: Path, tmp_path: Path) -> None:
     names = {p.name for p in out.iterdir()}
     expected = {"model.safetensors", "run.json", "encoder.json", "vocab.bpe", "metrics.json", "history.csv"}
     if importlib.util.find_spec("matplotlib") is not None:
-        expected.add("curves.png")
+        expected |= {"curves.png", *plot_names(3)}  # the test split's pictures beside the curves
     assert names == expected
     info = json.loads((out / "run.json").read_text())
     assert info["classes"] == ["other", "spam", "ham"]  # the order given, not the prepared one

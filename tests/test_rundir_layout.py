@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from gptclf.plots import write_run_plots
 from gptclf.resume import CHECKPOINT_NAME
 from gptclf.rundir import (
     HISTORY_COLUMNS,
@@ -37,6 +39,7 @@ def test_every_file_a_run_writes_is_a_run_file_and_nothing_else_is(tmp_path: Pat
     write_history(run, ROWS)
     write_metrics(run, {"test": {}})
     assert write_curves(run, ROWS, steps_per_epoch=2)
+    assert write_run_plots(run, np.random.default_rng(0).normal(size=(20, 2)), [0, 1] * 10, ["a", "b"], {})
     torch.save({}, run / CHECKPOINT_NAME)
     written = {p.name for p in run.iterdir()}
     assert written == RUN_FILES
