@@ -182,7 +182,11 @@ def evaluate_with_logits(
     logits = predictor.logits(data.texts, progress=progress)
     # The metrics are those of the probabilities predict prints: softmax(logits / T). Dividing by
     # T > 0 keeps every argmax and ranking, so only the probability metrics (loss, ...) move.
-    metrics = classification_metrics(logits / predictor.temperature, data.labels, predictor.classes)
+    # PR-AUC is reported for the decision's positive class where there is one (as the pictures show).
+    positive = predictor.decision.positive if predictor.decision is not None else 1
+    metrics = classification_metrics(
+        logits / predictor.temperature, data.labels, predictor.classes, positive=positive
+    )
     out = {"run": str(predictor.run.path), "source": data.source}
     if "calibration" in predictor.run.info:  # a run without one has only raw probabilities
         stored = run_temperature(predictor.run.info)

@@ -420,3 +420,13 @@ def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     assert code == 3 and "cannot be reached" in err and "without a decision" in err, err
     info = json.loads((out / "run.json").read_text())  # the trained run is kept
     assert "decision" not in info and (out / "model.safetensors").is_file()
+
+
+def test_pr_auc_is_reported_for_the_stored_decisions_positive_class(run: Path) -> None:
+    code, out, _ = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
+    assert code == 0 and json.loads(out)["pr_auc_positive"] == "spam"  # the second class by default
+    assert invoke("calibrate", str(run), "--positive", "ham", "--target", "f1", "--device", "cpu")[0] == 0
+    code, out, err = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
+    assert code == 0, err
+    m = json.loads(out)
+    assert m["pr_auc_positive"] == "ham" and m["at_threshold"]["positive"] == "ham"
