@@ -207,6 +207,42 @@ def _write_plots(folder: Path, predictor: Predictor, data: LabelledData, logits:
         err_console.print(f"gptclf: wrote {len(written)} plots to {folder}", markup=False)
 
 
+def _input_format(input_format: str | None, old_format: str | None) -> str | None:
+    """``--input-format``, or its old name ``--format`` (not both, unless they agree)."""
+    if old_format is not None and input_format not in (None, old_format):
+        raise BadInputError("--format is the old name of --input-format: give one of them")
+    return input_format or old_format
+
+
+def _check_sources(
+    input_path: Path | None,
+    split: str | None,
+    data: Path | None,
+    text_column: str | None,
+    label_column: str | None,
+    input_format: str | None,
+) -> None:
+    """A labelled file or a split, and the file-only flags only with a file."""
+    if input_path is not None and (split is not None or data is not None):
+        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
+    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
+    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
+    if stray:
+        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+
+
+def _warn_about(source: dict[str, Any]) -> None:
+    """Say on stderr what may make these numbers misleading: another prepared folder, dropped rows."""
+    if source.get("same_as_training") is False:
+        err_console.print(
+            "gptclf: warning: this prepared folder is not the one the run was trained on "
+            "(its fingerprint differs), so its split may overlap the training texts"
+        )
+    dropped = sum(source.get("dropped", {}).values())
+    if dropped:
+        err_console.print(f"gptclf: {dropped} rows without a text or a label were skipped")
+
+
 @handle_errors
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
@@ -261,17 +297,10 @@ def evaluate(
     from gptclf.rundir import load_run
 
     refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
-    if old_format is not None and input_format not in (None, old_format):
-        raise BadInputError("--format is the old name of --input-format: give one of them")
-    input_format = input_format or old_format
+    input_format = _input_format(input_format, old_format)
     gates = Gates(min_accuracy, min_f1)
     _check_reports(errors_path, show_errors, plots_dir)  # before the model runs: nothing written
-    if input_path is not None and (split is not None or data is not None):
-        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
-    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
-    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
-    if stray:
-        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+    _check_sources(input_path, split, data, text_column, label_column, input_format)
     loaded = load_run(run)
     if input_path is not None:
         labelled = file_data(
@@ -294,14 +323,7 @@ def evaluate(
         decision=stored_decision(loaded.info),  # judged as predict applies them
         min_confidence=stored_min_confidence(loaded.info),
     )
-    if labelled.source.get("same_as_training") is False:
-        err_console.print(
-            "gptclf: warning: this prepared folder is not the one the run was trained on "
-            "(its fingerprint differs), so its split may overlap the training texts"
-        )
-    dropped = sum(labelled.source.get("dropped", {}).values())
-    if dropped:
-        err_console.print(f"gptclf: {dropped} rows without a text or a label were skipped")
+    _warn_about(labelled.source)
     err_console.print(
         f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name}), "
         + _probabilities(predictor)

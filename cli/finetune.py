@@ -27,8 +27,8 @@ from gptclf.options import PANELS, OptionSpec, dash, option_specs
 from gptclf.runconfig import FinetuneSettings, LaunchSettings
 
 if TYPE_CHECKING:
-    from gptclf.finetune import FinetuneResult
     from gptclf.progress import TrainProgress
+    from gptclf.runcontext import FinetuneResult
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 

@@ -17,11 +17,12 @@ from typing import Any
 from gptclf.artefacts import ensure_sms_spam, ensure_tokenizer, ensure_weights
 from gptclf.distributed import Shard
 from gptclf.errors import GateError
-from gptclf.finetune import FinetuneResult, RunContext, train_run
+from gptclf.finetune import train_run
 from gptclf.prepare import prepare
 from gptclf.progress import Progress, TrainProgress
 from gptclf.resume import InterruptGuard
 from gptclf.runconfig import FinetuneSettings
+from gptclf.runcontext import FinetuneResult, RunContext
 from gptclf.rundir import RunBuild, check_out, work_dir
 from gptclf.runplan import RunPlan, make_plan, out_dir, resumed_settings
 

@@ -216,9 +216,11 @@ RUN_SCHEMA: tuple[Rule, ...] = (
     Rule(
         "decision",
         "an object with the keys positive, threshold, target, validation, in a run of two classes",
-        lambda v, info: isinstance(v, dict)
-        and {"positive", "threshold", "target", "validation"} <= set(v)
-        and len(info["classes"]) == 2,
+        lambda v, info: (
+            isinstance(v, dict)
+            and {"positive", "threshold", "target", "validation"} <= set(v)
+            and len(info["classes"]) == 2
+        ),
         required=False,
         needs=("classes",),
     ),
