@@ -25,31 +25,41 @@ from typing import Any
 
 import typer
 
-from cli.common import err_console, handle_errors, out_console
+from cli.common import (
+    BATCH_SIZE,
+    DATA_DIR,
+    DEVICE,
+    ENCODING,
+    INPUT_FORMAT,
+    JSON_OUT,
+    LABEL_COLUMN,
+    PRECISION,
+    RUN_DIR,
+    TEXT_COLUMN,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from gptclf.errors import BadInputError
 
 
 @handle_errors
 def calibrate(
-    run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
+    run: Path = RUN_DIR,
     split: str | None = typer.Option(
         None, "--split", help="Split of the prepared data to fit on (default validation)."
     ),
-    data: Path | None = typer.Option(
-        None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
-    ),
+    data: Path | None = DATA_DIR,
     input_path: Path | None = typer.Option(
         None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to fit on instead of a split."
     ),
-    text_column: str | None = typer.Option(None, "--text-column", help="Text column of --input."),
-    label_column: str | None = typer.Option(None, "--label-column", help="Label column of --input."),
-    input_format: str | None = typer.Option(
-        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
-    ),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    text_column: str | None = TEXT_COLUMN,
+    label_column: str | None = LABEL_COLUMN,
+    input_format: str | None = INPUT_FORMAT,
+    encoding: str = ENCODING,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    precision: str = PRECISION,
     positive: str | None = typer.Option(
         None, "--positive", help="The positive class of a threshold --target (two classes)."
     ),
@@ -58,7 +68,7 @@ def calibrate(
         "--target",
         help="Also choose a decision: f1, precision=P, recall=R (threshold) or coverage=C (abstention).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JSON_OUT,
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
     from gptclf.calibration import fit_temperature

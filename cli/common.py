@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
+from gptclf.device import PRECISIONS
 from gptclf.errors import GptclfError
 
 try:  # Typer >= 0.2x carries its own copy of click; older ones use click itself
@@ -143,3 +144,20 @@ def _usage_error(exc: ClickException) -> int:
     if ctx is not None and ctx.command.get_help_option(ctx) is not None:
         message += f" (see {ctx.command_path} {ctx.help_option_names[0]})"
     return fail(_escape(message), exc.exit_code).exit_code
+
+
+# Options that several verbs share, declared once (each verb's own options stay in its module).
+RUN_DIR = typer.Argument(..., help="Run directory written by `gptclf finetune`.")
+DATA_DIR = typer.Option(
+    None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
+)
+TEXT_COLUMN = typer.Option(None, "--text-column", help="Text column of --input.")
+LABEL_COLUMN = typer.Option(None, "--label-column", help="Label column of --input.")
+INPUT_FORMAT = typer.Option(
+    None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
+)
+ENCODING = typer.Option("utf-8", "--encoding", help="Text encoding of --input.")
+BATCH_SIZE = typer.Option(32, "--batch-size", help="Texts per forward pass.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+PRECISION = typer.Option("auto", "--precision", help=f"{', '.join(PRECISIONS)}.")
+JSON_OUT = typer.Option(False, "--json", help="Print one JSON object on stdout.")

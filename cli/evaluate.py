@@ -22,7 +22,21 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from cli.common import err_console, handle_errors, out_console
+from cli.common import (
+    BATCH_SIZE,
+    DATA_DIR,
+    DEVICE,
+    ENCODING,
+    INPUT_FORMAT,
+    JSON_OUT,
+    LABEL_COLUMN,
+    PRECISION,
+    RUN_DIR,
+    TEXT_COLUMN,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.progress import ConsoleProgress, fmt_metric
 
@@ -245,30 +259,26 @@ def _warn_about(source: dict[str, Any]) -> None:
 
 @handle_errors
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
+    run: Path = RUN_DIR,
     split: str | None = typer.Option(
         None, "--split", help="train, validation or test split of the prepared data (default test)."
     ),
-    data: Path | None = typer.Option(
-        None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
-    ),
+    data: Path | None = DATA_DIR,
     input_path: Path | None = typer.Option(
         None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to evaluate on instead of a split."
     ),
-    text_column: str | None = typer.Option(None, "--text-column", help="Text column of --input."),
-    label_column: str | None = typer.Option(None, "--label-column", help="Label column of --input."),
-    input_format: str | None = typer.Option(
-        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
-    ),
+    text_column: str | None = TEXT_COLUMN,
+    label_column: str | None = LABEL_COLUMN,
+    input_format: str | None = INPUT_FORMAT,
     old_format: str | None = typer.Option(None, "--format", hidden=True),  # the old name, kept working
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    encoding: str = ENCODING,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    precision: str = PRECISION,
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Metrics of the raw probabilities, without the run's temperature."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = JSON_OUT,
     min_accuracy: float | None = typer.Option(
         None, "--min-accuracy", help="Exit 3 when accuracy is below this (for CI)."
     ),
@@ -289,7 +299,7 @@ def evaluate(
         "reliability before/after calibration, F1 per class (needs the plot extra).",
     ),
 ) -> None:
-    """Accuracy, loss, per-class precision/recall/F1, macro F1, confusion matrix and ROC-AUC of a run."""
+    """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
     from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import Gates, evaluate_with_logits, file_data, split_data

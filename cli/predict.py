@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import err_console, handle_errors, out_console
+from cli.common import BATCH_SIZE, DEVICE, PRECISION, RUN_DIR, err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, write_error
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ def _stream(predictions: Iterable[list[Prediction]], write: Writer, out: TextIO,
 
 @handle_errors
 def predict(
-    run: Path = typer.Argument(..., help="Run directory written by `gptclf finetune`."),
+    run: Path = RUN_DIR,
     texts: list[str] | None = typer.Argument(None, help="Texts to classify; a single '-' reads stdin."),
     input_path: str | None = typer.Option(
         None, "--input", "-i", help="File: one text a line, or CSV/TSV/JSONL with --text-column; - for stdin."
@@ -258,7 +258,7 @@ def predict(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write the results to this file (whole or not at all), not stdout."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
+    batch_size: int = BATCH_SIZE,
     threshold: float | None = typer.Option(
         None, "--threshold", help="Two classes: predict --positive when its probability is >= P."
     ),
@@ -271,8 +271,8 @@ def predict(
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Raw softmax probabilities, without the run's fitted temperature."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    device: str = DEVICE,
+    precision: str = PRECISION,
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
     from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
