@@ -422,6 +422,7 @@ def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     assert "decision" not in info and (out / "model.safetensors").is_file()
 
 
+@needs_shared_bpe
 def test_pr_auc_is_reported_for_the_stored_decisions_positive_class(run: Path) -> None:
     code, out, _ = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
     assert code == 0 and json.loads(out)["pr_auc_positive"] == "spam"  # the second class by default
