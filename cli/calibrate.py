@@ -40,7 +40,6 @@ from cli.common import (
     handle_errors,
     out_console,
 )
-from gptclf.errors import BadInputError
 
 
 @handle_errors
@@ -74,32 +73,17 @@ def calibrate(
     from gptclf.calibration import fit_temperature
     from gptclf.decisions import check_target, choose
     from gptclf.distributed import refuse_distributed
-    from gptclf.evaluate import file_data, split_data
+    from gptclf.evaluate import DataChoice
     from gptclf.predict import Predictor
     from gptclf.progress import ConsoleProgress
     from gptclf.rundir import load_run, update_run_info
 
     refuse_distributed("calibrate")  # one process writes run.json
-    if input_path is not None and (split is not None or data is not None):
-        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
-    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
-    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
-    if stray:
-        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+    choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
+    choice.check()
     loaded = load_run(run)
     chosen = check_target(target, positive, loaded.classes)  # before the model runs
-    if input_path is not None:
-        labelled = file_data(
-            loaded,
-            input_path,
-            text_column=text_column,
-            label_column=label_column,
-            fmt=input_format,
-            encoding=encoding,
-            purpose="calibrate on",
-        )
-    else:
-        labelled = split_data(loaded, split or "validation", data, purpose="calibrate on")
+    labelled = choice.load(loaded, "validation", "calibrate on")
     predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
     err_console.print(f"gptclf: fitting the temperature on {len(labelled.texts)} texts on {predictor.device}")
     # The model's raw logits, whatever the run stores: a refit replaces the calibration, never stacks.

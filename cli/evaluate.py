@@ -228,23 +228,6 @@ def _input_format(input_format: str | None, old_format: str | None) -> str | Non
     return input_format or old_format
 
 
-def _check_sources(
-    input_path: Path | None,
-    split: str | None,
-    data: Path | None,
-    text_column: str | None,
-    label_column: str | None,
-    input_format: str | None,
-) -> None:
-    """A labelled file or a split, and the file-only flags only with a file."""
-    if input_path is not None and (split is not None or data is not None):
-        raise BadInputError("--input FILE replaces --split/--data: give one or the other")
-    file_only = {"--text-column": text_column, "--label-column": label_column, "--input-format": input_format}
-    stray = [flag for flag, value in file_only.items() if value is not None and input_path is None]
-    if stray:
-        raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
-
-
 def _warn_about(source: dict[str, Any]) -> None:
     """Say on stderr what may make these numbers misleading: another prepared folder, dropped rows."""
     if source.get("same_as_training") is False:
@@ -302,7 +285,7 @@ def evaluate(
     """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
     from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
-    from gptclf.evaluate import Gates, evaluate_with_logits, file_data, split_data
+    from gptclf.evaluate import DataChoice, Gates, evaluate_with_logits
     from gptclf.predict import Predictor
     from gptclf.rundir import load_run
 
@@ -310,20 +293,10 @@ def evaluate(
     input_format = _input_format(input_format, old_format)
     gates = Gates(min_accuracy, min_f1)
     _check_reports(errors_path, show_errors, plots_dir)  # before the model runs: nothing written
-    _check_sources(input_path, split, data, text_column, label_column, input_format)
+    choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
+    choice.check()
     loaded = load_run(run)
-    if input_path is not None:
-        labelled = file_data(
-            loaded,
-            input_path,
-            text_column=text_column,
-            label_column=label_column,
-            fmt=input_format,
-            encoding=encoding,
-            read_ids=errors_path is not None or show_errors > 0,
-        )
-    else:
-        labelled = split_data(loaded, split or "test", data)
+    labelled = choice.load(loaded, "test", "evaluate", read_ids=errors_path is not None or show_errors > 0)
     predictor = Predictor(
         loaded,
         device=device,

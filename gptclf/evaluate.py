@@ -156,6 +156,50 @@ def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None
     return evaluate_with_logits(predictor, data, progress)[0]
 
 
+@dataclass(frozen=True)
+class DataChoice:
+    """Which labelled texts a verb reads: a file (``--input``, with its columns, format and
+    encoding) or a split of a prepared folder (``--split``, ``--data``). Checked before the run is
+    loaded (:meth:`check`), then read (:meth:`load`): ``evaluate`` and ``calibrate`` share it."""
+
+    input_path: Path | None = None
+    split: str | None = None
+    data: Path | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    fmt: str | None = None
+    encoding: str = "utf-8"
+
+    def check(self) -> None:
+        """Refuse a file together with a split, and file-only flags without a file.
+
+        Raises:
+            BadInputError: Naming the flags.
+        """
+        if self.input_path is not None and (self.split is not None or self.data is not None):
+            raise BadInputError("--input FILE replaces --split/--data: give one or the other")
+        file_only = {"--text-column": self.text_column, "--label-column": self.label_column,
+                     "--input-format": self.fmt}  # fmt: skip
+        stray = [flag for flag, value in file_only.items() if value is not None and self.input_path is None]
+        if stray:
+            raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
+
+    def load(self, run: LoadedRun, default_split: str, purpose: str, read_ids: bool = False) -> LabelledData:
+        """The labelled texts: the file, or the split (``default_split`` when none was named)."""
+        if self.input_path is None:
+            return split_data(run, self.split or default_split, self.data, purpose=purpose)
+        return file_data(
+            run,
+            self.input_path,
+            text_column=self.text_column,
+            label_column=self.label_column,
+            fmt=self.fmt,
+            encoding=self.encoding,
+            purpose=purpose,
+            read_ids=read_ids,
+        )
+
+
 def evaluate_with_logits(
     predictor: Predictor, data: LabelledData, progress: Progress | None = None
 ) -> tuple[dict[str, Any], torch.Tensor]:
