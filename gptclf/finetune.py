@@ -23,7 +23,7 @@ from gptclf.classifier import Classifier, apply_scope, replace_head
 from gptclf.decisions import check_target, choose
 from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
-from gptclf.inference import labelled_metrics
+from gptclf.inference import batched_logits
 from gptclf.metrics import classification_metrics
 from gptclf.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.prepared import prepared_fingerprint, read_prepared
@@ -163,9 +163,10 @@ def _final_scores(
     logits: dict[str, np.ndarray] = {}
     for name in ("test", "validation"):
         if len(sets[name]):
-            _, logits[name] = labelled_metrics(
+            # The logits only: the metrics are computed once, below, on the calibrated probabilities.
+            logits[name] = batched_logits(
                 model,
-                sets[name],
+                sets[name].source,
                 device=ctx.plan.device,
                 precision=ctx.plan.precision,
                 batch_size=ctx.plan.train.eval_batch_size,
@@ -173,7 +174,7 @@ def _final_scores(
                 between_batches=lambda: ctx.guard.check(saved),
                 progress=ctx.progress,
                 label=f"evaluating the kept weights on the {name} split",
-            )
+            ).numpy()
     calibration = None
     if "validation" in logits:  # every rank has all the logits, so every rank fits the same T
         calibration = fit_temperature(

@@ -239,12 +239,9 @@ def _roc(plt: Any, inputs: PlotInputs) -> Any:
     ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
     point = _operating_point(inputs)
     ax.plot(point["fpr"], point["tpr"], "o", color="red", label=f"threshold {inputs.threshold:.3g}")
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel(f"True positive rate (recall of {inputs.classes[inputs.positive]})")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right")
-    ax.set_title(_titled(f"ROC, positive class {inputs.classes[inputs.positive]}", inputs))
+    name = inputs.classes[inputs.positive]
+    _unit_axes(ax, "False positive rate", f"True positive rate (recall of {name})", "lower right")
+    ax.set_title(_titled(f"ROC, positive class {name}", inputs))
     return fig
 
 
@@ -261,13 +258,19 @@ def _precision_recall(plt: Any, inputs: PlotInputs) -> Any:
     ax.axhline(positive.mean(), linestyle="--", color="grey", label="base rate")
     point = _operating_point(inputs)
     ax.plot(point["tpr"], point["precision"], "o", color="red", label=f"threshold {inputs.threshold:.3g}")
-    ax.set_xlabel(f"Recall of {inputs.classes[inputs.positive]}")
-    ax.set_ylabel(f"Precision of {inputs.classes[inputs.positive]}")
+    name = inputs.classes[inputs.positive]
+    _unit_axes(ax, f"Recall of {name}", f"Precision of {name}", "lower left")
+    ax.set_title(_titled(f"Precision-recall, positive class {name}", inputs))
+    return fig
+
+
+def _unit_axes(ax: Any, xlabel: str, ylabel: str, legend: str) -> None:
+    """Labels, a legend and the [0, 1] square (with a margin) of a curve of rates."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower left")
-    ax.set_title(_titled(f"Precision-recall, positive class {inputs.classes[inputs.positive]}", inputs))
-    return fig
+    ax.legend(loc=legend)
 
 
 def _reliability(plt: Any, inputs: PlotInputs) -> Any:
