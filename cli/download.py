@@ -14,9 +14,17 @@ from typing import Any
 import typer
 
 from cli.common import err_console, handle_errors
-from gptclf.artefacts import Placed, ensure_sms_spam, ensure_tokenizer, ensure_weights, resolve_mirror
-from gptclf.config import cache_home, canonical_preset, valid_model_names
+from gptclf.artefacts import (
+    Placed,
+    base_weights,
+    ensure_sms_spam,
+    ensure_tokenizer,
+    ensure_weights,
+    resolve_mirror,
+)
+from gptclf.config import cache_home, canonical_preset, local_model_dir, valid_model_names
 from gptclf.errors import BadInputError
+from gptclf.hfconfig import local_model
 from gptclf.http import Retry
 from gptclf.progress import ConsoleProgress
 
@@ -25,18 +33,24 @@ DATASETS = {"sms-spam": ensure_sms_spam}
 
 
 def _wanted(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
-    """The presets and datasets asked for, each once; gpt2-small (what the default finetune
-    needs) when neither is.
+    """The presets (or local Hugging Face folders, checked: nothing to fetch for them) and datasets
+    asked for, each once; gpt2-small (what the default finetune needs) when neither is.
 
     Raises:
-        BadInputError: Naming every unknown model and dataset.
+        BadInputError: Naming every unknown model and dataset (a folder's own problem alone).
     """
     problems = []
     presets: list[str] = []
     for name in models:
         preset = canonical_preset(name.strip())
+        folder = local_model_dir(name)
+        if folder is not None:
+            preset = local_model(folder)[0]  # not a GPT-2 gptclf runs: its one line, exit 2
         if preset is None:
-            problems.append(f"unknown model {name!r} (valid: {', '.join(valid_model_names())})")
+            problems.append(
+                f"unknown model {name!r} (valid: {', '.join(valid_model_names())}, "
+                "or a Hugging Face GPT-2 folder)"
+            )
         elif preset not in presets:
             presets.append(preset)
     names = list(dict.fromkeys(d.strip() for d in datasets))
@@ -54,7 +68,8 @@ def download(
         "-m",
         metavar="NAME",
         help="GPT-2 weights to fetch: gpt2-small, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, "
-        "774M, 1558M). Repeat for several.",
+        "774M, 1558M), distilgpt2; a local Hugging Face GPT-2 folder is checked, not fetched. Repeat "
+        "for several.",
     ),
     dataset: list[str] | None = typer.Option(
         None, "--dataset", "-d", metavar="NAME", help="Dataset to fetch: sms-spam. Repeat for several."
@@ -111,6 +126,10 @@ def download(
     for name in datasets:
         result["datasets"][name] = place(DATASETS[name])
     for preset in presets:
+        if local_model_dir(preset) is not None:  # a checked local folder: its own file, no fetch
+            result["models"][preset] = str(base_weights(preset))
+            progress.message(f"local model: {preset}")
+            continue
         result["models"][preset] = place(ensure_weights, preset)
     result["files"] = [{"name": p.label, "path": str(p.path), "fetched": p.fetched} for p in placed]
 

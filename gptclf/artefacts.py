@@ -24,7 +24,15 @@ from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from gptclf.archive import SMS_FILE, SMS_SHA256, extract_sms_archive
-from gptclf.config import HF_REPOS, PRESETS, GPTConfig, cache_home, canonical_preset, valid_model_names
+from gptclf.config import (
+    HF_REPOS,
+    PRESETS,
+    GPTConfig,
+    cache_home,
+    canonical_preset,
+    local_model_dir,
+    valid_model_names,
+)
 from gptclf.errors import BadInputError, DownloadError
 from gptclf.fileio import sha256_file
 from gptclf.http import Retry, download_file
@@ -271,6 +279,18 @@ def ensure_weights(
     """
     got = fetch(weights_artefact(preset, home, config, hosts), mirror, progress, retry)
     return _record(placed, got).path
+
+
+def base_weights(
+    model_name: str, home: Path | None = None, mirror: str | None = None, progress: Progress | None = None
+) -> Path:
+    """The pretrained weights of a run's base model: a local Hugging Face folder's own
+    ``model.safetensors`` (nothing is fetched; :func:`gptclf.hfconfig.local_model` checked it), else
+    the preset's file in the cache (:func:`ensure_weights`)."""
+    folder = local_model_dir(model_name)
+    if folder is not None:
+        return folder / "model.safetensors"
+    return ensure_weights(model_name, home, mirror, progress)
 
 
 def ensure_sms_spam(

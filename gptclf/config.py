@@ -1,4 +1,5 @@
-"""Model configurations: the four GPT-2 presets and custom sizes for quick experiments."""
+"""Model configurations: the GPT-2 presets (the four released sizes and distilgpt2), custom sizes for
+quick experiments, and the rule that tells a local Hugging Face model folder from a name."""
 
 from __future__ import annotations
 
@@ -59,12 +60,14 @@ class GPTConfig:
         return cls(**data)  # type: ignore[arg-type]
 
 
-#: The four released GPT-2 sizes.
+#: The four released GPT-2 sizes and distilgpt2.
 PRESETS: dict[str, GPTConfig] = {
     "gpt2-small": GPTConfig(n_embd=768, n_layer=12, n_head=12),
     "gpt2-medium": GPTConfig(n_embd=1024, n_layer=24, n_head=16),
     "gpt2-large": GPTConfig(n_embd=1280, n_layer=36, n_head=20),
     "gpt2-xl": GPTConfig(n_embd=1600, n_layer=48, n_head=25),
+    # Hugging Face's distillation of gpt2-small: the same width and tokenizer, 6 blocks.
+    "distilgpt2": GPTConfig(n_embd=768, n_layer=6, n_head=12),
 }
 
 #: The book's names for the same sizes.
@@ -81,6 +84,7 @@ HF_REPOS: dict[str, str] = {
     "gpt2-medium": "openai-community/gpt2-medium",
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
 }
 
 _CUSTOM_KEYS = {f.name for f in dataclasses.fields(GPTConfig)}
@@ -117,8 +121,8 @@ def resolve_model(spec: str) -> tuple[str, GPTConfig]:
         return preset, PRESETS[preset]
     if "=" not in spec:
         raise BadInputError(
-            f"unknown model {spec!r}: use one of {', '.join(valid_model_names())} "
-            "or a custom size like n_layer=4,n_head=4,n_embd=256"
+            f"unknown model {spec!r}: use one of {', '.join(valid_model_names())}, "
+            "a custom size like n_layer=4,n_head=4,n_embd=256, or a Hugging Face GPT-2 folder"
         )
     values: dict[str, int | float] = {}
     problems = []
@@ -135,6 +139,22 @@ def resolve_model(spec: str) -> tuple[str, GPTConfig]:
     if problems:
         raise BadInputError(f"bad custom model size {spec!r}: " + "; ".join(problems))
     return "custom", GPTConfig(**values)  # type: ignore[arg-type]
+
+
+def local_model_dir(spec: str) -> Path | None:
+    """The folder ``--model spec`` names, or None when ``spec`` is a preset, an alias or a size.
+
+    A spec is a folder when it is not a preset or alias and either names an existing folder or
+    looks like a path (it holds a ``/``, or starts with ``.`` or ``~``); the folder need not exist
+    (:func:`gptclf.hfconfig.resolve_base_model` says so). A custom size (``key=value``) never is.
+    """
+    spec = spec.strip()
+    if not spec or canonical_preset(spec) is not None:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir() or "/" in spec or os.sep in spec or spec.startswith((".", "~")):
+        return path
+    return None
 
 
 def cache_home() -> Path:

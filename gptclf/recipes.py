@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gptclf.artefacts import ensure_sms_spam, ensure_tokenizer, ensure_weights
+from gptclf.artefacts import base_weights, ensure_sms_spam, ensure_tokenizer
 from gptclf.distributed import Shard
 from gptclf.errors import GateError
 from gptclf.finetune import train_run
@@ -112,7 +112,7 @@ def _fetch(
     settings: FinetuneSettings, plan: RunPlan, progress: Progress | None, shard: Shard
 ) -> tuple[Path, Path | None]:
     """Download what the run needs and the cache lacks: the tokenizer folder, and the pretrained
-    weights' file (None for ``--weights random`` or a path).
+    weights' file (None for ``--weights random`` or a path; a local ``--model DIR``'s own file).
 
     Downloads come first: they fill the cache, and a failed one leaves the run directory untouched.
     One process per machine downloads; the others wait and find the files in place.
@@ -121,7 +121,7 @@ def _fetch(
     with shard.main_first():
         tokenizer_dir = ensure_tokenizer(plan.home, settings.mirror, progress)
         if settings.weights == "pretrained":
-            weights = ensure_weights(plan.model_name, plan.home, settings.mirror, progress)
+            weights = base_weights(plan.model_name, plan.home, settings.mirror, progress)
     return tokenizer_dir, weights
 
 

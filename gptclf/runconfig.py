@@ -157,7 +157,10 @@ class FinetuneSettings:
     )
     max_length: int | None = option(None, "Tokens kept per text", _DATA, default_text="the context")
     model: str = option(
-        "gpt2-small", "gpt2-small .. gpt2-xl, 124M .. 1558M, or n_layer=4,n_head=4,n_embd=256", _MODEL
+        "gpt2-small",
+        "gpt2-small .. gpt2-xl, 124M .. 1558M, distilgpt2, n_layer=4,n_head=4,n_embd=256, or a "
+        "Hugging Face GPT-2 folder",
+        _MODEL,
     )
     weights: str = option("pretrained", "pretrained, random, or a safetensors path", _MODEL)
     trainable: str = option("last-block", "head, last-block, 'last-blocks N', all, lora", _MODEL)

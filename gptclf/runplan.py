@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from gptclf.classifier import TrainableScope, parse_scope, pooling_problems
-from gptclf.config import GPTConfig, resolve_model
+from gptclf.config import GPTConfig
 from gptclf.device import LocalJob, Precision, resolve_device, resolve_precision
 from gptclf.distributed import local_job
 from gptclf.errors import BadInputError
+from gptclf.hfconfig import resolve_base_model
 from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 from gptclf.rundir import check_out, work_dir
@@ -74,7 +75,7 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
         BadInputError: Listing every problem found.
     """
     problems: list[str] = []
-    resolved = _attempt(problems, resolve_model, settings.model)
+    resolved = _attempt(problems, resolve_base_model, settings.model, settings.weights)
     scope = _attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
     problems += pooling_problems(settings.pooling) + settings.train.problems()
     device = _attempt(problems, resolve_device, settings.device, job or local_job())

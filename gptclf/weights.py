@@ -4,7 +4,8 @@ Hugging Face's GPT-2 uses ``Conv1D`` layers whose weight is stored (in, out), th
 ``nn.Linear``'s (out, in): ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` are
 transposed on load. The hub's files name tensors without the ``transformer.`` prefix and carry
 ``h.N.attn.bias`` causal-mask buffers; files saved by recent ``transformers`` have the prefix and
-no masks. Both are accepted; the masks are ignored (SDPA builds its own causal mask).
+no masks. Both are accepted; the masks are ignored (SDPA builds its own causal mask), and so is a
+``GPT2ForSequenceClassification``'s ``score`` head (a new head replaces it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from gptclf.config import HF_REPOS, GPTConfig
+from gptclf.config import HF_REPOS, GPTConfig, local_model_dir
 from gptclf.errors import BadInputError
 from gptclf.model import GPT, build_model
 
@@ -24,6 +25,8 @@ from gptclf.model import GPT, build_model
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 _SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
+#: The class head of ``GPT2ForSequenceClassification`` (its ``score`` has no bias in transformers).
+HEAD_NAMES = ("score.weight", "score.bias")
 
 
 def expected_hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
@@ -51,6 +54,8 @@ def _canonical_name(name: str) -> str | None:
         return None
     if name == "lm_head.weight":
         return None  # tied to wte; the model ties it again
+    if name in HEAD_NAMES:
+        return None  # a sequence classifier's head: finetune replaces it, gptclf.hfimport reads it
     return name if name.startswith("transformer.") else f"transformer.{name}"
 
 
@@ -143,10 +148,11 @@ def weights_problems(spec: str, preset: str | None) -> list[str]:
 
     Args:
         spec: ``pretrained``, ``random`` or a path to a safetensors file.
-        preset: The preset name (``custom`` for a custom size; None: not known, so only the file
-            is checked).
+        preset: The preset name (``custom`` for a custom size, the absolute path of a local
+            Hugging Face folder; None: not known, so only the file is checked).
     """
-    if spec == "pretrained" and preset is not None and preset not in HF_REPOS:
+    local = preset is not None and local_model_dir(preset) is not None  # a folder's own weights
+    if spec == "pretrained" and preset is not None and preset not in HF_REPOS and not local:
         return [
             "there are no pretrained weights for a custom model size: use --weights random or --weights PATH"
         ]

@@ -11,6 +11,7 @@ from gptclf.artefacts import (
     SMS_HOSTS,
     SMS_URL_PATH,
     TOKENIZER_URL_DIR,
+    base_weights,
     ensure_sms_spam,
     ensure_tokenizer,
     ensure_weights,
@@ -19,6 +20,7 @@ from gptclf.artefacts import (
     sms_spam_path,
     tokenizer_artefacts,
     weights_artefact,
+    weights_file,
 )
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError, DownloadError
@@ -74,7 +76,7 @@ def test_truncated_checkpoint_is_refused_when_no_size_is_stated(tmp_path: Path, 
 
 
 def test_unknown_preset_lists_valid_names() -> None:
-    with pytest.raises(BadInputError, match="gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, 124M"):
+    with pytest.raises(BadInputError, match="gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, 124M"):
         ensure_weights("gpt3")
 
 
@@ -199,3 +201,21 @@ def test_every_artefact_is_where_the_mirror_rule_puts_it(isolated_home: Path) ->
     assert weights.url_path == "openai-community/gpt2/resolve/main/model.safetensors"
     assert weights.dest == isolated_home / "models" / "gpt2-small" / "model.safetensors"
     assert weights.label == "gpt2-small weights" and weights.check is not None
+
+
+def test_distilgpt2_comes_from_its_hub_repository_by_the_mirror_rule(
+    tmp_path: Path, checkpoint: bytes
+) -> None:
+    # The public URL: https://huggingface.co/distilbert/distilgpt2/resolve/main/model.safetensors
+    assert weights_artefact("distilgpt2").url_path == "distilbert/distilgpt2/resolve/main/model.safetensors"
+    mirror = tmp_path / "mirror"
+    source = mirror / "distilbert/distilgpt2/resolve/main/model.safetensors"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(checkpoint)
+    path = ensure_weights("distilgpt2", mirror=str(mirror), config=TINY, hosts=[dead_url()])
+    assert path == weights_file("distilgpt2") and path.read_bytes() == checkpoint
+
+
+def test_a_local_model_folder_is_its_own_weights(tmp_path: Path) -> None:
+    # No download for --model DIR: the folder's own file (gptclf.hfconfig checked it).
+    assert base_weights(str(tmp_path)) == tmp_path / "model.safetensors"

@@ -141,3 +141,18 @@ def test_dataset_from_the_shared_mirror_folder(isolated_home: Path) -> None:
     data = isolated_home / "datasets" / "sms-spam" / "SMSSpamCollection"
     assert result.stdout.splitlines() == [str(isolated_home / "tokenizer"), str(data)]
     assert len(data.read_bytes().splitlines()) == 5574
+
+
+def test_a_local_model_folder_is_checked_not_fetched(tmp_path: Path, isolated_home: Path) -> None:
+    from tests.hf_helpers import hf_folder
+
+    hf_folder(tmp_path / "m", "GPT2LMHeadModel")
+    result = runner.invoke(app, ["download", "--no-tokenizer", "--model", str(tmp_path / "m"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    models = json.loads(result.stdout)["models"]
+    assert models == {str((tmp_path / "m").resolve()): str((tmp_path / "m" / "model.safetensors").resolve())}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    result = runner.invoke(app, ["download", "--no-tokenizer", "--model", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "model_type 'bert' is not 'gpt2'" in " ".join(result.stderr.split())
+    assert list(isolated_home.iterdir()) == []
