@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.config import resolve_model
+from gptclf.config import GPTConfig, resolve_model
 from gptclf.rundir import work_dir
 from gptclf.weights import expected_hf_shapes
 from tests.conftest import REPO, SHARED
@@ -264,3 +264,37 @@ def test_every_number_is_checked_up_front(tmp_path: Path, args: list[str], messa
     assert stderr.startswith("gptclf: error:") and stderr.count("\n") == 1, stderr  # one line
     assert all(m in stderr for m in messages), stderr
     assert stdout == "" and not out.exists()
+
+
+def test_a_transformers_gpt2_folder_is_a_base_model(tmp_path: Path) -> None:
+    from gptclf.weights import load_pretrained
+    from tests.hf_helpers import TINY_HF, hf_folder
+
+    install_tokenizer()
+    hf_folder(tmp_path / "base", "GPT2LMHeadModel")
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--model", str(tmp_path / "base"), "--device", "cpu", "--epochs", "1"]
+    code, _, stderr = finetune(*args, "--trainable", "head", "--out", str(out))
+    assert code == 0, stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["model"]["name"] == str((tmp_path / "base").resolve()) and info["weights"] == "pretrained"
+    config = info["model"]["config"]
+    assert (config["n_positions"], config["layer_norm_epsilon"]) == (48, 1e-6) and info["max_length"] == 48
+    # The folder's weights were trained from (--trainable head leaves the trunk as it was loaded).
+    base = load_pretrained(GPTConfig(**{**TINY_HF}), tmp_path / "base" / "model.safetensors")
+    saved = load_file(str(out / "model.safetensors"))
+    assert torch.equal(
+        saved["transformer.h.1.mlp.c_fc.weight"], base.state_dict()["transformer.h.1.mlp.c_fc.weight"]
+    )
+    predicted = runner.invoke(app, ["predict", str(out), "--device", "cpu", "win a prize"])
+    assert predicted.exit_code == 0, predicted.stderr
+
+
+def test_a_folder_that_is_not_gpt2_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from tests.hf_helpers import hf_folder
+
+    hf_folder(tmp_path / "base", "GPT2Model", activation_function="relu")
+    code, _, stderr = finetune("--model", str(tmp_path / "base"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "activation_function 'relu'" in " ".join(stderr.split())
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
