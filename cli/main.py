@@ -10,7 +10,8 @@ from gptclf import __version__
 app = typer.Typer(
     cls=GptclfGroup,
     name="gptclf",
-    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict.",
+    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict, "
+    "export, import.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,7 +35,7 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import calibrate, download, evaluate, finetune, predict, prepare
+    from cli import calibrate, download, evaluate, export, finetune, importrun, predict, prepare
 
     for name, func in (
         ("download", download.download),
@@ -43,6 +44,8 @@ def _register() -> None:
         ("evaluate", evaluate.evaluate),
         ("predict", predict.predict),
         ("calibrate", calibrate.calibrate),
+        ("export", export.export),
+        ("import", importrun.import_),
     ):
         app.command(name, cls=GptclfCommand)(func)
 

@@ -19,7 +19,7 @@ This package is its one owner, one job per module:
 Import from here; the submodules are the package's own business.
 """
 
-from gptclf.rundir.build import RunBuild, WorkLock, check_out, work_dir
+from gptclf.rundir.build import RunBuild, WorkLock, check_out, is_locked, replace_folder, work_dir
 from gptclf.rundir.files import (
     LoadedRun,
     classifier_state,
@@ -69,9 +69,11 @@ __all__ = [
     "classifier_state",
     "history_csv",
     "info_is_ours",
+    "is_locked",
     "load_run",
     "package_versions",
     "read_run_info",
+    "replace_folder",
     "run_info_problems",
     "save_run",
     "save_weights",

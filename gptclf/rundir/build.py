@@ -321,6 +321,21 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def replace_folder(work: Path, out: Path) -> None:
+    """Make the finished folder ``work`` the folder ``out`` whole (an old ``out`` is removed), with
+    one atomic exchange where the system has it; for outputs other than a run (an export folder).
+
+    Raises:
+        OSError: The rename failed (``work`` is left as it was).
+    """
+    recover(out, lambda _: None)
+    if out.exists():
+        _swap(work, out)
+    else:
+        os.rename(work, out)
+    fsync_folder(out.parent)
+
+
 def _swap(work: Path, out: Path) -> None:
     """Make ``work`` the run directory ``out`` and remove the old one."""
     if _exchange(work, out):

@@ -212,6 +212,9 @@ RUN_SCHEMA: tuple[Rule, ...] = (
         Rule(f"calibration.{key}", "a number >= 0", lambda v, _: _is_number(v) and v >= 0, required=False)
         for key in _CALIBRATION_KEYS[2:]
     ),
+    # Present only in runs made by `gptclf import` from a Hugging Face folder (gptclf.hfimport).
+    Rule("imported", "an object with the key path", lambda v, _: isinstance(v, dict) and "path" in v, False),
+    Rule("imported.path", "a string", lambda v, _: isinstance(v, str), required=False),
     # Absent unless a threshold or a coverage was chosen (gptclf.decisions, calibrate or finetune).
     Rule(
         "decision",

@@ -1,0 +1,150 @@
+"""A run as a Hugging Face ``GPT2ForSequenceClassification`` folder.
+
+``export_transformers(run, folder)`` writes what ``GPT2ForSequenceClassification.from_pretrained``
+and ``pipeline("text-classification", model=folder)`` load with no extra code:
+
+- ``config.json``: GPT-2's sizes, ``num_labels`` through ``id2label``/``label2id`` (the run's classes
+  in head order), ``pad_token_id`` 50256 (so that a padded batch pools each text's last real token),
+  and a ``gptclf`` object with what transformers has no field for (the folded temperature, a stored
+  threshold or abstention rule, the run's pooling and max length);
+- ``model.safetensors``: the weights in Hugging Face's layout (the four Conv1D weights transposed
+  back to (in, out), the head as ``score.weight``), fp32;
+- the tokenizer (:mod:`gptclf.hftokenizer`) and a model card ``README.md`` (:mod:`gptclf.modelcard`).
+
+Two exact rewrites make transformers compute gptclf's probabilities:
+
+- a calibration temperature T is folded into the head: ``softmax((W h + b) / T)`` is computed by
+  the head ``(W / T, b / T)``;
+- gptclf's head has a bias, transformers' ``score`` has none. The bias is folded into the final
+  LayerNorm's bias: the head reads ``h = g * n + beta``, so ``W (beta + d) = W beta + b - c`` for a
+  ``d`` with ``W d = b - c`` (c = mean(b); a constant added to every logit leaves the softmax as it
+  is). Such a ``d`` exists when W's rows are linearly independent (always for a trained head with
+  no more classes than ``n_embd``); it is solved in float64 and checked, and a head for which it
+  does not exist is refused. Only the head reads ``ln_f``'s output, so the logits are unchanged
+  (up to float32 rounding) while the final hidden states of the folder shift by ``d``.
+
+Pooling other than ``last-token`` has no transformers equivalent and is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptclf.calibration import run_temperature
+from gptclf.errors import BadInputError
+from gptclf.fileio import atomic_write_json, atomic_write_text
+from gptclf.hfconfig import hf_config_from_gpt
+from gptclf.hftokenizer import write_hf_tokenizer
+from gptclf.modelcard import model_card
+from gptclf.rundir import LoadedRun, save_weights
+from gptclf.tokenizer import EOT_ID
+from gptclf.weights import CONV1D_SUFFIXES
+
+#: The architecture the folder loads as.
+ARCHITECTURE = "GPT2ForSequenceClassification"
+#: The largest error the bias fold may leave in any logit, relative to the bias' size.
+FOLD_TOLERANCE = 1e-6
+
+
+def export_problems(run: LoadedRun) -> list[str]:
+    """What keeps ``run`` from being a transformers folder (empty: it can be)."""
+    pooling = run.info.get("pooling")
+    if pooling != "last-token":
+        return [
+            f"the run pools with {pooling!r}, which GPT2ForSequenceClassification does not compute "
+            "(it reads each text's last real token): export a run trained with --pooling last-token"
+        ]
+    return []
+
+
+def fold_head_bias(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The shift ``d`` of ``ln_f``'s bias with ``weight @ d = bias - mean(bias)`` (float64).
+
+    Raises:
+        BadInputError: No such shift exists (the head's rows are linearly dependent).
+    """
+    w = weight.detach().to(torch.float64)
+    target = bias.detach().to(torch.float64)
+    target = target - target.mean()
+    if not torch.any(target != 0):
+        return torch.zeros(w.shape[1], dtype=torch.float64)
+    shift = torch.linalg.pinv(w) @ target
+    error = float((w @ shift - target).abs().max())
+    if error > FOLD_TOLERANCE * (1.0 + float(target.abs().max())):
+        raise BadInputError(
+            f"the run's head bias cannot be folded into the model (its {w.shape[0]} weight rows are "
+            f"linearly dependent; error {error:.2g}), and transformers' score layer has no bias: "
+            "this run cannot be exported to transformers"
+        )
+    return shift
+
+
+def hf_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
+    """The run's weights in ``GPT2ForSequenceClassification``'s names and layouts (fp32, CPU),
+    with the temperature and the head bias folded in (see the module's notes)."""
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in run.model.gpt.state_dict().items()}
+    temperature = run_temperature(run.info)
+    weight = state.pop("lm_head.weight").to(torch.float64)
+    bias = state.pop("lm_head.bias", None)
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
+    if bias is not None:
+        shift = fold_head_bias(weight, bias)
+        ln_bias = out["transformer.ln_f.bias"].to(torch.float64) + shift
+        out["transformer.ln_f.bias"] = ln_bias.to(torch.float32)
+    out["score.weight"] = (weight / temperature).to(torch.float32).contiguous()
+    return out
+
+
+def hf_config(run: LoadedRun) -> dict[str, Any]:
+    """The content of ``config.json``."""
+    classes = run.classes
+    custom: dict[str, Any] = {
+        "source": "gptclf",
+        "run_format_version": run.info.get("format_version"),
+        "base_model": run.info.get("model", {}).get("name"),
+        "pooling": run.info.get("pooling"),
+        "max_length": run.max_length,
+        "temperature_folded": run_temperature(run.info),
+        "head_bias_folded_into": "transformer.ln_f.bias",
+    }
+    for key in ("decision", "abstain"):
+        if key in run.info:
+            custom[key] = run.info[key]
+    return {
+        "architectures": [ARCHITECTURE],
+        **hf_config_from_gpt(run.model.gpt.config),
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
+        "pad_token_id": EOT_ID,
+        "id2label": {str(i): name for i, name in enumerate(classes)},
+        "label2id": {name: i for i, name in enumerate(classes)},
+        "problem_type": "single_label_classification",
+        "torch_dtype": "float32",
+        "gptclf": custom,
+    }
+
+
+def export_transformers(run: LoadedRun, folder: Path, metrics: dict[str, Any] | None = None) -> None:
+    """Write ``run`` as a transformers folder into ``folder`` (an empty work folder).
+
+    Args:
+        run: The loaded run.
+        folder: Where to write (the caller swaps it in; see :mod:`gptclf.exportdir`).
+        metrics: The run's metrics.json, for the model card (None: the card has no figures).
+
+    Raises:
+        BadInputError: The run cannot be expressed as ``GPT2ForSequenceClassification``.
+    """
+    if problems := export_problems(run):
+        raise BadInputError("; ".join(problems))
+    folder = Path(folder)
+    state = hf_state_dict(run)  # may refuse the head: before anything is written
+    save_weights(folder / "model.safetensors", state, {"format": "pt"})  # transformers wants "pt"
+    atomic_write_json(folder / "config.json", hf_config(run))
+    write_hf_tokenizer(run.path, folder, run.max_length)
+    atomic_write_text(folder / "README.md", model_card(run.info, metrics, run.path))

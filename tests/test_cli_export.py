@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from gptclf import exportdir
+from gptclf.exportdir import export_run
+from tests.conftest import needs_shared_bpe
+from tests.test_hfexport import export
+from tests.test_predict import make_run
+
+pytestmark = needs_shared_bpe
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "run", max_length=12)
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_incomplete_run_is_one_line_and_writes_nothing(tmp_path: Path, run: Path) -> None:
+    (run / "vocab.bpe").unlink()
+    code, err = export(run, tmp_path / "hf")
+    assert code == 2 and "not a complete gptclf run (missing vocab.bpe)" in err
+    assert names(tmp_path) == ["run"]
+
+
+def test_a_newer_run_format_is_one_line(tmp_path: Path, run: Path) -> None:
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "format_version": 99}))
+    code, err = export(run, tmp_path / "hf")
+    assert code == 2 and "format_version 99 is newer than this gptclf reads: upgrade gptclf" in err
+    assert names(tmp_path) == ["run"]
+
+
+def test_an_existing_out_needs_force(tmp_path: Path, run: Path) -> None:
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    code, err = export(run, out)
+    assert code == 2 and "exists and is not empty" in err and "--force" in err
+    assert names(out) == ["old.txt"]
+    assert export(run, out, "--force")[0] == 0
+    assert "old.txt" not in names(out) and "config.json" in names(out)  # replaced whole
+    assert names(tmp_path) == ["hf", "run"]  # no work folder left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quantize", "int8"], "--quantize int8 needs --format onnx"),
+        (["--format", "tflite"], "unknown --format 'tflite'"),
+        (["--quantize", "int4", "--format", "onnx"], "unknown --quantize 'int4'"),
+    ],
+)
+def test_bad_options_are_one_line(tmp_path: Path, run: Path, args: list[str], message: str) -> None:
+    code, err = export(run, tmp_path / "hf", *args)
+    assert code == 2 and message in err
+    assert names(tmp_path) == ["run"]
+
+
+def test_out_may_not_be_the_run_itself(tmp_path: Path, run: Path) -> None:
+    code, err = export(run, run, "--force")
+    assert code == 2 and "would replace the run" in err
+    assert "run.json" in names(run)
+
+
+def test_onnx_without_the_extra_is_one_line(
+    tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "gptclf.onnxexport", None)  # as if it could not be imported
+    code, err = export(run, tmp_path / "onnx", "--format", "onnx")
+    assert code == 2 and "pip install 'gptclf[onnx]'" in err
+    assert names(tmp_path) == ["run"]
+
+
+def test_onnx_is_written_by_its_module_into_the_work_folder(
+    tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def export_onnx(loaded: object, work_dir: Path, *, quantize: str | None) -> None:
+        calls.append((work_dir.name, quantize))
+        (work_dir / "model.onnx").write_bytes(b"onnx")
+
+    monkeypatch.setitem(sys.modules, "gptclf.onnxexport", types.SimpleNamespace(export_onnx=export_onnx))
+    assert export(run, tmp_path / "onnx", "--format", "onnx", "--quantize", "int8")[0] == 0
+    assert calls == [(".onnx.partial", "int8")] and names(tmp_path / "onnx") == ["model.onnx"]
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_an_interrupted_export_leaves_no_folder_or_the_old_one(
+    tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch, old: bool
+) -> None:
+    out = tmp_path / "hf"
+    if old:
+        export_run(run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if old else None
+
+    def killed(loaded: object, work: Path) -> None:
+        (work / "config.json").write_text("{half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exportdir, "writer_for", lambda fmt, quantize: killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run, out, force=True)
+    assert names(tmp_path) == (["hf", "run"] if old else ["run"])
+    if old:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_killed_exports_work_folder_is_removed_by_the_next(tmp_path: Path, run: Path) -> None:
+    leftover = tmp_path / ".hf.partial"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half")
+    notes: list[str] = []
+    export_run(run, tmp_path / "hf", note=notes.append)
+    assert names(tmp_path) == ["hf", "run"] and "left by an export that did not finish" in notes[0]

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from gptclf.exportdir import export_run
+from gptclf.predict import Predictor
+from gptclf.rundir import load_run, update_run_info
+from tests.conftest import needs_shared_bpe
+from tests.hf_helpers import copy_hf_tokenizer, hf_folder, transformers_module
+from tests.test_hfexport import CLASSES3, TEXTS, calibration, cli_probs
+from tests.test_predict import make_run, tiny_classifier
+
+pytestmark = needs_shared_bpe
+
+
+def import_(folder: Path, out: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["import", str(folder), "--out", str(out), *args])
+    return result.exit_code, " ".join(result.stderr.split())
+
+
+def test_export_then_import_predicts_the_same(tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path / "run",
+        classes=CLASSES3,
+        max_length=12,
+        model=tiny_classifier(CLASSES3),
+        calibration=calibration(2.5),
+    )
+    export_run(run, tmp_path / "hf")
+    code, err = import_(tmp_path / "hf", tmp_path / "back")
+    assert code == 0, err
+    back = load_run(tmp_path / "back")
+    assert back.classes == CLASSES3 and back.max_length == 12 and back.info["pooling"] == "last-token"
+    assert "calibration" not in back.info  # the temperature is in the weights now
+    assert torch.allclose(cli_probs(tmp_path / "back", TEXTS), cli_probs(run, TEXTS), atol=1e-5)
+    for name in ("encoder.json", "vocab.bpe"):  # byte-identical to GPT-2's files again
+        assert (tmp_path / "back" / name).read_bytes() == (run / name).read_bytes()
+
+
+def test_a_stored_decision_comes_back(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", max_length=12)
+    decision = {"positive": "spam", "threshold": 0.3, "target": "f1", "validation": {"f1": 0.9}}
+    update_run_info(run, {"decision": decision})
+    export_run(run, tmp_path / "hf")
+    assert import_(tmp_path / "hf", tmp_path / "back")[0] == 0
+    assert load_run(tmp_path / "back").info["decision"] == decision
+
+
+def test_a_transformers_classifier_imports_and_predicts_its_logits(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    hf = hf_folder(folder, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    copy_hf_tokenizer(folder)
+    assert import_(folder, tmp_path / "run")[0] == 0
+    run = load_run(tmp_path / "run")
+    assert run.classes == ["a", "b", "c"] and run.max_length == 48  # the context: no model_max_length
+    assert run.info["model"]["config"]["layer_norm_epsilon"] == 1e-6
+    tokenizer = transformers_module().AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = "<|endoftext|>"
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = torch.softmax(hf(**batch).logits, dim=1)
+    got = Predictor(run, device="cpu", precision="fp32").probabilities(
+        Predictor(run, device="cpu", precision="fp32").logits(TEXTS)
+    )
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def _edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("lm", "is a GPT2LMHeadModel, not a GPT2ForSequenceClassification"),
+        ("lm-no-arch", "has no score.weight: this is not a GPT-2 sequence classifier"),
+        ("num_labels", "num_labels is 3 but id2label names 2 labels"),
+        ("bert", "model_type 'bert' is not 'gpt2'"),
+        ("labels-vs-weights", "score.weight has shape [2, 32] but config.json has 3 labels"),
+        ("tokenizer", "is not GPT-2's byte-level BPE"),
+        ("no-tokenizer", "has no vocab.json or merges.txt"),
+        ("exists", "is not empty: choose another folder, or pass --force"),
+    ],
+)
+def test_bad_folders_are_one_line_and_write_nothing(tmp_path: Path, setup: str, message: str) -> None:
+    folder, out = tmp_path / "hf", tmp_path / "out"
+    hf_folder(folder, "GPT2LMHeadModel" if setup.startswith("lm") else "GPT2ForSequenceClassification")
+    copy_hf_tokenizer(folder)
+    if setup == "lm-no-arch":
+        _edit_config(folder, architectures=None)
+    elif setup == "num_labels":
+        _edit_config(folder, num_labels=3, id2label={"0": "a", "1": "b"})
+    elif setup == "bert":
+        _edit_config(folder, model_type="bert", architectures=["BertForSequenceClassification"])
+    elif setup == "labels-vs-weights":
+        _edit_config(folder, id2label={"0": "a", "1": "b", "2": "c"})
+    elif setup == "tokenizer":
+        vocab = json.loads((folder / "vocab.json").read_text())
+        vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+    elif setup == "no-tokenizer":
+        (folder / "merges.txt").unlink()
+        (folder / "vocab.json").unlink()
+    elif setup == "exists":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+    code, err = import_(folder, out)
+    assert code == 2 and message in err, err
+    assert err.count("error:") == 1
+    if setup == "exists":
+        assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["hf", *(["out"] if setup == "exists" else [])]
+    )
+
+
+def test_force_replaces_an_old_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", max_length=12)
+    export_run(run, tmp_path / "hf")
+    shutil.copytree(run, tmp_path / "out")
+    assert import_(tmp_path / "hf", tmp_path / "out", "--force")[0] == 0
+    assert load_run(tmp_path / "out").info["weights"] == "imported"
