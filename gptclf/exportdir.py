@@ -122,6 +122,11 @@ def export_run(
     if problems := option_problems(fmt, quantize):
         raise BadInputError("; ".join(problems))
     run = load_run(Path(run_dir))  # incomplete, newer, damaged: refused here
+    if fmt == "transformers":
+        from gptclf.hfexport import export_problems
+
+        if problems := export_problems(run):  # said before any folder is made
+            raise BadInputError("; ".join(problems))
     writer = writer_for(fmt, quantize)
     out = Path(out).expanduser().resolve()
     check_export_out(out, run.path, force=force)

@@ -12,7 +12,7 @@ from cli.main import app
 from gptclf.exportdir import export_run
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run, update_run_info
-from tests.conftest import needs_shared_bpe
+from tests.conftest import BPE_DIR, needs_shared_bpe
 from tests.hf_helpers import copy_hf_tokenizer, hf_folder, transformers_module
 from tests.test_hfexport import CLASSES3, TEXTS, calibration, cli_probs
 from tests.test_predict import make_run, tiny_classifier
@@ -131,3 +131,16 @@ def test_force_replaces_an_old_run(tmp_path: Path) -> None:
     shutil.copytree(run, tmp_path / "out")
     assert import_(tmp_path / "hf", tmp_path / "out", "--force")[0] == 0
     assert load_run(tmp_path / "out").info["weights"] == "imported"
+
+
+def test_a_tokenizer_in_other_formatting_is_read_by_content(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    hf_folder(folder)
+    copy_hf_tokenizer(folder)
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), "utf-8")
+    merges = (folder / "merges.txt").read_text(encoding="utf-8")
+    (folder / "merges.txt").write_text(merges.rstrip("\n"), encoding="utf-8")  # no final newline
+    assert import_(folder, tmp_path / "run")[0] == 0
+    for name in ("encoder.json", "vocab.bpe"):
+        assert (tmp_path / "run" / name).read_bytes() == (BPE_DIR / name).read_bytes()

@@ -44,3 +44,26 @@ def test_a_fitting_plan_keeps_the_nested_training_config() -> None:
     s = build_settings({"model": TINY_SPEC, "weights": "random", "device": "cpu", "epochs": 2})
     plan = make_plan(s)
     assert plan.train is s.train and plan.train.epochs == 2 and plan.max_length == 64
+
+
+def test_a_local_folder_plans_with_its_own_shape(tmp_path: Path) -> None:
+    """A resumed run re-resolves its saved --model DIR the same way: the folder's sizes."""
+    from tests.hf_helpers import TINY_HF, hf_folder
+
+    hf_folder(tmp_path / "base", "GPT2Model")
+    plan = make_plan(build_settings({"model": str(tmp_path / "base"), "device": "cpu"}))
+    assert plan.model_name == str((tmp_path / "base").resolve())
+    assert (plan.config.n_layer, plan.config.n_positions, plan.config.layer_norm_epsilon) == (
+        TINY_HF["n_layer"],
+        TINY_HF["n_positions"],
+        TINY_HF["layer_norm_epsilon"],
+    )
+    assert plan.max_length == TINY_HF["n_positions"]  # the folder's context
+    (tmp_path / "base" / "model.safetensors").unlink()
+    random_plan = make_plan(
+        build_settings({"model": str(tmp_path / "base"), "weights": "random", "device": "cpu"})
+    )
+    assert random_plan.config == plan.config  # --weights random needs the config only
+    assert "has no model.safetensors" in _message(
+        make_plan, build_settings({"model": str(tmp_path / "base")})
+    )
