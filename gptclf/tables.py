@@ -153,6 +153,14 @@ def load_table(
     return _collect(path, _records(path, fmt, columns, encoding))
 
 
+def read_columns(
+    path: Source, columns: Sequence[str], fmt: str, encoding: str = "utf-8"
+) -> Iterator[tuple[Any, ...]]:
+    """The raw values of ``columns`` of each record of a CSV, TSV or JSONL file, nothing dropped
+    (JSON values as they are): for readers with their own rules, such as multi-label lists."""
+    return _records(path, fmt, columns, encoding)
+
+
 def read_texts(
     path: Source, text_column: str | None = None, fmt: str | None = None, encoding: str = "utf-8"
 ) -> Iterator[str]:

@@ -1,0 +1,277 @@
+"""Multi-label data: texts that carry any number of the labels (none of them included).
+
+Labels are read from one column holding a delimited list (``billing|bug``; in JSONL also a JSON
+list) or from several 0/1 columns, one per label (``--label-columns toxic,insult``). A row with no
+label is kept: "none of them" is a real answer. In memory a row's labels are a tuple of names in
+the order of the classes; in a prepared folder they are joined by labels.json's ``label_sep``.
+
+What a prepared folder records for multi-label data (:func:`label_summary`): ``multi_label:
+true``, ``label_sep``, per-label counts per split and the co-occurrence counts (how many rows carry
+both labels of a pair; the diagonal is each label's own count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gptclf.errors import BadInputError
+from gptclf.tables import EMPTY_TEXT, read_columns, resolve_format
+
+#: The labels.json / run.json key that marks multi-label data and runs.
+MULTI_KEY = "multi_label"
+#: Default separator of a label list in one cell.
+DEFAULT_SEP = "|"
+#: The reason recorded for a label named twice in one row (deduplicated, not dropped).
+REPEATED = "repeated labels"
+# Listing a thousand unknown labels helps nobody: say how many more there are instead.
+_MAX_LISTED = 10
+_FLAGS = {"0": False, "1": True, "0.0": False, "1.0": True}
+
+
+def is_multi_label(meta: Mapping[str, Any] | None) -> bool:
+    """Whether labels.json or run.json content says multi-label (absent: single-label)."""
+    return bool(meta) and meta.get(MULTI_KEY) is True  # type: ignore[union-attr]
+
+
+@dataclass
+class MultiTable:
+    """A multi-label table read from a file.
+
+    Attributes:
+        frame: ``text``, ``label`` (a tuple of label names, possibly empty) and ``row`` (1-based).
+        dropped: Rows left out, by reason (empty text).
+        repeated: Labels named twice (or more) in one row, removed from that row.
+    """
+
+    frame: pd.DataFrame
+    dropped: dict[str, int] = field(default_factory=dict)
+    repeated: int = 0
+
+
+def parse_label_columns(spec: str | Sequence[str] | None) -> list[str] | None:
+    """Column names from ``"toxic,insult"`` (order kept); None stays None.
+
+    Raises:
+        BadInputError: An empty name, or a name given twice.
+    """
+    if spec is None:
+        return None
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    if not names or any(not n for n in names):
+        raise BadInputError(f"--label-columns {spec!r}: a column name is empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInputError(f"--label-columns names {', '.join(map(repr, twice))} more than once")
+    return names
+
+
+def split_cell(value: Any, sep: str) -> list[str]:
+    """The label names of one cell: a JSON list as it is, a string cut at ``sep``; empty pieces
+    and surrounding white space are dropped, so ``""`` and JSON null hold no label."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    return [piece.strip() for piece in str(value).split(sep) if piece.strip()]
+
+
+def _dedupe(names: list[str]) -> tuple[list[str], int]:
+    """``names`` without repeats (first kept), and how many repeats there were."""
+    kept = list(dict.fromkeys(names))
+    return kept, len(names) - len(kept)
+
+
+def _flag(value: Any, column: str, where: str) -> bool:
+    """A 0/1 cell as a bool (JSON 0/1 and true/false too)."""
+    if isinstance(value, bool):
+        return value
+    key = str(value).strip() if value is not None else ""
+    if key in _FLAGS:
+        return _FLAGS[key]
+    raise BadInputError(
+        f"{where}: column {column!r} holds {value!r}; --label-columns must hold 0 or 1 in every row"
+    )
+
+
+def read_multilabel_table(
+    path: Path,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    sep: str = DEFAULT_SEP,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> MultiTable:
+    """Read a multi-label CSV, TSV or JSONL file.
+
+    Args:
+        path: The file (or ``-``).
+        text_column: The text column; default ``text``.
+        label_column: The column holding each row's label list; default ``label``.
+        label_columns: One 0/1 column per label instead (the column names are the labels).
+        sep: What separates the labels of a list held in one string.
+        fmt: ``csv``, ``tsv`` or ``jsonl``; default from the extension.
+        encoding: Text encoding of the file.
+
+    Raises:
+        BadInputError: An unreadable file, a missing column, a 0/1 column holding anything else.
+    """
+    fmt = resolve_format(path, fmt)
+    if fmt == "sms":
+        raise BadInputError("--multi-label reads CSV, TSV or JSONL files, not the SMS format")
+    columns = [text_column or "text", *(label_columns or [label_column or "label"])]
+    texts: list[str] = []
+    labels: list[tuple[str, ...]] = []
+    rows: list[int] = []
+    empty = repeated = 0
+    for number, record in enumerate(read_columns(path, columns, fmt, encoding), start=1):
+        text = "" if record[0] is None else str(record[0])
+        if label_columns:
+            where = f"{path}: record {number}"
+            names = [c for c, v in zip(label_columns, record[1:], strict=True) if _flag(v, c, where)]
+        else:
+            names = split_cell(record[1], sep)
+        if not text.strip():
+            empty += 1
+            continue
+        kept, twice = _dedupe(names)
+        repeated += twice
+        texts.append(text)
+        labels.append(tuple(kept))
+        rows.append(number)
+    if not rows and not empty:
+        raise BadInputError(f"{path} has no rows")
+    frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
+    return MultiTable(frame=frame, dropped={EMPTY_TEXT: empty} if empty else {}, repeated=repeated)
+
+
+def select_labels(
+    frame: pd.DataFrame, names: list[str] | None, path: Path | str
+) -> tuple[pd.DataFrame, list[str]]:
+    """Check a multi-label table's labels and order each row's labels as the classes are.
+
+    Args:
+        frame: ``text`` and ``label`` (tuples of names).
+        names: The labels in order (``--classes``), or None: the sorted distinct labels.
+        path: The input, for messages.
+
+    Returns:
+        The frame with each row's labels in class order, and the classes.
+
+    Raises:
+        BadInputError: No row, no label anywhere, fewer than two labels, a label not among
+            ``names``, or a name of ``names`` that no row carries; all problems in one message.
+    """
+    if frame.empty:
+        raise BadInputError(f"{path} has no row with a text")
+    counts = pd.Series([n for row in frame["label"] for n in row], dtype=object).value_counts()
+    if counts.empty:
+        raise BadInputError(
+            f"{path}: the label column is empty in every row; --multi-label needs labels "
+            "(a list such as a|b in the label column, or --label-columns A,B with 0/1 values)"
+        )
+    if names is None:
+        names = sorted(counts.index)
+        if len(names) < 2:
+            raise BadInputError(f"{path} has a single label ({names[0]!r}); a classifier needs two or more")
+    problems = []
+    unknown = counts[~counts.index.isin(names)]
+    if len(unknown):
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.iloc[:_MAX_LISTED].items())
+        more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        problems.append(f"labels not among --classes: {listed}{more}; add them to --classes")
+    absent = [n for n in names if n not in counts.index]
+    if absent:
+        problems.append(
+            f"--classes names {', '.join(map(repr, absent))}, which no row of {path} carries: "
+            "a label needs positive examples to be learnt"
+        )
+    if problems:
+        raise BadInputError("; ".join(problems))
+    order = {n: i for i, n in enumerate(names)}
+    ordered = frame.assign(label=[tuple(sorted(row, key=order.__getitem__)) for row in frame["label"]])
+    return ordered, list(names)
+
+
+def check_separator(classes: Sequence[str], sep: str) -> None:
+    """Refuse an empty separator, or label names that hold it (they could not be joined back).
+
+    Raises:
+        BadInputError: Naming the labels.
+    """
+    if not sep:
+        raise BadInputError("--label-sep must not be empty")
+    holding = [c for c in classes if sep in c]
+    if holding:
+        raise BadInputError(
+            f"labels {', '.join(map(repr, holding))} hold the separator {sep!r}: choose another --label-sep"
+        )
+
+
+def label_matrix(labels: Iterable[Sequence[str]], classes: Sequence[str]) -> list[list[int]]:
+    """(N, K) 0/1 rows of each text's labels, columns in class order.
+
+    Raises:
+        BadInputError: A label that is not one of ``classes``.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    out = []
+    for row in labels:
+        vector = [0] * len(classes)
+        for name in row:
+            if name not in index:
+                raise BadInputError(f"label {name!r} is not among the labels {list(classes)}")
+            vector[index[name]] = 1
+        out.append(vector)
+    return out
+
+
+def label_counts(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, int]:
+    """Rows carrying each label, and ``(none)``: rows carrying none."""
+    matrix = np.asarray(label_matrix(frame["label"], classes), dtype=np.int64).reshape(-1, len(classes))
+    counts = {name: int(n) for name, n in zip(classes, matrix.sum(axis=0), strict=True)}
+    return {**counts, "(none)": int((matrix.sum(axis=1) == 0).sum())}
+
+
+def cooccurrence(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, dict[str, int]]:
+    """label -> label -> rows carrying both (the diagonal: rows carrying the label)."""
+    matrix = np.asarray(label_matrix(frame["label"], classes), dtype=np.int64).reshape(-1, len(classes))
+    both = matrix.T @ matrix
+    return {a: {b: int(both[i, j]) for j, b in enumerate(classes)} for i, a in enumerate(classes)}
+
+
+def join_labels(labels: Sequence[str], sep: str) -> str:
+    """A row's labels as one cell of a prepared split file."""
+    return sep.join(labels)
+
+
+def parse_prepared_labels(
+    cells: Iterable[str], classes: Sequence[str], sep: str, where: str
+) -> list[tuple[str, ...]]:
+    """The label tuples of a prepared split's label cells, checked against the classes.
+
+    Raises:
+        BadInputError: A label that is not a class of labels.json.
+    """
+    known = set(classes)
+    out = [tuple(split_cell(cell, sep)) for cell in cells]
+    unknown = sorted({n for row in out for n in row} - known)
+    if unknown:
+        raise BadInputError(f"{where} has labels not in labels.json: {unknown}")
+    return out
+
+
+def iter_pairs(mapping: Mapping[str, Mapping[str, int]]) -> Iterator[tuple[str, str, int]]:
+    """(a, b, rows) of each pair of different labels that occur together, a before b."""
+    names = list(mapping)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if mapping[a][b]:
+                yield a, b, mapping[a][b]
