@@ -87,6 +87,18 @@ def prepare(
         None, "--home", metavar="DIR", envvar="GPTCLF_HOME", help="Cache folder; default: ~/.cache/gptclf."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Each text carries any number of the labels (none included)."
+    ),
+    label_sep: str | None = typer.Option(
+        None, "--label-sep", metavar="SEP", help="With --multi-label: separator of a label list; default |."
+    ),
+    label_columns: str | None = typer.Option(
+        None,
+        "--label-columns",
+        metavar="A,B,...",
+        help="With --multi-label: one 0/1 column per label instead of a label column.",
+    ),
 ) -> None:
     """Turn labelled data into train.csv, validation.csv, test.csv and labels.json.
 
@@ -107,6 +119,13 @@ def prepare(
         "seed": seed,
         "force": force,
     }
+    if multi_label or label_sep is not None or label_columns is not None:
+        from cli.multiprepare import prepare_multi
+
+        multi = {"multi_label": multi_label, "label_sep": label_sep, "label_columns": label_columns}
+        flags = {"encoding": encoding, "dedupe": dedupe, "drop_unknown": drop_unknown, "as_json": as_json}
+        prepare_multi(out, input_path, options, multi, flags)
+        return
     # Everything that needs no data is refused before the dataset is downloaded.
     _check(out, input_path, options)
     if input_path is None:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from gptclf.errors import BadInputError, write_error
+from gptclf.multilabel import DEFAULT_SEP, is_multi_label, parse_prepared_labels
 
 #: The three splits, in the order they are written and reported.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -46,7 +47,7 @@ class PreparedData:
     Attributes:
         classes: Class names; a class's index is its position.
         splits: ``"train"``, ``"validation"``, ``"test"`` -> frame with ``text`` and ``label``
-            (the class name).
+            (the class name; for multi-label data a tuple of label names, possibly empty).
         meta: Everything labels.json holds (source, seed, split, balance, counts, ...).
     """
 
@@ -152,6 +153,11 @@ def read_prepared(directory: Path) -> PreparedData:
                 "prepare run); run `gptclf prepare --force` again"
             )
         frame = _read_split_csv(directory / name, data)
+        if is_multi_label(meta):  # each cell a list of labels, held as a tuple in memory
+            sep = meta.get("label_sep", DEFAULT_SEP)
+            frame["label"] = parse_prepared_labels(frame["label"], classes, sep, str(directory / name))
+            splits[split] = frame
+            continue
         unknown = sorted(set(frame["label"]) - set(classes))
         if unknown:
             raise BadInputError(f"{directory / name} has labels not in labels.json: {unknown}")
