@@ -1,0 +1,117 @@
+"""Multi-label metrics from logits, with scikit-learn's definitions.
+
+Each label is a yes/no decision: its sigmoid probability at or above the label's threshold.
+Reported: micro, macro, weighted and samples F1 (and micro precision and recall), subset accuracy
+(exact match of the whole label set; also under ``accuracy``, so the gates and summaries of
+single-label runs read it), Hamming loss (the share of wrong label decisions), the mean binary
+cross-entropy (``loss``), and per label: precision, recall, F1, support, ROC-AUC and its confusion
+counts (``confusion_matrix``: per label ``[[tn, fp], [fn, tp]]``, scikit-learn's
+``multilabel_confusion_matrix``). An undefined ratio (no predicted or no true positive) is 0, as
+scikit-learn's ``zero_division=0`` has it; an undefined ROC-AUC (one class only) is null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptclf.metrics import roc_auc
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function, stable for large logits."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def bce(logits: np.ndarray, truth: np.ndarray) -> float:
+    """Mean binary cross-entropy of (N, K) logits against 0/1 truth (what training minimises)."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.float64)
+    if not x.size:
+        return 0.0
+    return float(np.mean(np.logaddexp(0.0, x) - x * y))
+
+
+def _ratio(a: np.ndarray | float, b: np.ndarray | float) -> Any:
+    """a / b, 0 where b is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.zeros_like(b), where=b != 0)
+
+
+def decide(probs: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
+    """(N, K) bool: each label's probability at or above its threshold."""
+    return np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
+
+
+def multilabel_metrics(
+    logits: np.ndarray | torch.Tensor,
+    truth: Sequence[Sequence[int]] | np.ndarray,
+    classes: Sequence[str],
+    thresholds: Sequence[float] | np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every multi-label metric of (N, K) logits against (N, K) 0/1 truth.
+
+    Args:
+        logits: Raw outputs; probabilities are their sigmoid.
+        truth: Each text's labels as a 0/1 row, columns in class order.
+        classes: The label names.
+        thresholds: Per-label thresholds on the probabilities; default 0.5 for every label.
+
+    Returns:
+        A JSON-ready dict (see the module docstring), with ``multi_label: true``.
+    """
+    x = logits.double().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits, np.float64)
+    k = len(classes)
+    x = x.reshape(-1, k)
+    y = np.asarray(truth, dtype=bool).reshape(-1, k)
+    t = np.full(k, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    probs = sigmoid(x)
+    pred = decide(probs, t)
+    tp = (pred & y).sum(axis=0)
+    fp = (pred & ~y).sum(axis=0)
+    fn = (~pred & y).sum(axis=0)
+    tn = (~pred & ~y).sum(axis=0)
+    support = y.sum(axis=0)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    per_label = {
+        name: {
+            "precision": float(_ratio(tp[i], tp[i] + fp[i])),
+            "recall": float(_ratio(tp[i], support[i])),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "roc_auc": roc_auc(probs[:, i], y[:, i]) if len(y) else None,
+            "threshold": float(t[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    n = len(y)
+    row_tp, row_fp, row_fn = (pred & y).sum(1), (pred & ~y).sum(1), (~pred & y).sum(1)
+    aucs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]
+    return {
+        "n": n,
+        "classes": list(classes),
+        "multi_label": True,
+        "accuracy": float((pred == y).all(axis=1).mean()) if n else 0.0,
+        "subset_accuracy": float((pred == y).all(axis=1).mean()) if n else 0.0,
+        "hamming_loss": float((pred != y).mean()) if n else 0.0,
+        "loss": bce(x, y),
+        "micro_precision": float(_ratio(tp.sum(), tp.sum() + fp.sum())),
+        "micro_recall": float(_ratio(tp.sum(), support.sum())),
+        "micro_f1": float(_ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
+        "macro_f1": float(f1.mean()),
+        "weighted_f1": float(_ratio((f1 * support).sum(), support.sum())),
+        "samples_f1": float(_ratio(2 * row_tp, 2 * row_tp + row_fp + row_fn).mean()) if n else 0.0,
+        "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
+        "per_class": per_label,
+        "confusion_matrix": {
+            name: [[int(tn[i]), int(fp[i])], [int(fn[i]), int(tp[i])]] for i, name in enumerate(classes)
+        },
+        "label_cardinality": {
+            "true": float(y.sum(1).mean()) if n else 0.0,
+            "predicted": float(pred.sum(1).mean()) if n else 0.0,
+        },
+    }
