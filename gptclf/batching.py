@@ -14,13 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 import tiktoken
 import torch
 
 from gptclf.data import label_ids
+from gptclf.multilabel import label_matrix
 from gptclf.tokenizer import EOT_ID, encode_batch
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
@@ -171,10 +172,10 @@ class TokenSource:
 
 @dataclass
 class LabelledSet:
-    """Model inputs of a split and the true class index of each text."""
+    """Model inputs of a split and the true class index of each text (multi-label: a 0/1 row)."""
 
     source: Source
-    labels: list[int]
+    labels: list[Any]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -186,18 +187,25 @@ def encode_splits(
     enc: tiktoken.Encoding,
     max_length: int,
     pad_to: str,
-) -> tuple[dict[str, list[list[int]]], dict[str, list[int]], int, int | None]:
+    multi_label: bool = False,
+) -> tuple[dict[str, list[list[int]]], dict[str, list[Any]], int, int | None]:
     """Token ids and label ids of each split of a prepared folder.
 
     With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
     text and padded to it; the book's dataset class truncates validation and test texts the same way.
+
+    With ``multi_label`` each label is a 0/1 row over the classes (the ``label`` column holds
+    tuples of names, :func:`gptclf.prepared.read_prepared`), not a class index.
 
     Returns:
         ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
     """
     names = ("train", "validation", "test")
     ids = {n: encode_texts(enc, splits[n]["text"].astype(str).tolist(), max_length).ids for n in names}
-    labels = {n: label_ids(splits[n], classes) for n in names}
+    labels: dict[str, list[Any]] = {
+        n: label_matrix(splits[n]["label"], classes) if multi_label else label_ids(splits[n], classes)
+        for n in names
+    }
     pad_length = None
     if pad_to == "longest-train" and ids["train"]:
         pad_length = max_length = max(len(x) for x in ids["train"])

@@ -249,13 +249,17 @@ class Classifier(nn.Module):
     ``stop_block``), evaluation and prediction all go through it.
     """
 
-    def __init__(self, gpt: GPT, classes: list[str], pooling: str = "last-token") -> None:
+    def __init__(
+        self, gpt: GPT, classes: list[str], pooling: str = "last-token", multi_label: bool = False
+    ) -> None:
         super().__init__()
         if problems := pooling_problems(pooling):
             raise BadInputError(problems[0])
         self.gpt = gpt
         self.classes = list(classes)
         self.pooling = pooling
+        # K independent sigmoid outputs (gptclf.multitrain) instead of a K-way softmax.
+        self.multi_label = multi_label
 
     def forward(
         self,

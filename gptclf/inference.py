@@ -23,6 +23,7 @@ from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.metrics import classification_metrics
+from gptclf.multimetrics import multilabel_metrics
 from gptclf.progress import Progress
 
 #: Receives each batch's output (logits, or hidden states) with the indices of its texts.
@@ -156,4 +157,6 @@ def labelled_metrics(
         progress=progress,
         label=label,
     )
+    if model.multi_label:  # thresholds 0.5 while training; the run's own are chosen after it
+        return multilabel_metrics(logits, data.labels, model.classes), logits.numpy()
     return classification_metrics(logits, data.labels, model.classes), logits.numpy()

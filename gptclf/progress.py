@@ -82,6 +82,7 @@ class TrainProgress(Progress):
             f"epoch {row['epoch']}/{self._epochs} step {row['step']}/{self._total}: "
             f"train loss {fmt_metric(row.get('train_loss'))}, val loss {fmt_metric(row.get('val_loss'))}, "
             f"val acc {fmt_metric(row.get('val_acc'))}, val F1 {fmt_metric(row.get('val_f1'))}"
+            + (f", val micro-F1 {fmt_metric(row['val_micro_f1'])}" if "val_micro_f1" in row else "")
         )
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from gptclf.errors import BadInputError
 from gptclf.options import coerce, field_problems, option, option_names, option_specs
 
 SCHEDULES = ("constant", "cosine")
-MONITORS = ("val_loss", "val_acc", "val_f1")
+MONITORS = ("val_loss", "val_acc", "val_f1", "val_micro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
 PAD_TO = ("batch", "longest-train")
 #: The largest --lr accepted: AdamW steps each weight by about lr, and weights of a GPT-2 are of
@@ -56,7 +56,8 @@ class TrainConfig:
         checkpoint_every: Also save a resumable checkpoint every this many optimizer steps; epoch
             ends always save one.
         early_stop: Stop after this many evaluations without improvement; None: never.
-        monitor: ``val_loss``, ``val_acc`` or ``val_f1``: what "best" means.
+        monitor: ``val_loss``, ``val_acc``, ``val_f1`` or (multi-label) ``val_micro_f1``: what
+            "best" means.
         class_weights: ``none`` or ``balanced`` (weights n / (K * count) in the loss).
         pad_to: ``batch`` (each batch to its own longest text) or ``longest-train`` (every text
             to the longest training text, as the book does).

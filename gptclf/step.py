@@ -27,6 +27,7 @@ from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard, wrap_ddp
 from gptclf.errors import TrainingError
+from gptclf.multitrain import bce_sum, exact_matches, pos_weights
 from gptclf.runconfig import TrainConfig
 
 
@@ -88,9 +89,14 @@ class Stepper:
             [p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.weights = class_weights(labels, len(model.classes), cfg.class_weights)
+        self.multi_label = model.multi_label  # K sigmoid outputs and BCE (gptclf.multitrain)
+        if self.multi_label:
+            self.weights = pos_weights(labels, cfg.class_weights)
+            self.labels = torch.as_tensor(list(labels), dtype=torch.float32)
+        else:
+            self.weights = class_weights(labels, len(model.classes), cfg.class_weights)
+            self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.weights_dev = None if self.weights is None else self.weights.to(device)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.stats_dtype = stats_dtype(device)
 
     def step(
@@ -132,7 +138,8 @@ class Stepper:
         # The denominator is the whole group's (over every rank), so each micro-batch's gradient
         # is its share of one large batch's mean loss; DDP averages over ranks, hence world_size.
         group_labels = self.labels[indices]
-        denom = float(self.weights[group_labels].sum()) if self.weights is not None else float(len(indices))
+        weighted = self.weights is not None and not self.multi_label  # pos_weight needs no new mean
+        denom = float(self.weights[group_labels].sum()) if weighted else float(len(indices))
         mine = shard.take(indices)
         micros = [mine[start : start + size] for start in range(0, len(mine), size)]
         # A last group smaller than the world leaves some ranks nothing; they still run one text
@@ -152,11 +159,21 @@ class Stepper:
                     logits = self.forward(
                         batch.input_ids, batch.lengths, hidden=batch.hidden, start_block=batch.start_block
                     )
-                ce = F.cross_entropy(logits.float(), y, weight=self.weights_dev, reduction="sum")
+                ce = self._loss(logits, y, self.weights_dev)
                 self.scaler.scale(ce * scale).backward()
             if micros:
                 # Reported on the footing of the validation loss: plain, unweighted cross-entropy.
-                plain = ce if self.weights is None else F.cross_entropy(logits.float(), y, reduction="sum")
+                plain = ce if self.weights is None else self._loss(logits, y, None)
                 stats[0] += plain.detach()
-                stats[1] += (logits.detach().argmax(dim=1) == y).sum()
+                stats[1] += self._correct(logits.detach(), y)
         return stats
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Summed loss of a micro-batch: cross-entropy, or per-text mean BCE for multi-label."""
+        if self.multi_label:
+            return bce_sum(logits, y, weights)
+        return F.cross_entropy(logits.float(), y, weight=weights, reduction="sum")
+
+    def _correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Texts predicted right: the argmax, or (multi-label) every label at 0.5."""
+        return exact_matches(logits, y) if self.multi_label else (logits.argmax(dim=1) == y).sum()

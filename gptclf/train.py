@@ -70,7 +70,8 @@ def _score(metrics: dict[str, Any], monitor: str) -> tuple[float, ...]:
     loss = -float(metrics["loss"])
     if monitor == "val_loss":
         return (loss,)
-    return (float(metrics["accuracy" if monitor == "val_acc" else "macro_f1"]), loss)
+    key = {"val_acc": "accuracy", "val_micro_f1": "micro_f1"}.get(monitor, "macro_f1")
+    return (float(metrics[key]), loss)
 
 
 @dataclass
@@ -335,6 +336,8 @@ class _Trainer:
                 shard=self.shard,
             )
             row.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"], val_f1=metrics["macro_f1"])
+            if "micro_f1" in metrics:  # multi-label: history.csv gains the column
+                row["val_micro_f1"] = metrics["micro_f1"]
             stop = self.best.offer(metrics, row, self.snapshot)
         row["elapsed"] = self.elapsed()
         loop.rows.append(row)
