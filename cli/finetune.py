@@ -180,6 +180,11 @@ def _print_summary(result: FinetuneResult) -> None:
             f"test: accuracy {fmt_metric(s['test_accuracy'])} on {result.test['n']} texts, "
             f"loss {fmt_metric(s['test_loss'])}, macro F1 {fmt_metric(s['test_macro_f1'])}{auc}"
         )
+    if s.get("multi_label") and result.test is not None:  # K labels: micro-F1 is the usual score
+        lines.append(
+            f"test: micro-F1 {fmt_metric(s['test_micro_f1'])}, exact-match accuracy "
+            f"{fmt_metric(s['test_accuracy'])} at the per-label thresholds chosen on validation"
+        )
     if s["best_step"] is not None:
         lines.append(
             f"kept the weights of step {s['best_step']}: "

@@ -25,6 +25,8 @@ from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import batched_logits
 from gptclf.metrics import classification_metrics
+from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
+from gptclf.multilabel import is_multi_label
 from gptclf.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
@@ -57,7 +59,7 @@ def train_run(
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
     ids, labels, max_length, pad_length = encode_splits(
-        prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to
+        prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to, model.multi_label
     )
     timings = {"tokenise": time.monotonic() - t0}
     t0 = time.monotonic()
@@ -109,6 +111,12 @@ def _inputs(
     fingerprint = prepared_fingerprint(data_dir)
     check_same_data(ctx.resume_state, fingerprint, data_dir)
     classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
+    multi = is_multi_label(prepared.meta)
+    s = ctx.settings
+    if problems := settings_problems(
+        multi_label=multi, target=s.target, positive=s.positive, monitor=ctx.plan.train.monitor
+    ):
+        raise BadInputError("; ".join(problems))
     # A bad --target or --positive is refused before any training time is spent.
     target = check_target(ctx.settings.target, ctx.settings.positive, classes)
     if target is not None and prepared.splits["validation"].empty:
@@ -117,6 +125,7 @@ def _inputs(
             "prepare the data with a validation fraction, or leave --target out"
         )
     model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes, weights_path)
+    model.multi_label = multi
     needed = _bytes_needed(total, trainable)
     if ctx.shard.is_main:
         _check_space(ctx.work, ctx.out, needed)
@@ -175,6 +184,8 @@ def _final_scores(
                 progress=ctx.progress,
                 label=f"evaluating the kept weights on the {name} split",
             ).numpy()
+    if model.multi_label:  # sigmoid outputs: per-label thresholds instead of a temperature
+        return multi_scores(logits, {n: sets[n].labels for n in logits}, model.classes), None, logits
     calibration = None
     if "validation" in logits:  # every rank has all the logits, so every rank fits the same T
         calibration = fit_temperature(
@@ -202,6 +213,11 @@ def _choose(ctx: RunContext, result: FinetuneResult) -> tuple[dict[str, Any], st
         The run.json keys to store, and None; or nothing and the message of a target the
         validation split cannot reach (the run is kept: its training is not lost for it).
     """
+    if result.model.multi_label:
+        choices = multi_choices(result.logits, result.labels, result.classes)
+        for line in threshold_lines(choices["thresholds"]):
+            ctx.progress.message(line)
+        return choices, None
     s = ctx.settings
     target = check_target(s.target, s.positive, result.classes)
     if target is None or "validation" not in result.logits:
@@ -369,9 +385,9 @@ def _write_run(
     }
     write_metrics(folder, metrics)
     epochs = info["train"]["epochs"]
-    plots = write_run_plots(
-        folder, result.logits.get("test"), result.labels.get("test"), result.classes, info
-    )
+    # The test split's plots are those of softmax runs: a multi-label run has none.
+    test_logits = None if model.multi_label else result.logits.get("test")
+    plots = write_run_plots(folder, test_logits, result.labels.get("test"), result.classes, info)
     if not write_curves(folder, history.rows, history.total_steps / epochs):
         (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind
         if plots is None:  # one line for every picture: the reason is the same

@@ -83,6 +83,19 @@ class FinetuneResult:
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "decision": self.choices.get("decision"),
             "abstain": self.choices.get("abstain"),
+            **self._multi_summary(),
+        }
+
+    def _multi_summary(self) -> dict[str, Any]:
+        """The keys only a multi-label run's summary has (none for a single-label run)."""
+        if not self.choices.get("multi_label"):
+            return {}
+        test = self.test or {}
+        return {
+            "multi_label": True,
+            "test_micro_f1": test.get("micro_f1"),
+            "best_val_micro_f1": (self.history.best or {}).get("val_micro_f1"),
+            "thresholds": self.choices.get("thresholds"),
         }
 
 

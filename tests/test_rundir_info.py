@@ -94,6 +94,12 @@ BAD_RUN_JSON = [
     ("train", [], "train must be an object"),
     ("weights_sha256", "abc", "weights_sha256 must be 64"),
     ("", [1, 2, 3], "the file must hold a JSON object"),
+    ("multi_label", "yes", "multi_label must be true or false"),
+    (
+        "thresholds",
+        {"a": {"threshold": 0.5}, "b": {"threshold": 0.5}},
+        "thresholds must be an object mapping",
+    ),
 ]
 
 
@@ -189,3 +195,19 @@ def test_save_run_refuses_to_write_an_invalid_run_json(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_length must be"):
         save_run(tmp_path / "run", model, info, fake_tokenizer(tmp_path))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_multi_label_run_json_loads_and_its_thresholds_are_checked(tmp_path: Path) -> None:
+    from tests.finetune_helpers import install_tokenizer
+
+    run = saved_run(tmp_path, tokenizer=install_tokenizer())
+    info = json.loads((run / "run.json").read_text())
+    good = {"a": {"threshold": 0.3, "chosen": True}, "b": {"threshold": 0.5, "chosen": False}}
+    (run / "run.json").write_text(json.dumps({**info, "multi_label": True, "thresholds": good}))
+    assert load_run(run).model.multi_label and read_run_info(run)["thresholds"] == good
+    for bad in ({"a": {"threshold": 1.5}, "b": {"threshold": 0.5}}, {"a": {"threshold": 0.5}}):
+        (run / "run.json").write_text(json.dumps({**info, "multi_label": True, "thresholds": bad}))
+        with pytest.raises(BadInputError, match="thresholds must be"):
+            read_run_info(run)
+    (run / "run.json").write_text(json.dumps(info))  # absent: a single-label run, as before
+    assert not load_run(run).model.multi_label

@@ -49,3 +49,13 @@ def test_metrics_json_is_written_whole_and_synced(tmp_path: Path, monkeypatch: p
         "best": {"step": 2},
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE]
+
+
+def test_history_gains_the_micro_f1_column_only_when_rows_have_it() -> None:
+    from gptclf.rundir import HISTORY_COLUMNS, history_csv
+
+    plain = [{"epoch": 1, "step": 2, "val_f1": 0.5}]
+    assert history_csv(plain).splitlines()[0] == ",".join(HISTORY_COLUMNS)  # single-label: as before
+    multi = [{**plain[0], "val_micro_f1": 0.75}]
+    header, row = history_csv(multi).splitlines()
+    assert header == ",".join((*HISTORY_COLUMNS, "val_micro_f1")) and row.endswith(",0.75")

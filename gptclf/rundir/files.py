@@ -198,5 +198,6 @@ def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
     if verify:  # after the shape check, which names the likelier cause of a mismatch more precisely
         verify_weights(weights, info.get("weights_sha256"))
     gpt.load_state_dict(state)
-    model = Classifier(gpt, info["classes"], info["pooling"]).eval()
+    multi = info.get("multi_label") is True  # absent: a single-label (softmax) run
+    model = Classifier(gpt, info["classes"], info["pooling"], multi_label=multi).eval()
     return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))

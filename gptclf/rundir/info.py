@@ -124,6 +124,19 @@ def _classes_ok(v: Any, _: dict[str, Any]) -> bool:
     )
 
 
+def _thresholds_ok(v: Any, info: dict[str, Any]) -> bool:
+    """Per-label thresholds: one for each class of a multi-label run, each in [0, 1]."""
+    return (
+        info.get("multi_label") is True
+        and isinstance(v, dict)
+        and set(v) == set(info["classes"])
+        and all(
+            isinstance(r, dict) and _is_number(r.get("threshold")) and 0 <= r["threshold"] <= 1
+            for r in v.values()
+        )
+    )
+
+
 def _optional(kind: str, ok: Callable[[Any], bool]) -> tuple[str, Check]:
     return f"{kind} or null", lambda v, _: v is None or ok(v)
 
@@ -251,6 +264,15 @@ RUN_SCHEMA: tuple[Rule, ...] = (
     ),
     Rule("abstain.target", *_optional("a string", lambda v: isinstance(v, str)), required=False),
     Rule("abstain.validation", "an object", lambda v, _: isinstance(v, dict), required=False),
+    # Absent in single-label runs (a softmax over the classes, exactly as before multi-label existed).
+    Rule("multi_label", "true or false", lambda v, _: isinstance(v, bool), required=False),
+    Rule(
+        "thresholds",
+        "an object mapping each class to an object whose threshold is in [0, 1], in a multi-label run",
+        _thresholds_ok,
+        required=False,
+        needs=("classes", "multi_label"),
+    ),
 )
 
 

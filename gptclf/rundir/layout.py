@@ -52,3 +52,5 @@ HISTORY_COLUMNS = (
     "lr",
     "elapsed",
 )
+#: Columns added after :data:`HISTORY_COLUMNS` in the history of a multi-label run only.
+MULTI_COLUMNS = ("val_micro_f1",)

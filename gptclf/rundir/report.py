@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.fileio import atomic_path, atomic_write_json, atomic_write_text
-from gptclf.rundir.layout import CURVES_FILE, HISTORY_COLUMNS, HISTORY_FILE, METRICS_FILE
+from gptclf.rundir.layout import CURVES_FILE, HISTORY_COLUMNS, HISTORY_FILE, METRICS_FILE, MULTI_COLUMNS
 
 
 def history_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The history as CSV text: one row per evaluation, columns :data:`HISTORY_COLUMNS`."""
+    """The history as CSV text: one row per evaluation, columns :data:`HISTORY_COLUMNS`, and
+    :data:`MULTI_COLUMNS` after them where the rows have them (multi-label runs): a reader of
+    the older columns reads them as before."""
+    columns = HISTORY_COLUMNS + tuple(c for c in MULTI_COLUMNS if any(c in row for row in rows))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else row[c] for c in HISTORY_COLUMNS])
+        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     return buffer.getvalue()
 
 
@@ -34,6 +37,17 @@ def write_history(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     """Write ``metrics.json`` (test and validation metrics, the best step, timings) into ``run_dir``."""
     atomic_write_json(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def _plot_micro_f1(ax: Any, steps: Sequence[int], rows: Sequence[dict[str, Any]]) -> None:
+    """The validation micro-F1 of a multi-label run, on the accuracy panel."""
+    points = [
+        (s, r["val_micro_f1"]) for s, r in zip(steps, rows, strict=True) if r.get("val_micro_f1") is not None
+    ]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, ":", marker="s", markersize=3, label="Validation micro-F1")
+        ax.set_title("Exact-match accuracy and micro-F1")
 
 
 def write_curves(run_dir: Path, rows: Sequence[dict[str, Any]], steps_per_epoch: float) -> bool:
@@ -67,6 +81,8 @@ def write_curves(run_dir: Path, rows: Sequence[dict[str, Any]], steps_per_epoch:
                 xs, ys = zip(*points, strict=True)
                 label = "Training" if split == "train" else "Validation"
                 ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{label} {title.lower()}")
+        if key == "acc":  # multi-label: accuracy is the exact match; micro-F1 is the usual score
+            _plot_micro_f1(ax, steps, rows)
         ax.set_xlabel("Optimizer step")
         ax.set_ylabel(title)
         ax.legend()
