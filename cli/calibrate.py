@@ -82,6 +82,13 @@ def calibrate(
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
     choice.check()
     loaded = load_run(run)
+    if loaded.info.get("multi_label") is True:  # a temperature and a two-class threshold mean nothing there
+        from gptclf.errors import BadInputError
+
+        raise BadInputError(
+            f"{loaded.path} is a multi-label run: calibrate fits softmax runs; its per-label thresholds "
+            "were chosen on validation by finetune (evaluate/predict --threshold P sets one for all)"
+        )
     chosen = check_target(target, positive, loaded.classes)  # before the model runs
     labelled = choice.load(loaded, "validation", "calibrate on")
     predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)

@@ -266,7 +266,10 @@ def evaluate(
         None, "--min-accuracy", help="Exit 3 when accuracy is below this (for CI)."
     ),
     min_f1: float | None = typer.Option(
-        None, "--min-f1", help="Exit 3 when macro F1 is below this (for CI)."
+        None, "--min-f1", help="Exit 3 when macro F1 (multi-label runs: micro-F1) is below this (for CI)."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Multi-label runs: one threshold P for every label instead of the run's."
     ),
     errors_path: Path | None = typer.Option(
         None,
@@ -296,6 +299,18 @@ def evaluate(
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
     choice.check()
     loaded = load_run(run)
+    if loaded.info.get("multi_label") is True:  # sigmoid outputs, label lists: cli.multievaluate
+        from cli.multievaluate import evaluate_multi_run
+
+        settings = {"device": device, "precision": precision, "batch_size": batch_size, "json_out": json_out}
+        reports = {"errors": errors_path, "show_errors": show_errors, "plots": plots_dir}
+        evaluate_multi_run(loaded, choice, gates, threshold, no_calibration, settings, reports)
+        return
+    if threshold is not None:
+        raise BadInputError(
+            "--threshold on evaluate is for multi-label runs; a two-class run's threshold is chosen "
+            "by `gptclf calibrate --target` or `finetune --target`"
+        )
     labelled = choice.load(loaded, "test", "evaluate", read_ids=errors_path is not None or show_errors > 0)
     predictor = Predictor(
         loaded,

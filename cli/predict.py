@@ -289,6 +289,17 @@ def predict(
     stream = _inputs(texts or [], input_path, text_column, id_column, input_format, encoding)
     with _destination(output, fmt) as out:
         loaded = load_run(run)
+        if loaded.info.get("multi_label") is True:  # label lists from sigmoid outputs: cli.multipredict
+            from cli.multipredict import predict_multi
+
+            pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
+            where = str(output.parent) if output is not None else "stdout"
+            options = {"fmt": fmt, "to_file": output is not None, "where": where, "pause": pause,
+                       "threshold": threshold, "positive": positive, "min_confidence": min_confidence,
+                       "no_calibration": no_calibration, "device": device, "precision": precision,
+                       "batch_size": batch_size}  # fmt: skip
+            predict_multi(loaded, stream, out, options, _stream)
+            return
         # The run's stored rules are the defaults; the options replace them.
         decision = make_decision(loaded.classes, threshold, positive, stored_decision(loaded.info))
         if min_confidence is None:

@@ -21,6 +21,9 @@ from gptclf.decisions import decision_metrics
 from gptclf.decoding import is_stdin
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics, softmax
+from gptclf.multievaluate import evaluate_multi, multi_labels, multi_table
+from gptclf.multilabel import is_multi_label
+from gptclf.multipredict import MultiPredictor
 from gptclf.predict import Predictor
 from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.progress import Progress
@@ -54,6 +57,8 @@ def _labelled(
     """Texts and label ids of a (text, label) frame, checked against the run's classes."""
     if frame.empty:
         raise BadInputError(f"{where} has no rows to {purpose}")
+    if frame["label"].map(lambda v: isinstance(v, tuple)).all():  # a multi-label run's label sets
+        return LabelledData(frame["text"].astype(str).tolist(), multi_labels(frame, classes, where), source)
     try:
         labels = label_ids(frame, classes)
     except BadInputError as exc:  # name the file: the bare message does not say where
@@ -98,6 +103,14 @@ def split_data(
         raise BadInputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     directory = Path(data_dir) if data_dir is not None else recorded_data_dir(run)
     prepared = read_prepared(directory)
+    if is_multi_label(prepared.meta) != is_multi_label(run.info):
+        kinds = (
+            ("multi-label", "single-label") if is_multi_label(run.info) else ("single-label", "multi-label")
+        )
+        raise BadInputError(
+            f"this run is {kinds[0]} and {directory} holds {kinds[1]} data: "
+            "pass the data the run was trained on"
+        )
     recorded = (run.info.get("data") or {}).get("fingerprint")
     # A test split from a different prepare run may overlap the texts this run was trained on.
     same = None if not recorded else recorded == prepared_fingerprint(directory)
@@ -130,10 +143,16 @@ def file_data(
     Raises:
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
-    table = load_table(path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding)
-    source = {"input": str(path), "dropped": dict(table.dropped)}
-    data = _labelled(table.frame, run.classes, str(path), source, purpose)
-    positions = (table.frame["row"] - 1).tolist()  # row is the 1-based record number
+    if is_multi_label(run.info):  # label lists; an empty one is a text without a label
+        frame, dropped = multi_table(path, text_column, label_column, fmt, encoding)
+    else:
+        table = load_table(
+            path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
+        )
+        frame, dropped = table.frame, table.dropped
+    source = {"input": str(path), "dropped": dict(dropped)}
+    data = _labelled(frame, run.classes, str(path), source, purpose)
+    positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
     data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
     return data
 
@@ -222,6 +241,9 @@ def evaluate_with_logits(
         decision rules' report (:func:`gptclf.decisions.decision_metrics`: ``risk_coverage``, and
         ``at_threshold`` / ``abstention`` where the predictor has those rules) beside them.
     """
+    if isinstance(predictor, MultiPredictor):  # sigmoid outputs at per-label thresholds
+        multi, raw = evaluate_multi(predictor, data.texts, data.labels, progress)
+        return {"run": str(predictor.run.path), "source": data.source, **multi}, raw
     before = predictor.n_truncated
     logits = predictor.logits(data.texts, progress=progress)
     # The metrics are those of the probabilities predict prints: softmax(logits / T). Dividing by
@@ -245,11 +267,12 @@ def evaluate_with_logits(
 
 @dataclass(frozen=True)
 class Gates:
-    """Minimum metric values for CI jobs (``--min-accuracy``, ``--min-f1``: macro F1).
+    """Minimum metric values for CI jobs (``--min-accuracy``, ``--min-f1``: macro F1; for a
+    multi-label run micro-F1 and the exact-match accuracy).
 
     Attributes:
         min_accuracy: Lowest acceptable accuracy, or None.
-        min_f1: Lowest acceptable macro F1, or None.
+        min_f1: Lowest acceptable macro F1 (multi-label: micro-F1), or None.
     """
 
     min_accuracy: float | None = None
@@ -267,9 +290,10 @@ class Gates:
     def failures(self, metrics: dict[str, Any]) -> list[str]:
         """One phrase per gate that ``metrics`` does not meet."""
         out = []
+        f1 = "micro_f1" if metrics.get("multi_label") else "macro_f1"
         for flag, key, floor in (
             ("--min-accuracy", "accuracy", self.min_accuracy),
-            ("--min-f1", "macro_f1", self.min_f1),
+            ("--min-f1", f1, self.min_f1),
         ):
             if floor is not None and metrics[key] < floor:
                 out.append(f"{key} {metrics[key]:.4f} is below {flag} {floor:.4f}")
