@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,34 @@ def test_history_gains_the_micro_f1_column_only_when_rows_have_it() -> None:
     multi = [{**plain[0], "val_micro_f1": 0.75}]
     header, row = history_csv(multi).splitlines()
     assert header == ",".join((*HISTORY_COLUMNS, "val_micro_f1")) and row.endswith(",0.75")
+
+
+def test_curves_draw_the_validation_micro_f1_of_a_multi_label_run(tmp_path: Path) -> None:
+    from gptclf.rundir.report import _plot_micro_f1
+
+    class Axes:
+        def __init__(self) -> None:
+            self.lines: list[tuple[Any, ...]] = []
+            self.title = ""
+
+        def plot(self, xs: Any, ys: Any, *args: Any, label: str = "", **kwargs: Any) -> None:
+            self.lines.append((list(xs), list(ys), label))
+
+        def set_title(self, title: str) -> None:
+            self.title = title
+
+    ax = Axes()
+    rows = [
+        {"step": 1, "val_micro_f1": 0.5},
+        {"step": 2, "val_micro_f1": None},
+        {"step": 3, "val_micro_f1": 0.8},
+    ]
+    _plot_micro_f1(ax, [1, 2, 3], rows)
+    assert ax.lines == [([1, 3], [0.5, 0.8], "Validation micro-F1")] and "micro-F1" in ax.title
+    empty = Axes()
+    _plot_micro_f1(empty, [1], [{"step": 1, "val_acc": 0.5}])
+    assert empty.lines == []  # a single-label run's picture is as before
+    pytest.importorskip("matplotlib")
+    base = {"train_loss": 1.0, "val_loss": 0.9, "train_acc": 0.5, "val_acc": 0.6}
+    full = [{**base, **rows[0]}, {**base, **rows[2]}]
+    assert write_curves(tmp_path, full, 1.0) and (tmp_path / "curves.png").stat().st_size > 0
