@@ -27,8 +27,6 @@ from gptclf.tables import EMPTY_TEXT, read_columns, resolve_format
 MULTI_KEY = "multi_label"
 #: Default separator of a label list in one cell.
 DEFAULT_SEP = "|"
-#: The reason recorded for a label named twice in one row (deduplicated, not dropped).
-REPEATED = "repeated labels"
 # Listing a thousand unknown labels helps nobody: say how many more there are instead.
 _MAX_LISTED = 10
 _FLAGS = {"0": False, "1": True, "0.0": False, "1.0": True}

@@ -47,6 +47,30 @@ def decide(probs: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.nd
     return np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)[None, :]
 
 
+def _per_label(
+    classes: Sequence[str],
+    tp: np.ndarray,
+    fp: np.ndarray,
+    support: np.ndarray,
+    probs: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Each label's precision, recall, F1, support, ROC-AUC and threshold."""
+    f1 = _ratio(2 * tp, tp + fp + support)
+    return {
+        name: {
+            "precision": float(_ratio(tp[i], tp[i] + fp[i])),
+            "recall": float(_ratio(tp[i], support[i])),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "roc_auc": roc_auc(probs[:, i], y[:, i]) if len(y) else None,
+            "threshold": float(t[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+
+
 def multilabel_metrics(
     logits: np.ndarray | torch.Tensor,
     truth: Sequence[Sequence[int]] | np.ndarray,
@@ -77,17 +101,7 @@ def multilabel_metrics(
     tn = (~pred & ~y).sum(axis=0)
     support = y.sum(axis=0)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    per_label = {
-        name: {
-            "precision": float(_ratio(tp[i], tp[i] + fp[i])),
-            "recall": float(_ratio(tp[i], support[i])),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-            "roc_auc": roc_auc(probs[:, i], y[:, i]) if len(y) else None,
-            "threshold": float(t[i]),
-        }
-        for i, name in enumerate(classes)
-    }
+    per_label = _per_label(classes, tp, fp, support, probs, y, t)
     n = len(y)
     row_tp, row_fp, row_fn = (pred & y).sum(1), (pred & ~y).sum(1), (~pred & y).sum(1)
     aucs = [v["roc_auc"] for v in per_label.values() if v["roc_auc"] is not None]

@@ -24,7 +24,6 @@ from gptclf.fileio import sha256_file
 from gptclf.multilabel import (
     DEFAULT_SEP,
     MULTI_KEY,
-    REPEATED,
     check_separator,
     cooccurrence,
     join_labels,
@@ -185,28 +184,45 @@ def prepare_multilabel(
         warn(f"{table.repeated} labels were named twice in one row; each is kept once")
     parts, rare = _split(frame, names, fractions, seed)
     _check_training(parts["train"], names)
-    source: dict[str, Any] = {"file": path.name, "format": resolve_format(path, fmt), "encoding": encoding}
-    source |= {"text_column": text_column or "text"}
-    source |= {"label_columns": columns} if columns else {"label_column": label_column or "label"}
-    source["sha256"] = sha256_file(path)
     summary = MultiPrepareSummary(
         out=out, classes=names,
         counts={s: label_counts(parts[s], names) for s in SPLITS},
-        dropped={**dropped, **({REPEATED: table.repeated} if table.repeated else {})},
-        oversampled=0, duplicate_texts=duplicate_texts,
-        duplicates_across_splits=shared_texts(parts), source=source, balance="none",
+        dropped=dropped, oversampled=0, duplicate_texts=duplicate_texts,
+        duplicates_across_splits=shared_texts(parts),
+        source=_source(path, fmt, encoding, text_column, label_column, columns), balance="none",
         split={s: float(f) for s, f in zip(SPLITS, fractions, strict=True)},
         stratify=True, dedupe=dedupe, seed=seed, label_sep=sep,
         cooccurrence=cooccurrence(frame, names), rare_labels=rare, repeated_labels=table.repeated,
     )  # fmt: skip
+    _write(out, parts, summary)
+    return summary
+
+
+def _source(
+    path: Path,
+    fmt: str | None,
+    encoding: str,
+    text_column: str | None,
+    label_column: str | None,
+    columns: list[str] | None,
+) -> dict[str, Any]:
+    """How labels.json records where the data came from."""
+    source: dict[str, Any] = {"file": path.name, "format": resolve_format(path, fmt), "encoding": encoding}
+    source |= {"text_column": text_column or "text"}
+    source |= {"label_columns": columns} if columns else {"label_column": label_column or "label"}
+    return {**source, "sha256": sha256_file(path)}
+
+
+def _write(out: Path, parts: dict[str, pd.DataFrame], summary: MultiPrepareSummary) -> None:
+    """The split files (a row's labels joined by the separator) and labels.json, all or nothing."""
     meta = summary.to_dict()
-    del meta["out"]
+    del meta["out"]  # the folder may move; the files must not change with it
     assert meta[MULTI_KEY] is True
+    sep = summary.label_sep
     written = {
         s: part.assign(label=[join_labels(r, sep) for r in part["label"]]) for s, part in parts.items()
     }
     write_prepared(out, written, meta)
-    return summary
 
 
 def _split(

@@ -190,6 +190,34 @@ def test_single_label_runs_refuse_the_multi_label_options(tmp_path: Path) -> Non
     assert code == 2 and "--threshold on evaluate is for multi-label runs" in err
 
 
+def test_a_run_and_data_of_the_other_kind_are_refused(trained: dict[str, Any], tmp_path: Path) -> None:
+    from tests.finetune_helpers import prepared_folder
+
+    single = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    code, _, err = gptclf("evaluate", str(trained["run"]), "--data", str(single), "--device", "cpu")
+    assert code == 2 and "this run is multi-label and" in err and "holds single-label data" in err
+    fixture = str(REPO / "tests" / "fixtures" / "run-v1")
+    code, _, err = gptclf("evaluate", fixture, "--data", str(trained["root"] / "data"), "--device", "cpu")
+    assert code == 2 and "this run is single-label and" in err
+
+
+def test_the_human_summary_names_micro_f1(trained: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GPTCLF_HOME", str(trained["root"] / "home"))
+        args = [
+            "--data",
+            str(trained["root"] / "data"),
+            *LEARN,
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+        code, out, err = gptclf("finetune", *args)
+    assert code == 0, err
+    assert "test: micro-F1 " in out and "per-label thresholds chosen on validation" in out
+
+
 # --- prepare: each bad input of the issue is one line, exit 2, nothing written ---------------------
 
 
