@@ -52,12 +52,18 @@ class LabelledData:
 
 
 def _labelled(
-    frame: pd.DataFrame, classes: list[str], where: str, source: dict[str, Any], purpose: str = "evaluate"
+    frame: pd.DataFrame,
+    classes: list[str],
+    where: str,
+    source: dict[str, Any],
+    purpose: str = "evaluate",
+    multi_label: bool = False,
 ) -> LabelledData:
-    """Texts and label ids of a (text, label) frame, checked against the run's classes."""
+    """Texts and label ids of a (text, label) frame, checked against the run's classes (with
+    ``multi_label``, each label a tuple of names, each label set a 0/1 row)."""
     if frame.empty:
         raise BadInputError(f"{where} has no rows to {purpose}")
-    if frame["label"].map(lambda v: isinstance(v, tuple)).all():  # a multi-label run's label sets
+    if multi_label:
         return LabelledData(frame["text"].astype(str).tolist(), multi_labels(frame, classes, where), source)
     try:
         labels = label_ids(frame, classes)
@@ -115,9 +121,8 @@ def split_data(
     # A test split from a different prepare run may overlap the texts this run was trained on.
     same = None if not recorded else recorded == prepared_fingerprint(directory)
     source = {"split": split, "data": str(directory), "same_as_training": same}
-    return _labelled(
-        prepared.splits[split], run.classes, f"the {split} split of {directory}", source, purpose
-    )
+    where = f"the {split} split of {directory}"
+    return _labelled(prepared.splits[split], run.classes, where, source, purpose, is_multi_label(run.info))
 
 
 def file_data(
@@ -151,7 +156,7 @@ def file_data(
         )
         frame, dropped = table.frame, table.dropped
     source = {"input": str(path), "dropped": dict(dropped)}
-    data = _labelled(frame, run.classes, str(path), source, purpose)
+    data = _labelled(frame, run.classes, str(path), source, purpose, is_multi_label(run.info))
     positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
     data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
     return data
