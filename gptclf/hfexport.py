@@ -23,6 +23,11 @@ Two exact rewrites make transformers compute gptclf's probabilities:
   does not exist is refused. Only the head reads ``ln_f``'s output, so the logits are unchanged
   (up to float32 rounding) while the final hidden states of the folder shift by ``d``.
 
+A multi-label run is written with ``problem_type: multi_label_classification`` (the bias fold
+then keeps every logit, not only their differences, as each label's sigmoid reads its own), so
+``pipeline(..., top_k=None, function_to_apply="sigmoid")`` gives its probabilities; its per-label
+thresholds go into the ``gptclf`` object.
+
 Pooling other than ``last-token`` has no transformers equivalent and is refused.
 """
 
@@ -60,15 +65,18 @@ def export_problems(run: LoadedRun) -> list[str]:
     return []
 
 
-def fold_head_bias(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def fold_head_bias(weight: torch.Tensor, bias: torch.Tensor, centred: bool = True) -> torch.Tensor:
     """The shift ``d`` of ``ln_f``'s bias with ``weight @ d = bias - mean(bias)`` (float64).
+
+    With ``centred=False`` (a multi-label run: each sigmoid reads its own logit, so no constant
+    may be dropped) ``weight @ d = bias`` exactly.
 
     Raises:
         BadInputError: No such shift exists (the head's rows are linearly dependent).
     """
     w = weight.detach().to(torch.float64)
     target = bias.detach().to(torch.float64)
-    target = target - target.mean()
+    target = target - target.mean() if centred else target
     if not torch.any(target != 0):
         return torch.zeros(w.shape[1], dtype=torch.float64)
     shift = torch.linalg.pinv(w) @ target
@@ -93,7 +101,7 @@ def hf_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
     for name, tensor in state.items():
         out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
     if bias is not None:
-        shift = fold_head_bias(weight, bias)
+        shift = fold_head_bias(weight, bias, centred=not run.model.multi_label)
         ln_bias = out["transformer.ln_f.bias"].to(torch.float64) + shift
         out["transformer.ln_f.bias"] = ln_bias.to(torch.float32)
     out["score.weight"] = (weight / temperature).to(torch.float32).contiguous()
@@ -112,9 +120,11 @@ def hf_config(run: LoadedRun) -> dict[str, Any]:
         "temperature_folded": run_temperature(run.info),
         "head_bias_folded_into": "transformer.ln_f.bias",
     }
-    for key in ("decision", "abstain"):
+    for key in ("decision", "abstain", "multi_label", "thresholds"):
         if key in run.info:
             custom[key] = run.info[key]
+    # Multi-label: transformers' pipeline then applies a sigmoid per label (function_to_apply).
+    multi = run.model.multi_label
     return {
         "architectures": [ARCHITECTURE],
         **hf_config_from_gpt(run.model.gpt.config),
@@ -123,7 +133,7 @@ def hf_config(run: LoadedRun) -> dict[str, Any]:
         "pad_token_id": EOT_ID,
         "id2label": {str(i): name for i, name in enumerate(classes)},
         "label2id": {name: i for i, name in enumerate(classes)},
-        "problem_type": "single_label_classification",
+        "problem_type": "multi_label_classification" if multi else "single_label_classification",
         "torch_dtype": "float32",
         "gptclf": custom,
     }

@@ -110,7 +110,7 @@ def _max_length(hf: dict[str, Any], folder: Path, cfg: GPTConfig) -> int:
     return cfg.n_positions
 
 
-def _classifier(path: Path, cfg: GPTConfig, classes: list[str]) -> Classifier:
+def _classifier(path: Path, cfg: GPTConfig, classes: list[str], multi_label: bool = False) -> Classifier:
     """The classifier holding the folder's weights (fp32), its head from ``score``."""
     state = load_hf_state_dict(path, cfg)
     with safe_open(str(path), framework="pt") as fh:
@@ -122,7 +122,7 @@ def _classifier(path: Path, cfg: GPTConfig, classes: list[str]) -> Classifier:
     state["lm_head.bias"] = bias if bias is not None else torch.zeros(len(classes))
     gpt.load_state_dict(state, strict=True)
     assert gpt.lm_head is head
-    return Classifier(gpt, classes, "last-token").eval()
+    return Classifier(gpt, classes, "last-token", multi_label=multi_label).eval()
 
 
 def _run_info(
@@ -149,7 +149,25 @@ def _run_info(
                 note(f"ignored config.json's gptclf.{key}: it is not a rule this run can store")
             else:
                 info = candidate
+    if _multi_label(hf):
+        info = multi_info(info, custom.get("thresholds"), note)
     return info
+
+
+def _multi_label(hf: dict[str, Any]) -> bool:
+    """Whether the folder is a multi-label classifier (sigmoid per label)."""
+    return hf.get("problem_type") == "multi_label_classification"
+
+
+def multi_info(info: dict[str, Any], thresholds: Any, note: Note) -> dict[str, Any]:
+    """``info`` as an imported multi-label run: the folder's gptclf thresholds where run.json's
+    schema accepts them for these labels, else 0.5 for every label."""
+    default = {name: {"threshold": 0.5, "chosen": False} for name in info["classes"]}
+    candidate = {**info, "multi_label": True, "thresholds": default if thresholds is None else thresholds}
+    if thresholds is not None and run_info_problems(candidate):
+        note("ignored config.json's gptclf.thresholds: they do not fit the labels; 0.5 for each")
+        candidate["thresholds"] = default
+    return candidate
 
 
 def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | None = None) -> Path:
@@ -184,7 +202,7 @@ def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | Non
     try:
         write_tokenizer_files(tokenizer, build.path)
         info = _run_info(hf, folder, cfg, classes, note)
-        save_run(build.path, _classifier(path, cfg, classes), info, build.path)
+        save_run(build.path, _classifier(path, cfg, classes, _multi_label(hf)), info, build.path)
         build.commit()
     except BaseException as exc:
         failed = exc
