@@ -25,6 +25,7 @@ from gptclf.multilabel import DEFAULT_SEP
 
 if TYPE_CHECKING:
     from gptclf.multipredict import MultiPrediction
+    from gptclf.onnxexport import OnnxExport
     from gptclf.rundir import LoadedRun
 
 Writer = Callable[[list["MultiPrediction"]], None]
@@ -113,7 +114,7 @@ def writer(fmt: str, out: TextIO, classes: list[str], to_file: bool) -> Writer:
 
 
 def predict_multi(
-    loaded: LoadedRun,
+    loaded: LoadedRun | OnnxExport,
     stream: Iterable[Any],
     out: TextIO,
     options: dict[str, Any],
@@ -127,7 +128,7 @@ def predict_multi(
         out: Where the results go.
         options: predict's options: ``fmt``, ``to_file``, ``where``, ``pause``, ``threshold``,
             ``positive``, ``min_confidence``, ``no_calibration``, ``device``, ``precision``,
-            ``batch_size``.
+            ``batch_size``, and ``engine``, ``quantize`` (torch when absent).
         stream_to: predict's streaming loop (flushes each chunk; a closed pipe ends quietly).
 
     Raises:
@@ -141,7 +142,8 @@ def predict_multi(
     )  # fmt: skip
     predictor = MultiPredictor(
         loaded, threshold=options["threshold"], device=options["device"], precision=options["precision"],
-        batch_size=options["batch_size"],
+        batch_size=options["batch_size"], engine=options.get("engine", "torch"),
+        quantize=options.get("quantize", "none"),
     )  # fmt: skip
     write = writer(options["fmt"], out, predictor.classes, options["to_file"])
     stream_to(predictor.predict_chunks(stream, pause=options["pause"]), write, out, options["where"])

@@ -19,6 +19,11 @@ Probabilities are rounded to 6 decimals; output is UTF-8 whatever the locale. Re
 and flushed a chunk at a time, and a chunk from stdin ends early when input pauses, so a pipeline
 sees them while the input is still being read. With ``--output FILE`` the results go to a temporary
 file beside FILE that is renamed into place at the end: a run that fails leaves no partial file.
+
+Engines (:mod:`gptclf.engines`): ``--engine torch`` (default) at ``--precision``; ``--quantize int8``
+(torch's dynamic int8, CPU); ``--engine onnx`` (ONNX Runtime, CPU: a run is exported on the fly, so
+export once with ``gptclf export RUN --format onnx`` and predict on that folder, whose engine is
+onnx). All run the same batches and give the same formats and decisions.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import BATCH_SIZE, DEVICE, PRECISION, RUN_DIR, err_console, handle_errors, out_console
+from cli.common import BATCH_SIZE, DEVICE, PRECISION, err_console, handle_errors, out_console
 from gptclf.errors import BadInputError, write_error
 
 if TYPE_CHECKING:
@@ -239,7 +244,9 @@ def _stream(predictions: Iterable[list[Prediction]], write: Writer, out: TextIO,
 
 @handle_errors
 def predict(
-    run: Path = RUN_DIR,
+    run: Path = typer.Argument(
+        ..., help="Run directory written by `gptclf finetune`, or a folder of `gptclf export --format onnx`."
+    ),
     texts: list[str] | None = typer.Argument(None, help="Texts to classify; a single '-' reads stdin."),
     input_path: str | None = typer.Option(
         None, "--input", "-i", help="File: one text a line, or CSV/TSV/JSONL with --text-column; - for stdin."
@@ -273,10 +280,17 @@ def predict(
     ),
     device: str = DEVICE,
     precision: str = PRECISION,
+    engine: str | None = typer.Option(
+        None, "--engine", help="torch or onnx (ONNX Runtime, CPU); default: torch, onnx for an export folder."
+    ),
+    quantize: str = typer.Option(
+        "none", "--quantize", help="none or int8: dynamic int8 quantization of the weights (CPU, fp32)."
+    ),
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
     from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
+    from gptclf.onnxexport import is_export, read_export
     from gptclf.predict import Predictor, make_decision
     from gptclf.rundir import load_run
 
@@ -288,7 +302,11 @@ def predict(
     check_min_confidence(min_confidence)
     stream = _inputs(texts or [], input_path, text_column, id_column, input_format, encoding)
     with _destination(output, fmt) as out:
-        loaded = load_run(run)
+        exported = is_export(run)
+        loaded = read_export(run) if exported else load_run(run)
+        engine = engine or ("onnx" if exported else "torch")
+        if engine == "onnx" and not exported:
+            err_console.print("gptclf: exporting the run to ONNX first (`gptclf export` does it once)")
         if loaded.info.get("multi_label") is True:  # label lists from sigmoid outputs: cli.multipredict
             from cli.multipredict import predict_multi
 
@@ -297,7 +315,7 @@ def predict(
             options = {"fmt": fmt, "to_file": output is not None, "where": where, "pause": pause,
                        "threshold": threshold, "positive": positive, "min_confidence": min_confidence,
                        "no_calibration": no_calibration, "device": device, "precision": precision,
-                       "batch_size": batch_size}  # fmt: skip
+                       "batch_size": batch_size, "engine": engine, "quantize": quantize}  # fmt: skip
             predict_multi(loaded, stream, out, options, _stream)
             return
         # The run's stored rules are the defaults; the options replace them.
@@ -308,6 +326,8 @@ def predict(
             loaded,
             device=device,
             precision=precision,
+            engine=engine,
+            quantize=quantize,
             batch_size=batch_size,
             decision=decision,
             calibrated=not no_calibration,

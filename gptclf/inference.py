@@ -13,7 +13,7 @@ same texts give the same numbers wherever they are evaluated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,12 +26,34 @@ from gptclf.metrics import classification_metrics
 from gptclf.multimetrics import multilabel_metrics
 from gptclf.progress import Progress
 
+
+class BatchModel(Protocol):
+    """What the loop runs: a :class:`~gptclf.classifier.Classifier`, or an engine standing in for one
+    (:class:`gptclf.engines.OrtClassifier`), with the classifier's forward signature."""
+
+    classes: list[str]
+    training: bool
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor | None,
+        lengths: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        start_block: int = 0,
+        stop_block: int | None = None,
+    ) -> torch.Tensor: ...
+
+
 #: Receives each batch's output (logits, or hidden states) with the indices of its texts.
 Sink = Callable[[Sequence[int], torch.Tensor], None]
 
 
 def run_batches(
-    model: Classifier,
+    model: BatchModel,
     source: Source,
     sink: Sink,
     *,
@@ -86,7 +108,7 @@ def run_batches(
 
 
 def batched_logits(
-    model: Classifier,
+    model: BatchModel,
     source: Source,
     *,
     batch_size: int,

@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
+from gptclf.chunking import chunks, waiting_chunks
 from gptclf.errors import BadInputError
 from gptclf.multitrain import stored_thresholds
-from gptclf.predict import CHUNK_SIZE, Predictor, _chunks, _split_item, _waiting_chunks
+from gptclf.onnxexport import OnnxExport
+from gptclf.predict import CHUNK_SIZE, Predictor, _split_item
 from gptclf.rundir import LoadedRun
 
 
@@ -78,23 +80,27 @@ class MultiPredictor(Predictor):
 
     def __init__(
         self,
-        run: LoadedRun,
+        run: LoadedRun | OnnxExport,
         *,
         threshold: float | None = None,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        engine: str = "torch",
+        quantize: str = "none",
         batch_size: int = 32,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
-        """Move the run's model to ``device``; ``threshold`` replaces every stored threshold.
+        """Load the run's engine (:class:`gptclf.predict.Predictor`'s ``engine``, ``quantize``: an
+        ONNX export of a multi-label run gives the same logits); ``threshold`` replaces every
+        stored threshold.
 
         Raises:
             BadInputError: A bad threshold, device, precision, batch size or chunk size.
         """
         check_threshold(threshold)
         super().__init__(
-            run, device=device, precision=precision, batch_size=batch_size, chunk_size=chunk_size,
-            calibrated=False,
+            run, device=device, precision=precision, engine=engine, quantize=quantize,
+            batch_size=batch_size, chunk_size=chunk_size, calibrated=False,
         )  # fmt: skip
         k = len(run.classes)
         self.thresholds = [float(threshold)] * k if threshold is not None else stored_thresholds(run.info)
@@ -113,9 +119,9 @@ class MultiPredictor(Predictor):
     ) -> Iterator[list[MultiPrediction]]:
         """Classify ``texts`` lazily, a chunk at a time, in input order (as
         :meth:`gptclf.predict.Predictor.predict_chunks` does)."""
-        chunks = _waiting_chunks(texts, self.chunk_size, pause) if pause else _chunks(texts, self.chunk_size)
+        pieces = waiting_chunks(texts, self.chunk_size, pause) if pause else chunks(texts, self.chunk_size)
         start = 0
-        for chunk in chunks:
+        for chunk in pieces:
             ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
             probs = self.probabilities(self.logits(list(items)))
             rows = zip(ids, items, self.label_sets(probs), probs.tolist(), strict=True)

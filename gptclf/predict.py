@@ -6,34 +6,36 @@ results are yielded in input order before the next chunk is read. Memory therefo
 chunk size, never on the length of the input, and a stream (stdin, a huge file) is never read whole.
 With a ``pause``, a chunk also ends when the input has given nothing new for that long (a reader
 thread feeds a bounded queue), so an interactive or slow producer sees its results at once.
+
+The model is one of :mod:`gptclf.engines` (torch, torch int8, ONNX Runtime): every engine runs in the
+same batches of the one inference loop, so streaming, formats and decisions are the same for all.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import tiktoken
 import torch
 
 from gptclf.batching import TokenSource, encode_texts
 from gptclf.calibration import run_temperature
+from gptclf.chunking import chunks, waiting_chunks
 from gptclf.classifier import Classifier
 from gptclf.decisions import Decision, check_min_confidence
-from gptclf.device import Precision, resolve_device, resolve_precision
+from gptclf.device import Precision
+from gptclf.engines import OrtClassifier, load_engine
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference import batched_logits
+from gptclf.onnxexport import OnnxExport
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
 CHUNK_SIZE = 1024
-
-T = TypeVar("T")
 
 
 def make_decision(
@@ -81,7 +83,7 @@ def make_decision(
 
 
 def compute_logits(
-    model: Classifier,
+    model: Classifier | OrtClassifier,
     enc: tiktoken.Encoding,
     texts: Sequence[str],
     *,
@@ -96,7 +98,7 @@ def compute_logits(
     (:func:`gptclf.inference.batched_logits`: length-sorted batches, order restored).
 
     Args:
-        model: The classifier, already on ``device`` and in eval mode.
+        model: The classifier (or an engine's stand-in for it), on ``device``, in eval mode.
         enc: GPT-2's tokenizer.
         texts: The texts; an empty one is read as the single token ``<|endoftext|>``.
         max_length: Tokens kept per text (the rest is cut).
@@ -148,7 +150,8 @@ class Predictor:
     """A run loaded once, classifying any number of texts.
 
     Attributes:
-        run: The loaded run directory.
+        run: The loaded run directory, or an ONNX export folder.
+        model: What computes the logits: the run's classifier, its int8 copy, or an ONNX session.
         device: Where the model runs.
         precision: fp32 or the autocast type.
         n_texts: Texts predicted so far (over every call).
@@ -159,10 +162,12 @@ class Predictor:
 
     def __init__(
         self,
-        run: LoadedRun,
+        run: LoadedRun | OnnxExport,
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        engine: str = "torch",
+        quantize: str = "none",
         batch_size: int = 32,
         chunk_size: int = CHUNK_SIZE,
         decision: Decision | None = None,
@@ -175,6 +180,8 @@ class Predictor:
             run: A run from :func:`gptclf.rundir.load_run`.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a torch device.
             precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+            engine: ``torch``, or ``onnx`` (ONNX Runtime; the one engine of an export folder).
+            quantize: ``none``, or ``int8`` (dynamic quantization; CPU and fp32 only).
             batch_size: Texts per forward pass.
             chunk_size: Texts read and sorted together; bounds memory.
             decision: A two-class threshold rule from :func:`make_decision`; None for the argmax.
@@ -186,7 +193,8 @@ class Predictor:
                 below this, in (0, 1]; None never abstains.
 
         Raises:
-            BadInputError: A bad device, precision, batch size, chunk size or min_confidence.
+            BadInputError: A bad device, precision, engine, quantization, batch size, chunk size
+                or min_confidence; an ONNX model that does not match its record.
         """
         # Name only the value that is wrong: the CLI never lets the user set the chunk size.
         if batch_size < 1:
@@ -194,13 +202,13 @@ class Predictor:
         if chunk_size < 1:
             raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.model = run.model.to(self.device).eval()
+        self.min_confidence = check_min_confidence(min_confidence)
+        self.model, self.device, self.precision = load_engine(
+            run, engine=engine, quantize=quantize, device=device, precision=precision
+        )
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.decision = decision
-        self.min_confidence = check_min_confidence(min_confidence)
         self.calibrated = calibrated
         self.temperature = run_temperature(run.info) if calibrated else 1.0
         # Thresholds (stored or given) are chosen on calibrated probabilities, so the labels
@@ -278,9 +286,9 @@ class Predictor:
         Raises:
             Whatever reading ``texts`` raises, once the results of every text before it are out.
         """
-        chunks = _waiting_chunks(texts, self.chunk_size, pause) if pause else _chunks(texts, self.chunk_size)
+        pieces = waiting_chunks(texts, self.chunk_size, pause) if pause else chunks(texts, self.chunk_size)
         start = 0
-        for chunk in chunks:
+        for chunk in pieces:
             ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
             logits = self.logits(list(items))
             labels = self.labels(torch.softmax(logits / self.decision_temperature, dim=1))
@@ -306,89 +314,3 @@ class Predictor:
 
 def _split_item(position: int, item: str | tuple[Any, str]) -> tuple[Any, str]:
     return (position, item) if isinstance(item, str) else item
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Lists of ``size`` items (the last shorter). An error while reading comes after the chunk of
-    the items before it, so every item that was read gets its result."""
-    it = iter(items)
-    while True:
-        chunk: list[T] = []
-        try:
-            for item in it:
-                chunk.append(item)
-                if len(chunk) == size:
-                    break
-        except Exception:
-            if chunk:
-                yield chunk
-            raise
-        if not chunk:
-            return
-        yield chunk
-
-
-#: What the reader thread puts on the queue when its input ends.
-_END = object()
-
-
-def _waiting_chunks(items: Iterable[T], size: int, pause: float) -> Iterator[list[T]]:
-    """Like :func:`_chunks`, but a chunk also ends when no item came for ``pause`` seconds.
-
-    A daemon thread reads ``items`` into a queue of ``size`` places, so no more than two chunks
-    are ever held (flat memory on an endless stream), and this side waits on the queue with a
-    timeout instead of on the input. The thread's error is raised here, after the items before it.
-    """
-    box: queue.Queue[Any] = queue.Queue(maxsize=size)
-    stop = threading.Event()
-
-    def put(item: object) -> None:
-        # A timeout, so that the thread ends when the consumer has gone (error, broken pipe).
-        while not stop.is_set():
-            try:
-                return box.put(item, timeout=0.5)
-            except queue.Full:
-                continue
-
-    def read() -> None:
-        try:
-            for item in items:
-                put(item)
-                if stop.is_set():
-                    return
-            put(_END)
-        except BaseException as exc:  # passed on, raised in the consumer's thread
-            put(_Failure(exc))
-
-    threading.Thread(target=read, name="gptclf-input", daemon=True).start()
-    try:
-        yield from _gather(box, size, pause)
-    finally:
-        stop.set()
-
-
-def _gather(box: queue.Queue[Any], size: int, pause: float) -> Iterator[list[Any]]:
-    """The consumer side of :func:`_waiting_chunks`."""
-    chunk: list[Any] = []
-    while True:
-        try:
-            item = box.get(timeout=pause) if chunk else box.get()
-        except queue.Empty:  # the input paused: serve what has come so far
-            yield chunk
-            chunk = []
-            continue
-        if item is _END or isinstance(item, _Failure):
-            if chunk:
-                yield chunk
-            if isinstance(item, _Failure):
-                raise item.exc
-            return
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-
-
-@dataclass(frozen=True)
-class _Failure:
-    exc: BaseException

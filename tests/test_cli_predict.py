@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -344,3 +345,115 @@ def test_non_finite_logits_exit_1_naming_the_run(tmp_path: Path) -> None:
 def test_batch_size_zero_names_only_the_batch_size(run_dir: Path) -> None:
     code, _, err = invoke(str(run_dir), "--batch-size", "0", "x")
     assert code == 2 and "--batch-size must be >= 1 (got 0)" in err and "chunk" not in err
+
+
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+    reason="the onnx extra is not installed (pip install '.[onnx]')",
+)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gptclf.onnxexport import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(load_run(run_dir), out, quantize=None)
+    return out
+
+
+def probs_of(stdout: str) -> list[list[float]]:
+    return [list(r["probs"].values()) for r in jsonl(stdout)]
+
+
+@needs_onnx
+@pytest.mark.parametrize(
+    "args", [["--engine", "onnx"], ["--quantize", "int8"], ["--engine", "onnx", "--quantize", "int8"]]
+)
+def test_other_engines_give_the_same_records(run_dir: Path, args: list[str]) -> None:
+    code, want, _ = invoke(str(run_dir), "--batch-size", "8", *TEXTS)
+    code_other, got, _ = invoke(str(run_dir), "--batch-size", "8", *args, *TEXTS)
+    assert code == code_other == 0
+    assert [(r["id"], r["text"]) for r in jsonl(got)] == [(r["id"], r["text"]) for r in jsonl(want)]
+    tolerance = 1e-4 if "int8" not in args else 0.05
+    for a, b in zip(probs_of(want), probs_of(got), strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tolerance
+
+
+@needs_onnx
+def test_an_export_folder_predicts_like_its_run_in_every_format(run_dir: Path, onnx_dir: Path) -> None:
+    for fmt in ("jsonl", "csv", "tsv"):
+        code, want, _ = invoke(str(run_dir), "--format", fmt, *TEXTS)
+        code_onnx, got, _ = invoke(str(onnx_dir), "--format", fmt, *TEXTS)
+        assert code == code_onnx == 0
+        if fmt == "jsonl":
+            for a, b in zip(probs_of(want), probs_of(got), strict=True):
+                assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 2e-6  # 6 decimals, rounded
+            assert [r["label"] for r in jsonl(got)] == [r["label"] for r in jsonl(want)]
+        else:
+            assert got.splitlines()[0] == want.splitlines()[0]
+            assert len(got.splitlines()) == len(want.splitlines())
+    code, out, _ = invoke(str(onnx_dir), "-", stdin="one\ntwo\n")
+    assert code == 0 and [r["text"] for r in jsonl(out)] == ["one", "two"]
+
+
+@needs_onnx
+def test_engine_and_export_problems_exit_2_in_one_line(run_dir: Path, onnx_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    three = tmp_path / "three"
+    shutil.copytree(onnx_dir, three)
+    record = json.loads((three / "gptclf-onnx.json").read_text())
+    record["run"]["classes"] = ["a", "b", "c"]
+    (three / "gptclf-onnx.json").write_text(json.dumps(record))
+    other = tmp_path / "other"
+    shutil.copytree(onnx_dir, other)
+    from tests.test_ortsession import graph_file
+
+    graph_file(other / "model.onnx", [("x", 7, ["batch", "seq"])], 2)  # 7: int64
+    cases = [
+        ([str(run_dir), "--quantize", "int8", "--device", "cuda"], "--quantize int8 runs on the CPU only"),
+        ([str(run_dir), "--quantize", "int8", "--precision", "bf16"], "--quantize int8 runs in fp32 only"),
+        ([str(run_dir), "--quantize", "int8", "--precision", "fp16"], "--quantize int8 runs in fp32 only"),
+        ([str(run_dir), "--engine", "onnx", "--precision", "bf16"], "--engine onnx runs in fp32 only"),
+        ([str(onnx_dir), "--engine", "torch"], "--engine onnx only"),
+        ([str(three)], "gives 2 logits per text but the export record names 3 classes"),
+        ([str(other)], "its inputs are x tensor(int64) rank 2"),
+    ]
+    for args, words in cases:
+        code, out, err = invoke(*args, "x")
+        assert code == 2, (args, err)
+        assert words in err and err.count("gptclf: error") == 1 and "Traceback" not in err, (args, err)
+        assert out == ""
+
+
+def test_onnx_engine_without_onnxruntime_exits_2_naming_the_extra(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    code, out, err = invoke(str(run_dir), "--engine", "onnx", "x")
+    assert code == 2 and out == ""
+    assert "pip install 'gptclf[onnx]'" in err and "Traceback" not in err
+
+
+@needs_onnx
+def test_a_multi_label_run_predicts_the_same_label_sets_through_onnx(tmp_path: Path) -> None:
+    from gptclf.onnxexport import export_onnx
+    from tests.test_predict import tiny_classifier
+
+    classes = ["billing", "bug", "praise"]
+    run = make_run(tmp_path / "run", classes=classes, max_length=12, model=tiny_classifier(classes, seed=5))
+    info = json.loads((run / "run.json").read_text())
+    thresholds = {c: {"threshold": t} for c, t in zip(classes, (0.3, 0.5, 0.7), strict=True)}
+    (run / "run.json").write_text(json.dumps({**info, "multi_label": True, "thresholds": thresholds}))
+    (tmp_path / "onnx").mkdir()
+    export_onnx(load_run(run), tmp_path / "onnx", quantize=None)
+    code, want, err = invoke(str(run), *TEXTS)
+    assert code == 0, err
+    assert all(isinstance(r["labels"], list) for r in jsonl(want))  # the multi-label records
+    for source in ([str(run), "--engine", "onnx"], [str(tmp_path / "onnx")]):
+        code, got, err = invoke(*source, *TEXTS)
+        assert code == 0, err
+        assert [r["labels"] for r in jsonl(got)] == [r["labels"] for r in jsonl(want)]
+        for a, b in zip(probs_of(want), probs_of(got), strict=True):
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 2e-6

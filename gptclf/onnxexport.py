@@ -1,0 +1,261 @@
+"""The ONNX export folder: :func:`export_onnx` writes it, :func:`read_export` reads it back.
+
+An export folder holds everything ONNX Runtime needs to classify texts as the run does:
+
+- ``model.onnx``: the classifier's one forward (:meth:`gptclf.classifier.Classifier.forward`, with
+  its last-token gather inside the graph), inputs ``input_ids`` (batch, seq) int64 and ``lengths``
+  (batch,) int64 (real tokens per right-padded text), output ``logits`` (batch, classes) float32;
+  both axes are dynamic. With ``quantize="int8"`` its weights are int8 (ONNX Runtime's dynamic
+  quantization of the MatMuls by constant weights).
+- ``gptclf-onnx.json``: the format, the graph's inputs and output, the quantization, and the run's
+  whole run.json (``run``): classes, max length, pooling and padding, calibration temperature,
+  stored decision and abstention, checked against the run schema when read.
+- ``encoder.json``, ``vocab.bpe``: the tokenizer files.
+
+The graph is exported with torch's dynamo exporter (``torch.onnx.export(dynamo=True)``) and checked
+against the torch forward on texts of different lengths before it is kept: an fp32 graph that does
+not give the same logits within 1e-4 is an error, never a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tiktoken
+import torch
+from torch import nn
+
+from gptclf.batching import collate
+from gptclf.classifier import Classifier, reads_a_pad
+from gptclf.errors import BadInputError, GptclfError
+from gptclf.fileio import atomic_write_bytes, atomic_write_json
+from gptclf.ortsession import INPUTS, OUTPUT, ort_session, require_onnx
+from gptclf.rundir import LoadedRun, run_info_problems
+from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, load_tokenizer
+
+ONNX_FILE = "model.onnx"
+EXPORT_INFO_FILE = "gptclf-onnx.json"
+EXPORT_FORMAT = "gptclf-onnx"
+#: The newest export layout this code reads and the one it writes.
+EXPORT_FORMAT_VERSION = 1
+QUANTIZATIONS = ("int8",)
+#: How close the exported fp32 graph's logits must be to torch's.
+PARITY_ATOL = 1e-4
+#: protobuf's limit: a larger model keeps its weights in ``model.onnx.data`` beside the graph.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+class _Forward(nn.Module):
+    """The classifier's forward with the exported signature: (input_ids, lengths) -> logits."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, lengths)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's progress lines and warnings off stdout (results go there) and out of sight."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export_graph(model: Classifier, path: Path) -> None:
+    """Write the fp32 graph of ``model`` with dynamic batch and sequence axes."""
+    n_positions = model.gpt.config.n_positions
+    example = collate([[EOT_ID] * 3, [EOT_ID] * 2])  # two texts of two lengths: no axis specialised
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=n_positions)
+    with _quiet(), torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            _Forward(model).eval(),
+            example,
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "lengths": {0: batch}},
+            dynamo=True,
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(path), external_data=_n_bytes(model) > _PROTOBUF_LIMIT)
+
+
+def _n_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.state_dict().values())
+
+
+def _check_parity(model: Classifier, path: Path) -> None:
+    """The graph at ``path`` gives the torch forward's logits on a padded batch of three lengths.
+
+    Raises:
+        GptclfError: It does not (an exporter fault): the export is not kept.
+    """
+    n = min(model.gpt.config.n_positions, 7)
+    ids, lengths = collate([list(range(10, 10 + n)), [EOT_ID], list(range(20, 20 + max(1, n // 2)))])
+    with torch.no_grad():
+        want = model(ids, lengths).numpy()
+    got = ort_session(path, threads=1).run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+    diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not diff <= PARITY_ATOL:
+        raise GptclfError(
+            f"the exported ONNX graph does not reproduce the model (max logit difference {diff:.3g} > "
+            f"{PARITY_ATOL}); nothing was kept: report this with your torch and onnxscript versions"
+        )
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of the MatMuls by constant weights.
+
+    ``MatMulConstBOnly`` leaves the attention's activation-by-activation MatMuls in fp32: they hold
+    no weights, and quantizing them costs accuracy for no smaller file.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs its advice to the root logger
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=src.with_name(src.name + ".data").exists(),
+        )
+
+
+def export_onnx(run: LoadedRun, work_dir: Path, *, quantize: str | None) -> None:
+    """Write ``run`` as an ONNX export folder into ``work_dir`` (an existing, empty folder).
+
+    Args:
+        run: A loaded run directory (its tokenizer files are copied from ``run.path``).
+        work_dir: Where model.onnx, gptclf-onnx.json and the tokenizer files are written.
+        quantize: None (fp32) or ``"int8"`` (dynamic quantization by ONNX Runtime).
+
+    Raises:
+        BadInputError: An unknown ``quantize``, or the onnx extra is not installed.
+        GptclfError: The exported graph does not reproduce the model.
+    """
+    if quantize not in (None, *QUANTIZATIONS):
+        raise BadInputError(f"unknown --quantize {quantize!r}: use none or {', '.join(QUANTIZATIONS)}")
+    require_onnx("onnx", "onnxscript", "onnxruntime")
+    work_dir = Path(work_dir)
+    model = run.model.cpu().eval()
+    final = work_dir / ONNX_FILE
+    fp32 = work_dir / ".model-fp32.onnx" if quantize else final
+    _export_graph(model, fp32)
+    _check_parity(model, fp32)
+    if quantize:
+        _quantize_int8(fp32, final)
+        for leftover in (fp32, fp32.with_name(fp32.name + ".data")):
+            leftover.unlink(missing_ok=True)
+    for name in TOKENIZER_FILES:
+        atomic_write_bytes(work_dir / name, (Path(run.path) / name).read_bytes())
+    import onnx
+
+    graph = onnx.load(str(final), load_external_data=False)
+    opset = next(o.version for o in graph.opset_import if not o.domain)
+    record = {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "onnx": {"file": ONNX_FILE, "inputs": list(INPUTS), "output": OUTPUT, "opset": opset},
+        "quantize": quantize,
+        "run": run.info,
+    }
+    atomic_write_json(work_dir / EXPORT_INFO_FILE, record)
+
+
+@dataclass
+class OnnxExport:
+    """An export folder read back: its record, the run's run.json (``info``) and the tokenizer.
+
+    It answers what :class:`gptclf.predict.Predictor` asks of a run (``path``, ``info``,
+    ``tokenizer``, ``classes``, ``max_length``, ``pad_length``); the model is ``model_path``.
+    """
+
+    path: Path
+    record: dict[str, Any]
+    info: dict[str, Any]
+    tokenizer: tiktoken.Encoding
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    @property
+    def quantize(self) -> str | None:
+        return self.record.get("quantize")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.info["max_length"])
+
+    @property
+    def pad_length(self) -> int | None:
+        """As :attr:`gptclf.rundir.LoadedRun.pad_length`: only a pooling that reads a pad needs it."""
+        if not reads_a_pad(str(self.info.get("pooling"))):
+            return None
+        return (self.info.get("train") or {}).get("pad_length")
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is an ONNX export folder (it has gptclf-onnx.json)."""
+    return (Path(path) / EXPORT_INFO_FILE).is_file()
+
+
+def _record_problems(record: Any) -> list[str]:
+    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT:
+        return [f"it is not a gptclf ONNX export (format must be {EXPORT_FORMAT!r})"]
+    version = record.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= EXPORT_FORMAT_VERSION:
+        return [f"format_version {version!r} is not one this gptclf reads (1..{EXPORT_FORMAT_VERSION})"]
+    problems = []
+    if record.get("quantize") not in (None, *QUANTIZATIONS):
+        problems.append(f"quantize must be null or one of {', '.join(QUANTIZATIONS)}")
+    onnx_part = record.get("onnx")
+    if not isinstance(onnx_part, dict) or onnx_part.get("inputs") != list(INPUTS):
+        problems.append(f"onnx.inputs must be {list(INPUTS)}")
+    elif onnx_part.get("output") != OUTPUT:
+        problems.append(f"onnx.output must be {OUTPUT!r}")
+    problems += [f"run.{p}" for p in run_info_problems(record.get("run"))]
+    return problems
+
+
+def read_export(path: Path) -> OnnxExport:
+    """Read an export folder's record and tokenizer (the graph is checked when a session opens it).
+
+    Raises:
+        BadInputError: The record is unreadable or malformed, or a file is missing.
+    """
+    path = Path(path)
+    info_file = path / EXPORT_INFO_FILE
+    try:
+        record = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{info_file} is unreadable ({exc}): export the run again") from None
+    problems = _record_problems(record)
+    if problems:
+        raise BadInputError(f"{info_file} is not a valid export record: {'; '.join(problems)}")
+    if not (path / ONNX_FILE).is_file():
+        raise BadInputError(f"{path / ONNX_FILE} is missing: export the run again")
+    return OnnxExport(path, record, record["run"], load_tokenizer(path))
