@@ -140,11 +140,12 @@ def predict_pipeline(args: argparse.Namespace) -> dict[str, object]:
         truncation=True,
     )
     t0 = time.perf_counter()
-    n = 0
-    for _ in clf((t for t in texts), batch_size=args.batch_size):
-        n += 1
+    labels = []
+    for scores in clf((t for t in texts), batch_size=args.batch_size):
+        labels.append(max(scores, key=lambda s: s["score"])["label"])
     elapsed = time.perf_counter() - t0
-    return {"texts": n, "seconds": elapsed, "peak_rss_mb": _peak_rss_mb()}
+    result = {"texts": len(labels), "seconds": elapsed, "peak_rss_mb": _peak_rss_mb()}
+    return {**result, "labels": labels} if args.labels else result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--texts", required=True)
     pr.add_argument("--bpe-dir", required=True)
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--labels", action="store_true", help="also write each text's predicted label")
     for p in (tr, pr):
         p.add_argument("--result", required=True, help="write the JSON result here (stdout has HF's logs)")
     args = parser.parse_args(argv)
