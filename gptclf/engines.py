@@ -93,16 +93,34 @@ class OrtClassifier:
 
 
 def quantize_torch_int8(model: Classifier) -> Classifier:
-    """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (CPU only).
+    """``model`` with every ``nn.Linear`` dynamically quantized to int8 (CPU only); ``model`` is untouched.
 
-    The last-token forward then runs the final block's qkv through the quantized module whole (the
-    path it takes for any module other than a plain ``nn.Linear``); the numbers stay those of int8.
+    The same modules as ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear})`` (its
+    ``convert`` step, Linear by Linear), but in a shallow copy of the module tree instead of a deep
+    copy: the embeddings and norms are shared with ``model`` rather than copied, so the peak memory
+    is the fp32 model plus the int8 weights, not two fp32 models. The last-token forward runs the
+    final block's qkv through the quantized module whole (its path for any module that is not a
+    plain ``nn.Linear``).
     """
     with warnings.catch_warnings():  # torch.ao.quantization says it is deprecated, and still works
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        from torch.ao.quantization import default_dynamic_qconfig
 
-        quantized = quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+        def convert(module: nn.Module) -> nn.Module:
+            if type(module) is nn.Linear:
+                linear = copy.copy(module)  # from_float reads the qconfig off the module it is given
+                linear.qconfig = default_dynamic_qconfig
+                return DynamicLinear.from_float(linear)
+            clone = copy.copy(module)  # its dicts of children, parameters, buffers are new below
+            clone._modules = {
+                name: None if child is None else convert(child) for name, child in module._modules.items()
+            }
+            clone._parameters = dict(module._parameters)
+            clone._buffers = dict(module._buffers)
+            return clone
+
+        quantized = convert(model.cpu().eval())
     assert isinstance(quantized, Classifier)
     return quantized
 

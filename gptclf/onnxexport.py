@@ -146,12 +146,13 @@ def export_onnx(run: LoadedRun, work_dir: Path, *, quantize: str | None) -> None
     Args:
         run: A loaded run directory (its tokenizer files are copied from ``run.path``).
         work_dir: Where model.onnx, gptclf-onnx.json and the tokenizer files are written.
-        quantize: None (fp32) or ``"int8"`` (dynamic quantization by ONNX Runtime).
+        quantize: None or ``"none"`` (fp32), or ``"int8"`` (dynamic quantization by ONNX Runtime).
 
     Raises:
         BadInputError: An unknown ``quantize``, or the onnx extra is not installed.
         GptclfError: The exported graph does not reproduce the model.
     """
+    quantize = None if quantize == "none" else quantize  # the CLI's spelling of no quantization
     if quantize not in (None, *QUANTIZATIONS):
         raise BadInputError(f"unknown --quantize {quantize!r}: use none or {', '.join(QUANTIZATIONS)}")
     require_onnx("onnx", "onnxscript", "onnxruntime")

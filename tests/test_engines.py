@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,13 @@ def test_torch_int8_quantizes_a_copy_and_agrees_with_fp32(tmp_path: Path) -> Non
     linear = [m for m in quantized.modules() if type(m) is nn.Linear]
     assert linear == []  # every Linear was replaced by its dynamic int8 version
     assert type(run.model.gpt.lm_head) is nn.Linear  # the run's own model is untouched
+    assert quantized.gpt.transformer.wte.weight is run.model.gpt.transformer.wte.weight  # shared, not copied
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch.ao.quantization.quantize_dynamic(run.model, {nn.Linear}, dtype=torch.qint8)
+    ids, lengths = torch.randint(0, 256, (3, 9)), torch.tensor([9, 4, 1])
+    with torch.inference_mode():
+        assert torch.equal(quantized(ids, lengths), reference(ids, lengths))  # torch's own conversion
     want = list(Predictor(run, device="cpu", precision="fp32").predict(TEXTS))
     got = list(Predictor(run, quantize="int8").predict(TEXTS))
     agree = np.mean([a.label == b.label for a, b in zip(want, got, strict=True)])
