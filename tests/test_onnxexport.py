@@ -171,3 +171,18 @@ def test_a_record_naming_other_classes_than_the_graph_has_is_refused(exported: P
     other = copy_export(exported, tmp_path / "three", run={**info, "classes": ["a", "b", "c"]})
     with pytest.raises(BadInputError, match="2 logits per text but the export record names 3 classes"):
         Predictor(read_export(other), engine="onnx")
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_model_over_the_protobuf_limit_keeps_its_weights_beside_the_graph(
+    run: LoadedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize: str | None
+) -> None:
+    import gptclf.onnxexport as module
+
+    monkeypatch.setattr(module, "_PROTOBUF_LIMIT", 0)  # as if the model were over 2 GB
+    export_onnx(run, tmp_path, quantize=quantize)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["encoder.json", EXPORT_INFO_FILE, ONNX_FILE, "model.onnx.data", "vocab.bpe"])
+    want = Predictor(run, device="cpu", precision="fp32").logits(MIXED)
+    got = Predictor(read_export(tmp_path), engine="onnx").logits(MIXED)
+    assert torch.allclose(got, want, atol=1e-4 if quantize is None else 0.1, rtol=0)
