@@ -161,3 +161,10 @@ BATCH_SIZE = typer.Option(32, "--batch-size", help="Texts per forward pass.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", "--precision", help=f"{', '.join(PRECISIONS)}.")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+#: How texts longer than the run's max length are read; each defaults to what the run stores.
+LONG_TEXTS = typer.Option(
+    None, "--long-texts", help="truncate, head-tail or window (default: what the run was trained with)."
+)
+HEAD_TOKENS = typer.Option(None, "--head-tokens", help="head-tail: tokens kept from the start of a text.")
+STRIDE = typer.Option(None, "--stride", help="window: tokens between the starts of two windows.")
+AGGREGATE = typer.Option(None, "--aggregate", help="window: mean or max of the windows' logits.")

@@ -23,15 +23,19 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from cli.common import (
+    AGGREGATE,
     BATCH_SIZE,
     DATA_DIR,
     DEVICE,
     ENCODING,
+    HEAD_TOKENS,
     INPUT_FORMAT,
     JSON_OUT,
     LABEL_COLUMN,
+    LONG_TEXTS,
     PRECISION,
     RUN_DIR,
+    STRIDE,
     TEXT_COLUMN,
     err_console,
     handle_errors,
@@ -284,11 +288,16 @@ def evaluate(
         help="Write PNGs into DIR: confusion matrix, ROC and precision-recall (two classes), "
         "reliability before/after calibration, F1 per class (needs the plot extra).",
     ),
+    long_texts: str | None = LONG_TEXTS,
+    head_tokens: int | None = HEAD_TOKENS,
+    stride: int | None = STRIDE,
+    aggregate: str | None = AGGREGATE,
 ) -> None:
     """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
     from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import DataChoice, Gates, evaluate_with_logits
+    from gptclf.longtexts import LongCounts, describe_counts, override, stored_long_texts
     from gptclf.predict import Predictor
     from gptclf.rundir import load_run
 
@@ -299,6 +308,9 @@ def evaluate(
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
     choice.check()
     loaded = load_run(run)
+    long = override(
+        stored_long_texts(loaded.info), loaded.max_length, long_texts, head_tokens, stride, aggregate
+    )
     if loaded.info.get("multi_label") is True:  # sigmoid outputs, label lists: cli.multievaluate
         from cli.multievaluate import evaluate_multi_run
 
@@ -320,6 +332,7 @@ def evaluate(
         calibrated=not no_calibration,
         decision=stored_decision(loaded.info),  # judged as predict applies them
         min_confidence=stored_min_confidence(loaded.info),
+        long_texts=long,
     )
     _warn_about(labelled.source)
     err_console.print(
@@ -327,10 +340,10 @@ def evaluate(
         + _probabilities(predictor)
     )
     metrics, logits = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
-    if metrics["truncated"]:
-        err_console.print(
-            f"gptclf: {metrics['truncated']} texts were longer than {loaded.max_length} tokens (truncated)"
-        )
+    seen = metrics["long_texts"]
+    if seen["long"]:
+        counts = LongCounts(metrics["n"], seen["long"], seen["windows"])
+        err_console.print(f"gptclf: {describe_counts(counts, loaded.max_length, long)}", markup=False)
     if json_out:
         try:  # allow_nan=False: NaN is not JSON (non-finite logits are refused earlier; a backstop)
             line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)

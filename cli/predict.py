@@ -44,7 +44,18 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import BATCH_SIZE, DEVICE, PRECISION, err_console, handle_errors, out_console
+from cli.common import (
+    AGGREGATE,
+    BATCH_SIZE,
+    DEVICE,
+    HEAD_TOKENS,
+    LONG_TEXTS,
+    PRECISION,
+    STRIDE,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from gptclf.errors import BadInputError, write_error
 
 if TYPE_CHECKING:
@@ -286,10 +297,15 @@ def predict(
     quantize: str = typer.Option(
         "none", "--quantize", help="none or int8: dynamic int8 quantization of the weights (CPU, fp32)."
     ),
+    long_texts: str | None = LONG_TEXTS,
+    head_tokens: int | None = HEAD_TOKENS,
+    stride: int | None = STRIDE,
+    aggregate: str | None = AGGREGATE,
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
     from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
+    from gptclf.longtexts import override, stored_long_texts
     from gptclf.onnxexport import is_export, read_export
     from gptclf.predict import Predictor, make_decision
     from gptclf.rundir import load_run
@@ -322,6 +338,8 @@ def predict(
         decision = make_decision(loaded.classes, threshold, positive, stored_decision(loaded.info))
         if min_confidence is None:
             min_confidence = stored_min_confidence(loaded.info)
+        stored = stored_long_texts(loaded.info)
+        long = override(stored, loaded.max_length, long_texts, head_tokens, stride, aggregate)
         predictor = Predictor(
             loaded,
             device=device,
@@ -332,13 +350,14 @@ def predict(
             decision=decision,
             calibrated=not no_calibration,
             min_confidence=min_confidence,
+            long_texts=long,
         )
         write = _writer(fmt, out, predictor.classes, output is not None, min_confidence is not None)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
         _stream(predictor.predict_chunks(stream, pause=pause), write, out, where)
     if predictor.n_truncated:
-        err_console.print(
-            f"gptclf: {predictor.n_truncated} of {predictor.n_texts} texts were longer than "
-            f"{loaded.max_length} tokens and were truncated"
-        )
+        from gptclf.longtexts import LongCounts, describe_counts
+
+        counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
+        err_console.print(f"gptclf: {describe_counts(counts, loaded.max_length, long)}", markup=False)

@@ -99,6 +99,11 @@ def prepare(
         metavar="A,B,...",
         help="With --multi-label: one 0/1 column per label instead of a label column.",
     ),
+    max_length: int | None = typer.Option(
+        None,
+        "--max-length",
+        help="Also count the texts longer than this many tokens (as finetune would cut).",
+    ),
 ) -> None:
     """Turn labelled data into train.csv, validation.csv, test.csv and labels.json.
 
@@ -119,6 +124,8 @@ def prepare(
         "seed": seed,
         "force": force,
     }
+    if max_length is not None and max_length < 1:
+        raise BadInputError(f"--max-length must be >= 1 (got {max_length})")
     if multi_label or label_sep is not None or label_columns is not None:
         from cli.multiprepare import prepare_multi
 
@@ -139,12 +146,29 @@ def prepare(
         stratify=stratify,
         dedupe=dedupe,
         drop_unknown=drop_unknown,
+        tokenizer=_cached_tokenizer(home),
+        max_length=max_length,
         **options,
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
         _report(summary)
+
+
+def _cached_tokenizer(home: Path | None) -> Any:
+    """GPT-2's tokenizer from the cache, to count token lengths; None when absent.
+
+    Nothing is downloaded for it: prepare needs no tokenizer, only its length report does.
+    """
+    from gptclf.artefacts import tokenizer_dir
+    from gptclf.tokenizer import load_tokenizer
+
+    folder = tokenizer_dir(home.expanduser() if home is not None else None)
+    try:
+        return load_tokenizer(folder)
+    except BadInputError:
+        return None
 
 
 def _check(out: Path, input_path: Path | None, options: dict[str, Any]) -> None:
@@ -184,5 +208,11 @@ def _report(summary: PrepareSummary) -> None:
     shared = {pair: n for pair, n in summary.duplicates_across_splits.items() if n}
     if shared:
         notes.append("texts in two splits: " + ", ".join(f"{pair} {n:,}" for pair, n in shared.items()))
+    if summary.lengths is not None:
+        from gptclf.textlengths import describe_lengths
+
+        notes.append(describe_lengths(summary.lengths))
+    else:
+        notes.append("token lengths not counted: GPT-2's tokenizer is not in the cache (`gptclf download`)")
     for note in notes:
         err_console.print(note, markup=False, highlight=False, soft_wrap=True)

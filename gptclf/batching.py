@@ -22,6 +22,7 @@ import torch
 
 from gptclf.data import label_ids
 from gptclf.multilabel import label_matrix
+from gptclf.longtexts import LongTexts, Windowed, WindowMap, encode_windows
 from gptclf.tokenizer import EOT_ID, encode_batch
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
@@ -172,13 +173,25 @@ class TokenSource:
 
 @dataclass
 class LabelledSet:
-    """Model inputs of a split and the true class index of each text (multi-label: a 0/1 row)."""
+    """Model inputs of a split and the true class index of each text (multi-label: a 0/1 row).
+
+    With ``windows`` (``--long-texts head-tail`` or ``window``) the source's rows are windows and
+    ``windows`` says which belong to which text; None: one row per text (``truncate``).
+    """
 
     source: Source
     labels: list[Any]
+    windows: WindowMap | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per text (over its windows)."""
+        if self.windows is None:
+            return self.source.lengths
+        return self.windows.text_lengths(self.source.lengths)
 
 
 def encode_splits(
@@ -188,11 +201,17 @@ def encode_splits(
     max_length: int,
     pad_to: str,
     multi_label: bool = False,
+    long: LongTexts | None = None,
+    windows: dict[str, Windowed] | None = None,
 ) -> tuple[dict[str, list[list[int]]], dict[str, list[Any]], int, int | None]:
     """Token ids and label ids of each split of a prepared folder.
 
     With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
     text and padded to it; the book's dataset class truncates validation and test texts the same way.
+    With ``long`` (resolved) the ids are each text's windows (:mod:`gptclf.longtexts`; for
+    ``truncate`` the same ids as without it), and each split's
+    :class:`~gptclf.longtexts.Windowed` (which text each window is of, what was cut) is put into
+    ``windows``.
 
     With ``multi_label`` each label is a 0/1 row over the classes (the ``label`` column holds
     tuples of names, :func:`gptclf.prepared.read_prepared`), not a class index.
@@ -201,7 +220,14 @@ def encode_splits(
         ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
     """
     names = ("train", "validation", "test")
-    ids = {n: encode_texts(enc, splits[n]["text"].astype(str).tolist(), max_length).ids for n in names}
+    texts = {n: splits[n]["text"].astype(str).tolist() for n in names}
+    if long is None:
+        ids = {n: encode_texts(enc, texts[n], max_length).ids for n in names}
+    else:
+        made = {n: encode_windows(enc, texts[n], max_length, long) for n in names}
+        ids = {n: w.ids for n, w in made.items()}
+        if windows is not None:
+            windows.update(made)
     labels: dict[str, list[Any]] = {
         n: label_matrix(splits[n]["label"], classes) if multi_label else label_ids(splits[n], classes)
         for n in names

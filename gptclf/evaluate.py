@@ -237,7 +237,8 @@ def evaluate_with_logits(
     Returns:
         A JSON-ready dict: ``run``, ``source``, ``calibration`` (only for a run that stores one:
         ``applied``, whether the metrics are those of the calibrated probabilities, and the run's
-        ``temperature``), ``truncated`` (texts cut to the run's max length), and everything
+        ``temperature``), ``truncated`` (texts cut to the run's max length), ``long_texts`` (the
+        settings, and how many texts were ``long`` and how many ``windows`` all texts took), and everything
         :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
         ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
         probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``);
@@ -249,8 +250,11 @@ def evaluate_with_logits(
     if isinstance(predictor, MultiPredictor):  # sigmoid outputs at per-label thresholds
         multi, raw = evaluate_multi(predictor, data.texts, data.labels, progress)
         return {"run": str(predictor.run.path), "source": data.source, **multi}, raw
-    before = predictor.n_truncated
+    before, windows_before = predictor.n_truncated, predictor.n_windows
     logits = predictor.logits(data.texts, progress=progress)
+    long = predictor.long_texts
+    n_long = predictor.n_truncated - before
+    long_texts = {**long.to_dict(), "long": n_long, "windows": predictor.n_windows - windows_before}
     # The metrics are those of the probabilities predict prints: softmax(logits / T). Dividing by
     # T > 0 keeps every argmax and ranking, so only the probability metrics (loss, ...) move.
     # PR-AUC is reported for the decision's positive class where there is one (as the pictures show).
@@ -267,7 +271,8 @@ def evaluate_with_logits(
     rules = decision_metrics(
         softmax(calibrated), data.labels, predictor.classes, predictor.decision, predictor.min_confidence
     )
-    return {**out, "truncated": predictor.n_truncated - before, **metrics, **rules}, logits
+    cut = 0 if long.mode == "window" else n_long
+    return {**out, "truncated": cut, "long_texts": long_texts, **metrics, **rules}, logits
 
 
 @dataclass(frozen=True)

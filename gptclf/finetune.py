@@ -24,6 +24,7 @@ from gptclf.decisions import check_target, choose
 from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import batched_logits
+from gptclf.longtexts import INFO_KEY, Windowed, describe_counts
 from gptclf.metrics import classification_metrics
 from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
 from gptclf.multilabel import is_multi_label
@@ -58,10 +59,13 @@ def train_run(
     prepared, model, counts = _inputs(ctx, data_dir, weights_path)
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
+    windowed: dict[str, Windowed] = {}
     ids, labels, max_length, pad_length = encode_splits(
-        prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to, model.multi_label
-    )
+        prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to,
+        model.multi_label, ctx.plan.long_texts, windowed,
+    )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
+    maps = _tell_long_texts(ctx, windowed)
     t0 = time.monotonic()
     sources = _sources(ctx, model, ids, pad_length)
     timings["cache"] = time.monotonic() - t0
@@ -76,7 +80,7 @@ def train_run(
     final_data = ctx.out / "data" if ctx.settings.data is None else data_dir
     data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
-        sets = {name: LabelledSet(sources[name], labels[name]) for name in ids}
+        sets = {name: LabelledSet(sources[name], labels[name], maps.get(name)) for name in ids}
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
@@ -183,6 +187,7 @@ def _final_scores(
                 between_batches=lambda: ctx.guard.check(saved),
                 progress=ctx.progress,
                 label=f"evaluating the kept weights on the {name} split",
+                windows=sets[name].windows,
             ).numpy()
     if model.multi_label:  # sigmoid outputs: per-label thresholds instead of a temperature
         return multi_scores(logits, {n: sets[n].labels for n in logits}, model.classes), None, logits
@@ -264,7 +269,20 @@ def _run_info(
         data=data,
         calibration=result.calibration.to_dict() if result.calibration else None,
     )
+    info[INFO_KEY] = p.long_texts.to_dict()
     return {**info, **result.choices}  # the decision / abstain level chosen on validation
+
+
+def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed]) -> dict[str, Any]:
+    """Say per split how many texts were cut or windowed; the window maps of the splits (none for
+    ``truncate``, whose rows are the texts)."""
+    long, max_length = ctx.plan.long_texts, ctx.plan.max_length
+    for name, w in windowed.items():
+        if w.counts.long:
+            ctx.progress.message(f"{name} split: " + describe_counts(w.counts, max_length, long))
+    if long.mode == "truncate":
+        return {}
+    return {name: w.map for name, w in windowed.items()}
 
 
 def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data: dict[str, Any]) -> History:

@@ -22,6 +22,7 @@ from gptclf.batching import LabelledSet, Source, sorted_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
+from gptclf.longtexts import WindowMap
 from gptclf.metrics import classification_metrics
 from gptclf.multimetrics import multilabel_metrics
 from gptclf.progress import Progress
@@ -118,12 +119,15 @@ def batched_logits(
     between_batches: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "inference",
+    windows: WindowMap | None = None,
 ) -> torch.Tensor:
     """(N, K) float32 logits of every text of ``source``, on the CPU, in input order.
 
     Under DDP each rank fills the rows of its batches and the logits are summed over the ranks
     (each row is non-zero on one rank only): every rank gets all the logits, computed in the same
-    batches as by one process. Arguments are those of :func:`run_batches`.
+    batches as by one process. With ``windows`` the source's rows are the texts' windows, batched
+    like any texts, and each text's rows are aggregated into its one row at the end. The other
+    arguments are those of :func:`run_batches`.
     """
     logits = torch.zeros(len(source.lengths), len(model.classes), dtype=torch.float32)
 
@@ -142,7 +146,8 @@ def batched_logits(
         progress=progress,
         label=label,
     )
-    return shard.all_sum(logits)
+    logits = shard.all_sum(logits)
+    return logits if windows is None else windows.combine(logits)
 
 
 def labelled_metrics(
@@ -178,6 +183,7 @@ def labelled_metrics(
         between_batches=between_batches,
         progress=progress,
         label=label,
+        windows=data.windows,
     )
     if model.multi_label:  # thresholds 0.5 while training; the run's own are chosen after it
         return multilabel_metrics(logits, data.labels, model.classes), logits.numpy()

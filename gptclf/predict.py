@@ -20,7 +20,7 @@ from typing import Any
 import tiktoken
 import torch
 
-from gptclf.batching import TokenSource, encode_texts
+from gptclf.batching import TokenSource
 from gptclf.calibration import run_temperature
 from gptclf.chunking import chunks, waiting_chunks
 from gptclf.classifier import Classifier
@@ -29,12 +29,16 @@ from gptclf.device import Precision
 from gptclf.engines import OrtClassifier, load_engine
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference import batched_logits
+from gptclf.longtexts import LongCounts, LongTexts, piecewise_logits, stored_long_texts
 from gptclf.onnxexport import OnnxExport
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
+from gptclf.tokenizer import encode_batch
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
-#: padding, small enough that a chunk's texts, ids and logits stay a few megabytes.
+#: padding, small enough that a chunk's texts, ids and logits stay a few megabytes. It also bounds
+#: the windows run together: a chunk's windows go through the model this many at a time, so a
+#: 100,000-token text (thousands of windows) costs no more memory than a chunk of short ones.
 CHUNK_SIZE = 1024
 
 
@@ -93,7 +97,9 @@ def compute_logits(
     precision: Precision,
     pad_to: int | None = None,
     progress: Progress | None = None,
-) -> tuple[torch.Tensor, int]:
+    long: LongTexts | None = None,
+    piece: int = CHUNK_SIZE,
+) -> tuple[torch.Tensor, LongCounts]:
     """Class logits of ``texts``, in input order, through the one inference loop
     (:func:`gptclf.inference.batched_logits`: length-sorted batches, order restored).
 
@@ -108,21 +114,29 @@ def compute_logits(
         pad_to: Pad every batch to this length (a run trained with the book's fixed padding and
             ``last-position`` pooling reads position -1, so it must see the same padding).
         progress: Shows the pass.
+        long: How texts longer than ``max_length`` are read (resolved; None: truncated).
+        piece: The most windows run through the inference loop together (see
+            :func:`gptclf.longtexts.piecewise_logits`): bounds memory on very long texts.
 
     Returns:
-        ``(logits, truncated)``: (N, K) float32 logits on the CPU, and how many texts were cut.
+        ``(logits, counts)``: (N, K) float32 logits on the CPU, and how many texts were long and
+        how many windows they took.
     """
-    encoded = encode_texts(enc, texts, max_length)
-    logits = batched_logits(
-        model,
-        TokenSource(encoded.ids, pad_to),
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        progress=progress,
-        label="classifying",
-    )
-    return logits, encoded.truncated
+
+    def run(windows: list[list[int]]) -> torch.Tensor:
+        return batched_logits(
+            model,
+            TokenSource(windows, pad_to),
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=progress,
+            label="classifying",
+        )
+
+    token_lists = encode_batch(enc, list(texts))
+    long = long or LongTexts().resolved(max_length)
+    return piecewise_logits(token_lists, max_length, long, run, len(model.classes), piece)
 
 
 @dataclass(frozen=True)
@@ -155,7 +169,9 @@ class Predictor:
         device: Where the model runs.
         precision: fp32 or the autocast type.
         n_texts: Texts predicted so far (over every call).
-        n_truncated: Of those, texts longer than the run's ``max_length`` that were cut.
+        n_truncated: Of those, texts longer than the run's ``max_length`` (cut, or read in windows).
+        n_windows: Windows (model inputs) the texts took (one per text that fits).
+        long_texts: How texts longer than ``max_length`` are read (resolved).
         calibrated: Whether the run's stored temperature is applied.
         temperature: What the logits are divided by before the softmax (1.0: raw probabilities).
     """
@@ -173,6 +189,7 @@ class Predictor:
         decision: Decision | None = None,
         calibrated: bool = True,
         min_confidence: float | None = None,
+        long_texts: LongTexts | None = None,
     ) -> None:
         """Move the run's model to ``device``.
 
@@ -191,10 +208,13 @@ class Predictor:
                 and so is every label: the decision rules always read the calibrated ones.
             min_confidence: Abstain (label None) on texts whose top calibrated probability is
                 below this, in (0, 1]; None never abstains.
+            long_texts: How texts longer than the run's ``max_length`` are read (see
+                :func:`gptclf.longtexts.override`); None: as the run stores (truncate for a run
+                without ``long_texts``).
 
         Raises:
-            BadInputError: A bad device, precision, engine, quantization, batch size, chunk size
-                or min_confidence; an ONNX model that does not match its record.
+            BadInputError: A bad device, precision, engine, quantization, batch size, chunk size,
+                min_confidence or long-texts setting; an ONNX model that does not match its record.
         """
         # Name only the value that is wrong: the CLI never lets the user set the chunk size.
         if batch_size < 1:
@@ -203,6 +223,7 @@ class Predictor:
             raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
         self.min_confidence = check_min_confidence(min_confidence)
+        self.long_texts = (long_texts or stored_long_texts(run.info)).resolved(run.max_length)
         self.model, self.device, self.precision = load_engine(
             run, engine=engine, quantize=quantize, device=device, precision=precision
         )
@@ -216,6 +237,7 @@ class Predictor:
         self.decision_temperature = run_temperature(run.info)
         self.n_texts = 0
         self.n_truncated = 0
+        self.n_windows = 0
 
     @property
     def classes(self) -> list[str]:
@@ -229,7 +251,7 @@ class Predictor:
             GptclfError: A logit is NaN or infinite (broken weights): no probability or metric
                 computed from it would mean anything, and NaN is not valid JSON.
         """
-        out, truncated = compute_logits(
+        out, counts = compute_logits(
             self.model,
             self.run.tokenizer,
             texts,
@@ -239,6 +261,8 @@ class Predictor:
             precision=self.precision,
             pad_to=self.run.pad_length,
             progress=progress,
+            long=self.long_texts,
+            piece=self.chunk_size,
         )
         if not torch.isfinite(out).all():
             raise GptclfError(
@@ -246,7 +270,8 @@ class Predictor:
                 "broken; finetune the run again or restore model.safetensors"
             )
         self.n_texts += len(texts)
-        self.n_truncated += truncated
+        self.n_truncated += counts.long
+        self.n_windows += counts.windows
         return out
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import tiktoken
+
 from gptclf.data import (
     BALANCE_MODES,
     DUPLICATE,
@@ -37,6 +39,7 @@ from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
 from gptclf.prepared import PREPARED_FILES, SPLITS, write_prepared
 from gptclf.tables import EMPTY_TEXT, MISSING_LABEL, LoadedTable, load_table, resolve_format
+from gptclf.textlengths import length_report
 
 DEFAULT_SPLIT = "0.7,0.1,0.2"
 
@@ -97,6 +100,8 @@ class PrepareSummary:
         stratify: Whether each class was split on its own.
         dedupe: Whether repeated texts were dropped.
         seed: Seed of every random step.
+        lengths: Token lengths of the kept texts (:func:`gptclf.textlengths.length_report`);
+            None when no tokenizer was given (labels.json then has no ``lengths``).
     """
 
     out: Path
@@ -112,10 +117,14 @@ class PrepareSummary:
     stratify: bool
     dedupe: bool
     seed: int
+    lengths: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**asdict(self), "out": str(self.out)}
+        out = {**asdict(self), "out": str(self.out)}
+        if out["lengths"] is None:  # not counted: labels.json stays as it was without a tokenizer
+            del out["lengths"]
+        return out
 
 
 def check_options(
@@ -190,6 +199,8 @@ def prepare(
     dedupe: bool = False,
     drop_unknown: bool = False,
     force: bool = False,
+    tokenizer: tiktoken.Encoding | None = None,
+    max_length: int | None = None,
 ) -> PrepareSummary:
     """Turn a labelled table into a prepared folder (see the module docstring for the steps).
 
@@ -214,6 +225,8 @@ def prepare(
         dedupe: Drop rows whose text appeared earlier (first occurrence kept).
         drop_unknown: Drop rows whose label is not among ``classes`` instead of refusing them.
         force: Replace a prepared set already in ``out``.
+        tokenizer: GPT-2's tokenizer, to count the texts' lengths in tokens (None: not counted).
+        max_length: Also count the texts longer than this many tokens.
 
     Returns:
         The summary, also recorded in labels.json.
@@ -260,6 +273,9 @@ def prepare(
         dedupe=dedupe,
         seed=seed,
     )
+    if tokenizer is not None:
+        texts = [t for s in SPLITS for t in parts[s]["text"].astype(str)]
+        summary.lengths = length_report(tokenizer, texts, max_length)
     meta = summary.to_dict()
     del meta["out"]  # the folder may move; the files must not change with it
     write_prepared(out, parts, meta)

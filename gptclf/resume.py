@@ -171,8 +171,11 @@ def signal_name(signum: int) -> str:
     return {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
 
 
-def data_signature(labels: Sequence[int], lengths: Sequence[int]) -> dict[str, Any]:
-    """What identifies a training set for resuming: its size and a hash of its labels and lengths.
+def data_signature(
+    labels: Sequence[int], lengths: Sequence[int], long_texts: str | None = None
+) -> dict[str, Any]:
+    """What identifies a training set for resuming: its size and a hash of its labels and lengths,
+    and of the ``--long-texts`` mode where it is not ``truncate`` (None: the signature of old runs).
 
     A checkpoint continues only on the same texts: other data (re-prepared with another split or
     seed) would give other batch groups, or a position past the end of an epoch.
@@ -180,6 +183,8 @@ def data_signature(labels: Sequence[int], lengths: Sequence[int]) -> dict[str, A
     digest = hashlib.sha256()
     digest.update(np.asarray(labels, dtype=np.int64).tobytes())
     digest.update(np.asarray(lengths, dtype=np.int64).tobytes())
+    if long_texts is not None:
+        digest.update(f"long-texts:{long_texts}".encode())
     return {"n": len(labels), "sha256": digest.hexdigest()}
 
 

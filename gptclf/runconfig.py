@@ -24,6 +24,7 @@ from typing import Any
 from gptclf.classifier import POOLINGS
 from gptclf.device import PRECISIONS
 from gptclf.errors import BadInputError
+from gptclf.longtexts import AGGREGATES, MODES, LongTexts
 from gptclf.options import coerce, field_problems, option, option_names, option_specs
 
 SCHEDULES = ("constant", "cosine")
@@ -157,6 +158,14 @@ class FinetuneSettings:
         None, "Class names in order, e.g. spam,ham", _DATA, default_text="those of the prepared data"
     )
     max_length: int | None = option(None, "Tokens kept per text", _DATA, default_text="the context")
+    long_texts: str = option("truncate", "Texts longer than --max-length", _DATA, choices=MODES)
+    head_tokens: int | None = option(
+        None, "head-tail: tokens kept from the start", _DATA, default_text="a quarter of --max-length"
+    )
+    stride: int | None = option(
+        None, "window: tokens between window starts", _DATA, default_text="half of --max-length"
+    )
+    aggregate: str = option("mean", "window: how the windows' logits are combined", _DATA, choices=AGGREGATES)
     model: str = option(
         "gpt2-small",
         "gpt2-small .. gpt2-xl, 124M .. 1558M, distilgpt2, n_layer=4,n_head=4,n_embd=256, or a "
@@ -208,6 +217,10 @@ class FinetuneSettings:
             train=dataclasses.replace(self.train, **train),
             given=self.given if given is None else given,
         )
+
+    def long(self) -> LongTexts:
+        """The long-texts settings, unresolved (:meth:`gptclf.longtexts.LongTexts.resolved`)."""
+        return LongTexts(self.long_texts, self.head_tokens, self.stride, self.aggregate)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (without ``given``), the training ones nested under ``train``."""

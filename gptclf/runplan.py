@@ -21,6 +21,7 @@ from gptclf.device import LocalJob, Precision, resolve_device, resolve_precision
 from gptclf.distributed import local_job
 from gptclf.errors import BadInputError
 from gptclf.hfconfig import resolve_base_model
+from gptclf.longtexts import LongTexts
 from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 from gptclf.rundir import check_out, work_dir
@@ -47,6 +48,7 @@ class RunPlan:
     cache_memory: int
     max_length: int
     home: Path | None
+    long_texts: LongTexts = LongTexts()  # noqa: RUF009 - frozen, so one shared default is safe
 
 
 def _attempt(problems: list[str], func: Any, *args: Any) -> Any:
@@ -93,12 +95,15 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
             problems.append(
                 f"--max-length must be in 1..{cfg.n_positions} (the model's context), got {max_length}"
             )
+        else:
+            problems += settings.long().problems(max_length)
     problems += _data_problems(settings)
     if problems:
         raise BadInputError("; ".join(problems))
     name, cfg = resolved
     home = Path(settings.home).expanduser() if settings.home else None
-    return RunPlan(name, cfg, scope, settings.train, device, precision, cache_memory, max_length, home)
+    long = settings.long().resolved(max_length)
+    return RunPlan(name, cfg, scope, settings.train, device, precision, cache_memory, max_length, home, long)
 
 
 def _data_problems(settings: FinetuneSettings) -> list[str]:

@@ -27,6 +27,7 @@ from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard, wrap_ddp
 from gptclf.errors import TrainingError
+from gptclf.longtexts import WindowMap, aggregate
 from gptclf.multitrain import bce_sum, exact_matches, pos_weights
 from gptclf.runconfig import TrainConfig
 
@@ -80,7 +81,11 @@ class Stepper:
         device: torch.device,
         precision: Precision,
         shard: Shard,
+        windows: WindowMap | None = None,
     ) -> None:
+        # With ``windows`` the source's rows are windows: each micro-batch of texts runs all their
+        # windows together, and the loss is taken on each text's aggregated logits (a text counts once).
+        self.windows = windows
         self.source, self.cfg, self.device, self.precision, self.shard = source, cfg, device, precision, shard
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.forward = wrap_ddp(model, device, shard)  # DDP wraps the classifier itself
@@ -148,7 +153,8 @@ class Stepper:
         self.forward.train()
         stats = torch.zeros(4, dtype=self.stats_dtype, device=self.device)
         for n, micro in enumerate(micros or [indices[:1]]):
-            batch = self.source.batch(micro, self.device)
+            rows, owner = (micro, None) if self.windows is None else self.windows.rows(micro)
+            batch = self.source.batch(rows, self.device)
             y = to_device(self.labels[micro], self.device)
             # Only the last micro-batch's backward syncs: DDP then reduces the accumulated gradient.
             last = n == max(len(micros), 1) - 1
@@ -158,6 +164,11 @@ class Stepper:
                 with self.precision.autocast(self.device):
                     logits = self.forward(
                         batch.input_ids, batch.lengths, hidden=batch.hidden, start_block=batch.start_block
+                    )
+                if owner is not None:
+                    assert self.windows is not None
+                    logits = aggregate(
+                        logits.float(), to_device(owner, self.device), len(micro), self.windows.aggregate
                     )
                 ce = self._loss(logits, y, self.weights_dev)
                 self.scaler.scale(ce * scale).backward()

@@ -194,11 +194,14 @@ class _Trainer:
     ) -> None:
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
         self.device, self.precision, self.seed, self.shard = device, precision, seed, shard
-        self.stepper = Stepper(model, train.source, train.labels, cfg, device, precision, shard)
+        self.stepper = Stepper(
+            model, train.source, train.labels, cfg, device, precision, shard, train.windows
+        )
         self.named = self.stepper.named
         self.group_size = cfg.batch_size * cfg.grad_accum * shard.world_size
         self.total = cfg.epochs * math.ceil(len(train) / self.group_size)
-        self.data = data_signature(train.labels, train.source.lengths)
+        mode = train.windows.mode if train.windows is not None else None
+        self.data = data_signature(train.labels, train.lengths, mode)
         self.loop = _Loop()
         self.best = BestKeeper(self.loop, cfg.monitor, cfg.early_stop)
         self.signal: int | None = None  # a signal that some rank received, as of the last step
@@ -267,7 +270,7 @@ class _Trainer:
 
     def epoch_groups(self, epoch: int) -> list[list[int]]:
         """The batch groups of ``epoch``; a saved position past them is refused, never looped on."""
-        groups = train_batches(self.train.source.lengths, self.group_size, self.seed, epoch, self.cfg.bucket)
+        groups = train_batches(self.train.lengths, self.group_size, self.seed, epoch, self.cfg.bucket)
         if self.loop.group > len(groups):
             raise BadInputError(
                 f"the checkpoint is at batch group {self.loop.group} of epoch {epoch + 1}, which has only "

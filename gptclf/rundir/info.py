@@ -22,6 +22,7 @@ from typing import Any
 from gptclf.classifier import POOLINGS
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
+from gptclf.longtexts import AGGREGATES, MODES
 from gptclf.rundir.layout import INFO_FILE, REQUIRED_FILES, RUN_FORMAT, RUN_FORMAT_VERSION
 from gptclf.tokenizer import EOT_ID
 
@@ -273,6 +274,26 @@ RUN_SCHEMA: tuple[Rule, ...] = (
         required=False,
         needs=("classes", "multi_label"),
     ),
+    # Absent in runs from before --long-texts: they truncate (gptclf.longtexts.stored_long_texts).
+    Rule(
+        "long_texts", "an object with the key mode", lambda v, _: isinstance(v, dict) and "mode" in v, False
+    ),
+    Rule("long_texts.mode", f"one of {', '.join(MODES)}", lambda v, _: v in MODES, required=False),
+    Rule(
+        "long_texts.head_tokens",
+        "null or an integer from 0 to below max_length{max_length}",
+        lambda v, info: v is None or (_is_int(v) and 0 <= v < info["max_length"]),
+        required=False,
+        needs=("max_length",),
+    ),
+    Rule(
+        "long_texts.stride",
+        "null or an integer from 1 to max_length{max_length}",
+        lambda v, info: v is None or (_is_int(v) and 1 <= v <= info["max_length"]),
+        required=False,
+        needs=("max_length",),
+    ),
+    Rule("long_texts.aggregate", f"one of {', '.join(AGGREGATES)}", lambda v, _: v in AGGREGATES, False),
 )
 
 

@@ -1,0 +1,338 @@
+"""Texts longer than ``max_length``: cut them (``truncate``, ``head-tail``) or read them whole in
+overlapping windows (``window``) whose logits are aggregated back into one row per text.
+
+:class:`LongTexts` holds the settings (``--long-texts``, ``--head-tokens``, ``--stride``,
+``--aggregate``), checks them and resolves their defaults against a ``max_length``;
+:func:`text_windows` turns one token list into its windows (one for ``truncate`` and ``head-tail``,
+or for any text that fits); :func:`encode_windows` does it for a list of texts and keeps which text
+each window belongs to (:class:`WindowMap`); :func:`aggregate` turns per-window logits back into
+per-text logits (differentiable: training takes its loss on them, so a text counts once however
+many windows it has). :func:`piecewise_logits` runs a stream's windows through the inference loop in
+pieces of a bounded number of windows, so a 100,000-token line costs no more memory than a chunk of
+ordinary texts.
+
+A text that fits in one window is one window under every mode, and the aggregate of one row is
+that row exactly, so short texts get bit-identical logits whatever the mode. Each window is an
+ordinary text to the batching (padded per batch, read at its last real token), so a window's logits
+never depend on the other texts of its batch.
+
+run.json records the resolved settings under ``long_texts``; a run without the key truncates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import tiktoken
+import torch
+
+from gptclf.errors import BadInputError
+from gptclf.tokenizer import EOT_ID, encode_batch
+
+MODES = ("truncate", "head-tail", "window")
+AGGREGATES = ("mean", "max")
+#: run.json's key for the resolved settings.
+INFO_KEY = "long_texts"
+
+
+@dataclass(frozen=True)
+class LongTexts:
+    """How texts longer than ``max_length`` tokens are read.
+
+    Attributes:
+        mode: ``truncate`` (the first ``max_length`` tokens), ``head-tail`` (the first
+            ``head_tokens`` and the last ``max_length - head_tokens``) or ``window``.
+        head_tokens: Tokens taken from the start in ``head-tail``; None: a quarter of the length.
+        stride: Tokens between the starts of two windows; None: half the length.
+        aggregate: ``mean`` or ``max`` of the windows' logits.
+    """
+
+    mode: str = "truncate"
+    head_tokens: int | None = None
+    stride: int | None = None
+    aggregate: str = "mean"
+
+    def problems(self, max_length: int) -> list[str]:
+        """Everything wrong with these settings for ``max_length``, one phrase each."""
+        out = []
+        if self.mode not in MODES:
+            out.append(f"--long-texts {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.aggregate not in AGGREGATES:
+            out.append(f"--aggregate {self.aggregate!r}: use one of {', '.join(AGGREGATES)}")
+        if self.stride is not None and not 0 < self.stride <= max_length:
+            out.append(f"--stride must be in 1..{max_length} (--max-length), got {self.stride}")
+        if self.head_tokens is not None and not 0 <= self.head_tokens < max_length:
+            out.append(
+                f"--head-tokens must be in 0..{max_length - 1} (below --max-length {max_length}), "
+                f"got {self.head_tokens}"
+            )
+        return out
+
+    def resolved(self, max_length: int) -> LongTexts:
+        """These settings checked, with the defaults filled in for ``max_length``.
+
+        Raises:
+            BadInputError: Every problem of :meth:`problems`, in one line.
+        """
+        problems = self.problems(max_length)
+        if problems:
+            raise BadInputError("; ".join(problems))
+        head = max_length // 4 if self.head_tokens is None else self.head_tokens
+        stride = max(1, max_length // 2) if self.stride is None else self.stride
+        return replace(self, head_tokens=head, stride=stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json's ``long_texts`` record."""
+        return {
+            "mode": self.mode,
+            "head_tokens": self.head_tokens,
+            "stride": self.stride,
+            "aggregate": self.aggregate,
+        }
+
+    def describe(self) -> str:
+        """The settings in a few words, for messages."""
+        if self.mode == "window":
+            return f"window (stride {self.stride}, {self.aggregate} of the windows' logits)"
+        if self.mode == "head-tail":
+            return f"head-tail (the first {self.head_tokens} tokens and the last ones)"
+        return "truncate"
+
+
+def stored_long_texts(info: dict[str, Any]) -> LongTexts:
+    """The settings a run recorded (run.json's ``long_texts``); a run without them truncates."""
+    record = info.get(INFO_KEY) or {}
+    return LongTexts(
+        mode=record.get("mode", "truncate"),
+        head_tokens=record.get("head_tokens"),
+        stride=record.get("stride"),
+        aggregate=record.get("aggregate", "mean"),
+    )
+
+
+def override(
+    stored: LongTexts,
+    max_length: int,
+    mode: str | None = None,
+    head_tokens: int | None = None,
+    stride: int | None = None,
+    aggregate: str | None = None,
+) -> LongTexts:
+    """``stored`` with the options given to ``evaluate`` or ``predict`` (None: not given), resolved.
+
+    A mode given without its numbers gets their defaults for ``max_length``, not the stored ones
+    of another mode.
+
+    Raises:
+        BadInputError: A bad value, in one line.
+    """
+    base = stored if mode is None or mode == stored.mode else LongTexts(mode, aggregate=stored.aggregate)
+    given = {"head_tokens": head_tokens, "stride": stride, "aggregate": aggregate}
+    return replace(base, **{k: v for k, v in given.items() if v is not None}).resolved(max_length)
+
+
+def text_windows(ids: list[int], max_length: int, long: LongTexts) -> list[list[int]]:
+    """The windows one text is read in (``long`` resolved); an empty text is ``<|endoftext|>``.
+
+    ``window``: windows of ``max_length`` tokens starting every ``stride`` tokens, the last one
+    ending at the text's end, so every token is in at least one window.
+    """
+    if not ids:
+        return [[EOT_ID]]
+    n = len(ids)
+    if n <= max_length:
+        return [ids]
+    if long.mode == "head-tail":
+        head = long.head_tokens or 0
+        return [ids[:head] + ids[n - (max_length - head) :]]
+    if long.mode != "window":
+        return [ids[:max_length]]
+    stride = long.stride or max_length
+    starts = [*range(0, n - max_length, stride), n - max_length]
+    return [ids[s : s + max_length] for s in starts]
+
+
+@dataclass
+class LongCounts:
+    """What happened to the long texts of some texts.
+
+    Attributes:
+        texts: Texts seen.
+        long: Of those, texts longer than ``max_length`` (cut or windowed).
+        windows: Windows (model inputs) they became in all.
+    """
+
+    texts: int = 0
+    long: int = 0
+    windows: int = 0
+
+    def add(self, other: LongCounts) -> None:
+        self.texts += other.texts
+        self.long += other.long
+        self.windows += other.windows
+
+    def to_dict(self) -> dict[str, int]:
+        return {"texts": self.texts, "long": self.long, "windows": self.windows}
+
+
+def describe_counts(counts: LongCounts, max_length: int, long: LongTexts, what: str = "texts") -> str:
+    """One line for stderr: how many texts were longer than ``max_length`` and what became of them."""
+    head = f"{counts.long:,} of {counts.texts:,} {what} were longer than {max_length} tokens"
+    if long.mode == "window":
+        windows = counts.windows - (counts.texts - counts.long)  # a text that fits is one window
+        return f"{head} and were read in {windows:,} windows ({long.describe()})"
+    if long.mode == "head-tail":
+        tail = max_length - (long.head_tokens or 0)
+        return f"{head} and were cut to their first {long.head_tokens} and last {tail} tokens (head-tail)"
+    return f"{head} and were truncated (--long-texts window reads them whole)"
+
+
+@dataclass
+class WindowMap:
+    """Which windows belong to which text: text ``i`` is rows ``starts[i] .. starts[i] + counts[i]``.
+
+    Attributes:
+        starts: First window row of each text.
+        counts: Windows of each text (>= 1).
+        aggregate: ``mean`` or ``max``.
+        mode: The long-texts mode the windows were made with (part of a resume's data signature).
+    """
+
+    starts: list[int]
+    counts: list[int]
+    aggregate: str = "mean"
+    mode: str = "window"
+    owner: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.owner = torch.repeat_interleave(
+            torch.arange(len(self.counts)), torch.as_tensor(self.counts, dtype=torch.long)
+        )
+
+    def rows(self, texts: Sequence[int]) -> tuple[list[int], torch.Tensor]:
+        """The window rows of ``texts`` and, for each row, the position of its text in ``texts``."""
+        rows: list[int] = []
+        local: list[int] = []
+        for pos, t in enumerate(texts):
+            rows.extend(range(self.starts[t], self.starts[t] + self.counts[t]))
+            local.extend([pos] * self.counts[t])
+        return rows, torch.as_tensor(local, dtype=torch.long)
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, K) per-text logits from the (W, K) logits of every window, in text order."""
+        return aggregate(logits, self.owner.to(logits.device), len(self.counts), self.aggregate)
+
+    def text_lengths(self, window_lengths: Sequence[int]) -> list[int]:
+        """Tokens of each text over its windows (for grouping texts of similar cost into batches)."""
+        return [sum(window_lengths[s : s + c]) for s, c in zip(self.starts, self.counts, strict=True)]
+
+
+def aggregate(logits: torch.Tensor, owner: torch.Tensor, n: int, how: str) -> torch.Tensor:
+    """(n, K) logits: the ``mean`` or ``max`` over the rows of ``logits`` (W, K) of each text.
+
+    ``owner`` (W,) holds each row's text (every text has a row). A text of one row gets that row
+    exactly (0 + x and x / 1 are exact). Differentiable, for the loss of training.
+    """
+    k = logits.shape[1]
+    if how == "max":
+        out = torch.zeros(n, k, dtype=logits.dtype, device=logits.device)
+        index = owner[:, None].expand(-1, k)
+        return out.scatter_reduce(0, index, logits, reduce="amax", include_self=False)
+    sums = torch.zeros(n, k, dtype=logits.dtype, device=logits.device).index_add(0, owner, logits)
+    counts = torch.bincount(owner, minlength=n).to(logits.dtype)
+    return sums / counts[:, None]
+
+
+@dataclass
+class Windowed:
+    """Texts as windows: the model inputs, which text each belongs to, and what was cut."""
+
+    ids: list[list[int]]
+    map: WindowMap
+    counts: LongCounts
+
+
+def encode_windows(
+    enc: tiktoken.Encoding, texts: Sequence[str], max_length: int, long: LongTexts
+) -> Windowed:
+    """Tokenise ``texts`` and turn each into its windows (``long`` resolved)."""
+    return windows_of(encode_batch(enc, list(texts)), max_length, long)
+
+
+def windows_of(token_lists: Sequence[list[int]], max_length: int, long: LongTexts) -> Windowed:
+    """The windows of already tokenised texts (see :func:`text_windows`)."""
+    ids: list[list[int]] = []
+    starts, counts = [], []
+    long_texts = 0
+    for seq in token_lists:
+        windows = text_windows(seq, max_length, long)
+        long_texts += len(seq) > max_length
+        starts.append(len(ids))
+        counts.append(len(windows))
+        ids.extend(windows)
+    stats = LongCounts(len(token_lists), long_texts, len(ids))
+    return Windowed(ids, WindowMap(starts, counts, long.aggregate, long.mode), stats)
+
+
+#: Runs a list of windows through the inference loop and returns their (W, K) logits.
+RunWindows = Callable[[list[list[int]]], torch.Tensor]
+
+
+def piecewise_logits(
+    token_lists: Sequence[list[int]],
+    max_length: int,
+    long: LongTexts,
+    run: RunWindows,
+    num_classes: int,
+    piece: int,
+) -> tuple[torch.Tensor, LongCounts]:
+    """(N, K) per-text logits, the windows run ``piece`` at a time (a long text over several pieces).
+
+    The windows of each text are made only when its piece is built, and each piece's logits are
+    folded into running per-text sums (or maxima) at once, so memory holds one piece of windows
+    whatever the texts' lengths. Texts of one window each in one piece go through ``run`` exactly
+    as a plain list of truncated texts would.
+    """
+    n = len(token_lists)
+    acc = torch.full((n, num_classes), -torch.inf if long.aggregate == "max" else 0.0)
+    seen = torch.zeros(n, dtype=torch.float32)
+    counts = LongCounts(texts=n)
+    windows: list[list[int]] = []
+    owners: list[int] = []
+
+    def flush() -> None:
+        if not windows:
+            return
+        out = run(windows).float()
+        owner = torch.as_tensor(owners, dtype=torch.long)
+        if long.aggregate == "max":
+            acc.scatter_reduce_(0, owner[:, None].expand(-1, num_classes), out, reduce="amax")
+        else:
+            acc.index_add_(0, owner, out)
+        seen.index_add_(0, owner, torch.ones(len(owners)))
+        windows.clear()
+        owners.clear()
+
+    for i, seq in enumerate(token_lists):
+        counts.long += len(seq) > max_length
+        for window in _iter_windows(seq, max_length, long):
+            windows.append(window)
+            owners.append(i)
+            counts.windows += 1
+            if len(windows) == piece:
+                flush()
+    flush()
+    return (acc if long.aggregate == "max" else acc / seen[:, None]), counts
+
+
+def _iter_windows(seq: list[int], max_length: int, long: LongTexts) -> Any:
+    """The windows of one text, made one at a time (a 100,000-token text's are never all held)."""
+    n = len(seq)
+    if long.mode != "window" or n <= max_length:
+        yield from text_windows(seq, max_length, long)
+        return
+    stride = long.stride or max_length
+    for start in [*range(0, n - max_length, stride), n - max_length]:
+        yield seq[start : start + max_length]
