@@ -21,8 +21,8 @@ import tiktoken
 import torch
 
 from gptclf.data import label_ids
+from gptclf.longtexts import LongTexts, Windowed, WindowMap, windows_of
 from gptclf.multilabel import label_matrix
-from gptclf.longtexts import LongTexts, Windowed, WindowMap, encode_windows
 from gptclf.tokenizer import EOT_ID, encode_batch
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
@@ -209,7 +209,7 @@ def encode_splits(
     With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
     text and padded to it; the book's dataset class truncates validation and test texts the same way.
     With ``long`` (resolved) the ids are each text's windows (:mod:`gptclf.longtexts`; for
-    ``truncate`` the same ids as without it), and each split's
+    ``truncate`` the same ids as without it; with ``longest-train`` made at that length), and each split's
     :class:`~gptclf.longtexts.Windowed` (which text each window is of, what was cut) is put into
     ``windows``.
 
@@ -224,7 +224,12 @@ def encode_splits(
     if long is None:
         ids = {n: encode_texts(enc, texts[n], max_length).ids for n in names}
     else:
-        made = {n: encode_windows(enc, texts[n], max_length, long) for n in names}
+        tokens = {n: encode_batch(enc, texts[n]) for n in names}
+        if pad_to == "longest-train" and tokens["train"]:
+            # The book's length is the longest training text: the windows are made at that length.
+            max_length = min(max_length, max(max(len(x), 1) for x in tokens["train"]))
+            long = long.fitted(max_length)
+        made = {n: windows_of(tokens[n], max_length, long) for n in names}
         ids = {n: w.ids for n, w in made.items()}
         if windows is not None:
             windows.update(made)

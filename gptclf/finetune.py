@@ -65,7 +65,7 @@ def train_run(
         model.multi_label, ctx.plan.long_texts, windowed,
     )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
-    maps = _tell_long_texts(ctx, windowed)
+    maps = _tell_long_texts(ctx, windowed, max_length)
     t0 = time.monotonic()
     sources = _sources(ctx, model, ids, pad_length)
     timings["cache"] = time.monotonic() - t0
@@ -269,14 +269,14 @@ def _run_info(
         data=data,
         calibration=result.calibration.to_dict() if result.calibration else None,
     )
-    info[INFO_KEY] = p.long_texts.to_dict()
+    info[INFO_KEY] = p.long_texts.fitted(max_length).to_dict()  # --pad-to longest-train lowers the length
     return {**info, **result.choices}  # the decision / abstain level chosen on validation
 
 
-def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed]) -> dict[str, Any]:
+def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length: int) -> dict[str, Any]:
     """Say per split how many texts were cut or windowed; the window maps of the splits (none for
     ``truncate``, whose rows are the texts)."""
-    long, max_length = ctx.plan.long_texts, ctx.plan.max_length
+    long = ctx.plan.long_texts.fitted(max_length)
     for name, w in windowed.items():
         if w.counts.long:
             ctx.progress.message(f"{name} split: " + describe_counts(w.counts, max_length, long))

@@ -83,6 +83,12 @@ class LongTexts:
         stride = max(1, max_length // 2) if self.stride is None else self.stride
         return replace(self, head_tokens=head, stride=stride)
 
+    def fitted(self, max_length: int) -> LongTexts:
+        """These (resolved) settings for a shorter ``max_length``: the stride and the head cut to fit
+        (``--pad-to longest-train`` lowers the length to the longest training text)."""
+        head = min(self.head_tokens or 0, max_length - 1)
+        return replace(self, head_tokens=head, stride=min(self.stride or max_length, max_length))
+
     def to_dict(self) -> dict[str, Any]:
         """run.json's ``long_texts`` record."""
         return {

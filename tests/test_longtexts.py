@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
-from gptclf.batching import TokenSource
+from gptclf.batching import TokenSource, encode_splits
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
@@ -13,6 +14,7 @@ from gptclf.inference import batched_logits
 from gptclf.longtexts import (
     LongCounts,
     LongTexts,
+    Windowed,
     WindowMap,
     aggregate,
     describe_counts,
@@ -25,7 +27,8 @@ from gptclf.longtexts import (
 from gptclf.resume import data_signature
 from gptclf.runconfig import TrainConfig
 from gptclf.step import Stepper
-from gptclf.tokenizer import EOT_ID
+from gptclf.tokenizer import EOT_ID, load_tokenizer
+from tests.conftest import BPE_DIR, needs_shared_bpe
 from tests.finetune_helpers import tiny_classifier
 
 L = 16
@@ -211,3 +214,20 @@ def test_describe_counts_says_what_became_of_the_long_texts() -> None:
     )
     assert "truncated" in describe_counts(LongCounts(10, 2, 10), L, TRUNCATE)
     assert "first 4 and last 12 tokens" in describe_counts(LongCounts(10, 2, 10), L, HEAD_TAIL)
+
+
+@needs_shared_bpe
+def test_the_books_padding_makes_the_windows_at_the_longest_training_text() -> None:
+    enc = load_tokenizer(BPE_DIR)
+    splits = {
+        "train": pd.DataFrame({"text": [" ".join(["apple"] * 10), "river"], "label": ["a", "b"]}),
+        "validation": pd.DataFrame({"text": [" ".join(["stone"] * 25)], "label": ["a"]}),
+        "test": pd.DataFrame({"text": [" ".join(["cloud"] * 5)], "label": ["b"]}),
+    }
+    made: dict[str, Windowed] = {}
+    long = LongTexts("window").resolved(64)
+    ids, labels, max_length, pad = encode_splits(splits, ["a", "b"], enc, 64, "longest-train", long, made)
+    assert max_length == pad == 10 and labels["train"] == [0, 1]
+    assert [len(w) for w in ids["validation"]] == [10] * 3  # 25 tokens, stride cut to 10: 0, 10, 15
+    assert made["validation"].map.counts == [3] and long.fitted(10).stride == 10
+    assert LongTexts("head-tail").resolved(64).fitted(10).head_tokens == 9
