@@ -19,18 +19,21 @@ from tests.finetune_helpers import FILLER, KEYWORDS, TINY_SPEC, install_tokenize
 
 runner = CliRunner()
 TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu", "--max-length", "64"]
-LEARN = [*TINY, "--trainable", "all", "--lr", "3e-3", "--epochs", "10"]
+# Clipping and the cosine schedule keep the tiny model from losing what it found (some seeds do).
+LEARN = [*TINY, "--trainable", "all", "--lr", "3e-3", "--epochs", "15",
+         "--clip-grad", "1.0", "--schedule", "cosine"]  # fmt: skip
 RUN_V1 = Path(__file__).parent / "fixtures" / "run-v1"
 
 
 def long_table(n: int, seed: int, skip: int = 100) -> pd.DataFrame:
-    """Texts of 150-400 one-token words whose class keyword comes only after the first ``skip``."""
+    """Texts of 150-400 tokens whose class keyword comes only after the first ``skip``: one filler
+    word repeated (a tiny model finds the keyword among varied words too, but slowly)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         label = ("spam", "ham")[i % 2]
         size = rng.randrange(150, 400)
-        words = [rng.choice(FILLER) for _ in range(size)]
+        words = [FILLER[0]] * size
         words.insert(rng.randrange(skip, size), KEYWORDS[label])
         rows.append({"text": " ".join(words), "label": label})
     return pd.DataFrame(rows)
