@@ -4,7 +4,7 @@ overlapping windows (``window``) whose logits are aggregated back into one row p
 :class:`LongTexts` holds the settings (``--long-texts``, ``--head-tokens``, ``--stride``,
 ``--aggregate``), checks them and resolves their defaults against a ``max_length``;
 :func:`text_windows` turns one token list into its windows (one for ``truncate`` and ``head-tail``,
-or for any text that fits); :func:`encode_windows` does it for a list of texts and keeps which text
+or for any text that fits); :func:`windows_of` does it for a list of texts and keeps which text
 each window belongs to (:class:`WindowMap`); :func:`aggregate` turns per-window logits back into
 per-text logits (differentiable: training takes its loss on them, so a text counts once however
 many windows it has). :func:`piecewise_logits` runs a stream's windows through the inference loop in
@@ -25,11 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import tiktoken
 import torch
 
 from gptclf.errors import BadInputError
-from gptclf.tokenizer import EOT_ID, encode_batch
+from gptclf.tokenizer import EOT_ID
 
 MODES = ("truncate", "head-tail", "window")
 AGGREGATES = ("mean", "max")
@@ -258,13 +257,6 @@ class Windowed:
     ids: list[list[int]]
     map: WindowMap
     counts: LongCounts
-
-
-def encode_windows(
-    enc: tiktoken.Encoding, texts: Sequence[str], max_length: int, long: LongTexts
-) -> Windowed:
-    """Tokenise ``texts`` and turn each into its windows (``long`` resolved)."""
-    return windows_of(encode_batch(enc, list(texts)), max_length, long)
 
 
 def windows_of(token_lists: Sequence[list[int]], max_length: int, long: LongTexts) -> Windowed:

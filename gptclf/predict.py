@@ -36,9 +36,8 @@ from gptclf.rundir import LoadedRun
 from gptclf.tokenizer import encode_batch
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
-#: padding, small enough that a chunk's texts, ids and logits stay a few megabytes. It also bounds
-#: the windows run together: a chunk's windows go through the model this many at a time, so a
-#: 100,000-token text (thousands of windows) costs no more memory than a chunk of short ones.
+#: padding, small enough that a chunk's texts, ids and logits stay a few megabytes. Also the most
+#: windows run together, so a 100,000-token text costs no more memory than a chunk of short ones.
 CHUNK_SIZE = 1024
 
 
@@ -115,12 +114,10 @@ def compute_logits(
             ``last-position`` pooling reads position -1, so it must see the same padding).
         progress: Shows the pass.
         long: How texts longer than ``max_length`` are read (resolved; None: truncated).
-        piece: The most windows run through the inference loop together (see
-            :func:`gptclf.longtexts.piecewise_logits`): bounds memory on very long texts.
+        piece: The most windows run together (:func:`gptclf.longtexts.piecewise_logits`).
 
     Returns:
-        ``(logits, counts)``: (N, K) float32 logits on the CPU, and how many texts were long and
-        how many windows they took.
+        ``(logits, counts)``: (N, K) float32 logits on the CPU; the long texts and the windows.
     """
 
     def run(windows: list[list[int]]) -> torch.Tensor:
@@ -262,7 +259,9 @@ class Predictor:
             pad_to=self.run.pad_length,
             progress=progress,
             long=self.long_texts,
-            piece=self.chunk_size,
+            # At least as many windows as texts: texts of one window each run in one piece, in the
+            # same batches as before windows existed (and as finetune's evaluation runs them).
+            piece=max(self.chunk_size, len(texts)),
         )
         if not torch.isfinite(out).all():
             raise GptclfError(
