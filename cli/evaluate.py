@@ -314,7 +314,8 @@ def evaluate(
     if loaded.info.get("multi_label") is True:  # sigmoid outputs, label lists: cli.multievaluate
         from cli.multievaluate import evaluate_multi_run
 
-        settings = {"device": device, "precision": precision, "batch_size": batch_size, "json_out": json_out}
+        settings = {"device": device, "precision": precision, "batch_size": batch_size, "json_out": json_out,
+                    "long_texts": long}  # fmt: skip
         reports = {"errors": errors_path, "show_errors": show_errors, "plots": plots_dir}
         evaluate_multi_run(loaded, choice, gates, threshold, no_calibration, settings, reports)
         return

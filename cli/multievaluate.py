@@ -63,6 +63,7 @@ def evaluate_multi_run(
         device=settings["device"],
         precision=settings["precision"],
         batch_size=settings["batch_size"],
+        long_texts=settings.get("long_texts"),
     )
     _warn_about(labelled.source)
     where = "one threshold for all labels" if threshold is not None else "the run's per-label thresholds"

@@ -143,12 +143,13 @@ def predict_multi(
     predictor = MultiPredictor(
         loaded, threshold=options["threshold"], device=options["device"], precision=options["precision"],
         batch_size=options["batch_size"], engine=options.get("engine", "torch"),
-        quantize=options.get("quantize", "none"),
+        quantize=options.get("quantize", "none"), long_texts=options.get("long_texts"),
     )  # fmt: skip
     write = writer(options["fmt"], out, predictor.classes, options["to_file"])
     stream_to(predictor.predict_chunks(stream, pause=options["pause"]), write, out, options["where"])
     if predictor.n_truncated:
-        err_console.print(
-            f"gptclf: {predictor.n_truncated} of {predictor.n_texts} texts were longer than "
-            f"{loaded.max_length} tokens and were truncated"
-        )
+        from gptclf.longtexts import LongCounts, describe_counts
+
+        counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
+        line = describe_counts(counts, loaded.max_length, predictor.long_texts)
+        err_console.print(f"gptclf: {line}", markup=False)

@@ -320,6 +320,8 @@ def predict(
     with _destination(output, fmt) as out:
         exported = is_export(run)
         loaded = read_export(run) if exported else load_run(run)
+        stored = stored_long_texts(loaded.info)
+        long = override(stored, loaded.max_length, long_texts, head_tokens, stride, aggregate)
         engine = engine or ("onnx" if exported else "torch")
         if engine == "onnx" and not exported:
             err_console.print("gptclf: exporting the run to ONNX first (`gptclf export` does it once)")
@@ -331,15 +333,14 @@ def predict(
             options = {"fmt": fmt, "to_file": output is not None, "where": where, "pause": pause,
                        "threshold": threshold, "positive": positive, "min_confidence": min_confidence,
                        "no_calibration": no_calibration, "device": device, "precision": precision,
-                       "batch_size": batch_size, "engine": engine, "quantize": quantize}  # fmt: skip
+                       "batch_size": batch_size, "engine": engine, "quantize": quantize,
+                       "long_texts": long}  # fmt: skip
             predict_multi(loaded, stream, out, options, _stream)
             return
         # The run's stored rules are the defaults; the options replace them.
         decision = make_decision(loaded.classes, threshold, positive, stored_decision(loaded.info))
         if min_confidence is None:
             min_confidence = stored_min_confidence(loaded.info)
-        stored = stored_long_texts(loaded.info)
-        long = override(stored, loaded.max_length, long_texts, head_tokens, stride, aggregate)
         predictor = Predictor(
             loaded,
             device=device,

@@ -17,6 +17,7 @@ import torch
 
 from gptclf.chunking import chunks, waiting_chunks
 from gptclf.errors import BadInputError
+from gptclf.longtexts import LongTexts
 from gptclf.multitrain import stored_thresholds
 from gptclf.onnxexport import OnnxExport
 from gptclf.predict import CHUNK_SIZE, Predictor, _split_item
@@ -89,10 +90,11 @@ class MultiPredictor(Predictor):
         quantize: str = "none",
         batch_size: int = 32,
         chunk_size: int = CHUNK_SIZE,
+        long_texts: LongTexts | None = None,
     ) -> None:
         """Load the run's engine (:class:`gptclf.predict.Predictor`'s ``engine``, ``quantize``: an
         ONNX export of a multi-label run gives the same logits); ``threshold`` replaces every
-        stored threshold.
+        stored threshold; ``long_texts`` how longer texts are read (None: as the run stores).
 
         Raises:
             BadInputError: A bad threshold, device, precision, batch size or chunk size.
@@ -100,7 +102,7 @@ class MultiPredictor(Predictor):
         check_threshold(threshold)
         super().__init__(
             run, device=device, precision=precision, engine=engine, quantize=quantize,
-            batch_size=batch_size, chunk_size=chunk_size, calibrated=False,
+            batch_size=batch_size, chunk_size=chunk_size, calibrated=False, long_texts=long_texts,
         )  # fmt: skip
         k = len(run.classes)
         self.thresholds = [float(threshold)] * k if threshold is not None else stored_thresholds(run.info)

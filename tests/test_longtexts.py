@@ -226,7 +226,9 @@ def test_the_books_padding_makes_the_windows_at_the_longest_training_text() -> N
     }
     made: dict[str, Windowed] = {}
     long = LongTexts("window").resolved(64)
-    ids, labels, max_length, pad = encode_splits(splits, ["a", "b"], enc, 64, "longest-train", long, made)
+    ids, labels, max_length, pad = encode_splits(
+        splits, ["a", "b"], enc, 64, "longest-train", long=long, windows=made
+    )
     assert max_length == pad == 10 and labels["train"] == [0, 1]
     assert [len(w) for w in ids["validation"]] == [10] * 3  # 25 tokens, stride cut to 10: 0, 10, 15
     assert made["validation"].map.counts == [3] and long.fitted(10).stride == 10
