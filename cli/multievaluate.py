@@ -72,6 +72,12 @@ def evaluate_multi_run(
         f"({predictor.precision.name}), multi-label, {where}"
     )
     metrics, _ = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
+    if predictor.n_truncated:
+        from gptclf.longtexts import LongCounts, describe_counts
+
+        counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
+        line = describe_counts(counts, loaded.max_length, predictor.long_texts)
+        err_console.print(f"gptclf: {line}", markup=False)
     if settings["json_out"]:
         try:
             line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)

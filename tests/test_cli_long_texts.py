@@ -228,3 +228,38 @@ def test_run_json_rules_for_long_texts() -> None:
     ]:
         problems = run_info_problems({**info, "long_texts": bad})
         assert len(problems) == 1 and problems[0].startswith(key), problems
+
+
+def test_a_multi_label_run_reads_long_texts_in_windows(long_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.multilabel_helpers import write_table
+
+    home, _ = long_data
+    source = write_table(tmp_path / "multi.csv", 120)
+    data = tmp_path / "prepared"
+    prepared = runner.invoke(app, ["prepare", "--multi-label", "--input", str(source), "--out", str(data)])
+    assert prepared.exit_code == 0, prepared.stderr
+    args = [
+        "--model",
+        TINY_SPEC,
+        "--weights",
+        "random",
+        "--device",
+        "cpu",
+        "--max-length",
+        "6",
+        "--epochs",
+        "1",
+    ]
+    out = tmp_path / "run"
+    _, stderr = finetune(home, data, out, *args, "--long-texts", "window", "--stride", "3")
+    assert "texts were longer than 6 tokens and were read in" in stderr
+    assert json.loads((out / "run.json").read_text())["long_texts"]["stride"] == 3
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--json"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert "were read in" in evaluated.stderr
+    text = "invoice crash apple river stone cloud paper green music"
+    predicted = runner.invoke(app, ["predict", str(out), text, "-f", "jsonl", "--long-texts", "head-tail"])
+    assert predicted.exit_code == 0, predicted.stderr
+    assert (
+        "1 of 1 texts were longer than 6 tokens and were cut to their first 1 and last 5" in predicted.stderr
+    )
