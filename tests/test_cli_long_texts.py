@@ -263,3 +263,22 @@ def test_a_multi_label_run_reads_long_texts_in_windows(long_data: tuple[Path, Pa
     assert (
         "1 of 1 texts were longer than 6 tokens and were cut to their first 1 and last 5" in predicted.stderr
     )
+
+
+def test_onnx_runtime_reads_long_texts_in_the_same_windows(
+    window_run: tuple[Path, dict, str], tmp_path: Path
+) -> None:
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason="the onnx extra is not installed (pip install '.[onnx]')")
+    out, _, _ = window_run
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(long_table(6, 5)["text"]) + "\nshort one\n")
+    probs = {}
+    for engine in ("torch", "onnx"):
+        result = runner.invoke(
+            app, ["predict", str(out), "--input", str(source), "-f", "jsonl", "--engine", engine]
+        )
+        assert result.exit_code == 0, result.stderr
+        assert "6 of 7 texts were longer than 64 tokens and were read in" in result.stderr
+        probs[engine] = [json.loads(line)["probs"]["spam"] for line in result.stdout.splitlines()]
+    assert probs["onnx"] == pytest.approx(probs["torch"], abs=1e-4)
