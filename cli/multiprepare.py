@@ -15,6 +15,7 @@ from gptclf.errors import BadInputError
 from gptclf.multilabel import iter_pairs
 from gptclf.multiprepare import MultiPrepareSummary, prepare_multilabel
 from gptclf.prepared import SPLITS
+from gptclf.textlengths import describe_lengths
 
 #: Co-occurring pairs listed in the report (the most frequent); --json has them all.
 _PAIRS_SHOWN = 5
@@ -53,6 +54,8 @@ def prepare_multi(
         drop_unknown=flags["drop_unknown"],
         force=options["force"],
         warn=warn,
+        tokenizer=flags["tokenizer"],
+        max_length=flags["max_length"],
     )
     if flags["as_json"]:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
@@ -83,5 +86,9 @@ def report(summary: MultiPrepareSummary) -> None:
         notes.append("dropped: " + ", ".join(f"{n:,} {reason}" for reason, n in summary.dropped.items()))
     if summary.duplicate_texts and not summary.dedupe:
         notes.append(f"{summary.duplicate_texts:,} rows repeat an earlier text (--dedupe drops them)")
+    if summary.lengths is not None:
+        notes.append(describe_lengths(summary.lengths))
+    else:
+        notes.append("token lengths not counted: GPT-2's tokenizer is not in the cache (`gptclf download`)")
     for note in notes:
         err_console.print(note, markup=False, highlight=False, soft_wrap=True)

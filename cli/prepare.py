@@ -131,6 +131,7 @@ def prepare(
 
         multi = {"multi_label": multi_label, "label_sep": label_sep, "label_columns": label_columns}
         flags = {"encoding": encoding, "dedupe": dedupe, "drop_unknown": drop_unknown, "as_json": as_json}
+        flags |= {"tokenizer": _cached_tokenizer(home), "max_length": max_length}
         prepare_multi(out, input_path, options, multi, flags)
         return
     # Everything that needs no data is refused before the dataset is downloaded.

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tiktoken
 
 from gptclf.data import DUPLICATE, Fractions, shared_texts
 from gptclf.errors import BadInputError
@@ -37,6 +38,7 @@ from gptclf.multisplit import iterative_split, missing_from
 from gptclf.prepare import DEFAULT_SPLIT, PrepareOptions, PrepareSummary, check_options
 from gptclf.prepared import SPLITS, write_prepared
 from gptclf.tables import resolve_format
+from gptclf.textlengths import length_report
 
 
 @dataclass
@@ -144,6 +146,8 @@ def prepare_multilabel(
     drop_unknown: bool = False,
     force: bool = False,
     warn: Callable[[str], None] | None = None,
+    tokenizer: tiktoken.Encoding | None = None,
+    max_length: int | None = None,
 ) -> MultiPrepareSummary:
     """Read, check, split and write multi-label data (see the module docstring).
 
@@ -155,6 +159,8 @@ def prepare_multilabel(
         label_sep: What separates the labels of a list in one cell (default ``|``); a JSONL
             file may hold a JSON list instead.
         warn: Called with a line for people (labels named twice in a row), or None.
+        tokenizer: GPT-2's tokenizer, to count the texts' lengths in tokens (None: not counted).
+        max_length: Also count the texts longer than this many tokens.
         Others: As for :func:`gptclf.prepare.prepare`.
 
     Raises:
@@ -194,6 +200,10 @@ def prepare_multilabel(
         stratify=True, dedupe=dedupe, seed=seed, label_sep=sep,
         cooccurrence=cooccurrence(frame, names), rare_labels=rare, repeated_labels=table.repeated,
     )  # fmt: skip
+    if tokenizer is not None:
+        summary.lengths = length_report(
+            tokenizer, [t for s in SPLITS for t in parts[s]["text"].astype(str)], max_length
+        )
     _write(out, parts, summary)
     return summary
 

@@ -282,3 +282,18 @@ def test_onnx_runtime_reads_long_texts_in_the_same_windows(
         assert "6 of 7 texts were longer than 64 tokens and were read in" in result.stderr
         probs[engine] = [json.loads(line)["probs"]["spam"] for line in result.stdout.splitlines()]
     assert probs["onnx"] == pytest.approx(probs["torch"], abs=1e-4)
+
+
+def test_prepare_multi_label_counts_long_texts(long_data: tuple[Path, Path], tmp_path: Path) -> None:
+    home, _ = long_data
+    source = tmp_path / "tickets.csv"
+    labels = ["bill", "bug", "bill|bug", ""] * 10
+    texts = [("long " * 100 if i % 2 else "short one ") + f"row {i}" for i in range(len(labels))]
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(source, index=False)
+    out = tmp_path / "prepared"
+    args = ["prepare", "--input", str(source), "--out", str(out), "--home", str(home), "--multi-label"]
+    result = runner.invoke(app, [*args, "--classes", "bill,bug", "--max-length", "64"])
+    assert result.exit_code == 0, result.stderr
+    lengths = json.loads((out / "labels.json").read_text())["lengths"]
+    assert lengths["texts"] == 40 and lengths["over_max_length"] == 20 and lengths["over_context"] == 0
+    assert "20 exceed --max-length 64" in result.stderr
