@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import err_console, out_console
-from gptclf.multilabel import DEFAULT_SEP
+from gptclf.multilabel import DEFAULT_SEP, run_label_sep
 
 if TYPE_CHECKING:
     from gptclf.multipredict import MultiPrediction
@@ -47,11 +47,11 @@ def jsonl_writer(out: TextIO) -> Writer:
     return write
 
 
-def _cells(p: MultiPrediction) -> list[str]:
-    return [_id_cell(p.id), p.text, DEFAULT_SEP.join(p.labels), *(str(round(v, 6)) for v in p.probs.values())]
+def _cells(p: MultiPrediction, sep: str) -> list[str]:
+    return [_id_cell(p.id), p.text, sep.join(p.labels), *(str(round(v, 6)) for v in p.probs.values())]
 
 
-def csv_writer(out: TextIO, classes: list[str]) -> Writer:
+def csv_writer(out: TextIO, classes: list[str], sep: str = DEFAULT_SEP) -> Writer:
     # As predict's CSV: a row holding a lone "\r" is quoted whole, so readers keep it one row.
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
@@ -59,19 +59,19 @@ def csv_writer(out: TextIO, classes: list[str]) -> Writer:
 
     def write(preds: list[MultiPrediction]) -> None:
         for p in preds:
-            (quoted if "\r" in p.text else plain).writerow(_cells(p))
+            (quoted if "\r" in p.text else plain).writerow(_cells(p, sep))
 
     return write
 
 
-def tsv_writer(out: TextIO, classes: list[str]) -> Writer:
+def tsv_writer(out: TextIO, classes: list[str], sep: str = DEFAULT_SEP) -> Writer:
     from gptclf.tables import tsv_line
 
     out.write(tsv_line(["id", "text", "labels", *(f"p_{c}" for c in classes)]))
 
     def write(preds: list[MultiPrediction]) -> None:
         for p in preds:
-            out.write(tsv_line(_cells(p)))
+            out.write(tsv_line(_cells(p, sep)))
 
     return write
 
@@ -101,14 +101,14 @@ def table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
     return write
 
 
-def writer(fmt: str, out: TextIO, classes: list[str], to_file: bool) -> Writer:
-    """The writer of ``fmt`` (one of predict's formats)."""
+def writer(fmt: str, out: TextIO, classes: list[str], to_file: bool, sep: str = DEFAULT_SEP) -> Writer:
+    """The writer of ``fmt`` (one of predict's formats); ``sep`` joins CSV/TSV label lists."""
     if fmt == "jsonl":
         return jsonl_writer(out)
     if fmt == "csv":
-        return csv_writer(out, classes)
+        return csv_writer(out, classes, sep)
     if fmt == "tsv":
-        return tsv_writer(out, classes)
+        return tsv_writer(out, classes, sep)
     console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
     return table_writer(out, classes, console)
 
@@ -145,7 +145,8 @@ def predict_multi(
         batch_size=options["batch_size"], engine=options.get("engine", "torch"),
         quantize=options.get("quantize", "none"), long_texts=options.get("long_texts"),
     )  # fmt: skip
-    write = writer(options["fmt"], out, predictor.classes, options["to_file"])
+    sep = run_label_sep(loaded.info)
+    write = writer(options["fmt"], out, predictor.classes, options["to_file"], sep)
     stream_to(predictor.predict_chunks(stream, pause=options["pause"]), write, out, options["where"])
     if predictor.n_truncated:
         from gptclf.longtexts import LongCounts, describe_counts

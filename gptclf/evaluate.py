@@ -22,7 +22,7 @@ from gptclf.decoding import is_stdin
 from gptclf.errors import BadInputError, GateError
 from gptclf.metrics import classification_metrics, softmax
 from gptclf.multievaluate import evaluate_multi, multi_labels, multi_table
-from gptclf.multilabel import is_multi_label
+from gptclf.multilabel import is_multi_label, run_label_sep
 from gptclf.multipredict import MultiPredictor
 from gptclf.predict import Predictor
 from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
@@ -149,7 +149,7 @@ def file_data(
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
     if is_multi_label(run.info):  # label lists; an empty one is a text without a label
-        frame, dropped = multi_table(path, text_column, label_column, fmt, encoding)
+        frame, dropped = multi_table(path, text_column, label_column, fmt, encoding, run_label_sep(run.info))
     else:
         table = load_table(
             path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding

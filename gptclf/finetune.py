@@ -27,7 +27,7 @@ from gptclf.inference import batched_logits
 from gptclf.longtexts import INFO_KEY, Windowed, describe_counts
 from gptclf.metrics import classification_metrics
 from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
-from gptclf.multilabel import is_multi_label
+from gptclf.multilabel import DEFAULT_SEP, is_multi_label
 from gptclf.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
@@ -97,9 +97,10 @@ def train_run(
     )  # fmt: skip
     result.choices, result.unmet = _choose(ctx, result)
     if ctx.shard.is_main:
-        info = _run_info(
-            ctx, result, max_length, pad_length, {**data_info, "prepared": prepared.meta.get("source")}
-        )
+        data = {**data_info, "prepared": prepared.meta.get("source")}
+        if result.model.multi_label:  # how evaluate --input reads, and predict writes, label lists
+            data["label_sep"] = prepared.meta.get("label_sep", DEFAULT_SEP)
+        info = _run_info(ctx, result, max_length, pad_length, data)
         try:
             _write_run(ctx.work, model, info, tokenizer_dir, result, ctx.progress)
         except OSError as exc:

@@ -30,12 +30,18 @@ def multi_labels(frame: pd.DataFrame, classes: list[str], where: str) -> list[li
 
 
 def multi_table(
-    path: Path, text_column: str | None, label_column: str | None, fmt: str | None, encoding: str
+    path: Path,
+    text_column: str | None,
+    label_column: str | None,
+    fmt: str | None,
+    encoding: str,
+    sep: str = DEFAULT_SEP,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """A labelled file for a multi-label run: the label column holds ``a|b`` lists (JSONL: JSON
-    lists too); an empty cell is a text with no label. Returns the frame and the dropped counts."""
+    """A labelled file for a multi-label run: the label column holds lists joined by ``sep`` (the
+    run's :func:`gptclf.multilabel.run_label_sep`; JSONL: JSON lists too); an empty cell is a text
+    with no label. Returns the frame and the dropped counts."""
     table = read_multilabel_table(
-        path, text_column=text_column, label_column=label_column, sep=DEFAULT_SEP, fmt=fmt, encoding=encoding
+        path, text_column=text_column, label_column=label_column, sep=sep, fmt=fmt, encoding=encoding
     )
     return table.frame, table.dropped
 

@@ -37,6 +37,14 @@ def is_multi_label(meta: Mapping[str, Any] | None) -> bool:
     return bool(meta) and meta.get(MULTI_KEY) is True  # type: ignore[union-attr]
 
 
+def run_label_sep(info: Mapping[str, Any]) -> str:
+    """What joins a multi-label run's labels in files: the separator of the data it was trained on
+    (run.json's ``data.label_sep``; ``|`` for a run that records none). ``evaluate --input`` reads
+    label lists with it and ``predict`` writes its CSV/TSV ``labels`` column with it."""
+    sep = (info.get("data") or {}).get("label_sep")
+    return sep if isinstance(sep, str) and sep else DEFAULT_SEP
+
+
 @dataclass
 class MultiTable:
     """A multi-label table read from a file.

@@ -36,6 +36,11 @@ def ort_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session of ``path``: all graph optimizations, ``threads`` intra-op threads
     (default: torch's thread count, i.e. the cores, or what ``OMP_NUM_THREADS`` says), one inter-op.
 
+    Without ONNX Runtime's CPU memory arena: every batch has its own (batch, length) shape, and the
+    arena keeps blocks of each, so on a stream its peak RSS grew with the number of texts (gpt2-small
+    int8: 1.35 GB after 3,000 SMS texts, 3.55 GB after 10,000; without it 1.04 and 1.16 GB, and
+    faster: 213 texts/s against 170).
+
     Raises:
         BadInputError: onnxruntime is not installed, or ``path`` is not a model it can load.
     """
@@ -47,6 +52,7 @@ def ort_session(path: Path, threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False  # see above: memory stays flat on a stream
     options.log_severity_level = 3  # errors only: its warnings are advice to developers
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

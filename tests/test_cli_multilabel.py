@@ -303,3 +303,26 @@ def test_label_columns_prepare_and_their_names_are_the_labels(tmp_path: Path) ->
         "insult",
     ]
     assert sum(summary["counts"][s]["toxic"] for s in ("train", "validation", "test")) == 15
+
+
+def test_the_runs_label_separator_reads_and_writes_label_lists(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from gptclf.rundir import update_run_info
+
+    original = json.loads((trained["run"] / "run.json").read_text())
+    assert original["data"]["label_sep"] == "|"  # recorded from the prepared data
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    update_run_info(run, {"data": {**original["data"], "label_sep": ";"}})  # as if prepared with ;
+    path = tmp_path / "more.csv"
+    pd.DataFrame({"text": ["invoice wish", "river"], "label": ["billing;feature", ""]}).to_csv(
+        path, index=False
+    )
+    code, out, err = gptclf("evaluate", str(run), "--input", str(path), "--json", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out)["per_class"]["feature"]["support"] == 1
+    code, out, _ = gptclf("predict", str(run), "x", "--format", "csv", "--threshold", "0", "--device", "cpu")
+    assert code == 0 and next(csv.DictReader(io.StringIO(out)))["labels"] == ";".join(LABELS)

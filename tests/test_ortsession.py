@@ -70,3 +70,10 @@ def test_a_file_that_is_no_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="is not a model ONNX Runtime can load") as err:
         ort_session(path)
     assert "\n" not in str(err.value)
+
+
+def test_the_session_runs_without_the_memory_arena_that_grows_with_every_shape(tmp_path: Path) -> None:
+    session = ort_session(graph_file(tmp_path / "m.onnx", [("input_ids", TensorProto.INT64, ["b", "t"])], 2))
+    # The arena keeps blocks of every (batch, length) shape it saw: on a stream of 10,000 SMS texts
+    # predict's peak RSS was 3.5 GB with it and 1.2 GB without (see ort_session).
+    assert session.get_session_options().enable_cpu_mem_arena is False
