@@ -95,3 +95,29 @@ def run_finetune(
     ]  # fmt: skip
     child = run_child(cmd, env={"GPTCLF_HOME": str(home)})
     return json.loads(child.stdout), child
+
+
+def make_run(
+    run_dir: Path,
+    model_spec: str,
+    seed: int,
+    max_length: int | None = None,
+    calibration: dict[str, object] | None = None,
+    classes: tuple[str, ...] = ("ham", "spam"),
+) -> None:
+    """A run directory with random weights and a head of ``classes`` (speed and memory do not depend
+    on what weights learnt); ``max_length`` defaults to the model's context."""
+    from gptclf.classifier import Classifier, TrainableScope, replace_head
+    from gptclf.config import resolve_model
+    from gptclf.model import build_model
+    from gptclf.rundir import build_run_info, save_run
+
+    name, cfg = resolve_model(model_spec)
+    gpt = build_model(cfg, seed=seed)
+    replace_head(gpt, len(classes), seed=seed)
+    info = build_run_info(
+        model_name=name, config=cfg, classes=list(classes), max_length=max_length or cfg.n_positions,
+        pooling="last-token", trainable=TrainableScope().to_dict(), trainable_params=0, train={},
+        seed=seed, weights="random", calibration=calibration,
+    )  # fmt: skip
+    save_run(run_dir, Classifier(gpt, list(classes), "last-token"), info, BPE_DIR)

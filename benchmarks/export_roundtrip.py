@@ -23,29 +23,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BPE_DIR, SMS_FILE, print_table, require_shared, run_child
+from common import SMS_FILE, make_run, print_table, require_shared, run_child
 
 from gptclf.calibration import Calibration
-from gptclf.classifier import Classifier, TrainableScope, replace_head
-from gptclf.config import resolve_model
-from gptclf.model import build_model
-from gptclf.rundir import build_run_info, save_run
 
 CLASSES = ["ham", "spam"]
 
 
-def make_run(run_dir: Path, model_spec: str, seed: int, max_length: int) -> None:
+def make_random_run(run_dir: Path, model_spec: str, seed: int, max_length: int) -> None:
     """A run directory with random weights, a 2-class head and a temperature of 1.7."""
-    name, cfg = resolve_model(model_spec)
-    gpt = build_model(cfg, seed=seed)
-    replace_head(gpt, len(CLASSES), seed=seed)
     calibration = Calibration(1.7, 0.5, 0.4, 0.1, 0.05).to_dict()
-    info = build_run_info(
-        model_name=name, config=cfg, classes=CLASSES, max_length=max_length, pooling="last-token",
-        trainable=TrainableScope().to_dict(), trainable_params=0, train={}, seed=seed, weights="random",
-        calibration=calibration,
-    )  # fmt: skip
-    save_run(run_dir, Classifier(gpt, CLASSES, "last-token"), info, BPE_DIR)
+    make_run(run_dir, model_spec, seed, max_length, calibration, tuple(CLASSES))
 
 
 def predict_probs(run: Path, texts: Path) -> torch.Tensor:
@@ -76,7 +64,7 @@ def main() -> None:
     texts = random.Random(args.seed).sample(lines, args.texts)
     with tempfile.TemporaryDirectory(prefix="gptclf-bench-") as tmp:
         work = Path(tmp)
-        make_run(work / "run", args.model, args.seed, args.max_length)
+        make_random_run(work / "run", args.model, args.seed, args.max_length)
         (work / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
         cli = [sys.executable, "-m", "cli.main"]
         exported = run_child([*cli, "export", str(work / "run"), "--out", str(work / "hf")])

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SMS_FILE, make_home, print_table, require_shared, run_child, run_finetune
-from predict_speed import make_run
+from common import SMS_FILE, make_home, make_run, print_table, require_shared, run_child, run_finetune
 
 WORDS = ["apple", "river", "stone", "cloud", "paper", "green", "music", "table", "light", "horse"]
 
