@@ -157,7 +157,9 @@ INPUT_FORMAT = typer.Option(
     None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
 )
 ENCODING = typer.Option("utf-8", "--encoding", help="Text encoding of --input.")
-BATCH_SIZE = typer.Option(32, "--batch-size", help="Texts per forward pass.")
+BATCH_SIZE = typer.Option(
+    32, "--batch-size", help="Texts per forward pass, at most (long texts go fewer: <= 128 tokens a text)."
+)
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", "--precision", help=f"{', '.join(PRECISIONS)}.")
 JSON_OUT = typer.Option(False, "--json", help="Print one JSON object on stdout.")

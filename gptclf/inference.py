@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gptclf.batching import LabelledSet, Source, sorted_batches
+from gptclf.batching import TOKENS_PER_TEXT, LabelledSet, Source, sorted_batches
 from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
@@ -73,7 +73,8 @@ def run_batches(
         model: The classifier, on ``device``; it runs in eval mode and is put back as it was.
         source: The texts' model inputs (token ids, or cached hidden states).
         sink: Called with each batch's indices and its output (on ``device``), outside autocast.
-        batch_size: Texts per forward pass.
+        batch_size: Texts per forward pass, at most; and at most ``batch_size *``
+            :data:`~gptclf.batching.TOKENS_PER_TEXT` tokens (long texts go in fewer per batch).
         device: Where the model runs.
         precision: The autocast type (and TF32 setting) of the forward passes.
         shard: This process's place in a data-parallel job: it runs its share of the batches.
@@ -82,7 +83,8 @@ def run_batches(
         progress: Shown ``label`` with this rank's number of texts as the total.
         label: What the progress calls this pass.
     """
-    batches = shard.take(sorted_batches(source.lengths, batch_size))
+    # Long texts and windows go in fewer per batch: memory stays that of a batch of short texts.
+    batches = shard.take(sorted_batches(source.lengths, batch_size, batch_size * TOKENS_PER_TEXT))
     progress = progress or Progress()
     progress.begin(label, total=sum(len(b) for b in batches), unit="texts")
     was_training = model.training

@@ -45,3 +45,14 @@ def test_encode_truncates_and_counts() -> None:
     assert out.ids[1] == [50256]
     assert len(out.ids[2]) == 10
     assert out.truncated == 1
+
+
+def test_sorted_batches_cut_long_texts_to_the_token_budget() -> None:
+    # Four windows of 1,024 tokens and six short texts, 4 texts per batch, 2,048 tokens a batch.
+    lengths = [1024, 30, 1024, 40, 1024, 20, 1024, 10, 50, 60]
+    batches = sorted_batches(lengths, 4, max_tokens=2048)
+    shapes = [[lengths[i] for i in b] for b in batches]
+    assert shapes == [[1024, 1024], [1024, 1024], [60, 50, 40, 30], [20, 10]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert sorted_batches([5000, 3], 4, max_tokens=100) == [[0], [1]]  # a text over the budget runs alone
+    assert sorted_batches(lengths, 4, max_tokens=None) == sorted_batches(lengths, 4)
