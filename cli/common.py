@@ -158,7 +158,7 @@ INPUT_FORMAT = typer.Option(
 )
 ENCODING = typer.Option("utf-8", "--encoding", help="Text encoding of --input.")
 BATCH_SIZE = typer.Option(
-    32, "--batch-size", help="Texts per forward pass, at most (long texts go fewer: <= 128 tokens a text)."
+    32, "--batch-size", help="Texts per forward pass, at most (long texts go fewer: <= 256 tokens a text)."
 )
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", "--precision", help=f"{', '.join(PRECISIONS)}.")
