@@ -35,11 +35,12 @@ import torch
 from torch import nn
 
 from gptclf.batching import collate
-from gptclf.classifier import Classifier, reads_a_pad
+from gptclf.classifier import Classifier
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.fileio import atomic_write_bytes, atomic_write_json
 from gptclf.ortsession import INPUTS, OUTPUT, ort_session, require_onnx
 from gptclf.rundir import LoadedRun, run_info_problems
+from gptclf.rundir.files import RunInfoFields
 from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, load_tokenizer
 
 ONNX_FILE = "model.onnx"
@@ -186,7 +187,7 @@ def export_onnx(run: LoadedRun, work_dir: Path, *, quantize: str | None) -> None
 
 
 @dataclass
-class OnnxExport:
+class OnnxExport(RunInfoFields):
     """An export folder read back: its record, the run's run.json (``info``) and the tokenizer.
 
     It answers what :class:`gptclf.predict.Predictor` asks of a run (``path``, ``info``,
@@ -205,21 +206,6 @@ class OnnxExport:
     @property
     def quantize(self) -> str | None:
         return self.record.get("quantize")
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.info["classes"])
-
-    @property
-    def max_length(self) -> int:
-        return int(self.info["max_length"])
-
-    @property
-    def pad_length(self) -> int | None:
-        """As :attr:`gptclf.rundir.LoadedRun.pad_length`: only a pooling that reads a pad needs it."""
-        if not reads_a_pad(str(self.info.get("pooling"))):
-            return None
-        return (self.info.get("train") or {}).get("pad_length")
 
 
 def is_export(path: Path) -> bool:

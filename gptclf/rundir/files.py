@@ -75,14 +75,12 @@ def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_d
     return info
 
 
-@dataclass
-class LoadedRun:
-    """A run directory read back: the classifier (eval mode, CPU), its run.json and tokenizer."""
+class RunInfoFields:
+    """What a run's run.json (``info``) says every reader of a run needs: its classes, the tokens
+    kept per text and the pad width. Shared by :class:`LoadedRun` and an ONNX export folder
+    (:class:`gptclf.onnxexport.OnnxExport`), which carries the same run.json."""
 
-    path: Path
     info: dict[str, Any]
-    model: Classifier
-    tokenizer: tiktoken.Encoding
 
     @property
     def classes(self) -> list[str]:
@@ -105,6 +103,16 @@ class LoadedRun:
         if not reads_a_pad(str(self.info.get("pooling"))):
             return None
         return (self.info.get("train") or {}).get("pad_length")
+
+
+@dataclass
+class LoadedRun(RunInfoFields):
+    """A run directory read back: the classifier (eval mode, CPU), its run.json and tokenizer."""
+
+    path: Path
+    info: dict[str, Any]
+    model: Classifier
+    tokenizer: tiktoken.Encoding
 
 
 def update_run_info(run_dir: Path, changes: dict[str, Any]) -> dict[str, Any]:
