@@ -88,3 +88,27 @@ def fill(folder: Path, keep: int = 0) -> Path:
             fh.write(b"\0" * min(free, 1 << 20))
             fh.flush()
     return filler
+
+
+def entering_marks(barrier: Callable[[], None], marker: Path) -> Callable[[], None]:
+    """``barrier`` that writes ``in`` to ``marker`` while it waits (``out`` once it has passed).
+
+    For tests of waits that must outlast a timeout: the rank that makes the others wait
+    (:func:`outlast`) starts counting only once another rank is seen waiting, not after a guessed sleep.
+    """
+
+    def wrapped() -> None:
+        marker.write_text("in")
+        barrier()
+        marker.write_text("out")
+
+    return wrapped
+
+
+def outlast(marker: Path, seconds: float, timeout: float = 120.0) -> None:
+    """Wait until ``marker`` says another rank is waiting in its barrier, then ``seconds`` more."""
+    deadline = time.monotonic() + timeout
+    while not (marker.is_file() and marker.read_text() == "in"):
+        assert time.monotonic() < deadline, "the other rank never reached its barrier"
+        time.sleep(0.001)
+    time.sleep(seconds)  # the other rank is now known to wait this long: longer than the timeout

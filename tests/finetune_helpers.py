@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from gptclf.artefacts import tokenizer_dir
@@ -77,9 +76,7 @@ def prepared_folder(root: Path, classes: list[str], n: int = 200, seed: int = 0)
 
 
 def install_tokenizer(home: Path | None = None) -> Path:
-    """Copy GPT-2's tokenizer files from ../shared into the test cache, or skip the test."""
-    if not (BPE_DIR / "encoder.json").is_file():
-        pytest.skip(f"GPT-2 tokenizer files not found in {BPE_DIR} (../shared is absent)")
+    """Copy GPT-2's tokenizer files (committed under tests/fixtures) into the test cache."""
     target = tokenizer_dir(home)
     target.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:

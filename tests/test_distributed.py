@@ -32,6 +32,7 @@ from gptclf.runconfig import TrainConfig
 from gptclf.rundir import work_dir
 from gptclf.train import fit
 from tests.conftest import REPO
+from tests.fault_helpers import entering_marks, outlast
 from tests.finetune_helpers import (
     TINY_SPEC,
     install_tokenizer,
@@ -216,16 +217,19 @@ def test_predict_and_evaluate_refuse_several_processes(
 
 
 def _slow_barrier_worker(rank: int, port: int, out: str) -> None:
-    """Rank 0 "saves" for longer than the collective timeout; rank 1 waits at the slow barrier."""
+    """Rank 0 "saves" for longer than the collective timeout after rank 1 is seen waiting at the barrier."""
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
+    marker = Path(out, "rank1-waiting")
     with process_group("cpu", timeout=1) as shard:
         if shard.is_main:
-            time.sleep(3)  # three times --dist-timeout
-        shard.slow_barrier()
+            outlast(marker, 3)  # rank 1 waits three times --dist-timeout, counted from its arrival
+            shard.slow_barrier()
+        else:
+            entering_marks(shard.slow_barrier, marker)()
         total = shard.all_sum(torch.ones(1))  # the group still works afterwards
     Path(out, f"rank{rank}.json").write_text(json.dumps([shard.local_world_size, float(total)]))
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -29,5 +30,10 @@ def test_an_old_run_evaluates_to_the_same_metrics(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(run), "--json", "--device", "cpu"])
     assert result.exit_code == 0, result.stderr
     metrics = json.loads(result.stdout)
-    # Every number it gave then is the same now (later versions may report more metrics beside).
-    assert {k: metrics[k] for k in EXPECTED["evaluate"]} == EXPECTED["evaluate"]
+    # Every number it gave then is the same now (later versions may report more metrics beside),
+    # counts exactly and means to float32's rounding: summation order differs between CPU kernels.
+    for key, then in EXPECTED["evaluate"].items():
+        if isinstance(then, float):
+            assert metrics[key] == pytest.approx(then, rel=1e-6), key
+        else:
+            assert metrics[key] == then, key

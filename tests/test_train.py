@@ -24,6 +24,7 @@ from gptclf.resume import InterruptGuard, load_checkpoint
 from gptclf.runconfig import TrainConfig
 from gptclf.step import class_weights, stats_dtype
 from gptclf.train import fit
+from tests.fault_helpers import entering_marks, outlast
 from tests.finetune_helpers import max_diff, run_batch, synthetic_ids, tiny_classifier, trainable_state
 
 CPU = torch.device("cpu")
@@ -326,7 +327,7 @@ def test_step_sums_are_float32_on_mps_and_float64_elsewhere() -> None:
 
 
 def _slow_save_worker(rank: int, port: int, out: str) -> None:
-    """Rank 0's checkpoint takes 4 s, twice the collective timeout; the others must wait for it."""
+    """Rank 0's checkpoint outlasts the collective timeout twice over; the others must wait for it."""
     import gptclf.resume as resume_module
     from gptclf.distributed import process_group
 
@@ -335,13 +336,16 @@ def _slow_save_worker(rank: int, port: int, out: str) -> None:
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     real = resume_module.save_checkpoint
+    marker = Path(out) / "rank1-waiting"
 
     def slow(path: Path, state: dict[str, Any]) -> None:
-        time.sleep(4)
+        outlast(marker, 4)  # rank 1 is seen waiting for the save; it waits twice the timeout more
         real(path, state)
 
     resume_module.save_checkpoint = slow
     with process_group("cpu", timeout=2) as shard:
+        if not shard.is_main:  # a frozen dataclass: the method is replaced on the instance this way
+            object.__setattr__(shard, "slow_barrier", entering_marks(shard.slow_barrier, marker))
         model = tiny_classifier(["a", "b"], seed=7)
         train, val = data(model)
         cfg = dataclasses.replace(CFG, epochs=2, batch_size=4)
