@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
+from cli import signals
 from gptclf.device import PRECISIONS
 from gptclf.errors import GptclfError
 
@@ -48,9 +49,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except GptclfError as exc:
             raise fail(_escape(str(exc)), exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("gptclf: interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # SIGINT, and SIGTERM (cli.signals.Terminated)
+            err_console.print(f"gptclf: interrupted ({signals.name(exc)})")
+            raise typer.Exit(signals.exit_code(exc)) from None
         except BrokenPipeError:  # `gptclf predict ... | head`: the reader left; that is fine
             sys.stderr.close()
             raise typer.Exit(0) from None

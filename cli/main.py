@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import signals
 from cli.common import GptclfCommand, GptclfGroup
 from gptclf import __version__
 
@@ -55,6 +56,7 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
+    signals.at_run_time()  # from here on a signal stops the command through its cleanup code
     app()
 
 

@@ -115,6 +115,32 @@ class WorkLock:
             self._fd = None
 
 
+#: The verbs that build a folder under a :class:`WorkLock`, as their command line names them.
+_BUILDING_VERBS = ("finetune", "import", "export")
+
+
+def lock_holder(folder: Path) -> str:
+    """Who holds ``folder``'s lock, for a message: ``gptclf finetune (pid 123)`` where Linux's
+    /proc tells it, else ``another gptclf process``."""
+    try:
+        st = os.stat(folder)
+        locks = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another gptclf process"
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"  # as /proc/locks has it
+    for line in locks:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
+            pid = fields[4]
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                break
+            verb = next((a for a in argv if a in _BUILDING_VERBS), None)
+            return f"`gptclf {verb}` (pid {pid})" if verb else f"another process (pid {pid})"
+    return "another gptclf process"
+
+
 def is_locked(folder: Path) -> bool:
     """Whether a live process holds ``folder``'s lock (it is building a run there)."""
     if not folder.is_dir():
@@ -139,7 +165,7 @@ def check_out(out: Path, *, force: bool, resume: bool) -> None:
         raise BadInputError(f"--out {out} is a file, not a folder")
     if is_locked(work):
         raise BadInputError(
-            f"another `gptclf finetune` is writing {out} right now (its work folder {work} is in use): "
+            f"{lock_holder(work)} is writing {out} right now (its work folder {work} is in use): "
             "wait for it to end or choose another --out"
         )
     interrupted = has_checkpoint(work) or has_checkpoint(out)
@@ -203,22 +229,30 @@ class RunBuild:
             shutil.rmtree(work)
             note(f"removed {work}, left by an earlier run that did not finish")
         created = not work.is_dir()
-        try:
+        lock: WorkLock | None = None
+        try:  # whatever stops this (a full disk, a signal), a folder made here goes with it
             work.mkdir(parents=True, exist_ok=True)
             _probe(work)
-        except OSError as exc:
+            lock = WorkLock(work)
+            if not lock.acquire():  # another process took it in the moment since check_out
+                lock, created = None, False  # theirs: neither released nor removed here
+                raise BadInputError(
+                    f"{lock_holder(work)} is writing {out} right now: choose another --out"
+                )
+            # The folder was unlocked: every temporary file in it is a dead process's half write.
+            for name in sorted(os.listdir(work)):
+                if _is_temp_file(name):
+                    _remove(work / name)
+                    note(f"removed {work / name}, a temporary file of an interrupted write")
+            return cls(out, work, lock, resumable_at_open=has_checkpoint(work))
+        except BaseException as exc:
+            if lock is not None:
+                lock.release()
             if created:
                 shutil.rmtree(work, ignore_errors=True)
-            raise write_error(exc, out.parent) from None
-        lock = WorkLock(work)
-        if not lock.acquire():  # another process took it in the moment since check_out
-            raise BadInputError(f"another `gptclf finetune` is writing {out} right now: choose another --out")
-        # The folder was unlocked: every temporary file in it is a dead process's half write.
-        for name in sorted(os.listdir(work)):
-            if _is_temp_file(name):
-                _remove(work / name)
-                note(f"removed {work / name}, a temporary file of an interrupted write")
-        return cls(out, work, lock, resumable_at_open=has_checkpoint(work))
+            if isinstance(exc, OSError):
+                raise write_error(exc, out.parent) from None
+            raise
 
     def free_bytes(self) -> int:
         """Free space on the work folder's file system."""

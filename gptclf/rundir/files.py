@@ -9,6 +9,8 @@ atomically (temporary name, fsync, then rename).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from safetensors.torch import load_file, save_file
 from gptclf.classifier import Classifier, merge_lora, reads_a_pad, replace_head
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
-from gptclf.fileio import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from gptclf.fileio import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temp_files,
+    sha256_file,
+)
 from gptclf.model import build_model
 from gptclf.rundir.info import read_run_info, run_info_problems
 from gptclf.rundir.layout import INFO_FILE, RUN_FORMAT, WEIGHTS_FILE
@@ -176,8 +184,17 @@ def _shape_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
     return None
 
 
+#: How often :func:`load_run` starts again when the folder was swapped while it read.
+SWAP_RETRIES = 3
+
+
 def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
     """Load a run directory for prediction or evaluation (needs nothing outside the folder).
+
+    run.json and the weights are read as one pair: ``finetune --force`` (or ``import --force``)
+    swaps a whole new folder in at any moment, so a load during which the folder was replaced is
+    started again on the new folder rather than mixing the old run.json with the new weights.
+    A dead writer's temporary files (a ``calibrate`` killed while writing run.json) are removed.
 
     Args:
         run_dir: A folder written by :func:`save_run`.
@@ -188,6 +205,31 @@ def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
         BadInputError: run.json is malformed, or the weights are damaged or not this run's.
     """
     run_dir = Path(run_dir)
+    with contextlib.suppress(OSError):  # a read-only copy of a run loads all the same
+        remove_stale_temp_files(run_dir)
+    for attempt in range(SWAP_RETRIES):
+        before = _identity(run_dir)
+        try:
+            loaded = _load_once(run_dir, verify)
+        except (BadInputError, OSError):
+            if attempt + 1 < SWAP_RETRIES and _identity(run_dir) != before:
+                continue  # the folder was swapped while it was read: read the new one
+            raise
+        if _identity(run_dir) == before:
+            return loaded
+    raise BadInputError(f"{run_dir} was replaced {SWAP_RETRIES} times while it was read: try again")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """The folder's device and inode (None while it is missing, midway through a swap)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _load_once(run_dir: Path, verify: bool) -> LoadedRun:
     info = read_run_info(run_dir)
     weights = run_dir / WEIGHTS_FILE
     cfg = GPTConfig.from_dict(info["model"]["config"])
