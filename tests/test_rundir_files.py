@@ -157,3 +157,112 @@ def test_pad_length_is_what_run_json_records(
     run = tmp_path / "run"
     save_run(run, model, info, install_tokenizer())
     assert load_run(run).pad_length == expected
+
+
+# --- issue 18 items 6 and 9: a dead writer's debris, and a swap while the run is read ---------------
+
+
+def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    """Two complete runs of different weights, at ``run`` and ``other``."""
+    from tests.test_predict import make_run
+
+    first = make_run(tmp_path / "run", model=tiny_classifier(["spam", "ham"], seed=1))
+    second = make_run(tmp_path / "other", model=tiny_classifier(["spam", "ham"], seed=2))
+    return first, second
+
+
+def test_a_swap_between_run_json_and_the_weights_reads_the_new_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.rundir.files as files
+    from gptclf.rundir.build import _swap
+
+    run, other = _two_runs(tmp_path)
+    new_sha = json.loads((other / "run.json").read_text())["weights_sha256"]
+    real_read = files.read_run_info
+    swaps = []
+
+    def read_then_swap(folder: Path) -> dict[str, Any]:
+        info = real_read(folder)
+        if not swaps:  # `finetune --force` swaps its new run in right after run.json was read
+            _swap(other, run)
+            swaps.append(1)
+        return info
+
+    monkeypatch.setattr(files, "read_run_info", read_then_swap)
+    loaded = load_run(run)  # verified: the sha256 of the weights matches the run.json read with them
+    assert swaps and loaded.info["weights_sha256"] == new_sha
+
+
+def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Path) -> None:
+    import threading
+
+    from gptclf.rundir.build import _exchange
+
+    run, other = _two_runs(tmp_path)
+    shas = {json.loads((p / "run.json").read_text())["weights_sha256"] for p in (run, other)}
+    stop = threading.Event()
+
+    def swapper() -> None:
+        while not stop.wait(0.3):  # the atomic exchange of `finetune --force`, about twice a load
+            _exchange(other, run)
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    try:
+        loaded = [load_run(run).info["weights_sha256"] for _ in range(15)]  # each one verified
+    finally:
+        stop.set()
+        thread.join()
+    assert set(loaded) <= shas
+
+
+#: A `gptclf calibrate` whose run.json write stops in its fsync until the test kills it with -9.
+_CALIBRATE_STOPPED_IN_ITS_WRITE = """
+import os, sys, time
+def stuck(fd):  # the first fsync of calibrate is that of run.json's temporary file
+    sys.stderr.write("writing\\n"); sys.stderr.flush()
+    time.sleep(600)
+os.fsync = stuck
+from cli.main import app
+app(sys.argv[1:])
+"""
+
+
+def test_the_next_command_removes_a_dead_calibrates_half_written_run_json(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.finetune_helpers import prepared_folder
+    from tests.test_predict import make_run
+
+    data = prepared_folder(tmp_path, ["ham", "spam"], n=60)
+    recorded = {"dir": str(data), "fingerprint": None}
+    run = make_run(tmp_path / "run", ["ham", "spam"], max_length=16, data=recorded)
+    whole = (run / "run.json").read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _CALIBRATE_STOPPED_IN_ITS_WRITE, "calibrate", str(run)],
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the child says when it is in the write: then it is killed
+        if line.strip() == "writing":
+            break
+    temps = [p for p in run.iterdir() if p.name.startswith(".run.json.gptclf-")]
+    proc.kill()
+    proc.wait()
+    assert len(temps) == 1 and temps[0].exists()  # what the kill left
+    loaded = load_run(run)  # the next command that opens the run cleans it away
+    assert not temps[0].exists() and loaded.info["classes"] == ["ham", "spam"]
+    assert (run / "run.json").read_bytes() == whole
+
+
+def test_a_live_writers_temporary_file_is_kept(tmp_path: Path) -> None:
+    import os
+
+    run, _ = _two_runs(tmp_path)
+    mine = run / f".run.json.gptclf-{os.getpid()}-0a1b2c3d.tmp"  # this process is alive
+    mine.write_text("{")
+    load_run(run)
+    assert mine.exists()

@@ -220,13 +220,17 @@ def load_run(run_dir: Path, *, verify: bool = True) -> LoadedRun:
     raise BadInputError(f"{run_dir} was replaced {SWAP_RETRIES} times while it was read: try again")
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
-    """The folder's device and inode (None while it is missing, midway through a swap)."""
+def _identity(folder: Path) -> tuple[int, int, int] | None:
+    """The folder's device, inode and change time (None while it is missing, midway through a swap).
+
+    A rename sets the change time of the folder renamed, so a folder swapped out and back in
+    between two looks is told apart from one that stayed.
+    """
     try:
         st = os.stat(folder)
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _load_once(run_dir: Path, verify: bool) -> LoadedRun:
