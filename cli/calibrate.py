@@ -12,8 +12,10 @@ rewrite: ``decision`` (two classes: ``f1``, ``precision=P``, ``recall=R``) or ``
 (``coverage=C``). A target the texts cannot reach is exit 3 with the best value reached, and
 nothing is stored (not the temperature either).
 
-Stdout: the temperature and the NLL and ECE before and after, or with ``--json`` one object
-(``run`` and the ``calibration`` written). Messages and progress go to stderr.
+Stdout: the temperature (with the one-line reason when T = 1 was kept or the fit reached a bound)
+and the NLL and ECE before and after, or with ``--json`` one object (``run`` and the
+``calibration`` written, and the ``decision`` or ``abstain`` chosen); the same ``note`` lines are in
+run.json. Messages and progress go to stderr.
 """
 
 from __future__ import annotations
@@ -105,8 +107,9 @@ def calibrate(
         sys.stdout.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         return
     c = calibration
-    kept = " (scaling did not lower the NLL: T = 1 kept)" if c.temperature == 1.0 else ""
-    out_console.print(f"temperature  {c.temperature:.4f}{kept}", markup=False)
+    out_console.print(f"temperature  {c.temperature:.4f}", markup=False)
+    if c.note:  # why T = 1 was kept, or that the fit reached a bound
+        out_console.print(f"             {c.note}", markup=False)
     out_console.print(f"NLL          {c.val_nll_before:.4f} -> {c.val_nll_after:.4f}", markup=False)
     out_console.print(f"ECE          {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}", markup=False)
     _print_choice(changes)
@@ -122,6 +125,8 @@ def _print_choice(changes: dict[str, Any]) -> None:
             f"{v['precision']:.4f}, recall {v['recall']:.4f}, F1 {v['f1']:.4f}",
             markup=False,
         )
+        if "note" in d:  # the target is met by labelling every text positive
+            out_console.print(f"             {d['note']}", markup=False)
     if "abstain" in changes:
         a, v = changes["abstain"], changes["abstain"]["validation"]
         out_console.print(

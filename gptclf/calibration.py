@@ -12,8 +12,17 @@ minimum on any interval; a golden-section search on ``log T`` over :data:`T_BOUN
 float64 without gradients, starting points or randomness: the same logits always give the same T.
 A T that does not lower the NLL below that of ``T = 1`` is not kept (``T = 1`` is stored).
 
-Where it is stored: run.json's ``calibration`` (:meth:`Calibration.to_dict`); a run without it
-(written before calibration existed, or without validation data) is read as ``T = 1``.
+A split the model classifies entirely right (every true class scored strictly highest) has no
+minimum to find: its NLL keeps falling as ``T -> 0``, towards probabilities of exactly 0 and 1, so
+the search would stop at the floor of :data:`T_BOUNDS`, which is a bound and not a calibration.
+Such a split keeps ``T = 1``. A fit that reaches a bound on other texts is kept, as the nearest
+value to an optimum beyond it (at the ceiling the probabilities become nearly uniform: the scores
+barely tell the classes apart on those texts). Whenever T = 1 is kept or a bound is reached,
+:attr:`Calibration.note` says why in one line.
+
+Where it is stored: run.json's ``calibration`` (:meth:`Calibration.to_dict`, with ``note`` only when
+there is one); a run without it (written before calibration existed, or without validation data)
+is read as ``T = 1``.
 """
 
 from __future__ import annotations
@@ -33,10 +42,11 @@ from gptclf.rundir import update_run_info
 
 #: The only method so far; run.json names it so that another can be added without ambiguity.
 METHOD = "temperature"
-#: The temperatures searched. The floor matters most: a validation split the model classifies
-#: perfectly keeps rewarding sharper probabilities (T -> 0) because it holds no error to
-#: punish them, and an unbounded fit would turn every later probability into 0 or 1.
+#: The temperatures searched. A split the model classifies perfectly would run to the floor: it is
+#: not searched at all (:func:`fit_temperature` keeps T = 1 for it).
 T_BOUNDS = (0.05, 100.0)
+#: How close (relatively) to a bound the search's answer counts as having reached it.
+_AT_BOUND = 1e-6
 #: Golden-section steps: the bracket of log T shrinks by 0.618 per step, from 7.6 to below 1e-12.
 _STEPS = 64
 
@@ -54,6 +64,8 @@ class Calibration:
         val_ece_after: The same at ``temperature``.
         method: Always :data:`METHOD`.
         data: Where the texts came from (``{"split", "data"}`` or ``{"input"}``) and ``n``.
+        note: Why T = 1 was kept, or that the fit reached a bound of :data:`T_BOUNDS` (one line
+            for people); None for an ordinary fit.
     """
 
     temperature: float
@@ -63,10 +75,13 @@ class Calibration:
     val_ece_after: float
     method: str = METHOD
     data: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``calibration`` object of run.json (JSON-ready)."""
+        """The ``calibration`` object of run.json (JSON-ready; ``note`` only when there is one)."""
         out = asdict(self)
+        if out["note"] is None:
+            del out["note"]
         return {"method": out.pop("method"), **out}
 
 
@@ -115,8 +130,8 @@ def fit_temperature(
         data: Where the texts came from, recorded in :attr:`Calibration.data` (with ``n``).
 
     Returns:
-        The calibration; its temperature is 1.0 when no T lowers the NLL (the before and after
-        numbers are then equal).
+        The calibration; its temperature is 1.0 (the before and after numbers then equal) when
+        no T lowers the NLL or the model classifies every text right, and its ``note`` says why.
 
     Raises:
         BadInputError: No texts, labels that do not match the logits, or non-finite logits.
@@ -131,10 +146,7 @@ def fit_temperature(
     if not np.isfinite(z).all():
         raise BadInputError("calibration got non-finite logits (NaN or inf): the run's weights are broken")
     before = nll(z, y)
-    found = _search_log_t(z, y)
-    # Keep T = 1 unless the fit really lowers the NLL: a gain within float noise is no gain, and
-    # it keeps a well-calibrated run's probabilities exactly as they were.
-    temperature = found if nll(z, y, found) < before - 1e-9 else 1.0
+    temperature, note = _chosen_temperature(z, y, before)
     return Calibration(
         temperature=temperature,
         val_nll_before=before,
@@ -142,7 +154,45 @@ def fit_temperature(
         val_ece_before=ece(z, y),
         val_ece_after=ece(z, y, temperature),
         data={**(data or {}), "n": len(y)},
+        note=note,
     )
+
+
+def all_right(logits: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether every text's true class has a strictly higher score than each other class (then the
+    NLL falls towards 0 as T -> 0 and has no minimum)."""
+    z = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(z))
+    others = z.copy()
+    others[rows, labels] = -np.inf
+    return bool((z[rows, labels] > others.max(axis=1)).all())
+
+
+def _chosen_temperature(z: np.ndarray, y: np.ndarray, before: float) -> tuple[float, str | None]:
+    """The temperature to store for logits ``z`` of labels ``y`` (NLL ``before`` at T = 1), and
+    the note that says why when it is 1 or a bound of :data:`T_BOUNDS`."""
+    if all_right(z, y):
+        return 1.0, (
+            f"T = 1 kept: the model classifies all {len(y)} texts right, so the NLL only falls as T "
+            "-> 0 (every probability 0 or 1) and there is nothing to calibrate against"
+        )
+    found = _search_log_t(z, y)
+    # Keep T = 1 unless the fit really lowers the NLL: a gain within float noise is no gain, and
+    # it keeps a well-calibrated run's probabilities exactly as they were.
+    if nll(z, y, found) >= before - 1e-9:
+        return 1.0, "T = 1 kept: no temperature lowers the NLL of these texts"
+    low, high = T_BOUNDS
+    if found <= low * (1 + _AT_BOUND):
+        return low, (
+            f"the fit reached T = {low:g}, the search's floor: the scores are far less sure "
+            "than the model's accuracy warrants, and T stops there"
+        )
+    if found >= high * (1 - _AT_BOUND):
+        return high, (
+            f"the fit reached T = {high:g}, the search's ceiling: the scores barely tell the classes "
+            "apart on these texts, so the probabilities are made nearly uniform"
+        )
+    return found, None
 
 
 def run_temperature(info: Mapping[str, Any]) -> float:

@@ -5,8 +5,10 @@ threshold means what it says. ``--target`` names what to choose (:func:`parse_ta
 parser of it):
 
 - ``f1``: the threshold on the positive class's probability that maximises F1;
-- ``precision=P``: the LOWEST threshold whose precision reaches P (the most recall at that precision);
-- ``recall=R``: the HIGHEST threshold whose recall reaches R (the most precision at that recall);
+- ``precision=P``: among the thresholds whose precision reaches P, one of the highest recall, and of
+  those the HIGHEST threshold (the fewest false positives for that recall);
+- ``recall=R``: among the thresholds whose recall reaches R, one of the highest precision, and of
+  those the LOWEST threshold (the most recall for that precision);
 - ``coverage=C``: the ``min_confidence`` (top probability) that keeps at least C of the texts.
 
 Every search looks only at the distinct probabilities of the validation texts: between two of
@@ -14,9 +16,15 @@ them every threshold gives the same predictions. The value stored is the midpoin
 chosen probability and the next lower one, so the float noise of another batching (a probability
 recomputed as 0.70000001 instead of 0.7) cannot flip a validation text to the other side.
 
+A precision target is not a licence to admit false positives: on texts the model separates
+perfectly every threshold in the gap between the classes has precision 1 and recall 1, and the
+rule picks the highest of them (the gap's top), never one far below it that lets negatives in
+until precision falls to P.
+
 run.json keys (:func:`decision_record`, :func:`abstain_record`): ``decision`` = ``{positive,
-threshold, target, validation: {precision, recall, f1, n}}`` and ``abstain`` = ``{min_confidence,
-target, validation: {coverage, accuracy, n}}``.
+threshold, target, validation: {precision, recall, f1, n}}``, with ``note`` (one line for people)
+only when the threshold labels every text positive; ``abstain`` = ``{min_confidence, target,
+validation: {coverage, accuracy, n}}``.
 """
 
 from __future__ import annotations
@@ -197,15 +205,19 @@ def choose_threshold(p_positive: np.ndarray, is_positive: np.ndarray, target: Ta
     if target.kind == "f1":
         f1 = 2 * tp / (tp + fp + y.sum())
         return float(cuts[int(np.argmax(f1))])  # the highest threshold among equal F1s
-    values = precision if target.kind == "precision" else recall
+    values, other = (precision, recall) if target.kind == "precision" else (recall, precision)
     ok = np.flatnonzero(values >= target.value - 1e-12)
     if not len(ok):
         raise GateError(
             f"--target {target} cannot be reached on these texts: the best {target.kind} is "
             f"{values.max():.4f}; choose a lower target"
         )
-    # precision: the lowest threshold that reaches it (last in highest-first order); recall: the highest.
-    return float(cuts[ok[-1]] if target.kind == "precision" else cuts[ok[0]])
+    # Of the thresholds that reach the target, those that give the most of the other measure (equal
+    # fractions are equal floats: division is correctly rounded) ...
+    best = ok[other[ok] == other[ok].max()]
+    # ... and of those, for precision the highest threshold (first in highest-first order: the same
+    # recall with the fewest false positives), for recall the lowest (the same precision, most recall).
+    return float(cuts[best[0]] if target.kind == "precision" else cuts[best[-1]])
 
 
 def choose_min_confidence(confidence: np.ndarray, coverage: float) -> float:
@@ -247,7 +259,8 @@ def risk_coverage(
 def decision_record(
     probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], positive: str, target: Target
 ) -> dict[str, Any]:
-    """Choose the threshold for ``target`` on labelled (N, 2) probabilities: run.json's ``decision``.
+    """Choose the threshold for ``target`` on labelled (N, 2) probabilities: run.json's ``decision``
+    (with a ``note`` when the threshold labels every text positive).
 
     Raises:
         BadInputError, GateError: As :func:`choose_threshold`.
@@ -257,8 +270,14 @@ def decision_record(
     threshold = choose_threshold(p, y, target)
     counts = threshold_counts(p, y, threshold)
     validation = {k: counts[k] for k in ("precision", "recall", "f1")}
-    return {"positive": positive, "threshold": threshold, "target": str(target),
-            "validation": {**validation, "n": len(y)}}  # fmt: skip
+    record = {"positive": positive, "threshold": threshold, "target": str(target),
+              "validation": {**validation, "n": len(y)}}  # fmt: skip
+    if bool((p >= threshold).all()):  # the rule then says nothing about the texts: tell people
+        record["note"] = (
+            f"--target {target} is met by labelling every one of the {len(y)} texts {positive!r}: "
+            "the threshold does not tell the classes apart"
+        )
+    return record
 
 
 def abstain_record(probs: np.ndarray, labels: np.ndarray, target: Target) -> dict[str, Any]:

@@ -202,6 +202,8 @@ def _final_scores(
             f"calibration: temperature {c.temperature:.4g}; validation NLL {c.val_nll_before:.4f} -> "
             f"{c.val_nll_after:.4f}, ECE {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}"
         )
+        if c.note:  # why T = 1 was kept, or that the fit reached a bound (also in run.json)
+            ctx.progress.message(f"calibration: {c.note}")
     t = calibration.temperature if calibration else 1.0
     scores = {
         name: classification_metrics(logits[name] / t, sets[name].labels, model.classes)
@@ -240,6 +242,8 @@ def _choose(ctx: RunContext, result: FinetuneResult) -> tuple[dict[str, Any], st
         shown = {k: round(v, 4) for k, v in record["validation"].items()}
         level = record.get("threshold", record.get("min_confidence"))
         ctx.progress.message(f"{key} for --target {target}: {level:.4f}; validation {shown}")
+        if "note" in record:  # the target is met by labelling every text positive
+            ctx.progress.message(f"{key}: {record['note']}")
     return chosen, None
 
 

@@ -12,6 +12,7 @@ same texts give the same numbers wherever they are evaluated.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -66,6 +67,7 @@ def run_batches(
     between_batches: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "inference",
+    owners: torch.Tensor | None = None,
 ) -> None:
     """Run ``model`` over every text of ``source`` in length-sorted batches; hand each output to ``sink``.
 
@@ -82,11 +84,14 @@ def run_batches(
         between_batches: Called before each batch (e.g. to stop on a signal by raising).
         progress: Shown ``label`` with this rank's number of texts as the total.
         label: What the progress calls this pass.
+        owners: (R,) the text each row of ``source`` belongs to, when its rows are the texts'
+            windows: the progress then counts texts, each once the last of its rows is run.
     """
     # Long texts and windows go in fewer per batch: memory stays that of a batch of short texts.
     batches = shard.take(sorted_batches(source.lengths, batch_size, batch_size * TOKENS_PER_TEXT))
     progress = progress or Progress()
-    progress.begin(label, total=sum(len(b) for b in batches), unit="texts")
+    texts = _TextsDone(batches, owners)
+    progress.begin(label, total=texts.total, unit="texts")
     was_training = model.training
     model.eval()
     try:
@@ -104,10 +109,34 @@ def run_batches(
                         stop_block=stop_block,
                     )
                 sink(indices, out)
-            progress.advance(len(indices))
+            progress.advance(texts.done(indices))
     finally:
         model.train(was_training)
         progress.end()
+
+
+class _TextsDone:
+    """Counts the texts of the rows run so far: each row is a text, or with ``owners`` (the text of
+    each row: its windows) a text is done once the last of its rows in ``batches`` is."""
+
+    def __init__(self, batches: Sequence[Sequence[int]], owners: torch.Tensor | None) -> None:
+        self.owners = None if owners is None else owners.tolist()
+        if self.owners is None:
+            self.total = sum(len(b) for b in batches)
+            return
+        self.left = Counter(self.owners[i] for b in batches for i in b)  # rows to go, per text
+        self.total = len(self.left)
+
+    def done(self, indices: Sequence[int]) -> int:
+        """The texts finished by the rows ``indices`` just run."""
+        if self.owners is None:
+            return len(indices)
+        finished = 0
+        for i in indices:
+            text = self.owners[i]
+            self.left[text] -= 1
+            finished += self.left[text] == 0
+        return finished
 
 
 def batched_logits(
@@ -147,6 +176,7 @@ def batched_logits(
         between_batches=between_batches,
         progress=progress,
         label=label,
+        owners=None if windows is None else windows.owner,
     )
     logits = shard.all_sum(logits)
     return logits if windows is None else windows.combine(logits)

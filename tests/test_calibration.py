@@ -61,16 +61,34 @@ def test_when_scaling_cannot_help_t_is_exactly_1() -> None:
     z = np.array([[0.0, m]] * 4)
     y = np.array([1, 1, 1, 0])
     c = fit_temperature(z, y)
-    assert c.temperature == 1.0 and c.val_nll_after == c.val_nll_before
+    assert c.temperature == 1.0 and c.val_nll_after == c.val_nll_before and c.note
     # A model that says nothing (every class the same score): no temperature changes anything.
     flat = fit_temperature(np.zeros((10, 3)), np.arange(10) % 3)
     assert flat.temperature == 1.0 and flat.val_ece_after == flat.val_ece_before
 
 
-def test_a_perfectly_classified_split_stops_at_the_floor_not_at_zero() -> None:
+def test_a_perfectly_classified_split_keeps_t_1_and_says_why() -> None:
+    """Its NLL only falls as T -> 0: a fit would stop at the search's floor and make every later
+    probability 0 or 1, so T = 1 is kept, with a note."""
     z = np.array([[2.0, -2.0], [-1.0, 1.0], [3.0, 0.0]])
     c = fit_temperature(z, np.array([0, 1, 0]))
-    assert c.temperature == pytest.approx(T_BOUNDS[0], rel=1e-6)
+    assert nll(z, np.array([0, 1, 0]), T_BOUNDS[0]) < c.val_nll_before  # the floor would "win"
+    assert c.temperature == 1.0 and c.val_nll_after == c.val_nll_before
+    assert c.note and "\n" not in c.note and c.to_dict()["note"] == c.note
+    # One text wrong: the NLL has a minimum again, and it is fitted (no note).
+    wrong = fit_temperature(z, np.array([0, 1, 1]))
+    assert T_BOUNDS[0] < wrong.temperature < T_BOUNDS[1] and wrong.note is None
+    assert "note" not in wrong.to_dict()
+
+
+def test_a_fit_at_a_bound_is_kept_with_a_note() -> None:
+    z, y = sampled(2000, 2, seed=5)
+    under = fit_temperature(z / 200.0, y)  # 200 times too unsure: the optimum is below the floor
+    assert under.temperature == T_BOUNDS[0] and under.note and str(T_BOUNDS[0]) in under.note
+    assert under.val_nll_after < under.val_nll_before
+    backwards = fit_temperature(-3.0 * z, y)  # scores against the truth: nearly uniform is best
+    assert backwards.temperature == T_BOUNDS[1] and backwards.note and "100" in backwards.note
+    assert backwards.val_nll_after < backwards.val_nll_before
 
 
 def test_the_stored_ece_is_the_one_evaluate_reports() -> None:
@@ -109,6 +127,8 @@ def test_run_json_schema_checks_the_calibration_key() -> None:
     good = fit_temperature(*sampled(50, 2, seed=3)).to_dict()
     assert set(good) >= {"method", "temperature", "val_nll_before", "val_nll_after"}
     assert run_info_problems({**info, "calibration": good}) == []
+    noted = fit_temperature(np.array([[2.0, -2.0], [-1.0, 1.0]]), [0, 1]).to_dict()
+    assert noted["note"] and run_info_problems({**info, "calibration": noted}) == []
     assert run_temperature({**info, "calibration": good}) == good["temperature"]
     for bad, phrase in [
         ({**good, "temperature": 0}, "calibration.temperature must be a number > 0"),

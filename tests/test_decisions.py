@@ -57,23 +57,52 @@ def test_f1_threshold_is_at_least_as_good_as_one_half(seed: int) -> None:
     assert all(best >= threshold_counts(p, y, c)["f1"] - 1e-12 for c in np.unique(p))
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_precision_target_is_the_lowest_threshold_that_reaches_it(seed: int) -> None:
-    p, y = random_scores(seed)
-    t = choose_threshold(p, y, parse_target("precision=0.8"))
-    assert threshold_counts(p, y, t)["precision"] >= 0.8
-    lower = [c for c in np.unique(p) if c < t]
-    assert all(threshold_counts(p, y, c)["precision"] < 0.8 for c in lower)
+def by_definition(p: np.ndarray, y: np.ndarray, target: Target) -> float:
+    """The threshold rule as the issue states it, by brute force over every distinct probability:
+    of those that reach the target, the most of the other measure; then for precision the highest
+    threshold, for recall the lowest."""
+    main, other = ("precision", "recall") if target.kind == "precision" else ("recall", "precision")
+    counts = {float(c): threshold_counts(p, y, c) for c in np.unique(p)}
+    ok = {c: m for c, m in counts.items() if m[main] >= (target.value or 0.0)}
+    best = max(m[other] for m in ok.values())
+    ties = [c for c, m in ok.items() if m[other] == best]
+    return max(ties) if target.kind == "precision" else min(ties)
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_recall_target_is_the_highest_threshold_that_reaches_it(seed: int) -> None:
+@pytest.mark.parametrize("spelled", ["precision=0.8", "precision=0.6", "recall=0.9", "recall=0.5"])
+def test_a_precision_or_recall_target_follows_its_definition(seed: int, spelled: str) -> None:
     p, y = random_scores(seed)
-    t = choose_threshold(p, y, parse_target("recall=0.9"))
-    assert threshold_counts(p, y, t)["recall"] >= 0.9
-    # The stored threshold sits just below the probability it stands for (same predictions).
-    chosen = min(c for c in np.unique(p) if c >= t)
-    assert all(threshold_counts(p, y, c)["recall"] < 0.9 for c in np.unique(p) if c > chosen)
+    target = parse_target(spelled)
+    t = choose_threshold(p, y, target)
+    assert threshold_counts(p, y, t)[target.kind] >= (target.value or 0.0)
+    # The stored threshold sits just below the probability it stands for: the same predictions.
+    assert ((p >= t) == (p >= by_definition(p, y, target))).all()
+
+
+def test_a_precision_target_on_separated_scores_admits_no_negative() -> None:
+    """100 positives above every negative: precision 0.97 is reached with 3 false positives too,
+    but the rule keeps the gap between the classes (recall is 1 either way)."""
+    rng = np.random.default_rng(0)
+    pos, neg = rng.uniform(0.6, 1.0, 100), rng.uniform(0.0, 0.4, 100)
+    p, y = np.concatenate([pos, neg]), np.arange(200) < 100
+    for spelled in ("precision=0.97", "recall=0.97", "recall=1", "f1"):
+        t = choose_threshold(p, y, parse_target(spelled))
+        assert neg.max() < t <= pos.min(), spelled
+        counts = threshold_counts(p, y, t)
+        assert counts["precision"] == counts["recall"] == counts["accuracy"] == 1.0
+
+
+def test_a_target_met_by_labelling_everything_positive_says_so() -> None:
+    from gptclf.decisions import decision_record
+
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4], [0.95, 0.05]])
+    labels = np.array([1, 0, 1, 1])  # the lowest-scored text is positive: recall 1 needs them all
+    everything = decision_record(probs, labels, CLASSES, "spam", parse_target("recall=1"))
+    assert everything["threshold"] <= 0.05 and everything["validation"]["precision"] == 0.75
+    assert "note" in everything and "spam" in everything["note"]
+    some = decision_record(probs, labels, CLASSES, "spam", parse_target("precision=1"))
+    assert some["threshold"] > 0.2 and "note" not in some
 
 
 def test_an_unreachable_precision_names_the_best_reached() -> None:
