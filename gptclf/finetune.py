@@ -331,10 +331,15 @@ def _bytes_needed(total_params: int, trainable_params: int) -> int:
 def _check_space(work: Path, out: Path, needed: int) -> None:
     """Refuse to start when the run cannot fit on the disk (before any training time is spent).
 
+    What the work folder holds already (a resumed run's checkpoint, which its successor replaces)
+    is part of ``needed``, not an addition to it.
+
     Raises:
         BadInputError: Less free space than the run needs, both named in the message.
     """
     free = shutil.disk_usage(work).free
+    present = sum(p.stat().st_size for p in work.rglob("*") if p.is_file() and not p.is_symlink())
+    needed = max(needed - present, 0)
     if free < needed:
         raise BadInputError(
             f"not enough space for the run in {out.parent}: it needs about {needed / 2**20:,.0f} MiB "

@@ -241,7 +241,9 @@ def test_kill_9_after_an_epoch_leaves_a_checkpoint_and_resume_matches(data: Path
 # --- item 5: the output is checked before training; a disk that fills is one line -----------------
 
 
-@pytest.mark.parametrize("where", ["under-a-file", "proc", "read-only"])
+@pytest.mark.parametrize(
+    "where", ["under-a-file", "proc", "read-only", "mount-point", "read-only-mount-point"]
+)
 def test_an_unwritable_out_is_refused_before_any_work(data: Path, tmp_path: Path, where: str) -> None:
     with contextlib.ExitStack() as stack:
         if where == "under-a-file":
@@ -249,12 +251,34 @@ def test_an_unwritable_out_is_refused_before_any_work(data: Path, tmp_path: Path
             out = tmp_path / "file" / "run"
         elif where == "proc":
             out = Path("/proc/gptclf-run")
-        else:
+        elif where == "read-only":
             out = stack.enter_context(tmpfs(tmp_path / "ro", "1m", read_only=True)) / "run"
-        code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(out))
+        else:  # the folder is itself a mount point: the run cannot be swapped in as it
+            out = stack.enter_context(tmpfs(tmp_path / "mnt", "1m", read_only=where.startswith("read")))
+        code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(out), "--force")
+        if out.parent.is_dir() and where != "proc":
+            assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
-    assert "cannot write" in stderr or "is a file" in stderr or "not a folder" in stderr
+    assert any(m in stderr for m in ("cannot write", "is a file", "not a folder", "mount point"))
     assert "epoch" not in stderr and "Traceback" not in stderr
+
+
+def test_the_space_check_counts_a_resumed_runs_checkpoint_as_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from gptclf.finetune import _check_space
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "checkpoint.pt").write_bytes(b"x" * 10_000)  # the checkpoint of the stopped run
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(80_000, 25_000, 55_000))
+    _check_space(work, tmp_path / "run", 65_000)  # 65,000 in all, 10,000 of them already there
+    with pytest.raises(BadInputError, match="not enough space"):
+        _check_space(work, tmp_path / "run", 65_001 + 10_000)
 
 
 def test_a_disk_too_small_for_the_run_is_refused_up_front(data: Path, tmp_path: Path) -> None:

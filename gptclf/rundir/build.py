@@ -163,6 +163,11 @@ def check_out(out: Path, *, force: bool, resume: bool) -> None:
     work = work_dir(out)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and os.path.ismount(out):  # the finished run is renamed onto --out: not a mount
+        raise BadInputError(
+            f"--out {out} is a mount point, which gptclf cannot replace with the finished run: "
+            "name a folder inside it"
+        )
     if is_locked(work):
         raise BadInputError(
             f"{lock_holder(work)} is writing {out} right now (its work folder {work} is in use): "
