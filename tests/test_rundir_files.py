@@ -266,3 +266,18 @@ def test_a_live_writers_temporary_file_is_kept(tmp_path: Path) -> None:
     mine.write_text("{")
     load_run(run)
     assert mine.exists()
+
+
+def test_a_full_disk_while_saving_weights_is_the_oserror_it_is(tmp_path: Path) -> None:
+    import errno
+
+    from gptclf.rundir import save_weights
+    from tests.fault_helpers import fill, tmpfs
+
+    state = {"w": torch.zeros(256, 1024)}  # 1 MiB
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        filler = fill(disk, keep=64 << 10)
+        with pytest.raises(OSError) as caught:
+            save_weights(disk / "model.safetensors", state)
+        assert caught.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in disk.iterdir()) == [filler.name]  # no half file, no temp folder

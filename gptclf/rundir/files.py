@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,26 @@ def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors atomically (synced to disk before the rename)."""
+    """Save tensors as safetensors atomically (synced to disk before the rename).
+
+    Raises:
+        OSError: The write failed (a full disk, a read-only place): safetensors' own error,
+            which carries the errno only in its text, is turned back into the ``OSError`` it
+            was, so callers report it as they report any other failed write.
+    """
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            found = _OS_ERROR.search(str(exc))
+            if found is None:
+                raise
+            code = int(found[1])
+            raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+#: How safetensors names the operating system's error in its messages ("... (os error 28) ...").
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_dir: Path) -> dict[str, Any]:
