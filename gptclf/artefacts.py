@@ -38,7 +38,7 @@ from gptclf.fileio import sha256_file
 from gptclf.http import Retry, download_file
 from gptclf.progress import Progress
 from gptclf.tokenizer import TOKENIZER_FILES
-from gptclf.weights import check_safetensors_extent, verify_checkpoint
+from gptclf.weights import verify_checkpoint
 
 #: Base URLs of the hosts each kind of file comes from, primary first. The mirror rule uses the
 #: path of a file's URL on the primary host.
@@ -140,8 +140,7 @@ def weights_artefact(
     cfg = config or PRESETS[name]
 
     def check(path: Path) -> None:
-        verify_checkpoint(path, cfg)
-        check_safetensors_extent(path)
+        verify_checkpoint(path, cfg)  # the header's tensors and shapes, and the file's extent
 
     return Artefact(f"{name} weights", weights_url_path(name), hosts, weights_file(name, home), check=check)
 

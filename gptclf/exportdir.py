@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.errors import BadInputError, write_error
-from gptclf.rundir import METRICS_FILE, LoadedRun, WorkLock, is_locked, load_run, replace_folder, work_dir
+from gptclf.longtexts import stored_long_texts
+from gptclf.rundir import (
+    METRICS_FILE,
+    LoadedRun,
+    WorkLock,
+    check_finite_weights,
+    is_locked,
+    load_run,
+    replace_folder,
+    work_dir,
+)
 
 FORMATS = ("transformers", "onnx")
 QUANTIZE = ("none", "int8")
@@ -41,6 +51,19 @@ def option_problems(fmt: str, quantize: str) -> list[str]:
     elif quantize != "none" and fmt == "transformers":
         problems.append(f"--quantize {quantize} needs --format onnx (a transformers folder is fp32)")
     return problems
+
+
+def long_texts_warning(run: LoadedRun, fmt: str) -> str | None:
+    """The warning for a transformers export of a run that reads long texts other than by
+    truncation (transformers' pipeline truncates; config.json records the setting), else None."""
+    long = stored_long_texts(run.info)
+    if fmt != "transformers" or long.mode == "truncate":
+        return None
+    return (
+        f"gptclf: warning: the run reads texts longer than {run.max_length} tokens as {long.describe()}; "
+        "plain transformers truncates them, so its predictions of long texts differ (`gptclf import` "
+        "restores the setting from config.json's gptclf.long_texts)"
+    )
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -74,14 +97,19 @@ def check_export_out(out: Path, run_dir: Path, *, force: bool) -> None:
     """Refuse an ``--out`` that cannot or may not be written (writes nothing).
 
     Raises:
-        BadInputError: ``out`` is a file; it is the run itself or holds it; another export is writing
-            it; it is not empty and ``--force`` is not given.
+        BadInputError: ``out`` is a file; it is the run itself, holds it or is inside it; another
+            export is writing it; it is not empty and ``--force`` is not given.
     """
     out, run_dir = Path(out).resolve(), Path(run_dir).resolve()
     if out.exists() and not out.is_dir():
         raise BadInputError(f"--out {out} is a file, not a folder: choose a folder")
     if out == run_dir or out in run_dir.parents:
         raise BadInputError(f"--out {out} would replace the run {run_dir} itself: choose another folder")
+    if run_dir in out.parents:
+        raise BadInputError(
+            f"--out {out} is inside the run {run_dir}: a run folder holds only its own files; "
+            "choose a folder outside it"
+        )
     if is_locked(work_dir(out)):
         raise BadInputError(
             f"another `gptclf export` is writing {out} right now: wait for it or choose another --out"
@@ -117,6 +145,7 @@ def export_run(
     Raises:
         BadInputError: A bad option, a run that does not load or cannot be expressed, an ``out``
             that may not be written (one line each; nothing is written).
+        GptclfError: The run's weights hold NaN or infinite values (nothing is written).
     """
     note = note or (lambda _: None)
     if problems := option_problems(fmt, quantize):
@@ -130,6 +159,9 @@ def export_run(
     writer = writer_for(fmt, quantize)
     out = Path(out).expanduser().resolve()
     check_export_out(out, run.path, force=force)
+    check_finite_weights(run)  # the writers check too (for library use): here before any folder
+    if warning := long_texts_warning(run, fmt):
+        note(warning)
     work = work_dir(out)
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,9 @@ and ``pipeline("text-classification", model=folder)`` load with no extra code:
 - ``config.json``: GPT-2's sizes, ``num_labels`` through ``id2label``/``label2id`` (the run's classes
   in head order), ``pad_token_id`` 50256 (so that a padded batch pools each text's last real token),
   and a ``gptclf`` object with what transformers has no field for (the folded temperature, a stored
-  threshold or abstention rule, the run's pooling and max length);
+  threshold or abstention rule, the run's pooling and max length, how it reads long texts
+  (``long_texts``: transformers itself truncates them; ``gptclf import`` restores the setting) and
+  a multi-label run's ``label_sep``);
 - ``model.safetensors``: the weights in Hugging Face's layout (the four Conv1D weights transposed
   back to (in, out), the head as ``score.weight``), fp32;
 - the tokenizer (:mod:`gptclf.hftokenizer`) and a model card ``README.md`` (:mod:`gptclf.modelcard`).
@@ -43,8 +45,10 @@ from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_write_json, atomic_write_text
 from gptclf.hfconfig import hf_config_from_gpt
 from gptclf.hftokenizer import write_hf_tokenizer
+from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.modelcard import model_card
-from gptclf.rundir import LoadedRun, save_weights
+from gptclf.multilabel import run_label_sep
+from gptclf.rundir import LoadedRun, check_finite_weights, save_weights
 from gptclf.tokenizer import EOT_ID
 from gptclf.weights import CONV1D_SUFFIXES
 
@@ -120,9 +124,11 @@ def hf_config(run: LoadedRun) -> dict[str, Any]:
         "temperature_folded": run_temperature(run.info),
         "head_bias_folded_into": "transformer.ln_f.bias",
     }
-    for key in ("decision", "abstain", "multi_label", "thresholds"):
+    for key in ("decision", "abstain", "multi_label", "thresholds", LONG_TEXTS_KEY):
         if key in run.info:
             custom[key] = run.info[key]
+    if run.model.multi_label:  # what joins its labels in files (evaluate --input, predict's CSV)
+        custom["label_sep"] = run_label_sep(run.info)
     # Multi-label: transformers' pipeline then applies a sigmoid per label (function_to_apply).
     multi = run.model.multi_label
     return {
@@ -149,9 +155,11 @@ def export_transformers(run: LoadedRun, folder: Path, metrics: dict[str, Any] | 
 
     Raises:
         BadInputError: The run cannot be expressed as ``GPT2ForSequenceClassification``.
+        GptclfError: The run's weights hold NaN or infinite values.
     """
     if problems := export_problems(run):
         raise BadInputError("; ".join(problems))
+    check_finite_weights(run)
     folder = Path(folder)
     state = hf_state_dict(run)  # may refuse the head: before anything is written
     save_weights(folder / "model.safetensors", state, {"format": "pt"})  # transformers wants "pt"

@@ -13,7 +13,10 @@ The run pools each text's last real token (what transformers does with a pad tok
 where that fits the context, else the context). Its head's bias is zero (transformers' ``score``
 has none); a folder written by ``gptclf export`` carries its temperature and bias folded into the
 weights, so the run computes the exported probabilities with ``T = 1``; its stored decision and
-abstention rules come back from config.json's ``gptclf`` object.
+abstention rules, how it reads long texts (``long_texts``: window, head-tail) and a multi-label
+run's ``label_sep`` come back from config.json's ``gptclf`` object. A multi-label folder whose
+labels hold that separator (``|`` when none is recorded) is refused, as ``prepare --multi-label``
+refuses such labels.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from gptclf.classifier import Classifier, replace_head
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
 from gptclf.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
 from gptclf.hftokenizer import gpt2_tokenizer_files, hf_max_length, write_tokenizer_files
+from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.model import build_model
+from gptclf.multilabel import DEFAULT_SEP, check_separator
 from gptclf.rundir import RunBuild, build_run_info, run_info_problems, save_run
-from gptclf.weights import load_hf_state_dict, read_header, verify_checkpoint
+from gptclf.weights import load_hf_state_dict, open_safetensors, read_header, verify_checkpoint
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 
@@ -103,7 +107,7 @@ def _check_head(path: Path, cfg: GPTConfig, num_labels: int) -> None:
 
 
 def _max_length(hf: dict[str, Any], folder: Path, cfg: GPTConfig) -> int:
-    ours = (hf.get("gptclf") or {}).get("max_length") if isinstance(hf.get("gptclf"), dict) else None
+    ours = _custom(hf).get("max_length")
     for value in (ours, hf_max_length(folder)):
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= cfg.n_positions:
             return value
@@ -113,7 +117,7 @@ def _max_length(hf: dict[str, Any], folder: Path, cfg: GPTConfig) -> int:
 def _classifier(path: Path, cfg: GPTConfig, classes: list[str], multi_label: bool = False) -> Classifier:
     """The classifier holding the folder's weights (fp32), its head from ``score``."""
     state = load_hf_state_dict(path, cfg)
-    with safe_open(str(path), framework="pt") as fh:
+    with open_safetensors(path) as fh:
         weight = fh.get_tensor("score.weight").to(torch.float32)
         bias = fh.get_tensor("score.bias").to(torch.float32) if "score.bias" in fh.keys() else None  # noqa: SIM118
     gpt = build_model(cfg, seed=None)  # every tensor is loaded next
@@ -141,17 +145,40 @@ def _run_info(
         weights="imported",
     )
     info["imported"] = {"path": str(folder), "architecture": ARCHITECTURE}
-    custom = hf.get("gptclf") if isinstance(hf.get("gptclf"), dict) else {}
-    for key in ("decision", "abstain"):
+    custom = _custom(hf)
+    for key in ("decision", "abstain", LONG_TEXTS_KEY):
         if key in custom:
             candidate = {**info, key: custom[key]}
             if run_info_problems(candidate):
-                note(f"ignored config.json's gptclf.{key}: it is not a rule this run can store")
+                note(f"ignored config.json's gptclf.{key}: it is not a setting this run can store")
             else:
                 info = candidate
     if _multi_label(hf):
         info = multi_info(info, custom.get("thresholds"), note)
+        sep = label_sep(hf, classes, source=str(folder / "config.json"))
+        info["data"] = {**info["data"], "label_sep": sep}
     return info
+
+
+def _custom(hf: dict[str, Any]) -> dict[str, Any]:
+    """config.json's ``gptclf`` object (written by ``gptclf export``), or an empty one."""
+    custom = hf.get("gptclf")
+    return custom if isinstance(custom, dict) else {}
+
+
+def label_sep(hf: dict[str, Any], classes: list[str], source: str) -> str:
+    """What joins a multi-label folder's labels in files: its ``gptclf.label_sep`` (else ``|``),
+    refused when a label holds it, as ``prepare --multi-label`` refuses such labels (a list of
+    them could not be read back).
+
+    Raises:
+        BadInputError: A label holds the separator.
+    """
+    sep = _custom(hf).get("label_sep")
+    sep = sep if isinstance(sep, str) and sep else DEFAULT_SEP
+    hint = f"rename them in {source}'s id2label (and label2id)"
+    check_separator(classes, sep, hint=hint)
+    return sep
 
 
 def _multi_label(hf: dict[str, Any]) -> bool:
@@ -196,12 +223,12 @@ def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | Non
     classes = _classes(hf, source, _head_rows(path))
     _check_head(path, cfg, len(classes))
     tokenizer = gpt2_tokenizer_files(folder)  # refuses a tokenizer that is not GPT-2's
+    info = _run_info(hf, folder, cfg, classes, note)  # refuses labels that hold the separator
     out = Path(out).expanduser().resolve()
     build = RunBuild.open(out, force=force, resume=False, note=note)
     failed: BaseException | None = None
     try:
         write_tokenizer_files(tokenizer, build.path)
-        info = _run_info(hf, folder, cfg, classes, note)
         save_run(build.path, _classifier(path, cfg, classes, _multi_label(hf)), info, build.path)
         build.commit()
     except BaseException as exc:

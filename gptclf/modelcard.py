@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.calibration import run_temperature
+from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
+from gptclf.longtexts import stored_long_texts
 
 
 def _fmt(value: Any) -> str:
@@ -53,12 +55,26 @@ def _training_lines(info: dict[str, Any]) -> list[str]:
     ]
     if settings:
         lines.append(f"- training: {settings}; seed {info.get('seed')}")
+    lines += _long_text_lines(info)
     if data:
         sizes = data.get("sizes")
         lines.append(f"- data: {data.get('dir', 'unknown')}" + (f", split sizes {sizes}" if sizes else ""))
     if "imported" in info:
         lines.append(f"- imported from: {info['imported'].get('path')}")
     return lines
+
+
+def _long_text_lines(info: dict[str, Any]) -> list[str]:
+    """How the run reads texts longer than its max length, where that is not truncation."""
+    long = stored_long_texts(info)
+    if long.mode == "truncate":
+        return []
+    n = info.get("max_length")
+    return [
+        f"- long texts: gptclf reads texts longer than {n} tokens as {long.describe()} (config.json's "
+        f"`gptclf.{LONG_TEXTS_KEY}`); transformers truncates them to the first {n} tokens, so its "
+        "predictions of such texts differ (`gptclf import` restores the setting)"
+    ]
 
 
 def _decision_lines(info: dict[str, Any]) -> list[str]:

@@ -1,17 +1,24 @@
 """Multi-label data: texts that carry any number of the labels (none of them included).
 
 Labels are read from one column holding a delimited list (``billing|bug``; in JSONL also a JSON
-list) or from several 0/1 columns, one per label (``--label-columns toxic,insult``). A row with no
-label is kept: "none of them" is a real answer. In memory a row's labels are a tuple of names in
-the order of the classes; in a prepared folder they are joined by labels.json's ``label_sep``.
+list of strings) or from several 0/1 columns, one per label (``--label-columns toxic,insult``). A
+row with no label is kept: "none of them" is a real answer. In memory a row's labels are a tuple of
+names in the order of the classes; in a prepared folder they are joined by labels.json's
+``label_sep``.
 
 What a prepared folder records for multi-label data (:func:`label_summary`): ``multi_label:
 true``, ``label_sep``, per-label counts per split and the co-occurrence counts (how many rows carry
 both labels of a pair; the diagonal is each label's own count).
+
+A list in one cell is cut at every separator: quotes do not protect one (``food|"sci|tech"`` is
+refused, as is any label that begins or ends with ``"``), and a label may not hold the separator
+(choose another ``--label-sep``). In JSONL a label cell is a string, a list of strings or null; a
+number, an object, or a list item that is not a string is refused.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +84,53 @@ def parse_label_columns(spec: str | Sequence[str] | None) -> list[str] | None:
     return names
 
 
-def split_cell(value: Any, sep: str) -> list[str]:
-    """The label names of one cell: a JSON list as it is, a string cut at ``sep``; empty pieces
-    and surrounding white space are dropped, so ``""`` and JSON null hold no label."""
+def split_cell(value: Any, sep: str, where: str = "a label cell") -> list[str]:
+    """The label names of one cell: a JSON list of strings as it is, a string cut at ``sep``; empty
+    pieces and surrounding white space are dropped, so ``""`` and JSON null hold no label.
+
+    Raises:
+        BadInputError: A JSON list with an item that is not a string (``[1, {"a": 2}]``), or a cell
+            that is neither a string, a list nor null (a number, an object): its label names would
+            be Python's spelling of them.
+    """
     if value is None:
         return []
     if isinstance(value, list):
-        return [str(v).strip() for v in value if v is not None and str(v).strip()]
-    return [piece.strip() for piece in str(value).split(sep) if piece.strip()]
+        odd = [v for v in value if not isinstance(v, str)]
+        if odd:
+            raise BadInputError(
+                f"{where}: the label list holds {json.dumps(odd[0], ensure_ascii=False)}, which is not a "
+                'string: a JSON label list must hold label names as strings (["a", "b"])'
+            )
+        return [v.strip() for v in value if v.strip()]
+    if not isinstance(value, str):
+        raise BadInputError(
+            f"{where}: the label cell holds {json.dumps(value, ensure_ascii=False)}: give the labels as a "
+            f"string joined by {sep!r} or as a JSON list of strings"
+        )
+    return [piece.strip() for piece in value.split(sep) if piece.strip()]
+
+
+def check_unquoted(value: Any, sep: str, where: str) -> None:
+    """Refuse a label list in one string that quotes a label (``food|"sci|tech"``).
+
+    A separator is never protected by quotes inside a list (the list is one cell, already read by
+    the CSV or TSV rules): such a cell would give labels holding quote characters, and a label may
+    not hold the separator anyway (:func:`check_separator`). So a label that begins or ends with
+    ``"`` is refused rather than read; a ``"`` inside a label (``5"-disk``) is an ordinary character.
+
+    Raises:
+        BadInputError: Naming the cell and what to do instead.
+    """
+    if not isinstance(value, str) or '"' not in value:
+        return
+    quoted = [p.strip() for p in value.split(sep) if p.strip().startswith('"') or p.strip().endswith('"')]
+    if quoted:
+        raise BadInputError(
+            f"{where}: the label list {value!r} quotes a label ({quoted[0]}); quotes do not protect "
+            f"{sep!r} inside a list and a label may not hold it: write the labels unquoted, choosing a "
+            "--label-sep that no label holds"
+        )
 
 
 def _dedupe(names: list[str]) -> tuple[list[str], int]:
@@ -127,7 +173,9 @@ def read_multilabel_table(
         encoding: Text encoding of the file.
 
     Raises:
-        BadInputError: An unreadable file, a missing column, a 0/1 column holding anything else.
+        BadInputError: An unreadable file, a missing column, a 0/1 column holding anything else, a
+            label cell that is not a string or a JSON list of strings, or a list that quotes a
+            label (:func:`check_unquoted`).
     """
     fmt = resolve_format(path, fmt)
     if fmt == "sms":
@@ -139,11 +187,12 @@ def read_multilabel_table(
     empty = repeated = 0
     for number, record in enumerate(read_columns(path, columns, fmt, encoding), start=1):
         text = "" if record[0] is None else str(record[0])
+        where = f"{path}: record {number}"
         if label_columns:
-            where = f"{path}: record {number}"
             names = [c for c, v in zip(label_columns, record[1:], strict=True) if _flag(v, c, where)]
         else:
-            names = split_cell(record[1], sep)
+            check_unquoted(record[1], sep, where)
+            names = split_cell(record[1], sep, where)
         if not text.strip():
             empty += 1
             continue
@@ -206,8 +255,14 @@ def select_labels(
     return ordered, list(names)
 
 
-def check_separator(classes: Sequence[str], sep: str) -> None:
+def check_separator(classes: Sequence[str], sep: str, hint: str = "choose another --label-sep") -> None:
     """Refuse an empty separator, or label names that hold it (they could not be joined back).
+
+    Args:
+        classes: The label names.
+        sep: What joins a row's labels in files.
+        hint: What to do about labels that hold it (prepare: another ``--label-sep``; import:
+            rename them).
 
     Raises:
         BadInputError: Naming the labels.
@@ -216,9 +271,7 @@ def check_separator(classes: Sequence[str], sep: str) -> None:
         raise BadInputError("--label-sep must not be empty")
     holding = [c for c in classes if sep in c]
     if holding:
-        raise BadInputError(
-            f"labels {', '.join(map(repr, holding))} hold the separator {sep!r}: choose another --label-sep"
-        )
+        raise BadInputError(f"labels {', '.join(map(repr, holding))} hold the separator {sep!r}: {hint}")
 
 
 def label_matrix(labels: Iterable[Sequence[str]], classes: Sequence[str]) -> list[list[int]]:

@@ -7,7 +7,9 @@ An export folder holds everything ONNX Runtime needs to classify texts as the ru
   (batch,) int64 (real tokens per right-padded text), output ``logits`` (batch, classes) float32;
   both axes are dynamic. With ``quantize="int8"`` its weights are int8 (ONNX Runtime's dynamic
   quantization of the MatMuls by constant weights and of the embedding Gathers).
-- ``gptclf-onnx.json``: the format, the graph's inputs and output, the quantization, and the run's
+- ``gptclf-onnx.json``: the format, the graph's inputs and output and sha256 (``onnx.sha256``, and
+  ``onnx.data_sha256`` for external weights; checked on every read, as run.json's weights are; a
+  record from before they were kept is read without), the quantization, and the run's
   whole run.json (``run``): classes, max length, pooling and padding, calibration temperature,
   stored decision and abstention, checked against the run schema when read.
 - ``encoder.json``, ``vocab.bpe``: the tokenizer files.
@@ -37,13 +39,15 @@ from torch import nn
 from gptclf.batching import collate
 from gptclf.classifier import Classifier
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.fileio import atomic_write_bytes, atomic_write_json
+from gptclf.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 from gptclf.ortsession import INPUTS, OUTPUT, ort_session, require_onnx
-from gptclf.rundir import LoadedRun, run_info_problems
+from gptclf.rundir import LoadedRun, check_finite_weights, run_info_problems
 from gptclf.rundir.files import RunInfoFields
 from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, load_tokenizer
 
 ONNX_FILE = "model.onnx"
+#: Where a graph over protobuf's limit keeps its weights.
+DATA_FILE = f"{ONNX_FILE}.data"
 EXPORT_INFO_FILE = "gptclf-onnx.json"
 EXPORT_FORMAT = "gptclf-onnx"
 #: The newest export layout this code reads and the one it writes.
@@ -139,6 +143,10 @@ def _quantize_int8(src: Path, dst: Path) -> None:
             src,
             dst,
             weight_type=QuantType.QInt8,
+            # 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512F) multiply uint8 activations by
+            # int8 weights with VPMADDUBSW, whose int16 sums saturate at full-range weights; the
+            # same export then scores differently (0.09 in probability on a tiny model) by CPU.
+            reduce_range=True,
             extra_options={"MatMulConstBOnly": True},
             use_external_data_format=src.with_name(src.name + ".data").exists(),
         )
@@ -154,12 +162,14 @@ def export_onnx(run: LoadedRun, work_dir: Path, *, quantize: str | None) -> None
 
     Raises:
         BadInputError: An unknown ``quantize``, or the onnx extra is not installed.
-        GptclfError: The exported graph does not reproduce the model.
+        GptclfError: The run's weights are not finite, or the exported graph does not reproduce
+            the model.
     """
     quantize = None if quantize == "none" else quantize  # the CLI's spelling of no quantization
     if quantize not in (None, *QUANTIZATIONS):
         raise BadInputError(f"unknown --quantize {quantize!r}: use none or {', '.join(QUANTIZATIONS)}")
     require_onnx("onnx", "onnxscript", "onnxruntime")
+    check_finite_weights(run)
     work_dir = Path(work_dir)
     model = run.model.cpu().eval()
     final = work_dir / ONNX_FILE
@@ -179,11 +189,48 @@ def export_onnx(run: LoadedRun, work_dir: Path, *, quantize: str | None) -> None
     record = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
-        "onnx": {"file": ONNX_FILE, "inputs": list(INPUTS), "output": OUTPUT, "opset": opset},
+        "onnx": {
+            "file": ONNX_FILE,
+            "inputs": list(INPUTS),
+            "output": OUTPUT,
+            "opset": opset,
+            **_digests(work_dir),
+        },
         "quantize": quantize,
         "run": run.info,
     }
     atomic_write_json(work_dir / EXPORT_INFO_FILE, record)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """The sha256 of ``model.onnx`` (``sha256``) and of its external weights where it has them
+    (``data_sha256``), as the record keeps them."""
+    digests = {"sha256": sha256_file(folder / ONNX_FILE)}
+    data = folder / DATA_FILE
+    if data.is_file():
+        digests["data_sha256"] = sha256_file(data)
+    return digests
+
+
+def verify_graph(path: Path, record: dict[str, Any]) -> None:
+    """Check ``model.onnx`` (and its external weights) against the sha256 the record keeps, as
+    run.json's ``weights_sha256`` is checked; a record without them (written before they were
+    kept) is trusted as it was.
+
+    Raises:
+        BadInputError: A file's sha256 differs: it was damaged, or replaced by another export's.
+    """
+    onnx_part = record.get("onnx") or {}
+    for key, name in (("sha256", ONNX_FILE), ("data_sha256", DATA_FILE)):
+        expected = onnx_part.get(key)
+        if expected is None:
+            continue
+        file = path / name
+        if not file.is_file() or sha256_file(file) != expected:
+            raise BadInputError(
+                f"{file} does not match the sha256 recorded in {EXPORT_INFO_FILE} (the file is damaged "
+                "or was replaced, e.g. by another export's): export the run again"
+            )
 
 
 @dataclass
@@ -227,15 +274,27 @@ def _record_problems(record: Any) -> list[str]:
         problems.append(f"onnx.inputs must be {list(INPUTS)}")
     elif onnx_part.get("output") != OUTPUT:
         problems.append(f"onnx.output must be {OUTPUT!r}")
+    else:
+        problems += [
+            f"onnx.{key} must be a sha256 (64 hex digits)"
+            for key in ("sha256", "data_sha256")
+            if key in onnx_part and not _is_sha256(onnx_part[key])
+        ]
     problems += [f"run.{p}" for p in run_info_problems(record.get("run"))]
     return problems
 
 
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def read_export(path: Path) -> OnnxExport:
-    """Read an export folder's record and tokenizer (the graph is checked when a session opens it).
+    """Read an export folder's record and tokenizer; the graph is checked against the record's
+    sha256 here (:func:`verify_graph`) and its inputs and outputs when a session opens it.
 
     Raises:
-        BadInputError: The record is unreadable or malformed, or a file is missing.
+        BadInputError: The record is unreadable or malformed, a file is missing, or the graph is
+            not the one the record was written with.
     """
     path = Path(path)
     info_file = path / EXPORT_INFO_FILE
@@ -248,4 +307,5 @@ def read_export(path: Path) -> OnnxExport:
         raise BadInputError(f"{info_file} is not a valid export record: {'; '.join(problems)}")
     if not (path / ONNX_FILE).is_file():
         raise BadInputError(f"{path / ONNX_FILE} is missing: export the run again")
+    verify_graph(path, record)
     return OnnxExport(path, record, record["run"], load_tokenizer(path))

@@ -10,12 +10,15 @@ no masks. Both are accepted; the masks are ignored (SDPA builds its own causal m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from gptclf.config import HF_REPOS, GPTConfig, local_model_dir
 from gptclf.errors import BadInputError
@@ -59,13 +62,22 @@ def _canonical_name(name: str) -> str | None:
     return name if name.startswith("transformer.") else f"transformer.{name}"
 
 
-def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Tensor names -> (dtype, shape) from a safetensors header, without reading the data.
+#: What to do about a damaged safetensors file (named in every message about one).
+DAMAGED_HINT = "download or save it again (save_pretrained(..., safe_serialization=True))"
+
+
+def _raw_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's size.
+
+    The header gives each tensor's byte range in the data that follows it; safetensors refuses a
+    file that is not exactly ``8 + header length + end of the last range`` bytes long, so a cut
+    (or padded) file is found here, from the header and the size alone.
 
     Raises:
-        BadInputError: The file is not a safetensors file.
+        BadInputError: The file is unreadable, has no valid header, or is not the size its header says.
     """
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:
@@ -73,10 +85,56 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             (n,) = struct.unpack("<Q", raw)
             if n > 100_000_000:
                 raise ValueError("header length is implausible")
+            if n > size - 8:
+                raise ValueError(f"truncated inside its {n:,}-byte header")
             header = json.loads(fh.read(n))
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path} is not a readable safetensors file ({exc})") from exc
-    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ends):
+            raise ValueError("a tensor's data_offsets are not byte offsets")
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BadInputError(f"{path} is not a readable safetensors file ({exc}): {DAMAGED_HINT}") from None
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        state = "truncated" if size < expected else "damaged"
+        raise BadInputError(
+            f"{path} is {state} (it has {size:,} bytes but its header describes {expected:,}): {DAMAGED_HINT}"
+        )
+    return header
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor names -> (dtype, shape) from a safetensors header, without reading the data.
+
+    The file's size is checked against the header (:func:`_raw_header`), so every caller that
+    verifies a checkpoint by its header also refuses a truncated one.
+
+    Raises:
+        BadInputError: The file is not a safetensors file, or is truncated or damaged.
+    """
+    header = _raw_header(Path(path))
+    try:
+        return {k: (str(v["dtype"]), tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+    except (KeyError, TypeError) as exc:
+        raise BadInputError(f"{path} is not a readable safetensors file ({exc}): {DAMAGED_HINT}") from None
+
+
+@contextlib.contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open`` of a checked file (:func:`read_header`), with safetensors' own errors (a file
+    changed or damaged under the header) turned into one line.
+
+    Raises:
+        BadInputError: The file is unreadable, truncated or damaged.
+    """
+    read_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            yield fh
+    except (SafetensorError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"{path} could not be read ({first}): {DAMAGED_HINT}") from None
 
 
 def check_tensors(found: dict[str, tuple[int, ...]], cfg: GPTConfig, source: str) -> None:
@@ -120,7 +178,7 @@ def load_hf_state_dict(path: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
         raise BadInputError(f"weights file {path} does not exist: check the path or run `gptclf download`")
     verify_checkpoint(path, cfg)
     state: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as fh:
+    with open_safetensors(path) as fh:
         for name in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
             canon = _canonical_name(name)
             if canon is None:
@@ -192,23 +250,3 @@ def load_weights(
             )
         return load_pretrained(cfg, pretrained)
     return load_pretrained(cfg, Path(spec).expanduser())
-
-
-def check_safetensors_extent(path: Path) -> None:
-    """Check that a safetensors file is exactly as long as its header says.
-
-    A download truncated where the host stated no size still has a valid header; this catches it.
-
-    Raises:
-        BadInputError: The file is shorter or longer than its header says, or has no valid header.
-    """
-    try:
-        with open(path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
-        raise BadInputError(f"{path} has no valid safetensors header ({exc})") from None
-    expected, actual = 8 + n + end, path.stat().st_size
-    if actual != expected:
-        raise BadInputError(f"{path} has {actual:,} bytes but its header describes {expected:,}")

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from gptclf import exportdir
+from gptclf.errors import GptclfError
 from gptclf.exportdir import export_run
+from gptclf.rundir import load_run
 from tests.conftest import needs_shared_bpe
 from tests.test_hfexport import export
-from tests.test_predict import make_run
+from tests.test_predict import make_run, nan_run
 
 pytestmark = needs_shared_bpe
 
@@ -123,3 +125,27 @@ def test_a_killed_exports_work_folder_is_removed_by_the_next(tmp_path: Path, run
     notes: list[str] = []
     export_run(run, tmp_path / "hf", note=notes.append)
     assert names(tmp_path) == ["hf", "run"] and "left by an export that did not finish" in notes[0]
+
+
+def test_an_out_inside_the_run_is_refused_and_nothing_is_written(tmp_path: Path, run: Path) -> None:
+    before = names(run)
+    for out in (run / "exp", run / "deeper" / "exp"):
+        code, err = export(run, out)
+        assert code == 2 and f"--out {out} is inside the run" in err and err.count("error:") == 1
+        assert names(run) == before  # no folder, no work folder
+    assert names(tmp_path) == ["run"]
+
+
+@pytest.mark.parametrize("fmt", ["transformers", "onnx"])
+def test_a_run_with_nan_weights_is_refused_by_every_export(tmp_path: Path, fmt: str) -> None:
+    if fmt == "onnx":
+        for module in ("onnx", "onnxruntime", "onnxscript"):
+            pytest.importorskip(module, reason="the onnx extra is not installed")
+    run = nan_run(tmp_path / "run")
+    code, err = export(run, tmp_path / "out", "--format", fmt)
+    assert code == 1 and "NaN or infinite weights" in err and err.count("error:") == 1
+    assert names(tmp_path) == ["run"]
+    (tmp_path / "work").mkdir()
+    with pytest.raises(GptclfError, match="NaN or infinite weights"):  # the writers check it too
+        exportdir.writer_for(fmt, "none")(load_run(run), tmp_path / "work")
+    assert names(tmp_path / "work") == []

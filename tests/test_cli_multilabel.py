@@ -326,3 +326,19 @@ def test_the_runs_label_separator_reads_and_writes_label_lists(
     assert json.loads(out)["per_class"]["feature"]["support"] == 1
     code, out, _ = gptclf("predict", str(run), "x", "--format", "csv", "--threshold", "0", "--device", "cpu")
     assert code == 0 and next(csv.DictReader(io.StringIO(out)))["labels"] == ";".join(LABELS)
+
+
+def test_a_jsonl_label_list_of_non_strings(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [{"text": f"t{i}", "label": ["a", "b"][: 1 + i % 2]} for i in range(20)]
+    lines.append({"text": "odd", "label": [1, {"a": 2}]})
+    source.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    code, stdout, err = prepare(source, tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not stdout
+    assert "record 21: the label list holds 1, which is not a string" in " ".join(err.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_quoted_separator_inside_a_label_list(tmp_path: Path) -> None:
+    rows = [*_rows(), {"text": "odd", "label": 'a|"b|c"'}]  # a CSV cell: a|"b|c"
+    assert "quotes a label" in " ".join(_bad(tmp_path, rows).split())

@@ -119,7 +119,9 @@ def test_predict_with_the_onnx_engine_removes_its_temporary_export(run_dir: Path
 
 
 @pytest.mark.parametrize("fmt", ["transformers", "onnx"])
-def test_export_leaves_neither_the_folder_nor_its_work_folder(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+def test_export_leaves_neither_the_folder_nor_its_work_folder(
+    run_dir: Path, tmp_path: Path, fmt: str
+) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install '.[onnx]')")
     out = tmp_path / "exported"

@@ -35,9 +35,11 @@ def calibration(t: float) -> dict:
     ).to_dict()
 
 
-def cli_probs(run: Path, texts: list[str]) -> torch.Tensor:
-    """Probabilities as `gptclf predict` prints them (JSONL, 6 decimals), in the run's class order."""
-    result = CliRunner().invoke(app, ["predict", str(run), "--device", "cpu", "--precision", "fp32", *texts])
+def cli_probs(run: Path, texts: list[str], *args: str) -> torch.Tensor:
+    """Probabilities as `gptclf predict` prints them (JSONL, 6 decimals), in the run's class order
+    (``args``: more options of predict)."""
+    options = ["--device", "cpu", "--precision", "fp32", *args]
+    result = CliRunner().invoke(app, ["predict", str(run), *options, *texts])
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     return torch.tensor([list(r["probs"].values()) for r in records], dtype=torch.float64)

@@ -144,3 +144,68 @@ def test_a_tokenizer_in_other_formatting_is_read_by_content(tmp_path: Path) -> N
     assert import_(folder, tmp_path / "run")[0] == 0
     for name in ("encoder.json", "vocab.bpe"):
         assert (tmp_path / "run" / name).read_bytes() == (BPE_DIR / name).read_bytes()
+
+
+# --- a truncated model.safetensors, long-text settings, labels holding the separator -------------
+
+
+@pytest.mark.parametrize("verb", ["import", "finetune", "download"])
+def test_a_truncated_safetensors_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, verb: str) -> None:
+    folder, out = tmp_path / "hf", tmp_path / "out"
+    hf_folder(folder)
+    copy_hf_tokenizer(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # the header is whole: only the data is cut
+    args = {
+        "import": ["import", str(folder), "--out", str(out)],
+        "finetune": ["finetune", "--model", str(folder), "--out", str(out)],
+        "download": ["download", "--no-tokenizer", "--model", str(folder)],
+    }[verb]
+    result = CliRunner().invoke(app, args)
+    err = " ".join(result.stderr.split())
+    assert result.exit_code == 2, err
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{weights} is truncated" in err and "download or save it again" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"] and result.stdout == ""
+
+
+def test_long_text_settings_survive_export_and_import(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", classes=CLASSES3, max_length=12, model=tiny_classifier(CLASSES3))
+    window = {"mode": "window", "head_tokens": 3, "stride": 4, "aggregate": "max"}
+    update_run_info(run, {"long_texts": window})
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("gptclf: warning:")]
+    assert len(warnings) == 1  # plain transformers truncates: said once
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["gptclf"]["long_texts"] == window
+    assert "config.json's `gptclf.long_texts`" in (tmp_path / "hf" / "README.md").read_text()
+    code, err = import_(tmp_path / "hf", tmp_path / "back")
+    assert code == 0, err
+    assert load_run(tmp_path / "back").info["long_texts"] == window
+    long_text = "the river and the stone " * 12 + "win a free prize now"  # far past 12 tokens
+    texts = [long_text, *TEXTS]
+    want = cli_probs(run, texts)
+    assert torch.allclose(cli_probs(tmp_path / "back", texts), want, atol=1e-5)
+    assert not torch.allclose(cli_probs(run, texts, "--long-texts", "truncate")[0], want[0], atol=1e-3)
+
+
+def test_a_truncating_run_exports_without_a_warning(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", max_length=12)
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    assert "long_texts" not in json.loads((tmp_path / "hf" / "config.json").read_text())["gptclf"]
+
+
+def test_a_multi_label_folder_whose_label_holds_the_separator_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    hf_folder(folder, num_labels=2, id2label={0: "x|y", 1: "z"}, problem_type="multi_label_classification")
+    copy_hf_tokenizer(folder)
+    code, err = import_(folder, tmp_path / "out")
+    assert code == 2 and "labels 'x|y' hold the separator '|'" in err and err.count("error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    config = json.loads((folder / "config.json").read_text())  # a separator the labels do not hold
+    (folder / "config.json").write_text(json.dumps({**config, "gptclf": {"label_sep": ";"}}))
+    code, err = import_(folder, tmp_path / "out")
+    assert code == 0, err
+    assert load_run(tmp_path / "out").info["data"]["label_sep"] == ";"

@@ -36,6 +36,7 @@ def test_the_pipeline_with_a_sigmoid_gives_gptclf_predicts_probabilities(tmp_pat
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
     assert config["gptclf"]["thresholds"] == THRESHOLDS and config["gptclf"]["multi_label"] is True
+    assert config["gptclf"]["label_sep"] == "|"  # what joins its labels in files; import restores it
     want = cli_probs(run, TEXTS)  # independent sigmoids: rows need not sum to 1
     assert (want.sum(dim=1) - 1).abs().max() > 1e-3
     clf = transformers_module().pipeline(
@@ -57,6 +58,7 @@ def test_import_brings_back_a_multi_label_run(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     back = load_run(tmp_path / "back")
     assert back.model.multi_label and back.info["thresholds"] == THRESHOLDS
+    assert back.info["data"]["label_sep"] == "|"
     assert torch.allclose(cli_probs(tmp_path / "back", TEXTS), cli_probs(run, TEXTS), atol=1e-5)
 
 

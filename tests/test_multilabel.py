@@ -96,3 +96,23 @@ def test_cells_separator_and_the_mark() -> None:
     with pytest.raises(BadInputError, match="hold the separator"):
         check_separator(["a|b", "c"], "|")
     assert is_multi_label({"multi_label": True}) and not is_multi_label({}) and not is_multi_label(None)
+
+
+@pytest.mark.parametrize(
+    ("tags", "shown"), [([1, {"a": 2}], "1"), (["x", {"a": 2}], '{"a": 2}'), (["x", None], "null"), (3, "3")]
+)
+def test_a_json_label_cell_must_be_strings(tmp_path: Path, tags: object, shown: str) -> None:
+    path = tmp_path / "t.jsonl"
+    lines = [{"text": "a", "label": ["x"]}, {"text": "b", "label": tags}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(BadInputError, match="record 2") as err:
+        read_multilabel_table(path)
+    assert f"holds {shown}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_quoted_separator_in_a_csv_label_list_is_refused(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": "food|x"}, {"text": "b", "label": 'food|"sci|tech"'}]
+    with pytest.raises(BadInputError, match=r"record 2: the label list .* quotes a label \(\"sci\)"):
+        read_multilabel_table(_csv(tmp_path / "t.csv", rows))
+    rows = [{"text": "a", "label": 'x|5"-disk'}]  # a quote inside a label is an ordinary character
+    assert read_multilabel_table(_csv(tmp_path / "u.csv", rows)).frame["label"].tolist() == [("x", '5"-disk')]

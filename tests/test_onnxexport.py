@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from cli.main import app
 from gptclf.calibration import Calibration
 from gptclf.errors import BadInputError
+from gptclf.fileio import sha256_file
 from gptclf.predict import Predictor
 from gptclf.rundir import LoadedRun, load_run
 from tests.conftest import needs_shared_bpe
@@ -186,3 +189,26 @@ def test_a_model_over_the_protobuf_limit_keeps_its_weights_beside_the_graph(
     want = Predictor(run, device="cpu", precision="fp32").logits(MIXED)
     got = Predictor(read_export(tmp_path), engine="onnx").logits(MIXED)
     assert torch.allclose(got, want, atol=1e-4 if quantize is None else 0.1, rtol=0)
+
+
+def test_the_record_keeps_the_graphs_sha256_and_a_swapped_graph_is_refused(
+    exported: Path, exported_int8: Path, tmp_path: Path
+) -> None:
+    record = json.loads((exported / EXPORT_INFO_FILE).read_text())
+    assert record["onnx"]["sha256"] == sha256_file(exported / ONNX_FILE)
+    swapped = copy_export(exported, tmp_path / "swapped")  # another graph with the same two classes
+    shutil.copyfile(exported_int8 / ONNX_FILE, swapped / ONNX_FILE)
+    with pytest.raises(BadInputError, match="damaged or was replaced") as err:
+        read_export(swapped)
+    assert "\n" not in str(err.value) and str(swapped / ONNX_FILE) in str(err.value)
+    result = CliRunner().invoke(app, ["predict", str(swapped), "hello"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "damaged or was replaced" in " ".join(result.stderr.split())
+
+
+def test_a_record_from_before_the_sha256_is_read_as_before(exported: Path, tmp_path: Path) -> None:
+    record = json.loads((exported / EXPORT_INFO_FILE).read_text())
+    old = {k: v for k, v in record["onnx"].items() if k not in ("sha256", "data_sha256")}
+    assert read_export(copy_export(exported, tmp_path / "old", onnx=old)).classes == record["run"]["classes"]
+    with pytest.raises(BadInputError, match=r"onnx\.sha256 must be a sha256"):
+        read_export(copy_export(exported, tmp_path / "bad", onnx={**old, "sha256": "abc"}))

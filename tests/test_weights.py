@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,23 @@ def test_weights_sources(tmp_path: Path) -> None:
         )
     with pytest.raises(BadInputError, match="does not exist"):
         load_weights(str(tmp_path / "nope.safetensors"), TINY, "custom")
+
+
+#: Ways a checkpoint file is damaged, and what the one-line error says.
+DAMAGES = {
+    "cut": "is truncated (it has",
+    "padded": "is damaged (it has",
+    "cut-header": "truncated inside its",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_cut_or_padded_checkpoint_is_refused_by_its_header(hf_model, tmp_path: Path, damage: str) -> None:
+    path = _hub_style_file(hf_model, tmp_path / "model.safetensors")
+    data = path.read_bytes()
+    path.write_bytes({"cut": data[:-1], "padded": data + bytes(16), "cut-header": data[:40]}[damage])
+    with pytest.raises(BadInputError, match=re.escape(DAMAGES[damage])) as err:
+        verify_checkpoint(path, TINY)  # the header check: the data is not read
+    assert str(path) in str(err.value) and "download or save it again" in str(err.value)
+    with pytest.raises(BadInputError, match=re.escape(DAMAGES[damage])):
+        load_pretrained(TINY, path)

@@ -22,6 +22,7 @@ Import from here; the submodules are the package's own business.
 from gptclf.rundir.build import RunBuild, WorkLock, check_out, is_locked, replace_folder, work_dir
 from gptclf.rundir.files import (
     LoadedRun,
+    check_finite_weights,
     classifier_state,
     load_run,
     save_run,
@@ -65,6 +66,7 @@ __all__ = [
     "RunBuild",
     "WorkLock",
     "build_run_info",
+    "check_finite_weights",
     "check_out",
     "classifier_state",
     "history_csv",

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from gptclf.classifier import Classifier, merge_lora, reads_a_pad, replace_head
 from gptclf.config import GPTConfig
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, GptclfError
 from gptclf.fileio import (
     atomic_path,
     atomic_write_bytes,
@@ -273,3 +273,22 @@ def _load_once(run_dir: Path, verify: bool) -> LoadedRun:
     multi = info.get("multi_label") is True  # absent: a single-label (softmax) run
     model = Classifier(gpt, info["classes"], info["pooling"], multi_label=multi).eval()
     return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))
+
+
+def check_finite_weights(run: LoadedRun) -> None:
+    """Refuse a run whose weights hold NaN or infinite values (every export format calls this:
+    such a model gives NaN probabilities wherever it is loaded).
+
+    Raises:
+        GptclfError: Naming how many tensors are not finite and the first of them (exit 1).
+    """
+    bad = [
+        name
+        for name, tensor in run.model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise GptclfError(
+            f"the run {run.path} has NaN or infinite weights ({len(bad)} tensors, first {bad[0]}): "
+            "an export would give NaN probabilities; train the run again (e.g. with a lower --lr)"
+        )
