@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from gptclf.rundir import (
     check_finite_weights,
     is_locked,
     load_run,
+    lock_holder,
     replace_folder,
     work_dir,
 )
@@ -110,9 +112,14 @@ def check_export_out(out: Path, run_dir: Path, *, force: bool) -> None:
             f"--out {out} is inside the run {run_dir}: a run folder holds only its own files; "
             "choose a folder outside it"
         )
+    if out.is_dir() and os.path.ismount(out):  # the finished folder is renamed onto --out
+        raise BadInputError(
+            f"--out {out} is a mount point, which gptclf cannot replace with the export: "
+            "name a folder inside it"
+        )
     if is_locked(work_dir(out)):
         raise BadInputError(
-            f"another `gptclf export` is writing {out} right now: wait for it or choose another --out"
+            f"{lock_holder(work_dir(out))} is writing {out} right now: wait for it or choose another --out"
         )
     if out.is_dir() and any(out.iterdir()) and not force:
         raise BadInputError(
@@ -166,15 +173,17 @@ def export_run(
     if work.exists():
         shutil.rmtree(work, ignore_errors=True)
         note(f"removed {work}, left by an export that did not finish")
-    try:
-        work.mkdir(parents=True)
-    except OSError as exc:
-        raise write_error(exc, out.parent) from None
     lock = WorkLock(work)
-    done = False
-    try:
+    done = made = False
+    try:  # from the folder's making on, whatever stops the export (a signal too) removes it
+        try:
+            work.mkdir(parents=True)
+        except OSError as exc:
+            raise write_error(exc, out.parent) from None
+        made = True
         if not lock.acquire():
-            raise BadInputError(f"another `gptclf export` is writing {out} right now: choose another --out")
+            made = False  # another process's folder: not ours to remove
+            raise BadInputError(f"{lock_holder(work)} is writing {out} right now: choose another --out")
         writer(run, work)
         replace_folder(work, out)
         done = True
@@ -182,6 +191,6 @@ def export_run(
         raise write_error(exc, out) from None
     finally:
         lock.release()
-        if not done:
+        if made and not done:
             shutil.rmtree(work, ignore_errors=True)
     return out

@@ -29,7 +29,7 @@ import torch
 
 from gptclf.classifier import Classifier, replace_head
 from gptclf.config import GPTConfig
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, write_error
 from gptclf.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
 from gptclf.hftokenizer import gpt2_tokenizer_files, hf_max_length, write_tokenizer_files
 from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
@@ -231,6 +231,9 @@ def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | Non
         write_tokenizer_files(tokenizer, build.path)
         save_run(build.path, _classifier(path, cfg, classes, _multi_label(hf)), info, build.path)
         build.commit()
+    except OSError as exc:  # a full disk: one line, and the work folder goes below
+        failed = write_error(exc, out)
+        raise failed from None
     except BaseException as exc:
         failed = exc
         raise

@@ -149,3 +149,59 @@ def test_a_run_with_nan_weights_is_refused_by_every_export(tmp_path: Path, fmt: 
     with pytest.raises(GptclfError, match="NaN or infinite weights"):  # the writers check it too
         exportdir.writer_for(fmt, "none")(load_run(run), tmp_path / "work")
     assert names(tmp_path / "work") == []
+
+
+# --- issue 18 items 7 and 8: full and read-only disks, a mount point, a folder another verb holds ----
+
+
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+@pytest.mark.parametrize("verb", ["export", "import"])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(
+    tmp_path: Path, run: Path, disk: str, verb: str
+) -> None:
+    from tests.fault_helpers import cli, fill, tmpfs
+
+    source = run
+    if verb == "import":
+        assert export(run, tmp_path / "hf")[0] == 0
+        source = tmp_path / "hf"
+    with tmpfs(tmp_path / "disk", "8m", read_only=disk == "read-only") as mount:
+        if disk == "full":
+            fill(mount, keep=256 << 10)  # room for the work folder, not for the weights
+        before = names(mount)
+        code, _, stderr = cli(verb, str(source), "--out", str(mount / "out"))
+        assert names(mount) == before  # no folder, no work folder, no temporary file
+    assert code == (1 if disk == "full" else 2), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert ("no space left" if disk == "full" else "cannot write") in stderr
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_out_that_is_a_mount_point_is_refused_before_any_work(
+    tmp_path: Path, run: Path, read_only: bool
+) -> None:
+    from tests.fault_helpers import cli, tmpfs
+
+    with tmpfs(tmp_path / "mnt", "1m", read_only=read_only) as mount:
+        code, _, stderr = cli("export", str(run), "--out", str(mount), "--force")
+        assert names(mount) == []
+    assert code == 2 and "mount point" in stderr, stderr
+    assert names(tmp_path) == ["mnt", "run"]  # no .mnt.partial either
+
+
+def test_the_message_names_the_verb_that_holds_the_folder(tmp_path: Path, run: Path) -> None:
+    from gptclf.rundir import is_locked, work_dir
+    from tests.fault_helpers import LEARN, cli, spawn, wait_for
+    from tests.finetune_helpers import install_tokenizer, prepared_folder
+
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=120)
+    out = tmp_path / "busy"
+    proc = spawn("finetune", "--data", str(data), *LEARN, "--out", str(out), cwd=tmp_path)
+    try:
+        assert wait_for(proc, lambda: is_locked(work_dir(out)))
+        code, _, stderr = cli("export", str(run), "--out", str(out), "--force")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2 and f"`gptclf finetune` (pid {proc.pid}) is writing" in " ".join(stderr.split())

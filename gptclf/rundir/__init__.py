@@ -19,7 +19,15 @@ This package is its one owner, one job per module:
 Import from here; the submodules are the package's own business.
 """
 
-from gptclf.rundir.build import RunBuild, WorkLock, check_out, is_locked, replace_folder, work_dir
+from gptclf.rundir.build import (
+    RunBuild,
+    WorkLock,
+    check_out,
+    is_locked,
+    lock_holder,
+    replace_folder,
+    work_dir,
+)
 from gptclf.rundir.files import (
     LoadedRun,
     check_finite_weights,
@@ -73,6 +81,7 @@ __all__ = [
     "info_is_ours",
     "is_locked",
     "load_run",
+    "lock_holder",
     "package_versions",
     "read_run_info",
     "replace_folder",
