@@ -25,7 +25,7 @@ from gptclf.artefacts import (
 from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError, DownloadError
 from gptclf.tokenizer import TOKENIZER_FILES
-from tests.conftest import BPE_DIR, SHARED, needs_shared_bpe
+from tests.conftest import BPE_DIR, SHARED
 from tests.test_archive import DATA, make_zip
 from tests.test_http import (
     FAST,
@@ -133,7 +133,6 @@ def test_mirror_url_replaces_the_public_hosts(server: FileServer, checkpoint: by
 # --- tokenizer ----------------------------------------------------------------------------------
 
 
-@needs_shared_bpe
 def test_tokenizer_over_http_by_sha256_then_not_again(server: FileServer, isolated_home: Path) -> None:
     for name in TOKENIZER_FILES:
         server.files[f"/{TOKENIZER_URL_DIR}/{name}"] = (BPE_DIR / name).read_bytes()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from gptclf.batching import collate, encode_texts, sorted_batches, train_batches
-from tests.conftest import BPE_DIR, needs_shared_bpe
+from tests.conftest import BPE_DIR
 
 
 def test_collate_pads_to_batch_longest() -> None:
@@ -35,7 +35,6 @@ def test_sorted_batches_longest_first() -> None:
     assert batches == [[1, 3], [0, 2]]
 
 
-@needs_shared_bpe
 def test_encode_truncates_and_counts() -> None:
     from gptclf.tokenizer import load_tokenizer
 

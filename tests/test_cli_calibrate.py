@@ -14,11 +14,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
-from tests.conftest import needs_shared_bpe
 from tests.finetune_helpers import prepared_folder
 from tests.test_predict import make_run, tiny_classifier
-
-pytestmark = needs_shared_bpe
 
 CLASSES = ["ham", "spam"]
 TEXTS = ["win a prize now", "dinner at eight", "apple river prize", "stone cloud dinner"]

@@ -14,7 +14,7 @@ from gptclf import config
 from gptclf.artefacts import TOKENIZER_URL_DIR, weights_file
 from gptclf.config import valid_model_names
 from gptclf.tokenizer import TOKENIZER_FILES
-from tests.conftest import BPE_DIR, needs_shared_bpe
+from tests.conftest import BPE_DIR
 from tests.test_artefacts import MIRROR, needs_shared_mirror
 from tests.test_http import TINY, WEIGHTS, FileServer, sha, tiny_checkpoint
 
@@ -112,7 +112,6 @@ def test_checksum_mismatch_exits_1_and_removes_the_file(server: FileServer, tiny
     assert not path.with_name(path.name + ".part").exists()
 
 
-@needs_shared_bpe
 def test_default_is_tokenizer_and_gpt2_small_as_json(
     server: FileServer, tiny_gpt2_small: bytes, isolated_home: Path
 ) -> None:

@@ -11,11 +11,8 @@ from gptclf import exportdir
 from gptclf.errors import GptclfError
 from gptclf.exportdir import export_run
 from gptclf.rundir import load_run
-from tests.conftest import needs_shared_bpe
 from tests.test_hfexport import export
 from tests.test_predict import make_run, nan_run
-
-pytestmark = needs_shared_bpe
 
 
 @pytest.fixture

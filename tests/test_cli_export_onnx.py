@@ -10,14 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.conftest import needs_shared_bpe
 from tests.test_predict import make_run
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install '.[onnx]')")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install '.[onnx]')")
-
-pytestmark = needs_shared_bpe
 
 TEXTS = ["Win a FREE prize now!!!", "see you at lunch", "", "ok", "Call 0800 now, claim your £1000 cash"]
 

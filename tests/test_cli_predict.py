@@ -18,10 +18,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
-from tests.conftest import REPO, needs_shared_bpe
+from tests.conftest import REPO
 from tests.test_predict import make_run, nan_run
-
-pytestmark = needs_shared_bpe
 
 TEXTS = ["Win a FREE prize now!!!", "see you at lunch", "", "ok", "Call 0800 now, claim your £1000 cash"]
 

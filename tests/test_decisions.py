@@ -25,7 +25,6 @@ from gptclf.errors import BadInputError, GateError
 from gptclf.evaluate import split_data
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
-from tests.conftest import needs_shared_bpe
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 from tests.test_predict import make_run, tiny_classifier
 
@@ -183,7 +182,6 @@ def predicted(run: Path, *flags: str, texts: list[str] = TEXTS) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-@needs_shared_bpe
 def test_calibrate_stores_the_f1_threshold_and_it_beats_one_half_on_validation(run: Path) -> None:
     code, out, err = invoke(
         "calibrate", str(run), "--positive", "spam", "--target", "f1", "--json", "--device", "cpu"
@@ -202,7 +200,6 @@ def test_calibrate_stores_the_f1_threshold_and_it_beats_one_half_on_validation(r
     load_run(run)  # the schema takes it
 
 
-@needs_shared_bpe
 def test_a_precision_target_is_met_on_validation_and_predict_applies_it(run: Path, data: Path) -> None:
     code, _, err = invoke(
         "calibrate", str(run), "--positive", "ham", "--target", "precision=0.6", "--device", "cpu"
@@ -227,7 +224,6 @@ def test_a_precision_target_is_met_on_validation_and_predict_applies_it(run: Pat
     assert {r["label"] for r in everything} == {"spam"}
 
 
-@needs_shared_bpe
 def test_evaluate_reports_the_stored_threshold_beside_argmax(run: Path) -> None:
     assert (
         invoke("calibrate", str(run), "--positive", "spam", "--target", "recall=0.9", "--device", "cpu")[0]
@@ -246,7 +242,6 @@ def test_evaluate_reports_the_stored_threshold_beside_argmax(run: Path) -> None:
     assert code == 0 and "stored threshold" in out and "Risk-coverage" in out
 
 
-@needs_shared_bpe
 def test_abstention_writes_null_labels_exactly_below_the_level(run: Path, data: Path) -> None:
     texts = pd.read_csv(data / "test.csv")["text"].tolist()[:40]
     plain = predicted(run, texts=texts)
@@ -267,7 +262,6 @@ def test_abstention_writes_null_labels_exactly_below_the_level(run: Path, data: 
     assert all((lab == "") == ab for lab, ab in zip(table["label"], table["abstained"], strict=True))
 
 
-@needs_shared_bpe
 def test_a_stored_coverage_is_applied_by_predict_and_reported_by_evaluate(run: Path) -> None:
     code, _, err = invoke("calibrate", str(run), "--target", "coverage=0.7", "--device", "cpu")
     assert code == 0, err
@@ -282,7 +276,6 @@ def test_a_stored_coverage_is_applied_by_predict_and_reported_by_evaluate(run: P
     assert got["accuracy"] == pytest.approx(abstain["validation"]["accuracy"])
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -298,7 +291,6 @@ def test_calibrate_bad_targets_exit_2_and_leave_run_json(run: Path, flags: list[
     assert (run / "run.json").read_bytes() == before
 
 
-@needs_shared_bpe
 def test_a_threshold_target_with_three_classes_is_exit_2(tmp_path: Path) -> None:
     classes = ["neg", "neu", "pos"]
     run = tiny_run(tmp_path, tmp_path, classes)  # refused before any data is read
@@ -308,7 +300,6 @@ def test_a_threshold_target_with_three_classes_is_exit_2(tmp_path: Path) -> None
     assert (run / "run.json").read_bytes() == before
 
 
-@needs_shared_bpe
 def test_an_unreachable_target_is_exit_3_and_stores_nothing(run: Path, tmp_path: Path) -> None:
     # Label the texts the model finds most "spam" as ham: no threshold reaches precision 0.99.
     loaded = load_run(run)
@@ -335,7 +326,6 @@ def test_an_unreachable_target_is_exit_3_and_stores_nothing(run: Path, tmp_path:
     assert (run / "run.json").read_bytes() == before
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize("level", ["0", "1.5", "-0.1", "nan"])
 def test_min_confidence_outside_0_1_is_exit_2(run: Path, level: str) -> None:
     code, out, err = invoke("predict", str(run), "hello", "--device", "cpu", "--min-confidence", level)
@@ -400,7 +390,6 @@ def test_finetune_refuses_a_bad_target_before_training(
     assert not (out / "run.json").exists()
 
 
-@needs_shared_bpe
 def test_the_table_shows_abstained_texts(run: Path) -> None:
     code, out, err = invoke(
         "predict", str(run), *TEXTS, "--format", "table", "--device", "cpu", "--min-confidence", "1"
@@ -410,7 +399,6 @@ def test_the_table_shows_abstained_texts(run: Path) -> None:
     assert out.count("(abstained)") == abstained > 0
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -451,7 +439,6 @@ def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     assert "decision" not in info and (out / "model.safetensors").is_file()
 
 
-@needs_shared_bpe
 def test_pr_auc_is_reported_for_the_stored_decisions_positive_class(run: Path) -> None:
     code, out, _ = invoke("evaluate", str(run), "--split", "validation", "--json", "--device", "cpu")
     assert code == 0 and json.loads(out)["pr_auc_positive"] == "spam"  # the second class by default

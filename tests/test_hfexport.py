@@ -14,7 +14,6 @@ from gptclf.errors import BadInputError
 from gptclf.exportdir import export_run
 from gptclf.hfexport import fold_head_bias, hf_state_dict
 from gptclf.rundir import load_run, update_run_info
-from tests.conftest import needs_shared_bpe
 from tests.hf_helpers import transformers_module
 from tests.test_predict import make_run, tiny_classifier
 
@@ -71,7 +70,6 @@ def pipeline_probs(folder: Path, texts: list[str], classes: list[str]) -> torch.
     return torch.tensor([[{d["label"]: d["score"] for d in row}[c] for c in classes] for row in rows])
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize("temperature", [None, 2.5])
 def test_transformers_computes_the_probabilities_of_gptclf_predict(
     tmp_path: Path, temperature: float | None
@@ -91,7 +89,6 @@ def test_transformers_computes_the_probabilities_of_gptclf_predict(
         assert (raw - want).abs().max() > 1e-3
 
 
-@needs_shared_bpe
 def test_config_tokenizer_and_card(tmp_path: Path) -> None:
     decision = {"positive": "spam", "threshold": 0.3, "target": "f1", "validation": {"f1": 0.9}}
     run = make_run(tmp_path / "run", max_length=12, calibration=calibration(1.7))
@@ -123,7 +120,6 @@ def test_config_tokenizer_and_card(tmp_path: Path) -> None:
     )
 
 
-@needs_shared_bpe
 def test_a_lora_run_exports_its_merged_weights(tmp_path: Path) -> None:
     model = tiny_classifier()
     apply_scope(model.gpt, parse_scope("lora", lora_rank=2), seed=0)
@@ -139,7 +135,6 @@ def test_a_lora_run_exports_its_merged_weights(tmp_path: Path) -> None:
     assert torch.allclose(hf_probs(tmp_path / "hf", [TEXTS[0], "ok"])[:1], want, atol=1e-5)
 
 
-@needs_shared_bpe
 def test_other_pooling_is_refused_with_one_line(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     info = json.loads((run / "run.json").read_text())
@@ -159,7 +154,6 @@ def test_a_head_whose_bias_cannot_be_folded_is_refused() -> None:
     )
 
 
-@needs_shared_bpe
 def test_the_state_is_hugging_face_layout(tmp_path: Path) -> None:
     run = load_run(make_run(tmp_path / "run"))
     state = hf_state_dict(run)

@@ -12,12 +12,10 @@ from cli.main import app
 from gptclf.exportdir import export_run
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run, update_run_info
-from tests.conftest import BPE_DIR, needs_shared_bpe
+from tests.conftest import BPE_DIR
 from tests.hf_helpers import copy_hf_tokenizer, hf_folder, transformers_module
 from tests.test_hfexport import CLASSES3, TEXTS, calibration, cli_probs
 from tests.test_predict import make_run, tiny_classifier
-
-pytestmark = needs_shared_bpe
 
 
 def import_(folder: Path, out: Path, *args: str) -> tuple[int, str]:

@@ -11,12 +11,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from gptclf.exportdir import export_run
 from gptclf.rundir import load_run, update_run_info
-from tests.conftest import needs_shared_bpe
 from tests.hf_helpers import transformers_module
 from tests.test_hfexport import CLASSES3, TEXTS, cli_probs
 from tests.test_predict import make_run, tiny_classifier
 
-pytestmark = needs_shared_bpe
 THRESHOLDS = {"ham": {"threshold": 0.4, "chosen": True}, "spam": {"threshold": 0.5, "chosen": False},
               "other": {"threshold": 0.6, "chosen": True}}  # fmt: skip
 

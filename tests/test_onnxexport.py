@@ -15,7 +15,6 @@ from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
 from gptclf.predict import Predictor
 from gptclf.rundir import LoadedRun, load_run
-from tests.conftest import needs_shared_bpe
 from tests.test_predict import MIXED, make_run, tiny_classifier
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install '.[onnx]')")
@@ -29,8 +28,6 @@ from gptclf.onnxexport import (  # noqa: E402 (after the skips: the module needs
     is_export,
     read_export,
 )
-
-pytestmark = needs_shared_bpe
 
 #: A temperature far from 1, so that probabilities that ignored it would differ.
 TEMPERATURE = 2.5

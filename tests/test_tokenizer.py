@@ -8,10 +8,9 @@ import pytest
 
 from gptclf.errors import BadInputError
 from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, encode, load_tokenizer
-from tests.conftest import BPE_DIR, SMS_FILE, needs_shared_bpe, needs_shared_sms
+from tests.conftest import BPE_DIR, SMS_FILE, needs_shared_sms
 
 
-@needs_shared_bpe
 def test_hello_world() -> None:
     enc = load_tokenizer(BPE_DIR)
     assert encode(enc, "Hello, world") == [15496, 11, 995]
@@ -19,7 +18,6 @@ def test_hello_world() -> None:
     assert enc.decode([15496, 11, 995]) == "Hello, world"
 
 
-@needs_shared_bpe
 def test_endoftext_in_text_is_ordinary_text() -> None:
     enc = load_tokenizer(BPE_DIR)
     ids = encode(enc, "before <|endoftext|> after")
@@ -27,7 +25,6 @@ def test_endoftext_in_text_is_ordinary_text() -> None:
     assert enc.decode(ids) == "before <|endoftext|> after"
 
 
-@needs_shared_bpe
 def test_checksum_mismatch_and_missing_file(tmp_path: Path) -> None:
     for name in TOKENIZER_FILES:
         shutil.copy(BPE_DIR / name, tmp_path / name)
@@ -40,7 +37,6 @@ def test_checksum_mismatch_and_missing_file(tmp_path: Path) -> None:
         load_tokenizer(tmp_path)
 
 
-@needs_shared_bpe
 @needs_shared_sms
 def test_same_ids_as_tiktokens_own_gpt2_on_the_sms_corpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
