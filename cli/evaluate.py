@@ -12,10 +12,13 @@ prints the N most confident of them as a table beside the others (on stderr unde
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -41,7 +44,8 @@ from cli.common import (
     handle_errors,
     out_console,
 )
-from gptclf.errors import BadInputError, GptclfError
+from gptclf.errors import BadInputError, GptclfError, write_error
+from gptclf.fileio import temp_path_for
 from gptclf.progress import ConsoleProgress, fmt_metric
 
 if TYPE_CHECKING:
@@ -147,7 +151,27 @@ def _show(table: Table, base: Console | None = None) -> None:
         options = base.options.update(max_width=_UNLIMITED)
         needed = Measurement.get(base, options, table).maximum
         console = Console(file=base.file, width=max(base.width, needed), highlight=False)
-    console.print(table, markup=False)
+    # Rendered first, then written here: rich's own write exits 1 when the reader leaves (`| head`).
+    with console.capture() as captured:
+        console.print(table, markup=False)
+    _emit(captured.get(), base.file)
+
+
+def _emit(text: str, out: TextIO) -> None:
+    """Write ``text`` to ``out`` (stdout) and flush it.
+
+    Raises:
+        BrokenPipeError: The reader left (``| head``); ``out`` now points at /dev/null, so that the
+            interpreter's last flush cannot fail again, and :func:`cli.common.handle_errors` exits
+            0 without a word, as ``predict`` does.
+    """
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor has no pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        raise
 
 
 #: A width no table reaches, to measure the one it needs.
@@ -181,6 +205,56 @@ def _check_reports(errors_path: Path | None, show_errors: int, plots_dir: Path |
             raise BadInputError(f"--errors {errors_path}: the folder {errors_path.parent} does not exist")
     if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
         raise BadInputError(f"--plots {plots_dir} is a file: name a folder (it is created if missing)")
+    if errors_path is not None:
+        _check_writable("--errors", errors_path, errors_path.parent)
+    if plots_dir is not None:
+        _check_writable("--plots", plots_dir, plots_dir)
+
+
+def _check_writable(flag: str, target: Path, folder: Path) -> None:
+    """Write, sync and remove a small file in ``folder`` (or the nearest of its ancestors that
+    exists, for a folder still to be made): permission bits say nothing of a read-only mount or a
+    full disk, so this is found out by writing, before the model runs.
+
+    Raises:
+        BadInputError: The place cannot be written (read-only, no permission, under a file).
+        DiskFullError: The disk is full.
+    """
+    home = _nearest_existing(folder)
+    if not home.is_dir():
+        raise BadInputError(f"{flag} {target}: {home} is a file, not a folder")
+    with _writing(flag, target, home):
+        probe = temp_path_for(home / "probe")  # a gptclf temporary name: a kill leaves no debris
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"gptclf")
+                fh.flush()
+                os.fsync(fh.fileno())  # a full disk may refuse the data only here
+        finally:
+            probe.unlink(missing_ok=True)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists (the folders below it are made by a write)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def _writing(flag: str, target: Path, folder: Path) -> Iterator[None]:
+    """Turn an ``OSError`` of writing ``target`` into ``folder`` into its one-line error.
+
+    Raises:
+        DiskFullError: A full disk or quota (exit 1).
+        BadInputError: A place that cannot be written (exit 2).
+        GptclfError: Any other failure to write (exit 1).
+    """
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(exc, folder)
+        raise type(error)(f"{flag} {target}: {error}") from None
 
 
 def _report_errors(
@@ -199,7 +273,8 @@ def _report_errors(
     probs = predictor.probabilities(logits).double().numpy()  # the probabilities the metrics judge
     rows = error_rows(probs, data.labels, predictor.classes, data.texts, data.ids)
     if path is not None:
-        write_errors(path, rows, predictor.classes)
+        with _writing("--errors", path, path.parent):
+            write_errors(path, rows, predictor.classes)
         err_console.print(f"gptclf: wrote {len(rows)} misclassified texts to {path}", markup=False)
     if show:
         table = Table(title=f"Most confident errors ({min(show, len(rows))} of {len(rows)})")
@@ -218,7 +293,8 @@ def _write_plots(folder: Path, predictor: Predictor, data: LabelledData, logits:
     source = data.source
     title = f"{source['split']} split" if "split" in source else Path(source["input"]).name
     inputs = plot_inputs(logits.numpy(), data.labels, predictor.classes, predictor.run.info, title)
-    written = write_plots(folder, inputs)
+    with _writing("--plots", folder, _nearest_existing(folder)):
+        written = write_plots(folder, inputs)
     if written is None:
         err_console.print(f"gptclf: plots {SKIPPED_NOTE}", markup=False)
     else:
@@ -350,7 +426,7 @@ def evaluate(
             line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
         except ValueError:
             raise GptclfError(f"the metrics of {loaded.path} hold a non-finite value") from None
-        sys.stdout.write(line + "\n")
+        _emit(line + "\n", sys.stdout)
     else:
         _print_tables(metrics)
         _print_decisions(metrics)

@@ -50,7 +50,7 @@ def evaluate_multi_run(
         BadInputError: Bad data or options (``--no-calibration`` is for softmax runs).
         GateError: A gate is not met (after the metrics are printed).
     """
-    from cli.evaluate import _warn_about  # here: cli.evaluate calls this module
+    from cli.evaluate import _emit, _warn_about  # here: cli.evaluate calls this module
     from gptclf.evaluate import evaluate_with_logits
     from gptclf.multipredict import MultiPredictor, check_threshold, single_label_only
 
@@ -83,7 +83,7 @@ def evaluate_multi_run(
             line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
         except ValueError:
             raise GptclfError(f"the metrics of {loaded.path} hold a non-finite value") from None
-        sys.stdout.write(line + "\n")
+        _emit(line + "\n", sys.stdout)  # a reader that leaves (`| head`): exit 0, quiet
     else:
         print_tables(metrics)
     asked = {"--errors": reports["errors"] is not None, "--show-errors": reports["show_errors"] > 0}

@@ -116,6 +116,8 @@ def write_errors(path: Path, rows: Sequence[ErrorRow], classes: Sequence[str]) -
 
     Raises:
         BadInputError: An extension that names no report format.
+        OSError: The disk filled or the folder cannot be written; no file is left (neither a
+            partial report nor its temporary file). ``gptclf evaluate`` turns it into one line.
     """
     fmt = error_format(path)
     with atomic_open(Path(path), "w", encoding="utf-8") as out:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ from gptclf.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.inference import run_batches
+from gptclf.longtexts import WindowMap
 from gptclf.progress import Progress
 from gptclf.tokenizer import EOT_ID
 
@@ -101,6 +102,7 @@ class FeatureCache:
         shard: Shard = Shard(),  # frozen, so one shared default is safe
         progress: Progress | None = None,
         label: str = "caching the frozen blocks",
+        owners: torch.Tensor | None = None,
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -118,6 +120,8 @@ class FeatureCache:
             shard: This process's place in a data-parallel job: it computes its share of the
                 batches and receives the rest from the other ranks.
             progress: Shows the build as ``label``.
+            owners: (R,) the text each row of ``ids`` belongs to, when the rows are the texts'
+                windows (``--long-texts``): the progress then counts texts, not windows.
         """
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
         lengths = [len(x) for x in ids]
@@ -128,8 +132,9 @@ class FeatureCache:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0)
         try:
             _fill(
-                flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label
-            )
+                flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label,
+                owners,
+            )  # fmt: skip
             shard.all_sum_rows(flat)
         except BaseException:
             if tmpdir is not None:
@@ -237,8 +242,10 @@ def _fill(
     shard: Shard,
     progress: Progress | None,
     label: str,
+    owners: torch.Tensor | None = None,
 ) -> None:
-    """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``."""
+    """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``
+    (``owners``: the text of each row, when the rows are windows: the progress counts texts)."""
     lengths = [len(x) for x in ids]
 
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
@@ -257,6 +264,7 @@ def _fill(
         stop_block=start_block,
         progress=progress,
         label=label,
+        owners=owners,
     )
 
 
@@ -275,6 +283,7 @@ def make_sources(
     shard: Shard = Shard(),  # frozen, so one shared default is safe
     note: Callable[[str], None] | None = None,
     progress: Progress | None = None,
+    windows: Mapping[str, WindowMap | None] | None = None,
 ) -> dict[str, Source]:
     """A :class:`Source` per split: cached states where exact and allowed, token batches otherwise.
 
@@ -293,6 +302,8 @@ def make_sources(
         shard: This process's place in a data-parallel job (see :meth:`FeatureCache.build`).
         note: Receives a line for each stale cache folder removed (:func:`remove_stale_caches`).
         progress: Shows each split's cache build.
+        windows: Split name -> which of its rows (windows, ``--long-texts``) belong to which text;
+            a split without one has a row per text. The progress counts texts either way.
 
     Raises:
         BadInputError: The caches that go to disk cannot fit there (see :func:`plan_cache`).
@@ -325,9 +336,16 @@ def make_sources(
                 shard=shard,
                 progress=progress,
                 label=f"caching the frozen blocks of the {name} split",
+                owners=_owners(windows, name),
             )
     except BaseException:
         for source in sources.values():
             source.close()
         raise
     return sources
+
+
+def _owners(windows: Mapping[str, WindowMap | None] | None, name: str) -> torch.Tensor | None:
+    """The text of each row of split ``name``, where its rows are windows; else None."""
+    found = (windows or {}).get(name)
+    return None if found is None else found.owner

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from gptclf.decisions import check_target, choose
 from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
 from gptclf.features import FeatureCache, make_sources
 from gptclf.inference import batched_logits
-from gptclf.longtexts import INFO_KEY, Windowed, describe_counts
+from gptclf.longtexts import INFO_KEY, Windowed, WindowMap, describe_counts
 from gptclf.metrics import classification_metrics
 from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
 from gptclf.multilabel import DEFAULT_SEP, is_multi_label
@@ -67,7 +68,7 @@ def train_run(
     timings = {"tokenise": time.monotonic() - t0}
     maps = _tell_long_texts(ctx, windowed, max_length)
     t0 = time.monotonic()
-    sources = _sources(ctx, model, ids, pad_length)
+    sources = _sources(ctx, model, ids, pad_length, maps)
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(sources)
     if cache["blocks"]:
@@ -144,9 +145,14 @@ def _inputs(
 
 
 def _sources(
-    ctx: RunContext, model: Classifier, ids: dict[str, list[list[int]]], pad_length: int | None
+    ctx: RunContext,
+    model: Classifier,
+    ids: dict[str, list[list[int]]],
+    pad_length: int | None,
+    maps: Mapping[str, WindowMap | None] | None = None,
 ) -> dict[str, Source]:
-    """Each split's model inputs: the frozen-trunk cache where it is exact, token batches otherwise."""
+    """Each split's model inputs: the frozen-trunk cache where it is exact, token batches otherwise
+    (``maps``: each split's windows' texts, so that progress counts texts)."""
     p = ctx.plan
     return make_sources(
         model,
@@ -161,6 +167,7 @@ def _sources(
         shard=ctx.shard,
         note=ctx.progress.message,
         progress=ctx.progress,
+        windows=maps,
     )
 
 

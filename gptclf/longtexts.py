@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from gptclf.errors import BadInputError
+from gptclf.progress import Progress
 from gptclf.tokenizer import EOT_ID
 
 MODES = ("truncate", "head-tail", "window")
@@ -274,8 +275,10 @@ def windows_of(token_lists: Sequence[list[int]], max_length: int, long: LongText
     return Windowed(ids, WindowMap(starts, counts, long.aggregate, long.mode), stats)
 
 
-#: Runs a list of windows through the inference loop and returns their (W, K) logits.
-RunWindows = Callable[[list[list[int]]], torch.Tensor]
+#: Runs a piece of windows through the inference loop and returns their (W, K) logits; it is given
+#: the windows, the text each belongs to (``run_batches``' ``owners``, so that the progress counts
+#: texts) and the progress to report to.
+RunWindows = Callable[[list[list[int]], torch.Tensor, Progress], torch.Tensor]
 
 
 def piecewise_logits(
@@ -285,13 +288,15 @@ def piecewise_logits(
     run: RunWindows,
     num_classes: int,
     piece: int,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, LongCounts]:
     """(N, K) per-text logits, the windows run ``piece`` at a time (a long text over several pieces).
 
     The windows of each text are made only when its piece is built, and each piece's logits are
     folded into running per-text sums (or maxima) at once, so memory holds one piece of windows
     whatever the texts' lengths. Texts of one window each in one piece go through ``run`` exactly
-    as a plain list of truncated texts would.
+    as a plain list of truncated texts would. ``progress`` sees one step over the N texts, however
+    many pieces and windows they take (see :class:`_OneStep`).
     """
     n = len(token_lists)
     acc = torch.full((n, num_classes), -torch.inf if long.aggregate == "max" else 0.0)
@@ -299,12 +304,14 @@ def piecewise_logits(
     counts = LongCounts(texts=n)
     windows: list[list[int]] = []
     owners: list[int] = []
+    shown = _OneStep(progress or Progress(), n)
 
-    def flush() -> None:
+    def flush(unfinished: bool = False) -> None:
         if not windows:
             return
-        out = run(windows).float()
         owner = torch.as_tensor(owners, dtype=torch.long)
+        out = run(windows, owner, shown).float()
+        shown.early += unfinished  # the piece's last text counted as done, yet more windows follow
         if long.aggregate == "max":
             acc.scatter_reduce_(0, owner[:, None].expand(-1, num_classes), out, reduce="amax")
         else:
@@ -313,16 +320,63 @@ def piecewise_logits(
         windows.clear()
         owners.clear()
 
-    for i, seq in enumerate(token_lists):
-        counts.long += len(seq) > max_length
-        for window in _iter_windows(seq, max_length, long):
-            windows.append(window)
-            owners.append(i)
-            counts.windows += 1
-            if len(windows) == piece:
-                flush()
-    flush()
+    try:
+        for i, seq in enumerate(token_lists):
+            counts.long += len(seq) > max_length
+            made = _iter_windows(seq, max_length, long)
+            window = next(made, None)  # every text has one (an empty text: <|endoftext|>)
+            while window is not None:
+                following = next(made, None)  # one ahead: does the text go on past this piece?
+                windows.append(window)
+                owners.append(i)
+                counts.windows += 1
+                if len(windows) == piece:
+                    flush(unfinished=following is not None)
+                window = following
+        flush()
+    finally:
+        shown.finish()
     return (acc if long.aggregate == "max" else acc / seen[:, None]), counts
+
+
+class _OneStep(Progress):
+    """The progress of every piece as one step over all the texts.
+
+    Each piece's pass (``run_batches`` with ``owners``) begins its own step over the texts of the
+    piece and counts a text once its last window in the piece is run. Here the first begins one
+    step of all ``texts``; the later ones go on in it; and a text whose windows continue into the
+    next piece (counted early, in ``early``) is not counted again when the piece that ends it does.
+    """
+
+    def __init__(self, inner: Progress, texts: int) -> None:
+        self.inner = inner
+        self.texts = texts
+        self.early = 0
+        self.started = False
+
+    def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        """The first piece begins the step of all the texts; the later ones go on in it."""
+        if not self.started:
+            self.inner.begin(label, self.texts, unit=unit)
+            self.started = True
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        """``n`` texts done, less those already counted at the end of an earlier piece."""
+        owed = min(self.early, n)
+        self.early -= owed
+        self.inner.advance(n - owed, **fields)
+
+    def end(self) -> None:
+        """A piece ended; the step goes on until :meth:`finish`."""
+
+    def message(self, text: str) -> None:
+        """Passed on."""
+        self.inner.message(text)
+
+    def finish(self) -> None:
+        """The last piece ended (or one failed): end the step."""
+        if self.started:
+            self.inner.end()
 
 
 def _iter_windows(seq: list[int], max_length: int, long: LongTexts) -> Any:

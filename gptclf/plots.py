@@ -1,6 +1,6 @@
 """Pictures of a run on a labelled set: what ``evaluate --plots DIR`` and ``finetune`` (test split) write.
 
-One PNG per kind (names: :data:`gptclf.rundir.layout.PLOT_FILES`), each written atomically:
+One PNG per kind (names: :data:`gptclf.rundir.layout.PLOT_FILES`), written as one set (all or none):
 
 - ``confusion_matrix.png``: counts, rows the true class, columns the predicted one (argmax), shaded
   by the share of the true class's texts, so a rare class's errors show as clearly as a common one's.
@@ -16,7 +16,10 @@ nothing, and the caller says so in one line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from gptclf.calibration import run_temperature
-from gptclf.fileio import atomic_path
+from gptclf.fileio import fsync_folder, remove_stale_temp_files, temp_dir_for
 from gptclf.metrics import (
     ECE_BINS,
     average_precision,
@@ -130,10 +133,18 @@ def write_run_plots(
 
 
 def write_plots(folder: Path, inputs: PlotInputs) -> list[Path] | None:
-    """Write every picture of ``inputs`` into ``folder`` (created if missing), each atomically.
+    """Write every picture of ``inputs`` into ``folder`` (created if missing, parents too), as one set.
+
+    The pictures are drawn into a private temporary folder (inside ``folder`` when it exists, else
+    beside it, so that the last step is a rename on one disk) and moved in once all of them are
+    written. A full disk, an error or a signal therefore leaves none of this set's pictures and no
+    folder that was not there before; what a killed write left is removed by the next one.
 
     Returns:
         The files written, or None (nothing written) when matplotlib is not installed.
+
+    Raises:
+        OSError: The disk filled or the place cannot be written (nothing of this set is left).
     """
     if not plots_available():
         return None
@@ -143,7 +154,39 @@ def write_plots(folder: Path, inputs: PlotInputs) -> list[Path] | None:
     from matplotlib import pyplot as plt
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    names = plot_names(len(inputs.classes))
+    made = _missing_folders(folder)  # removed again (when empty) if the set is not written
+    existed = not made
+    home = folder if existed else folder.parent
+    remove_stale_temp_files(home)  # a killed earlier write's private folder
+    stage: Path | None = None
+    try:
+        stage = temp_dir_for(folder / "plots" if existed else folder)
+        for kind, name in PLOT_FILES.items():
+            if name in names:
+                _draw(plt, kind, inputs, stage / name)
+        _move_in(stage, folder, names, existed)
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        for path in made:  # deepest first; a folder someone filled meanwhile stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return [folder / name for name in names]
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _draw(plt: Any, kind: str, inputs: PlotInputs, path: Path) -> None:
+    """Draw the picture ``kind`` of ``inputs`` into the PNG ``path``, synced to disk."""
     drawers = {
         "confusion": _confusion,
         "roc": _roc,
@@ -151,19 +194,28 @@ def write_plots(folder: Path, inputs: PlotInputs) -> list[Path] | None:
         "reliability": _reliability,
         "f1": _f1_bars,
     }
-    written = []
-    for kind, name in PLOT_FILES.items():
-        if name not in plot_names(len(inputs.classes)):
-            continue
-        fig = drawers[kind](plt, inputs)
-        try:
-            fig.tight_layout()
-            with atomic_path(folder / name) as tmp:
-                fig.savefig(tmp, format="png", dpi=DPI)
-        finally:
-            plt.close(fig)
-        written.append(folder / name)
-    return written
+    fig = drawers[kind](plt, inputs)
+    try:
+        fig.tight_layout()
+        with open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI)
+            fh.flush()
+            os.fsync(fh.fileno())  # before the rename: a power cut leaves no empty picture
+    finally:
+        plt.close(fig)
+
+
+def _move_in(stage: Path, folder: Path, names: list[str], existed: bool) -> None:
+    """Move the finished pictures of ``stage`` into ``folder``: one rename of the whole folder when
+    it is new, else each file over its older version (renames need no space on the disk)."""
+    if not existed:
+        os.rename(stage, folder)
+        fsync_folder(folder.parent)
+        return
+    for name in names:
+        os.replace(stage / name, folder / name)
+    stage.rmdir()
+    fsync_folder(folder)
 
 
 def _titled(text: str, inputs: PlotInputs) -> str:

@@ -28,7 +28,7 @@ from gptclf.decisions import Decision, check_min_confidence
 from gptclf.device import Precision
 from gptclf.engines import OrtClassifier, load_engine
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.inference import batched_logits
+from gptclf.inference import run_batches
 from gptclf.longtexts import LongCounts, LongTexts, piecewise_logits, stored_long_texts
 from gptclf.onnxexport import OnnxExport
 from gptclf.progress import Progress
@@ -100,7 +100,7 @@ def compute_logits(
     piece: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, LongCounts]:
     """Class logits of ``texts``, in input order, through the one inference loop
-    (:func:`gptclf.inference.batched_logits`: length-sorted batches, order restored).
+    (:func:`gptclf.inference.run_batches`: length-sorted batches, order restored).
 
     Args:
         model: The classifier (or an engine's stand-in for it), on ``device``, in eval mode.
@@ -120,20 +120,29 @@ def compute_logits(
         ``(logits, counts)``: (N, K) float32 logits on the CPU; the long texts and the windows.
     """
 
-    def run(windows: list[list[int]]) -> torch.Tensor:
-        return batched_logits(
+    def run(windows: list[list[int]], owners: torch.Tensor, shown: Progress) -> torch.Tensor:
+        logits = torch.zeros(len(windows), len(model.classes), dtype=torch.float32)
+
+        def keep(indices: Sequence[int], out: torch.Tensor) -> None:
+            logits[torch.as_tensor(list(indices), dtype=torch.long)] = out.float().cpu()
+
+        # The windows are batched as texts; the progress counts the texts they belong to.
+        run_batches(
             model,
             TokenSource(windows, pad_to),
+            keep,
             batch_size=batch_size,
             device=device,
             precision=precision,
-            progress=progress,
+            progress=shown,
             label="classifying",
+            owners=owners,
         )
+        return logits
 
     token_lists = encode_batch(enc, list(texts))
     long = long or LongTexts().resolved(max_length)
-    return piecewise_logits(token_lists, max_length, long, run, len(model.classes), piece)
+    return piecewise_logits(token_lists, max_length, long, run, len(model.classes), piece, progress)
 
 
 @dataclass(frozen=True)

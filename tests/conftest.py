@@ -22,8 +22,6 @@ SMS_FILE = SHARED_DATA / "sms_spam_collection" / "SMSSpamCollection"
 #: committed with the fixture run, so that every test that needs a tokenizer runs in a fresh clone.
 BPE_DIR = REPO / "tests" / "fixtures" / "run-v1"
 
-needs_shared_bpe = pytest.mark.skipif(not (BPE_DIR / "encoder.json").is_file(), reason="TEMP")
-
 #: Only the tests of the real SMS corpus need ../shared.
 needs_shared_sms = pytest.mark.skipif(
     not SMS_FILE.is_file(), reason=f"SMS Spam Collection not found at {SMS_FILE} (../shared is absent)"

@@ -16,11 +16,8 @@ from cli.main import app
 from gptclf.calibration import T_BOUNDS
 from gptclf.predict import Predictor
 from gptclf.rundir import load_run
-from tests.conftest import needs_shared_bpe
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, synthetic_texts
 from tests.test_predict import make_run
-
-pytestmark = needs_shared_bpe
 
 CLASSES = ["ham", "spam"]
 

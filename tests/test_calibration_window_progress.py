@@ -16,7 +16,6 @@ from gptclf.device import resolve_precision
 from gptclf.inference import batched_logits
 from gptclf.longtexts import LongTexts, windows_of
 from gptclf.progress import Progress
-from tests.conftest import needs_shared_bpe
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 from tests.test_predict import tiny_classifier
 
@@ -57,7 +56,6 @@ def test_windows_are_counted_as_the_texts_they_belong_to() -> None:
     assert plain.steps == [("eval", len(texts), "texts")] and sum(plain.advanced) == len(texts)
 
 
-@needs_shared_bpe
 def test_finetune_evaluation_progress_counts_the_splits_texts(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["ham", "spam"], n=80)
@@ -74,3 +72,5 @@ def test_finetune_evaluation_progress_counts_the_splits_texts(tmp_path: Path) ->
         windows = re.search(rf"{split} split: \d+ of \d+ texts were longer .* read in (\d+) windows", err)
         assert windows is not None and int(windows.group(1)) > sizes[split], err  # windows outnumber texts
         assert f"evaluating the kept weights on the {split} split ({sizes[split]} texts)" in err, err
+    # The frozen-trunk cache is built over windows too, and says how many texts they hold.
+    assert f"caching the frozen blocks of the train split ({sizes['train']} texts)" in err, err

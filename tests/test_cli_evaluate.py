@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,9 @@ from gptclf.metrics import classification_metrics
 from gptclf.predict import Predictor
 from gptclf.prepared import prepared_fingerprint
 from gptclf.rundir import load_run
-from tests.conftest import needs_shared_bpe
+from tests.fault_helpers import spawn
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.test_predict import CLASSES, make_run, nan_run
-
-pytestmark = needs_shared_bpe
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +186,45 @@ def test_probability_quality_and_agreement_metrics_in_json_and_table(run_dir: Pa
     rows = ("balanced accuracy", "weighted F1", "MCC", "loss (NLL)", "Brier score", "ECE (15 bins)")
     for words in (*rows, f"PR-AUC ({CLASSES[1]})"):
         assert words in out
+
+
+# --- a reader that leaves (`gptclf evaluate RUN | head -n 1`) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_classes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run of 100 classes and a labelled file of two texts a class: its confusion matrix alone
+    is over 100 kB of tables, more than a pipe holds, so a reader that leaves breaks the pipe."""
+    tmp = tmp_path_factory.mktemp("many")
+    classes = [f"class_{i:03d}" for i in range(100)]
+    run = make_run(tmp / "run", classes=classes)
+    rows = [(f"text {i} about {name}", name) for i, name in enumerate(classes * 2)]
+    return run, write_csv(tmp / "eval.csv", rows)
+
+
+def assert_quiet_exit(proc: subprocess.Popen[str]) -> None:
+    """The child exited 0 and said nothing after the reader left: no error, no traceback."""
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert err.startswith("gptclf: evaluating")  # the run itself went on as usual
+    for word in ("error", "Traceback", "Exception", "BrokenPipe"):
+        assert word not in err, err
+
+
+def test_tables_into_a_pipe_the_reader_leaves_exit_0_quietly(many_classes: tuple[Path, Path]) -> None:
+    run, labelled = many_classes
+    proc = spawn("evaluate", str(run), "--input", str(labelled), "--device", "cpu", cwd=run.parent)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # `| head -n 1`
+    proc.stdout.close()
+    assert "Evaluation" in first
+    assert_quiet_exit(proc)
+
+
+def test_json_into_a_pipe_already_closed_exits_0_quietly(many_classes: tuple[Path, Path]) -> None:
+    run, labelled = many_classes
+    proc = spawn("evaluate", str(run), "--input", str(labelled), "--device", "cpu", "--json", cwd=run.parent)
+    assert proc.stdout is not None
+    proc.stdout.close()  # `| true`: the reader is gone before the one JSON line is written
+    assert_quiet_exit(proc)

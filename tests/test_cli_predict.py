@@ -399,6 +399,8 @@ def test_an_export_folder_predicts_like_its_run_in_every_format(run_dir: Path, o
 def test_engine_and_export_problems_exit_2_in_one_line(run_dir: Path, onnx_dir: Path, tmp_path: Path) -> None:
     import shutil
 
+    from gptclf.fileio import sha256_file
+
     three = tmp_path / "three"
     shutil.copytree(onnx_dir, three)
     record = json.loads((three / "gptclf-onnx.json").read_text())
@@ -409,6 +411,9 @@ def test_engine_and_export_problems_exit_2_in_one_line(run_dir: Path, onnx_dir: 
     from tests.test_ortsession import graph_file
 
     graph_file(other / "model.onnx", [("x", 7, ["batch", "seq"])], 2)  # 7: int64
+    record = json.loads((other / "gptclf-onnx.json").read_text())  # a record made for that graph
+    record["onnx"]["sha256"] = sha256_file(other / "model.onnx")
+    (other / "gptclf-onnx.json").write_text(json.dumps(record))
     cases = [
         ([str(run_dir), "--quantize", "int8", "--device", "cuda"], "--quantize int8 runs on the CPU only"),
         ([str(run_dir), "--quantize", "int8", "--precision", "bf16"], "--quantize int8 runs in fp32 only"),

@@ -19,11 +19,13 @@ from gptclf.rundir import load_run
 from gptclf.rundir.build import user_entries
 from gptclf.rundir.layout import PLOT_FILES
 from gptclf.tables import split_tsv
-from tests.conftest import needs_shared_bpe
+from tests.fault_helpers import fill, tmpfs
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.test_predict import CLASSES, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The unit a tmpfs hands out space in.
+PAGE = 4096
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,6 @@ def test_error_rows_are_the_misclassified_texts_most_confident_first() -> None:
     assert (rows[0].label, rows[0].predicted, rows[0].probs) == ("a", "b", {"a": 0.2, "b": 0.8})
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
 def test_errors_file_holds_exactly_the_misclassified_rows_in_order(
     run_dir: Path, labelled: Path, tmp_path: Path, suffix: str
@@ -103,7 +104,6 @@ def test_errors_file_holds_exactly_the_misclassified_rows_in_order(
         assert r["confidence"] == pytest.approx(float(probs[i].max()), abs=2e-6)
 
 
-@needs_shared_bpe
 def test_errors_use_the_inputs_id_column_and_show_errors_prints_the_top_rows(
     run_dir: Path, tmp_path: Path
 ) -> None:
@@ -128,7 +128,6 @@ def test_errors_use_the_inputs_id_column_and_show_errors_prints_the_top_rows(
     assert "Most confident errors (1 of" in err and rows[0]["id"] in err
 
 
-@needs_shared_bpe
 def test_an_empty_report_keeps_its_header(tmp_path: Path) -> None:
     write_errors(tmp_path / "e.csv", [], CLASSES)
     write_errors(tmp_path / "e.jsonl", [], CLASSES)
@@ -138,7 +137,6 @@ def test_an_empty_report_keeps_its_header(tmp_path: Path) -> None:
     assert (tmp_path / "e.jsonl").read_text() == ""
 
 
-@needs_shared_bpe
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
@@ -214,7 +212,6 @@ def test_the_decision_of_the_run_is_the_threshold_marked() -> None:
     assert plot_inputs(logits, labels, classes, {"calibration": {"temperature": 2.5}}).temperature == 2.5
 
 
-@needs_shared_bpe
 def test_evaluate_plots_writes_every_picture(run_dir: Path, labelled: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     folder = tmp_path / "new" / "plots"  # created, parents too
@@ -224,7 +221,6 @@ def test_evaluate_plots_writes_every_picture(run_dir: Path, labelled: Path, tmp_
     assert_pictures(folder, list(PLOT_FILES.values()))
 
 
-@needs_shared_bpe
 def test_without_matplotlib_plots_are_skipped_in_one_line(
     run_dir: Path, labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,3 +257,85 @@ def assert_pictures_in_run(run: Path, names: list[str]) -> None:
     for name in names:
         (picture_folder / name).write_bytes((run / name).read_bytes())
     assert_pictures(picture_folder, names)
+
+
+# --- read-only and full disks (--errors FILE, --plots DIR) -----------------------------------------
+
+
+def assert_one_error_line(err: str, says: str) -> None:
+    """One ``gptclf: error:`` line saying ``says``, no traceback (``err``: white space collapsed)."""
+    assert err.count("gptclf: error:") == 1 and says in err, err
+    assert "Traceback" not in err and "Errno" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "where"),
+    [("--errors", "errors.csv"), ("--plots", "plots/deeper"), ("--plots", ".")],
+)
+def test_a_read_only_disk_is_refused_before_the_model_runs(
+    run_dir: Path, labelled: Path, tmp_path: Path, flag: str, where: str
+) -> None:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+        code, out, err = invoke(str(run_dir), "--input", str(labelled), flag, str(disk / where))
+        assert code == 2 and out == "", err
+        assert_one_error_line(err, f"cannot write into {disk} (Read-only file system)")
+        assert "evaluating" not in err  # refused before the model ran
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "where"),
+    [("--errors", "errors.jsonl"), ("--plots", "plots/deeper"), ("--plots", ".")],
+)
+def test_a_full_disk_is_refused_before_the_model_runs(
+    run_dir: Path, labelled: Path, tmp_path: Path, flag: str, where: str
+) -> None:
+    with tmpfs(tmp_path / "full", "1m") as disk:
+        fill(disk)
+        code, out, err = invoke(str(run_dir), "--input", str(labelled), flag, str(disk / where))
+        assert code == 1 and out == "", err
+        assert_one_error_line(err, f"no space left on the disk of {disk}")
+        assert "evaluating" not in err
+        assert [p.name for p in disk.iterdir()] == ["filler.bin"]
+
+
+@pytest.fixture(scope="module")
+def many_errors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 labelled texts of ~400 characters: the random run gets about half wrong, an error report
+    of tens of kilobytes, more than the few pages a disk is left with below."""
+    words = ["win", "a", "free", "prize", "now", "or", "have", "lunch", "with", "me", "later", "ok"]
+    text = " ".join(words * 7)
+    rows = [(f"{text} {i}", LABELS[i % 2]) for i in range(200)]
+    return write_csv(tmp_path_factory.mktemp("many") / "eval.csv", rows)
+
+
+def test_a_disk_that_fills_while_the_errors_are_written_leaves_no_file(
+    run_dir: Path, many_errors: Path, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        fill(disk, keep=2 * PAGE)  # room for the check before the model runs, not for the report
+        code, out, err = invoke(str(run_dir), "--input", str(many_errors), "--errors", str(disk / "e.csv"))
+        assert code == 1 and "Evaluation" in out  # the metrics came first
+        assert_one_error_line(err, f"--errors {disk / 'e.csv'}: no space left on the disk of {disk}")
+        assert [p.name for p in disk.iterdir()] == ["filler.bin"]  # no partial report, no temporary file
+    code, _, err = invoke(str(run_dir), "--input", str(many_errors), "--errors", str(tmp_path / "e.csv"))
+    assert code == 0 and (tmp_path / "e.csv").stat().st_size > 4 * PAGE, err  # the report needs more
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_disk_that_fills_while_the_plots_are_written_leaves_no_picture(
+    run_dir: Path, labelled: Path, tmp_path: Path, existing: bool
+) -> None:
+    pytest.importorskip("matplotlib")
+    code, _, err = invoke(str(run_dir), "--input", str(labelled), "--plots", str(tmp_path / "sizes"))
+    assert code == 0, err
+    sizes = sorted(-(-p.stat().st_size // PAGE) * PAGE for p in (tmp_path / "sizes").iterdir())
+    with tmpfs(tmp_path / "small", "4m") as disk:
+        folder = disk if existing else disk / "new" / "plots"
+        (disk / "mine.txt").write_text("mine")
+        fill(disk, keep=sum(sizes[:2]) + PAGE)  # two pictures fit, the set does not
+        code, out, err = invoke(str(run_dir), "--input", str(labelled), "--plots", str(folder))
+        assert code == 1 and "Evaluation" in out
+        assert_one_error_line(err, f"--plots {folder}: no space left on the disk of")
+        assert sorted(p.name for p in disk.iterdir()) == ["filler.bin", "mine.txt"]  # no folder, no PNG
+        assert (disk / "mine.txt").read_text() == "mine"

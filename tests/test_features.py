@@ -322,3 +322,26 @@ def test_a_cache_that_cannot_fit_on_its_spill_disk_is_refused_before_it_is_built
             cache_memory=0, spill_dir=disk,
         )  # fmt: skip
     check_spill_space(0, tmp_path)  # nothing on disk: nothing to check
+
+
+def test_the_cache_build_of_windows_counts_their_texts() -> None:
+    """``--long-texts window``: a split's rows are its texts' windows; the build's progress counts texts."""
+    from gptclf.longtexts import LongTexts, windows_of
+    from tests.test_calibration_window_progress import Recorder
+
+    texts, _ = synthetic_ids(12, 2, seed=5, max_len=40)
+    made = windows_of(texts, 8, LongTexts("window").resolved(8))
+    assert len(made.ids) > 2 * len(texts)
+    plain, _ = synthetic_ids(7, 2, seed=6)
+    progress = Recorder()
+    sources = make_sources(
+        tiny_classifier(["a", "b"], seed=4), {"train": made.ids, "validation": plain}, scope=LAST_BLOCK,
+        use_cache=True, device=CPU, precision=FP32, cache_memory=1 << 30, batch_size=3,
+        progress=progress, windows={"train": made.map, "validation": None},
+    )  # fmt: skip
+    assert len(sources["train"]) == len(made.ids)  # the cache still holds every window
+    assert progress.steps == [
+        ("caching the frozen blocks of the train split", len(texts), "texts"),
+        ("caching the frozen blocks of the validation split", len(plain), "texts"),
+    ]
+    assert sum(progress.advanced) == len(texts) + len(plain)

@@ -24,11 +24,12 @@ from gptclf.longtexts import (
     text_windows,
     windows_of,
 )
+from gptclf.progress import Progress
 from gptclf.resume import data_signature
 from gptclf.runconfig import TrainConfig
 from gptclf.step import Stepper
 from gptclf.tokenizer import EOT_ID, load_tokenizer
-from tests.conftest import BPE_DIR, needs_shared_bpe
+from tests.conftest import BPE_DIR
 from tests.finetune_helpers import tiny_classifier
 
 L = 16
@@ -135,7 +136,7 @@ def _model_logits(model: torch.nn.Module, windows: list[list[int]], batch_size: 
 def test_a_short_text_gets_exactly_the_same_logits_in_every_mode() -> None:
     model = tiny_classifier(["a", "b"]).eval()
     texts = [[1000 + i for i in range(n)] for n in (3, 9, 16, 1)]
-    run = lambda w: _model_logits(model, w)  # noqa: E731
+    run = lambda w, owners, shown: _model_logits(model, w)  # noqa: E731
     results = [
         piecewise_logits(texts, L, long, run, 2, piece=64)[0] for long in (TRUNCATE, HEAD_TAIL, WINDOW)
     ]
@@ -151,7 +152,7 @@ def test_windowed_logits_do_not_depend_on_the_other_texts_of_the_batch() -> None
     model = tiny_classifier(["a", "b"]).eval()
     long_text = [1000 + (i * 7) % 90 for i in range(70)]
     others = [[1100 + i for i in range(n)] for n in (2, 5, 16, 40, 11)]
-    run = lambda w: _model_logits(model, w, batch_size=3)  # noqa: E731
+    run = lambda w, owners, shown: _model_logits(model, w, batch_size=3)  # noqa: E731
     alone, _ = piecewise_logits([long_text], L, WINDOW, run, 2, piece=64)
     mixed, counts = piecewise_logits([others[0], long_text, *others[1:]], L, WINDOW, run, 2, piece=64)
     small_pieces, _ = piecewise_logits([others[0], long_text, *others[1:]], L, WINDOW, run, 2, piece=2)
@@ -166,7 +167,7 @@ def test_windowed_logits_do_not_depend_on_the_other_texts_of_the_batch() -> None
 def test_pieces_bound_the_windows_in_flight_of_a_very_long_text() -> None:
     sizes: list[int] = []
 
-    def run(windows: list[list[int]]) -> torch.Tensor:
+    def run(windows: list[list[int]], owners: torch.Tensor, shown: Progress) -> torch.Tensor:
         sizes.append(len(windows))
         return torch.stack([torch.tensor([float(w[0]), -float(w[-1])]) for w in windows])
 
@@ -216,7 +217,6 @@ def test_describe_counts_says_what_became_of_the_long_texts() -> None:
     assert "first 4 and last 12 tokens" in describe_counts(LongCounts(10, 2, 10), L, HEAD_TAIL)
 
 
-@needs_shared_bpe
 def test_the_books_padding_makes_the_windows_at_the_longest_training_text() -> None:
     enc = load_tokenizer(BPE_DIR)
     splits = {
