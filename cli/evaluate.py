@@ -373,7 +373,7 @@ def evaluate(
     from gptclf.decisions import stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
     from gptclf.evaluate import DataChoice, Gates, evaluate_with_logits
-    from gptclf.longtexts import LongCounts, describe_counts, override, stored_long_texts
+    from gptclf.longtexts import LongCounts, describe_counts, override, stored_long_texts, unused_options
     from gptclf.predict import Predictor
     from gptclf.rundir import load_run
 
@@ -387,6 +387,9 @@ def evaluate(
     long = override(
         stored_long_texts(loaded.info), loaded.max_length, long_texts, head_tokens, stride, aggregate
     )
+    given = {"head_tokens": head_tokens, "stride": stride, "aggregate": aggregate}
+    for warning in unused_options(long.mode, given):  # given, but not used by the mode
+        err_console.print(warning, markup=False)
     if loaded.info.get("multi_label") is True:  # sigmoid outputs, label lists: cli.multievaluate
         from cli.multievaluate import evaluate_multi_run
 

@@ -141,13 +141,18 @@ def _launch(
 
 def _warnings(settings: FinetuneSettings) -> list[str]:
     """Options that were given (flag or config file) but have no effect."""
+    from gptclf.longtexts import unused_options
+
+    long = {n: settings.option(n) for n in ("head_tokens", "stride", "aggregate") if n in settings.given}
+    warnings = unused_options(settings.long_texts, long)
     unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in settings.given]
     if not unused or settings.trainable.strip() == "lora":
-        return []
+        return warnings
     verb = "applies" if len(unused) == 1 else "apply"
     return [
         f"gptclf: warning: {' and '.join(unused)} {verb} only with --trainable lora; "
-        f"ignored for --trainable {settings.trainable}"
+        f"ignored for --trainable {settings.trainable}",
+        *warnings,
     ]
 
 

@@ -305,7 +305,7 @@ def predict(
     """Classify texts with a finetuned run: one result per text, in input order."""
     from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
     from gptclf.distributed import refuse_distributed
-    from gptclf.longtexts import override, stored_long_texts
+    from gptclf.longtexts import override, stored_long_texts, unused_options
     from gptclf.onnxexport import is_export, read_export
     from gptclf.predict import Predictor, make_decision
     from gptclf.rundir import load_run
@@ -322,6 +322,9 @@ def predict(
         loaded = read_export(run) if exported else load_run(run)
         stored = stored_long_texts(loaded.info)
         long = override(stored, loaded.max_length, long_texts, head_tokens, stride, aggregate)
+        given = {"head_tokens": head_tokens, "stride": stride, "aggregate": aggregate}
+        for warning in unused_options(long.mode, given):  # given, but not used by the mode
+            err_console.print(warning, markup=False)
         engine = engine or ("onnx" if exported else "torch")
         if engine == "onnx" and not exported:
             err_console.print("gptclf: exporting the run to ONNX first (`gptclf export` does it once)")

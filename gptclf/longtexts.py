@@ -107,6 +107,26 @@ class LongTexts:
         return "truncate"
 
 
+#: Which mode uses each number: given with another mode, it has no effect.
+_USED_BY = {"head_tokens": "head-tail", "stride": "window", "aggregate": "window"}
+
+
+def unused_options(mode: str, given: dict[str, Any]) -> list[str]:
+    """Warnings (one line each) for the long-text options given that ``mode`` does not use.
+
+    Args:
+        mode: The mode in force (``truncate``, ``head-tail`` or ``window``).
+        given: The options given by the user, by name (``head_tokens``, ``stride``, ``aggregate``);
+            None values count as not given.
+    """
+    unused = [name for name, value in given.items() if value is not None and _USED_BY.get(name, mode) != mode]
+    return [
+        f"gptclf: warning: --{name.replace('_', '-')} applies only with --long-texts {_USED_BY[name]}; "
+        f"ignored for --long-texts {mode}"
+        for name in unused
+    ]
+
+
 def stored_long_texts(info: dict[str, Any]) -> LongTexts:
     """The settings a run recorded (run.json's ``long_texts``); a run without them truncates."""
     record = info.get(INFO_KEY) or {}

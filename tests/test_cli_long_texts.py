@@ -297,3 +297,29 @@ def test_prepare_multi_label_counts_long_texts(long_data: tuple[Path, Path], tmp
     lengths = json.loads((out / "labels.json").read_text())["lengths"]
     assert lengths["texts"] == 40 and lengths["over_max_length"] == 20 and lengths["over_context"] == 0
     assert "20 exceed --max-length 64" in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "predict"])
+def test_numbers_of_a_mode_not_in_force_are_named_in_a_warning(verb: str, tmp_path: Path) -> None:
+    run = shutil.copytree(RUN_V1, tmp_path / "run")  # it truncates
+    tail = ["hello"] if verb == "predict" else []
+    result = runner.invoke(app, [verb, str(run), *tail, "--stride", "4", "--head-tokens", "2"])
+    assert result.exit_code == 0, result.stderr
+    err = " ".join(result.stderr.split())
+    assert "warning: --stride applies only with --long-texts window; ignored for --long-texts truncate" in err
+    assert "warning: --head-tokens applies only with --long-texts head-tail; ignored" in err
+    result = runner.invoke(app, [verb, str(run), *tail, "--long-texts", "window", "--stride", "4"])
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+
+
+def test_finetune_warns_of_a_number_its_mode_does_not_use(
+    long_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, data = long_data
+    result = runner.invoke(app, ["finetune", "--data", str(data), "--home", str(home), "--out",
+                                 str(tmp_path / "run"), *TINY, "--epochs", "1", "--long-texts", "head-tail",
+                                 "--stride", "8", "--max-length", "32"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "--stride applies only with --long-texts window; ignored for --long-texts head-tail" in " ".join(
+        result.stderr.split()
+    )
