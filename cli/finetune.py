@@ -1,7 +1,7 @@
 """``gptclf finetune``: train a GPT-2 classifier and write a run directory.
 
 The options are built from the fields of :class:`gptclf.runconfig.FinetuneSettings` (with its
-nested TrainConfig) and :class:`gptclf.runconfig.LaunchSettings`: name, type, help, panel and the
+nested TrainConfig) and :class:`gptclf.distributed.LaunchSettings`: name, type, help, panel and the
 default shown in the help come from there (:func:`gptclf.options.option_specs`), so that nothing is
 declared twice. Every settings option defaults to "not given" (None) here, so that a ``--config
 FILE.toml`` can set it and the command line can still override the file. Progress and messages go
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from cli.common import err_console, handle_errors, out_console
+from gptclf.distributed import LaunchSettings
 from gptclf.errors import BadInputError, Interrupted
 from gptclf.options import PANELS, OptionSpec, dash, option_specs
-from gptclf.runconfig import FinetuneSettings, LaunchSettings
+from gptclf.runconfig import FinetuneSettings
 
 if TYPE_CHECKING:
     from gptclf.progress import TrainProgress

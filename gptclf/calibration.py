@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,6 @@ import torch
 
 from gptclf.errors import BadInputError
 from gptclf.metrics import expected_calibration_error, softmax
-from gptclf.rundir import update_run_info
 
 #: The only method so far; run.json names it so that another can be added without ambiguity.
 METHOD = "temperature"
@@ -199,13 +197,3 @@ def run_temperature(info: Mapping[str, Any]) -> float:
     """The temperature a run.json stores; 1.0 for a run without ``calibration`` (older runs)."""
     calibration = info.get("calibration")
     return float(calibration["temperature"]) if isinstance(calibration, dict) else 1.0
-
-
-def store_calibration(run_dir: Path, calibration: Calibration) -> dict[str, Any]:
-    """Store ``calibration`` in a run's run.json, rewritten atomically (nothing else changes, so the
-    recorded ``weights_sha256`` stays valid).
-
-    Returns:
-        The run.json written.
-    """
-    return update_run_info(Path(run_dir), {"calibration": calibration.to_dict()})

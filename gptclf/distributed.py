@@ -32,11 +32,30 @@ from torch.nn.parallel import DistributedDataParallel
 
 from gptclf.device import LocalJob, resolve_device
 from gptclf.errors import BadInputError
-from gptclf.runconfig import LaunchSettings
+from gptclf.options import field_problems, option
 
 T = TypeVar("T")
 
 #: Seconds a collective may wait for the other ranks before the job fails (``--dist-timeout``).
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How ``gptclf finetune`` starts its processes: options of the command line only (no TOML, not
+    recorded, free to change on ``--resume``)."""
+
+    devices: int = option(1, "Data-parallel on N local processes (GPUs) via torchrun", "Run", at_least=1)
+    dist_timeout: float = option(
+        300.0,
+        "Seconds a data-parallel process waits for the others before the job fails",
+        "Run",
+        above=0.0,
+        envvar="GPTCLF_DIST_TIMEOUT",
+    )
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these values, as messages naming the option."""
+        return field_problems(self)
+
+
 DEFAULT_TIMEOUT = LaunchSettings.dist_timeout
 #: How long ranks wait for rank 0 to download weights or prepare data (a long, CPU-side wait).
 SLOW_TIMEOUT = 24 * 3600.0

@@ -32,10 +32,11 @@ from gptclf.multilabel import DEFAULT_SEP, is_multi_label
 from gptclf.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.prepared import prepared_fingerprint, read_prepared
 from gptclf.progress import TrainProgress
-from gptclf.resume import CHECKPOINT_NAME, check_same_data
+from gptclf.resume import check_same_data
 from gptclf.runconfig import FinetuneSettings
 from gptclf.runcontext import FinetuneResult, RunContext
 from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, write_history, write_metrics
+from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.runplan import RunPlan
 from gptclf.tokenizer import load_tokenizer
 from gptclf.train import History, fit

@@ -26,8 +26,6 @@ from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
 from gptclf.fileio import atomic_open
 
-#: File name of the checkpoint inside a run directory.
-CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 
 

@@ -2,8 +2,8 @@
 
 Each option is declared once, as a field of :class:`TrainConfig` (how to train), of
 :class:`FinetuneSettings` (everything else a run takes; it nests the TrainConfig) or of
-:class:`LaunchSettings` (how the processes of a run are started): type, default, help and the
-simple rules on its value (see :mod:`gptclf.options`). The TOML reading, the options and help of
+:class:`gptclf.distributed.LaunchSettings` (how the processes of a run are started): type, default,
+help and the simple rules on its value (see :mod:`gptclf.options`). The TOML reading, the options and help of
 ``gptclf finetune`` and run.json's ``train`` record are derived from those fields.
 
 Precedence, lowest first: the defaults below, a ``--config FILE.toml``, the options given on the
@@ -234,25 +234,6 @@ class FinetuneSettings:
         nesting (the training options beside the others)."""
         flat = {**{k: v for k, v in data.items() if k != "train"}, **data.get("train", {})}
         return FinetuneSettings().with_options({k: v for k, v in flat.items() if k in _INIT_NAMES}, given)
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    """How ``gptclf finetune`` starts its processes: options of the command line only (no TOML, not
-    recorded, free to change on ``--resume``)."""
-
-    devices: int = option(1, "Data-parallel on N local processes (GPUs) via torchrun", _RUN, at_least=1)
-    dist_timeout: float = option(
-        300.0,
-        "Seconds a data-parallel process waits for the others before the job fails",
-        _RUN,
-        above=0.0,
-        envvar="GPTCLF_DIST_TIMEOUT",
-    )
-
-    def problems(self) -> list[str]:
-        """Everything wrong with these values, as messages naming the option."""
-        return field_problems(self)
 
 
 _TRAIN_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.init)

@@ -22,9 +22,10 @@ from gptclf.distributed import local_job
 from gptclf.errors import BadInputError
 from gptclf.hfconfig import resolve_base_model
 from gptclf.longtexts import LongTexts
-from gptclf.resume import CHECKPOINT_NAME, check_world_size, load_checkpoint
+from gptclf.resume import check_world_size, load_checkpoint
 from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 from gptclf.rundir import check_out, work_dir
+from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.weights import weights_problems
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
@@ -167,7 +168,7 @@ def check_launch(settings: FinetuneSettings, devices: int) -> Path:
     Args:
         settings: The merged options.
         devices: The number of local processes to start (>= 1, as
-            :class:`gptclf.runconfig.LaunchSettings` checks).
+            :class:`gptclf.distributed.LaunchSettings` checks).
 
     Returns:
         The run directory, to pass on to every process (they must agree on it).

@@ -17,9 +17,10 @@ from gptclf.plots import plot_names
 from gptclf.prepared import read_prepared
 from gptclf.progress import TrainProgress
 from gptclf.recipes import finetune
-from gptclf.resume import CHECKPOINT_NAME, save_checkpoint
+from gptclf.resume import save_checkpoint
 from gptclf.runconfig import build_settings
 from gptclf.rundir import HISTORY_COLUMNS, check_out, history_csv, load_run, write_curves
+from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.runplan import make_plan, resumed_settings
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 

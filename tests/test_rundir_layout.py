@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from gptclf.plots import write_run_plots
-from gptclf.resume import CHECKPOINT_NAME
 from gptclf.rundir import (
     HISTORY_COLUMNS,
     RUN_FILES,
@@ -22,6 +21,7 @@ from gptclf.rundir import (
     write_metrics,
 )
 from gptclf.rundir.build import user_entries
+from gptclf.rundir.layout import CHECKPOINT_NAME
 from tests.conftest import REPO
 from tests.finetune_helpers import tiny_classifier
 from tests.test_rundir_files import fake_tokenizer, info_for

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import fsync_folder
-from gptclf.resume import CHECKPOINT_NAME
-from gptclf.rundir.layout import INFO_FILE, RUN_FILES
+from gptclf.rundir.layout import CHECKPOINT_NAME, INFO_FILE, RUN_FILES
 
 try:
     import fcntl
