@@ -107,9 +107,9 @@ def make_run(
 ) -> None:
     """A run directory with random weights and a head of ``classes`` (speed and memory do not depend
     on what weights learnt); ``max_length`` defaults to the model's context."""
-    from gptclf.classifier import Classifier, TrainableScope, replace_head
-    from gptclf.config import resolve_model
-    from gptclf.model import build_model
+    from gptclf.model.classifier import Classifier, TrainableScope, replace_head
+    from gptclf.model.config import resolve_model
+    from gptclf.model.gpt import build_model
     from gptclf.rundir import build_run_info, save_run
 
     name, cfg = resolve_model(model_spec)

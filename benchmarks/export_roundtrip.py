@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SMS_FILE, make_run, print_table, require_shared, run_child
 
-from gptclf.calibration import Calibration
+from gptclf.tasks.calibration import Calibration
 
 CLASSES = ["ham", "spam"]
 

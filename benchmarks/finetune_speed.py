@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BPE_DIR, SMS_FILE, make_home, print_table, require_shared, run_child, run_finetune
 
-from gptclf.tokenizer import load_tokenizer
+from gptclf.model.tokenizer import load_tokenizer
 
 ARMS = {
     "book": ("(a) book loop", ["--pooling", "last-position", "--pad-to", "longest-train", "--no-cache"]),

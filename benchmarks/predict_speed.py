@@ -48,9 +48,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this clone's gpt
 from common import BPE_DIR, SMS_FILE, make_home, print_table, require_shared, run_child, run_finetune
 from finetune_speed import prepare_data
 
-from gptclf.classifier import Classifier
+from gptclf.model.classifier import Classifier
+from gptclf.model.weights import CONV1D_SUFFIXES
 from gptclf.rundir import WEIGHTS_FILE, load_run
-from gptclf.weights import CONV1D_SUFFIXES
 
 #: Row key -> (label, extra predict options; None: the HF pipeline).
 ROWS: dict[str, tuple[str, list[str] | None]] = {
@@ -133,8 +133,9 @@ def build_models(run: Path, work: Path, keys: list[str]) -> Models:
 
 def _build(run: Path, work: Path, keys: list[str]) -> None:
     """The child of :func:`build_models`: exports, sizes, and models.json in ``work``."""
-    from gptclf.engines import quantize_torch_int8
-    from gptclf.onnxexport import ONNX_FILE, export_onnx
+    from gptclf.engines.load import quantize_torch_int8
+    from gptclf.engines.onnx_folder import ONNX_FILE
+    from gptclf.interop.onnx_export import export_onnx
 
     loaded = load_run(run)
     weights_mb = (run / WEIGHTS_FILE).stat().st_size / 1e6

@@ -1,13 +1,13 @@
 """``gptclf calibrate RUN``: refit a run's temperature on labelled data, without retraining.
 
 The texts (a split of the prepared data, ``validation`` by default, or a labelled file) go through
-the model once; the temperature that minimises their NLL (:mod:`gptclf.calibration`) replaces the
+the model once; the temperature that minimises their NLL (:mod:`gptclf.tasks.calibration`) replaces the
 run's ``calibration`` in run.json, which is rewritten atomically. No other file changes, so the
 recorded ``weights_sha256`` stays valid. Bad input (no such data, labels that are not classes of the
 run) is refused before run.json is touched.
 
 With ``--target`` (and ``--positive`` for a threshold) a decision is also chosen on the same texts
-calibrated probabilities (:mod:`gptclf.decisions`) and stored with the temperature in the same one
+calibrated probabilities (:mod:`gptclf.tasks.decisions`) and stored with the temperature in the same one
 rewrite: ``decision`` (two classes: ``f1``, ``precision=P``, ``recall=R``) or ``abstain``
 (``coverage=C``). A target the texts cannot reach is exit 3 with the best value reached, and
 nothing is stored (not the temperature either).
@@ -72,13 +72,13 @@ def calibrate(
     json_out: bool = JSON_OUT,
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
-    from gptclf.calibration import fit_temperature
-    from gptclf.decisions import check_target, choose
     from gptclf.distributed import refuse_distributed
-    from gptclf.evaluate import DataChoice
-    from gptclf.predict import Predictor
+    from gptclf.inference.evaluate import DataChoice
+    from gptclf.inference.predict import Predictor
     from gptclf.progress import ConsoleProgress
     from gptclf.rundir import load_run, update_run_info
+    from gptclf.tasks.calibration import fit_temperature
+    from gptclf.tasks.decisions import check_target, choose
 
     refuse_distributed("calibrate")  # one process writes run.json
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)

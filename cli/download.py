@@ -14,7 +14,8 @@ from typing import Any
 import typer
 
 from cli.common import err_console, handle_errors
-from gptclf.artefacts import (
+from gptclf.errors import BadInputError
+from gptclf.fetch.artefacts import (
     Placed,
     base_weights,
     ensure_sms_spam,
@@ -22,10 +23,9 @@ from gptclf.artefacts import (
     ensure_weights,
     resolve_mirror,
 )
-from gptclf.config import cache_home, canonical_preset, local_model_dir, valid_model_names
-from gptclf.errors import BadInputError
-from gptclf.hfconfig import local_model
-from gptclf.http import Retry
+from gptclf.fetch.http import Retry
+from gptclf.model.config import cache_home, canonical_preset, local_model_dir, valid_model_names
+from gptclf.model.hfconfig import local_model
 from gptclf.progress import ConsoleProgress
 
 #: Datasets ``--dataset`` knows, and the function that puts each in the cache.

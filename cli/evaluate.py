@@ -1,13 +1,15 @@
 """``gptclf evaluate RUN``: metrics on a split of the prepared data or on a labelled file.
 
 Without ``--json``, human tables go to stdout (summary, per-class precision/recall/F1, confusion
-matrix). With ``--json``, stdout holds exactly one JSON object (see :func:`gptclf.evaluate.evaluate`).
+matrix). With ``--json``, stdout holds exactly one JSON object (see
+:func:`gptclf.inference.evaluate.evaluate`).
 Messages and progress go to stderr. A gate that is not met (``--min-accuracy``, ``--min-f1``) exits 3
 after the metrics are printed (and after the reports below are written).
 
-``--errors FILE`` writes every misclassified text (see :mod:`gptclf.errorreport`); ``--show-errors N``
-prints the N most confident of them as a table beside the others (on stderr under ``--json``).
-``--plots DIR`` writes the pictures of :mod:`gptclf.plots`.
+``--errors FILE`` writes every misclassified text (see :mod:`gptclf.inference.error_report`);
+``--show-errors N`` prints the N most confident of them as a table beside the others (on stderr
+under ``--json``).
+``--plots DIR`` writes the pictures of :mod:`gptclf.inference.plots`.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ from gptclf.progress import ConsoleProgress, fmt_metric
 if TYPE_CHECKING:
     import torch
 
-    from gptclf.evaluate import LabelledData
-    from gptclf.predict import Predictor
+    from gptclf.inference.evaluate import LabelledData
+    from gptclf.inference.predict import Predictor
 
 
 def _print_tables(m: dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ def _print_decisions(m: dict[str, Any]) -> None:
 
 def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, key) of the summary's metrics: decisions, then probabilities, then ranking (two classes)."""
-    from gptclf.metrics import ECE_BINS  # here, not at the top: it imports torch
+    from gptclf.tasks.metrics import ECE_BINS  # here, not at the top: it imports torch
 
     rows = [
         ("accuracy", "accuracy"),
@@ -193,7 +195,7 @@ def _check_reports(errors_path: Path | None, show_errors: int, plots_dir: Path |
     Raises:
         BadInputError: A bad --errors name or folder, a negative --show-errors, a --plots file.
     """
-    from gptclf.errorreport import error_format
+    from gptclf.inference.error_report import error_format
 
     if show_errors < 0:
         raise BadInputError(f"--show-errors must be >= 0 (got {show_errors})")
@@ -268,7 +270,7 @@ def _report_errors(
 ) -> None:
     """Write the error report to ``path`` and print its first ``show`` rows (stdout beside the
     tables; stderr under --json, whose stdout holds the JSON object only)."""
-    from gptclf.errorreport import error_rows, write_errors
+    from gptclf.inference.error_report import error_rows, write_errors
 
     probs = predictor.probabilities(logits).double().numpy()  # the probabilities the metrics judge
     rows = error_rows(probs, data.labels, predictor.classes, data.texts, data.ids)
@@ -288,7 +290,7 @@ def _report_errors(
 
 def _write_plots(folder: Path, predictor: Predictor, data: LabelledData, logits: torch.Tensor) -> None:
     """Write the pictures into ``folder``, or say in one line that matplotlib is missing."""
-    from gptclf.plots import SKIPPED_NOTE, plot_inputs, write_plots
+    from gptclf.inference.plots import SKIPPED_NOTE, plot_inputs, write_plots
 
     source = data.source
     title = f"{source['split']} split" if "split" in source else Path(source["input"]).name
@@ -370,12 +372,18 @@ def evaluate(
     aggregate: str | None = AGGREGATE,
 ) -> None:
     """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
-    from gptclf.decisions import stored_decision, stored_min_confidence
+    from gptclf.data.long_texts import (
+        LongCounts,
+        describe_counts,
+        override,
+        stored_long_texts,
+        unused_options,
+    )
     from gptclf.distributed import refuse_distributed
-    from gptclf.evaluate import DataChoice, Gates, evaluate_with_logits
-    from gptclf.longtexts import LongCounts, describe_counts, override, stored_long_texts, unused_options
-    from gptclf.predict import Predictor
+    from gptclf.inference.evaluate import DataChoice, Gates, evaluate_with_logits
+    from gptclf.inference.predict import Predictor
     from gptclf.rundir import load_run
+    from gptclf.tasks.decisions import stored_decision, stored_min_confidence
 
     refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
     input_format = _input_format(input_format, old_format)

@@ -1,11 +1,11 @@
 """``gptclf export RUN --format transformers|onnx --out DIR``: a run as a folder other tools load.
 
-``transformers``: a ``GPT2ForSequenceClassification`` folder (:mod:`gptclf.hfexport`) that
+``transformers``: a ``GPT2ForSequenceClassification`` folder (:mod:`gptclf.interop.transformers_export`) that
 ``from_pretrained`` and ``pipeline("text-classification", ...)`` load with no extra code.
-``onnx``: an ONNX model (``gptclf.onnxexport``, the onnx extra), optionally int8 (``--quantize``).
+``onnx``: an ONNX model (``gptclf.interop.onnx_export``, the onnx extra), optionally int8 (``--quantize``).
 
 Everything is checked before anything is written and the folder appears whole at the end
-(:mod:`gptclf.exportdir`). Stdout: the folder's path (``--json``: one object); messages on stderr.
+(:mod:`gptclf.interop.export`). Stdout: the folder's path (``--json``: one object); messages on stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from cli.common import JSON_OUT, RUN_DIR, err_console, handle_errors
-from gptclf.exportdir import FORMATS, QUANTIZE, export_run
+from gptclf.interop.export import FORMATS, QUANTIZE, export_run
 
 
 @handle_errors

@@ -1,6 +1,6 @@
 """``gptclf finetune``: train a GPT-2 classifier and write a run directory.
 
-The options are built from the fields of :class:`gptclf.runconfig.FinetuneSettings` (with its
+The options are built from the fields of :class:`gptclf.training.settings.FinetuneSettings` (with its
 nested TrainConfig) and :class:`gptclf.distributed.LaunchSettings`: name, type, help, panel and the
 default shown in the help come from there (:func:`gptclf.options.option_specs`), so that nothing is
 declared twice. Every settings option defaults to "not given" (None) here, so that a ``--config
@@ -25,11 +25,11 @@ from cli.common import err_console, handle_errors, out_console
 from gptclf.distributed import LaunchSettings
 from gptclf.errors import BadInputError, Interrupted
 from gptclf.options import PANELS, OptionSpec, dash, option_specs
-from gptclf.runconfig import FinetuneSettings
+from gptclf.training.settings import FinetuneSettings
 
 if TYPE_CHECKING:
     from gptclf.progress import TrainProgress
-    from gptclf.runcontext import FinetuneResult
+    from gptclf.training.context import FinetuneResult
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
@@ -74,8 +74,8 @@ def finetune(
     """Finetune GPT-2 as a classifier: `gptclf finetune --classes spam,ham` runs the book's SMS recipe."""
     from gptclf.distributed import process_group
     from gptclf.progress import ConsoleProgress, TrainProgress
-    from gptclf.recipes import finetune as run_finetune
-    from gptclf.runconfig import build_settings
+    from gptclf.training.finetune import finetune as run_finetune
+    from gptclf.training.settings import build_settings
 
     settings = build_settings(options, config)
     if launch_problems := LaunchSettings(devices, dist_timeout).problems():
@@ -124,7 +124,7 @@ def _launch(
         typer.Exit: With torchrun's exit code.
     """
     from gptclf.distributed import launch, torchrun_env
-    from gptclf.runplan import check_launch
+    from gptclf.training.plan import check_launch
 
     if torchrun_env() is not None:
         raise BadInputError("--devices starts torchrun itself: under torchrun, use its --nproc_per_node")
@@ -142,7 +142,7 @@ def _launch(
 
 def _warnings(settings: FinetuneSettings) -> list[str]:
     """Options that were given (flag or config file) but have no effect."""
-    from gptclf.longtexts import unused_options
+    from gptclf.data.long_texts import unused_options
 
     long = {n: settings.option(n) for n in ("head_tokens", "stride", "aggregate") if n in settings.given}
     warnings = unused_options(settings.long_texts, long)

@@ -1,7 +1,7 @@
 """``gptclf import DIR --out RUN``: a Hugging Face ``GPT2ForSequenceClassification`` folder as a run.
 
-The run (:mod:`gptclf.hfimport`) is what ``predict`` and ``evaluate`` read, written like every run
-(a work folder beside ``--out``, swapped in whole; ``--force`` as finetune's). Stdout: the run
+The run (:mod:`gptclf.interop.transformers_import`) is what ``predict`` and ``evaluate`` read, written
+like every run (a work folder beside ``--out``, swapped in whole; ``--force`` as finetune's). Stdout: the run
 directory (``--json``: one object with its classes and max length); messages on stderr.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from cli.common import JSON_OUT, err_console, handle_errors
-from gptclf.hfimport import import_run
+from gptclf.interop.transformers_import import import_run
 from gptclf.rundir import read_run_info
 
 

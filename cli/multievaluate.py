@@ -1,8 +1,8 @@
 """``gptclf evaluate RUN`` of a multi-label run: the metrics, as tables or ``--json``, and the gates.
 
 ``--min-f1`` gates micro-F1 and ``--min-accuracy`` the exact-match (subset) accuracy. The error
-report and the pictures of :mod:`gptclf.errorreport` and :mod:`gptclf.plots` are those of softmax
-runs: for a multi-label run they are skipped with a note on stderr.
+report and the pictures of :mod:`gptclf.inference.error_report` and :mod:`gptclf.inference.plots`
+are those of softmax runs: for a multi-label run they are skipped with a note on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gptclf.errors import GptclfError
 from gptclf.progress import ConsoleProgress, fmt_metric
 
 if TYPE_CHECKING:
-    from gptclf.evaluate import DataChoice, Gates
+    from gptclf.inference.evaluate import DataChoice, Gates
     from gptclf.rundir import LoadedRun
 
 _SUMMARY = (
@@ -51,8 +51,8 @@ def evaluate_multi_run(
         GateError: A gate is not met (after the metrics are printed).
     """
     from cli.evaluate import _emit, _warn_about  # here: cli.evaluate calls this module
-    from gptclf.evaluate import evaluate_with_logits
-    from gptclf.multipredict import MultiPredictor, check_threshold, single_label_only
+    from gptclf.inference.evaluate import evaluate_with_logits
+    from gptclf.inference.predict_multi import MultiPredictor, check_threshold, single_label_only
 
     single_label_only(no_calibration=no_calibration)
     check_threshold(threshold)
@@ -73,7 +73,7 @@ def evaluate_multi_run(
     )
     metrics, _ = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
     if predictor.n_truncated:
-        from gptclf.longtexts import LongCounts, describe_counts
+        from gptclf.data.long_texts import LongCounts, describe_counts
 
         counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
         line = describe_counts(counts, loaded.max_length, predictor.long_texts)

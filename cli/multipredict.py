@@ -21,11 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import err_console, out_console
-from gptclf.multilabel import DEFAULT_SEP, run_label_sep
+from gptclf.data.labelsets import DEFAULT_SEP, run_label_sep
 
 if TYPE_CHECKING:
-    from gptclf.multipredict import MultiPrediction
-    from gptclf.onnxexport import OnnxExport
+    from gptclf.engines.onnx_folder import OnnxExport
+    from gptclf.inference.predict_multi import MultiPrediction
     from gptclf.rundir import LoadedRun
 
 Writer = Callable[[list["MultiPrediction"]], None]
@@ -65,7 +65,7 @@ def csv_writer(out: TextIO, classes: list[str], sep: str = DEFAULT_SEP) -> Write
 
 
 def tsv_writer(out: TextIO, classes: list[str], sep: str = DEFAULT_SEP) -> Writer:
-    from gptclf.tables import tsv_line
+    from gptclf.data.tables import tsv_line
 
     out.write(tsv_line(["id", "text", "labels", *(f"p_{c}" for c in classes)]))
 
@@ -134,7 +134,7 @@ def predict_multi(
     Raises:
         BadInputError: An option of softmax runs, or a bad threshold.
     """
-    from gptclf.multipredict import MultiPredictor, single_label_only
+    from gptclf.inference.predict_multi import MultiPredictor, single_label_only
 
     single_label_only(
         positive=options["positive"], min_confidence=options["min_confidence"],
@@ -149,7 +149,7 @@ def predict_multi(
     write = writer(options["fmt"], out, predictor.classes, options["to_file"], sep)
     stream_to(predictor.predict_chunks(stream, pause=options["pause"]), write, out, options["where"])
     if predictor.n_truncated:
-        from gptclf.longtexts import LongCounts, describe_counts
+        from gptclf.data.long_texts import LongCounts, describe_counts
 
         counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
         line = describe_counts(counts, loaded.max_length, predictor.long_texts)

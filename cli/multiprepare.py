@@ -1,5 +1,5 @@
 """``gptclf prepare --multi-label``: the options' checks and the report (the work is
-:func:`gptclf.multiprepare.prepare_multilabel`)."""
+:func:`gptclf.data.prepare_multi.prepare_multilabel`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 
 from cli.common import err_console
+from gptclf.data.labelsets import iter_pairs
+from gptclf.data.lengths import describe_lengths
+from gptclf.data.prepare_multi import MultiPrepareSummary, prepare_multilabel
+from gptclf.data.prepared import SPLITS
 from gptclf.errors import BadInputError
-from gptclf.multilabel import iter_pairs
-from gptclf.multiprepare import MultiPrepareSummary, prepare_multilabel
-from gptclf.prepared import SPLITS
-from gptclf.textlengths import describe_lengths
 
 #: Co-occurring pairs listed in the report (the most frequent); --json has them all.
 _PAIRS_SHOWN = 5

@@ -6,7 +6,7 @@ or a column named ``id``, else the text's 0-based position: the argument, line o
 - ``jsonl`` (default when stdout is not a terminal): ``{"id", "text", "label", "probs": {class: p}}``
 - ``csv``: a header ``id,text,label,p_<class>...`` then one RFC 4180 row per text
 - ``tsv``: the same columns, never quoted, with the backslash escapes ``\\t \\n \\r \\\\`` that
-  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.tables.split_tsv`)
+  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.data.tables.split_tsv`)
 - ``table`` (default on a terminal): a rich table per chunk of texts
 
 With abstention (``--min-confidence P`` or a run's stored ``abstain``), a text whose top calibrated
@@ -20,7 +20,7 @@ and flushed a chunk at a time, and a chunk from stdin ends early when input paus
 sees them while the input is still being read. With ``--output FILE`` the results go to a temporary
 file beside FILE that is renamed into place at the end: a run that fails leaves no partial file.
 
-Engines (:mod:`gptclf.engines`): ``--engine torch`` (default) at ``--precision``; ``--quantize int8``
+Engines (:mod:`gptclf.engines.load`): ``--engine torch`` (default) at ``--precision``; ``--quantize int8``
 (torch's dynamic int8, CPU); ``--engine onnx`` (ONNX Runtime, CPU: a run is exported on the fly, so
 export once with ``gptclf export RUN --format onnx`` and predict on that folder, whose engine is
 onnx). All run the same batches and give the same formats and decisions.
@@ -59,7 +59,7 @@ from cli.common import (
 from gptclf.errors import BadInputError, write_error
 
 if TYPE_CHECKING:
-    from gptclf.predict import Prediction
+    from gptclf.inference.predict import Prediction
 
 FORMATS = ("jsonl", "csv", "tsv", "table")
 #: Seconds without a new line on stdin after which the texts read so far are predicted and written.
@@ -92,7 +92,7 @@ def _inputs(
             verb = "applies" if len(stray) == 1 else "apply"
             raise BadInputError(f"{', '.join(stray)} only {verb} to --input FILE or -")
         return texts
-    from gptclf.tables import read_inputs
+    from gptclf.data.tables import read_inputs
 
     # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
     source = input_path if input_path == "-" else Path(input_path)
@@ -140,7 +140,7 @@ def _csv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
 
 
 def _tsv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
-    from gptclf.tables import tsv_line
+    from gptclf.data.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
     extra = ["abstained"] if abstains else []
@@ -303,12 +303,12 @@ def predict(
     aggregate: str | None = AGGREGATE,
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
-    from gptclf.decisions import check_min_confidence, stored_decision, stored_min_confidence
+    from gptclf.data.long_texts import override, stored_long_texts, unused_options
     from gptclf.distributed import refuse_distributed
-    from gptclf.longtexts import override, stored_long_texts, unused_options
-    from gptclf.onnxexport import is_export, read_export
-    from gptclf.predict import Predictor, make_decision
+    from gptclf.engines.onnx_folder import is_export, read_export
+    from gptclf.inference.predict import Predictor, make_decision
     from gptclf.rundir import load_run
+    from gptclf.tasks.decisions import check_min_confidence, stored_decision, stored_min_confidence
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None:
@@ -361,7 +361,7 @@ def predict(
         where = str(output.parent) if output is not None else "stdout"
         _stream(predictor.predict_chunks(stream, pause=pause), write, out, where)
     if predictor.n_truncated:
-        from gptclf.longtexts import LongCounts, describe_counts
+        from gptclf.data.long_texts import LongCounts, describe_counts
 
         counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
         err_console.print(f"gptclf: {describe_counts(counts, loaded.max_length, long)}", markup=False)

@@ -1,8 +1,8 @@
 """``gptclf prepare``: raw labelled data -> train/validation/test CSVs and labels.json.
 
 A per-class, per-split count table and what was dropped go to stderr; ``--json`` prints the same
-summary as one JSON object on stdout instead. The work is :func:`gptclf.prepare.prepare`; this is
-the recipe around it: check the options, fetch ``--dataset`` (:func:`gptclf.artefacts.ensure_sms_spam`)
+summary as one JSON object on stdout instead. The work is :func:`gptclf.data.prepare.prepare`; this is
+the recipe around it: check the options, fetch ``--dataset`` (:func:`gptclf.fetch.artefacts.ensure_sms_spam`)
 unless ``--input`` names the file, then prepare that file.
 """
 
@@ -16,11 +16,11 @@ import typer
 from rich.table import Table
 
 from cli.common import err_console, handle_errors
-from gptclf.artefacts import ensure_sms_spam
+from gptclf.data.prepare import DEFAULT_SPLIT, PrepareSummary, check_options
+from gptclf.data.prepare import prepare as run_prepare
+from gptclf.data.prepared import SPLITS
 from gptclf.errors import BadInputError
-from gptclf.prepare import DEFAULT_SPLIT, PrepareSummary, check_options
-from gptclf.prepare import prepare as run_prepare
-from gptclf.prepared import SPLITS
+from gptclf.fetch.artefacts import ensure_sms_spam
 from gptclf.progress import ConsoleProgress
 
 DEFAULT_OUT = Path("data/prepared")
@@ -162,8 +162,8 @@ def _cached_tokenizer(home: Path | None) -> Any:
 
     Nothing is downloaded for it: prepare needs no tokenizer, only its length report does.
     """
-    from gptclf.artefacts import tokenizer_dir
-    from gptclf.tokenizer import load_tokenizer
+    from gptclf.fetch.artefacts import tokenizer_dir
+    from gptclf.model.tokenizer import load_tokenizer
 
     folder = tokenizer_dir(home.expanduser() if home is not None else None)
     try:
@@ -210,7 +210,7 @@ def _report(summary: PrepareSummary) -> None:
     if shared:
         notes.append("texts in two splits: " + ", ".join(f"{pair} {n:,}" for pair, n in shared.items()))
     if summary.lengths is not None:
-        from gptclf.textlengths import describe_lengths
+        from gptclf.data.lengths import describe_lengths
 
         notes.append(describe_lengths(summary.lengths))
     else:

@@ -7,7 +7,7 @@ CUDA, one GPU per process: the local rank's; gloo on the CPU) with a finite time
 collectives, and leaves it at the end. Under a world size of 1 nothing is initialised and the run
 is the single-process one.
 
-How the work is split (see :mod:`gptclf.train`): every rank draws the same seeded global batches of
+How the work is split (see :mod:`gptclf.training.loop`): every rank draws the same seeded global batches of
 ``batch_size * grad_accum * world_size`` texts and runs its share (:meth:`Shard.take`), so
 ``--batch-size`` is per device. Every number a decision depends on (the step's loss, validation
 logits) is summed over the ranks before it is used, so all ranks decide the same (early stopping,

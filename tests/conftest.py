@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptclf.config import GPTConfig
+from gptclf.model.config import GPTConfig
 
 #: Every test session runs with its own home folder and fails if the real one was touched.
 pytest_plugins = ["tests.home_guard"]

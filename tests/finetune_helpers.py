@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gptclf.artefacts import tokenizer_dir
-from gptclf.batching import Batch
-from gptclf.classifier import Classifier, apply_scope, parse_scope, pool, replace_head
-from gptclf.config import GPTConfig
-from gptclf.model import build_model
-from gptclf.tokenizer import TOKENIZER_FILES
+from gptclf.fetch.artefacts import tokenizer_dir
+from gptclf.inference.batching import Batch
+from gptclf.model.classifier import Classifier, apply_scope, parse_scope, pool, replace_head
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
+from gptclf.model.tokenizer import TOKENIZER_FILES
 from tests.conftest import BPE_DIR
 
 TINY = GPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64)
@@ -66,7 +66,7 @@ def synthetic_texts(n: int, classes: list[str], seed: int) -> pd.DataFrame:
 
 def prepared_folder(root: Path, classes: list[str], n: int = 200, seed: int = 0) -> Path:
     """A folder written by ``gptclf prepare`` from synthetic texts (70/15/15 split)."""
-    from gptclf.prepare import prepare
+    from gptclf.data.prepare import prepare
 
     source = root / "source.csv"
     synthetic_texts(n, classes, seed).to_csv(source, index=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gptclf.archive import extract_sms_archive
 from gptclf.errors import DownloadError
+from gptclf.fetch.archive import extract_sms_archive
 
 
 def sha(data: bytes) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gptclf.artefacts import (
+from gptclf.errors import BadInputError, DownloadError
+from gptclf.fetch.artefacts import (
     SMS_HOSTS,
     SMS_URL_PATH,
     TOKENIZER_URL_DIR,
@@ -22,9 +23,8 @@ from gptclf.artefacts import (
     weights_artefact,
     weights_file,
 )
-from gptclf.config import GPTConfig
-from gptclf.errors import BadInputError, DownloadError
-from gptclf.tokenizer import TOKENIZER_FILES
+from gptclf.model.config import GPTConfig
+from gptclf.model.tokenizer import TOKENIZER_FILES
 from tests.conftest import BPE_DIR, SHARED
 from tests.test_archive import DATA, make_zip
 from tests.test_http import (
@@ -216,5 +216,5 @@ def test_distilgpt2_comes_from_its_hub_repository_by_the_mirror_rule(
 
 
 def test_a_local_model_folder_is_its_own_weights(tmp_path: Path) -> None:
-    # No download for --model DIR: the folder's own file (gptclf.hfconfig checked it).
+    # No download for --model DIR: the folder's own file (gptclf.model.hfconfig checked it).
     assert base_weights(str(tmp_path)) == tmp_path / "model.safetensors"

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gptclf.batching import collate, encode_texts, sorted_batches, train_batches
+from gptclf.inference.batching import collate, encode_texts, sorted_batches, train_batches
 from tests.conftest import BPE_DIR
 
 
@@ -36,7 +36,7 @@ def test_sorted_batches_longest_first() -> None:
 
 
 def test_encode_truncates_and_counts() -> None:
-    from gptclf.tokenizer import load_tokenizer
+    from gptclf.model.tokenizer import load_tokenizer
 
     enc = load_tokenizer(BPE_DIR)
     out = encode_texts(enc, ["Hello, world", "", "a " * 50], max_length=10)

@@ -1,4 +1,4 @@
-"""Temperature scaling (gptclf.calibration): the fit, ECE, the run.json key, and finetune storing it."""
+"""Temperature scaling (gptclf.tasks.calibration): the fit, ECE, the run.json key, and finetune storing it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptclf.calibration import T_BOUNDS, fit_temperature, nll, run_temperature
 from gptclf.errors import BadInputError
-from gptclf.metrics import classification_metrics
 from gptclf.rundir import run_info_problems
+from gptclf.tasks.calibration import T_BOUNDS, fit_temperature, nll, run_temperature
+from gptclf.tasks.metrics import classification_metrics
 
 
 def sampled(n: int, k: int, seed: int, scale: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ def test_bad_logits_are_refused(logits: np.ndarray, labels: list[int]) -> None:
 
 
 def valid_info() -> dict:
-    from gptclf.config import GPTConfig
+    from gptclf.model.config import GPTConfig
     from gptclf.rundir import build_run_info
 
     return build_run_info(
@@ -145,10 +145,10 @@ def test_run_json_schema_checks_the_calibration_key() -> None:
 def test_finetune_stores_the_temperature_fitted_on_the_validation_logits(tmp_path: Path) -> None:
     """run.json's calibration is the fit on the kept weights' validation logits, and finetune's
     validation metrics are those of the calibrated probabilities (what evaluate reports)."""
-    from gptclf.evaluate import evaluate, split_data
-    from gptclf.predict import Predictor
-    from gptclf.recipes import finetune
+    from gptclf.inference.evaluate import evaluate, split_data
+    from gptclf.inference.predict import Predictor
     from gptclf.rundir import load_run
+    from gptclf.training.finetune import finetune
     from tests.finetune_helpers import install_tokenizer, prepared_folder
     from tests.test_finetune import settings
 

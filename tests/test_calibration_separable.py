@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.calibration import T_BOUNDS
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
+from gptclf.tasks.calibration import T_BOUNDS
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, synthetic_texts
 from tests.test_predict import make_run
 
@@ -118,7 +118,7 @@ def test_a_target_met_by_labelling_everything_positive_says_so(run: Path, tmp_pa
 def test_finetune_keeps_t_1_when_validation_is_classified_perfectly(tmp_path: Path) -> None:
     """A learning rate so small that the kept weights are the initial ones, and data labelled by
     what those weights say: the validation split is classified perfectly."""
-    from gptclf.prepare import prepare
+    from gptclf.data.prepare import prepare
 
     install_tokenizer()
     tiny = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu", "--epochs", "1",

@@ -11,10 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.batching import TokenSource
+from gptclf.data.long_texts import LongTexts
 from gptclf.device import resolve_precision
-from gptclf.inference import batched_logits
-from gptclf.longtexts import LongTexts, windows_of
+from gptclf.inference.batching import TokenSource
+from gptclf.inference.longtexts import windows_of
+from gptclf.inference.loop import batched_logits
 from gptclf.progress import Progress
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 from tests.test_predict import tiny_classifier

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from gptclf.batching import collate
-from gptclf.cacheplan import cacheable_blocks
-from gptclf.classifier import (
+from gptclf.errors import BadInputError
+from gptclf.inference.batching import collate
+from gptclf.inference.cache_plan import cacheable_blocks
+from gptclf.model.classifier import (
     Classifier,
     LoRALinear,
     apply_scope,
@@ -15,9 +16,8 @@ from gptclf.classifier import (
     pool,
     replace_head,
 )
-from gptclf.config import GPTConfig
-from gptclf.errors import BadInputError
-from gptclf.model import build_model
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
 from tests.finetune_helpers import TINY, full_logits, tiny_classifier
 
 C = TINY.n_embd

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
 from tests.finetune_helpers import prepared_folder
 from tests.test_predict import make_run, tiny_classifier
@@ -168,7 +168,7 @@ def test_bad_input_is_one_line_exit_2_and_run_json_untouched(
 
 
 def test_a_run_without_validation_data_is_refused(tmp_path: Path) -> None:
-    from gptclf.prepare import prepare
+    from gptclf.data.prepare import prepare
     from tests.finetune_helpers import synthetic_texts
 
     source = tmp_path / "source.csv"

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf import config
-from gptclf.artefacts import TOKENIZER_URL_DIR, weights_file
-from gptclf.config import valid_model_names
-from gptclf.tokenizer import TOKENIZER_FILES
+from gptclf.fetch.artefacts import TOKENIZER_URL_DIR, weights_file
+from gptclf.model import config
+from gptclf.model.config import valid_model_names
+from gptclf.model.tokenizer import TOKENIZER_FILES
 from tests.conftest import BPE_DIR
 from tests.test_artefacts import MIRROR, needs_shared_mirror
 from tests.test_http import TINY, WEIGHTS, FileServer, sha, tiny_checkpoint

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.metrics import classification_metrics
-from gptclf.predict import Predictor
-from gptclf.prepared import prepared_fingerprint
+from gptclf.data.prepared import prepared_fingerprint
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
+from gptclf.tasks.metrics import classification_metrics
 from tests.fault_helpers import spawn
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.test_predict import CLASSES, make_run, nan_run
@@ -55,7 +55,7 @@ def test_json_on_a_labelled_file_is_one_object_with_the_model_metrics(run_dir: P
 
 
 def test_split_of_the_recorded_data_and_data_override(run_dir: Path, tmp_path: Path) -> None:
-    from gptclf.prepared import read_prepared
+    from gptclf.data.prepared import read_prepared
 
     folder = Path(load_run(run_dir).info["data"]["dir"])
     for split in ("validation", None):

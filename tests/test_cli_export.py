@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gptclf import exportdir
 from gptclf.errors import GptclfError
-from gptclf.exportdir import export_run
+from gptclf.interop import export as exportdir
+from gptclf.interop.export import export_run
 from gptclf.rundir import load_run
 from tests.test_hfexport import export
 from tests.test_predict import make_run, nan_run
@@ -74,7 +74,7 @@ def test_out_may_not_be_the_run_itself(tmp_path: Path, run: Path) -> None:
 def test_onnx_without_the_extra_is_one_line(
     tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "gptclf.onnxexport", None)  # as if it could not be imported
+    monkeypatch.setitem(sys.modules, "gptclf.interop.onnx_export", None)  # as if it could not be imported
     code, err = export(run, tmp_path / "onnx", "--format", "onnx")
     assert code == 2 and "pip install 'gptclf[onnx]'" in err
     assert names(tmp_path) == ["run"]
@@ -89,7 +89,8 @@ def test_onnx_is_written_by_its_module_into_the_work_folder(
         calls.append((work_dir.name, quantize))
         (work_dir / "model.onnx").write_bytes(b"onnx")
 
-    monkeypatch.setitem(sys.modules, "gptclf.onnxexport", types.SimpleNamespace(export_onnx=export_onnx))
+    fake = types.SimpleNamespace(export_onnx=export_onnx)
+    monkeypatch.setitem(sys.modules, "gptclf.interop.onnx_export", fake)
     assert export(run, tmp_path / "onnx", "--format", "onnx", "--quantize", "int8")[0] == 0
     assert calls == [(".onnx.partial", "int8")] and names(tmp_path / "onnx") == ["model.onnx"]
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.config import GPTConfig, resolve_model
+from gptclf.model.config import GPTConfig, resolve_model
+from gptclf.model.weights import expected_hf_shapes
 from gptclf.rundir import work_dir
-from gptclf.weights import expected_hf_shapes
 from tests.conftest import REPO, SHARED
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
@@ -267,7 +267,7 @@ def test_every_number_is_checked_up_front(tmp_path: Path, args: list[str], messa
 
 
 def test_a_transformers_gpt2_folder_is_a_base_model(tmp_path: Path) -> None:
-    from gptclf.weights import load_pretrained
+    from gptclf.model.weights import load_pretrained
     from tests.hf_helpers import TINY_HF, hf_folder
 
     install_tokenizer()

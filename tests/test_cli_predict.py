@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
 from tests.conftest import REPO
 from tests.test_predict import make_run, nan_run
@@ -89,7 +89,7 @@ def test_csv_and_tsv_parse_back(run_dir: Path, fmt: str, delimiter: str) -> None
     if fmt == "csv":
         rows = list(csv.reader(io.StringIO(out, newline=""), delimiter=delimiter))
     else:  # never quoted; a tab, newline, CR or backslash in a text is escaped (see split_tsv)
-        from gptclf.tables import split_tsv
+        from gptclf.data.tables import split_tsv
 
         assert len(out.split("\n")) == len(texts) + 2
         rows = [split_tsv(line) for line in out.split("\n")[:-1]]
@@ -353,7 +353,7 @@ needs_onnx = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def onnx_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gptclf.onnxexport import export_onnx
+    from gptclf.interop.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
     export_onnx(load_run(run_dir), out, quantize=None)
@@ -441,7 +441,7 @@ def test_onnx_engine_without_onnxruntime_exits_2_naming_the_extra(
 
 @needs_onnx
 def test_a_multi_label_run_predicts_the_same_label_sets_through_onnx(tmp_path: Path) -> None:
-    from gptclf.onnxexport import export_onnx
+    from gptclf.interop.onnx_export import export_onnx
     from tests.test_predict import tiny_classifier
 
     classes = ["billing", "bug", "praise"]

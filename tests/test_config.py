@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptclf.config import ALIASES, PRESETS, GPTConfig, resolve_model
 from gptclf.errors import BadInputError
+from gptclf.model.config import ALIASES, PRESETS, GPTConfig, resolve_model
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from gptclf.classifier import parse_scope
-from gptclf.config import resolve_model
-from gptclf.distributed import DEFAULT_TIMEOUT
+from gptclf.distributed import DEFAULT_TIMEOUT, LaunchSettings
 from gptclf.errors import BadInputError
+from gptclf.model.classifier import parse_scope
+from gptclf.model.config import resolve_model
 from gptclf.options import dash, option_specs, show_value
-from gptclf.runconfig import (
+from gptclf.training.settings import (
     FinetuneSettings,
-    LaunchSettings,
     TrainConfig,
     build_settings,
     load_config_file,

@@ -1,4 +1,4 @@
-"""Choosing classes, balancing and splitting (gptclf.data), through ``prepare`` and on their own;
+"""Choosing classes, balancing and splitting (gptclf.data.rows), through ``prepare`` and on their own;
 the property that no row is lost or invented."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclf.data import label_ids, min_rows_per_class, parse_classes, parse_split
+from gptclf.data.prepare import prepare
+from gptclf.data.prepared import prepared_fingerprint, read_prepared
+from gptclf.data.rows import label_ids, min_rows_per_class, parse_classes, parse_split
+from gptclf.data.tables import LoadedTable, load_table
 from gptclf.errors import BadInputError
-from gptclf.prepare import prepare
-from gptclf.prepared import prepared_fingerprint, read_prepared
-from gptclf.tables import LoadedTable, load_table
 from tests.conftest import SMS_FILE, needs_shared_sms
 from tests.test_tables import write_csv, write_jsonl
 

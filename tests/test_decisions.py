@@ -1,4 +1,4 @@
-"""Thresholds and abstention chosen on validation (gptclf.decisions), stored by `calibrate`,
+"""Thresholds and abstention chosen on validation (gptclf.tasks.decisions), stored by `calibrate`,
 applied by `predict` and reported by `evaluate`; their bad input."""
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.decisions import (
+from gptclf.errors import BadInputError, GateError
+from gptclf.inference.evaluate import split_data
+from gptclf.inference.predict import Predictor
+from gptclf.rundir import load_run
+from gptclf.tasks.decisions import (
     Target,
     check_target,
     choose_min_confidence,
@@ -21,10 +25,6 @@ from gptclf.decisions import (
     parse_target,
     threshold_counts,
 )
-from gptclf.errors import BadInputError, GateError
-from gptclf.evaluate import split_data
-from gptclf.predict import Predictor
-from gptclf.rundir import load_run
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 from tests.test_predict import make_run, tiny_classifier
 
@@ -93,7 +93,7 @@ def test_a_precision_target_on_separated_scores_admits_no_negative() -> None:
 
 
 def test_a_target_met_by_labelling_everything_positive_says_so() -> None:
-    from gptclf.decisions import decision_record
+    from gptclf.tasks.decisions import decision_record
 
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4], [0.95, 0.05]])
     labels = np.array([1, 0, 1, 1])  # the lowest-scored text is positive: recall 1 needs them all
@@ -425,7 +425,7 @@ def test_a_damaged_stored_rule_is_one_line_exit_2(run: Path, key: str, value: di
 def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptclf.finetune as component
+    import gptclf.training.run as component
 
     install_tokenizer()
     data = prepared_folder(tmp_path, CLASSES, n=80)

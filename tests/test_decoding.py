@@ -1,4 +1,4 @@
-"""The one decoding path (gptclf.decoding): encodings, byte-order marks, CRLF, binary input, and stdin
+"""The one decoding path (gptclf.data.decoding): encodings, byte-order marks, CRLF, binary input, and stdin
 read exactly like a file."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gptclf.data.tables import load_table, read_texts
 from gptclf.errors import BadInputError
-from gptclf.tables import load_table, read_texts
 
 
 def test_utf8_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:

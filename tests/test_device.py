@@ -9,8 +9,8 @@ import torch
 from gptclf.device import LocalJob, resolve_device, resolve_precision
 from gptclf.distributed import process_group
 from gptclf.errors import BadInputError
-from gptclf.runconfig import build_settings
-from gptclf.runplan import check_launch, make_plan
+from gptclf.training.plan import check_launch, make_plan
+from gptclf.training.settings import build_settings
 from tests.finetune_helpers import TINY_SPEC
 
 CPU = torch.device("cpu")

@@ -22,15 +22,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.batching import LabelledSet
-from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard, process_group
-from gptclf.features import make_sources
-from gptclf.resume import load_checkpoint
-from gptclf.runconfig import TrainConfig
+from gptclf.inference.batching import LabelledSet
+from gptclf.inference.cache import make_sources
+from gptclf.model.classifier import parse_scope
 from gptclf.rundir import work_dir
-from gptclf.train import fit
+from gptclf.training.checkpoints import load_checkpoint
+from gptclf.training.loop import fit
+from gptclf.training.settings import TrainConfig
 from tests.conftest import REPO
 from tests.fault_helpers import entering_marks, outlast
 from tests.finetune_helpers import (

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from gptclf.engines import load_engine, quantize_torch_int8
+from gptclf.engines.load import load_engine, quantize_torch_int8
+from gptclf.engines.onnx_folder import OnnxExport
 from gptclf.errors import BadInputError
-from gptclf.onnxexport import OnnxExport
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
 from tests.test_predict import MIXED, memory_run
 
 TEXTS = [f"text {i} " + "abc " * (i % 7) for i in range(80)] + MIXED

@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.errorreport import error_rows, write_errors
-from gptclf.plots import plot_inputs, plot_names, write_plots
-from gptclf.predict import Predictor
+from gptclf.data.tables import split_tsv
+from gptclf.inference.error_report import error_rows, write_errors
+from gptclf.inference.plots import plot_inputs, plot_names, write_plots
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
 from gptclf.rundir.build import user_entries
 from gptclf.rundir.layout import PLOT_FILES
-from gptclf.tables import split_tsv
 from tests.fault_helpers import fill, tmpfs
 from tests.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.test_predict import CLASSES, make_run
@@ -30,7 +30,7 @@ PAGE = 4096
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gptclf.prepared import prepared_fingerprint
+    from gptclf.data.prepared import prepared_fingerprint
 
     tmp = tmp_path_factory.mktemp("errors")
     folder = prepared_folder(tmp)
@@ -236,8 +236,8 @@ def test_without_matplotlib_plots_are_skipped_in_one_line(
 
 def test_finetune_writes_the_test_plots_into_the_run(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from gptclf.recipes import finetune
-    from gptclf.runconfig import build_settings
+    from gptclf.training.finetune import finetune
+    from gptclf.training.settings import build_settings
     from tests.finetune_helpers import TINY_SPEC, install_tokenizer
     from tests.finetune_helpers import prepared_folder as training_folder
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from gptclf.errors import BadInputError, GateError
-from gptclf.evaluate import Gates, LabelledData, evaluate, file_data, recorded_data_dir, split_data
-from gptclf.metrics import classification_metrics
-from gptclf.predict import Predictor
+from gptclf.inference.evaluate import Gates, LabelledData, evaluate, file_data, recorded_data_dir, split_data
+from gptclf.inference.predict import Predictor
+from gptclf.tasks.metrics import classification_metrics
 from tests.test_predict import CLASSES, memory_run, one_by_one
 
 TEXTS = [f"{word} number {i}" for i, word in enumerate(["win", "hi", "free", "lunch", "prize", "ok"] * 4)]
@@ -25,7 +25,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
 
 def prepared_folder(tmp_path: Path) -> Path:
     """A folder written by `gptclf prepare` from TEXTS and LABELS."""
-    from gptclf.prepare import prepare
+    from gptclf.data.prepare import prepare
 
     source = write_csv(tmp_path / "all.csv", list(zip(TEXTS, LABELS, strict=True)))
     out = tmp_path / "prepared"
@@ -66,7 +66,7 @@ def test_labels_outside_the_run_are_named(tmp_path: Path) -> None:
 
 
 def test_split_of_the_recorded_folder_and_an_override(tmp_path: Path) -> None:
-    from gptclf.prepared import prepared_fingerprint, read_prepared
+    from gptclf.data.prepared import prepared_fingerprint, read_prepared
 
     folder = prepared_folder(tmp_path)
     record = {"dir": str(folder), "fingerprint": prepared_fingerprint(folder)}

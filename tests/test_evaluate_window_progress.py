@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.predict import Predictor, compute_logits
-from gptclf.prepare import prepare
+from gptclf.data.prepare import prepare
+from gptclf.inference.predict import Predictor, compute_logits
 from gptclf.rundir import load_run
 from tests.finetune_helpers import FILLER, KEYWORDS, TINY_SPEC, install_tokenizer
 from tests.test_calibration_window_progress import Recorder

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptclf import features
-from gptclf.batching import TokenSource, collate
-from gptclf.cacheplan import cacheable_blocks, check_spill_space, host_name, place_caches
-from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
-from gptclf.features import FeatureCache, make_sources
+from gptclf.inference import cache as features
+from gptclf.inference.batching import TokenSource, collate
+from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.inference.cache_plan import cacheable_blocks, check_spill_space, host_name, place_caches
+from gptclf.model.classifier import parse_scope
 from tests.conftest import REPO
 from tests.finetune_helpers import full_logits, run_batch, synthetic_ids, tiny_classifier
 
@@ -257,8 +257,8 @@ import sys, time
 from pathlib import Path
 import torch
 from gptclf.device import resolve_precision
-from gptclf.classifier import parse_scope
-from gptclf.features import make_sources
+from gptclf.model.classifier import parse_scope
+from gptclf.inference.cache import make_sources
 from tests.finetune_helpers import synthetic_ids, tiny_classifier
 
 class Slow(list):
@@ -326,7 +326,8 @@ def test_a_cache_that_cannot_fit_on_its_spill_disk_is_refused_before_it_is_built
 
 def test_the_cache_build_of_windows_counts_their_texts() -> None:
     """``--long-texts window``: a split's rows are its texts' windows; the build's progress counts texts."""
-    from gptclf.longtexts import LongTexts, windows_of
+    from gptclf.data.long_texts import LongTexts
+    from gptclf.inference.longtexts import windows_of
     from tests.test_calibration_window_progress import Recorder
 
     texts, _ = synthetic_ids(12, 2, seed=5, max_len=40)

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.batching import LabelledSet, TokenSource
+from gptclf.data.prepared import read_prepared
 from gptclf.errors import BadInputError
-from gptclf.inference import labelled_metrics
-from gptclf.plots import plot_names
-from gptclf.prepared import read_prepared
+from gptclf.inference.batching import LabelledSet, TokenSource
+from gptclf.inference.loop import labelled_metrics
+from gptclf.inference.plots import plot_names
 from gptclf.progress import TrainProgress
-from gptclf.recipes import finetune
-from gptclf.resume import save_checkpoint
-from gptclf.runconfig import build_settings
 from gptclf.rundir import HISTORY_COLUMNS, check_out, history_csv, load_run, write_curves
 from gptclf.rundir.layout import CHECKPOINT_NAME
-from gptclf.runplan import make_plan, resumed_settings
+from gptclf.training.checkpoints import save_checkpoint
+from gptclf.training.finetune import finetune
+from gptclf.training.plan import make_plan, resumed_settings
+from gptclf.training.settings import build_settings
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
 CPU = torch.device("cpu")
@@ -175,7 +175,7 @@ def test_finetune_says_when_curves_are_skipped_for_want_of_matplotlib(
 def test_a_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
     import datetime
 
-    from gptclf.resume import load_checkpoint
+    from gptclf.training.checkpoints import load_checkpoint
 
     bad = tmp_path / CHECKPOINT_NAME
     # Not a tensor state: torch's weights_only loader refuses it with a many-line explanation.

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from gptclf.batching import LabelledSet
-from gptclf.classifier import Classifier, LoRALinear, parse_scope
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
-from gptclf.features import FeatureCache, make_sources
-from gptclf.runconfig import TrainConfig
-from gptclf.train import fit
+from gptclf.inference.batching import LabelledSet
+from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.model.classifier import Classifier, LoRALinear, parse_scope
+from gptclf.training.loop import fit
+from gptclf.training.settings import TrainConfig
 from tests.finetune_helpers import max_diff, synthetic_ids, tiny_classifier, trainable_state
 
 CPU = torch.device("cpu")

@@ -7,16 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptclf.config import PRESETS, GPTConfig, local_model_dir
 from gptclf.errors import BadInputError
-from gptclf.hfconfig import (
+from gptclf.model.config import PRESETS, GPTConfig, local_model_dir
+from gptclf.model.hfconfig import (
     TANH_GELUS,
     gpt_config_from_hf,
     hf_config_from_gpt,
     local_model,
     resolve_base_model,
 )
-from gptclf.weights import load_pretrained
+from gptclf.model.weights import load_pretrained
 from tests.hf_helpers import TINY_HF, hf_folder, transformers_module
 
 GPT2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2}

@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.calibration import Calibration
-from gptclf.classifier import apply_scope, parse_scope
 from gptclf.errors import BadInputError
-from gptclf.exportdir import export_run
-from gptclf.hfexport import fold_head_bias, hf_state_dict
+from gptclf.interop.export import export_run
+from gptclf.interop.transformers_export import fold_head_bias, hf_state_dict
+from gptclf.model.classifier import apply_scope, parse_scope
 from gptclf.rundir import load_run, update_run_info
+from gptclf.tasks.calibration import Calibration
 from tests.hf_helpers import transformers_module
 from tests.test_predict import make_run, tiny_classifier
 

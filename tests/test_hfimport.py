@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.exportdir import export_run
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
+from gptclf.interop.export import export_run
 from gptclf.rundir import load_run, update_run_info
 from tests.conftest import BPE_DIR
 from tests.hf_helpers import copy_hf_tokenizer, hf_folder, transformers_module

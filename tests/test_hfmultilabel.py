@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.exportdir import export_run
+from gptclf.interop.export import export_run
 from gptclf.rundir import load_run, update_run_info
 from tests.hf_helpers import transformers_module
 from tests.test_hfexport import CLASSES3, TEXTS, cli_probs

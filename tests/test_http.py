@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import save
 
-import gptclf.http
-from gptclf.artefacts import Placed, ensure_weights, weights_file, weights_url_path
-from gptclf.config import GPTConfig, cache_home
+import gptclf.fetch.http
 from gptclf.errors import DownloadError
-from gptclf.http import Retry, download_file
-from gptclf.model import build_model
+from gptclf.fetch.artefacts import Placed, ensure_weights, weights_file, weights_url_path
+from gptclf.fetch.http import Retry, download_file
+from gptclf.model.config import GPTConfig, cache_home
+from gptclf.model.gpt import build_model
+from gptclf.model.weights import CONV1D_SUFFIXES
 from gptclf.progress import BYTES, Progress
-from gptclf.weights import CONV1D_SUFFIXES
 
 #: A GPT small enough that its checkpoint is a few tens of kB.
 TINY = GPTConfig(vocab_size=256, n_positions=16, n_embd=16, n_layer=2, n_head=2)
@@ -389,7 +389,7 @@ def test_each_transfer_is_one_step_in_bytes_ended_even_when_it_breaks(
 
 
 def test_the_client_knows_nothing_of_what_it_downloads() -> None:
-    tree = ast.parse(Path(gptclf.http.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(gptclf.fetch.http.__file__).read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     ours = {name for name in imported if name and name.startswith("gptclf")}
     assert ours <= {"gptclf", "gptclf.errors", "gptclf.fileio", "gptclf.progress"}, ours

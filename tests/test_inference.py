@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from gptclf.batching import TokenSource
 from gptclf.device import resolve_precision
-from gptclf.inference import batched_logits, run_batches
+from gptclf.inference.batching import TokenSource
+from gptclf.inference.loop import batched_logits, run_batches
 from gptclf.progress import Progress
 from tests.finetune_helpers import synthetic_ids, tiny_classifier
 

@@ -6,29 +6,25 @@ import pandas as pd
 import pytest
 import torch
 
-from gptclf.batching import TokenSource, encode_splits
+from gptclf.data.long_texts import LongCounts, LongTexts, describe_counts, override, stored_long_texts
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
-from gptclf.inference import batched_logits
-from gptclf.longtexts import (
-    LongCounts,
-    LongTexts,
+from gptclf.inference.batching import TokenSource, encode_splits
+from gptclf.inference.longtexts import (
     Windowed,
     WindowMap,
     aggregate,
-    describe_counts,
-    override,
     piecewise_logits,
-    stored_long_texts,
     text_windows,
     windows_of,
 )
+from gptclf.inference.loop import batched_logits
+from gptclf.model.tokenizer import EOT_ID, load_tokenizer
 from gptclf.progress import Progress
-from gptclf.resume import data_signature
-from gptclf.runconfig import TrainConfig
-from gptclf.step import Stepper
-from gptclf.tokenizer import EOT_ID, load_tokenizer
+from gptclf.training.checkpoints import data_signature
+from gptclf.training.settings import TrainConfig
+from gptclf.training.step import Stepper
 from tests.conftest import BPE_DIR
 from tests.finetune_helpers import tiny_classifier
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from gptclf.metrics import classification_metrics, expected_calibration_error, reliability_bins, roc_auc
+from gptclf.tasks.metrics import classification_metrics, expected_calibration_error, reliability_bins, roc_auc
 
 
 def test_known_confusion_matrix() -> None:

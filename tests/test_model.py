@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptclf.config import GPTConfig
-from gptclf.model import build_model
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
 
 
 def test_shapes_and_tied_head(tiny_config: GPTConfig) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
+from gptclf.training.run_multi import multi_choices, multi_scores, settings_problems, threshold_lines
 
 
 def test_two_class_rules_and_micro_f1_monitor_fit_only_their_kind_of_data() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gptclf.errors import BadInputError
-from gptclf.multilabel import (
+from gptclf.data.labelsets import (
     check_separator,
     cooccurrence,
     is_multi_label,
@@ -20,6 +19,7 @@ from gptclf.multilabel import (
     select_labels,
     split_cell,
 )
+from gptclf.errors import BadInputError
 
 
 def _csv(path: Path, rows: list[dict[str, object]]) -> Path:

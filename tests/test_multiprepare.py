@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gptclf.data.prepare_multi import prepare_multilabel
+from gptclf.data.prepared import read_prepared
 from gptclf.errors import BadInputError
-from gptclf.multiprepare import prepare_multilabel
-from gptclf.prepared import read_prepared
 from tests.multilabel_helpers import LABELS, write_table
 
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from gptclf.multilabel import label_matrix
-from gptclf.multisplit import iterative_split, label_shares, missing_from
+from gptclf.data.labelsets import label_matrix
+from gptclf.data.stratify import iterative_split, label_shares, missing_from
 from tests.multilabel_helpers import LABELS, label_sets
 
 FRACTIONS = (Fraction(7, 10), Fraction(1, 10), Fraction(1, 5))

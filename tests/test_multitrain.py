@@ -15,14 +15,13 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from gptclf.batching import LabelledSet
-from gptclf.classifier import parse_scope
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard, process_group
 from gptclf.errors import Interrupted
-from gptclf.features import make_sources
-from gptclf.multimetrics import sigmoid
-from gptclf.multitrain import (
+from gptclf.inference.batching import LabelledSet
+from gptclf.inference.cache import make_sources
+from gptclf.model.classifier import parse_scope
+from gptclf.tasks.multi_loss import (
     DEFAULT_THRESHOLD,
     bce_sum,
     choose_thresholds,
@@ -30,9 +29,10 @@ from gptclf.multitrain import (
     pos_weights,
     stored_thresholds,
 )
-from gptclf.resume import load_checkpoint
-from gptclf.runconfig import TrainConfig
-from gptclf.train import fit
+from gptclf.tasks.multi_metrics import sigmoid
+from gptclf.training.checkpoints import load_checkpoint
+from gptclf.training.loop import fit
+from gptclf.training.settings import TrainConfig
 from tests.finetune_helpers import max_diff, tiny_classifier, trainable_state
 from tests.test_train import KillAt
 

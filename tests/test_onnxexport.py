@@ -10,24 +10,20 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from gptclf.calibration import Calibration
 from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
-from gptclf.predict import Predictor
+from gptclf.inference.predict import Predictor
 from gptclf.rundir import LoadedRun, load_run
+from gptclf.tasks.calibration import Calibration
 from tests.test_predict import MIXED, make_run, tiny_classifier
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install '.[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install '.[onnx]')")
 
-from gptclf.onnxexport import (  # noqa: E402 (after the skips: the module needs no extra to import)
-    EXPORT_INFO_FILE,
-    ONNX_FILE,
-    export_onnx,
-    is_export,
-    read_export,
-)
+# After the skips: the modules need no extra to import, but their tests do.
+from gptclf.engines.onnx_folder import EXPORT_INFO_FILE, ONNX_FILE, is_export, read_export  # noqa: E402
+from gptclf.interop.onnx_export import export_onnx  # noqa: E402
 
 #: A temperature far from 1, so that probabilities that ignored it would differ.
 TEMPERATURE = 2.5
@@ -177,7 +173,7 @@ def test_a_record_naming_other_classes_than_the_graph_has_is_refused(exported: P
 def test_a_model_over_the_protobuf_limit_keeps_its_weights_beside_the_graph(
     run: LoadedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize: str | None
 ) -> None:
-    import gptclf.onnxexport as module
+    import gptclf.interop.onnx_export as module
 
     monkeypatch.setattr(module, "_PROTOBUF_LIMIT", 0)  # as if the model were over 2 GB
     export_onnx(run, tmp_path, quantize=quantize)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from gptclf.engines import OrtClassifier
+from gptclf.engines.load import OrtClassifier
+from gptclf.engines.onnx_session import io_problems, ort_session
 from gptclf.errors import BadInputError
-from gptclf.ortsession import io_problems, ort_session
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install '.[onnx]')")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install '.[onnx]')")

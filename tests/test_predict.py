@@ -10,13 +10,13 @@ import pytest
 import tiktoken
 import torch
 
-from gptclf.classifier import Classifier, replace_head
-from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.model import build_model
-from gptclf.predict import Decision, Predictor, make_decision
+from gptclf.inference.predict import Decision, Predictor, make_decision
+from gptclf.model.classifier import Classifier, replace_head
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
+from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir import LoadedRun, build_run_info, save_run
-from gptclf.tokenizer import EOT_ID
 from tests.conftest import BPE_DIR
 
 CLASSES = ["ham", "spam"]

@@ -78,7 +78,7 @@ def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_no_debris(
             return FullDisk(path, "wb")
         return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr("gptclf.prepared.open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr("gptclf.data.prepared.open", open_on_a_full_disk, raising=False)
     result = run("--input", table, "--out", work / "out", "--force", "--seed", "7")
     assert result.exit_code == 1, result.output
     message = one_line(result)
@@ -114,10 +114,10 @@ def test_prepare_reads_a_known_dataset_from_its_file_and_never_fetches(tmp_path:
     sms.write_text("".join(f"{'spam' if i % 4 == 0 else 'ham'}\tmessage {i}\n" for i in range(80)), "utf-8")
     code = (
         "import sys\n"
-        "for name in ('gptclf.artefacts', 'gptclf.http', 'gptclf.download'):\n"
+        "for name in ('gptclf.fetch.artefacts', 'gptclf.fetch.http', 'gptclf.download'):\n"
         "    sys.modules[name] = None  # importing it now raises ImportError\n"
         "from pathlib import Path\n"
-        "from gptclf.prepare import prepare\n"
+        "from gptclf.data.prepare import prepare\n"
         f"prepare(Path({str(tmp_path / 'out')!r}), Path({str(sms)!r}), dataset='sms-spam', stratify=False)\n"
     )
     env = {**os.environ, "GPTCLF_HOME": str(tmp_path / "home")}
@@ -131,8 +131,8 @@ def test_prepare_reads_a_known_dataset_from_its_file_and_never_fetches(tmp_path:
 
 
 def test_check_options_reports_every_problem_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    from gptclf.data.prepare import check_options
     from gptclf.errors import BadInputError
-    from gptclf.prepare import check_options
 
     (tmp_path / "file").write_text("keep me", encoding="utf-8")
     with pytest.raises(BadInputError) as info:

@@ -1,4 +1,4 @@
-"""The prepared-folder format (gptclf.prepared): the bytes written, reading back, the fingerprint."""
+"""The prepared-folder format (gptclf.data.prepared): the bytes written, reading back, the fingerprint."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from gptclf.data.prepare import prepare
+from gptclf.data.prepared import read_prepared
 from gptclf.errors import BadInputError
-from gptclf.prepare import prepare
-from gptclf.prepared import read_prepared
 from tests.conftest import SMS_FILE, needs_shared_sms
 from tests.test_data import labelled
 from tests.test_tables import write_csv
@@ -78,7 +78,7 @@ def test_read_prepared_refuses_missing_and_mixed_sets(tmp_path: Path) -> None:
 def test_write_then_read_gives_the_splits_back_exactly(tmp_path: Path) -> None:
     import pandas as pd
 
-    from gptclf.prepared import prepared_fingerprint, write_prepared
+    from gptclf.data.prepared import prepared_fingerprint, write_prepared
 
     texts = ['a "quote", a comma', "line\nbreak", "lone\rreturn", "crlf\r\nend", "é 😀", " padded "]
     parts = {

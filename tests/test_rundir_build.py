@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 
 from gptclf.errors import BadInputError, DiskFullError, Interrupted
 from gptclf.progress import TrainProgress
-from gptclf.recipes import finetune
-from gptclf.runconfig import build_settings
 from gptclf.rundir import RunBuild, WorkLock, check_out, work_dir
 from gptclf.rundir.build import is_locked
+from gptclf.training.finetune import finetune
+from gptclf.training.settings import build_settings
 from tests.fault_helpers import LEARN, TINY, accuracy, cli, fill, spawn, tmpfs, wait_for
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
@@ -192,7 +192,7 @@ def test_a_signal_during_the_test_evaluation_keeps_the_training(data: Path, tmp_
 def test_a_signal_while_the_run_is_written_lets_the_write_finish(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptclf.finetune as module
+    import gptclf.training.run as module
 
     real = module.write_history
 
@@ -269,7 +269,7 @@ def test_the_space_check_counts_a_resumed_runs_checkpoint_as_present(
     import shutil
     from collections import namedtuple
 
-    from gptclf.finetune import _check_space
+    from gptclf.training.run import _check_space
 
     work = tmp_path / "work"
     work.mkdir()

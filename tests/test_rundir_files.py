@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.batching import collate
-from gptclf.classifier import Classifier, parse_scope
-from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
+from gptclf.inference.batching import collate
+from gptclf.model.classifier import Classifier, parse_scope
+from gptclf.model.config import GPTConfig
 from gptclf.rundir import build_run_info, classifier_state, load_run, save_run
 from tests.finetune_helpers import TINY, install_tokenizer, tiny_classifier
 

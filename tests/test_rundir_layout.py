@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptclf.plots import write_run_plots
+from gptclf.inference.plots import write_run_plots
 from gptclf.rundir import (
     HISTORY_COLUMNS,
     RUN_FILES,
@@ -51,7 +51,7 @@ def test_every_file_a_run_writes_is_a_run_file_and_nothing_else_is(tmp_path: Pat
 def test_the_run_directory_does_not_load_the_trainer() -> None:
     """The history's columns belong to the run-directory format: writing or reading a run needs
     nothing of the training loop (a fresh interpreter, so that no other test's imports count)."""
-    code = "import sys, gptclf.rundir; print('gptclf.train' in sys.modules)"
+    code = "import sys, gptclf.rundir; print('gptclf.training.loop' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert history_csv(ROWS).splitlines()[0] == ",".join(HISTORY_COLUMNS)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gptclf.classifier import Classifier, parse_scope
-from gptclf.config import resolve_model
 from gptclf.errors import BadInputError
-from gptclf.runconfig import build_settings
-from gptclf.runplan import make_plan
-from gptclf.weights import load_weights
+from gptclf.model.classifier import Classifier, parse_scope
+from gptclf.model.config import resolve_model
+from gptclf.model.weights import load_weights
+from gptclf.training.plan import make_plan
+from gptclf.training.settings import build_settings
 from tests.finetune_helpers import TINY_SPEC
 
 

@@ -1,4 +1,4 @@
-"""Reading labelled tables and text streams without loss (gptclf.tables): the SMS format, CSV, TSV
+"""Reading labelled tables and text streams without loss (gptclf.data.tables): the SMS format, CSV, TSV
 and its escapes, JSONL, ids, and the format hints."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptclf.errors import BadInputError
-from gptclf.tables import (
+from gptclf.data.tables import (
     load_sms_spam,
     load_table,
     read_inputs,
@@ -21,6 +20,7 @@ from gptclf.tables import (
     split_tsv,
     tsv_line,
 )
+from gptclf.errors import BadInputError
 from tests.conftest import SMS_FILE, needs_shared_sms
 
 

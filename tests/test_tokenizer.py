@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gptclf.errors import BadInputError
-from gptclf.tokenizer import EOT_ID, TOKENIZER_FILES, encode, load_tokenizer
+from gptclf.model.tokenizer import EOT_ID, TOKENIZER_FILES, encode, load_tokenizer
 from tests.conftest import BPE_DIR, SMS_FILE, needs_shared_sms
 
 

@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 import torch
 
-from gptclf.batching import Batch, LabelledSet, TokenSource
-from gptclf.classifier import Classifier, parse_scope
 from gptclf.device import Precision, resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, TrainingError
-from gptclf.features import make_sources
-from gptclf.inference import labelled_metrics
+from gptclf.inference.batching import Batch, LabelledSet, TokenSource
+from gptclf.inference.cache import make_sources
+from gptclf.inference.loop import labelled_metrics
+from gptclf.model.classifier import Classifier, parse_scope
 from gptclf.progress import TrainProgress
-from gptclf.resume import InterruptGuard, load_checkpoint
-from gptclf.runconfig import TrainConfig
-from gptclf.step import class_weights, stats_dtype
-from gptclf.train import fit
+from gptclf.training.checkpoints import InterruptGuard, load_checkpoint
+from gptclf.training.loop import fit
+from gptclf.training.settings import TrainConfig
+from gptclf.training.step import class_weights, stats_dtype
 from tests.fault_helpers import entering_marks, outlast
 from tests.finetune_helpers import max_diff, run_batch, synthetic_ids, tiny_classifier, trainable_state
 
@@ -243,7 +243,7 @@ def test_a_deferred_signal_waits_for_check() -> None:
 def test_checkpoints_at_every_epoch_end_every_n_steps_and_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptclf.resume as resume_module
+    import gptclf.training.checkpoints as resume_module
 
     saved: list[tuple[int, int, bool]] = []
     real = resume_module.save_checkpoint
@@ -328,7 +328,7 @@ def test_step_sums_are_float32_on_mps_and_float64_elsewhere() -> None:
 
 def _slow_save_worker(rank: int, port: int, out: str) -> None:
     """Rank 0's checkpoint outlasts the collective timeout twice over; the others must wait for it."""
-    import gptclf.resume as resume_module
+    import gptclf.training.checkpoints as resume_module
     from gptclf.distributed import process_group
 
     torch.set_num_threads(1)

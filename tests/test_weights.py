@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gptclf.config import PRESETS, GPTConfig
 from gptclf.errors import BadInputError
-from gptclf.weights import expected_hf_shapes, load_pretrained, load_weights, verify_checkpoint
+from gptclf.model.config import PRESETS, GPTConfig
+from gptclf.model.weights import expected_hf_shapes, load_pretrained, load_weights, verify_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="transformers (dev extra) is not installed")
 

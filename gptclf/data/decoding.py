@@ -2,7 +2,7 @@
 
 Files and stdin are decoded alike: the encoding (UTF-8 by default, a byte-order mark dropped), CRLF
 line ends, bytes the encoding cannot decode and NUL bytes (binary data) are handled in one place,
-so a text reads the same whichever way it comes in. The formats (:mod:`gptclf.tables`) are built on
+so a text reads the same whichever way it comes in. The formats (:mod:`gptclf.data.tables`) are built on
 :func:`numbered_lines` and :func:`csv_lines`.
 """
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gptclf.data.tables import EMPTY_TEXT, read_columns, resolve_format
 from gptclf.errors import BadInputError
-from gptclf.tables import EMPTY_TEXT, read_columns, resolve_format
 
 #: The labels.json / run.json key that marks multi-label data and runs.
 MULTI_KEY = "multi_label"

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import tiktoken
 
-from gptclf.config import GPTConfig
-from gptclf.tokenizer import encode_batch
+from gptclf.model.config import GPTConfig
+from gptclf.model.tokenizer import encode_batch
 
 #: The percentiles reported.
 PERCENTILES = (50, 90, 95, 99)

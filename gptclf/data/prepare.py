@@ -1,15 +1,15 @@
-"""`gptclf prepare`: a labelled table on disk -> a prepared folder (:mod:`gptclf.prepared`),
+"""`gptclf prepare`: a labelled table on disk -> a prepared folder (:mod:`gptclf.data.prepared`),
 reproducibly and without half-written output.
 
 The steps, all in memory: check the options (:func:`check_options`, which callers also run before
-they fetch anything); read the table (:mod:`gptclf.tables`); keep the requested classes; with
-``dedupe``, drop repeated texts; balance and split (:mod:`gptclf.data`). Then the four files are
+they fetch anything); read the table (:mod:`gptclf.data.tables`); keep the requested classes; with
+``dedupe``, drop repeated texts; balance and split (:mod:`gptclf.data.rows`). Then the four files are
 written into a temporary folder beside ``out`` and moved in, so any bad input leaves ``out`` as it
 was. Every random step uses ``seed``: the same input and options give byte-identical files.
 
 Nothing is downloaded here: a known dataset (``dataset="sms-spam"``) is a file that the caller has
-fetched already (:mod:`cli.prepare` does, through :mod:`gptclf.artefacts`); its name selects how the file
-is read and its default balancing, and is recorded in labels.json.
+fetched already (:mod:`cli.prepare` does, through :mod:`gptclf.fetch.artefacts`); its name selects
+how the file is read and its default balancing, and is recorded in labels.json.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any
 
 import tiktoken
 
-from gptclf.data import (
+from gptclf.data.lengths import length_report
+from gptclf.data.prepared import PREPARED_FILES, SPLITS, write_prepared
+from gptclf.data.rows import (
     BALANCE_MODES,
     DUPLICATE,
     UNDERSAMPLED,
@@ -35,11 +37,9 @@ from gptclf.data import (
     select_classes,
     shared_texts,
 )
+from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, LoadedTable, load_table, resolve_format
 from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
-from gptclf.prepared import PREPARED_FILES, SPLITS, write_prepared
-from gptclf.tables import EMPTY_TEXT, MISSING_LABEL, LoadedTable, load_table, resolve_format
-from gptclf.textlengths import length_report
 
 DEFAULT_SPLIT = "0.7,0.1,0.2"
 
@@ -100,7 +100,7 @@ class PrepareSummary:
         stratify: Whether each class was split on its own.
         dedupe: Whether repeated texts were dropped.
         seed: Seed of every random step.
-        lengths: Token lengths of the kept texts (:func:`gptclf.textlengths.length_report`);
+        lengths: Token lengths of the kept texts (:func:`gptclf.data.lengths.length_report`);
             None when no tokenizer was given (labels.json then has no ``lengths``).
     """
 

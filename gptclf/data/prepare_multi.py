@@ -1,9 +1,9 @@
 """``gptclf prepare --multi-label``: a multi-label table -> a prepared folder.
 
-The steps mirror :func:`gptclf.prepare.prepare`: read the table (:mod:`gptclf.multilabel`: a label
+The steps mirror :func:`gptclf.data.prepare.prepare`: read the table (:mod:`gptclf.data.labelsets`: a label
 list per row, or 0/1 columns), check the labels against ``--classes``, with ``dedupe`` drop
-repeated texts, split by iterative stratification (:mod:`gptclf.multisplit`), then write the four
-files all or nothing (:func:`gptclf.prepared.write_prepared`). Balancing is ``none``: resampling
+repeated texts, split by iterative stratification (:mod:`gptclf.data.stratify`), then write the four
+files all or nothing (:func:`gptclf.data.prepared.write_prepared`). Balancing is ``none``: resampling
 rows to balance one label unbalances the others; ``finetune --class-weights balanced`` weights each
 label's positives instead. Any bad input raises before anything is written.
 """
@@ -19,10 +19,7 @@ import numpy as np
 import pandas as pd
 import tiktoken
 
-from gptclf.data import DUPLICATE, Fractions, shared_texts
-from gptclf.errors import BadInputError
-from gptclf.fileio import sha256_file
-from gptclf.multilabel import (
+from gptclf.data.labelsets import (
     DEFAULT_SEP,
     MULTI_KEY,
     check_separator,
@@ -34,16 +31,19 @@ from gptclf.multilabel import (
     read_multilabel_table,
     select_labels,
 )
-from gptclf.multisplit import iterative_split, missing_from
-from gptclf.prepare import DEFAULT_SPLIT, PrepareOptions, PrepareSummary, check_options
-from gptclf.prepared import SPLITS, write_prepared
-from gptclf.tables import resolve_format
-from gptclf.textlengths import length_report
+from gptclf.data.lengths import length_report
+from gptclf.data.prepare import DEFAULT_SPLIT, PrepareOptions, PrepareSummary, check_options
+from gptclf.data.prepared import SPLITS, write_prepared
+from gptclf.data.rows import DUPLICATE, Fractions, shared_texts
+from gptclf.data.stratify import iterative_split, missing_from
+from gptclf.data.tables import resolve_format
+from gptclf.errors import BadInputError
+from gptclf.fileio import sha256_file
 
 
 @dataclass
 class MultiPrepareSummary(PrepareSummary):
-    """:class:`gptclf.prepare.PrepareSummary` of multi-label data, and what is its own.
+    """:class:`gptclf.data.prepare.PrepareSummary` of multi-label data, and what is its own.
 
     ``counts`` is split -> label -> rows carrying it, with ``(none)``: rows carrying no label.
 
@@ -99,7 +99,7 @@ def check_multi_options(
     drop_unknown: bool = False,
     force: bool = False,
 ) -> PrepareOptions:
-    """:func:`gptclf.prepare.check_options` and the multi-label rules, all in one message.
+    """:func:`gptclf.data.prepare.check_options` and the multi-label rules, all in one message.
 
     Raises:
         BadInputError: Every problem found.
@@ -161,7 +161,7 @@ def prepare_multilabel(
         warn: Called with a line for people (labels named twice in a row), or None.
         tokenizer: GPT-2's tokenizer, to count the texts' lengths in tokens (None: not counted).
         max_length: Also count the texts longer than this many tokens.
-        Others: As for :func:`gptclf.prepare.prepare`.
+        Others: As for :func:`gptclf.data.prepare.prepare`.
 
     Raises:
         BadInputError: Any bad option or input; ``out`` is then left as it was.

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
+from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label, parse_prepared_labels
 from gptclf.errors import BadInputError, write_error
-from gptclf.multilabel import DEFAULT_SEP, is_multi_label, parse_prepared_labels
 
 #: The three splits, in the order they are written and reported.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")

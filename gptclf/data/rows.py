@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from gptclf.data.prepared import SPLITS
+from gptclf.data.tables import LoadedTable
 from gptclf.errors import BadInputError
-from gptclf.prepared import SPLITS
-from gptclf.tables import LoadedTable
 
 #: How classes can be balanced.
 BALANCE_MODES: tuple[str, ...] = ("undersample", "oversample", "none")
-#: Reasons a row is left out here (loading has its own, see :mod:`gptclf.tables`).
+#: Reasons a row is left out here (loading has its own, see :mod:`gptclf.data.tables`).
 UNKNOWN_LABEL = "unknown label"
 DUPLICATE = "duplicate"
 UNDERSAMPLED = "undersampled"

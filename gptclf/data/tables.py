@@ -13,7 +13,7 @@ Formats, chosen by extension or named explicitly:
 - ``jsonl``: one JSON object per line; every object carries the text and label keys (null allowed).
 - ``txt``: one text per line, no labels (for :func:`read_texts` only).
 
-Files and stdin (``-``) go through one decoding path (:mod:`gptclf.decoding`): the encoding, a
+Files and stdin (``-``) go through one decoding path (:mod:`gptclf.data.decoding`): the encoding, a
 UTF-8 byte-order mark, CRLF line ends, undecodable bytes and NUL bytes are handled alike.
 
 Records are numbered from 1 in file order (header and blank lines not counted); that number is the
@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from gptclf.decoding import (
+from gptclf.data.decoding import (
     Source,
     check_file,
     csv_lines,

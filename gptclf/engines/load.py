@@ -1,14 +1,14 @@
 """The inference engines behind ``predict``: torch (fp32, bf16, fp16), torch int8, ONNX Runtime.
 
-Every engine is a model that :func:`gptclf.inference.run_batches` runs, so every engine sees the
+Every engine is a model that :func:`gptclf.inference.loop.run_batches` runs, so every engine sees the
 same length-sorted batches, padding and order restoring, and the predictor the same logits to
 calibrate and decide on:
 
-- ``torch``: the run's :class:`~gptclf.classifier.Classifier`, under the precision's autocast.
+- ``torch``: the run's :class:`~gptclf.model.classifier.Classifier`, under the precision's autocast.
 - ``torch`` with ``quantize="int8"``: a copy whose ``nn.Linear`` layers are dynamically quantized
   (int8 weights, activations quantized per batch; torch's ``quantize_dynamic``), on the CPU in fp32.
 - ``onnx``: an :class:`OrtClassifier` around an ONNX Runtime session of an export folder's
-  ``model.onnx`` (:mod:`gptclf.onnxexport`); a run directory is exported on the fly into a
+  ``model.onnx`` (:mod:`gptclf.interop.onnx_export`); a run directory is exported on the fly into a
   temporary folder (with ``quantize="int8"`` through ONNX Runtime's quantizer).
 
 The quantized and ONNX engines run on the CPU in fp32 only: any other device or precision is
@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptclf.classifier import Classifier
 from gptclf.device import Precision, resolve_device, resolve_precision
+from gptclf.engines.onnx_folder import OnnxExport
+from gptclf.engines.onnx_session import INPUTS, io_problems, ort_session, require_onnx
 from gptclf.errors import BadInputError
-from gptclf.onnxexport import OnnxExport, export_onnx
-from gptclf.ortsession import INPUTS, io_problems, ort_session, require_onnx
+from gptclf.interop.onnx_export import export_onnx
+from gptclf.model.classifier import Classifier
+from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir import LoadedRun
-from gptclf.tokenizer import EOT_ID
 
 ENGINES = ("torch", "onnx")
 QUANTIZE_CHOICES = ("none", "int8")

@@ -4,7 +4,7 @@ Each file is an :class:`Artefact`: its path on its public host(s), the hosts (pr
 its place in the cache, and how it is verified: the tokenizer files by their known sha256; the
 weights by the sha256 and size the host states (the Hugging Face hub's redirect carries them),
 else by size, and always by the safetensors header (tensors, shapes, extent); the SMS archive by
-its CRC-32s and the extracted file's sha256. :mod:`gptclf.http` does the fetching.
+its CRC-32s and the extracted file's sha256. :mod:`gptclf.fetch.http` does the fetching.
 
 Mirror rule (``--mirror URL|DIR``, env ``GPTCLF_MIRROR``): every file is taken from
 ``<mirror>/<its path on its primary public host>`` instead, e.g.
@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from gptclf.archive import SMS_FILE, SMS_SHA256, extract_sms_archive
-from gptclf.config import (
+from gptclf.errors import BadInputError, DownloadError
+from gptclf.fetch.archive import SMS_FILE, SMS_SHA256, extract_sms_archive
+from gptclf.fetch.http import Retry, download_file
+from gptclf.fileio import sha256_file
+from gptclf.model.config import (
     HF_REPOS,
     PRESETS,
     GPTConfig,
@@ -33,12 +36,9 @@ from gptclf.config import (
     local_model_dir,
     valid_model_names,
 )
-from gptclf.errors import BadInputError, DownloadError
-from gptclf.fileio import sha256_file
-from gptclf.http import Retry, download_file
+from gptclf.model.tokenizer import TOKENIZER_FILES
+from gptclf.model.weights import verify_checkpoint
 from gptclf.progress import Progress
-from gptclf.tokenizer import TOKENIZER_FILES
-from gptclf.weights import verify_checkpoint
 
 #: Base URLs of the hosts each kind of file comes from, primary first. The mirror rule uses the
 #: path of a file's URL on the primary host.
@@ -233,7 +233,7 @@ def ensure_tokenizer(
     """Make sure GPT-2's ``encoder.json`` and ``vocab.bpe`` are in the cache, each by its sha256.
 
     Args:
-        home: Cache folder (default :func:`gptclf.config.cache_home`).
+        home: Cache folder (default :func:`gptclf.model.config.cache_home`).
         mirror: Mirror URL or folder (default env ``GPTCLF_MIRROR``; see :func:`resolve_mirror`).
         progress: Shows transfers and says what was fetched (default: silent).
         hosts: Public base URLs, primary first.
@@ -284,7 +284,7 @@ def base_weights(
     model_name: str, home: Path | None = None, mirror: str | None = None, progress: Progress | None = None
 ) -> Path:
     """The pretrained weights of a run's base model: a local Hugging Face folder's own
-    ``model.safetensors`` (nothing is fetched; :func:`gptclf.hfconfig.local_model` checked it), else
+    ``model.safetensors`` (nothing is fetched; :func:`gptclf.model.hfconfig.local_model` checked it), else
     the preset's file in the cache (:func:`ensure_weights`)."""
     folder = local_model_dir(model_name)
     if folder is not None:

@@ -7,7 +7,7 @@ plain server may give a 64-hex ``ETag``), and by a content check the caller give
 in place is re-checked (without a full hash unless a sha256 is known) and not fetched again when it
 passes. Sources are tried in order; a local path is copied, still verified and atomic.
 
-This module knows nothing about what it downloads: :mod:`gptclf.artefacts` says which files come
+This module knows nothing about what it downloads: :mod:`gptclf.fetch.artefacts` says which files come
 from where and how each is verified.
 """
 

@@ -4,9 +4,9 @@ that turn a batch's indices into model inputs on a device.
 Each batch is right-padded to its own longest text only. Training batches group texts of similar
 length (so padding stays small) and are shuffled among themselves every epoch from the seed;
 evaluation and prediction sort by length and the caller restores the original order
-(:mod:`gptclf.inference`). A :class:`Source` gives a batch's model inputs: token ids
+(:mod:`gptclf.inference.loop`). A :class:`Source` gives a batch's model inputs: token ids
 (:class:`TokenSource`) or hidden states cached after the frozen first blocks
-(:class:`gptclf.features.FeatureCache`).
+(:class:`gptclf.inference.cache.FeatureCache`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import pandas as pd
 import tiktoken
 import torch
 
-from gptclf.data import label_ids
-from gptclf.longtexts import LongTexts, Windowed, WindowMap, windows_of
-from gptclf.multilabel import label_matrix
-from gptclf.tokenizer import EOT_ID, encode_batch
+from gptclf.data.labelsets import label_matrix
+from gptclf.data.long_texts import LongTexts
+from gptclf.data.rows import label_ids
+from gptclf.inference.longtexts import Windowed, WindowMap, windows_of
+from gptclf.model.tokenizer import EOT_ID, encode_batch
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
 #: similar lengths share a batch while the pools keep the epoch's order random.
@@ -230,13 +231,13 @@ def encode_splits(
 
     With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
     text and padded to it; the book's dataset class truncates validation and test texts the same way.
-    With ``long`` (resolved) the ids are each text's windows (:mod:`gptclf.longtexts`; for
+    With ``long`` (resolved) the ids are each text's windows (:mod:`gptclf.inference.longtexts`; for
     ``truncate`` the same ids as without it; with ``longest-train`` made at that length), and each split's
-    :class:`~gptclf.longtexts.Windowed` (which text each window is of, what was cut) is put into
+    :class:`~gptclf.inference.longtexts.Windowed` (which text each window is of, what was cut) is put into
     ``windows``.
 
     With ``multi_label`` each label is a 0/1 row over the classes (the ``label`` column holds
-    tuples of names, :func:`gptclf.prepared.read_prepared`), not a class index.
+    tuples of names, :func:`gptclf.data.prepared.read_prepared`), not a class index.
 
     Returns:
         ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.

@@ -29,7 +29,7 @@ of the time, and each text's states come from the same batch as in a single proc
 equals the single-process one exactly.
 
 The build runs the classifier's own forward, cut after the cached blocks, through the one
-inference loop (:func:`gptclf.inference.run_batches`).
+inference loop (:func:`gptclf.inference.loop.run_batches`).
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptclf.batching import Batch, Source, TokenSource, to_device
-from gptclf.cacheplan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
-from gptclf.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference import run_batches
-from gptclf.longtexts import WindowMap
+from gptclf.inference.batching import Batch, Source, TokenSource, to_device
+from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
+from gptclf.inference.longtexts import WindowMap
+from gptclf.inference.loop import run_batches
+from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
+from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress
-from gptclf.tokenizer import EOT_ID
 
 
 class FeatureCache:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from gptclf.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.errors import BadInputError
-from gptclf.model import GPT
+from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
+from gptclf.model.gpt import GPT
 
 #: Share of the GPU's free memory (before any cache is built) the caches may take together; the
 #: rest is for training's activations, gradients and optimizer state.

@@ -1,6 +1,6 @@
 """Reading an iterable a chunk at a time: fixed-size chunks, or chunks that also end on a pause.
 
-:class:`gptclf.predict.Predictor` classifies a stream chunk by chunk through these, so that memory
+:class:`gptclf.inference.predict.Predictor` classifies a stream chunk by chunk through these, so that memory
 stays flat on a stream of any length and a slow producer sees its results when it pauses.
 """
 

@@ -11,7 +11,7 @@ The file formats follow ``gptclf predict``'s output, so the same tools read both
 
 - ``jsonl``: ``{"id", "text", "label", "predicted", "confidence", "probs": {class: p}}`` per line
 - ``csv``: a header ``id,text,label,predicted,confidence,p_<class>...``, RFC 4180 rows
-- ``tsv``: the same columns, with gptclf's TSV escapes (:func:`gptclf.tables.tsv_line`)
+- ``tsv``: the same columns, with gptclf's TSV escapes (:func:`gptclf.data.tables.tsv_line`)
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _write_csv(out: TextIO, rows: Sequence[ErrorRow], classes: Sequence[str]) ->
 
 
 def _write_tsv(out: TextIO, rows: Sequence[ErrorRow], classes: Sequence[str]) -> None:
-    from gptclf.tables import tsv_line
+    from gptclf.data.tables import tsv_line
 
     out.write(tsv_line(_header(classes)))
     for row in rows:

@@ -15,20 +15,20 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gptclf.calibration import run_temperature
-from gptclf.data import label_ids
-from gptclf.decisions import decision_metrics
-from gptclf.decoding import is_stdin
+from gptclf.data.decoding import is_stdin
+from gptclf.data.labelsets import is_multi_label, run_label_sep
+from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
+from gptclf.data.rows import label_ids
+from gptclf.data.tables import load_table, read_inputs
 from gptclf.errors import BadInputError, GateError
-from gptclf.metrics import classification_metrics, softmax
-from gptclf.multievaluate import evaluate_multi, multi_labels, multi_table
-from gptclf.multilabel import is_multi_label, run_label_sep
-from gptclf.multipredict import MultiPredictor
-from gptclf.predict import Predictor
-from gptclf.prepared import SPLITS, prepared_fingerprint, read_prepared
+from gptclf.inference.evaluate_multi import evaluate_multi, multi_labels, multi_table
+from gptclf.inference.predict import Predictor
+from gptclf.inference.predict_multi import MultiPredictor
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
-from gptclf.tables import load_table, read_inputs
+from gptclf.tasks.calibration import run_temperature
+from gptclf.tasks.decisions import decision_metrics
+from gptclf.tasks.metrics import classification_metrics, softmax
 
 
 @dataclass
@@ -239,12 +239,12 @@ def evaluate_with_logits(
         ``applied``, whether the metrics are those of the calibrated probabilities, and the run's
         ``temperature``), ``truncated`` (texts cut to the run's max length), ``long_texts`` (the
         settings, and how many texts were ``long`` and how many ``windows`` all texts took), and everything
-        :func:`gptclf.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
+        :func:`gptclf.tasks.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
         ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
         probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``);
         and the (N, K) raw logits in ``data`` order, for the error report and the pictures
         (``predictor.probabilities(logits)`` are the probabilities the metrics judge); the
-        decision rules' report (:func:`gptclf.decisions.decision_metrics`: ``risk_coverage``, and
+        decision rules' report (:func:`gptclf.tasks.decisions.decision_metrics`: ``risk_coverage``, and
         ``at_threshold`` / ``abstention`` where the predictor has those rules) beside them.
     """
     if isinstance(predictor, MultiPredictor):  # sigmoid outputs at per-label thresholds

@@ -1,5 +1,5 @@
 """``evaluate`` of a multi-label run: its labelled texts (a split, or a file whose label column
-holds lists) and every multi-label metric (:func:`gptclf.multimetrics.multilabel_metrics`) at the
+holds lists) and every multi-label metric (:func:`gptclf.tasks.multi_metrics.multilabel_metrics`) at the
 thresholds predict applies (the run's, or ``--threshold P`` for all labels)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from gptclf.data.labelsets import DEFAULT_SEP, label_matrix, read_multilabel_table
 from gptclf.errors import BadInputError
-from gptclf.multilabel import DEFAULT_SEP, label_matrix, read_multilabel_table
-from gptclf.multimetrics import multilabel_metrics
-from gptclf.multipredict import MultiPredictor
+from gptclf.inference.predict_multi import MultiPredictor
 from gptclf.progress import Progress
+from gptclf.tasks.multi_metrics import multilabel_metrics
 
 
 def multi_labels(frame: pd.DataFrame, classes: list[str], where: str) -> list[list[int]]:
@@ -38,7 +38,7 @@ def multi_table(
     sep: str = DEFAULT_SEP,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """A labelled file for a multi-label run: the label column holds lists joined by ``sep`` (the
-    run's :func:`gptclf.multilabel.run_label_sep`; JSONL: JSON lists too); an empty cell is a text
+    run's :func:`gptclf.data.labelsets.run_label_sep`; JSONL: JSON lists too); an empty cell is a text
     with no label. Returns the frame and the dropped counts."""
     table = read_multilabel_table(
         path, text_column=text_column, label_column=label_column, sep=sep, fmt=fmt, encoding=encoding

@@ -4,7 +4,7 @@ Validation during training, the frozen-trunk cache build, the test metrics of ``
 ``evaluate`` and ``predict`` all run their model through :func:`run_batches`: the texts are sorted
 longest first into batches (each padded only to its own longest text, so little padding), the model
 runs in eval mode under ``torch.inference_mode`` and the precision's autocast, each batch's inputs
-are copied to the device by its :class:`~gptclf.batching.Source`, and the caller receives each
+are copied to the device by its :class:`~gptclf.inference.batching.Source`, and the caller receives each
 batch's output with the indices of its texts, which restores the input order. Under DDP every rank
 runs every ``world_size``-th of the same batches. Because every path shares these batches, the
 same texts give the same numbers wherever they are evaluated.
@@ -19,19 +19,19 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from gptclf.batching import TOKENS_PER_TEXT, LabelledSet, Source, sorted_batches
-from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.longtexts import WindowMap
-from gptclf.metrics import classification_metrics
-from gptclf.multimetrics import multilabel_metrics
+from gptclf.inference.batching import TOKENS_PER_TEXT, LabelledSet, Source, sorted_batches
+from gptclf.inference.longtexts import WindowMap
+from gptclf.model.classifier import Classifier
 from gptclf.progress import Progress
+from gptclf.tasks.metrics import classification_metrics
+from gptclf.tasks.multi_metrics import multilabel_metrics
 
 
 class BatchModel(Protocol):
-    """What the loop runs: a :class:`~gptclf.classifier.Classifier`, or an engine standing in for one
-    (:class:`gptclf.engines.OrtClassifier`), with the classifier's forward signature."""
+    """What the loop runs: a :class:`~gptclf.model.classifier.Classifier`, or an engine standing in for one
+    (:class:`gptclf.engines.load.OrtClassifier`), with the classifier's forward signature."""
 
     classes: list[str]
     training: bool
@@ -76,7 +76,7 @@ def run_batches(
         source: The texts' model inputs (token ids, or cached hidden states).
         sink: Called with each batch's indices and its output (on ``device``), outside autocast.
         batch_size: Texts per forward pass, at most; and at most ``batch_size *``
-            :data:`~gptclf.batching.TOKENS_PER_TEXT` tokens (long texts go in fewer per batch).
+            :data:`~gptclf.inference.batching.TOKENS_PER_TEXT` tokens (long texts go in fewer per batch).
         device: Where the model runs.
         precision: The autocast type (and TF32 setting) of the forward passes.
         shard: This process's place in a data-parallel job: it runs its share of the batches.
@@ -202,7 +202,7 @@ def labelled_metrics(
         progress: Shows the pass as ``label``.
 
     Returns:
-        ``(metrics, logits)``: :func:`gptclf.metrics.classification_metrics` and the (N, K)
+        ``(metrics, logits)``: :func:`gptclf.tasks.metrics.classification_metrics` and the (N, K)
         float32 logits in input order.
     """
     logits = batched_logits(

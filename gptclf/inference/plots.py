@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.calibration import run_temperature
 from gptclf.fileio import fsync_folder, remove_stale_temp_files, temp_dir_for
-from gptclf.metrics import (
+from gptclf.rundir.layout import PLOT_FILES
+from gptclf.tasks.calibration import run_temperature
+from gptclf.tasks.metrics import (
     ECE_BINS,
     average_precision,
     classification_metrics,
@@ -38,7 +39,6 @@ from gptclf.metrics import (
     roc_auc,
     softmax,
 )
-from gptclf.rundir.layout import PLOT_FILES
 
 #: Pixels per inch of the PNGs: small files, readable on a screen.
 DPI = 100

@@ -7,7 +7,7 @@ chunk size, never on the length of the input, and a stream (stdin, a huge file) 
 With a ``pause``, a chunk also ends when the input has given nothing new for that long (a reader
 thread feeds a bounded queue), so an interactive or slow producer sees its results at once.
 
-The model is one of :mod:`gptclf.engines` (torch, torch int8, ONNX Runtime): every engine runs in the
+The model is one of :mod:`gptclf.engines.load` (torch, torch int8, ONNX Runtime): every engine runs in the
 same batches of the one inference loop, so streaming, formats and decisions are the same for all.
 """
 
@@ -20,20 +20,21 @@ from typing import Any
 import tiktoken
 import torch
 
-from gptclf.batching import TokenSource
-from gptclf.calibration import run_temperature
-from gptclf.chunking import chunks, waiting_chunks
-from gptclf.classifier import Classifier
-from gptclf.decisions import Decision, check_min_confidence
+from gptclf.data.long_texts import LongCounts, LongTexts, stored_long_texts
 from gptclf.device import Precision
-from gptclf.engines import OrtClassifier, load_engine
+from gptclf.engines.load import OrtClassifier, load_engine
+from gptclf.engines.onnx_folder import OnnxExport
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.inference import run_batches
-from gptclf.longtexts import LongCounts, LongTexts, piecewise_logits, stored_long_texts
-from gptclf.onnxexport import OnnxExport
+from gptclf.inference.batching import TokenSource
+from gptclf.inference.chunking import chunks, waiting_chunks
+from gptclf.inference.longtexts import piecewise_logits
+from gptclf.inference.loop import run_batches
+from gptclf.model.classifier import Classifier
+from gptclf.model.tokenizer import encode_batch
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
-from gptclf.tokenizer import encode_batch
+from gptclf.tasks.calibration import run_temperature
+from gptclf.tasks.decisions import Decision, check_min_confidence
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes. Also the most
@@ -53,7 +54,7 @@ def make_decision(
         classes: The run's class names.
         threshold: Probability in [0, 1], or None for the plain argmax.
         positive: Name of the positive class; required with ``threshold``.
-        stored: The rule the run stores (:func:`gptclf.decisions.stored_decision`), used when
+        stored: The rule the run stores (:func:`gptclf.tasks.decisions.stored_decision`), used when
             neither option is given; the options replace it.
 
     Returns:
@@ -100,7 +101,7 @@ def compute_logits(
     piece: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, LongCounts]:
     """Class logits of ``texts``, in input order, through the one inference loop
-    (:func:`gptclf.inference.run_batches`: length-sorted batches, order restored).
+    (:func:`gptclf.inference.loop.run_batches`: length-sorted batches, order restored).
 
     Args:
         model: The classifier (or an engine's stand-in for it), on ``device``, in eval mode.
@@ -114,7 +115,7 @@ def compute_logits(
             ``last-position`` pooling reads position -1, so it must see the same padding).
         progress: Shows the pass.
         long: How texts longer than ``max_length`` are read (resolved; None: truncated).
-        piece: The most windows run together (:func:`gptclf.longtexts.piecewise_logits`).
+        piece: The most windows run together (:func:`gptclf.inference.longtexts.piecewise_logits`).
 
     Returns:
         ``(logits, counts)``: (N, K) float32 logits on the CPU; the long texts and the windows.
@@ -215,7 +216,7 @@ class Predictor:
             min_confidence: Abstain (label None) on texts whose top calibrated probability is
                 below this, in (0, 1]; None never abstains.
             long_texts: How texts longer than the run's ``max_length`` are read (see
-                :func:`gptclf.longtexts.override`); None: as the run stores (truncate for a run
+                :func:`gptclf.data.long_texts.override`); None: as the run stores (truncate for a run
                 without ``long_texts``).
 
         Raises:

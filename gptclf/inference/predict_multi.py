@@ -1,7 +1,7 @@
 """Predictions of a multi-label run: every label's sigmoid probability and the list of labels
 whose probability reaches the label's threshold (possibly empty).
 
-:class:`MultiPredictor` is a :class:`gptclf.predict.Predictor` (the same loading, chunking,
+:class:`MultiPredictor` is a :class:`gptclf.inference.predict.Predictor` (the same loading, chunking,
 batching and checks) whose probabilities are ``sigmoid(logits)`` and whose labels are sets. The
 thresholds are the run's (run.json ``thresholds``, chosen on validation) unless one is given for
 all labels (``--threshold P``). Calibration and the two-class rules are for softmax runs.
@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from gptclf.chunking import chunks, waiting_chunks
+from gptclf.data.long_texts import LongTexts
+from gptclf.engines.onnx_folder import OnnxExport
 from gptclf.errors import BadInputError
-from gptclf.longtexts import LongTexts
-from gptclf.multitrain import stored_thresholds
-from gptclf.onnxexport import OnnxExport
-from gptclf.predict import CHUNK_SIZE, Predictor, _split_item
+from gptclf.inference.chunking import chunks, waiting_chunks
+from gptclf.inference.predict import CHUNK_SIZE, Predictor, _split_item
 from gptclf.rundir import LoadedRun
+from gptclf.tasks.multi_loss import stored_thresholds
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class MultiPredictor(Predictor):
         chunk_size: int = CHUNK_SIZE,
         long_texts: LongTexts | None = None,
     ) -> None:
-        """Load the run's engine (:class:`gptclf.predict.Predictor`'s ``engine``, ``quantize``: an
+        """Load the run's engine (:class:`gptclf.inference.predict.Predictor`'s ``engine``, ``quantize``: an
         ONNX export of a multi-label run gives the same logits); ``threshold`` replaces every
         stored threshold; ``long_texts`` how longer texts are read (None: as the run stores).
 
@@ -120,7 +120,7 @@ class MultiPredictor(Predictor):
         self, texts: Iterable[str | tuple[Any, str]], pause: float | None = None
     ) -> Iterator[list[MultiPrediction]]:
         """Classify ``texts`` lazily, a chunk at a time, in input order (as
-        :meth:`gptclf.predict.Predictor.predict_chunks` does)."""
+        :meth:`gptclf.inference.predict.Predictor.predict_chunks` does)."""
         pieces = waiting_chunks(texts, self.chunk_size, pause) if pause else chunks(texts, self.chunk_size)
         start = 0
         for chunk in pieces:

@@ -7,8 +7,8 @@ free (or ``--force`` given). The folder is then written into a work folder besid
 (an old ``--out`` is swapped out atomically where the system allows). So an interrupted export
 leaves no ``DIR`` (or the old one), and the next export removes the work folder a killed one left.
 
-The formats' writers own their files: :func:`gptclf.hfexport.export_transformers` and
-``gptclf.onnxexport.export_onnx`` (the onnx extra), each writing into the work folder it is given.
+The formats' writers own their files: :func:`gptclf.interop.transformers_export.export_transformers` and
+``gptclf.interop.onnx_export.export_onnx`` (the onnx extra), each writing into the work folder it is given.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptclf.data.long_texts import stored_long_texts
 from gptclf.errors import BadInputError, write_error
-from gptclf.longtexts import stored_long_texts
 from gptclf.rundir import (
     METRICS_FILE,
     LoadedRun,
@@ -84,11 +84,11 @@ def writer_for(fmt: str, quantize: str) -> Writer:
         BadInputError: ``onnx`` without the onnx extra installed.
     """
     if fmt == "transformers":
-        from gptclf.hfexport import export_transformers
+        from gptclf.interop.transformers_export import export_transformers
 
         return lambda run, folder: export_transformers(run, folder, _read_metrics(run.path))
     try:
-        module = importlib.import_module("gptclf.onnxexport")
+        module = importlib.import_module("gptclf.interop.onnx_export")
     except ModuleNotFoundError as exc:
         raise BadInputError(f"{ONNX_HINT} ({exc.name} is not installed)") from None
     export_onnx = module.export_onnx
@@ -159,7 +159,7 @@ def export_run(
         raise BadInputError("; ".join(problems))
     run = load_run(Path(run_dir))  # incomplete, newer, damaged: refused here
     if fmt == "transformers":
-        from gptclf.hfexport import export_problems
+        from gptclf.interop.transformers_export import export_problems
 
         if problems := export_problems(run):  # said before any folder is made
             raise BadInputError("; ".join(problems))
@@ -176,11 +176,15 @@ def export_run(
     lock = WorkLock(work)
     done = made = False
     try:  # from the folder's making on, whatever stops the export (a signal too) removes it
+        made = True  # before the mkdir: a signal that lands just after it must find the flag set
         try:
             work.mkdir(parents=True)
+        except FileExistsError:  # another export made it in the moment since the check
+            made = False
+            busy = f"{lock_holder(work)} is writing {out} right now: choose another --out"
+            raise BadInputError(busy) from None
         except OSError as exc:
             raise write_error(exc, out.parent) from None
-        made = True
         if not lock.acquire():
             made = False  # another process's folder: not ours to remove
             raise BadInputError(f"{lock_holder(work)} is writing {out} right now: choose another --out")

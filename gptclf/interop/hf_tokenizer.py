@@ -5,7 +5,7 @@ The two layouts hold the same content: ``vocab.json`` is ``encoder.json`` (token
 printable stand-ins for bytes) and ``merges.txt`` is ``vocab.bpe`` (a ``#version`` line, then one
 merge per line). Hugging Face's copies may be formatted differently (compact JSON, another
 version line), so a folder's files are read by content and written again the way OpenAI wrote
-them; the result must have the sha256 of GPT-2's files (:data:`gptclf.tokenizer.TOKENIZER_FILES`),
+them; the result must have the sha256 of GPT-2's files (:data:`gptclf.model.tokenizer.TOKENIZER_FILES`),
 else the tokenizer is not GPT-2's byte-level BPE and is refused.
 
 ``tokenizer_config.json`` makes ``AutoTokenizer`` build GPT-2's tokenizer with ``<|endoftext|>`` as
@@ -22,7 +22,7 @@ from typing import Any
 
 from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_write_bytes, atomic_write_json
-from gptclf.tokenizer import EOT_ID, EOT_TEXT, TOKENIZER_FILES
+from gptclf.model.tokenizer import EOT_ID, EOT_TEXT, TOKENIZER_FILES
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptclf.calibration import run_temperature
-from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
-from gptclf.longtexts import stored_long_texts
+from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
+from gptclf.data.long_texts import stored_long_texts
+from gptclf.tasks.calibration import run_temperature
 
 
 def _fmt(value: Any) -> str:

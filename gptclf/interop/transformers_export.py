@@ -11,7 +11,8 @@ and ``pipeline("text-classification", model=folder)`` load with no extra code:
   a multi-label run's ``label_sep``);
 - ``model.safetensors``: the weights in Hugging Face's layout (the four Conv1D weights transposed
   back to (in, out), the head as ``score.weight``), fp32;
-- the tokenizer (:mod:`gptclf.hftokenizer`) and a model card ``README.md`` (:mod:`gptclf.modelcard`).
+- the tokenizer (:mod:`gptclf.interop.hf_tokenizer`) and a model card ``README.md``
+  (:mod:`gptclf.interop.model_card`).
 
 Two exact rewrites make transformers compute gptclf's probabilities:
 
@@ -40,17 +41,17 @@ from typing import Any
 
 import torch
 
-from gptclf.calibration import run_temperature
+from gptclf.data.labelsets import run_label_sep
+from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_write_json, atomic_write_text
-from gptclf.hfconfig import hf_config_from_gpt
-from gptclf.hftokenizer import write_hf_tokenizer
-from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
-from gptclf.modelcard import model_card
-from gptclf.multilabel import run_label_sep
+from gptclf.interop.hf_tokenizer import write_hf_tokenizer
+from gptclf.interop.model_card import model_card
+from gptclf.model.hfconfig import hf_config_from_gpt
+from gptclf.model.tokenizer import EOT_ID
+from gptclf.model.weights import CONV1D_SUFFIXES
 from gptclf.rundir import LoadedRun, check_finite_weights, save_weights
-from gptclf.tokenizer import EOT_ID
-from gptclf.weights import CONV1D_SUFFIXES
+from gptclf.tasks.calibration import run_temperature
 
 #: The architecture the folder loads as.
 ARCHITECTURE = "GPT2ForSequenceClassification"
@@ -150,7 +151,7 @@ def export_transformers(run: LoadedRun, folder: Path, metrics: dict[str, Any] | 
 
     Args:
         run: The loaded run.
-        folder: Where to write (the caller swaps it in; see :mod:`gptclf.exportdir`).
+        folder: Where to write (the caller swaps it in; see :mod:`gptclf.interop.export`).
         metrics: The run's metrics.json, for the model card (None: the card has no figures).
 
     Raises:

@@ -1,9 +1,9 @@
 """A Hugging Face ``GPT2ForSequenceClassification`` folder as a gptclf run: ``gptclf import DIR --out RUN``.
 
 The folder (a local ``save_pretrained``, a hub download, or one written by ``gptclf export``) must
-be a GPT-2 gptclf computes (:func:`gptclf.hfconfig.gpt_config_from_hf`), a sequence classifier
+be a GPT-2 gptclf computes (:func:`gptclf.model.hfconfig.gpt_config_from_hf`), a sequence classifier
 (``score.weight`` of shape (num_labels, n_embd), ``id2label`` naming each of the labels once) with
-GPT-2's byte-level BPE tokenizer (:func:`gptclf.hftokenizer.convert_hf_tokenizer`). Everything is
+GPT-2's byte-level BPE tokenizer (:func:`gptclf.interop.hf_tokenizer.convert_hf_tokenizer`). Everything is
 checked before anything is written; the run is then built like every run
 (:class:`gptclf.rundir.RunBuild`: a work folder beside ``--out``, swapped in whole; ``--force``
 rules as finetune's ``--out``).
@@ -27,16 +27,16 @@ from typing import Any
 
 import torch
 
-from gptclf.classifier import Classifier, replace_head
-from gptclf.config import GPTConfig
+from gptclf.data.labelsets import DEFAULT_SEP, check_separator
+from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.errors import BadInputError, write_error
-from gptclf.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
-from gptclf.hftokenizer import gpt2_tokenizer_files, hf_max_length, write_tokenizer_files
-from gptclf.longtexts import INFO_KEY as LONG_TEXTS_KEY
-from gptclf.model import build_model
-from gptclf.multilabel import DEFAULT_SEP, check_separator
+from gptclf.interop.hf_tokenizer import gpt2_tokenizer_files, hf_max_length, write_tokenizer_files
+from gptclf.model.classifier import Classifier, replace_head
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
+from gptclf.model.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
+from gptclf.model.weights import load_hf_state_dict, open_safetensors, read_header, verify_checkpoint
 from gptclf.rundir import RunBuild, build_run_info, run_info_problems, save_run
-from gptclf.weights import load_hf_state_dict, open_safetensors, read_header, verify_checkpoint
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 

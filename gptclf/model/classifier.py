@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from gptclf.errors import BadInputError
-from gptclf.model import GPT, Block
+from gptclf.model.gpt import GPT, Block
 
 POOLINGS = ("last-token", "last-position", "mean")
 SCOPE_KINDS = ("head", "last-block", "last-blocks", "all", "lora")
@@ -258,7 +258,7 @@ class Classifier(nn.Module):
         self.gpt = gpt
         self.classes = list(classes)
         self.pooling = pooling
-        # K independent sigmoid outputs (gptclf.multitrain) instead of a K-way softmax.
+        # K independent sigmoid outputs (gptclf.tasks.multi_loss) instead of a K-way softmax.
         self.multi_label = multi_label
 
     def forward(

@@ -146,7 +146,7 @@ def local_model_dir(spec: str) -> Path | None:
 
     A spec is a folder when it is not a preset or alias and either names an existing folder or
     looks like a path (it holds a ``/``, or starts with ``.`` or ``~``); the folder need not exist
-    (:func:`gptclf.hfconfig.resolve_base_model` says so). A custom size (``key=value``) never is.
+    (:func:`gptclf.model.hfconfig.resolve_base_model` says so). A custom size (``key=value``) never is.
     """
     spec = spec.strip()
     if not spec or canonical_preset(spec) is not None:

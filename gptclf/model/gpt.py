@@ -3,7 +3,7 @@
 Shapes in comments: B batch, T tokens, C width (``n_embd``), H heads, D = C // H, V vocabulary.
 The parameter names are those of ``transformers.GPT2LMHeadModel`` (``transformer.h.0.attn.c_attn``
 ...), so a Hugging Face checkpoint maps onto this model name for name; only the four Conv1D weights
-are stored transposed there (see :mod:`gptclf.weights`).
+are stored transposed there (see :mod:`gptclf.model.weights`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptclf.config import GPTConfig
+from gptclf.model.config import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):

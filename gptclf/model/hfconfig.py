@@ -1,10 +1,10 @@
-"""Hugging Face GPT-2 ``config.json`` <-> :class:`gptclf.config.GPTConfig`, and local model folders.
+"""Hugging Face GPT-2 ``config.json`` <-> :class:`gptclf.model.config.GPTConfig`, and local model folders.
 
 A Hugging Face GPT-2 folder (``GPT2Model`` / ``GPT2LMHeadModel`` / ``GPT2ForSequenceClassification``
 ``save_pretrained``, or a hub download) holds ``config.json`` and ``model.safetensors``. Its sizes
 (``n_embd``, ``n_layer``, ``n_head``, ``vocab_size``), context (``n_positions``) and
 ``layer_norm_epsilon`` are read from the config; a config that asks for something gptclf's
-:mod:`gptclf.model` does not compute is refused with one line: another ``model_type``, an activation
+:mod:`gptclf.model.gpt` does not compute is refused with one line: another ``model_type``, an activation
 other than the tanh-approximated GELU, an MLP width other than 4 x ``n_embd``, cross-attention,
 unscaled attention or attention scaled by the inverse layer index.
 
@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gptclf.config import GPTConfig, local_model_dir, resolve_model
 from gptclf.errors import BadInputError
-from gptclf.weights import verify_checkpoint
+from gptclf.model.config import GPTConfig, local_model_dir, resolve_model
+from gptclf.model.weights import verify_checkpoint
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -182,7 +182,7 @@ def local_model(folder: Path, check_weights: bool = True) -> tuple[str, GPTConfi
 
 def resolve_base_model(spec: str, weights: str = "pretrained") -> tuple[str, GPTConfig]:
     """Turn a ``--model`` value into a (name, config) pair: a preset, an alias, a custom size
-    (:func:`gptclf.config.resolve_model`) or a local Hugging Face GPT-2 folder.
+    (:func:`gptclf.model.config.resolve_model`) or a local Hugging Face GPT-2 folder.
 
     Args:
         spec: The ``--model`` value.

@@ -69,7 +69,7 @@ def load_tokenizer(directory: Path, verify: bool = True) -> tiktoken.Encoding:
 
     Args:
         directory: Folder holding the two files (the cache's, see
-            :func:`gptclf.artefacts.tokenizer_dir`, or a run directory).
+            :func:`gptclf.fetch.artefacts.tokenizer_dir`, or a run directory).
         verify: Check each file's sha256 before use.
 
     Raises:

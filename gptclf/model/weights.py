@@ -1,4 +1,4 @@
-"""GPT-2 checkpoints: Hugging Face safetensors -> :class:`gptclf.model.GPT`, and their checks.
+"""GPT-2 checkpoints: Hugging Face safetensors -> :class:`gptclf.model.gpt.GPT`, and their checks.
 
 Hugging Face's GPT-2 uses ``Conv1D`` layers whose weight is stored (in, out), the transpose of
 ``nn.Linear``'s (out, in): ``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj`` are
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from gptclf.config import HF_REPOS, GPTConfig, local_model_dir
 from gptclf.errors import BadInputError
-from gptclf.model import GPT, build_model
+from gptclf.model.config import HF_REPOS, GPTConfig, local_model_dir
+from gptclf.model.gpt import GPT, build_model
 
 #: Suffixes of the Conv1D weights that are stored transposed in Hugging Face files.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -58,7 +58,7 @@ def _canonical_name(name: str) -> str | None:
     if name == "lm_head.weight":
         return None  # tied to wte; the model ties it again
     if name in HEAD_NAMES:
-        return None  # a sequence classifier's head: finetune replaces it, gptclf.hfimport reads it
+        return None  # a sequence classifier's head: finetune replaces it, interop's import reads it
     return name if name.startswith("transformer.") else f"transformer.{name}"
 
 
@@ -231,7 +231,7 @@ def load_weights(
         preset: The preset name (``custom`` for a custom size).
         seed: Seed for ``random``.
         pretrained: Where the preset's downloaded file is (the cache's place for it:
-            :func:`gptclf.artefacts.weights_file`); None: not downloaded.
+            :func:`gptclf.fetch.artefacts.weights_file`); None: not downloaded.
 
     Raises:
         BadInputError: Pretrained weights requested for a custom size, or a file that is missing

@@ -21,8 +21,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptclf.classifier import Classifier, merge_lora, reads_a_pad, replace_head
-from gptclf.config import GPTConfig
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.fileio import (
     atomic_path,
@@ -31,10 +29,12 @@ from gptclf.fileio import (
     remove_stale_temp_files,
     sha256_file,
 )
-from gptclf.model import build_model
+from gptclf.model.classifier import Classifier, merge_lora, reads_a_pad, replace_head
+from gptclf.model.config import GPTConfig
+from gptclf.model.gpt import build_model
+from gptclf.model.tokenizer import TOKENIZER_FILES, load_tokenizer
 from gptclf.rundir.info import read_run_info, run_info_problems
 from gptclf.rundir.layout import INFO_FILE, RUN_FORMAT, WEIGHTS_FILE
-from gptclf.tokenizer import TOKENIZER_FILES, load_tokenizer
 
 
 def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
@@ -104,7 +104,7 @@ def save_run(run_dir: Path, model: Classifier, info: dict[str, Any], tokenizer_d
 class RunInfoFields:
     """What a run's run.json (``info``) says every reader of a run needs: its classes, the tokens
     kept per text and the pad width. Shared by :class:`LoadedRun` and an ONNX export folder
-    (:class:`gptclf.onnxexport.OnnxExport`), which carries the same run.json."""
+    (:class:`gptclf.engines.onnx_folder.OnnxExport`), which carries the same run.json."""
 
     info: dict[str, Any]
 

@@ -19,12 +19,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from gptclf.classifier import POOLINGS
-from gptclf.config import GPTConfig
+from gptclf.data.long_texts import AGGREGATES, MODES
 from gptclf.errors import BadInputError
-from gptclf.longtexts import AGGREGATES, MODES
+from gptclf.model.classifier import POOLINGS
+from gptclf.model.config import GPTConfig
+from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir.layout import INFO_FILE, REQUIRED_FILES, RUN_FORMAT, RUN_FORMAT_VERSION
-from gptclf.tokenizer import EOT_ID
 
 
 def package_versions() -> dict[str, str]:
@@ -53,7 +53,7 @@ def build_run_info(
     data: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of run.json (``calibration``: :meth:`gptclf.calibration.Calibration.to_dict`,
+    """The content of run.json (``calibration``: :meth:`gptclf.tasks.calibration.Calibration.to_dict`,
     left out when None, as for a run without validation data)."""
     info = {
         "format": RUN_FORMAT,
@@ -152,7 +152,7 @@ _CONFIG_RULES = (
     Rule("model.config.layer_norm_epsilon", "a number > 0", lambda v, _: _is_number(v) and v > 0, False),
 )
 _CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig))
-#: What run.json's ``calibration`` must hold (:class:`gptclf.calibration.Calibration`).
+#: What run.json's ``calibration`` must hold (:class:`gptclf.tasks.calibration.Calibration`).
 _CALIBRATION_KEYS = (
     "method",
     "temperature",
@@ -226,10 +226,10 @@ RUN_SCHEMA: tuple[Rule, ...] = (
         Rule(f"calibration.{key}", "a number >= 0", lambda v, _: _is_number(v) and v >= 0, required=False)
         for key in _CALIBRATION_KEYS[2:]
     ),
-    # Present only in runs made by `gptclf import` from a Hugging Face folder (gptclf.hfimport).
+    # Present only in runs made by `gptclf import` from a Hugging Face folder (interop's import).
     Rule("imported", "an object with the key path", lambda v, _: isinstance(v, dict) and "path" in v, False),
     Rule("imported.path", "a string", lambda v, _: isinstance(v, str), required=False),
-    # Absent unless a threshold or a coverage was chosen (gptclf.decisions, calibrate or finetune).
+    # Absent unless a threshold or a coverage was chosen (gptclf.tasks.decisions, calibrate or finetune).
     Rule(
         "decision",
         "an object with the keys positive, threshold, target, validation, in a run of two classes",
@@ -274,7 +274,7 @@ RUN_SCHEMA: tuple[Rule, ...] = (
         required=False,
         needs=("classes", "multi_label"),
     ),
-    # Absent in runs from before --long-texts: they truncate (gptclf.longtexts.stored_long_texts).
+    # Absent in runs from before --long-texts: they truncate (gptclf.data.long_texts.stored_long_texts).
     Rule(
         "long_texts", "an object with the key mode", lambda v, _: isinstance(v, dict) and "mode" in v, False
     ),

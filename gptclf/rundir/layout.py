@@ -8,7 +8,7 @@ apart. Changing any of them changes the run-directory format.
 
 from __future__ import annotations
 
-from gptclf.tokenizer import TOKENIZER_FILES
+from gptclf.model.tokenizer import TOKENIZER_FILES
 
 #: run.json's ``format``: marks a file as a gptclf run.json.
 RUN_FORMAT = "gptclf-run"
@@ -22,7 +22,7 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 #: A finetune's resumable state: in the work folder while the run is built, never in a finished run.
 CHECKPOINT_NAME = "checkpoint.pt"
-#: The pictures of the test split (:mod:`gptclf.plots`), by kind; ROC and precision-recall only
+#: The pictures of the test split (:mod:`gptclf.inference.plots`), by kind; ROC and precision-recall only
 #: for two classes.
 PLOT_FILES = {
     "confusion": "confusion_matrix.png",

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from gptclf.errors import BadInputError
-from gptclf.metrics import expected_calibration_error, softmax
+from gptclf.tasks.metrics import expected_calibration_error, softmax
 
 #: The only method so far; run.json names it so that another can be added without ambiguity.
 METHOD = "temperature"
@@ -58,7 +58,7 @@ class Calibration:
         val_nll_before: Mean negative log-likelihood at T = 1.
         val_nll_after: The same at ``temperature``.
         val_ece_before: Expected calibration error (15 bins, top label) at T = 1
-            (:func:`gptclf.metrics.expected_calibration_error`).
+            (:func:`gptclf.tasks.metrics.expected_calibration_error`).
         val_ece_after: The same at ``temperature``.
         method: Always :data:`METHOD`.
         data: Where the texts came from (``{"split", "data"}`` or ``{"input"}``) and ``n``.
@@ -92,7 +92,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def ece(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Top-label expected calibration error (:data:`gptclf.metrics.ECE_BINS` equal-width bins) of
+    """Top-label expected calibration error (:data:`gptclf.tasks.metrics.ECE_BINS` equal-width bins) of
     ``softmax(logits / temperature)``, as ``gptclf evaluate`` reports it."""
     return expected_calibration_error(softmax(np.asarray(logits, dtype=np.float64) / temperature), labels)
 

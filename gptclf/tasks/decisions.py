@@ -1,6 +1,6 @@
 """Decisions chosen on validation: a two-class threshold, and abstention for any number of classes.
 
-Both work on calibrated probabilities (``softmax(logits / T)``, :mod:`gptclf.calibration`), so a
+Both work on calibrated probabilities (``softmax(logits / T)``, :mod:`gptclf.tasks.calibration`), so a
 threshold means what it says. ``--target`` names what to choose (:func:`parse_target`, the one
 parser of it):
 
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from gptclf.errors import BadInputError, GateError
-from gptclf.metrics import softmax
+from gptclf.tasks.metrics import softmax
 
 #: What ``--target`` may name; all but ``f1`` take ``=VALUE`` in (0, 1].
 THRESHOLD_KINDS = ("f1", "precision", "recall")

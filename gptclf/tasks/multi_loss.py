@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptclf.decisions import Target, choose_threshold, threshold_counts
-from gptclf.multimetrics import sigmoid
+from gptclf.tasks.decisions import Target, choose_threshold, threshold_counts
+from gptclf.tasks.multi_metrics import sigmoid
 
 #: A label needs this many positive validation texts for a threshold to be chosen on them;
 #: below, its threshold stays 0.5 (an F1 of two texts says little).

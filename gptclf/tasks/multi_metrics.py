@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptclf.metrics import roc_auc
+from gptclf.tasks.metrics import roc_auc
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

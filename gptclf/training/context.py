@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.calibration import Calibration
-from gptclf.classifier import Classifier
 from gptclf.distributed import Shard
+from gptclf.model.classifier import Classifier
 from gptclf.progress import TrainProgress
-from gptclf.resume import InterruptGuard
-from gptclf.runconfig import FinetuneSettings
-from gptclf.runplan import RunPlan
-from gptclf.train import History
+from gptclf.tasks.calibration import Calibration
+from gptclf.training.checkpoints import InterruptGuard
+from gptclf.training.loop import History
+from gptclf.training.plan import RunPlan
+from gptclf.training.settings import FinetuneSettings
 
 
 @dataclass

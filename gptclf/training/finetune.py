@@ -2,10 +2,10 @@
 
 Read top to bottom, :func:`finetune` is the job a user runs: check every setting (nothing written
 on bad input); open the run's work folder beside ``--out`` (:mod:`gptclf.rundir`); download what
-is missing (the tokenizer files, the pretrained weights: :mod:`gptclf.artefacts`); with no
+is missing (the tokenizer files, the pretrained weights: :mod:`gptclf.fetch.artefacts`); with no
 ``--data``, prepare the SMS Spam Collection the book's way into the work folder
-(:func:`prepare_book_sms`, over :func:`gptclf.prepare.prepare`); train and evaluate
-(:func:`gptclf.finetune.train_run`, which reads only what is on disk); swap the finished run in.
+(:func:`prepare_book_sms`, over :func:`gptclf.data.prepare.prepare`); train and evaluate
+(:func:`gptclf.training.run.train_run`, which reads only what is on disk); swap the finished run in.
 The command line only parses options and prints what :func:`finetune` returns.
 """
 
@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gptclf.artefacts import base_weights, ensure_sms_spam, ensure_tokenizer
+from gptclf.data.prepare import prepare
 from gptclf.distributed import Shard
 from gptclf.errors import GateError
-from gptclf.finetune import train_run
-from gptclf.prepare import prepare
+from gptclf.fetch.artefacts import base_weights, ensure_sms_spam, ensure_tokenizer
 from gptclf.progress import Progress, TrainProgress
-from gptclf.resume import InterruptGuard
-from gptclf.runconfig import FinetuneSettings
-from gptclf.runcontext import FinetuneResult, RunContext
 from gptclf.rundir import RunBuild, check_out, work_dir
-from gptclf.runplan import RunPlan, make_plan, out_dir, resumed_settings
+from gptclf.training.checkpoints import InterruptGuard
+from gptclf.training.context import FinetuneResult, RunContext
+from gptclf.training.plan import RunPlan, make_plan, out_dir, resumed_settings
+from gptclf.training.run import train_run
+from gptclf.training.settings import FinetuneSettings
 
 #: The book's preparation of the SMS set (chapter 6): balanced by undersampling, a plain shuffled
 #: 70/10/20 split, seed 123.
@@ -52,7 +52,7 @@ def finetune(
     :class:`~gptclf.errors.Interrupted`.
 
     Args:
-        settings: The merged options (see :func:`gptclf.runconfig.build_settings`).
+        settings: The merged options (see :func:`gptclf.training.settings.build_settings`).
         progress: Receives training progress and messages (default: silent).
         download_progress: Receives download progress (default: silent).
         shard: This process's place in a data-parallel job; only rank 0 writes.

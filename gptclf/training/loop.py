@@ -1,9 +1,9 @@
 """fit(): the training loop, flat, and the small objects it keeps its state in.
 
 For each epoch (groups of texts drawn from seed and epoch), for each group: one optimizer step
-(:class:`gptclf.step.Stepper`: micro-batches, accumulation, DDP, scaler), maybe an evaluation on the
+(:class:`gptclf.training.step.Stepper`: micro-batches, accumulation, DDP, scaler), maybe an evaluation on the
 whole validation split (keeping the best weights, :class:`BestKeeper`, and counting towards early
-stopping), maybe a checkpoint (:class:`gptclf.resume.Checkpointer`: every epoch end, every
+stopping), maybe a checkpoint (:class:`gptclf.training.checkpoints.Checkpointer`: every epoch end, every
 ``--checkpoint-every`` steps, when training ends, and on a signal). Under DDP every rank draws the
 same groups and decides the same (NaN stop, early stop, interrupt) from numbers summed over the
 ranks; only rank 0 writes.
@@ -22,16 +22,22 @@ from typing import Any
 
 import torch
 
-from gptclf.batching import LabelledSet, train_batches
-from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted
-from gptclf.inference import labelled_metrics
+from gptclf.inference.batching import LabelledSet, train_batches
+from gptclf.inference.loop import labelled_metrics
+from gptclf.model.classifier import Classifier
 from gptclf.progress import TrainProgress
-from gptclf.resume import Checkpointer, InterruptGuard, data_signature, restore_training, signal_name
-from gptclf.runconfig import TrainConfig
-from gptclf.step import Stepper
+from gptclf.training.checkpoints import (
+    Checkpointer,
+    InterruptGuard,
+    data_signature,
+    restore_training,
+    signal_name,
+)
+from gptclf.training.settings import TrainConfig
+from gptclf.training.step import Stepper
 
 
 @dataclass
@@ -122,7 +128,7 @@ def fit(
         checkpoint: Where a resumable state is saved at every epoch end, every
             ``cfg.checkpoint_every`` steps, when training ends and on Ctrl-C or SIGTERM; None:
             no checkpoints, and interrupts are not caught.
-        resume: A state read by :func:`gptclf.resume.load_checkpoint` to continue from.
+        resume: A state read by :func:`gptclf.training.checkpoints.load_checkpoint` to continue from.
         extra: Stored in the checkpoint as is (the caller's settings).
         progress: Receives progress events.
         shard: This process's rank and the world size.
@@ -290,7 +296,7 @@ class _Trainer:
         return self.loop.elapsed + time.monotonic() - self.started
 
     def step(self, indices: list[int], lr: float, epoch_groups: int, guard: InterruptGuard | None) -> None:
-        """One optimizer step (:class:`gptclf.step.Stepper`), then the loop's counts."""
+        """One optimizer step (:class:`gptclf.training.step.Stepper`), then the loop's counts."""
         loop = self.loop
         pending = guard.signum if guard is not None else None
 

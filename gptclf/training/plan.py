@@ -1,6 +1,6 @@
 """Settings checked and resolved before anything is written, and the rules of the run directory.
 
-:func:`make_plan` turns :class:`gptclf.runconfig.FinetuneSettings` into the objects a run needs
+:func:`make_plan` turns :class:`gptclf.training.settings.FinetuneSettings` into the objects a run needs
 (model config, trainable scope, device, precision, sizes), collecting every problem into one
 message. :func:`resumed_settings` says with which settings an interrupted run continues (whether a
 run may write into its folder is :func:`gptclf.rundir.check_out`).
@@ -15,18 +15,18 @@ from typing import Any
 
 import torch
 
-from gptclf.classifier import TrainableScope, parse_scope, pooling_problems
-from gptclf.config import GPTConfig
+from gptclf.data.long_texts import LongTexts
 from gptclf.device import LocalJob, Precision, resolve_device, resolve_precision
 from gptclf.distributed import local_job
 from gptclf.errors import BadInputError
-from gptclf.hfconfig import resolve_base_model
-from gptclf.longtexts import LongTexts
-from gptclf.resume import check_world_size, load_checkpoint
-from gptclf.runconfig import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
+from gptclf.model.classifier import TrainableScope, parse_scope, pooling_problems
+from gptclf.model.config import GPTConfig
+from gptclf.model.hfconfig import resolve_base_model
+from gptclf.model.weights import weights_problems
 from gptclf.rundir import check_out, work_dir
 from gptclf.rundir.layout import CHECKPOINT_NAME
-from gptclf.weights import weights_problems
+from gptclf.training.checkpoints import check_world_size, load_checkpoint
+from gptclf.training.settings import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
 SMS_LABELS = frozenset({"ham", "spam"})
@@ -66,7 +66,7 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
 
     Each rule is checked by the component that owns it (the training options by
     :class:`TrainConfig`, the scope by :class:`TrainableScope`, the pooling by the classifier, the
-    weights by :mod:`gptclf.weights`, the device by :mod:`gptclf.device`); the rules here are those
+    weights by :mod:`gptclf.model.weights`, the device by :mod:`gptclf.device`); the rules here are those
     of the run itself. Every problem found is reported at once.
 
     Args:

@@ -4,7 +4,7 @@
 trunk where that is exact, fits, evaluates the kept weights on the test and validation splits
 (through the same inference loop as ``gptclf evaluate``, so the numbers are the same) and writes the
 run's files into the work folder it is given. It reads only what is on disk and fetches nothing:
-the ``gptclf finetune`` verb (:func:`gptclf.recipes.finetune`) downloads what is missing, prepares
+the ``gptclf finetune`` verb (:func:`gptclf.training.finetune.finetune`) downloads what is missing, prepares
 the SMS set when no ``--data`` is given, and swaps the finished work folder in.
 """
 
@@ -18,29 +18,30 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.batching import LabelledSet, Source, encode_splits
-from gptclf.calibration import Calibration, fit_temperature
-from gptclf.classifier import Classifier, apply_scope, replace_head
-from gptclf.decisions import check_target, choose
+from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label
+from gptclf.data.long_texts import INFO_KEY, describe_counts
+from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
-from gptclf.features import FeatureCache, make_sources
-from gptclf.inference import batched_logits
-from gptclf.longtexts import INFO_KEY, Windowed, WindowMap, describe_counts
-from gptclf.metrics import classification_metrics
-from gptclf.multifinetune import multi_choices, multi_scores, settings_problems, threshold_lines
-from gptclf.multilabel import DEFAULT_SEP, is_multi_label
-from gptclf.plots import SKIPPED_NOTE, write_run_plots
-from gptclf.prepared import prepared_fingerprint, read_prepared
+from gptclf.inference.batching import LabelledSet, Source, encode_splits
+from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.inference.longtexts import Windowed, WindowMap
+from gptclf.inference.loop import batched_logits
+from gptclf.inference.plots import SKIPPED_NOTE, write_run_plots
+from gptclf.model.classifier import Classifier, apply_scope, replace_head
+from gptclf.model.tokenizer import load_tokenizer
+from gptclf.model.weights import load_weights
 from gptclf.progress import TrainProgress
-from gptclf.resume import check_same_data
-from gptclf.runconfig import FinetuneSettings
-from gptclf.runcontext import FinetuneResult, RunContext
 from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, write_history, write_metrics
 from gptclf.rundir.layout import CHECKPOINT_NAME
-from gptclf.runplan import RunPlan
-from gptclf.tokenizer import load_tokenizer
-from gptclf.train import History, fit
-from gptclf.weights import load_weights
+from gptclf.tasks.calibration import Calibration, fit_temperature
+from gptclf.tasks.decisions import check_target, choose
+from gptclf.tasks.metrics import classification_metrics
+from gptclf.training.checkpoints import check_same_data
+from gptclf.training.context import FinetuneResult, RunContext
+from gptclf.training.loop import History, fit
+from gptclf.training.plan import RunPlan
+from gptclf.training.run_multi import multi_choices, multi_scores, settings_problems, threshold_lines
+from gptclf.training.settings import FinetuneSettings
 
 
 def train_run(
@@ -299,7 +300,7 @@ def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length:
 
 
 def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data: dict[str, Any]) -> History:
-    """:func:`gptclf.train.fit` with checkpoints in the work folder and a hint that names ``out``."""
+    """:func:`gptclf.training.loop.fit` with checkpoints in the work folder and a hint that names ``out``."""
     settings, p = ctx.settings, ctx.plan
     given = data["dir"] if settings.data is not None else None  # None: the SMS set, made here
     extra = {"settings": {**settings.to_dict(), "data": given, "out": str(ctx.out)}, "data": data}

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.multimetrics import multilabel_metrics
-from gptclf.multitrain import DEFAULT_THRESHOLD, choose_thresholds
+from gptclf.tasks.multi_loss import DEFAULT_THRESHOLD, choose_thresholds
+from gptclf.tasks.multi_metrics import multilabel_metrics
 
 
 def settings_problems(

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptclf.classifier import POOLINGS
+from gptclf.data.long_texts import AGGREGATES, MODES, LongTexts
 from gptclf.device import PRECISIONS
 from gptclf.errors import BadInputError
-from gptclf.longtexts import AGGREGATES, MODES, LongTexts
+from gptclf.model.classifier import POOLINGS
 from gptclf.options import coerce, field_problems, option, option_names, option_specs
 
 SCHEDULES = ("constant", "cosine")
@@ -40,7 +40,7 @@ _DATA, _MODEL, _TRAIN, _RUN = "Data", "Model", "Training", "Run"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How :func:`gptclf.train.fit` trains; run.json records it under ``train``.
+    """How :func:`gptclf.training.loop.fit` trains; run.json records it under ``train``.
 
     Attributes:
         epochs: Passes over the training set.
@@ -181,7 +181,7 @@ class FinetuneSettings:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = option(123, "Seed of every random step", _TRAIN)
-    # Checked against the classes by gptclf.decisions.check_target once the data are read.
+    # Checked against the classes by gptclf.tasks.decisions.check_target once the data are read.
     target: str | None = option(
         None,
         "Choose on validation: f1, precision=P, recall=R (threshold, with --positive) or coverage=C",
@@ -219,7 +219,7 @@ class FinetuneSettings:
         )
 
     def long(self) -> LongTexts:
-        """The long-texts settings, unresolved (:meth:`gptclf.longtexts.LongTexts.resolved`)."""
+        """The long-texts settings, unresolved (:meth:`gptclf.data.long_texts.LongTexts.resolved`)."""
         return LongTexts(self.long_texts, self.head_tokens, self.stride, self.aggregate)
 
     def to_dict(self) -> dict[str, Any]:

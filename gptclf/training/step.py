@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptclf.batching import Source, to_device
-from gptclf.classifier import Classifier
 from gptclf.device import Precision
 from gptclf.distributed import Shard, wrap_ddp
 from gptclf.errors import TrainingError
-from gptclf.longtexts import WindowMap, aggregate
-from gptclf.multitrain import bce_sum, exact_matches, pos_weights
-from gptclf.runconfig import TrainConfig
+from gptclf.inference.batching import Source, to_device
+from gptclf.inference.longtexts import WindowMap, aggregate
+from gptclf.model.classifier import Classifier
+from gptclf.tasks.multi_loss import bce_sum, exact_matches, pos_weights
+from gptclf.training.settings import TrainConfig
 
 
 def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> torch.Tensor | None:
@@ -94,7 +94,7 @@ class Stepper:
             [p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.multi_label = model.multi_label  # K sigmoid outputs and BCE (gptclf.multitrain)
+        self.multi_label = model.multi_label  # K sigmoid outputs and BCE (gptclf.tasks.multi_loss)
         if self.multi_label:
             self.weights = pos_weights(labels, cfg.class_weights)
             self.labels = torch.as_tensor(list(labels), dtype=torch.float32)
