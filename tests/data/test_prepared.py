@@ -1,0 +1,99 @@
+"""The prepared-folder format (gptclf.data.prepared): the bytes written, reading back, the fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from gptclf.data.prepare import prepare
+from gptclf.data.prepared import read_prepared
+from gptclf.errors import BadInputError
+from tests.conftest import REPO, SMS_FILE, needs_shared_sms
+from tests.data.test_rows import labelled
+from tests.data.test_tables import write_csv
+
+FIXTURES = REPO / "tests" / "fixtures" / "prepared"
+FILES = ("train.csv", "validation.csv", "test.csv", "labels.json")
+
+
+def test_the_format_is_byte_identical_to_the_one_written_before_the_reshaping(tmp_path: Path) -> None:
+    """tests/fixtures/prepared/expected was written by the code before the data layer was split
+    (quotes, CRLF, a lone CR, non-ASCII, dropped rows, oversampling): the same input and options
+    must give the same bytes in every file, labels.json included."""
+    prepare(
+        tmp_path / "out",
+        input_path=FIXTURES / "tricky.csv",
+        text_column="body",
+        label_column="y",
+        balance="oversample",
+        split="0.6,0.2,0.2",
+        seed=5,
+    )
+    for name in FILES:
+        assert (tmp_path / "out" / name).read_bytes() == (FIXTURES / "expected" / name).read_bytes(), name
+
+
+# sha256 of the four files of the book recipe on the UCI file, as written before the reshaping.
+BOOK_SHA256 = {
+    "train.csv": "d7921d3ab0ba0a18adc60739daf2e7002d9f47f13128110951bb205493523a71",
+    "validation.csv": "50db865e9e457aa91e3ad7de7ce384e875d85bd4e95c3e91b70e5bbacd5b89ae",
+    "test.csv": "077374cb44a502f131efeedc5bef688e810f864209cf2035c843e01137b35ae0",
+    "labels.json": "8a84c9082f483990be218de4aefb13f416228d40d1ad9afd635ca595d8bb23c9",
+}
+
+
+@needs_shared_sms
+def test_the_book_recipe_writes_the_same_bytes_as_before(isolated_home: Path, tmp_path: Path) -> None:
+    cached = isolated_home / "datasets" / "sms-spam" / "SMSSpamCollection"
+    cached.parent.mkdir(parents=True)
+    shutil.copyfile(SMS_FILE, cached)
+    result = CliRunner().invoke(
+        app, ["prepare", "--dataset", "sms-spam", "--no-stratify", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    for name, digest in BOOK_SHA256.items():
+        assert hashlib.sha256((tmp_path / "o" / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_read_prepared_refuses_missing_and_mixed_sets(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 20, "b": 20}))
+    out = tmp_path / "out"
+    prepare(out, input_path=path)
+    (out / "test.csv").unlink()
+    with pytest.raises(BadInputError, match=r"missing test.csv\); run `gptclf prepare"):
+        read_prepared(out)
+    prepare(out, input_path=path, force=True)
+    other = tmp_path / "other"
+    prepare(other, input_path=path, seed=1)
+    (out / "train.csv").write_bytes((other / "train.csv").read_bytes())
+    with pytest.raises(BadInputError, match=r"does not match labels\.json"):
+        read_prepared(out)
+
+
+def test_write_then_read_gives_the_splits_back_exactly(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from gptclf.data.prepared import prepared_fingerprint, write_prepared
+
+    texts = ['a "quote", a comma', "line\nbreak", "lone\rreturn", "crlf\r\nend", "é 😀", " padded "]
+    parts = {
+        split: pd.DataFrame({"text": texts[i::3], "label": ["x", "y"][: len(texts[i::3])]})
+        for i, split in enumerate(("train", "validation", "test"))
+    }
+    write_prepared(tmp_path / "out", parts, {"classes": ["x", "y"], "seed": 1})
+    back = read_prepared(tmp_path / "out")
+    assert back.classes == ["x", "y"] and back.meta["seed"] == 1
+    assert back.meta["format"] == "gptclf-prepared/1"
+    for split, part in parts.items():
+        assert back.splits[split].to_dict("list") == part.to_dict("list")
+        assert back.meta["files"][f"{split}.csv"]["rows"] == len(part)
+    # The same content written again elsewhere has the same fingerprint; other meta, another.
+    write_prepared(tmp_path / "again", parts, {"classes": ["x", "y"], "seed": 1})
+    write_prepared(tmp_path / "other", parts, {"classes": ["x", "y"], "seed": 2})
+    assert prepared_fingerprint(tmp_path / "out") == prepared_fingerprint(tmp_path / "again")
+    assert prepared_fingerprint(tmp_path / "out") != prepared_fingerprint(tmp_path / "other")
