@@ -36,7 +36,7 @@ from gptclf.model.config import GPTConfig
 from gptclf.model.gpt import build_model
 from gptclf.model.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
 from gptclf.model.weights import load_hf_state_dict, open_safetensors, read_header, verify_checkpoint
-from gptclf.rundir import RunBuild, build_run_info, run_info_problems, save_run
+from gptclf.rundir import RunBuild, build_run_info, check_not_a_source, run_info_problems, save_run
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 
@@ -225,6 +225,7 @@ def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | Non
     tokenizer = gpt2_tokenizer_files(folder)  # refuses a tokenizer that is not GPT-2's
     info = _run_info(hf, folder, cfg, classes, note)  # refuses labels that hold the separator
     out = Path(out).expanduser().resolve()
+    check_not_a_source(out, {"the folder": folder})  # --force would replace the model being read
     build = RunBuild.open(out, force=force, resume=False, note=note)
     failed: BaseException | None = None
     try:

@@ -22,6 +22,7 @@ Import from here; the submodules are the package's own business.
 from gptclf.rundir.build import (
     RunBuild,
     WorkLock,
+    check_not_a_source,
     check_out,
     is_locked,
     lock_holder,
@@ -75,6 +76,7 @@ __all__ = [
     "WorkLock",
     "build_run_info",
     "check_finite_weights",
+    "check_not_a_source",
     "check_out",
     "classifier_state",
     "history_csv",

@@ -151,6 +151,35 @@ def is_locked(folder: Path) -> bool:
     return True
 
 
+def check_not_a_source(out: Path, sources: dict[str, str | Path | None]) -> None:
+    """Refuse an ``out`` that would replace or write into what the command reads.
+
+    ``out`` is replaced whole when it is finished, so it may not be an input, hold one, or lie
+    inside an input folder (an import into its own Hugging Face folder would overwrite the model).
+
+    Args:
+        out: The folder to write.
+        sources: The inputs by the option that names them (None or a name that is not a path on
+            disk, such as a preset, is skipped).
+
+    Raises:
+        BadInputError: Naming the option whose input would be lost (nothing written).
+    """
+    target = Path(out).expanduser().resolve()
+    for flag, source in sources.items():
+        if source is None or not Path(source).expanduser().exists():
+            continue
+        src = Path(source).expanduser().resolve()
+        if target == src or target in src.parents:
+            raise BadInputError(
+                f"--out {target} would replace {flag} {src}, which this command reads: choose another --out"
+            )
+        if src.is_dir() and src in target.parents:
+            raise BadInputError(
+                f"--out {target} is inside {flag} {src}, which this command reads: choose a folder outside it"
+            )
+
+
 def check_out(out: Path, *, force: bool, resume: bool) -> None:
     """Refuse what cannot work, writing nothing (also used before ``--devices`` starts processes).
 

@@ -19,10 +19,10 @@ from gptclf.distributed import Shard
 from gptclf.errors import GateError
 from gptclf.fetch.artefacts import base_weights, ensure_sms_spam, ensure_tokenizer
 from gptclf.progress import Progress, TrainProgress
-from gptclf.rundir import RunBuild, check_out, work_dir
+from gptclf.rundir import RunBuild, check_not_a_source, check_out, work_dir
 from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.context import FinetuneResult, RunContext
-from gptclf.training.plan import RunPlan, make_plan, out_dir, resumed_settings
+from gptclf.training.plan import RunPlan, finetune_sources, make_plan, out_dir, resumed_settings
 from gptclf.training.run import train_run
 from gptclf.training.settings import FinetuneSettings
 
@@ -104,6 +104,7 @@ def _checked_settings(
     once ``--out`` may be written."""
     if settings.resume:
         return resumed_settings(out, settings)
+    check_not_a_source(out, finetune_sources(settings))
     check_out(out, force=settings.force, resume=False)
     return settings, None
 

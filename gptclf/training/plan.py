@@ -23,7 +23,7 @@ from gptclf.model.classifier import TrainableScope, parse_scope, pooling_problem
 from gptclf.model.config import GPTConfig
 from gptclf.model.hfconfig import resolve_base_model
 from gptclf.model.weights import weights_problems
-from gptclf.rundir import check_out, work_dir
+from gptclf.rundir import check_not_a_source, check_out, work_dir
 from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.training.checkpoints import check_world_size, load_checkpoint
 from gptclf.training.settings import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
@@ -181,6 +181,13 @@ def check_launch(settings: FinetuneSettings, devices: int) -> Path:
         settings, state = resumed_settings(out, settings)
         check_world_size(state, devices)
     else:
+        check_not_a_source(out, finetune_sources(settings))
         check_out(out, force=settings.force, resume=False)
     make_plan(settings, LocalJob(0, devices))  # the device as rank 0 of the job will resolve it
     return out
+
+
+def finetune_sources(settings: FinetuneSettings) -> dict[str, str | None]:
+    """What a finetune reads from disk, by option: ``--out`` may hold or replace none of it."""
+    weights = None if settings.weights in ("pretrained", "random") else settings.weights
+    return {"--data": settings.data, "--model": settings.model, "--weights": weights}

@@ -207,3 +207,16 @@ def test_a_multi_label_folder_whose_label_holds_the_separator_is_refused(tmp_pat
     code, err = import_(folder, tmp_path / "out")
     assert code == 0, err
     assert load_run(tmp_path / "out").info["data"]["label_sep"] == ";"
+
+
+@pytest.mark.parametrize("where", ["itself", "inside", "holding"])
+def test_an_out_that_would_replace_or_write_into_the_source_is_refused(tmp_path: Path, where: str) -> None:
+    folder = tmp_path / "parent" / "hf"
+    folder.mkdir(parents=True)
+    hf_folder(folder, num_labels=2, id2label={0: "a", 1: "b"})
+    copy_hf_tokenizer(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = {"itself": folder, "inside": folder / "run", "holding": tmp_path / "parent"}[where]
+    code, err = import_(folder, out, "--force")
+    assert code == 2 and "which this command reads" in err, err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the model is untouched

@@ -397,3 +397,22 @@ def test_hidden_temporary_files_do_not_make_out_non_empty(data: Path, tmp_path: 
     (out / ".model.safetensors.ab12cd.tmp").write_bytes(b"left by an older gptclf")
     train(data, out, "--epochs", "1")
     assert not (out / ".model.safetensors.ab12cd.tmp").exists()
+
+
+@pytest.mark.parametrize("flag", ["--data", "--model"])
+def test_finetune_refuses_an_out_that_would_replace_what_it_reads(
+    data: Path, tmp_path: Path, flag: str
+) -> None:
+    from tests.hf_helpers import copy_hf_tokenizer, hf_folder
+
+    if flag == "--model":
+        source = tmp_path / "hf"
+        hf_folder(source, kind="GPT2LMHeadModel")
+        copy_hf_tokenizer(source)
+        args = ["--data", str(data), "--model", str(source), "--weights", "random", "--device", "cpu"]
+    else:
+        source, args = data, ["--data", str(data), *TINY]
+    before = sorted(p.name for p in source.iterdir())
+    code, _, stderr = cli("finetune", *args, "--epochs", "1", "--out", str(source), "--force")
+    assert code == 2 and "which this command reads" in stderr, stderr
+    assert sorted(p.name for p in source.iterdir()) == before
