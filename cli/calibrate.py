@@ -73,6 +73,8 @@ def calibrate(
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
     from gptclf.distributed import refuse_distributed
+    from gptclf.errors import write_error
+    from gptclf.fileio import check_writable
     from gptclf.inference.evaluate import DataChoice
     from gptclf.inference.predict import Predictor
     from gptclf.progress import ConsoleProgress
@@ -84,6 +86,10 @@ def calibrate(
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
     choice.check()
     loaded = load_run(run)
+    try:  # run.json is rewritten at the end: a read-only or full disk is found out before the fit
+        check_writable(loaded.path)
+    except OSError as exc:
+        raise write_error(exc, loaded.path) from None
     if loaded.info.get("multi_label") is True:  # a temperature and a two-class threshold mean nothing there
         from gptclf.errors import BadInputError
 
@@ -101,7 +107,10 @@ def calibrate(
     changes = {"calibration": calibration.to_dict()}
     if chosen is not None:  # raises GateError for a target out of reach: then nothing is stored
         changes |= choose(logits, labelled.labels, calibration.temperature, loaded.classes, chosen, positive)
-    update_run_info(loaded.path, changes)
+    try:
+        update_run_info(loaded.path, changes)
+    except OSError as exc:  # the disk filled since the check: run.json is as it was
+        raise write_error(exc, loaded.path) from None
     if json_out:
         record = {"run": str(loaded.path), **changes}
         sys.stdout.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")

@@ -47,7 +47,7 @@ from cli.common import (
     out_console,
 )
 from gptclf.errors import BadInputError, GptclfError, write_error
-from gptclf.fileio import temp_path_for
+from gptclf.fileio import check_writable
 from gptclf.progress import ConsoleProgress, fmt_metric
 
 if TYPE_CHECKING:
@@ -226,14 +226,7 @@ def _check_writable(flag: str, target: Path, folder: Path) -> None:
     if not home.is_dir():
         raise BadInputError(f"{flag} {target}: {home} is a file, not a folder")
     with _writing(flag, target, home):
-        probe = temp_path_for(home / "probe")  # a gptclf temporary name: a kill leaves no debris
-        try:
-            with open(probe, "wb") as fh:
-                fh.write(b"gptclf")
-                fh.flush()
-                os.fsync(fh.fileno())  # a full disk may refuse the data only here
-        finally:
-            probe.unlink(missing_ok=True)
+        check_writable(home)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -237,3 +237,19 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_writable(folder: Path) -> None:
+    """Write, sync and remove a small temporary file in ``folder``: permission bits say nothing of
+    a read-only mount or a full disk, so this is found out by writing, before long work starts.
+
+    Raises:
+        OSError: The folder cannot be written (:func:`gptclf.errors.write_error` words it).
+    """
+    fd, tmp = _create_temp(Path(folder) / "write-test")
+    try:
+        os.write(fd, b"gptclf")
+        os.fsync(fd)  # a full disk may refuse the data only here
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)

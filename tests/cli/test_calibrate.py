@@ -197,3 +197,24 @@ def test_an_old_run_without_calibration_predicts_raw_probabilities(tmp_path: Pat
     assert predicted(run) == predicted(run, "--no-calibration")
     code, out, err = invoke("evaluate", str(run), "--json", "--device", "cpu")
     assert code == 0 and "calibration" not in json.loads(out) and "stores no calibration" in err, err
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_a_read_only_or_full_disk_is_one_line_before_the_fit(run: Path, tmp_path: Path, disk: str) -> None:
+    import subprocess
+
+    from tests.fault_helpers import fill, tmpfs
+
+    with tmpfs(tmp_path / "disk", "16m") as mount:
+        copy = shutil.copytree(run, mount / "run")
+        before = (copy / "run.json").read_bytes()
+        if disk == "full":
+            fill(mount)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        code, out, err = invoke("calibrate", str(copy), "--device", "cpu")
+        assert (copy / "run.json").read_bytes() == before
+        assert [p.name for p in copy.iterdir() if p.name.startswith(".")] == []
+    assert code == (1 if disk == "full" else 2), err
+    assert "Traceback" not in err and err.count("gptclf: error") == 1
+    assert "fitting the temperature" not in err and out == ""  # refused before the model ran
