@@ -14,7 +14,7 @@ how the file is read and its default balancing, and is recorded in labels.json.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -39,7 +39,7 @@ from gptclf.data.rows import (
 )
 from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, LoadedTable, load_table, resolve_format
 from gptclf.errors import BadInputError
-from gptclf.fileio import sha256_file
+from gptclf.fileio import sha256_file, temp_dir_for
 
 DEFAULT_SPLIT = "0.7,0.1,0.2"
 
@@ -309,6 +309,8 @@ def _out_problem(out: Path, force: bool) -> str | None:
     """Why ``prepare`` cannot write ``out``, or None."""
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder"
+    if out.is_dir() and os.path.ismount(out):  # the new set is swapped in as the folder
+        return f"--out {out} is a mount point, which prepare cannot replace: name a folder inside it"
     if unwritable := _unwritable(out):
         return unwritable
     present = [name for name in PREPARED_FILES if (out / name).exists()]
@@ -327,10 +329,8 @@ def _unwritable(out: Path) -> str | None:
     if not ancestor.is_dir():
         return f"--out {out} is under {ancestor}, which is a file, not a folder"
     for folder in ([out] if out.is_dir() else []) + [ancestor]:
-        probe = folder / f".gptclf-probe-{secrets.token_hex(6)}"
-        try:
-            probe.mkdir()
-            probe.rmdir()
+        try:  # named as gptclf's temporary folders: one a kill leaves is removed by the next run
+            temp_dir_for(folder / "write-test").rmdir()
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             return f"--out {out}: cannot write into {folder} ({reason}); choose a folder you can write to"

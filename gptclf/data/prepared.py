@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pandas as pd
 
 from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label, parse_prepared_labels
 from gptclf.errors import BadInputError, write_error
+from gptclf.fileio import exchange_paths, fsync_folder, link_tree, remove_stale_temp_files, temp_dir_for
 
 #: The three splits, in the order they are written and reported.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -101,19 +101,31 @@ def _csv_bytes(part: pd.DataFrame) -> bytes:
 
 
 def _move_in(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a temporary folder beside ``out``, then move them into ``out``; the
-    temporary folder is removed whatever happens."""
+    """Write ``files`` into a temporary folder beside ``out`` and make it ``out`` whole.
+
+    An existing ``out`` keeps its other entries (hard-linked into the new folder), and the two
+    folders are exchanged atomically where the system allows it (Linux's ``renameat2``), so a
+    signal or a kill at any moment leaves the old set or the new one, never a mix; elsewhere the
+    files are moved in one by one, ``labels.json`` last. The temporary folder is named with this
+    process's id: whatever a kill -9 leaves of it, the next ``prepare`` beside it removes.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not mkdtemp) so the folder gets the umask's permissions when it becomes `out`.
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
-    tmp.mkdir()
+    remove_stale_temp_files(out.parent)
+    tmp = temp_dir_for(out)  # the umask's permissions, as the folder becomes `out`
     try:
         for name, data in files.items():
             _write_file(tmp / name, data)
         if not out.exists():
             with contextlib.suppress(OSError):  # created meanwhile: fall back to moving files
                 os.rename(tmp, out)  # the whole set appears at once
+                fsync_folder(out.parent)
                 return
+        for entry in out.iterdir():
+            if entry.name not in files:
+                link_tree(entry, tmp / entry.name)  # the folder's other files stay
+        if exchange_paths(tmp, out):
+            fsync_folder(out.parent)
+            return  # `tmp` now holds the old set, removed below
         for name in files:
             os.replace(tmp / name, out / name)
     finally:

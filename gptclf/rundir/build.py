@@ -17,7 +17,6 @@ leftover of a process that is gone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptclf.errors import BadInputError, write_error
-from gptclf.fileio import fsync_folder
+from gptclf.fileio import exchange_paths, fsync_folder, link_tree
 from gptclf.rundir.layout import CHECKPOINT_NAME, INFO_FILE, RUN_FILES
 
 try:
@@ -302,7 +301,7 @@ class RunBuild:
             if out.is_dir() and any(out.iterdir()):
                 for name in user_entries(out):
                     if not (work / name).exists():
-                        _link_tree(out / name, work / name)
+                        link_tree(out / name, work / name)
                 _swap(work, out)
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -351,43 +350,6 @@ def _probe(folder: Path) -> None:
     probe.unlink()
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` (a file or a folder tree) to ``dst``; copy where links are not allowed."""
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    if src.is_dir() and not src.is_symlink():
-        shutil.copytree(src, dst, symlinks=True, copy_function=link)
-    elif src.is_symlink():
-        os.symlink(os.readlink(src), dst)
-    else:
-        link(str(src), str(dst))
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically with Linux's ``renameat2``; False where it is not available."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
 def replace_folder(work: Path, out: Path) -> None:
     """Make the finished folder ``work`` the folder ``out`` whole (an old ``out`` is removed), with
     one atomic exchange where the system has it; for outputs other than a run (an export folder).
@@ -405,7 +367,7 @@ def replace_folder(work: Path, out: Path) -> None:
 
 def _swap(work: Path, out: Path) -> None:
     """Make ``work`` the run directory ``out`` and remove the old one."""
-    if _exchange(work, out):
+    if exchange_paths(work, out):
         shutil.rmtree(work, ignore_errors=True)  # now the old run
         return
     old = _old_dir(out)

@@ -97,3 +97,64 @@ def test_write_then_read_gives_the_splits_back_exactly(tmp_path: Path) -> None:
     write_prepared(tmp_path / "other", parts, {"classes": ["x", "y"], "seed": 2})
     assert prepared_fingerprint(tmp_path / "out") == prepared_fingerprint(tmp_path / "again")
     assert prepared_fingerprint(tmp_path / "out") != prepared_fingerprint(tmp_path / "other")
+
+
+# --- issue 18: a replaced set is swapped in whole; a killed prepare leaves debris the next removes --
+
+
+#: `gptclf prepare` whose last file's fsync (labels.json in the new folder) waits to be killed.
+_PREPARE_STOPPED_IN_ITS_WRITE = """
+import os, sys, time
+real_fsync = os.fsync
+def stuck(fd):
+    if not os.readlink(f"/proc/self/fd/{fd}").endswith("labels.json"):
+        return real_fsync(fd)
+    sys.stderr.write("writing\\n"); sys.stderr.flush()
+    time.sleep(600)
+os.fsync = stuck
+from cli.main import app
+app(sys.argv[1:])
+"""
+
+
+def _prepare_args(source: Path, out: Path, seed: str) -> list[str]:
+    return ["prepare", "--input", str(source), "--text-column", "body", "--label-column", "y",
+            "--split", "0.6,0.2,0.2", "--seed", seed, "--out", str(out), "--force"]  # fmt: skip
+
+
+def test_a_prepare_killed_while_it_writes_leaves_the_old_set_and_no_debris(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    source, out = FIXTURES / "tricky.csv", tmp_path / "d"
+    assert CliRunner().invoke(app, _prepare_args(source, out, "1")).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    old = {name: (out / name).read_bytes() for name in FILES}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", _PREPARE_STOPPED_IN_ITS_WRITE, *_prepare_args(source, out, "2")]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.strip() == "writing":
+            break
+    proc.kill()
+    proc.wait()
+    assert {name: (out / name).read_bytes() for name in FILES} == old  # the old set, whole
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and f"-{proc.pid}-" in left[0]  # named by the dead process
+    result = CliRunner().invoke(app, _prepare_args(source, out, "2"))
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # removed by the next
+    assert (out / "notes.txt").read_text() == "mine"  # the folder's other files stay
+    assert {name: (out / name).read_bytes() for name in FILES} != old
+    read_prepared(out)
+
+
+def test_an_out_that_is_a_mount_point_is_one_line(tmp_path: Path) -> None:
+    from tests.fault_helpers import tmpfs
+
+    with tmpfs(tmp_path / "mnt", "1m") as mount:
+        result = CliRunner().invoke(app, _prepare_args(FIXTURES / "tricky.csv", mount, "1"))
+        assert list(mount.iterdir()) == []
+    assert result.exit_code == 2 and "mount point" in result.stderr, result.stderr

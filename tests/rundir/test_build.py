@@ -100,7 +100,7 @@ def test_a_swap_without_exchange_that_was_cut_short_is_undone(
     build = RunBuild.open(out, force=True, resume=False, note=lambda _: None)
     (build.path / "run.json").write_text("new")
     (build.path / "checkpoint.pt").write_text("state")
-    monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(rundir, "exchange_paths", lambda a, b: False)
     real_rename, calls = os.rename, []
 
     def rename(a: Any, b: Any) -> None:

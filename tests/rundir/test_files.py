@@ -197,7 +197,7 @@ def test_a_swap_between_run_json_and_the_weights_reads_the_new_pair(
 def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Path) -> None:
     import threading
 
-    from gptclf.rundir.build import _exchange
+    from gptclf.fileio import exchange_paths
 
     run, other = _two_runs(tmp_path)
     shas = {json.loads((p / "run.json").read_text())["weights_sha256"] for p in (run, other)}
@@ -205,7 +205,7 @@ def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Pa
 
     def swapper() -> None:
         while not stop.wait(0.3):  # the atomic exchange of `finetune --force`, about twice a load
-            _exchange(other, run)
+            exchange_paths(other, run)
 
     thread = threading.Thread(target=swapper)
     thread.start()
@@ -220,7 +220,10 @@ def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Pa
 #: A `gptclf calibrate` whose run.json write stops in its fsync until the test kills it with -9.
 _CALIBRATE_STOPPED_IN_ITS_WRITE = """
 import os, sys, time
-def stuck(fd):  # the first fsync of calibrate is that of run.json's temporary file
+real_fsync = os.fsync
+def stuck(fd):  # the fsync of run.json's temporary file: there the child waits to be killed
+    if ".run.json.gptclf-" not in os.readlink(f"/proc/self/fd/{fd}"):
+        return real_fsync(fd)
     sys.stderr.write("writing\\n"); sys.stderr.flush()
     time.sleep(600)
 os.fsync = stuck
