@@ -33,7 +33,6 @@ import csv
 import io
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -57,6 +56,7 @@ from cli.common import (
     out_console,
 )
 from gptclf.errors import BadInputError, write_error
+from gptclf.fileio import remove_stale_temp_files, temp_path_for
 
 if TYPE_CHECKING:
     from gptclf.inference.predict import Prediction
@@ -217,9 +217,10 @@ def _destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
         return
     if output.is_dir():
         raise BadInputError(f"--output {output} is a folder: name a file")
-    tmp = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides
+    try:  # named with this process's id: what a kill -9 leaves, the next predict beside it removes
+        remove_stale_temp_files(output.parent)
+        tmp = temp_path_for(output)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
     except OSError as exc:
         raise write_error(exc, output.parent) from None
     fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below, on every path)

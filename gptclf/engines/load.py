@@ -17,7 +17,10 @@ refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +33,7 @@ from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.engines.onnx_folder import OnnxExport
 from gptclf.engines.onnx_session import INPUTS, io_problems, ort_session, require_onnx
 from gptclf.errors import BadInputError
+from gptclf.fileio import process_alive
 from gptclf.interop.onnx_export import export_onnx
 from gptclf.model.classifier import Classifier
 from gptclf.model.tokenizer import EOT_ID
@@ -187,7 +191,23 @@ def load_engine(
     if isinstance(run, OnnxExport):
         return OrtClassifier(ort_session(run.model_path), run.classes, run.model_path), dev, fp32
     # A run directory: exported here, once, into a folder that goes when the session has the model.
-    with tempfile.TemporaryDirectory(prefix="gptclf-onnx-") as tmp:
+    _remove_dead_exports()
+    with tempfile.TemporaryDirectory(prefix=f"{_TEMP_PREFIX}{os.getpid()}-") as tmp:
         export_onnx(run, Path(tmp), quantize=None if quantize == "none" else quantize)
         session = ort_session(Path(tmp) / "model.onnx")
     return OrtClassifier(session, run.classes, run.path), dev, fp32
+
+
+#: The temporary export folders of ``--engine onnx`` on a run: ``gptclf-onnx-<pid>-<random>``.
+_TEMP_PREFIX = "gptclf-onnx-"
+
+
+def _remove_dead_exports() -> None:
+    """Remove the temporary export folders that killed processes left in the temporary folder
+    (a gpt2-small graph is 500 MB); those of live processes, this one included, are kept."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            pid = entry.name.removeprefix(_TEMP_PREFIX).split("-")[0]
+            if entry.name.startswith(_TEMP_PREFIX) and pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)

@@ -152,3 +152,40 @@ def test_import_leaves_neither_the_run_nor_its_work_folder(tmp_path: Path) -> No
         raise AssertionError("no import was caught while it wrote, in 20 tries")
     one_line(code, stderr, signal.SIGTERM)
     assert hidden(tmp_path) == [] and not out.exists()
+
+
+# --- kill -9: what a killed predict leaves, the next one removes --------------------------------------
+
+
+def test_a_killed_predicts_output_file_is_removed_by_the_next(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = child("predict", str(run_dir), "-", "--output", str(out), cwd=tmp_path, stdin=subprocess.PIPE)
+    assert wait_for(proc, lambda: bool(hidden(tmp_path)))  # waiting on stdin, its output temporary
+    proc.kill()
+    proc.wait()
+    left = hidden(tmp_path)
+    assert len(left) == 1 and f"-{proc.pid}-" in left[0]
+    other = tmp_path / "other.jsonl"  # another file of the same folder
+    again = child("predict", str(run_dir), "text", "--output", str(other), cwd=tmp_path)
+    assert again.wait(timeout=120) == 0
+    assert hidden(tmp_path) == [] and other.is_file() and not out.exists()
+
+
+def test_a_killed_predicts_temporary_onnx_export_is_removed_by_the_next(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install '.[onnx]')")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install '.[onnx]')")
+    temp = tmp_path / "tmp"
+    proc = child("predict", str(run_dir), "a text", "--engine", "onnx", cwd=tmp_path)
+
+    def exporting() -> bool:
+        return any(d.name.startswith("gptclf-onnx-") and any(d.iterdir()) for d in temp.iterdir())
+
+    assert wait_for(proc, exporting)
+    proc.kill()
+    proc.wait()
+    assert [d.name for d in temp.iterdir() if d.name.startswith(f"gptclf-onnx-{proc.pid}-")]
+    again = child("predict", str(run_dir), "a text", "--engine", "onnx", cwd=tmp_path)
+    assert again.wait(timeout=300) == 0
+    assert [d.name for d in temp.iterdir() if d.name.startswith("gptclf-onnx-")] == []
