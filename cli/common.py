@@ -5,7 +5,9 @@ Human messages and progress go to stderr; results go to stdout, so pipelines sta
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -16,7 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from cli import signals
 from gptclf.device import PRECISIONS
-from gptclf.errors import GptclfError
+from gptclf.errors import GptclfError, write_error
 
 try:  # Typer >= 0.2x carries its own copy of click; older ones use click itself
     from typer._click import Context, Parameter
@@ -46,7 +48,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()  # here, not at the interpreter's exit: a full disk is one line too
+            return result
         except GptclfError as exc:
             raise fail(_escape(str(exc)), exc.exit_code) from None
         except KeyboardInterrupt as exc:  # SIGINT, and SIGTERM (cli.signals.Terminated)
@@ -55,8 +59,37 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except BrokenPipeError:  # `gptclf predict ... | head`: the reader left; that is fine
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except OSError as exc:  # writing the results failed (stdout on a full disk, /dev/full)
+            if exc.filename is not None:
+                raise  # a file of the library's: its own message names it, or it is a bug to see
+            _silence_stdout()
+            error = write_error(exc, "standard output")
+            raise fail(_escape(str(error)), error.exit_code) from None
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush cannot fail once more."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def check_standard_streams(argv: Sequence[str]) -> None:
+    """Give a process started with a closed stream (``>&-``, ``<&-``) one line instead of a
+    traceback: a closed stdout is an error (results would be lost), a closed stdin reads as empty
+    unless ``-`` asks for it, a closed stderr is /dev/null."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    if sys.stdout is None:
+        sys.stderr.write("gptclf: error: standard output is closed: redirect it to a file or /dev/null\n")
+        sys.exit(2)
+    if sys.stdin is None:
+        if "-" in argv:
+            sys.stderr.write("gptclf: error: standard input is closed, and `-` reads it: give the texts "
+                             "another way\n")
+            sys.exit(2)
+        sys.stdin = open(os.devnull)  # noqa: SIM115 (for the life of the process)
 
 
 def _escape(text: str) -> str:

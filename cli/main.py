@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from cli import signals
-from cli.common import GptclfCommand, GptclfGroup
+from cli.common import GptclfCommand, GptclfGroup, check_standard_streams
 from gptclf import __version__
 
 app = typer.Typer(
@@ -57,6 +59,7 @@ _register()
 def main() -> None:
     """Console-script entry point."""
     signals.at_run_time()  # from here on a signal stops the command through its cleanup code
+    check_standard_streams(sys.argv[1:])
     app()
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label
 from gptclf.data.long_texts import INFO_KEY, describe_counts
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
-from gptclf.errors import BadInputError, GptclfError, Interrupted, write_error
+from gptclf.errors import BadInputError, DiskFullError, GptclfError, Interrupted, write_error
 from gptclf.inference.batching import LabelledSet, Source, encode_splits
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.inference.longtexts import Windowed, WindowMap
@@ -344,13 +344,13 @@ def _check_space(work: Path, out: Path, needed: int) -> None:
     is part of ``needed``, not an addition to it.
 
     Raises:
-        BadInputError: Less free space than the run needs, both named in the message.
+        DiskFullError: Less free space than the run needs, both named in the message.
     """
     free = shutil.disk_usage(work).free
     present = sum(p.stat().st_size for p in work.rglob("*") if p.is_file() and not p.is_symlink())
     needed = max(needed - present, 0)
-    if free < needed:
-        raise BadInputError(
+    if free < needed:  # a full disk, as every verb reports one: exit 1
+        raise DiskFullError(
             f"not enough space for the run in {out.parent}: it needs about {needed / 2**20:,.0f} MiB "
             f"(weights and checkpoint), {free / 2**20:,.0f} MiB are free; free some space or choose "
             "another --out"

@@ -277,14 +277,14 @@ def test_the_space_check_counts_a_resumed_runs_checkpoint_as_present(
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(80_000, 25_000, 55_000))
     _check_space(work, tmp_path / "run", 65_000)  # 65,000 in all, 10,000 of them already there
-    with pytest.raises(BadInputError, match="not enough space"):
+    with pytest.raises(DiskFullError, match="not enough space"):
         _check_space(work, tmp_path / "run", 65_001 + 10_000)
 
 
 def test_a_disk_too_small_for_the_run_is_refused_up_front(data: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "4m") as disk:
         code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(disk / "run"))
-        assert code == 2 and "not enough space" in stderr and "MiB" in stderr, stderr
+        assert code == 1 and "not enough space" in stderr and "MiB" in stderr, stderr
         assert sorted(p.name for p in disk.iterdir()) == []  # nothing left behind
 
 
