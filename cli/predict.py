@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -217,6 +218,9 @@ def _destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
         return
     if output.is_dir():
         raise BadInputError(f"--output {output} is a folder: name a file")
+    if not output.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
+        code = errno.ENOTDIR if output.parent.exists() else errno.ENOENT
+        raise write_error(OSError(code, os.strerror(code)), output.parent)
     try:  # named with this process's id: what a kill -9 leaves, the next predict beside it removes
         remove_stale_temp_files(output.parent)
         tmp = temp_path_for(output)
