@@ -55,90 +55,17 @@ if TYPE_CHECKING:
 
     from gptclf.inference.evaluate import LabelledData
     from gptclf.inference.predict import Predictor
+    from gptclf.tasks.base import ReportTable
 
 
-def _print_tables(m: dict[str, Any]) -> None:
-    """Summary, per-class and confusion-matrix tables on stdout."""
-    summary = Table(title="Evaluation", show_header=False)
-    summary.add_column("metric")
-    summary.add_column("value", justify="right")
-    source = m["source"]
-    where = f"{source['split']} split of {source['data']}" if "split" in source else source["input"]
-    summary.add_row("data", where)
-    summary.add_row("texts", str(m["n"]))
-    for label, key in _summary_rows(m):
-        if key in m:  # metrics of an older gptclf may lack the newer keys
-            summary.add_row(label, fmt_metric(m[key]))
-    summary.add_row("truncated", str(m["truncated"]))
-    _show(summary)
-
-    per_class = Table(title="Per class")
-    for name in ("class", "precision", "recall", "F1", "support"):
-        per_class.add_column(name, justify="left" if name == "class" else "right")
-    for name, row in m["per_class"].items():
-        per_class.add_row(
-            name,
-            fmt_metric(row["precision"]),
-            fmt_metric(row["recall"]),
-            fmt_metric(row["f1"]),
-            str(row["support"]),
-        )
-    _show(per_class)
-
-    matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
-    matrix.add_column("true \\ predicted")
-    for name in m["classes"]:
-        matrix.add_column(name, justify="right")
-    for name, counts in zip(m["classes"], m["confusion_matrix"], strict=True):
-        matrix.add_row(name, *(str(c) for c in counts))
-    _show(matrix)
-
-
-def _print_decisions(m: dict[str, Any]) -> None:
-    """The stored threshold's metrics, the abstention's and the risk-coverage table (stdout)."""
-    if "at_threshold" in m:
-        t = m["at_threshold"]
-        table = Table(title=f"At the stored threshold: {t['positive']} when p >= {t['threshold']:.4f}")
-        for name in ("precision", "recall", "F1", "accuracy"):
-            table.add_column(name, justify="right")
-        table.add_row(*(fmt_metric(t[k]) for k in ("precision", "recall", "f1", "accuracy")))
-        _show(table)
-    if "abstention" in m:
-        a = m["abstention"]
-        table = Table(title=f"Abstention below confidence {a['min_confidence']:.4f}")
-        for name in ("coverage", "accuracy (covered)", "covered texts"):
-            table.add_column(name, justify="right")
-        table.add_row(fmt_metric(a["coverage"]), fmt_metric(a["accuracy"]), str(a["n_covered"]))
-        _show(table)
-    if m.get("risk_coverage"):
-        table = Table(title="Risk-coverage (texts whose top probability is >= the confidence)")
-        for name in ("confidence", "coverage", "accuracy (covered)"):
-            table.add_column(name, justify="right")
-        for row in m["risk_coverage"]:
-            table.add_row(
-                f"{row['min_confidence']:g}", fmt_metric(row["coverage"]), fmt_metric(row["accuracy"])
-            )
-        _show(table)
-
-
-def _summary_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, key) of the summary's metrics: decisions, then probabilities, then ranking (two classes)."""
-    from gptclf.tasks.metrics import ECE_BINS  # here, not at the top: it imports torch
-
-    rows = [
-        ("accuracy", "accuracy"),
-        ("balanced accuracy", "balanced_accuracy"),
-        ("macro F1", "macro_f1"),
-        ("weighted F1", "weighted_f1"),
-        ("MCC", "mcc"),
-        ("loss (NLL)", "loss"),
-        ("Brier score", "brier"),
-        (f"ECE ({ECE_BINS} bins)", "ece"),
-    ]
-    if len(m["classes"]) == 2:
-        positive = m.get("pr_auc_positive")
-        rows += [("ROC-AUC", "roc_auc"), (f"PR-AUC ({positive})" if positive else "PR-AUC", "pr_auc")]
-    return rows
+def _render(report: ReportTable, base: Console | None = None) -> None:
+    """Print one of the task's report tables (stdout by default)."""
+    table = Table(title=report.title, show_header=report.header)
+    for i, name in enumerate(report.columns):
+        table.add_column(name, justify="left" if i < report.left else "right")
+    for row in report.rows:
+        table.add_row(*row)
+    _show(table, base)
 
 
 def _show(table: Table, base: Console | None = None) -> None:
@@ -178,15 +105,6 @@ def _emit(text: str, out: TextIO) -> None:
 
 #: A width no table reaches, to measure the one it needs.
 _UNLIMITED = 100_000
-
-
-def _probabilities(predictor: Predictor) -> str:
-    """Which probabilities the metrics are of, for the line that starts the evaluation."""
-    if "calibration" not in predictor.run.info:
-        return "raw probabilities (the run stores no calibration)"
-    if not predictor.calibrated:
-        return "raw probabilities (--no-calibration)"
-    return f"calibrated probabilities (temperature {predictor.temperature:.4g})"
 
 
 def _check_reports(errors_path: Path | None, show_errors: int, plots_dir: Path | None) -> None:
@@ -265,7 +183,9 @@ def _report_errors(
     tables; stderr under --json, whose stdout holds the JSON object only)."""
     from gptclf.inference.error_report import error_rows, write_errors
 
-    probs = predictor.probabilities(logits).double().numpy()  # the probabilities the metrics judge
+    shown = predictor.decider.error_report_probabilities(logits)
+    assert shown is not None  # only asked of a task that has an error report
+    probs = shown.double().numpy()  # the probabilities the metrics judge
     rows = error_rows(probs, data.labels, predictor.classes, data.texts, data.ids)
     if path is not None:
         with _writing("--errors", path, path.parent):
@@ -365,18 +285,11 @@ def evaluate(
     aggregate: str | None = AGGREGATE,
 ) -> None:
     """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
-    from gptclf.data.long_texts import (
-        LongCounts,
-        describe_counts,
-        override,
-        stored_long_texts,
-        unused_options,
-    )
+    from gptclf.data.long_texts import describe_counts
     from gptclf.distributed import refuse_distributed
     from gptclf.inference.evaluate import DataChoice, Gates, evaluate_with_logits
-    from gptclf.inference.predict import Predictor
+    from gptclf.inference.predict import LongTextOptions, Predictor, resolve_long_texts
     from gptclf.rundir import load_run
-    from gptclf.tasks.decisions import stored_decision, stored_min_confidence
 
     refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
     input_format = _input_format(input_format, old_format)
@@ -385,46 +298,32 @@ def evaluate(
     choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
     choice.check()
     loaded = load_run(run)
-    long = override(
-        stored_long_texts(loaded.info), loaded.max_length, long_texts, head_tokens, stride, aggregate
-    )
-    given = {"head_tokens": head_tokens, "stride": stride, "aggregate": aggregate}
-    for warning in unused_options(long.mode, given):  # given, but not used by the mode
+    long, warnings = resolve_long_texts(loaded, LongTextOptions(long_texts, head_tokens, stride, aggregate))
+    for warning in warnings:  # given, but not used by the mode
         err_console.print(warning, markup=False)
-    if loaded.info.get("multi_label") is True:  # sigmoid outputs, label lists: cli.multievaluate
-        from cli.multievaluate import evaluate_multi_run
-
-        settings = {"device": device, "precision": precision, "batch_size": batch_size, "json_out": json_out,
-                    "long_texts": long}  # fmt: skip
-        reports = {"errors": errors_path, "show_errors": show_errors, "plots": plots_dir}
-        evaluate_multi_run(loaded, choice, gates, threshold, no_calibration, settings, reports)
-        return
-    if threshold is not None:
-        raise BadInputError(
-            "--threshold on evaluate is for multi-label runs; a two-class run's threshold is chosen "
-            "by `gptclf calibrate --target` or `finetune --target`"
-        )
-    labelled = choice.load(loaded, "test", "evaluate", read_ids=errors_path is not None or show_errors > 0)
+    task = loaded.task
+    reports = task.no_error_report is None and (errors_path is not None or show_errors > 0)
+    # Judged as predict applies them: the run's stored decision and abstention (or thresholds).
     predictor = Predictor(
         loaded,
         device=device,
         precision=precision,
         batch_size=batch_size,
+        threshold=threshold,
         calibrated=not no_calibration,
-        decision=stored_decision(loaded.info),  # judged as predict applies them
-        min_confidence=stored_min_confidence(loaded.info),
         long_texts=long,
+        verb="evaluate",
     )
+    labelled = choice.load(loaded, "test", "evaluate", read_ids=reports)
     _warn_about(labelled.source)
     err_console.print(
         f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name}), "
-        + _probabilities(predictor)
+        + predictor.decider.describe()
     )
     metrics, logits = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
-    seen = metrics["long_texts"]
-    if seen["long"]:
-        counts = LongCounts(metrics["n"], seen["long"], seen["windows"])
-        err_console.print(f"gptclf: {describe_counts(counts, loaded.max_length, long)}", markup=False)
+    if predictor.n_truncated:
+        line = describe_counts(predictor.long_counts(), loaded.max_length, long)
+        err_console.print(f"gptclf: {line}", markup=False)
     if json_out:
         try:  # allow_nan=False: NaN is not JSON (non-finite logits are refused earlier; a backstop)
             line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
@@ -432,11 +331,17 @@ def evaluate(
             raise GptclfError(f"the metrics of {loaded.path} hold a non-finite value") from None
         _emit(line + "\n", sys.stdout)
     else:
-        _print_tables(metrics)
-        _print_decisions(metrics)
+        for table in task.report_tables(metrics):
+            _render(table)
     # Written before the gate is checked: a CI job that fails it still gets the report to look at.
-    if errors_path is not None or show_errors:
-        _report_errors(predictor, labelled, logits, errors_path, show_errors, to_stderr=json_out)
-    if plots_dir is not None:
-        _write_plots(plots_dir, predictor, labelled, logits)
-    gates.check(metrics)
+    if task.no_error_report is not None:
+        asked = {"--errors": errors_path is not None, "--show-errors": show_errors > 0}
+        skipped = [flag for flag, on in {**asked, "--plots": plots_dir is not None}.items() if on]
+        if skipped:
+            err_console.print(f"gptclf: {', '.join(skipped)} skipped: {task.no_error_report}", markup=False)
+    else:
+        if errors_path is not None or show_errors:
+            _report_errors(predictor, labelled, logits, errors_path, show_errors, to_stderr=json_out)
+        if plots_dir is not None:
+            _write_plots(plots_dir, predictor, labelled, logits)
+    gates.check(metrics, task.f1_key)

@@ -60,7 +60,7 @@ from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import remove_stale_temp_files, temp_path_for
 
 if TYPE_CHECKING:
-    from gptclf.inference.predict import Prediction
+    from gptclf.tasks.base import Decider, Prediction
 
 FORMATS = ("jsonl", "csv", "tsv", "table")
 #: Seconds without a new line on stdin after which the texts read so far are predicted and written.
@@ -105,64 +105,53 @@ def _id_cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _jsonl_writer(out: TextIO, abstains: bool) -> Writer:
+def _jsonl_writer(out: TextIO, decider: Decider) -> Writer:
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            probs = {c: round(v, 6) for c, v in p.probs.items()}
-            record = {"id": p.id, "text": p.text, "label": p.label, "probs": probs}
-            if abstains:
-                record["abstained"] = p.abstained
             # allow_nan=False: a NaN would make the line invalid JSON (logits are checked already).
-            out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            out.write(json.dumps(decider.record(p), ensure_ascii=False, allow_nan=False) + "\n")
 
     return write
 
 
-def _abstain_cells(p: Prediction, abstains: bool) -> list[str]:
-    """The ``abstained`` cell of a CSV/TSV row, where the run abstains at all."""
-    return [("true" if p.abstained else "false")] if abstains else []
-
-
-def _csv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
+def _csv_writer(out: TextIO, decider: Decider) -> Writer:
     # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
     # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    extra = ["abstained"] if abstains else []
-    plain.writerow(["id", "text", "label", *(f"p_{c}" for c in classes), *extra])
+    plain.writerow(["id", "text", *decider.columns()])
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            probs = (round(v, 6) for v in p.probs.values())
-            row = [_id_cell(p.id), p.text, p.label or "", *probs, *_abstain_cells(p, abstains)]
+            row = [_id_cell(p.id), p.text, *decider.cells(p)]
             (quoted if "\r" in p.text else plain).writerow(row)
 
     return write
 
 
-def _tsv_writer(out: TextIO, classes: list[str], abstains: bool) -> Writer:
+def _tsv_writer(out: TextIO, decider: Decider) -> Writer:
     from gptclf.data.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
-    extra = ["abstained"] if abstains else []
-    out.write(tsv_line(["id", "text", "label", *(f"p_{c}" for c in classes), *extra]))
+    out.write(tsv_line(["id", "text", *decider.columns()]))
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            probs = (str(round(v, 6)) for v in p.probs.values())
-            row = [_id_cell(p.id), p.text, p.label or "", *probs, *_abstain_cells(p, abstains)]
-            out.write(tsv_line(row))
+            out.write(tsv_line([_id_cell(p.id), p.text, *(str(c) for c in decider.cells(p))]))
 
     return write
 
 
-def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
+def _table_writer(out: TextIO, decider: Decider, console: Console) -> Writer:
+    classes = decider.classes
+
     def write(preds: list[Prediction]) -> None:
         # Every column but the text keeps its full width; the text gets what is left of the console
         # (up to 60 characters) and ends in an ellipsis where it is longer (jsonl has it whole).
         ids = [_id_cell(p.id) for p in preds]
+        shown = [decider.shown_label(p) for p in preds]
         id_width = max(2, *map(len, ids))
-        label_width = max(5, len(_ABSTAINED), *map(len, classes))
+        label_width = decider.label_width(shown)
         prob_widths = [len(c) + 3 for c in classes]
         fixed = id_width + label_width + sum(prob_widths) + 3 * (len(classes) + 3)
         table = Table(show_edge=False)
@@ -170,13 +159,12 @@ def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
         table.add_column(
             "text", overflow="ellipsis", no_wrap=True, max_width=min(60, max(8, console.width - fixed))
         )
-        table.add_column("label", style="bold", no_wrap=True, min_width=label_width)
+        table.add_column(decider.label_header, style="bold", no_wrap=True, min_width=label_width)
         for c, width in zip(classes, prob_widths, strict=True):
             table.add_column(f"p({c})", justify="right", no_wrap=True, min_width=width)
-        for ident, p in zip(ids, preds, strict=True):
-            shown = Text(" ".join(p.text.splitlines()))  # one line per row; never read as markup
-            label = Text(p.label or _ABSTAINED)
-            table.add_row(Text(ident), shown, label, *(f"{v:.3f}" for v in p.probs.values()))
+        for ident, p, label in zip(ids, preds, shown, strict=True):
+            text = Text(" ".join(p.text.splitlines()))  # one line per row; never read as markup
+            table.add_row(Text(ident), text, Text(label), *(f"{v:.3f}" for v in p.probs.values()))
         # Rendered to a string and written here, not by rich: rich answers a closed pipe with
         # SystemExit(1), where `| head` must end quietly with 0 like the other formats.
         with console.capture() as captured:
@@ -186,19 +174,15 @@ def _table_writer(out: TextIO, classes: list[str], console: Console) -> Writer:
     return write
 
 
-#: The table's label of a text the run abstains on.
-_ABSTAINED = "(abstained)"
-
-
-def _writer(fmt: str, out: TextIO, classes: list[str], to_file: bool, abstains: bool) -> Writer:
+def _writer(fmt: str, out: TextIO, decider: Decider, to_file: bool) -> Writer:
     if fmt == "jsonl":
-        return _jsonl_writer(out, abstains)
+        return _jsonl_writer(out, decider)
     if fmt == "csv":
-        return _csv_writer(out, classes, abstains)
+        return _csv_writer(out, decider)
     if fmt == "tsv":
-        return _tsv_writer(out, classes, abstains)
+        return _tsv_writer(out, decider)
     console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
-    return _table_writer(out, classes, console)
+    return _table_writer(out, decider, console)
 
 
 @contextlib.contextmanager
@@ -308,12 +292,9 @@ def predict(
     aggregate: str | None = AGGREGATE,
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
-    from gptclf.data.long_texts import override, stored_long_texts, unused_options
     from gptclf.distributed import refuse_distributed
-    from gptclf.engines.onnx_folder import is_export, read_export
-    from gptclf.inference.predict import Predictor, make_decision
-    from gptclf.rundir import load_run
-    from gptclf.tasks.decisions import check_min_confidence, stored_decision, stored_min_confidence
+    from gptclf.inference.predict import LongTextOptions, Predictor, open_run, resolve_long_texts
+    from gptclf.tasks.decisions import check_min_confidence
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None:
@@ -323,32 +304,16 @@ def predict(
     check_min_confidence(min_confidence)
     stream = _inputs(texts or [], input_path, text_column, id_column, input_format, encoding)
     with _destination(output, fmt) as out:
-        exported = is_export(run)
-        loaded = read_export(run) if exported else load_run(run)
-        stored = stored_long_texts(loaded.info)
-        long = override(stored, loaded.max_length, long_texts, head_tokens, stride, aggregate)
-        given = {"head_tokens": head_tokens, "stride": stride, "aggregate": aggregate}
-        for warning in unused_options(long.mode, given):  # given, but not used by the mode
+        loaded = open_run(run)
+        given = LongTextOptions(long_texts, head_tokens, stride, aggregate)
+        long, warnings = resolve_long_texts(loaded, given)
+        for warning in warnings:  # given, but not used by the mode
             err_console.print(warning, markup=False)
+        exported = _is_export(loaded)
         engine = engine or ("onnx" if exported else "torch")
         if engine == "onnx" and not exported:
             err_console.print("gptclf: exporting the run to ONNX first (`gptclf export` does it once)")
-        if loaded.info.get("multi_label") is True:  # label lists from sigmoid outputs: cli.multipredict
-            from cli.multipredict import predict_multi
-
-            pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
-            where = str(output.parent) if output is not None else "stdout"
-            options = {"fmt": fmt, "to_file": output is not None, "where": where, "pause": pause,
-                       "threshold": threshold, "positive": positive, "min_confidence": min_confidence,
-                       "no_calibration": no_calibration, "device": device, "precision": precision,
-                       "batch_size": batch_size, "engine": engine, "quantize": quantize,
-                       "long_texts": long}  # fmt: skip
-            predict_multi(loaded, stream, out, options, _stream)
-            return
-        # The run's stored rules are the defaults; the options replace them.
-        decision = make_decision(loaded.classes, threshold, positive, stored_decision(loaded.info))
-        if min_confidence is None:
-            min_confidence = stored_min_confidence(loaded.info)
+        # The run's stored rules are the defaults; the options replace them (the run's task says how).
         predictor = Predictor(
             loaded,
             device=device,
@@ -356,17 +321,25 @@ def predict(
             engine=engine,
             quantize=quantize,
             batch_size=batch_size,
-            decision=decision,
+            threshold=threshold,
+            positive=positive,
             calibrated=not no_calibration,
             min_confidence=min_confidence,
             long_texts=long,
         )
-        write = _writer(fmt, out, predictor.classes, output is not None, min_confidence is not None)
+        write = _writer(fmt, out, predictor.decider, output is not None)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
         _stream(predictor.predict_chunks(stream, pause=pause), write, out, where)
     if predictor.n_truncated:
-        from gptclf.data.long_texts import LongCounts, describe_counts
+        from gptclf.data.long_texts import describe_counts
 
-        counts = LongCounts(predictor.n_texts, predictor.n_truncated, predictor.n_windows)
-        err_console.print(f"gptclf: {describe_counts(counts, loaded.max_length, long)}", markup=False)
+        line = describe_counts(predictor.long_counts(), loaded.max_length, long)
+        err_console.print(f"gptclf: {line}", markup=False)
+
+
+def _is_export(loaded: object) -> bool:
+    """Whether ``loaded`` is an ONNX export folder (whose one engine is onnx)."""
+    from gptclf.engines.onnx_folder import OnnxExport
+
+    return isinstance(loaded, OnnxExport)

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pandas as pd
 import tiktoken
 import torch
 
-from gptclf.data.labelsets import label_matrix
 from gptclf.data.long_texts import LongTexts
-from gptclf.data.rows import label_ids
 from gptclf.inference.longtexts import Windowed, WindowMap, windows_of
 from gptclf.model.tokenizer import EOT_ID, encode_batch
+from gptclf.tasks.base import Task
+from gptclf.tasks.single_label import SingleLabel
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
 #: similar lengths share a batch while the pools keep the epoch's order random.
@@ -196,7 +196,8 @@ class TokenSource:
 
 @dataclass
 class LabelledSet:
-    """Model inputs of a split and the true class index of each text (multi-label: a 0/1 row).
+    """Model inputs of a split, each text's target as its ``task`` encodes it (a class index, a
+    0/1 row), and the task (its loss, statistics and metrics are what training computes).
 
     With ``windows`` (``--long-texts head-tail`` or ``window``) the source's rows are windows and
     ``windows`` says which belong to which text; None: one row per text (``truncate``).
@@ -205,6 +206,7 @@ class LabelledSet:
     source: Source
     labels: list[Any]
     windows: WindowMap | None = None
+    task: Task = field(default_factory=SingleLabel)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -223,7 +225,7 @@ def encode_splits(
     enc: tiktoken.Encoding,
     max_length: int,
     pad_to: str,
-    multi_label: bool = False,
+    task: Task | None = None,
     long: LongTexts | None = None,
     windows: dict[str, Windowed] | None = None,
 ) -> tuple[dict[str, list[list[int]]], dict[str, list[Any]], int, int | None]:
@@ -236,8 +238,7 @@ def encode_splits(
     :class:`~gptclf.inference.longtexts.Windowed` (which text each window is of, what was cut) is put into
     ``windows``.
 
-    With ``multi_label`` each label is a 0/1 row over the classes (the ``label`` column holds
-    tuples of names, :func:`gptclf.data.prepared.read_prepared`), not a class index.
+    Each split's labels are encoded by ``task`` (default single-label: class indices).
 
     Returns:
         ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
@@ -256,10 +257,8 @@ def encode_splits(
         ids = {n: w.ids for n, w in made.items()}
         if windows is not None:
             windows.update(made)
-    labels: dict[str, list[Any]] = {
-        n: label_matrix(splits[n]["label"], classes) if multi_label else label_ids(splits[n], classes)
-        for n in names
-    }
+    encoder = task or SingleLabel()
+    labels: dict[str, list[Any]] = {n: encoder.encode_labels(splits[n], classes) for n in names}
     pad_length = None
     if pad_to == "longest-train" and ids["train"]:
         pad_length = max_length = max(len(x) for x in ids["train"])

@@ -16,19 +16,14 @@ import pandas as pd
 import torch
 
 from gptclf.data.decoding import is_stdin
-from gptclf.data.labelsets import is_multi_label, run_label_sep
 from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
-from gptclf.data.rows import label_ids
-from gptclf.data.tables import load_table, read_inputs
+from gptclf.data.tables import read_inputs
 from gptclf.errors import BadInputError, GateError
-from gptclf.inference.evaluate_multi import evaluate_multi, multi_labels, multi_table
 from gptclf.inference.predict import Predictor
-from gptclf.inference.predict_multi import MultiPredictor
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
-from gptclf.tasks.calibration import run_temperature
-from gptclf.tasks.decisions import decision_metrics
-from gptclf.tasks.metrics import classification_metrics, softmax
+from gptclf.tasks.base import Task
+from gptclf.tasks.kinds import task_of
 
 
 @dataclass
@@ -53,23 +48,17 @@ class LabelledData:
 
 def _labelled(
     frame: pd.DataFrame,
+    task: Task,
     classes: list[str],
     where: str,
     source: dict[str, Any],
     purpose: str = "evaluate",
-    multi_label: bool = False,
 ) -> LabelledData:
-    """Texts and label ids of a (text, label) frame, checked against the run's classes (with
-    ``multi_label``, each label a tuple of names, each label set a 0/1 row)."""
+    """Texts and targets of a (text, label) frame, encoded by the run's task and checked against
+    the run's classes (a class index, or a 0/1 row over the labels)."""
     if frame.empty:
         raise BadInputError(f"{where} has no rows to {purpose}")
-    if multi_label:
-        return LabelledData(frame["text"].astype(str).tolist(), multi_labels(frame, classes, where), source)
-    try:
-        labels = label_ids(frame, classes)
-    except BadInputError as exc:  # name the file: the bare message does not say where
-        raise BadInputError(f"{where}: {exc}") from None
-    return LabelledData(frame["text"].astype(str).tolist(), labels, source)
+    return LabelledData(frame["text"].astype(str).tolist(), task.encode_labels(frame, classes, where), source)
 
 
 def recorded_data_dir(run: LoadedRun) -> Path:
@@ -109,12 +98,10 @@ def split_data(
         raise BadInputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     directory = Path(data_dir) if data_dir is not None else recorded_data_dir(run)
     prepared = read_prepared(directory)
-    if is_multi_label(prepared.meta) != is_multi_label(run.info):
-        kinds = (
-            ("multi-label", "single-label") if is_multi_label(run.info) else ("single-label", "multi-label")
-        )
+    held = task_of(prepared.meta)
+    if held.key != run.task.key:
         raise BadInputError(
-            f"this run is {kinds[0]} and {directory} holds {kinds[1]} data: "
+            f"this run is {run.task.name} and {directory} holds {held.name} data: "
             "pass the data the run was trained on"
         )
     recorded = (run.info.get("data") or {}).get("fingerprint")
@@ -122,7 +109,7 @@ def split_data(
     same = None if not recorded else recorded == prepared_fingerprint(directory)
     source = {"split": split, "data": str(directory), "same_as_training": same}
     where = f"the {split} split of {directory}"
-    return _labelled(prepared.splits[split], run.classes, where, source, purpose, is_multi_label(run.info))
+    return _labelled(prepared.splits[split], run.task, run.classes, where, source, purpose)
 
 
 def file_data(
@@ -148,15 +135,11 @@ def file_data(
     Raises:
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
-    if is_multi_label(run.info):  # label lists; an empty one is a text without a label
-        frame, dropped = multi_table(path, text_column, label_column, fmt, encoding, run_label_sep(run.info))
-    else:
-        table = load_table(
-            path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
-        )
-        frame, dropped = table.frame, table.dropped
+    frame, dropped = run.task.read_labelled_file(
+        path, run.info, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
+    )  # label lists for a multi-label run: an empty one is a text without a label
     source = {"input": str(path), "dropped": dict(dropped)}
-    data = _labelled(frame, run.classes, str(path), source, purpose, is_multi_label(run.info))
+    data = _labelled(frame, run.task, run.classes, str(path), source, purpose)
     positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
     data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
     return data
@@ -230,59 +213,35 @@ def evaluate_with_logits(
     """Metrics of the predictor's run on ``data``, and the raw logits they come from.
 
     Args:
-        predictor: The loaded run, on its device and precision.
+        predictor: The loaded run, on its device and precision, with its decision options.
         data: Texts and true labels.
         progress: Shows the pass.
 
     Returns:
-        A JSON-ready dict: ``run``, ``source``, ``calibration`` (only for a run that stores one:
-        ``applied``, whether the metrics are those of the calibrated probabilities, and the run's
-        ``temperature``), ``truncated`` (texts cut to the run's max length), ``long_texts`` (the
-        settings, and how many texts were ``long`` and how many ``windows`` all texts took), and everything
-        :func:`gptclf.tasks.metrics.classification_metrics` reports (``n``, ``classes``, ``accuracy``,
-        ``loss``, ``macro_f1``, ``per_class``, ``confusion_matrix``, ``roc_auc``) of the
-        probabilities the predictor gives (calibrated unless it was made with ``calibrated=False``);
-        and the (N, K) raw logits in ``data`` order, for the error report and the pictures
-        (``predictor.probabilities(logits)`` are the probabilities the metrics judge); the
-        decision rules' report (:func:`gptclf.tasks.decisions.decision_metrics`: ``risk_coverage``, and
-        ``at_threshold`` / ``abstention`` where the predictor has those rules) beside them.
+        A JSON-ready dict: ``run``, ``source``, then what the run's task reports
+        (:meth:`gptclf.tasks.base.Decider.report`: for a single-label run ``calibration``,
+        ``truncated``, ``long_texts``, every metric of
+        :func:`gptclf.tasks.metrics.classification_metrics` of the probabilities the predictor
+        gives, and the decision rules' report; for a multi-label run ``truncated`` and every metric
+        at the thresholds predict applies); and the (N, K) raw logits in ``data`` order, for the
+        error report and the pictures.
     """
-    if isinstance(predictor, MultiPredictor):  # sigmoid outputs at per-label thresholds
-        multi, raw = evaluate_multi(predictor, data.texts, data.labels, progress)
-        return {"run": str(predictor.run.path), "source": data.source, **multi}, raw
     before, windows_before = predictor.n_truncated, predictor.n_windows
     logits = predictor.logits(data.texts, progress=progress)
-    long = predictor.long_texts
     n_long = predictor.n_truncated - before
-    long_texts = {**long.to_dict(), "long": n_long, "windows": predictor.n_windows - windows_before}
-    # The metrics are those of the probabilities predict prints: softmax(logits / T). Dividing by
-    # T > 0 keeps every argmax and ranking, so only the probability metrics (loss, ...) move.
-    # PR-AUC is reported for the decision's positive class where there is one (as the pictures show).
-    positive = predictor.decision.positive if predictor.decision is not None else 1
-    metrics = classification_metrics(
-        logits / predictor.temperature, data.labels, predictor.classes, positive=positive
-    )
-    out = {"run": str(predictor.run.path), "source": data.source}
-    if "calibration" in predictor.run.info:  # a run without one has only raw probabilities
-        stored = run_temperature(predictor.run.info)
-        out["calibration"] = {"applied": predictor.calibrated, "temperature": stored}
-    # The decision rules read calibrated probabilities, whatever the metrics above are of.
-    calibrated = logits.double().numpy() / predictor.decision_temperature
-    rules = decision_metrics(
-        softmax(calibrated), data.labels, predictor.classes, predictor.decision, predictor.min_confidence
-    )
-    cut = 0 if long.mode == "window" else n_long
-    return {**out, "truncated": cut, "long_texts": long_texts, **metrics, **rules}, logits
+    long = {**predictor.long_texts.to_dict(), "long": n_long, "windows": predictor.n_windows - windows_before}
+    report = predictor.decider.report(logits, data.labels, long)
+    return {"run": str(predictor.run.path), "source": data.source, **report}, logits
 
 
 @dataclass(frozen=True)
 class Gates:
-    """Minimum metric values for CI jobs (``--min-accuracy``, ``--min-f1``: macro F1; for a
-    multi-label run micro-F1 and the exact-match accuracy).
+    """Minimum metric values for CI jobs (``--min-accuracy``, ``--min-f1``: the F1 the run's task
+    names, macro F1 or, for a multi-label run, micro-F1; the accuracy is then the exact match).
 
     Attributes:
         min_accuracy: Lowest acceptable accuracy, or None.
-        min_f1: Lowest acceptable macro F1 (multi-label: micro-F1), or None.
+        min_f1: Lowest acceptable F1 (:attr:`gptclf.tasks.base.Task.f1_key`), or None.
     """
 
     min_accuracy: float | None = None
@@ -297,10 +256,9 @@ class Gates:
         if bad:
             raise BadInputError("; ".join(bad))
 
-    def failures(self, metrics: dict[str, Any]) -> list[str]:
-        """One phrase per gate that ``metrics`` does not meet."""
+    def failures(self, metrics: dict[str, Any], f1: str = "macro_f1") -> list[str]:
+        """One phrase per gate that ``metrics`` does not meet (``f1``: the key ``--min-f1`` gates)."""
         out = []
-        f1 = "micro_f1" if metrics.get("multi_label") else "macro_f1"
         for flag, key, floor in (
             ("--min-accuracy", "accuracy", self.min_accuracy),
             ("--min-f1", f1, self.min_f1),
@@ -309,12 +267,12 @@ class Gates:
                 out.append(f"{key} {metrics[key]:.4f} is below {flag} {floor:.4f}")
         return out
 
-    def check(self, metrics: dict[str, Any]) -> None:
-        """Raise when a gate is not met.
+    def check(self, metrics: dict[str, Any], f1: str = "macro_f1") -> None:
+        """Raise when a gate is not met (``f1``: the key ``--min-f1`` gates).
 
         Raises:
             GateError: One line naming every failed metric, its value and its threshold.
         """
-        failed = self.failures(metrics)
+        failed = self.failures(metrics, f1)
         if failed:
             raise GateError("metric gate not met: " + "; ".join(failed))

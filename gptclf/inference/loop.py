@@ -25,8 +25,6 @@ from gptclf.inference.batching import TOKENS_PER_TEXT, LabelledSet, Source, sort
 from gptclf.inference.longtexts import WindowMap
 from gptclf.model.classifier import Classifier
 from gptclf.progress import Progress
-from gptclf.tasks.metrics import classification_metrics
-from gptclf.tasks.multi_metrics import multilabel_metrics
 
 
 class BatchModel(Protocol):
@@ -202,7 +200,7 @@ def labelled_metrics(
         progress: Shows the pass as ``label``.
 
     Returns:
-        ``(metrics, logits)``: :func:`gptclf.tasks.metrics.classification_metrics` and the (N, K)
+        ``(metrics, logits)``: the metrics of ``data``'s task and the (N, K)
         float32 logits in input order.
     """
     logits = batched_logits(
@@ -217,6 +215,4 @@ def labelled_metrics(
         label=label,
         windows=data.windows,
     )
-    if model.multi_label:  # thresholds 0.5 while training; the run's own are chosen after it
-        return multilabel_metrics(logits, data.labels, model.classes), logits.numpy()
-    return classification_metrics(logits, data.labels, model.classes), logits.numpy()
+    return data.task.metrics(logits, data.labels, model.classes), logits.numpy()

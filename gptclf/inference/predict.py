@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import tiktoken
 import torch
 
-from gptclf.data.long_texts import LongCounts, LongTexts, stored_long_texts
+from gptclf.data.long_texts import LongCounts, LongTexts, override, stored_long_texts, unused_options
 from gptclf.device import Precision
 from gptclf.engines.load import OrtClassifier, load_engine
-from gptclf.engines.onnx_folder import OnnxExport
+from gptclf.engines.onnx_folder import OnnxExport, is_export, read_export
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference.batching import TokenSource
 from gptclf.inference.chunking import chunks, waiting_chunks
@@ -32,58 +33,13 @@ from gptclf.inference.loop import run_batches
 from gptclf.model.classifier import Classifier
 from gptclf.model.tokenizer import encode_batch
 from gptclf.progress import Progress
-from gptclf.rundir import LoadedRun
-from gptclf.tasks.calibration import run_temperature
-from gptclf.tasks.decisions import Decision, check_min_confidence
+from gptclf.rundir import LoadedRun, load_run
+from gptclf.tasks.base import Prediction
 
 #: Texts read, sorted and predicted together. Large enough that sorting by length saves most of the
 #: padding, small enough that a chunk's texts, ids and logits stay a few megabytes. Also the most
 #: windows run together, so a 100,000-token text costs no more memory than a chunk of short ones.
 CHUNK_SIZE = 1024
-
-
-def make_decision(
-    classes: Sequence[str],
-    threshold: float | None,
-    positive: str | None,
-    stored: Decision | None = None,
-) -> Decision | None:
-    """Check ``--threshold`` / ``--positive`` against the run's classes.
-
-    Args:
-        classes: The run's class names.
-        threshold: Probability in [0, 1], or None for the plain argmax.
-        positive: Name of the positive class; required with ``threshold``.
-        stored: The rule the run stores (:func:`gptclf.tasks.decisions.stored_decision`), used when
-            neither option is given; the options replace it.
-
-    Returns:
-        The rule, or ``stored`` when neither option is given (None: predict the most probable class).
-
-    Raises:
-        BadInputError: Only one of the two options, a threshold outside [0, 1], a run with more than
-            two classes, or a class the run does not have.
-    """
-    if threshold is None and positive is None:
-        return stored
-    problems = []
-    if threshold is None:
-        problems.append("--positive needs --threshold P")
-    elif not 0.0 <= threshold <= 1.0:
-        problems.append(f"--threshold must be a probability in [0, 1] (got {threshold})")
-    if positive is None:
-        problems.append(f"--threshold needs --positive CLASS (one of {', '.join(classes)})")
-    elif positive not in classes:
-        problems.append(f"--positive {positive!r} is not a class of this run ({', '.join(classes)})")
-    if len(classes) != 2:
-        problems.append(
-            f"--threshold works for two classes only; this run has {len(classes)} ({', '.join(classes)})"
-        )
-    if problems:
-        raise BadInputError("; ".join(problems))
-    assert threshold is not None and positive is not None
-    pos = list(classes).index(positive)
-    return Decision(positive=pos, negative=1 - pos, threshold=float(threshold))
 
 
 def compute_logits(
@@ -147,31 +103,43 @@ def compute_logits(
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """The prediction for one text.
+class LongTextOptions:
+    """``--long-texts``, ``--head-tokens``, ``--stride``, ``--aggregate`` as given (None: not given)."""
 
-    Attributes:
-        index: 0-based position of the text in the input.
-        text: The text as given (not truncated).
-        label: The predicted class; None where the predictor abstained.
-        probs: Probability of every class, in the run's class order (they sum to 1).
-        id: The id the input gave the text (its ``id`` column), else ``index``.
-        abstained: The top calibrated probability is below the predictor's ``min_confidence``.
+    long_texts: str | None = None
+    head_tokens: int | None = None
+    stride: int | None = None
+    aggregate: str | None = None
+
+
+def resolve_long_texts(run: LoadedRun | OnnxExport, given: LongTextOptions) -> tuple[LongTexts, list[str]]:
+    """How ``run`` reads texts longer than its max length: what it stores, with the options on top;
+    and a warning line for each option given that the mode in force does not use."""
+    stored = stored_long_texts(run.info)
+    g = given
+    long = override(stored, run.max_length, g.long_texts, g.head_tokens, g.stride, g.aggregate)
+    numbers = {"head_tokens": given.head_tokens, "stride": given.stride, "aggregate": given.aggregate}
+    return long, unused_options(long.mode, numbers)
+
+
+def open_run(path: Path) -> LoadedRun | OnnxExport:
+    """A run directory, or a folder of ``gptclf export --format onnx``, read back.
+
+    Raises:
+        BadInputError: Neither, or a damaged one.
     """
-
-    index: int
-    text: str
-    label: str | None
-    probs: dict[str, float]
-    id: Any = None
-    abstained: bool = False
+    return read_export(path) if is_export(path) else load_run(path)
 
 
 class Predictor:
     """A run loaded once, classifying any number of texts.
 
+    What the probabilities and labels mean is the run's task's (:mod:`gptclf.tasks`): ``decider``
+    is that task with the options of this predictor resolved against the rules the run stores.
+
     Attributes:
         run: The loaded run directory, or an ONNX export folder.
+        decider: Logits -> probabilities, predictions, records and metrics (the run's task).
         model: What computes the logits: the run's classifier, its int8 copy, or an ONNX session.
         device: Where the model runs.
         precision: fp32 or the autocast type.
@@ -179,8 +147,6 @@ class Predictor:
         n_truncated: Of those, texts longer than the run's ``max_length`` (cut, or read in windows).
         n_windows: Windows (model inputs) the texts took (one per text that fits).
         long_texts: How texts longer than ``max_length`` are read (resolved).
-        calibrated: Whether the run's stored temperature is applied.
-        temperature: What the logits are divided by before the softmax (1.0: raw probabilities).
     """
 
     def __init__(
@@ -193,35 +159,38 @@ class Predictor:
         quantize: str = "none",
         batch_size: int = 32,
         chunk_size: int = CHUNK_SIZE,
-        decision: Decision | None = None,
+        threshold: float | None = None,
+        positive: str | None = None,
         calibrated: bool = True,
         min_confidence: float | None = None,
         long_texts: LongTexts | None = None,
+        verb: str = "predict",
     ) -> None:
         """Move the run's model to ``device``.
 
         Args:
-            run: A run from :func:`gptclf.rundir.load_run`.
+            run: A run from :func:`gptclf.rundir.load_run`, or an export folder.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a torch device.
             precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
             engine: ``torch``, or ``onnx`` (ONNX Runtime; the one engine of an export folder).
             quantize: ``none``, or ``int8`` (dynamic quantization; CPU and fp32 only).
             batch_size: Texts per forward pass.
             chunk_size: Texts read and sorted together; bounds memory.
-            decision: A two-class threshold rule from :func:`make_decision`; None for the argmax.
-            calibrated: Divide the logits by the temperature the run stores (run.json's
-                ``calibration``; 1 for a run without one) before the softmax; False gives the
-                raw probabilities (``--no-calibration``). The argmax is the same either way,
-                and so is every label: the decision rules always read the calibrated ones.
-            min_confidence: Abstain (label None) on texts whose top calibrated probability is
-                below this, in (0, 1]; None never abstains.
-            long_texts: How texts longer than the run's ``max_length`` are read (see
-                :func:`gptclf.data.long_texts.override`); None: as the run stores (truncate for a run
-                without ``long_texts``).
+            threshold: ``--threshold`` (a two-class rule with ``positive``, or one threshold for
+                every label of a multi-label run); None: what the run stores.
+            positive: ``--positive``.
+            calibrated: Divide the logits by the temperature the run stores before the softmax;
+                False gives the raw probabilities (``--no-calibration``). Labels are always
+                decided on the calibrated ones.
+            min_confidence: Abstain on texts whose top calibrated probability is below this;
+                None: what the run stores.
+            long_texts: How texts longer than the run's ``max_length`` are read
+                (:func:`resolve_long_texts`); None: as the run stores.
+            verb: ``predict`` or ``evaluate`` (which options the task accepts).
 
         Raises:
             BadInputError: A bad device, precision, engine, quantization, batch size, chunk size,
-                min_confidence or long-texts setting; an ONNX model that does not match its record.
+                decision option or long-texts setting; an ONNX model that does not match its record.
         """
         # Name only the value that is wrong: the CLI never lets the user set the chunk size.
         if batch_size < 1:
@@ -229,19 +198,16 @@ class Predictor:
         if chunk_size < 1:
             raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
-        self.min_confidence = check_min_confidence(min_confidence)
+        self.decider = run.task.decider(
+            run.info, threshold=threshold, positive=positive, min_confidence=min_confidence,
+            calibrated=calibrated, verb=verb,
+        )  # fmt: skip
         self.long_texts = (long_texts or stored_long_texts(run.info)).resolved(run.max_length)
         self.model, self.device, self.precision = load_engine(
             run, engine=engine, quantize=quantize, device=device, precision=precision
         )
         self.batch_size = batch_size
         self.chunk_size = chunk_size
-        self.decision = decision
-        self.calibrated = calibrated
-        self.temperature = run_temperature(run.info) if calibrated else 1.0
-        # Thresholds (stored or given) are chosen on calibrated probabilities, so the labels
-        # are decided on those whatever is shown: --no-calibration changes no label.
-        self.decision_temperature = run_temperature(run.info)
         self.n_texts = 0
         self.n_truncated = 0
         self.n_windows = 0
@@ -284,22 +250,8 @@ class Predictor:
         return out
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, K) class probabilities of (N, K) logits: ``softmax(logits / temperature)``."""
-        return torch.softmax(logits / self.temperature, dim=1)
-
-    def labels(self, probs: torch.Tensor) -> list[str | None]:
-        """Predicted class of each row of (N, K) calibrated probabilities: the argmax, or the
-        threshold rule; None where the top probability is below ``min_confidence``."""
-        if self.decision is None:
-            idx = probs.argmax(dim=1)
-        else:
-            d = self.decision
-            idx = torch.where(probs[:, d.positive] >= d.threshold, d.positive, d.negative)
-        names: list[str | None] = [self.classes[i] for i in idx.tolist()]
-        if self.min_confidence is not None:
-            unsure = (probs.max(dim=1).values < self.min_confidence).tolist()
-            names = [None if out else name for name, out in zip(names, unsure, strict=True)]
-        return names
+        """(N, K) probabilities of (N, K) logits, as the run's task shows them."""
+        return self.decider.probabilities(logits)
 
     def predict_chunks(
         self, texts: Iterable[str | tuple[Any, str]], pause: float | None = None
@@ -324,26 +276,23 @@ class Predictor:
         start = 0
         for chunk in pieces:
             ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
-            logits = self.logits(list(items))
-            labels = self.labels(torch.softmax(logits / self.decision_temperature, dim=1))
-            rows = zip(ids, items, labels, self.probabilities(logits).tolist(), strict=True)
-            yield [
-                Prediction(
-                    start + offset,
-                    text,
-                    label,
-                    dict(zip(self.classes, row, strict=True)),
-                    ident,
-                    label is None,
-                )
-                for offset, (ident, text, label, row) in enumerate(rows)
-            ]
+            yield self.decider.predictions(start, ids, items, self.logits(list(items)))
             start += len(chunk)
 
     def predict(self, texts: Iterable[str | tuple[Any, str]]) -> Iterator[Prediction]:
         """Classify ``texts`` lazily, one result per text in input order (see :meth:`predict_chunks`)."""
         for chunk in self.predict_chunks(texts):
             yield from chunk
+
+    def records(self, texts: Iterable[str | tuple[Any, str]]) -> Iterator[dict[str, Any]]:
+        """Classify ``texts`` lazily: each text's JSON record (what ``predict --format jsonl``
+        writes), in input order."""
+        for p in self.predict(texts):
+            yield self.decider.record(p)
+
+    def long_counts(self) -> LongCounts:
+        """The texts predicted so far, the long ones among them and the windows they took."""
+        return LongCounts(self.n_texts, self.n_truncated, self.n_windows)
 
 
 def _split_item(position: int, item: str | tuple[Any, str]) -> tuple[Any, str]:

@@ -13,6 +13,7 @@ from typing import Any
 from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.data.long_texts import stored_long_texts
 from gptclf.tasks.calibration import run_temperature
+from gptclf.tasks.kinds import task_of
 
 
 def _fmt(value: Any) -> str:
@@ -90,13 +91,7 @@ def _decision_lines(info: dict[str, Any]) -> list[str]:
             f"{decision.get('threshold')} (chosen for {decision.get('target')}); transformers' argmax "
             "does not apply it: compare the score yourself (also in config.json's `gptclf.decision`)"
         )
-    thresholds = info.get("thresholds")
-    if info.get("multi_label") is True and isinstance(thresholds, dict):
-        listed = ", ".join(f"`{name}` {r.get('threshold', 0.5):.4g}" for name, r in thresholds.items())
-        lines.append(
-            f"- multi-label: each label is predicted where its sigmoid probability reaches its threshold "
-            f"({listed}; chosen on validation, config.json's `gptclf.thresholds`)"
-        )
+    lines += task_of(info).card_lines(info)  # a multi-label run's thresholds
     abstain = info.get("abstain")
     if isinstance(abstain, dict):
         lines.append(
@@ -141,7 +136,7 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any] | None, run_path: P
         "from transformers import pipeline",
         "",
         "clf = pipeline('text-classification', model='PATH/TO/THIS/FOLDER', top_k=None"
-        + (", function_to_apply='sigmoid')" if info.get("multi_label") is True else ")"),
+        + (f", function_to_apply='{f}')" if (f := task_of(info).pipeline_function) else ")"),
         f"clf(['some text'], truncation=True)  # keeps the first {info.get('max_length')} tokens",
         "```",
         "",

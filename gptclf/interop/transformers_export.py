@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-from gptclf.data.labelsets import run_label_sep
 from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_write_json, atomic_write_text
@@ -106,7 +105,7 @@ def hf_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
     for name, tensor in state.items():
         out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
     if bias is not None:
-        shift = fold_head_bias(weight, bias, centred=not run.model.multi_label)
+        shift = fold_head_bias(weight, bias, centred=run.task.shift_invariant)
         ln_bias = out["transformer.ln_f.bias"].to(torch.float64) + shift
         out["transformer.ln_f.bias"] = ln_bias.to(torch.float32)
     out["score.weight"] = (weight / temperature).to(torch.float32).contiguous()
@@ -125,13 +124,11 @@ def hf_config(run: LoadedRun) -> dict[str, Any]:
         "temperature_folded": run_temperature(run.info),
         "head_bias_folded_into": "transformer.ln_f.bias",
     }
-    for key in ("decision", "abstain", "multi_label", "thresholds", LONG_TEXTS_KEY):
+    for key in (*run.task.stored_fields, LONG_TEXTS_KEY):
         if key in run.info:
             custom[key] = run.info[key]
-    if run.model.multi_label:  # what joins its labels in files (evaluate --input, predict's CSV)
-        custom["label_sep"] = run_label_sep(run.info)
-    # Multi-label: transformers' pipeline then applies a sigmoid per label (function_to_apply).
-    multi = run.model.multi_label
+    custom.update(run.task.export_fields(run.info))  # what joins its labels in files, for label sets
+    # transformers' pipeline applies the task's function (a sigmoid per label: function_to_apply).
     return {
         "architectures": [ARCHITECTURE],
         **hf_config_from_gpt(run.model.gpt.config),
@@ -140,7 +137,7 @@ def hf_config(run: LoadedRun) -> dict[str, Any]:
         "pad_token_id": EOT_ID,
         "id2label": {str(i): name for i, name in enumerate(classes)},
         "label2id": {name: i for i, name in enumerate(classes)},
-        "problem_type": "multi_label_classification" if multi else "single_label_classification",
+        "problem_type": run.task.problem_type,
         "torch_dtype": "float32",
         "gptclf": custom,
     }

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from gptclf.data.labelsets import DEFAULT_SEP, check_separator
 from gptclf.data.long_texts import INFO_KEY as LONG_TEXTS_KEY
 from gptclf.errors import BadInputError, write_error
 from gptclf.interop.hf_tokenizer import gpt2_tokenizer_files, hf_max_length, write_tokenizer_files
@@ -37,6 +36,7 @@ from gptclf.model.gpt import build_model
 from gptclf.model.hfconfig import gpt_config_from_hf, read_hf_config, weights_file
 from gptclf.model.weights import load_hf_state_dict, open_safetensors, read_header, verify_checkpoint
 from gptclf.rundir import RunBuild, build_run_info, check_not_a_source, run_info_problems, save_run
+from gptclf.tasks.kinds import task_of_problem_type
 
 ARCHITECTURE = "GPT2ForSequenceClassification"
 
@@ -114,7 +114,7 @@ def _max_length(hf: dict[str, Any], folder: Path, cfg: GPTConfig) -> int:
     return cfg.n_positions
 
 
-def _classifier(path: Path, cfg: GPTConfig, classes: list[str], multi_label: bool = False) -> Classifier:
+def _classifier(path: Path, cfg: GPTConfig, classes: list[str]) -> Classifier:
     """The classifier holding the folder's weights (fp32), its head from ``score``."""
     state = load_hf_state_dict(path, cfg)
     with open_safetensors(path) as fh:
@@ -126,7 +126,7 @@ def _classifier(path: Path, cfg: GPTConfig, classes: list[str], multi_label: boo
     state["lm_head.bias"] = bias if bias is not None else torch.zeros(len(classes))
     gpt.load_state_dict(state, strict=True)
     assert gpt.lm_head is head
-    return Classifier(gpt, classes, "last-token", multi_label=multi_label).eval()
+    return Classifier(gpt, classes, "last-token").eval()
 
 
 def _run_info(
@@ -146,55 +146,23 @@ def _run_info(
     )
     info["imported"] = {"path": str(folder), "architecture": ARCHITECTURE}
     custom = _custom(hf)
-    for key in ("decision", "abstain", LONG_TEXTS_KEY):
+    task = task_of_problem_type(hf.get("problem_type"))  # multi-label: a sigmoid per label
+    info = {**info, **task.run_fields({}), **task.import_defaults(classes)}
+    for key in (*task.stored_fields, LONG_TEXTS_KEY):
         if key in custom:
             candidate = {**info, key: custom[key]}
             if run_info_problems(candidate):
                 note(f"ignored config.json's gptclf.{key}: it is not a setting this run can store")
             else:
                 info = candidate
-    if _multi_label(hf):
-        info = multi_info(info, custom.get("thresholds"), note)
-        sep = label_sep(hf, classes, source=str(folder / "config.json"))
-        info["data"] = {**info["data"], "label_sep": sep}
-    return info
+    data = task.import_data_fields(custom, classes, source=str(folder / "config.json"))
+    return {**info, "data": {**info["data"], **data}} if data else info
 
 
 def _custom(hf: dict[str, Any]) -> dict[str, Any]:
     """config.json's ``gptclf`` object (written by ``gptclf export``), or an empty one."""
     custom = hf.get("gptclf")
     return custom if isinstance(custom, dict) else {}
-
-
-def label_sep(hf: dict[str, Any], classes: list[str], source: str) -> str:
-    """What joins a multi-label folder's labels in files: its ``gptclf.label_sep`` (else ``|``),
-    refused when a label holds it, as ``prepare --multi-label`` refuses such labels (a list of
-    them could not be read back).
-
-    Raises:
-        BadInputError: A label holds the separator.
-    """
-    sep = _custom(hf).get("label_sep")
-    sep = sep if isinstance(sep, str) and sep else DEFAULT_SEP
-    hint = f"rename them in {source}'s id2label (and label2id)"
-    check_separator(classes, sep, hint=hint)
-    return sep
-
-
-def _multi_label(hf: dict[str, Any]) -> bool:
-    """Whether the folder is a multi-label classifier (sigmoid per label)."""
-    return hf.get("problem_type") == "multi_label_classification"
-
-
-def multi_info(info: dict[str, Any], thresholds: Any, note: Note) -> dict[str, Any]:
-    """``info`` as an imported multi-label run: the folder's gptclf thresholds where run.json's
-    schema accepts them for these labels, else 0.5 for every label."""
-    default = {name: {"threshold": 0.5, "chosen": False} for name in info["classes"]}
-    candidate = {**info, "multi_label": True, "thresholds": default if thresholds is None else thresholds}
-    if thresholds is not None and run_info_problems(candidate):
-        note("ignored config.json's gptclf.thresholds: they do not fit the labels; 0.5 for each")
-        candidate["thresholds"] = default
-    return candidate
 
 
 def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | None = None) -> Path:
@@ -230,7 +198,7 @@ def import_run(folder: Path, out: Path, *, force: bool = False, note: Note | Non
     failed: BaseException | None = None
     try:
         write_tokenizer_files(tokenizer, build.path)
-        save_run(build.path, _classifier(path, cfg, classes, _multi_label(hf)), info, build.path)
+        save_run(build.path, _classifier(path, cfg, classes), info, build.path)
         build.commit()
     except OSError as exc:  # a full disk: one line, and the work folder goes below
         failed = write_error(exc, out)

@@ -250,7 +250,7 @@ class Classifier(nn.Module):
     """
 
     def __init__(
-        self, gpt: GPT, classes: list[str], pooling: str = "last-token", multi_label: bool = False
+        self, gpt: GPT, classes: list[str], pooling: str = "last-token"
     ) -> None:
         super().__init__()
         if problems := pooling_problems(pooling):
@@ -258,8 +258,6 @@ class Classifier(nn.Module):
         self.gpt = gpt
         self.classes = list(classes)
         self.pooling = pooling
-        # K independent sigmoid outputs (gptclf.tasks.multi_loss) instead of a K-way softmax.
-        self.multi_label = multi_label
 
     def forward(
         self,

@@ -35,6 +35,8 @@ from gptclf.model.gpt import build_model
 from gptclf.model.tokenizer import TOKENIZER_FILES, load_tokenizer
 from gptclf.rundir.info import read_run_info, run_info_problems
 from gptclf.rundir.layout import INFO_FILE, RUN_FORMAT, WEIGHTS_FILE
+from gptclf.tasks.base import Task
+from gptclf.tasks.kinds import task_of
 
 
 def classifier_state(model: Classifier) -> dict[str, torch.Tensor]:
@@ -129,6 +131,11 @@ class RunInfoFields:
         if not reads_a_pad(str(self.info.get("pooling"))):
             return None
         return (self.info.get("train") or {}).get("pad_length")
+
+    @property
+    def task(self) -> Task:
+        """The run's task (:func:`gptclf.tasks.kinds.task_of`): what its outputs mean."""
+        return task_of(self.info)
 
 
 @dataclass
@@ -270,8 +277,7 @@ def _load_once(run_dir: Path, verify: bool) -> LoadedRun:
     if verify:  # after the shape check, which names the likelier cause of a mismatch more precisely
         verify_weights(weights, info.get("weights_sha256"))
     gpt.load_state_dict(state)
-    multi = info.get("multi_label") is True  # absent: a single-label (softmax) run
-    model = Classifier(gpt, info["classes"], info["pooling"], multi_label=multi).eval()
+    model = Classifier(gpt, info["classes"], info["pooling"]).eval()
     return LoadedRun(run_dir, info, model, load_tokenizer(run_dir))
 
 

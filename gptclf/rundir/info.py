@@ -25,6 +25,7 @@ from gptclf.model.classifier import POOLINGS
 from gptclf.model.config import GPTConfig
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir.layout import INFO_FILE, REQUIRED_FILES, RUN_FORMAT, RUN_FORMAT_VERSION
+from gptclf.tasks.kinds import TASKS, task_of
 
 
 def package_versions() -> dict[str, str]:
@@ -126,9 +127,9 @@ def _classes_ok(v: Any, _: dict[str, Any]) -> bool:
 
 
 def _thresholds_ok(v: Any, info: dict[str, Any]) -> bool:
-    """Per-label thresholds: one for each class of a multi-label run, each in [0, 1]."""
+    """Per-label thresholds: a key of the run's task (multi-label), one for each class, each in [0, 1]."""
     return (
-        info.get("multi_label") is True
+        "thresholds" in task_of(info).stored_fields
         and isinstance(v, dict)
         and set(v) == set(info["classes"])
         and all(
@@ -265,14 +266,16 @@ RUN_SCHEMA: tuple[Rule, ...] = (
     ),
     Rule("abstain.target", *_optional("a string", lambda v: isinstance(v, str)), required=False),
     Rule("abstain.validation", "an object", lambda v, _: isinstance(v, dict), required=False),
-    # Absent in single-label runs (a softmax over the classes, exactly as before multi-label existed).
+    # The run's task (gptclf.tasks.kinds.task_of); absent in runs from before it was recorded, which
+    # mark a multi-label run with multi_label: true alone and a single-label run with nothing.
+    Rule("task", f"one of {', '.join(TASKS)}", lambda v, _: v in TASKS, required=False),
     Rule("multi_label", "true or false", lambda v, _: isinstance(v, bool), required=False),
     Rule(
         "thresholds",
         "an object mapping each class to an object whose threshold is in [0, 1], in a multi-label run",
         _thresholds_ok,
         required=False,
-        needs=("classes", "multi_label"),
+        needs=("classes", "task", "multi_label"),
     ),
     # Absent in runs from before --long-texts: they truncate (gptclf.data.long_texts.stored_long_texts).
     Rule(

@@ -12,7 +12,9 @@ import numpy as np
 from gptclf.distributed import Shard
 from gptclf.model.classifier import Classifier
 from gptclf.progress import TrainProgress
+from gptclf.tasks.base import Task
 from gptclf.tasks.calibration import Calibration
+from gptclf.tasks.single_label import SingleLabel
 from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.loop import History
 from gptclf.training.plan import RunPlan
@@ -41,6 +43,7 @@ class FinetuneResult:
         choices: What ``--target`` chose on the validation split, as run.json stores it
             (``{"decision": ...}`` or ``{"abstain": ...}``); empty without a target.
         unmet: Why a ``--target`` was not met (the best value reached); nothing is then stored.
+        task: The run's task.
     """
 
     run_dir: Path
@@ -58,6 +61,7 @@ class FinetuneResult:
     labels: dict[str, list[int]] = field(default_factory=dict)
     choices: dict[str, Any] = field(default_factory=dict)
     unmet: str | None = None
+    task: Task = field(default_factory=SingleLabel)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``--json`` prints)."""
@@ -83,19 +87,7 @@ class FinetuneResult:
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "decision": self.choices.get("decision"),
             "abstain": self.choices.get("abstain"),
-            **self._multi_summary(),
-        }
-
-    def _multi_summary(self) -> dict[str, Any]:
-        """The keys only a multi-label run's summary has (none for a single-label run)."""
-        if not self.choices.get("multi_label"):
-            return {}
-        test = self.test or {}
-        return {
-            "multi_label": True,
-            "test_micro_f1": test.get("micro_f1"),
-            "best_val_micro_f1": (self.history.best or {}).get("val_micro_f1"),
-            "thresholds": self.choices.get("thresholds"),
+            **self.task.summary(self),  # the keys only the run's task has
         }
 
 

@@ -201,7 +201,7 @@ class _Trainer:
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
         self.device, self.precision, self.seed, self.shard = device, precision, seed, shard
         self.stepper = Stepper(
-            model, train.source, train.labels, cfg, device, precision, shard, train.windows
+            model, train.source, train.labels, cfg, device, precision, shard, train.windows, train.task
         )
         self.named = self.stepper.named
         self.group_size = cfg.batch_size * cfg.grad_accum * shard.world_size
@@ -345,8 +345,7 @@ class _Trainer:
                 shard=self.shard,
             )
             row.update(val_loss=metrics["loss"], val_acc=metrics["accuracy"], val_f1=metrics["macro_f1"])
-            if "micro_f1" in metrics:  # multi-label: history.csv gains the column
-                row["val_micro_f1"] = metrics["micro_f1"]
+            row.update(self.train.task.history_extra(metrics))  # history.csv gains the task's columns
             stop = self.best.offer(metrics, row, self.snapshot)
         row["elapsed"] = self.elapsed()
         loop.rows.append(row)

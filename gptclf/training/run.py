@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label
 from gptclf.data.long_texts import INFO_KEY, describe_counts
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
-from gptclf.errors import BadInputError, DiskFullError, GptclfError, Interrupted, write_error
+from gptclf.errors import BadInputError, DiskFullError, Interrupted, write_error
 from gptclf.inference.batching import LabelledSet, Source, encode_splits
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.inference.longtexts import Windowed, WindowMap
@@ -33,14 +32,12 @@ from gptclf.model.weights import load_weights
 from gptclf.progress import TrainProgress
 from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, write_history, write_metrics
 from gptclf.rundir.layout import CHECKPOINT_NAME
-from gptclf.tasks.calibration import Calibration, fit_temperature
-from gptclf.tasks.decisions import check_target, choose
-from gptclf.tasks.metrics import classification_metrics
+from gptclf.tasks.decisions import check_target
+from gptclf.tasks.kinds import task_of
 from gptclf.training.checkpoints import check_same_data
 from gptclf.training.context import FinetuneResult, RunContext
 from gptclf.training.loop import History, fit
 from gptclf.training.plan import RunPlan
-from gptclf.training.run_multi import multi_choices, multi_scores, settings_problems, threshold_lines
 from gptclf.training.settings import FinetuneSettings
 
 
@@ -60,12 +57,13 @@ def train_run(
     """
     t_start = time.monotonic()
     prepared, model, counts = _inputs(ctx, data_dir, weights_path)
+    task = task_of(prepared.meta)  # the prepared folder's labels say which task the run is
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
     windowed: dict[str, Windowed] = {}
     ids, labels, max_length, pad_length = encode_splits(
         prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to,
-        model.multi_label, ctx.plan.long_texts, windowed,
+        task, ctx.plan.long_texts, windowed,
     )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
     maps = _tell_long_texts(ctx, windowed, max_length)
@@ -83,27 +81,31 @@ def train_run(
     final_data = ctx.out / "data" if ctx.settings.data is None else data_dir
     data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
-        sets = {name: LabelledSet(sources[name], labels[name], maps.get(name)) for name in ids}
+        sets = {name: LabelledSet(sources[name], labels[name], maps.get(name), task) for name in ids}
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
-        scores, calibration, logits = _final_scores(model, sets, ctx)
+        logits = _final_logits(model, sets, ctx)
+        finished = task.finish(
+            logits, {n: sets[n].labels for n in logits}, model.classes,
+            target=ctx.settings.target, positive=ctx.settings.positive,
+        )  # fmt: skip
+        for line in finished.lines:  # the temperature, thresholds or decision chosen on validation
+            ctx.progress.message(line)
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
             source.close()
     timings["total"] = time.monotonic() - t_start
     result = FinetuneResult(
-        ctx.out, model, model.classes, history, scores["test"], scores["validation"],
-        counts["trainable"], counts["total"], cache, timings, calibration,
-        logits, {name: sets[name].labels for name in logits},
+        ctx.out, model, model.classes, history, finished.scores["test"], finished.scores["validation"],
+        counts["trainable"], counts["total"], cache, timings, finished.calibration,
+        logits, {name: sets[name].labels for name in logits}, finished.choices, finished.unmet, task,
     )  # fmt: skip
-    result.choices, result.unmet = _choose(ctx, result)
     if ctx.shard.is_main:
         data = {**data_info, "prepared": prepared.meta.get("source")}
-        if result.model.multi_label:  # how evaluate --input reads, and predict writes, label lists
-            data["label_sep"] = prepared.meta.get("label_sep", DEFAULT_SEP)
-        info = _run_info(ctx, result, max_length, pad_length, data)
+        data.update(task.data_fields(prepared.meta))  # what the task reads back later (a label separator)
+        info = {**_run_info(ctx, result, max_length, pad_length, data), **task.run_fields(prepared.meta)}
         try:
             _write_run(ctx.work, model, info, tokenizer_dir, result, ctx.progress)
         except OSError as exc:
@@ -119,10 +121,9 @@ def _inputs(
     fingerprint = prepared_fingerprint(data_dir)
     check_same_data(ctx.resume_state, fingerprint, data_dir)
     classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
-    multi = is_multi_label(prepared.meta)
     s = ctx.settings
-    if problems := settings_problems(
-        multi_label=multi, target=s.target, positive=s.positive, monitor=ctx.plan.train.monitor
+    if problems := task_of(prepared.meta).settings_problems(
+        target=s.target, positive=s.positive, monitor=ctx.plan.train.monitor
     ):
         raise BadInputError("; ".join(problems))
     # A bad --target or --positive is refused before any training time is spent.
@@ -133,7 +134,6 @@ def _inputs(
             "prepare the data with a validation fraction, or leave --target out"
         )
     model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes, weights_path)
-    model.multi_label = multi
     needed = _bytes_needed(total, trainable)
     if ctx.shard.is_main:
         _check_space(ctx.work, ctx.out, needed)
@@ -173,20 +173,13 @@ def _sources(
     )
 
 
-def _final_scores(
-    model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext
-) -> tuple[dict[str, dict[str, Any] | None], Calibration | None, dict[str, np.ndarray]]:
-    """Test and validation metrics of the kept weights, the temperature fitted on validation
-    (None without validation data) and the raw logits of those splits; a signal stops this
-    (training is saved).
-
-    The metrics are those of the calibrated probabilities, as ``gptclf evaluate`` reports them.
-    """
+def _final_logits(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext) -> dict[str, np.ndarray]:
+    """The raw logits of the kept weights on the test and validation splits (those with texts); a
+    signal stops this (training is saved). The task scores them and chooses on validation."""
     saved = f"training has finished and is saved in {ctx.work / CHECKPOINT_NAME}; {_resume_hint(ctx.out)}"
     logits: dict[str, np.ndarray] = {}
     for name in ("test", "validation"):
         if len(sets[name]):
-            # The logits only: the metrics are computed once, below, on the calibrated probabilities.
             logits[name] = batched_logits(
                 model,
                 sets[name].source,
@@ -199,61 +192,7 @@ def _final_scores(
                 label=f"evaluating the kept weights on the {name} split",
                 windows=sets[name].windows,
             ).numpy()
-    if model.multi_label:  # sigmoid outputs: per-label thresholds instead of a temperature
-        return multi_scores(logits, {n: sets[n].labels for n in logits}, model.classes), None, logits
-    calibration = None
-    if "validation" in logits:  # every rank has all the logits, so every rank fits the same T
-        calibration = fit_temperature(
-            logits["validation"], sets["validation"].labels, {"split": "validation"}
-        )
-        c = calibration
-        ctx.progress.message(
-            f"calibration: temperature {c.temperature:.4g}; validation NLL {c.val_nll_before:.4f} -> "
-            f"{c.val_nll_after:.4f}, ECE {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}"
-        )
-        if c.note:  # why T = 1 was kept, or that the fit reached a bound (also in run.json)
-            ctx.progress.message(f"calibration: {c.note}")
-    t = calibration.temperature if calibration else 1.0
-    scores = {
-        name: classification_metrics(logits[name] / t, sets[name].labels, model.classes)
-        if name in logits
-        else None
-        for name in ("test", "validation")
-    }
-    return scores, calibration, logits
-
-
-def _choose(ctx: RunContext, result: FinetuneResult) -> tuple[dict[str, Any], str | None]:
-    """What ``--target`` asks for, chosen on the validation split's calibrated probabilities.
-
-    Returns:
-        The run.json keys to store, and None; or nothing and the message of a target the
-        validation split cannot reach (the run is kept: its training is not lost for it).
-    """
-    if result.model.multi_label:
-        choices = multi_choices(result.logits, result.labels, result.classes)
-        for line in threshold_lines(choices["thresholds"]):
-            ctx.progress.message(line)
-        return choices, None
-    s = ctx.settings
-    target = check_target(s.target, s.positive, result.classes)
-    if target is None or "validation" not in result.logits:
-        return {}, None
-    t = result.calibration.temperature if result.calibration else 1.0
-    try:
-        chosen = choose(
-            result.logits["validation"], result.labels["validation"], t, result.classes, target, s.positive
-        )
-    except GptclfError as exc:  # unreachable, or no text of the positive class
-        ctx.progress.message(f"warning: {exc}; no decision stored")
-        return {}, str(exc)
-    for key, record in chosen.items():
-        shown = {k: round(v, 4) for k, v in record["validation"].items()}
-        level = record.get("threshold", record.get("min_confidence"))
-        ctx.progress.message(f"{key} for --target {target}: {level:.4f}; validation {shown}")
-        if "note" in record:  # the target is met by labelling every text positive
-            ctx.progress.message(f"{key}: {record['note']}")
-    return chosen, None
+    return logits
 
 
 def _run_info(
@@ -422,8 +361,8 @@ def _write_run(
     }
     write_metrics(folder, metrics)
     epochs = info["train"]["epochs"]
-    # The test split's plots are those of softmax runs: a multi-label run has none.
-    test_logits = None if model.multi_label else result.logits.get("test")
+    # The test split's plots read the task's probabilities: a task without an error report has none.
+    test_logits = result.logits.get("test") if result.task.no_error_report is None else None
     plots = write_run_plots(folder, test_logits, result.labels.get("test"), result.classes, info)
     if not write_curves(folder, history.rows, history.total_steps / epochs):
         (folder / CURVES_FILE).unlink(missing_ok=True)  # never leave an older picture behind

@@ -17,10 +17,9 @@ import math
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard, wrap_ddp
@@ -28,17 +27,9 @@ from gptclf.errors import TrainingError
 from gptclf.inference.batching import Source, to_device
 from gptclf.inference.longtexts import WindowMap, aggregate
 from gptclf.model.classifier import Classifier
-from gptclf.tasks.multi_loss import bce_sum, exact_matches, pos_weights
+from gptclf.tasks.base import Task
+from gptclf.tasks.single_label import SingleLabel
 from gptclf.training.settings import TrainConfig
-
-
-def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> torch.Tensor | None:
-    """Loss weight per class: None for ``none``; n / (K * count) for ``balanced`` (1 if absent)."""
-    if mode == "none":
-        return None
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
-    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 def stats_dtype(device: torch.device) -> torch.dtype:
@@ -76,12 +67,13 @@ class Stepper:
         self,
         model: Classifier,
         source: Source,
-        labels: Sequence[int],
+        labels: Sequence[Any],
         cfg: TrainConfig,
         device: torch.device,
         precision: Precision,
         shard: Shard,
         windows: WindowMap | None = None,
+        task: Task | None = None,
     ) -> None:
         # With ``windows`` the source's rows are windows: each micro-batch of texts runs all their
         # windows together, and the loss is taken on each text's aggregated logits (a text counts once).
@@ -94,13 +86,10 @@ class Stepper:
             [p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-        self.multi_label = model.multi_label  # K sigmoid outputs and BCE (gptclf.tasks.multi_loss)
-        if self.multi_label:
-            self.weights = pos_weights(labels, cfg.class_weights)
-            self.labels = torch.as_tensor(list(labels), dtype=torch.float32)
-        else:
-            self.weights = class_weights(labels, len(model.classes), cfg.class_weights)
-            self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        task = task or SingleLabel()
+        self.task = task  # the loss, its weights and what counts as right
+        self.weights = task.loss_weights(labels, len(model.classes), cfg.class_weights)
+        self.labels = task.label_tensor(labels)
         self.weights_dev = None if self.weights is None else self.weights.to(device)
         self.stats_dtype = stats_dtype(device)
 
@@ -143,8 +132,7 @@ class Stepper:
         # The denominator is the whole group's (over every rank), so each micro-batch's gradient
         # is its share of one large batch's mean loss; DDP averages over ranks, hence world_size.
         group_labels = self.labels[indices]
-        weighted = self.weights is not None and not self.multi_label  # pos_weight needs no new mean
-        denom = float(self.weights[group_labels].sum()) if weighted else float(len(indices))
+        denom = self.task.loss_denominator(self.weights, group_labels)
         mine = shard.take(indices)
         micros = [mine[start : start + size] for start in range(0, len(mine), size)]
         # A last group smaller than the world leaves some ranks nothing; they still run one text
@@ -170,21 +158,11 @@ class Stepper:
                     logits = aggregate(
                         logits.float(), to_device(owner, self.device), len(micro), self.windows.aggregate
                     )
-                ce = self._loss(logits, y, self.weights_dev)
+                ce = self.task.loss(logits, y, self.weights_dev)
                 self.scaler.scale(ce * scale).backward()
             if micros:
                 # Reported on the footing of the validation loss: plain, unweighted cross-entropy.
-                plain = ce if self.weights is None else self._loss(logits, y, None)
+                plain = ce if self.weights is None else self.task.loss(logits, y, None)
                 stats[0] += plain.detach()
-                stats[1] += self._correct(logits.detach(), y)
+                stats[1] += self.task.correct(logits.detach(), y)
         return stats
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        """Summed loss of a micro-batch: cross-entropy, or per-text mean BCE for multi-label."""
-        if self.multi_label:
-            return bce_sum(logits, y, weights)
-        return F.cross_entropy(logits.float(), y, weight=weights, reduction="sum")
-
-    def _correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Texts predicted right: the argmax, or (multi-label) every label at 0.5."""
-        return exact_matches(logits, y) if self.multi_label else (logits.argmax(dim=1) == y).sum()

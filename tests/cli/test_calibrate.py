@@ -191,7 +191,7 @@ def test_an_old_run_without_calibration_predicts_raw_probabilities(tmp_path: Pat
     run = shutil.copytree(fixture, tmp_path / "run")
     assert "calibration" not in json.loads((run / "run.json").read_text())
     predictor = Predictor(load_run(run), device="cpu", precision="fp32")
-    assert predictor.temperature == 1.0
+    assert predictor.decider.temperature == 1.0
     logits = predictor.logits(TEXTS)
     assert torch.equal(predictor.probabilities(logits), torch.softmax(logits, dim=1))
     assert predicted(run) == predicted(run, "--no-calibration")

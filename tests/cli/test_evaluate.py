@@ -12,6 +12,7 @@ from gptclf.data.prepared import prepared_fingerprint
 from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
 from gptclf.tasks.metrics import classification_metrics
+from gptclf.tasks.single_label import SingleLabel
 from tests.fault_helpers import spawn
 from tests.inference.test_evaluate import LABELS, TEXTS, prepared_folder, write_csv
 from tests.inference.test_predict import CLASSES, make_run, nan_run
@@ -168,7 +169,8 @@ def test_on_a_narrow_terminal_long_cells_wrap_instead_of_being_cut(monkeypatch: 
         "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for c in ("ham", "spam")},
         "confusion_matrix": [[1, 0], [0, 1]],
     }
-    cli.evaluate._print_tables(metrics)
+    for table in SingleLabel().report_tables(metrics):
+        cli.evaluate._render(table)
     out = screen.getvalue()
     assert max(len(line) for line in out.splitlines()) <= 50
     assert path in "".join(ch for ch in out if ch not in " │┃\n")  # every character, in order

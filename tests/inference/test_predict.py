@@ -11,12 +11,14 @@ import tiktoken
 import torch
 
 from gptclf.errors import BadInputError, GptclfError
-from gptclf.inference.predict import Decision, Predictor, make_decision
+from gptclf.inference.predict import Predictor
 from gptclf.model.classifier import Classifier, replace_head
 from gptclf.model.config import GPTConfig
 from gptclf.model.gpt import build_model
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir import LoadedRun, build_run_info, save_run
+from gptclf.tasks.decisions import Decision
+from gptclf.tasks.single_label import make_decision
 from tests.conftest import BPE_DIR
 
 CLASSES = ["ham", "spam"]
@@ -185,12 +187,11 @@ def test_threshold_picks_the_positive_class_from_its_probability(tmp_path: Path)
     plain = list(cpu_predictor(run).predict(texts))
     p_spam = sorted(p.probs["spam"] for p in plain)
     cut = (p_spam[5] + p_spam[6]) / 2  # half the texts above, half below
-    decision = make_decision(CLASSES, cut, "spam")
-    labelled = list(cpu_predictor(run, decision=decision).predict(texts))
+    assert make_decision(CLASSES, cut, "spam") == Decision(positive=1, negative=0, threshold=cut)
+    labelled = list(cpu_predictor(run, threshold=cut, positive="spam").predict(texts))
     assert [p.label for p in labelled] == ["spam" if p.probs["spam"] >= cut else "ham" for p in plain]
     assert sum(p.label == "spam" for p in labelled) == 6
-    everything = make_decision(CLASSES, 0.0, "ham")
-    assert {p.label for p in cpu_predictor(run, decision=everything).predict(texts)} == {"ham"}
+    assert {p.label for p in cpu_predictor(run, threshold=0.0, positive="ham").predict(texts)} == {"ham"}
 
 
 def test_three_classes_give_three_probabilities(tmp_path: Path) -> None:

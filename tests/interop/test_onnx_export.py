@@ -84,7 +84,7 @@ def test_onnx_runtime_matches_torch_on_one_batch_of_mixed_lengths_with_the_tempe
     onnx_side = Predictor(read_export(exported), engine="onnx", batch_size=len(MIXED))
     want, got = torch_side.logits(MIXED), onnx_side.logits(MIXED)
     assert torch.allclose(got, want, atol=1e-4, rtol=0)
-    assert onnx_side.temperature == TEMPERATURE
+    assert onnx_side.decider.temperature == TEMPERATURE
     p_want = [p.probs for p in torch_side.predict(MIXED)]
     p_got = [p.probs for p in onnx_side.predict(MIXED)]
     for a, b in zip(p_want, p_got, strict=True):

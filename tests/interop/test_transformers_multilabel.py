@@ -21,7 +21,6 @@ THRESHOLDS = {"ham": {"threshold": 0.4, "chosen": True}, "spam": {"threshold": 0
 
 def multi_run(root: Path) -> Path:
     model = tiny_classifier(CLASSES3)
-    model.multi_label = True
     run = make_run(root / "run", classes=CLASSES3, max_length=12, model=model)
     update_run_info(run, {"multi_label": True, "thresholds": THRESHOLDS})
     return run
@@ -55,7 +54,7 @@ def test_import_brings_back_a_multi_label_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")])
     assert result.exit_code == 0, result.stderr
     back = load_run(tmp_path / "back")
-    assert back.model.multi_label and back.info["thresholds"] == THRESHOLDS
+    assert back.task.name == "multi-label" and back.info["thresholds"] == THRESHOLDS
     assert back.info["data"]["label_sep"] == "|"
     assert torch.allclose(cli_probs(tmp_path / "back", TEXTS), cli_probs(run, TEXTS), atol=1e-5)
 

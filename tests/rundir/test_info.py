@@ -204,7 +204,7 @@ def test_a_multi_label_run_json_loads_and_its_thresholds_are_checked(tmp_path: P
     info = json.loads((run / "run.json").read_text())
     good = {"a": {"threshold": 0.3, "chosen": True}, "b": {"threshold": 0.5, "chosen": False}}
     (run / "run.json").write_text(json.dumps({**info, "multi_label": True, "thresholds": good}))
-    assert load_run(run).model.multi_label and read_run_info(run)["thresholds"] == good
+    assert load_run(run).task.name == "multi-label" and read_run_info(run)["thresholds"] == good
     for bad in ({"a": {"threshold": 1.5}, "b": {"threshold": 0.5}}, {"a": {"threshold": 0.5}}):
         (run / "run.json").write_text(json.dumps({**info, "multi_label": True, "thresholds": bad}))
         with pytest.raises(BadInputError, match="thresholds must be"):

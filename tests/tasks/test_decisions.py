@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -425,13 +426,20 @@ def test_a_damaged_stored_rule_is_one_line_exit_2(run: Path, key: str, value: di
 def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptclf.training.run as component
+    from gptclf.tasks.single_label import SingleLabel
 
     install_tokenizer()
     data = prepared_folder(tmp_path, CLASSES, n=80)
     out = tmp_path / "run"
     unmet = "--target precision=0.99 cannot be reached on these texts: the best precision is 0.6667"
-    monkeypatch.setattr(component, "_choose", lambda ctx, result: ({}, unmet))
+    finish = SingleLabel.finish
+
+    def unreachable(self: SingleLabel, *args: Any, **kwargs: Any) -> Any:
+        finished = finish(self, *args, **kwargs)
+        finished.choices, finished.unmet = {}, unmet
+        return finished
+
+    monkeypatch.setattr(SingleLabel, "finish", unreachable)
     args = ["--data", str(data), *TINY, "--out", str(out), "--positive", "spam", "--target", "precision=0.99"]
     code, _, err = invoke("finetune", *args)
     assert code == 3 and "cannot be reached" in err and "without a decision" in err, err

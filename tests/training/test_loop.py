@@ -20,10 +20,11 @@ from gptclf.inference.cache import make_sources
 from gptclf.inference.loop import labelled_metrics
 from gptclf.model.classifier import Classifier, parse_scope
 from gptclf.progress import TrainProgress
+from gptclf.tasks.single_label import class_weights
 from gptclf.training.checkpoints import InterruptGuard, load_checkpoint
 from gptclf.training.loop import fit
 from gptclf.training.settings import TrainConfig
-from gptclf.training.step import class_weights, stats_dtype
+from gptclf.training.step import stats_dtype
 from tests.fault_helpers import entering_marks, outlast
 from tests.finetune_helpers import max_diff, run_batch, synthetic_ids, tiny_classifier, trainable_state
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptclf.tasks.multi_metrics import bce, multilabel_metrics, sigmoid
+from gptclf.tasks.label_sets import bce, multilabel_metrics, sigmoid
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 CLASSES = ["a", "b", "c", "d"]

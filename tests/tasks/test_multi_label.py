@@ -1,4 +1,5 @@
-"""Multi-label training pieces: the loss, its positive weights, per-label thresholds, and fit() with
+"""The multi-label task: the loss, its positive weights, per-label thresholds, its finetune checks,
+and fit() with
 K sigmoid outputs through every trainable scope, pooling, the cache, AMP and resume."""
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from gptclf.errors import Interrupted
 from gptclf.inference.batching import LabelledSet
 from gptclf.inference.cache import make_sources
 from gptclf.model.classifier import parse_scope
-from gptclf.tasks.multi_loss import (
+from gptclf.tasks.label_sets import (
     DEFAULT_THRESHOLD,
     bce_sum,
     choose_thresholds,
     exact_matches,
     pos_weights,
+    sigmoid,
     stored_thresholds,
 )
-from gptclf.tasks.multi_metrics import sigmoid
+from gptclf.tasks.multi_label import MultiLabel, threshold_lines
+from gptclf.tasks.single_label import SingleLabel
 from gptclf.training.checkpoints import load_checkpoint
 from gptclf.training.loop import fit
 from gptclf.training.settings import TrainConfig
@@ -37,6 +40,7 @@ from tests.finetune_helpers import max_diff, tiny_classifier, trainable_state
 from tests.training.test_loop import KillAt
 
 CPU = torch.device("cpu")
+MULTI = MultiLabel()
 FP32 = resolve_precision("fp32", CPU)
 CLASSES = ["a", "b", "c"]
 CFG = TrainConfig(epochs=2, lr=2e-3, batch_size=8, eval_every=4)
@@ -109,7 +113,8 @@ def _data(
         model, {"train": out[0][0], "val": out[1][0]}, scope=parse_scope(scope), use_cache=cache,  # type: ignore[arg-type]
         device=CPU, precision=FP32, cache_memory=1 << 30, batch_size=8,
     )  # fmt: skip
-    return LabelledSet(sources["train"], out[0][1]), LabelledSet(sources["val"], out[1][1])
+    train = LabelledSet(sources["train"], out[0][1], task=MULTI)
+    return train, LabelledSet(sources["val"], out[1][1], task=MULTI)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +124,6 @@ def _data(
 )  # fmt: skip
 def test_fit_trains_k_sigmoid_outputs(scope: str, pooling: str, cache: bool, monitor: str) -> None:
     model = tiny_classifier(CLASSES, scope=scope, pooling=pooling, seed=3)
-    model.multi_label = True
     train, val = _data(model, scope, cache)
     before = trainable_state(model)
     history = fit(
@@ -133,7 +137,6 @@ def test_fit_trains_k_sigmoid_outputs(scope: str, pooling: str, cache: bool, mon
 
 def test_class_weights_and_bf16_autocast_train() -> None:
     model = tiny_classifier(CLASSES, scope="all", seed=3)
-    model.multi_label = True
     train, val = _data(model)
     cfg = dataclasses.replace(CFG, class_weights="balanced")
     history = fit(model, train, val, cfg, device=CPU, precision=resolve_precision("bf16", CPU), seed=3)
@@ -143,7 +146,6 @@ def test_class_weights_and_bf16_autocast_train() -> None:
 def test_interrupt_and_resume_match_a_straight_run(tmp_path: Path) -> None:
     def run(**kwargs: object) -> torch.nn.Module:
         model = tiny_classifier(CLASSES, scope="all", seed=3)
-        model.multi_label = True
         train, val = _data(model)
         fit(model, train, val, CFG, device=CPU, precision=FP32, seed=3, **kwargs)  # type: ignore[arg-type]
         return model
@@ -159,7 +161,6 @@ def test_interrupt_and_resume_match_a_straight_run(tmp_path: Path) -> None:
 def _ddp_train(batch_size: int, shard: Shard) -> tuple[dict[str, torch.Tensor], list[dict[str, object]]]:
     """The tiny multi-label classifier trained on cached states (the cache path under DDP too)."""
     model = tiny_classifier(CLASSES, seed=7)
-    model.multi_label = True
     rng = np.random.default_rng(2)
     ids = [[int(t) for t in rng.integers(1000, 1100, size=rng.integers(2, 12))] for _ in range(43 + 17)]
     labels = (rng.random((60, 3)) < 0.4).astype(int).tolist()
@@ -168,7 +169,8 @@ def _ddp_train(batch_size: int, shard: Shard) -> tuple[dict[str, torch.Tensor], 
         device=CPU, precision=FP32, cache_memory=1 << 30, batch_size=4, shard=shard,
     )  # fmt: skip
     cfg = TrainConfig(epochs=2, lr=5e-5, eval_every=3, batch_size=batch_size, class_weights="balanced")
-    train, val = LabelledSet(sources["train"], labels[:43]), LabelledSet(sources["val"], labels[43:])
+    train = LabelledSet(sources["train"], labels[:43], task=MULTI)
+    val = LabelledSet(sources["val"], labels[43:], task=MULTI)
     history = fit(model, train, val, cfg, device=CPU, precision=FP32, seed=7, shard=shard)
     return trainable_state(model), history.rows
 
@@ -195,3 +197,33 @@ def test_two_ranks_train_like_one_process(tmp_path: Path) -> None:
         for got, want in zip(rows, single_rows, strict=True):
             for key in ("train_loss", "val_loss", "val_micro_f1"):
                 assert got[key] == pytest.approx(want[key], abs=1e-6), key
+
+
+def test_two_class_rules_and_micro_f1_monitor_fit_only_their_kind_of_data() -> None:
+    multi, single = MULTI, SingleLabel()
+    assert multi.settings_problems(target=None, positive=None, monitor="val_micro_f1") == []
+    problems = multi.settings_problems(target="f1", positive=None, monitor="val_loss")
+    assert "--target and --positive" in problems[0]
+    assert (
+        "val_micro_f1 is for multi-label"
+        in single.settings_problems(target=None, positive=None, monitor="val_micro_f1")[0]
+    )
+    assert single.settings_problems(target="f1", positive="spam", monitor="val_f1") == []
+
+
+def test_thresholds_come_from_validation_and_the_scores_use_them() -> None:
+    rng = np.random.default_rng(0)
+    truth = (rng.random((40, 2)) < 0.4).astype(int)
+    logits = rng.normal(size=(40, 2)) + 2 * truth - 1.5  # probabilities mostly below 0.5
+    data = {"validation": logits, "test": logits}
+    labels = {"validation": truth.tolist(), "test": truth.tolist()}
+    finished = MULTI.finish(data, labels, ["x", "y"], target=None, positive=None)
+    choices, scores = finished.choices, finished.scores
+    assert choices["multi_label"] is True and all(r["chosen"] for r in choices["thresholds"].values())
+    assert scores["test"] is not None
+    used = [scores["test"]["per_class"][n]["threshold"] for n in ("x", "y")]
+    assert used == [choices["thresholds"][n]["threshold"] for n in ("x", "y")] and used != [0.5, 0.5]
+    assert "threshold of x:" in threshold_lines(choices["thresholds"])[0]
+    assert finished.lines == threshold_lines(choices["thresholds"])
+    alone = MULTI.finish({"test": logits}, {"test": truth.tolist()}, ["x", "y"], target=None, positive=None)
+    assert [r["threshold"] for r in alone.choices["thresholds"].values()] == [0.5, 0.5]
