@@ -16,7 +16,8 @@ import typer
 from rich.table import Table
 
 from cli.common import err_console, handle_errors
-from gptclf.data.prepare import DEFAULT_SPLIT, PrepareSummary, check_options
+from gptclf.data.labels import LabelReader, PrepareSummary, label_reader
+from gptclf.data.prepare import DEFAULT_SPLIT, check_options
 from gptclf.data.prepare import prepare as run_prepare
 from gptclf.data.prepared import SPLITS
 from gptclf.errors import BadInputError
@@ -126,31 +127,22 @@ def prepare(
     }
     if max_length is not None and max_length < 1:
         raise BadInputError(f"--max-length must be >= 1 (got {max_length})")
-    if multi_label or label_sep is not None or label_columns is not None:
-        from cli.multiprepare import prepare_multi
-
-        multi = {"multi_label": multi_label, "label_sep": label_sep, "label_columns": label_columns}
-        flags = {"encoding": encoding, "dedupe": dedupe, "drop_unknown": drop_unknown, "as_json": as_json}
-        flags |= {"tokenizer": _cached_tokenizer(home), "max_length": max_length}
-        prepare_multi(out, input_path, options, multi, flags)
-        return
+    labels = label_reader(multi_label, label_sep, label_columns)  # --multi-label: lists of labels
+    options["drop_unknown"] = drop_unknown
     # Everything that needs no data is refused before the dataset is downloaded.
-    _check(out, input_path, options)
+    _check(out, input_path, options, labels)
     if input_path is None:
         assert dataset is not None  # _check refuses neither
         progress = ConsoleProgress(err_console)
         input_path = ensure_sms_spam(home.expanduser() if home is not None else None, mirror, progress)
+
+    def warn(line: str) -> None:
+        err_console.print(f"gptclf: {line}", markup=False, highlight=False)
+
     summary = run_prepare(
-        out,
-        input_path,
-        encoding=encoding,
-        stratify=stratify,
-        dedupe=dedupe,
-        drop_unknown=drop_unknown,
-        tokenizer=_cached_tokenizer(home),
-        max_length=max_length,
-        **options,
-    )
+        out, input_path, encoding=encoding, stratify=stratify, dedupe=dedupe, labels=labels, warn=warn,
+        tokenizer=_cached_tokenizer(home), max_length=max_length, **options,
+    )  # fmt: skip
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -172,14 +164,14 @@ def _cached_tokenizer(home: Path | None) -> Any:
         return None
 
 
-def _check(out: Path, input_path: Path | None, options: dict[str, Any]) -> None:
+def _check(out: Path, input_path: Path | None, options: dict[str, Any], labels: LabelReader) -> None:
     """Refuse bad options, and a source that is not exactly one of --dataset and --input, in one
     message (the source first)."""
     problems = []
     if (options["dataset"] is None) == (input_path is None):
         problems.append("give either --dataset sms-spam or --input FILE")
     try:
-        check_options(out, **options)
+        check_options(out, labels=labels, **options)
     except BadInputError as exc:
         problems.append(str(exc))
     if problems:
@@ -188,27 +180,14 @@ def _check(out: Path, input_path: Path | None, options: dict[str, Any]) -> None:
 
 def _report(summary: PrepareSummary) -> None:
     """The count table and notes, on stderr."""
-    table = Table(title=f"prepared {summary.out}", title_justify="left")
-    table.add_column("class")
+    table = Table(title=f"prepared {summary.out}{summary.kind_note}", title_justify="left")
+    table.add_column(summary.first_column)
     for name in (*SPLITS, "total"):
         table.add_column(name, justify="right")
-    for name in summary.classes:
-        row = [summary.counts[s][name] for s in SPLITS]
-        table.add_row(name, *(f"{n:,}" for n in (*row, sum(row))))
-    totals = [sum(summary.counts[s].values()) for s in SPLITS]
-    table.add_row("total", *(f"{n:,}" for n in (*totals, sum(totals))), style="bold")
+    for name, row, total in summary.rows():
+        table.add_row(name, *(f"{n:,}" for n in (*row, sum(row))), style="bold" if total else None)
     err_console.print(table)
-    how = "stratified" if summary.stratify else "plain shuffled"
-    notes = [f"balance {summary.balance}, {how} split, seed {summary.seed}"]
-    if summary.dropped:
-        notes.append("dropped: " + ", ".join(f"{n:,} {reason}" for reason, n in summary.dropped.items()))
-    if summary.oversampled:
-        notes.append(f"oversampled: {summary.oversampled:,} copies added to train")
-    if summary.duplicate_texts and not summary.dedupe:
-        notes.append(f"{summary.duplicate_texts:,} rows repeat an earlier text (--dedupe drops them)")
-    shared = {pair: n for pair, n in summary.duplicates_across_splits.items() if n}
-    if shared:
-        notes.append("texts in two splits: " + ", ".join(f"{pair} {n:,}" for pair, n in shared.items()))
+    notes = summary.notes()
     if summary.lengths is not None:
         from gptclf.data.lengths import describe_lengths
 

@@ -39,11 +39,6 @@ _MAX_LISTED = 10
 _FLAGS = {"0": False, "1": True, "0.0": False, "1.0": True}
 
 
-def is_multi_label(meta: Mapping[str, Any] | None) -> bool:
-    """Whether labels.json or run.json content says multi-label (absent: single-label)."""
-    return bool(meta) and meta.get(MULTI_KEY) is True  # type: ignore[union-attr]
-
-
 def run_label_sep(info: Mapping[str, Any]) -> str:
     """What joins a multi-label run's labels in files: the separator of the data it was trained on
     (run.json's ``data.label_sep``; ``|`` for a run that records none). ``evaluate --input`` reads

@@ -15,31 +15,19 @@ how the file is read and its default balancing, and is recorded in labels.json.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import tiktoken
 
+from gptclf.data.labels import ClassLabels, LabelReader, PrepareSummary, Source
 from gptclf.data.lengths import length_report
 from gptclf.data.prepared import PREPARED_FILES, SPLITS, write_prepared
-from gptclf.data.rows import (
-    BALANCE_MODES,
-    DUPLICATE,
-    UNDERSAMPLED,
-    UNKNOWN_LABEL,
-    Fractions,
-    balance_and_split,
-    parse_classes,
-    parse_split,
-    select_classes,
-    shared_texts,
-)
-from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, LoadedTable, load_table, resolve_format
+from gptclf.data.rows import BALANCE_MODES, DUPLICATE, Fractions, parse_classes, parse_split, shared_texts
 from gptclf.errors import BadInputError
-from gptclf.fileio import sha256_file, temp_dir_for
+from gptclf.fileio import temp_dir_for
 
 DEFAULT_SPLIT = "0.7,0.1,0.2"
 
@@ -61,10 +49,6 @@ class KnownDataset:
 
 #: Known datasets by name (the downloader knows where to get each).
 KNOWN_DATASETS: dict[str, KnownDataset] = {"sms-spam": KnownDataset(fmt="sms", balance="undersample")}
-# Reasons a row is left out, in the order the steps run (and the summary lists them).
-_REASONS = (EMPTY_TEXT, MISSING_LABEL, UNKNOWN_LABEL, DUPLICATE, UNDERSAMPLED)
-
-
 @dataclass(frozen=True)
 class PrepareOptions:
     """The options of :func:`prepare` as checked by :func:`check_options`.
@@ -80,53 +64,6 @@ class PrepareOptions:
     balance: str
 
 
-@dataclass
-class PrepareSummary:
-    """What ``prepare`` did; :meth:`to_dict` is what ``--json`` prints and labels.json records.
-
-    Attributes:
-        out: The folder written.
-        classes: Class names in order (index = position).
-        counts: Split -> class -> rows.
-        dropped: Reason -> rows left out (``empty text``, ``missing label``, ``unknown label``,
-            ``duplicate``, ``undersampled``).
-        oversampled: Copies added to the training split by ``oversample``.
-        duplicate_texts: Rows whose text already appeared in an earlier kept row (before
-            ``dedupe``; 403 in the SMS file).
-        duplicates_across_splits: ``"train/test"`` etc. -> distinct texts found in both splits.
-        source: Where the data came from (dataset or file, format, columns, sha256).
-        balance: ``undersample``, ``oversample`` or ``none``.
-        split: Split -> fraction.
-        stratify: Whether each class was split on its own.
-        dedupe: Whether repeated texts were dropped.
-        seed: Seed of every random step.
-        lengths: Token lengths of the kept texts (:func:`gptclf.data.lengths.length_report`);
-            None when no tokenizer was given (labels.json then has no ``lengths``).
-    """
-
-    out: Path
-    classes: list[str]
-    counts: dict[str, dict[str, int]]
-    dropped: dict[str, int]
-    oversampled: int
-    duplicate_texts: int
-    duplicates_across_splits: dict[str, int]
-    source: dict[str, Any]
-    balance: str
-    split: dict[str, float]
-    stratify: bool
-    dedupe: bool
-    seed: int
-    lengths: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = {**asdict(self), "out": str(self.out)}
-        if out["lengths"] is None:  # not counted: labels.json stays as it was without a tokenizer
-            del out["lengths"]
-        return out
-
-
 def check_options(
     out: Path,
     *,
@@ -139,6 +76,8 @@ def check_options(
     split: str | Sequence[float | str] = DEFAULT_SPLIT,
     seed: int = 123,
     force: bool = False,
+    labels: LabelReader | None = None,
+    drop_unknown: bool = False,
 ) -> PrepareOptions:
     """Every check of :func:`prepare`'s options that needs no data, all reported at once.
 
@@ -148,12 +87,17 @@ def check_options(
     Args:
         out: The folder :func:`prepare` will write.
         dataset: The name of a known dataset, or None for a file of any format.
-        fmt, text_column, label_column, classes, balance, split, seed, force: As for :func:`prepare`.
+        fmt, text_column, label_column, classes, balance, split, seed, force, labels, drop_unknown:
+            As for :func:`prepare` (the label reader's own problems are named first).
 
     Raises:
         BadInputError: Every problem found, in one message.
     """
-    problems: list[str] = []
+    reader = labels or ClassLabels()
+    problems = reader.problems(
+        dataset=dataset, balance=balance, label_column=label_column, drop_unknown=drop_unknown
+    )
+    balance = reader.balance(balance)
     if dataset is not None:
         if dataset not in KNOWN_DATASETS:
             problems.append(f"unknown dataset {dataset!r} (known: {', '.join(KNOWN_DATASETS)})")
@@ -201,6 +145,8 @@ def prepare(
     force: bool = False,
     tokenizer: tiktoken.Encoding | None = None,
     max_length: int | None = None,
+    labels: LabelReader | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> PrepareSummary:
     """Turn a labelled table into a prepared folder (see the module docstring for the steps).
 
@@ -227,6 +173,9 @@ def prepare(
         force: Replace a prepared set already in ``out``.
         tokenizer: GPT-2's tokenizer, to count the texts' lengths in tokens (None: not counted).
         max_length: Also count the texts longer than this many tokens.
+        labels: How labels are read (:mod:`gptclf.data.labels`): one class per row (default), or
+            :class:`~gptclf.data.labels.LabelLists` for ``--multi-label``.
+        warn: Called with a line for people (labels named twice in a row), or None.
 
     Returns:
         The summary, also recorded in labels.json.
@@ -235,74 +184,36 @@ def prepare(
         BadInputError: Any bad option or input; ``out`` is then left as it was.
     """
     out, path = Path(out), Path(input_path)
+    reader = labels or ClassLabels()
     options = check_options(
-        out,
-        dataset=dataset,
-        fmt=fmt,
-        text_column=text_column,
-        label_column=label_column,
-        classes=classes,
-        balance=balance,
-        split=split,
-        seed=seed,
-        force=force,
-    )
-    table, source = _read_source(path, dataset, fmt, text_column, label_column, encoding)
-    frame, dropped, names = select_classes(table, options.classes, drop_unknown, path)
-    duplicate_texts = int(frame["text"].duplicated().sum())
+        out, dataset=dataset, fmt=fmt, text_column=text_column, label_column=label_column, classes=classes,
+        balance=balance, split=split, seed=seed, force=force, labels=reader, drop_unknown=drop_unknown,
+    )  # fmt: skip
+    if dataset is not None:
+        known = KNOWN_DATASETS[dataset]
+        source = Source(path, dataset, fmt=known.fmt, encoding=known.encoding)
+    else:
+        source = Source(path, None, fmt, text_column, label_column, encoding)
+    read = reader.read(source, options.classes, drop_unknown, warn)
+    duplicate_texts = int(read.frame["text"].duplicated().sum())
     if dedupe and duplicate_texts:
-        frame = frame[~frame["text"].duplicated()]
-        dropped[DUPLICATE] = duplicate_texts
-    result = balance_and_split(
-        frame, names, options.fractions, balance=options.balance, stratify=stratify, seed=seed
-    )
-    dropped[UNDERSAMPLED] = result.undersampled
-    parts = result.parts
-    summary = PrepareSummary(
-        out=out,
-        classes=names,
-        counts={s: {c: int((parts[s]["label"] == c).sum()) for c in names} for s in SPLITS},
-        dropped={r: dropped[r] for r in _REASONS if dropped.get(r)},
-        oversampled=result.oversampled,
-        duplicate_texts=duplicate_texts,
-        duplicates_across_splits=shared_texts(parts),
-        source=source,
-        balance=options.balance,
-        split={s: float(f) for s, f in zip(SPLITS, options.fractions, strict=True)},
-        stratify=stratify,
-        dedupe=dedupe,
-        seed=seed,
-    )
+        read.frame = read.frame[~read.frame["text"].duplicated()]
+        read.dropped[DUPLICATE] = duplicate_texts
+    parts = reader.split(read, options.fractions, balance=options.balance, stratify=stratify, seed=seed)
+    common = {
+        "out": out, "classes": read.names, "duplicate_texts": duplicate_texts,
+        "duplicates_across_splits": shared_texts(parts.parts), "source": read.source,
+        "balance": options.balance, "stratify": stratify, "dedupe": dedupe, "seed": seed,
+        "split": {s: float(f) for s, f in zip(SPLITS, options.fractions, strict=True)},
+    }  # fmt: skip
+    summary = reader.summary(common, read, parts)
     if tokenizer is not None:
-        texts = [t for s in SPLITS for t in parts[s]["text"].astype(str)]
+        texts = [t for s in SPLITS for t in parts.parts[s]["text"].astype(str)]
         summary.lengths = length_report(tokenizer, texts, max_length)
     meta = summary.to_dict()
     del meta["out"]  # the folder may move; the files must not change with it
-    write_prepared(out, parts, meta)
+    write_prepared(out, reader.cells(parts.parts), meta)
     return summary
-
-
-def _read_source(
-    path: Path,
-    dataset: str | None,
-    fmt: str | None,
-    text_column: str | None,
-    label_column: str | None,
-    encoding: str,
-) -> tuple[LoadedTable, dict[str, Any]]:
-    """The table of ``path`` and how labels.json records where it came from."""
-    if dataset is not None:
-        known = KNOWN_DATASETS[dataset]
-        table = load_table(path, fmt=known.fmt, encoding=known.encoding)
-        source: dict[str, Any] = {"dataset": dataset, "file": path.name}
-    else:
-        table = load_table(path, text_column, label_column, fmt, encoding)
-        source = {"file": path.name, "format": resolve_format(path, fmt)}
-        if source["format"] != "sms":
-            source |= {"text_column": text_column or "text", "label_column": label_column or "label"}
-        source["encoding"] = encoding
-    source["sha256"] = sha256_file(path)
-    return table, source
 
 
 def _out_problem(out: Path, force: bool) -> str | None:

@@ -26,12 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from gptclf.data.labelsets import DEFAULT_SEP, is_multi_label, parse_prepared_labels
+from gptclf.data.labels import reader_of
+from gptclf.data.rows import SPLITS
 from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import exchange_paths, fsync_folder, link_tree, remove_stale_temp_files, temp_dir_for
 
-#: The three splits, in the order they are written and reported.
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 #: The file holding the class names and the metadata of a prepared folder.
 LABELS_FILE = "labels.json"
 #: Everything a prepared folder holds; labels.json last, as it is written last.
@@ -165,15 +164,8 @@ def read_prepared(directory: Path) -> PreparedData:
                 "prepare run); run `gptclf prepare --force` again"
             )
         frame = _read_split_csv(directory / name, data)
-        if is_multi_label(meta):  # each cell a list of labels, held as a tuple in memory
-            sep = meta.get("label_sep", DEFAULT_SEP)
-            frame["label"] = parse_prepared_labels(frame["label"], classes, sep, str(directory / name))
-            splits[split] = frame
-            continue
-        unknown = sorted(set(frame["label"]) - set(classes))
-        if unknown:
-            raise BadInputError(f"{directory / name} has labels not in labels.json: {unknown}")
-        splits[split] = frame
+        # A class name per cell, or a list of labels held as a tuple in memory.
+        splits[split] = reader_of(meta).parse(frame, classes, meta, str(directory / name))
     return PreparedData(classes=classes, splits=splits, meta=meta)
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from gptclf.data.prepared import SPLITS
 from gptclf.data.tables import LoadedTable
 from gptclf.errors import BadInputError
+
+#: The three splits, in the order they are written and reported.
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 #: How classes can be balanced.
 BALANCE_MODES: tuple[str, ...] = ("undersample", "oversample", "none")

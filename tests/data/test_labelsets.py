@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gptclf.data.labels import ClassLabels, LabelLists, reader_of
 from gptclf.data.labelsets import (
     check_separator,
     cooccurrence,
-    is_multi_label,
     label_counts,
     label_matrix,
     parse_label_columns,
@@ -95,7 +95,8 @@ def test_cells_separator_and_the_mark() -> None:
     assert split_cell(None, "|") == [] and split_cell(["a", " b ", ""], "|") == ["a", "b"]
     with pytest.raises(BadInputError, match="hold the separator"):
         check_separator(["a|b", "c"], "|")
-    assert is_multi_label({"multi_label": True}) and not is_multi_label({}) and not is_multi_label(None)
+    assert isinstance(reader_of({"multi_label": True}), LabelLists)
+    assert isinstance(reader_of({}), ClassLabels) and isinstance(reader_of(None), ClassLabels)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,437 @@
+"""How ``prepare`` reads labels: the seam between one class per row and a list of labels per row.
+
+:func:`gptclf.data.prepare.prepare` runs the same steps for every kind of label (check the options,
+read the table, drop repeated texts, split, count, write all or nothing); a :class:`LabelReader`
+does what differs. :class:`ClassLabels` reads one class per row and balances and splits each class
+on its own (:mod:`gptclf.data.rows`); :class:`LabelLists` (``prepare --multi-label``) reads a list
+of labels per row, or 0/1 columns (:mod:`gptclf.data.labelsets`), and splits by iterative
+stratification (:mod:`gptclf.data.stratify`); balancing is ``none`` there: resampling rows to
+balance one label unbalances the others (``finetune --class-weights balanced`` weights each label's
+positives instead). Which reader a prepared folder was written by is what its labels.json says
+(:func:`reader_of`): a folder keeps its format whatever reads it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gptclf.data.labelsets import (
+    DEFAULT_SEP,
+    MULTI_KEY,
+    check_separator,
+    cooccurrence,
+    iter_pairs,
+    join_labels,
+    label_counts,
+    label_matrix,
+    parse_label_columns,
+    parse_prepared_labels,
+    read_multilabel_table,
+    select_labels,
+)
+from gptclf.data.rows import (
+    DUPLICATE,
+    UNDERSAMPLED,
+    UNKNOWN_LABEL,
+    Fractions,
+    balance_and_split,
+    select_classes,
+)
+from gptclf.data.stratify import iterative_split, missing_from
+from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, load_table, resolve_format
+from gptclf.errors import BadInputError
+from gptclf.fileio import sha256_file
+
+#: Reasons a row is left out, in the order the steps run (and the summary lists them).
+REASONS = (EMPTY_TEXT, MISSING_LABEL, UNKNOWN_LABEL, DUPLICATE, UNDERSAMPLED)
+#: Co-occurring pairs listed in a multi-label report (the most frequent); --json has them all.
+PAIRS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where ``prepare`` reads from and how: the file, a known dataset's name (whose format and
+    encoding are given with it), the columns."""
+
+    path: Path
+    dataset: str | None = None
+    fmt: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    encoding: str = "utf-8"
+
+
+@dataclass
+class Read:
+    """A table read and its labels checked: the rows kept, why others were left out, the classes,
+    how labels.json records the source, and labels named twice in one row (label lists)."""
+
+    frame: pd.DataFrame
+    dropped: dict[str, int]
+    names: list[str]
+    source: dict[str, Any]
+    repeated: int = 0
+
+
+@dataclass
+class Parts:
+    """The three splits, and what balancing did: rows left out, copies added, rare labels."""
+
+    parts: dict[str, pd.DataFrame]
+    undersampled: int = 0
+    oversampled: int = 0
+    rare: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PrepareSummary:
+    """What ``prepare`` did; :meth:`to_dict` is what ``--json`` prints and labels.json records.
+
+    Attributes:
+        out: The folder written.
+        classes: Class names in order (index = position).
+        counts: Split -> class -> rows (label lists: rows carrying the label, and ``(none)``).
+        dropped: Reason -> rows left out (``empty text``, ``missing label``, ``unknown label``,
+            ``duplicate``, ``undersampled``).
+        oversampled: Copies added to the training split by ``oversample``.
+        duplicate_texts: Rows whose text already appeared in an earlier kept row (before
+            ``dedupe``; 403 in the SMS file).
+        duplicates_across_splits: ``"train/test"`` etc. -> distinct texts found in both splits.
+        source: Where the data came from (dataset or file, format, columns, sha256).
+        balance: ``undersample``, ``oversample`` or ``none``.
+        split: Split -> fraction.
+        stratify: Whether each class was split on its own.
+        dedupe: Whether repeated texts were dropped.
+        seed: Seed of every random step.
+        lengths: Token lengths of the kept texts (:func:`gptclf.data.lengths.length_report`);
+            None when no tokenizer was given (labels.json then has no ``lengths``).
+    """
+
+    out: Path
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    dropped: dict[str, int]
+    oversampled: int
+    duplicate_texts: int
+    duplicates_across_splits: dict[str, int]
+    source: dict[str, Any]
+    balance: str
+    split: dict[str, float]
+    stratify: bool
+    dedupe: bool
+    seed: int
+    lengths: dict[str, Any] | None = None
+
+    #: The report table's title tail and first column.
+    kind_note = ""
+    first_column = "class"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = {**asdict(self), "out": str(self.out)}
+        if out["lengths"] is None:  # not counted: labels.json stays as it was without a tokenizer
+            del out["lengths"]
+        return out
+
+    def rows(self) -> list[tuple[str, list[int], bool]]:
+        """The report's count rows: name, count per split, whether it is a total (bold)."""
+        splits = list(self.counts)
+        rows = [(name, [self.counts[s][name] for s in splits], False) for name in self.classes]
+        return [*rows, ("total", [sum(self.counts[s].values()) for s in splits], True)]
+
+    def notes(self) -> list[str]:
+        """The report's notes for people, one line each (the token lengths' line is the caller's)."""
+        how = "stratified" if self.stratify else "plain shuffled"
+        notes = [f"balance {self.balance}, {how} split, seed {self.seed}"]
+        notes += self._dropped_note()
+        if self.oversampled:
+            notes.append(f"oversampled: {self.oversampled:,} copies added to train")
+        notes += self._duplicates_note()
+        shared = {pair: n for pair, n in self.duplicates_across_splits.items() if n}
+        if shared:
+            notes.append("texts in two splits: " + ", ".join(f"{pair} {n:,}" for pair, n in shared.items()))
+        return notes
+
+    def _dropped_note(self) -> list[str]:
+        if not self.dropped:
+            return []
+        return ["dropped: " + ", ".join(f"{n:,} {reason}" for reason, n in self.dropped.items())]
+
+    def _duplicates_note(self) -> list[str]:
+        if self.duplicate_texts and not self.dedupe:
+            return [f"{self.duplicate_texts:,} rows repeat an earlier text (--dedupe drops them)"]
+        return []
+
+
+@dataclass
+class MultiPrepareSummary(PrepareSummary):
+    """:class:`PrepareSummary` of label lists, and what is its own.
+
+    ``counts`` is split -> label -> rows carrying it, with ``(none)``: rows carrying no label.
+
+    Attributes:
+        multi_label: Always True (labels.json's mark of label lists).
+        label_sep: What joins a row's labels in the split files.
+        cooccurrence: label -> label -> rows carrying both, over all splits.
+        rare_labels: Labels too rare to be in every split that has a fraction above 0.
+        repeated_labels: Labels named twice in one row (deduplicated).
+    """
+
+    multi_label: bool = True
+    label_sep: str = DEFAULT_SEP
+    cooccurrence: dict[str, dict[str, int]] = field(default_factory=dict)
+    rare_labels: list[str] = field(default_factory=list)
+    repeated_labels: int = 0
+
+    kind_note = " (multi-label)"
+    first_column = "label"
+
+    def rows(self) -> list[tuple[str, list[int], bool]]:
+        return [
+            (name, [self.counts[s][name] for s in self.counts], False) for name in (*self.classes, "(none)")
+        ]
+
+    def notes(self) -> list[str]:
+        notes = [f"multi-label, iterative stratified split, seed {self.seed}"]
+        pairs = sorted(iter_pairs(self.cooccurrence), key=lambda p: -p[2])
+        if pairs:
+            shown = ", ".join(f"{a}+{b} {n:,}" for a, b, n in pairs[:PAIRS_SHOWN])
+            notes.append(f"labels together: {shown}" + (" ..." if len(pairs) > PAIRS_SHOWN else ""))
+        if self.rare_labels:
+            rare = ", ".join(self.rare_labels)
+            notes.append(f"too rare to be in every split: {rare} (add rows that carry them)")
+        return [*notes, *self._dropped_note(), *self._duplicates_note()]
+
+
+class LabelReader(ABC):
+    """What ``prepare`` does differently for a kind of label (see the module docstring)."""
+
+    @abstractmethod
+    def problems(self, *, dataset: str | None, balance: str | None, label_column: str | None,
+                 drop_unknown: bool) -> list[str]:  # fmt: skip
+        """What keeps the options from this kind of label (empty: nothing)."""
+
+    def balance(self, balance: str | None) -> str | None:
+        """The ``--balance`` the common checks see."""
+        return balance
+
+    @abstractmethod
+    def read(
+        self,
+        source: Source,
+        classes: list[str] | None,
+        drop_unknown: bool,
+        warn: Callable[[str], None] | None,
+    ) -> Read:
+        """Read the table and check its labels against ``classes`` (None: the sorted labels)."""
+
+    @abstractmethod
+    def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
+        """Balance and split the rows."""
+
+    @abstractmethod
+    def summary(self, common: dict[str, Any], read: Read, parts: Parts) -> PrepareSummary:
+        """The summary of the folder, from the fields every kind has (``common``)."""
+
+    @abstractmethod
+    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """The splits as written: the ``label`` column as text."""
+
+    @abstractmethod
+    def parse(
+        self, frame: pd.DataFrame, classes: list[str], meta: Mapping[str, Any], where: str
+    ) -> pd.DataFrame:
+        """A split read back from its file: the ``label`` column as the reader holds it in memory."""
+
+
+class ClassLabels(LabelReader):
+    """One class per row; balanced (``--balance``) and split per class (``--stratify``)."""
+
+    def problems(self, *, dataset: str | None, balance: str | None, label_column: str | None,
+                 drop_unknown: bool) -> list[str]:  # fmt: skip
+        return []
+
+    def read(
+        self,
+        source: Source,
+        classes: list[str] | None,
+        drop_unknown: bool,
+        warn: Callable[[str], None] | None,
+    ) -> Read:
+        path, s = source.path, source
+        if s.dataset is not None:
+            table = load_table(path, fmt=s.fmt, encoding=s.encoding)
+            record: dict[str, Any] = {"dataset": s.dataset, "file": path.name}
+        else:
+            table = load_table(path, s.text_column, s.label_column, s.fmt, s.encoding)
+            record = {"file": path.name, "format": resolve_format(path, s.fmt)}
+            if record["format"] != "sms":
+                record |= {"text_column": s.text_column or "text", "label_column": s.label_column or "label"}
+            record["encoding"] = s.encoding
+        record["sha256"] = sha256_file(path)
+        frame, dropped, names = select_classes(table, classes, drop_unknown, path)
+        return Read(frame, dropped, names, record)
+
+    def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
+        result = balance_and_split(
+            read.frame, read.names, fractions, balance=balance, stratify=stratify, seed=seed
+        )
+        read.dropped[UNDERSAMPLED] = result.undersampled
+        return Parts(result.parts, result.undersampled, result.oversampled)
+
+    def summary(self, common: dict[str, Any], read: Read, parts: Parts) -> PrepareSummary:
+        p = parts.parts
+        counts = {s: {c: int((part["label"] == c).sum()) for c in read.names} for s, part in p.items()}
+        dropped = {r: read.dropped[r] for r in REASONS if read.dropped.get(r)}
+        return PrepareSummary(counts=counts, dropped=dropped, oversampled=parts.oversampled, **common)
+
+    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        return parts
+
+    def parse(
+        self, frame: pd.DataFrame, classes: list[str], meta: Mapping[str, Any], where: str
+    ) -> pd.DataFrame:
+        unknown = sorted(set(frame["label"]) - set(classes))
+        if unknown:
+            raise BadInputError(f"{where} has labels not in labels.json: {unknown}")
+        return frame
+
+
+class LabelLists(LabelReader):
+    """A list of labels per row (possibly empty), or one 0/1 column per label.
+
+    Attributes:
+        sep: What separates the labels of a list in one cell (default ``|``); a JSONL file may
+            hold a JSON list instead.
+        columns: One 0/1 column per label (their names are the labels), instead of a label column.
+    """
+
+    def __init__(self, sep: str | None = None, columns: str | Sequence[str] | None = None) -> None:
+        self.given_sep, self.given_columns = sep, columns
+        self.sep = sep or DEFAULT_SEP
+        self.columns: list[str] | None = None
+
+    def problems(self, *, dataset: str | None, balance: str | None, label_column: str | None,
+                 drop_unknown: bool) -> list[str]:  # fmt: skip
+        problems = []
+        if dataset is not None:
+            problems.append(f"--multi-label reads --input FILE; the dataset {dataset!r} is single-label")
+        if balance not in (None, "none"):
+            problems.append(
+                f"--balance {balance} is for single-label data: resampling rows for one label unbalances "
+                "the others; leave it out and use finetune --class-weights balanced"
+            )
+        if self.given_columns is not None and label_column is not None:
+            problems.append("--label-columns replaces --label-column: give one or the other")
+        if self.given_sep is not None and self.given_columns is not None:
+            problems.append("--label-sep applies to a label column, not to --label-columns")
+        if self.given_sep == "":
+            problems.append("--label-sep must not be empty")
+        if drop_unknown:
+            problems.append("--drop-unknown is for single-label data: name every label in --classes")
+        try:
+            self.columns = parse_label_columns(self.given_columns)
+        except BadInputError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def balance(self, balance: str | None) -> str | None:
+        return None  # refused above unless none: the common check then resolves it to none
+
+    def read(
+        self,
+        source: Source,
+        classes: list[str] | None,
+        drop_unknown: bool,
+        warn: Callable[[str], None] | None,
+    ) -> Read:
+        s = source
+        table = read_multilabel_table(
+            s.path, text_column=s.text_column, label_column=s.label_column, label_columns=self.columns,
+            sep=self.sep, fmt=s.fmt, encoding=s.encoding,
+        )  # fmt: skip
+        frame, names = select_labels(table.frame, classes or self.columns, s.path)
+        check_separator(names, self.sep)
+        if table.repeated and warn is not None:
+            warn(f"{table.repeated} labels were named twice in one row; each is kept once")
+        record: dict[str, Any] = {
+            "file": s.path.name,
+            "format": resolve_format(s.path, s.fmt),
+            "encoding": s.encoding,
+        }
+        record |= {"text_column": s.text_column or "text"}
+        record |= (
+            {"label_columns": self.columns} if self.columns else {"label_column": s.label_column or "label"}
+        )
+        record["sha256"] = sha256_file(s.path)
+        return Read(frame, dict(table.dropped), names, record, table.repeated)
+
+    def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
+        """Iterative stratification; every label needs a positive row in the training split."""
+        frame, names = read.frame.reset_index(drop=True), read.names
+        matrix = np.asarray(label_matrix(frame["label"], names), dtype=np.int64).reshape(-1, len(names))
+        split_of = iterative_split(matrix, fractions, seed)
+        parts = {}
+        for index, name in enumerate(("train", "validation", "test")):
+            # Each split keeps the seeded shuffle of the rows, not the file order.
+            rows = np.random.default_rng(seed + index).permutation(np.flatnonzero(split_of == index))
+            parts[name] = frame.loc[rows, ["text", "label"]].reset_index(drop=True)
+        counts = label_counts(parts["train"], names)
+        absent = [n for n in names if counts[n] == 0]
+        if absent:  # nothing to learn them from
+            raise BadInputError(
+                f"labels {', '.join(map(repr, absent))} have no positive example in the training split: "
+                "add rows that carry them, or leave them out of --classes"
+            )
+        return Parts(parts, rare=[names[i] for i in missing_from(matrix, split_of, fractions)])
+
+    def summary(self, common: dict[str, Any], read: Read, parts: Parts) -> PrepareSummary:
+        counts = {s: label_counts(part, read.names) for s, part in parts.parts.items()}
+        common = {**common, "balance": "none", "stratify": True}
+        return MultiPrepareSummary(
+            counts=counts, dropped=read.dropped, oversampled=0, label_sep=self.sep,
+            cooccurrence=cooccurrence(read.frame, read.names), rare_labels=parts.rare,
+            repeated_labels=read.repeated, **common,
+        )  # fmt: skip
+
+    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        return {
+            s: part.assign(label=[join_labels(r, self.sep) for r in part["label"]])
+            for s, part in parts.items()
+        }
+
+    def parse(
+        self, frame: pd.DataFrame, classes: list[str], meta: Mapping[str, Any], where: str
+    ) -> pd.DataFrame:
+        """Each cell a list of labels, held as a tuple in memory."""
+        sep = meta.get("label_sep", DEFAULT_SEP)
+        frame["label"] = parse_prepared_labels(frame["label"], classes, sep, where)
+        return frame
+
+
+def label_reader(multi_label: bool, sep: str | None, columns: str | None) -> LabelReader:
+    """The reader ``prepare``'s flags ask for.
+
+    Raises:
+        BadInputError: ``--label-sep`` or ``--label-columns`` without ``--multi-label``.
+    """
+    if not multi_label:
+        if sep is not None or columns is not None:
+            raise BadInputError("--label-sep and --label-columns go with --multi-label")
+        return ClassLabels()
+    return LabelLists(sep, columns)
+
+
+def reader_of(meta: Mapping[str, Any] | None) -> LabelReader:
+    """The reader a prepared folder was written by, from its labels.json (label lists are marked
+    ``multi_label: true``; absent: one class per row)."""
+    if meta and meta.get(MULTI_KEY) is True:
+        return LabelLists(meta.get("label_sep"))
+    return ClassLabels()
