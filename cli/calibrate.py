@@ -15,7 +15,8 @@ nothing is stored (not the temperature either).
 Stdout: the temperature (with the one-line reason when T = 1 was kept or the fit reached a bound)
 and the NLL and ECE before and after, or with ``--json`` one object (``run`` and the
 ``calibration`` written, and the ``decision`` or ``abstain`` chosen); the same ``note`` lines are in
-run.json. Messages and progress go to stderr.
+run.json. Messages and progress go to stderr. The work is :func:`gptclf.inference.calibrate.calibrate`;
+this module parses, calls it and prints.
 """
 
 from __future__ import annotations
@@ -23,106 +24,56 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from cli.common import (
-    BATCH_SIZE,
-    DATA_DIR,
-    DEVICE,
-    ENCODING,
-    INPUT_FORMAT,
-    JSON_OUT,
-    LABEL_COLUMN,
-    PRECISION,
-    RUN_DIR,
-    TEXT_COLUMN,
-    err_console,
-    handle_errors,
-    out_console,
+from cli.common import DATA_DIR, RUN_DIR, err_console, handle_errors, out_console
+from cli.options import Use, option_groups
+from gptclf.option_groups import DeviceOptions, InputOptions, OutputOptions, TargetOptions
+
+#: calibrate's wording of its shared options.
+_INPUT = Use(help={"input_path": "A labelled CSV/TSV/JSONL file to fit on instead of a split"})
+_TARGET = Use(
+    help={
+        "target": "Also choose a decision: f1, precision=P, recall=R (threshold) or coverage=C (abstention)"
+    }
 )
 
 
 @handle_errors
+@option_groups
 def calibrate(
     run: Path = RUN_DIR,
     split: str | None = typer.Option(
         None, "--split", help="Split of the prepared data to fit on (default validation)."
     ),
     data: Path | None = DATA_DIR,
-    input_path: Path | None = typer.Option(
-        None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to fit on instead of a split."
-    ),
-    text_column: str | None = TEXT_COLUMN,
-    label_column: str | None = LABEL_COLUMN,
-    input_format: str | None = INPUT_FORMAT,
-    encoding: str = ENCODING,
-    batch_size: int = BATCH_SIZE,
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    positive: str | None = typer.Option(
-        None, "--positive", help="The positive class of a threshold --target (two classes)."
-    ),
-    target: str | None = typer.Option(
-        None,
-        "--target",
-        help="Also choose a decision: f1, precision=P, recall=R (threshold) or coverage=C (abstention).",
-    ),
-    json_out: bool = JSON_OUT,
+    source: Annotated[InputOptions, _INPUT] = InputOptions(),
+    device: DeviceOptions = DeviceOptions(),
+    target: Annotated[TargetOptions, _TARGET] = TargetOptions(),
+    output: OutputOptions = OutputOptions(),
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
-    from gptclf.distributed import refuse_distributed
-    from gptclf.errors import write_error
-    from gptclf.fileio import check_writable
+    from gptclf.inference.calibrate import calibrate as run_calibrate
     from gptclf.inference.evaluate import DataChoice
-    from gptclf.inference.predict import Predictor
     from gptclf.progress import ConsoleProgress
-    from gptclf.rundir import load_run, update_run_info
-    from gptclf.tasks.calibration import fit_temperature
-    from gptclf.tasks.decisions import check_target, choose
 
-    refuse_distributed("calibrate")  # one process writes run.json
-    choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
-    choice.check()
-    loaded = load_run(run)
-    try:  # run.json is rewritten at the end: a read-only or full disk is found out before the fit
-        check_writable(loaded.path)
-    except OSError as exc:
-        raise write_error(exc, loaded.path) from None
-    if loaded.info.get("multi_label") is True:  # a temperature and a two-class threshold mean nothing there
-        from gptclf.errors import BadInputError
-
-        raise BadInputError(
-            f"{loaded.path} is a multi-label run: calibrate fits softmax runs; its per-label thresholds "
-            "were chosen on validation by finetune (evaluate/predict --threshold P sets one for all)"
-        )
-    chosen = check_target(target, positive, loaded.classes)  # before the model runs
-    labelled = choice.load(loaded, "validation", "calibrate on")
-    predictor = Predictor(loaded, device=device, precision=precision, batch_size=batch_size)
-    err_console.print(f"gptclf: fitting the temperature on {len(labelled.texts)} texts on {predictor.device}")
-    # The model's raw logits, whatever the run stores: a refit replaces the calibration, never stacks.
-    logits = predictor.logits(labelled.texts, progress=ConsoleProgress(err_console))
-    calibration = fit_temperature(logits, labelled.labels, labelled.source)
-    changes = {"calibration": calibration.to_dict()}
-    if chosen is not None:  # raises GateError for a target out of reach: then nothing is stored
-        changes |= choose(logits, labelled.labels, calibration.temperature, loaded.classes, chosen, positive)
-    try:
-        update_run_info(loaded.path, changes)
-    except OSError as exc:  # the disk filled since the check: run.json is as it was
-        raise write_error(exc, loaded.path) from None
-    if json_out:
-        record = {"run": str(loaded.path), **changes}
+    s = source
+    choice = DataChoice(s.input_path, split, data, s.text_column, s.label_column, s.input_format, s.encoding)
+    result = run_calibrate(run, choice, device, target, progress=ConsoleProgress(err_console))
+    if output.json_out:
+        record = {"run": str(result.run), **result.changes}
         sys.stdout.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         return
-    c = calibration
+    c = result.calibration
     out_console.print(f"temperature  {c.temperature:.4f}", markup=False)
     if c.note:  # why T = 1 was kept, or that the fit reached a bound
         out_console.print(f"             {c.note}", markup=False)
     out_console.print(f"NLL          {c.val_nll_before:.4f} -> {c.val_nll_after:.4f}", markup=False)
     out_console.print(f"ECE          {c.val_ece_before:.4f} -> {c.val_ece_after:.4f}", markup=False)
-    _print_choice(changes)
-    err_console.print(f"gptclf: wrote the calibration into {loaded.path / 'run.json'}")
+    _print_choice(result.changes)
+    err_console.print(f"gptclf: wrote the calibration into {result.run / 'run.json'}")
 
 
 def _print_choice(changes: dict[str, Any]) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from cli.common import err_console, handle_errors
+from cli.options import Use, option_groups
 from gptclf.errors import BadInputError
 from gptclf.fetch.artefacts import (
     Placed,
@@ -26,10 +27,13 @@ from gptclf.fetch.artefacts import (
 from gptclf.fetch.http import Retry
 from gptclf.model.config import cache_home, canonical_preset, local_model_dir, valid_model_names
 from gptclf.model.hfconfig import local_model
+from gptclf.option_groups import FetchOptions, OutputOptions
 from gptclf.progress import ConsoleProgress
 
 #: Datasets ``--dataset`` knows, and the function that puts each in the cache.
 DATASETS = {"sms-spam": ensure_sms_spam}
+#: download's wording of --json: its other output is paths.
+_OUTPUT = Use(help={"json_out": "Print one JSON object instead of paths"})
 
 
 def _wanted(models: list[str], datasets: list[str]) -> tuple[list[str], list[str]]:
@@ -61,6 +65,7 @@ def _wanted(models: list[str], datasets: list[str]) -> tuple[list[str], list[str
 
 
 @handle_errors
+@option_groups
 def download(
     model: list[str] | None = typer.Option(
         None,
@@ -77,25 +82,8 @@ def download(
     tokenizer: bool = typer.Option(
         True, "--tokenizer/--no-tokenizer", help="Fetch GPT-2's tokenizer files too."
     ),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        metavar="URL|DIR",
-        envvar="GPTCLF_MIRROR",
-        help="Take every file from <URL|DIR>/<its path on the public host> instead of the public "
-        "hosts, e.g. DIR/openai-community/gpt2/resolve/main/model.safetensors.",
-    ),
-    home: Path | None = typer.Option(
-        None,
-        "--home",
-        metavar="DIR",
-        envvar="GPTCLF_HOME",
-        help="Cache folder (default: ~/.cache/gptclf).",
-    ),
-    retries: int = typer.Option(
-        3, "--retries", min=0, help="Retries per host after a network error (backoff 1 s, 2 s, 4 s...)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of paths."),
+    fetch: FetchOptions = FetchOptions(),
+    output: Annotated[OutputOptions, _OUTPUT] = OutputOptions(),
 ) -> None:
     """Download GPT-2 weights, the tokenizer files and datasets into the cache.
 
@@ -104,11 +92,11 @@ def download(
     Paths go to stdout, one per line (--json: one JSON object); progress goes to stderr.
     """
     presets, datasets = _wanted(model or [], dataset or [])
-    resolved = resolve_mirror(mirror)  # a missing mirror folder stops us before any download
-    cache = home.expanduser() if home is not None else cache_home()
+    resolved = resolve_mirror(fetch.mirror)  # a missing mirror folder stops us before any download
+    cache = fetch.home_dir() or cache_home()
     progress = ConsoleProgress(err_console)
     placed: list[Placed] = []
-    retry = Retry(retries=retries)
+    retry = Retry(retries=fetch.retries)
 
     def place(ensure: Callable[..., Path], *args: str) -> str:
         # The library says what it fetched; this verb, whose job is the cache, also says what
@@ -133,7 +121,7 @@ def download(
         result["models"][preset] = place(ensure_weights, preset)
     result["files"] = [{"name": p.label, "path": str(p.path), "fetched": p.fetched} for p in placed]
 
-    if as_json:
+    if output.json_out:
         typer.echo(json.dumps(result, indent=2))
         return
     paths = [result["tokenizer"], *result["datasets"].values(), *result["models"].values()]

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JSON_OUT, RUN_DIR, err_console, handle_errors
+from cli.common import RUN_DIR, err_console, handle_errors
+from cli.options import option_groups
 from gptclf.interop.export import FORMATS, QUANTIZE, export_run
+from gptclf.option_groups import OutputOptions
 
 
 @handle_errors
+@option_groups
 def export(
     run: Path = RUN_DIR,
     fmt: str = typer.Option("transformers", "--format", help=f"{', '.join(FORMATS)}."),
@@ -28,13 +31,13 @@ def export(
     quantize: str = typer.Option(
         "none", "--quantize", help=f"{', '.join(QUANTIZE)} (int8 only with --format onnx)."
     ),
-    as_json: bool = JSON_OUT,
+    output: OutputOptions = OutputOptions(),
 ) -> None:
     """Export a run as a transformers or ONNX folder."""
     written = export_run(
         run, out, fmt=fmt, quantize=quantize, force=force, note=lambda m: err_console.print(m, markup=False)
     )
-    if as_json:
+    if output.json_out:
         typer.echo(json.dumps({"run": str(run), "format": fmt, "quantize": quantize, "out": str(written)}))
     else:
         typer.echo(str(written))

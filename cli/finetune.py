@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from cli.common import err_console, handle_errors, out_console
+from cli.options import typer_parameter
 from gptclf.distributed import LaunchSettings
 from gptclf.errors import BadInputError, Interrupted
-from gptclf.options import PANELS, OptionSpec, dash, option_specs
+from gptclf.options import PANELS, OptionSpec, option_specs
 from gptclf.training.settings import FinetuneSettings
 
 if TYPE_CHECKING:
@@ -36,19 +37,7 @@ _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 def _parameter(spec: OptionSpec, not_given: bool) -> inspect.Parameter:
     """The Typer parameter of one option; with ``not_given`` its default is None ("not given")."""
-    flag = f"--{dash(spec.name)}"
-    if spec.kind is bool and spec.default is True:
-        flag += f"/--no-{dash(spec.name)}"  # an option that is on by default needs a way off
-    info = typer.Option(
-        None if not_given else spec.default,
-        flag,
-        help=spec.help,
-        rich_help_panel=spec.panel,
-        envvar=spec.metadata.get("envvar"),
-        show_default=False,  # the help shows it, from the field default
-    )
-    kind = str if spec.kind is list else spec.kind  # a list is given as one comma-separated string
-    return inspect.Parameter(spec.name, _KEYWORD, default=info, annotation=kind | None if not_given else kind)
+    return typer_parameter(spec, spec.default, spec.help, not_given=not_given)
 
 
 def _signature() -> inspect.Signature:
@@ -186,11 +175,7 @@ def _print_summary(result: FinetuneResult) -> None:
             f"test: accuracy {fmt_metric(s['test_accuracy'])} on {result.test['n']} texts, "
             f"loss {fmt_metric(s['test_loss'])}, macro F1 {fmt_metric(s['test_macro_f1'])}{auc}"
         )
-    if s.get("multi_label") and result.test is not None:  # K labels: micro-F1 is the usual score
-        lines.append(
-            f"test: micro-F1 {fmt_metric(s['test_micro_f1'])}, exact-match accuracy "
-            f"{fmt_metric(s['test_accuracy'])} at the per-label thresholds chosen on validation"
-        )
+    lines += result.task.summary_lines(s)  # K labels: micro-F1 is the usual score
     if s["best_step"] is not None:
         lines.append(
             f"kept the weights of step {s['best_step']}: "

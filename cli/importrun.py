@@ -12,21 +12,24 @@ from pathlib import Path
 
 import typer
 
-from cli.common import JSON_OUT, err_console, handle_errors
+from cli.common import err_console, handle_errors
+from cli.options import option_groups
 from gptclf.interop.transformers_import import import_run
+from gptclf.option_groups import OutputOptions
 from gptclf.rundir import read_run_info
 
 
 @handle_errors
+@option_groups
 def import_(
     folder: Path = typer.Argument(..., help="A Hugging Face GPT2ForSequenceClassification folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty run directory."),
-    as_json: bool = JSON_OUT,
+    output: OutputOptions = OutputOptions(),
 ) -> None:
     """Turn a transformers GPT-2 sequence classifier into a run directory."""
     written = import_run(folder, out, force=force, note=lambda m: err_console.print(m, markup=False))
-    if as_json:
+    if output.json_out:
         info = read_run_info(written)
         record = {"run": str(written), "classes": info["classes"], "max_length": info["max_length"]}
         typer.echo(json.dumps(record))

@@ -8,6 +8,12 @@ reading of TOML values (:func:`coerce`), the help text with the default shown
 (:attr:`OptionSpec.help`), the range checks (:func:`field_problems`) and what run.json records
 (``dataclasses.asdict``). A field whose type is itself a dataclass is a nested config: its options
 are options of the outer one, under their own names (which must be unique).
+
+The options several verbs share are declared the same way, as :class:`OptionGroup` dataclasses
+(:mod:`gptclf.option_groups`); :mod:`cli.options` turns a verb function whose parameters are such
+groups into its Typer command, and hands the function one checked instance of each group. A
+settings class that keeps its options flat (for the keys it records) takes a group's declaration
+with :func:`reuse`.
 """
 
 from __future__ import annotations
@@ -18,36 +24,93 @@ import re
 import typing
 from dataclasses import dataclass, field
 from types import NoneType, UnionType
-from typing import Any
+from typing import Any, Self
 
-#: The help panels of ``gptclf finetune --help``, in the order they are shown.
+from gptclf.errors import BadInputError
+
+#: The help panels of ``gptclf finetune --help``, in the order they are shown. The other verbs
+#: show every option in one panel (``panel=None``).
 PANELS = ("Data", "Model", "Training", "Run")
+#: What :func:`option` takes besides the help text, the panel and ``default_text``.
+RULES = frozenset(
+    {"choices", "at_least", "above", "at_most", "probability", "envvar", "int_as_text", "flag", "aliases",
+     "metavar"}
+)  # fmt: skip
+#: The intervals ``probability`` accepts, each as it is named in a message.
+PROBABILITY_INTERVALS = ("[0, 1]", "(0, 1]", "[0, 1)", "(0, 1)")
 
 
 def option(
     default: Any,
     help: str,
-    panel: str,
+    panel: str | None = None,
     *,
     default_text: str | None = None,
     **rules: Any,
 ) -> Any:
-    """A dataclass field that is an option of the command line and of TOML config files.
+    """A dataclass field that is an option of the command line (and of TOML config files).
 
     Args:
         default: The default value (None: derived at run time, described by ``default_text``).
         help: One line for ``--help``, without the default (it is appended from ``default``).
-        panel: One of :data:`PANELS`.
+        panel: One of :data:`PANELS`, or None: the command's one panel of options.
         default_text: What to show as the default instead of ``default`` (``the context``).
-        rules: Further metadata: ``choices`` (the accepted strings, listed in the help),
+        rules: Further metadata (one of :data:`RULES`). The rules on the value, checked by
+            :func:`field_problems`: ``choices`` (the accepted strings, listed in the help),
             ``at_least`` (an integer's minimum), ``above`` / ``at_most`` (a float's bounds;
-            without ``above`` a float must be >= 0; every float must be finite), ``envvar``
-            (an environment variable that sets it on the command line), ``int_as_text`` (a TOML
-            integer is read as text).
+            without ``above`` a float must be >= 0; every float must be finite), ``probability``
+            (a float in one of :data:`PROBABILITY_INTERVALS`, e.g. ``"(0, 1]"``). How it is
+            given: ``envvar`` (an environment variable that sets it on the command line),
+            ``flag`` (the long option when it is not ``--<name>``, e.g. ``--input`` for
+            ``input_path``), ``aliases`` (short spellings, e.g. ``("-i",)``), ``metavar`` (the
+            value's name in the help, e.g. ``DIR``), ``int_as_text`` (a TOML integer is read as
+            text).
     """
-    assert panel in PANELS, panel
+    assert panel is None or panel in PANELS, panel
+    assert rules.keys() <= RULES, sorted(rules.keys() - RULES)
+    assert rules.get("probability", "[0, 1]") in PROBABILITY_INTERVALS, rules["probability"]
     metadata = {"help": help, "panel": panel, "default_text": default_text, **rules}
     return field(default=default, metadata=metadata)
+
+
+def reuse(group: type, name: str, **changes: Any) -> Any:
+    """The field ``name`` of the option group ``group``, declared again in another dataclass.
+
+    For a settings class that keeps its options flat, so that the keys it records stay as they
+    are (``gptclf finetune``'s device and precision are :class:`gptclf.option_groups.DeviceOptions`'
+    fields): the type stays the annotation written beside it, the rest comes from the group.
+
+    Args:
+        group: A dataclass whose fields are made by :func:`option`.
+        name: The field to take.
+        changes: What differs here: ``default``, ``help``, ``panel``, ``default_text`` or a rule.
+    """
+    source = next(f for f in dataclasses.fields(group) if f.name == name)
+    default = changes.pop("default", source.default)
+    return field(default=default, metadata={**source.metadata, **changes})
+
+
+class OptionGroup:
+    """A group of options that several verbs share: a frozen dataclass of :func:`option` fields.
+
+    :mod:`cli.options` expands a verb parameter annotated with a group into the group's options,
+    and hands the verb one instance, checked by :meth:`check`. A group adds its cross-option rules
+    by extending :meth:`problems`.
+    """
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these values, as messages naming the option."""
+        return field_problems(self)
+
+    def check(self) -> Self:
+        """These values, when they are right.
+
+        Raises:
+            BadInputError: Every problem of :meth:`problems`, in one line.
+        """
+        if problems := self.problems():
+            raise BadInputError("; ".join(problems))
+        return self
 
 
 def dash(name: str) -> str:
@@ -85,7 +148,7 @@ def option_specs(cls: type) -> list[OptionSpec]:
     specs = []
     for f in dataclasses.fields(cls):
         kind, optional = _kind(hints[f.name])
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             specs += option_specs(kind)
         elif "help" in f.metadata:
             specs.append(
@@ -112,10 +175,15 @@ def _kind(annotation: Any) -> tuple[Any, bool]:
 
 def _help(f: dataclasses.Field[Any]) -> str:
     """The field's help, with its choices and default appended."""
-    text = f.metadata["help"]
-    if choices := f.metadata.get("choices"):
+    return help_text(f.metadata["help"], f.metadata, f.default)
+
+
+def help_text(text: str, metadata: typing.Mapping[str, Any], default: Any) -> str:
+    """An option's help: ``text``, then its choices and its default (``default_text`` or
+    ``default``, as :func:`show_value` shows it)."""
+    if choices := metadata.get("choices"):
         text += f": {', '.join(choices)}"
-    shown = f.metadata.get("default_text") or show_value(f.default)
+    shown = metadata.get("default_text") or show_value(default)
     return f"{text} (default: {shown})." if shown else f"{text}."
 
 
@@ -165,22 +233,32 @@ def coerce(spec: OptionSpec, value: Any) -> tuple[Any, str | None]:
 def field_problems(obj: Any) -> list[str]:
     """What breaks the rules declared on the fields of the dataclass instance ``obj``.
 
-    The rules: ``choices``, ``at_least`` for integers, and for every float finiteness and
-    ``above`` / ``at_most`` (see :func:`number_problems`). None passes: the option is not set.
+    The rules: ``choices``, ``at_least`` for integers, ``probability`` for a float in an
+    interval of [0, 1], and for every other float finiteness and ``above`` / ``at_most`` (see
+    :func:`number_problems`). None passes: the option is not set.
     """
     hints = typing.get_type_hints(type(obj))
     out = []
     for f in dataclasses.fields(obj):
         value, meta = getattr(obj, f.name), f.metadata
+        name = long_name(f.name, meta)  # as the messages name it: --<name>
         if value is None:
             continue
         if (choices := meta.get("choices")) and value not in choices:
-            out.append(f"--{dash(f.name)} {value!r}: use one of {', '.join(choices)}")
+            out.append(f"--{name} {value!r}: use one of {', '.join(choices)}")
         elif "at_least" in meta and value < meta["at_least"]:
-            out.append(f"--{dash(f.name)} must be >= {meta['at_least']} (got {value})")
+            out.append(f"--{name} must be >= {meta['at_least']} (got {value})")
+        elif "probability" in meta:
+            out += probability_problems(name, value, meta["probability"])
         elif _kind(hints[f.name])[0] is float:
-            out += number_problems((f.name, value, meta.get("above"), meta.get("at_most")))
+            out += number_problems((name, value, meta.get("above"), meta.get("at_most")))
     return out
+
+
+def long_name(name: str, metadata: typing.Mapping[str, Any]) -> str:
+    """The long option of a field without its ``--``: its ``flag``, else the field name dashed."""
+    flag = metadata.get("flag")
+    return flag.removeprefix("--") if flag else dash(name)
 
 
 def number_problems(*checks: tuple[str, float | None, float | None, float | None]) -> list[str]:
@@ -202,3 +280,15 @@ def number_problems(*checks: tuple[str, float | None, float | None, float | None
         bound += f" and <= {at_most:g}" if at_most is not None else " and finite"
         out.append(f"--{dash(name)} must be {bound} (got {value:g})")
     return out
+
+
+def probability_problems(name: str, value: float | None, interval: str = "[0, 1]") -> list[str]:
+    """A message for a probability that is not in ``interval`` (one of :data:`PROBABILITY_INTERVALS`;
+    an open end leaves its bound out); none for None (not given). NaN is in no interval."""
+    if value is None:
+        return []
+    low_ok = value > 0 if interval.startswith("(") else value >= 0
+    high_ok = value < 1 if interval.endswith(")") else value <= 1
+    if math.isfinite(value) and low_ok and high_ok:
+        return []
+    return [f"--{dash(name)} must be a probability in {interval} (got {value:g})"]

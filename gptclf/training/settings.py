@@ -3,8 +3,11 @@
 Each option is declared once, as a field of :class:`TrainConfig` (how to train), of
 :class:`FinetuneSettings` (everything else a run takes; it nests the TrainConfig) or of
 :class:`gptclf.distributed.LaunchSettings` (how the processes of a run are started): type, default,
-help and the simple rules on its value (see :mod:`gptclf.options`). The TOML reading, the options and help of
-``gptclf finetune`` and run.json's ``train`` record are derived from those fields.
+help and the simple rules on its value (see :mod:`gptclf.options`). The options finetune shares
+with other verbs (device, precision, the --target) are those of :mod:`gptclf.option_groups`, taken
+field by field (:func:`gptclf.options.reuse`) so that the recorded settings stay flat. The TOML
+reading, the options and help of ``gptclf finetune`` and run.json's ``train`` record are derived
+from those fields.
 
 Precedence, lowest first: the defaults below, a ``--config FILE.toml``, the options given on the
 command line. A TOML file's keys are the long option names (``batch-size`` or ``batch_size``).
@@ -22,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.data.long_texts import AGGREGATES, MODES, LongTexts
-from gptclf.device import PRECISIONS
 from gptclf.errors import BadInputError
 from gptclf.model.classifier import POOLINGS
-from gptclf.options import coerce, field_problems, option, option_names, option_specs
+from gptclf.option_groups import DeviceOptions, TargetOptions
+from gptclf.options import coerce, field_problems, option, option_names, option_specs, reuse
 
 SCHEDULES = ("constant", "cosine")
 MONITORS = ("val_loss", "val_acc", "val_f1", "val_micro_f1")
@@ -181,16 +184,13 @@ class FinetuneSettings:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = option(123, "Seed of every random step", _TRAIN)
-    # Checked against the classes by gptclf.tasks.decisions.check_target once the data are read.
-    target: str | None = option(
-        None,
-        "Choose on validation: f1, precision=P, recall=R (threshold, with --positive) or coverage=C",
-        _RUN,
-        default_text="none (argmax)",
-    )
-    positive: str | None = option(None, "The positive class of a threshold --target", _RUN)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps", _RUN)
-    precision: str = option("auto", "Number format", _RUN, choices=PRECISIONS)
+    # Declared once with calibrate's (gptclf.option_groups), kept flat here so that the recorded
+    # settings keep their keys. Checked against the classes by gptclf.tasks.decisions.check_target
+    # once the data are read.
+    target: str | None = reuse(TargetOptions, "target", panel=_RUN, default_text="none (argmax)")
+    positive: str | None = reuse(TargetOptions, "positive", panel=_RUN)
+    device: str = reuse(DeviceOptions, "device", panel=_RUN)
+    precision: str = reuse(DeviceOptions, "precision", panel=_RUN)
     cache: bool = option(True, "Cache the frozen blocks' output", _RUN)
     cache_memory: str | None = option(
         None, "RAM for the cache, e.g. 2GB", _RUN, default_text="1/4 of RAM", int_as_text=True
