@@ -6,25 +6,28 @@ length (so padding stays small) and are shuffled among themselves every epoch fr
 evaluation and prediction sort by length and the caller restores the original order
 (:mod:`gptclf.inference.loop`). A :class:`Source` gives a batch's model inputs: token ids
 (:class:`TokenSource`) or hidden states cached after the frozen first blocks
-(:class:`gptclf.inference.cache.FeatureCache`).
+(:class:`gptclf.inference.cache.FeatureCache`), one row per text; or a text's windows, several rows
+folded back into one (:class:`gptclf.inference.longtexts.WindowedSource`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 import tiktoken
 import torch
 
 from gptclf.data.long_texts import LongTexts
-from gptclf.inference.longtexts import Windowed, WindowMap, windows_of
-from gptclf.model.tokenizer import EOT_ID, encode_batch
+from gptclf.model.tokenizer import EOT_ID, collate, encode_batch
 from gptclf.tasks.base import Task
 from gptclf.tasks.single_label import SingleLabel
+
+if TYPE_CHECKING:
+    from gptclf.inference.longtexts import Windowed
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
 #: similar lengths share a batch while the pools keep the epoch's order random.
@@ -63,27 +66,6 @@ def encode_texts(enc: tiktoken.Encoding, texts: Sequence[str], max_length: int) 
             ids[i] = seq[:max_length]
             truncated += 1
     return Encoded(ids, truncated)
-
-
-def collate(
-    seqs: Sequence[Sequence[int]], pad_id: int = EOT_ID, pad_to: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into a batch.
-
-    Args:
-        seqs: Token ids of each text.
-        pad_id: The padding id (GPT-2's ``<|endoftext|>``).
-        pad_to: Pad to this length instead of the batch's longest (the book's fixed padding).
-
-    Returns:
-        ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64.
-    """
-    lengths = [len(s) for s in seqs]
-    width = max(lengths) if pad_to is None else max(pad_to, max(lengths))
-    batch = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        batch[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return batch, torch.as_tensor(lengths, dtype=torch.long)
 
 
 def train_batches(
@@ -150,23 +132,60 @@ class Batch:
         hidden: (B, T, C) hidden states after block ``start_block - 1``, or None.
         lengths: (B,) real tokens per text.
         start_block: First block to run.
+        fold: Turns the model's (B, K) output into one row per text of the batch, when its rows are
+            the texts' windows (:class:`gptclf.inference.longtexts.WindowedSource`); None: a row is a text.
     """
 
     input_ids: torch.Tensor | None
     hidden: torch.Tensor | None
     lengths: torch.Tensor
     start_block: int
+    fold: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def per_text(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's output on this batch, one row per text (``fold``ed where a text is several rows)."""
+        return out if self.fold is None else self.fold(out)
 
 
 class Source(Protocol):
-    """Anything that turns a list of example indices into a :class:`Batch` on a device."""
+    """Model inputs of some texts: :meth:`batch` turns a list of text indices into a :class:`Batch`
+    on a device (every row of those texts: one each, or a text's windows), :meth:`rows` says how the
+    inference loop runs them.
+
+    Attributes:
+        lengths: Tokens of each text (over all its rows): training groups texts of similar cost.
+        start_block: The first block the model runs on its batches.
+    """
 
     lengths: list[int]
     start_block: int
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch: ...
 
+    def rows(self) -> Rows: ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A source as the inference loop runs it: the rows of ``source`` (one model input each) are
+    batched by their own lengths like texts, and the outputs of all of them are then turned into one
+    row per text. A source of a row per text is its own rows.
+
+    Attributes:
+        source: The rows: one model input per index.
+        owner: (R,) the text of each row (the progress counts texts); None: row ``i`` is text ``i``.
+        fold: The (N, K) per-text output from the (R, K) output of every row; None: the rows are the texts.
+    """
+
+    source: Source
+    owner: torch.Tensor | None = None
+    fold: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def per_text(self, out: torch.Tensor) -> torch.Tensor:
+        """One row per text from the output of every row, in row order."""
+        return out if self.fold is None else self.fold(out)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -190,6 +209,10 @@ class TokenSource:
         input_ids, lengths = collate([self.ids[i] for i in indices], EOT_ID, self.pad_to)
         return Batch(to_device(input_ids, device), None, to_device(lengths, device), 0)
 
+    def rows(self) -> Rows:
+        """A row per text."""
+        return Rows(self)
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -199,14 +222,15 @@ class LabelledSet:
     """Model inputs of a split, each text's target as its ``task`` encodes it (a class index, a
     0/1 row), and the task (its loss, statistics and metrics are what training computes).
 
-    With ``windows`` (``--long-texts head-tail`` or ``window``) the source's rows are windows and
-    ``windows`` says which belong to which text; None: one row per text (``truncate``).
+    The source gives one logit row per text however it reads them (texts read in windows are a
+    :class:`~gptclf.inference.longtexts.WindowedSource`). ``long_texts`` names the ``--long-texts``
+    mode of such a source (None for ``truncate``): part of a resumed run's data signature.
     """
 
     source: Source
     labels: list[Any]
-    windows: WindowMap | None = None
     task: Task = field(default_factory=SingleLabel)
+    long_texts: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -214,9 +238,7 @@ class LabelledSet:
     @property
     def lengths(self) -> list[int]:
         """Tokens per text (over its windows)."""
-        if self.windows is None:
-            return self.source.lengths
-        return self.windows.text_lengths(self.source.lengths)
+        return self.source.lengths
 
 
 def encode_splits(
@@ -243,6 +265,8 @@ def encode_splits(
     Returns:
         ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
     """
+    from gptclf.inference.longtexts import windows_of  # longtexts builds on this module's sources
+
     names = ("train", "validation", "test")
     texts = {n: splits[n]["text"].astype(str).tolist() for n in names}
     if long is None:

@@ -45,9 +45,9 @@ import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference.batching import Batch, Source, TokenSource, to_device
+from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
 from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
-from gptclf.inference.longtexts import WindowMap
+from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
 from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.model.tokenizer import EOT_ID
@@ -60,7 +60,8 @@ class FeatureCache:
     Build with :meth:`build`; release with :meth:`close` (removes a memory-mapped file).
 
     Attributes:
-        lengths: Tokens per text.
+        lengths: Tokens per text (per row: a text's windows are rows of their own, see
+            :class:`gptclf.inference.longtexts.WindowedSource`).
         start_block: The block training starts at (= blocks cached).
         location: ``gpu``, ``memory`` or ``disk``.
         nbytes: Size of the stored states.
@@ -102,7 +103,7 @@ class FeatureCache:
         shard: Shard = Shard(),  # frozen, so one shared default is safe
         progress: Progress | None = None,
         label: str = "caching the frozen blocks",
-        owners: torch.Tensor | None = None,
+        windows: WindowMap | None = None,
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -120,8 +121,8 @@ class FeatureCache:
             shard: This process's place in a data-parallel job: it computes its share of the
                 batches and receives the rest from the other ranks.
             progress: Shows the build as ``label``.
-            owners: (R,) the text each row of ``ids`` belongs to, when the rows are the texts'
-                windows (``--long-texts``): the progress then counts texts, not windows.
+            windows: Which texts the rows of ``ids`` are of, when they are the texts' windows
+                (``--long-texts``): the cache holds a row per window; the progress counts texts.
         """
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
         lengths = [len(x) for x in ids]
@@ -133,7 +134,7 @@ class FeatureCache:
         try:
             _fill(
                 flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label,
-                owners,
+                windows,
             )  # fmt: skip
             shard.all_sum_rows(flat)
         except BaseException:
@@ -145,6 +146,11 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def rows(self) -> Rows:
+        """A row per text (a text's windows are a :class:`~gptclf.inference.longtexts.WindowedSource`
+        over the cache)."""
+        return Rows(self)
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
         """Re-pad the cached states of ``indices`` into (B, T, C), zeros after each text's end.
@@ -242,10 +248,10 @@ def _fill(
     shard: Shard,
     progress: Progress | None,
     label: str,
-    owners: torch.Tensor | None = None,
+    windows: WindowMap | None = None,
 ) -> None:
     """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``
-    (``owners``: the text of each row, when the rows are windows: the progress counts texts)."""
+    (``windows``: the texts of the rows, when they are windows: the progress counts texts)."""
     lengths = [len(x) for x in ids]
 
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
@@ -253,9 +259,10 @@ def _fill(
         for row, i in enumerate(indices):
             flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
 
+    rows: Source = TokenSource(ids)
     run_batches(
         model,
-        TokenSource(ids),
+        rows if windows is None else WindowedSource(rows, windows),  # batched as rows either way
         store,
         batch_size=batch_size,
         device=device,
@@ -264,7 +271,6 @@ def _fill(
         stop_block=start_block,
         progress=progress,
         label=label,
-        owners=owners,
     )
 
 
@@ -303,7 +309,9 @@ def make_sources(
         note: Receives a line for each stale cache folder removed (:func:`remove_stale_caches`).
         progress: Shows each split's cache build.
         windows: Split name -> which of its rows (windows, ``--long-texts``) belong to which text;
-            a split without one has a row per text. The progress counts texts either way.
+            a split without one has a row per text. The progress counts texts either way; the
+            sources hold the rows (the caller reads a windowed split through a
+            :class:`~gptclf.inference.longtexts.WindowedSource` over its source).
 
     Raises:
         BadInputError: The caches that go to disk cannot fit there (see :func:`plan_cache`).
@@ -336,16 +344,10 @@ def make_sources(
                 shard=shard,
                 progress=progress,
                 label=f"caching the frozen blocks of the {name} split",
-                owners=_owners(windows, name),
+                windows=(windows or {}).get(name),
             )
     except BaseException:
         for source in sources.values():
             source.close()
         raise
     return sources
-
-
-def _owners(windows: Mapping[str, WindowMap | None] | None, name: str) -> torch.Tensor | None:
-    """The text of each row of split ``name``, where its rows are windows; else None."""
-    found = (windows or {}).get(name)
-    return None if found is None else found.owner

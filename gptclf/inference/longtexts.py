@@ -6,7 +6,9 @@ The settings (:class:`gptclf.data.long_texts.LongTexts`) live with the data; her
 or for any text that fits); :func:`windows_of` does it for a list of texts and keeps which text
 each window belongs to (:class:`WindowMap`); :func:`aggregate` turns per-window logits back into
 per-text logits (differentiable: training takes its loss on them, so a text counts once however
-many windows it has). :func:`piecewise_logits` runs a stream's windows through the inference loop in
+many windows it has). :class:`WindowedSource` presents the windows' model inputs as a source of one
+row per text, so that training, the inference loop and the cache build take texts read in windows
+like any others. :func:`piecewise_logits` runs a stream's windows through the inference loop in
 pieces of a bounded number of windows, so a 100,000-token line costs no more memory than a chunk of
 ordinary texts.
 
@@ -18,13 +20,17 @@ never depend on the other texts of its batch.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from gptclf.data.long_texts import LongCounts, LongTexts
+from gptclf.inference.batching import Batch, Rows, Source, to_device
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress
 
@@ -106,6 +112,48 @@ def aggregate(logits: torch.Tensor, owner: torch.Tensor, n: int, how: str) -> to
     return sums / counts[:, None]
 
 
+class WindowedSource:
+    """Texts read in windows: a :class:`~gptclf.inference.batching.Source` of one row per text over
+    ``inner``, whose rows are the windows (``windows`` says which are whose and how they combine).
+
+    Training batches texts: :meth:`batch` runs every window of its texts in one batch, whose
+    :meth:`~gptclf.inference.batching.Batch.per_text` folds the windows' logits into one row per
+    text (:func:`aggregate` in float32, after the forward, before the loss: a text counts once). The
+    inference loop runs :meth:`rows`: the windows, batched by their own lengths like any texts, and
+    every window's logits combined into one row per text at the end; its progress counts texts.
+
+    Attributes:
+        inner: The windows' model inputs (token ids, or cached states), a row per window.
+        windows: Which windows belong to which text, and the aggregate of their logits.
+        lengths: Tokens of each text over its windows (training groups texts of similar cost).
+        start_block: The first block the model runs (the inner source's).
+    """
+
+    def __init__(self, inner: Source, windows: WindowMap) -> None:
+        self.inner, self.windows = inner, windows
+        self.lengths = windows.text_lengths(inner.lengths)
+        self.start_block = inner.start_block
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
+        """Every window of the texts ``indices``, and how to fold their logits into one row each."""
+        rows, owner = self.windows.rows(indices)
+        fold = partial(_fold, to_device(owner, device), len(indices), self.windows.aggregate)
+        return dataclasses.replace(self.inner.batch(rows, device), fold=fold)
+
+    def rows(self) -> Rows:
+        """The windows, each text's logits the aggregate of its windows' (:meth:`WindowMap.combine`)."""
+        return Rows(self.inner, self.windows.owner, self.windows.combine)
+
+    def close(self) -> None:
+        """Release the inner source."""
+        self.inner.close()
+
+
+def _fold(owner: torch.Tensor, n: int, how: str, logits: torch.Tensor) -> torch.Tensor:
+    """(n, K) float32 logits of a batch's texts from those of their windows (``owner``: each one's text)."""
+    return aggregate(logits.float(), owner, n, how)
+
+
 @dataclass
 class Windowed:
     """Texts as windows: the model inputs, which text each belongs to, and what was cut."""
@@ -130,10 +178,10 @@ def windows_of(token_lists: Sequence[list[int]], max_length: int, long: LongText
     return Windowed(ids, WindowMap(starts, counts, long.aggregate, long.mode), stats)
 
 
-#: Runs a piece of windows through the inference loop and returns their (W, K) logits; it is given
-#: the windows, the text each belongs to (``run_batches``' ``owners``, so that the progress counts
-#: texts) and the progress to report to.
-RunWindows = Callable[[list[list[int]], torch.Tensor, Progress], torch.Tensor]
+#: Runs a piece of windows through the inference loop and returns their (W, K) logits, a row per
+#: window; it is given the windows, which of the piece's texts each belongs to (run them as a
+#: :class:`WindowedSource` of that map, so that the progress counts texts) and the progress.
+RunWindows = Callable[[list[list[int]], WindowMap, Progress], torch.Tensor]
 
 
 def piecewise_logits(
@@ -165,7 +213,7 @@ def piecewise_logits(
         if not windows:
             return
         owner = torch.as_tensor(owners, dtype=torch.long)
-        out = run(windows, owner, shown).float()
+        out = run(windows, _piece_map(owners, long), shown).float()
         shown.early += unfinished  # the piece's last text counted as done, yet more windows follow
         if long.aggregate == "max":
             acc.scatter_reduce_(0, owner[:, None].expand(-1, num_classes), out, reduce="amax")
@@ -194,13 +242,20 @@ def piecewise_logits(
     return (acc if long.aggregate == "max" else acc / seen[:, None]), counts
 
 
+def _piece_map(owners: list[int], long: LongTexts) -> WindowMap:
+    """Which of a piece's texts each of its windows is of (``owners``: the texts, in runs)."""
+    counts = [len(list(run)) for _, run in itertools.groupby(owners)]
+    return WindowMap([*itertools.accumulate(counts, initial=0)][:-1], counts, long.aggregate, long.mode)
+
+
 class _OneStep(Progress):
     """The progress of every piece as one step over all the texts.
 
-    Each piece's pass (``run_batches`` with ``owners``) begins its own step over the texts of the
-    piece and counts a text once its last window in the piece is run. Here the first begins one
-    step of all ``texts``; the later ones go on in it; and a text whose windows continue into the
-    next piece (counted early, in ``early``) is not counted again when the piece that ends it does.
+    Each piece's pass (a :class:`WindowedSource` through ``run_batches``) begins its own step over
+    the texts of the piece and counts a text once its last window in the piece is run. Here the
+    first begins one step of all ``texts``; the later ones go on in it; and a text whose windows
+    continue into the next piece (counted early, in ``early``) is not counted again when the piece
+    that ends it does.
     """
 
     def __init__(self, inner: Progress, texts: int) -> None:

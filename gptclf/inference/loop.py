@@ -5,9 +5,12 @@ Validation during training, the frozen-trunk cache build, the test metrics of ``
 longest first into batches (each padded only to its own longest text, so little padding), the model
 runs in eval mode under ``torch.inference_mode`` and the precision's autocast, each batch's inputs
 are copied to the device by its :class:`~gptclf.inference.batching.Source`, and the caller receives each
-batch's output with the indices of its texts, which restores the input order. Under DDP every rank
-runs every ``world_size``-th of the same batches. Because every path shares these batches, the
-same texts give the same numbers wherever they are evaluated.
+batch's output with the indices of its texts, which restores the input order. A source may read a
+text as several rows (its windows): the loop then batches the rows
+(:meth:`~gptclf.inference.batching.Source.rows`), counts a text done once its last row is, and
+:func:`batched_logits` folds the rows' logits into one row per text. Under DDP every rank runs
+every ``world_size``-th of the same batches. Because every path shares these batches, the same
+texts give the same numbers wherever they are evaluated.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import torch
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.inference.batching import TOKENS_PER_TEXT, LabelledSet, Source, sorted_batches
-from gptclf.inference.longtexts import WindowMap
 from gptclf.model.classifier import Classifier
 from gptclf.progress import Progress
 
@@ -48,7 +50,8 @@ class BatchModel(Protocol):
     ) -> torch.Tensor: ...
 
 
-#: Receives each batch's output (logits, or hidden states) with the indices of its texts.
+#: Receives each batch's output (logits, or hidden states) with the indices of its rows (its texts,
+#: unless the source reads a text as several rows: see :meth:`~gptclf.inference.batching.Source.rows`).
 Sink = Callable[[Sequence[int], torch.Tensor], None]
 
 
@@ -65,14 +68,14 @@ def run_batches(
     between_batches: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "inference",
-    owners: torch.Tensor | None = None,
 ) -> None:
-    """Run ``model`` over every text of ``source`` in length-sorted batches; hand each output to ``sink``.
+    """Run ``model`` over every row of ``source`` in length-sorted batches; hand each output to ``sink``.
 
     Args:
         model: The classifier, on ``device``; it runs in eval mode and is put back as it was.
-        source: The texts' model inputs (token ids, or cached hidden states).
-        sink: Called with each batch's indices and its output (on ``device``), outside autocast.
+        source: The texts' model inputs (token ids, or cached hidden states; or a text's windows:
+            its rows, :meth:`~gptclf.inference.batching.Source.rows`, are batched like texts).
+        sink: Called with each batch's row indices and its output (on ``device``), outside autocast.
         batch_size: Texts per forward pass, at most; and at most ``batch_size *``
             :data:`~gptclf.inference.batching.TOKENS_PER_TEXT` tokens (long texts go in fewer per batch).
         device: Where the model runs.
@@ -80,15 +83,15 @@ def run_batches(
         shard: This process's place in a data-parallel job: it runs its share of the batches.
         stop_block: Return the hidden states after this many blocks instead of logits.
         between_batches: Called before each batch (e.g. to stop on a signal by raising).
-        progress: Shown ``label`` with this rank's number of texts as the total.
+        progress: Shown ``label`` with this rank's number of texts as the total (a text read as
+            several rows counts once, when the last of its rows is run).
         label: What the progress calls this pass.
-        owners: (R,) the text each row of ``source`` belongs to, when its rows are the texts'
-            windows: the progress then counts texts, each once the last of its rows is run.
     """
+    rows = source.rows()
     # Long texts and windows go in fewer per batch: memory stays that of a batch of short texts.
-    batches = shard.take(sorted_batches(source.lengths, batch_size, batch_size * TOKENS_PER_TEXT))
+    batches = shard.take(sorted_batches(rows.source.lengths, batch_size, batch_size * TOKENS_PER_TEXT))
     progress = progress or Progress()
-    texts = _TextsDone(batches, owners)
+    texts = _TextsDone(batches, rows.owner)
     progress.begin(label, total=texts.total, unit="texts")
     was_training = model.training
     model.eval()
@@ -97,7 +100,7 @@ def run_batches(
             if between_batches is not None:
                 between_batches()
             with torch.inference_mode():
-                batch = source.batch(indices, device)
+                batch = rows.source.batch(indices, device)
                 with precision.autocast(device):
                     out = model(
                         batch.input_ids,
@@ -148,17 +151,17 @@ def batched_logits(
     between_batches: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "inference",
-    windows: WindowMap | None = None,
 ) -> torch.Tensor:
     """(N, K) float32 logits of every text of ``source``, on the CPU, in input order.
 
     Under DDP each rank fills the rows of its batches and the logits are summed over the ranks
     (each row is non-zero on one rank only): every rank gets all the logits, computed in the same
-    batches as by one process. With ``windows`` the source's rows are the texts' windows, batched
-    like any texts, and each text's rows are aggregated into its one row at the end. The other
-    arguments are those of :func:`run_batches`.
+    batches as by one process. Where the source reads texts as several rows (their windows), the
+    rows are batched like any texts and each text's rows are folded into its one row at the end
+    (:meth:`~gptclf.inference.batching.Rows.per_text`). The arguments are those of :func:`run_batches`.
     """
-    logits = torch.zeros(len(source.lengths), len(model.classes), dtype=torch.float32)
+    rows = source.rows()
+    logits = torch.zeros(len(rows.source.lengths), len(model.classes), dtype=torch.float32)
 
     def keep(indices: Sequence[int], out: torch.Tensor) -> None:
         logits[torch.as_tensor(list(indices), dtype=torch.long)] = out.float().cpu()
@@ -174,10 +177,8 @@ def batched_logits(
         between_batches=between_batches,
         progress=progress,
         label=label,
-        owners=None if windows is None else windows.owner,
     )
-    logits = shard.all_sum(logits)
-    return logits if windows is None else windows.combine(logits)
+    return rows.per_text(shard.all_sum(logits))
 
 
 def labelled_metrics(
@@ -213,6 +214,5 @@ def labelled_metrics(
         between_batches=between_batches,
         progress=progress,
         label=label,
-        windows=data.windows,
     )
     return data.task.metrics(logits, data.labels, model.classes), logits.numpy()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import tiktoken
+import torch
 
 from gptclf.errors import BadInputError
 
@@ -107,3 +109,24 @@ def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
 def encode_batch(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
     """Encode many texts at once (tiktoken's threads), special tokens as ordinary text."""
     return enc.encode_ordinary_batch(texts)
+
+
+def collate(
+    seqs: Sequence[Sequence[int]], pad_id: int = EOT_ID, pad_to: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into a batch.
+
+    Args:
+        seqs: Token ids of each text.
+        pad_id: The padding id (GPT-2's ``<|endoftext|>``).
+        pad_to: Pad to this length instead of the batch's longest (the book's fixed padding).
+
+    Returns:
+        ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64.
+    """
+    lengths = [len(s) for s in seqs]
+    width = max(lengths) if pad_to is None else max(pad_to, max(lengths))
+    batch = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        batch[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return batch, torch.as_tensor(lengths, dtype=torch.long)

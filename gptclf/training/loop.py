@@ -200,14 +200,11 @@ class _Trainer:
     ) -> None:
         self.model, self.train, self.val, self.cfg = model, train, val, cfg
         self.device, self.precision, self.seed, self.shard = device, precision, seed, shard
-        self.stepper = Stepper(
-            model, train.source, train.labels, cfg, device, precision, shard, train.windows, train.task
-        )
+        self.stepper = Stepper(model, train.source, train.labels, cfg, device, precision, shard, train.task)
         self.named = self.stepper.named
         self.group_size = cfg.batch_size * cfg.grad_accum * shard.world_size
         self.total = cfg.epochs * math.ceil(len(train) / self.group_size)
-        mode = train.windows.mode if train.windows is not None else None
-        self.data = data_signature(train.labels, train.lengths, mode)
+        self.data = data_signature(train.labels, train.lengths, train.long_texts)
         self.loop = _Loop()
         self.best = BestKeeper(self.loop, cfg.monitor, cfg.early_stop)
         self.signal: int | None = None  # a signal that some rank received, as of the last step

@@ -23,7 +23,7 @@ from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, DiskFullError, Interrupted, write_error
 from gptclf.inference.batching import LabelledSet, Source, encode_splits
 from gptclf.inference.cache import FeatureCache, make_sources
-from gptclf.inference.longtexts import Windowed, WindowMap
+from gptclf.inference.longtexts import Windowed, WindowedSource, WindowMap
 from gptclf.inference.loop import batched_logits
 from gptclf.inference.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.model.classifier import Classifier, apply_scope, replace_head
@@ -68,9 +68,11 @@ def train_run(
     timings = {"tokenise": time.monotonic() - t0}
     maps = _tell_long_texts(ctx, windowed, max_length)
     t0 = time.monotonic()
-    sources = _sources(ctx, model, ids, pad_length, maps)
+    rows = _sources(ctx, model, ids, pad_length, maps)
     timings["cache"] = time.monotonic() - t0
-    cache = _cache_info(sources)
+    cache = _cache_info(rows)
+    # A split read in windows is a source of one row per text over its windows' rows.
+    sources = {name: WindowedSource(s, maps[name]) if name in maps else s for name, s in rows.items()}
     if cache["blocks"]:
         ctx.progress.message(
             f"cached the hidden states after block {cache['blocks']} of {ctx.plan.config.n_layer} "
@@ -81,7 +83,7 @@ def train_run(
     final_data = ctx.out / "data" if ctx.settings.data is None else data_dir
     data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
-        sets = {name: LabelledSet(sources[name], labels[name], maps.get(name), task) for name in ids}
+        sets = {name: LabelledSet(sources[name], labels[name], task, _mode(maps, name)) for name in ids}
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
@@ -95,7 +97,7 @@ def train_run(
         timings["evaluate"] = time.monotonic() - t0
     finally:
         for source in sources.values():
-            source.close()
+            source.close()  # a windowed split's closes the rows it reads
     timings["total"] = time.monotonic() - t_start
     result = FinetuneResult(
         ctx.out, model, model.classes, history, finished.scores["test"], finished.scores["validation"],
@@ -153,8 +155,9 @@ def _sources(
     pad_length: int | None,
     maps: Mapping[str, WindowMap | None] | None = None,
 ) -> dict[str, Source]:
-    """Each split's model inputs: the frozen-trunk cache where it is exact, token batches otherwise
-    (``maps``: each split's windows' texts, so that progress counts texts)."""
+    """Each split's model rows: the frozen-trunk cache where it is exact, token batches otherwise
+    (``maps``: which texts a split's rows, its windows, are of, so that the build's progress counts
+    texts)."""
     p = ctx.plan
     return make_sources(
         model,
@@ -190,7 +193,6 @@ def _final_logits(model: Classifier, sets: dict[str, LabelledSet], ctx: RunConte
                 between_batches=lambda: ctx.guard.check(saved),
                 progress=ctx.progress,
                 label=f"evaluating the kept weights on the {name} split",
-                windows=sets[name].windows,
             ).numpy()
     return logits
 
@@ -226,7 +228,7 @@ def _run_info(
     return {**info, **result.choices}  # the decision / abstain level chosen on validation
 
 
-def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length: int) -> dict[str, Any]:
+def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length: int) -> dict[str, WindowMap]:
     """Say per split how many texts were cut or windowed; the window maps of the splits (none for
     ``truncate``, whose rows are the texts)."""
     long = ctx.plan.long_texts.fitted(max_length)
@@ -236,6 +238,12 @@ def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length:
     if long.mode == "truncate":
         return {}
     return {name: w.map for name, w in windowed.items()}
+
+
+def _mode(maps: Mapping[str, WindowMap], name: str) -> str | None:
+    """The ``--long-texts`` mode split ``name`` is read with, for the data signature of a resume
+    (None for ``truncate``, as in the runs from before the windows)."""
+    return maps[name].mode if name in maps else None
 
 
 def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data: dict[str, Any]) -> History:

@@ -8,6 +8,10 @@ micro-batch's loss is multiplied by the world size because DDP averages the rank
 sum over ranks is again the large batch's gradient. Gradients sync only on a rank's last
 micro-batch (``no_sync`` before). The step's loss, accuracy and any pending signal are summed over
 the ranks in one small collective, so every rank sees the same numbers and decides the same.
+
+A micro-batch is a list of texts; the source gives all their rows (a text's windows with
+``--long-texts``, :class:`gptclf.inference.longtexts.WindowedSource`) and the batch folds the
+logits into one row per text (float32) before the loss, so a text counts once however it is read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from gptclf.device import Precision
 from gptclf.distributed import Shard, wrap_ddp
 from gptclf.errors import TrainingError
 from gptclf.inference.batching import Source, to_device
-from gptclf.inference.longtexts import WindowMap, aggregate
 from gptclf.model.classifier import Classifier
 from gptclf.tasks.base import Task
 from gptclf.tasks.single_label import SingleLabel
@@ -72,12 +75,8 @@ class Stepper:
         device: torch.device,
         precision: Precision,
         shard: Shard,
-        windows: WindowMap | None = None,
         task: Task | None = None,
     ) -> None:
-        # With ``windows`` the source's rows are windows: each micro-batch of texts runs all their
-        # windows together, and the loss is taken on each text's aggregated logits (a text counts once).
-        self.windows = windows
         self.source, self.cfg, self.device, self.precision, self.shard = source, cfg, device, precision, shard
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.forward = wrap_ddp(model, device, shard)  # DDP wraps the classifier itself
@@ -141,8 +140,7 @@ class Stepper:
         self.forward.train()
         stats = torch.zeros(4, dtype=self.stats_dtype, device=self.device)
         for n, micro in enumerate(micros or [indices[:1]]):
-            rows, owner = (micro, None) if self.windows is None else self.windows.rows(micro)
-            batch = self.source.batch(rows, self.device)
+            batch = self.source.batch(micro, self.device)  # every row of the texts ``micro``
             y = to_device(self.labels[micro], self.device)
             # Only the last micro-batch's backward syncs: DDP then reduces the accumulated gradient.
             last = n == max(len(micros), 1) - 1
@@ -153,11 +151,7 @@ class Stepper:
                     logits = self.forward(
                         batch.input_ids, batch.lengths, hidden=batch.hidden, start_block=batch.start_block
                     )
-                if owner is not None:
-                    assert self.windows is not None
-                    logits = aggregate(
-                        logits.float(), to_device(owner, self.device), len(micro), self.windows.aggregate
-                    )
+                logits = batch.per_text(logits)  # a text's windows' logits: aggregated, in float32
                 ce = self.task.loss(logits, y, self.weights_dev)
                 self.scaler.scale(ce * scale).backward()
             if micros:

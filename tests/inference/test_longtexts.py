@@ -13,6 +13,7 @@ from gptclf.errors import BadInputError
 from gptclf.inference.batching import TokenSource, encode_splits
 from gptclf.inference.longtexts import (
     Windowed,
+    WindowedSource,
     WindowMap,
     aggregate,
     piecewise_logits,
@@ -163,7 +164,7 @@ def test_windowed_logits_do_not_depend_on_the_other_texts_of_the_batch() -> None
 def test_pieces_bound_the_windows_in_flight_of_a_very_long_text() -> None:
     sizes: list[int] = []
 
-    def run(windows: list[list[int]], owners: torch.Tensor, shown: Progress) -> torch.Tensor:
+    def run(windows: list[list[int]], owners: WindowMap, shown: Progress) -> torch.Tensor:
         sizes.append(len(windows))
         return torch.stack([torch.tensor([float(w[0]), -float(w[-1])]) for w in windows])
 
@@ -188,9 +189,8 @@ def test_training_counts_a_text_once_however_many_windows_it_has() -> None:
         windows = [ids[0]] * copies + [ids[1]]
         wmap = WindowMap([0, copies], [copies, 1])
         cfg = TrainConfig(batch_size=8, lr=1e-3)
-        stepper = Stepper(
-            model, TokenSource(windows), labels, cfg, CPU, resolve_precision("fp32", CPU), Shard(), wmap
-        )
+        source = WindowedSource(TokenSource(windows), wmap)
+        stepper = Stepper(model, source, labels, cfg, CPU, resolve_precision("fp32", CPU), Shard())
         stats = stepper._accumulate([0, 1])
         grads.append((float(stats[0]), torch.cat([p.grad.flatten() for _, p in stepper.named])))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)

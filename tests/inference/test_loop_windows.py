@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -14,7 +15,7 @@ from cli.main import app
 from gptclf.data.long_texts import LongTexts
 from gptclf.device import resolve_precision
 from gptclf.inference.batching import TokenSource
-from gptclf.inference.longtexts import windows_of
+from gptclf.inference.longtexts import WindowedSource, windows_of
 from gptclf.inference.loop import batched_logits
 from gptclf.progress import Progress
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
@@ -43,8 +44,8 @@ def test_windows_are_counted_as_the_texts_they_belong_to() -> None:
     assert len(made.ids) > 3 * len(texts)  # many windows per text
     progress = Recorder()
     batched_logits(
-        tiny_classifier(["a", "b"]), TokenSource(made.ids), batch_size=2, device=CPU,
-        precision=resolve_precision("fp32", CPU), progress=progress, label="eval", windows=made.map,
+        tiny_classifier(["a", "b"]), WindowedSource(TokenSource(made.ids), made.map), batch_size=2,
+        device=CPU, precision=resolve_precision("fp32", CPU), progress=progress, label="eval",
     )  # fmt: skip
     assert progress.steps == [("eval", len(texts), "texts")]
     assert sum(progress.advanced) == len(texts) and min(progress.advanced) >= 0
@@ -57,6 +58,7 @@ def test_windows_are_counted_as_the_texts_they_belong_to() -> None:
     assert plain.steps == [("eval", len(texts), "texts")] and sum(plain.advanced) == len(texts)
 
 
+@pytest.mark.slow
 def test_finetune_evaluation_progress_counts_the_splits_texts(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["ham", "spam"], n=80)

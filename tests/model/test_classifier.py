@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import collate
 from gptclf.inference.cache_plan import cacheable_blocks
 from gptclf.model.classifier import (
     Classifier,
@@ -18,6 +17,7 @@ from gptclf.model.classifier import (
 )
 from gptclf.model.config import GPTConfig
 from gptclf.model.gpt import build_model
+from gptclf.model.tokenizer import collate
 from tests.finetune_helpers import TINY, full_logits, tiny_classifier
 
 C = TINY.n_embd

@@ -11,9 +11,9 @@ import torch
 
 from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
-from gptclf.inference.batching import collate
 from gptclf.model.classifier import Classifier, parse_scope
 from gptclf.model.config import GPTConfig
+from gptclf.model.tokenizer import collate
 from gptclf.rundir import build_run_info, classifier_state, load_run, save_run
 from tests.finetune_helpers import TINY, install_tokenizer, tiny_classifier
 
@@ -194,6 +194,7 @@ def test_a_swap_between_run_json_and_the_weights_reads_the_new_pair(
     assert swaps and loaded.info["weights_sha256"] == new_sha
 
 
+@pytest.mark.slow
 def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Path) -> None:
     import threading
 
@@ -232,6 +233,7 @@ app(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_the_next_command_removes_a_dead_calibrates_half_written_run_json(tmp_path: Path) -> None:
     import os
     import subprocess
