@@ -134,8 +134,8 @@ def build_models(run: Path, work: Path, keys: list[str]) -> Models:
 def _build(run: Path, work: Path, keys: list[str]) -> None:
     """The child of :func:`build_models`: exports, sizes, and models.json in ``work``."""
     from gptclf.engines.load import quantize_torch_int8
+    from gptclf.engines.onnx_build import export_onnx
     from gptclf.engines.onnx_folder import ONNX_FILE
-    from gptclf.interop.onnx_export import export_onnx
 
     loaded = load_run(run)
     weights_mb = (run / WEIGHTS_FILE).stat().st_size / 1e6

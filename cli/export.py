@@ -2,7 +2,7 @@
 
 ``transformers``: a ``GPT2ForSequenceClassification`` folder (:mod:`gptclf.interop.transformers_export`) that
 ``from_pretrained`` and ``pipeline("text-classification", ...)`` load with no extra code.
-``onnx``: an ONNX model (``gptclf.interop.onnx_export``, the onnx extra), optionally int8 (``--quantize``).
+``onnx``: an ONNX model (``gptclf.engines.onnx_build``, the onnx extra), optionally int8 (``--quantize``).
 
 Everything is checked before anything is written and the folder appears whole at the end
 (:mod:`gptclf.interop.export`). Stdout: the folder's path (``--json``: one object); messages on stderr.

@@ -8,7 +8,7 @@ calibrate and decide on:
 - ``torch`` with ``quantize="int8"``: a copy whose ``nn.Linear`` layers are dynamically quantized
   (int8 weights, activations quantized per batch; torch's ``quantize_dynamic``), on the CPU in fp32.
 - ``onnx``: an :class:`OrtClassifier` around an ONNX Runtime session of an export folder's
-  ``model.onnx`` (:mod:`gptclf.interop.onnx_export`); a run directory is exported on the fly into a
+  ``model.onnx`` (:mod:`gptclf.engines.onnx_build`); a run directory is exported on the fly into a
   temporary folder (with ``quantize="int8"`` through ONNX Runtime's quantizer).
 
 The quantized and ONNX engines run on the CPU in fp32 only: any other device or precision is
@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from gptclf.device import Precision, resolve_device, resolve_precision
+from gptclf.engines.onnx_build import export_onnx
 from gptclf.engines.onnx_folder import OnnxExport
 from gptclf.engines.onnx_session import INPUTS, io_problems, ort_session, require_onnx
 from gptclf.errors import BadInputError
 from gptclf.fileio import process_alive
-from gptclf.interop.onnx_export import export_onnx
 from gptclf.model.classifier import Classifier
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.rundir import LoadedRun

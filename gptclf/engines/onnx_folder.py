@@ -1,7 +1,7 @@
 """An ONNX export folder as the ONNX Runtime engine reads it: :func:`read_export` checks its record
 (``gptclf-onnx.json``) and the graph's sha256, and returns an :class:`OnnxExport`.
 
-The folder is written by :func:`gptclf.interop.onnx_export.export_onnx`; what it holds is described
+The folder is written by :func:`gptclf.engines.onnx_build.export_onnx`; what it holds is described
 there. The names and the record's format live here, with the reader, so that the engine that runs
 an export needs nothing of the exporter.
 """

@@ -8,7 +8,7 @@ free (or ``--force`` given). The folder is then written into a work folder besid
 leaves no ``DIR`` (or the old one), and the next export removes the work folder a killed one left.
 
 The formats' writers own their files: :func:`gptclf.interop.transformers_export.export_transformers` and
-``gptclf.interop.onnx_export.export_onnx`` (the onnx extra), each writing into the work folder it is given.
+``gptclf.engines.onnx_build.export_onnx`` (the onnx extra), each writing into the work folder it is given.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def writer_for(fmt: str, quantize: str) -> Writer:
 
         return lambda run, folder: export_transformers(run, folder, _read_metrics(run.path))
     try:
-        module = importlib.import_module("gptclf.interop.onnx_export")
+        module = importlib.import_module("gptclf.engines.onnx_build")
     except ModuleNotFoundError as exc:
         raise BadInputError(f"{ONNX_HINT} ({exc.name} is not installed)") from None
     export_onnx = module.export_onnx

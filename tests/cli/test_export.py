@@ -74,7 +74,7 @@ def test_out_may_not_be_the_run_itself(tmp_path: Path, run: Path) -> None:
 def test_onnx_without_the_extra_is_one_line(
     tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "gptclf.interop.onnx_export", None)  # as if it could not be imported
+    monkeypatch.setitem(sys.modules, "gptclf.engines.onnx_build", None)  # as if it could not be imported
     code, err = export(run, tmp_path / "onnx", "--format", "onnx")
     assert code == 2 and "pip install 'gptclf[onnx]'" in err
     assert names(tmp_path) == ["run"]
@@ -90,7 +90,7 @@ def test_onnx_is_written_by_its_module_into_the_work_folder(
         (work_dir / "model.onnx").write_bytes(b"onnx")
 
     fake = types.SimpleNamespace(export_onnx=export_onnx)
-    monkeypatch.setitem(sys.modules, "gptclf.interop.onnx_export", fake)
+    monkeypatch.setitem(sys.modules, "gptclf.engines.onnx_build", fake)
     assert export(run, tmp_path / "onnx", "--format", "onnx", "--quantize", "int8")[0] == 0
     assert calls == [(".onnx.partial", "int8")] and names(tmp_path / "onnx") == ["model.onnx"]
 
@@ -154,6 +154,7 @@ def test_a_run_with_nan_weights_is_refused_by_every_export(tmp_path: Path, fmt: 
 
 @pytest.mark.parametrize("disk", ["full", "read-only"])
 @pytest.mark.parametrize("verb", ["export", "import"])
+@pytest.mark.slow
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(
     tmp_path: Path, run: Path, disk: str, verb: str
 ) -> None:
@@ -187,6 +188,7 @@ def test_an_out_that_is_a_mount_point_is_refused_before_any_work(
     assert names(tmp_path) == ["mnt", "run"]  # no .mnt.partial either
 
 
+@pytest.mark.slow
 def test_the_message_names_the_verb_that_holds_the_folder(tmp_path: Path, run: Path) -> None:
     from gptclf.rundir import is_locked, work_dir
     from tests.fault_helpers import LEARN, cli, spawn, wait_for

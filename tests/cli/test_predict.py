@@ -353,7 +353,7 @@ needs_onnx = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def onnx_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gptclf.interop.onnx_export import export_onnx
+    from gptclf.engines.onnx_build import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
     export_onnx(load_run(run_dir), out, quantize=None)
@@ -441,7 +441,7 @@ def test_onnx_engine_without_onnxruntime_exits_2_naming_the_extra(
 
 @needs_onnx
 def test_a_multi_label_run_predicts_the_same_label_sets_through_onnx(tmp_path: Path) -> None:
-    from gptclf.interop.onnx_export import export_onnx
+    from gptclf.engines.onnx_build import export_onnx
     from tests.inference.test_predict import tiny_classifier
 
     classes = ["billing", "bug", "praise"]

@@ -71,6 +71,7 @@ def pipeline_probs(folder: Path, texts: list[str], classes: list[str]) -> torch.
 
 
 @pytest.mark.parametrize("temperature", [None, 2.5])
+@pytest.mark.slow
 def test_transformers_computes_the_probabilities_of_gptclf_predict(
     tmp_path: Path, temperature: float | None
 ) -> None:

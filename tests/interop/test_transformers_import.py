@@ -23,6 +23,7 @@ def import_(folder: Path, out: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, " ".join(result.stderr.split())
 
 
+@pytest.mark.slow
 def test_export_then_import_predicts_the_same(tmp_path: Path) -> None:
     run = make_run(
         tmp_path / "run",
@@ -42,6 +43,7 @@ def test_export_then_import_predicts_the_same(tmp_path: Path) -> None:
         assert (tmp_path / "back" / name).read_bytes() == (run / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_stored_decision_comes_back(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", max_length=12)
     decision = {"positive": "spam", "threshold": 0.3, "target": "f1", "validation": {"f1": 0.9}}
@@ -123,6 +125,7 @@ def test_bad_folders_are_one_line_and_write_nothing(tmp_path: Path, setup: str, 
     )
 
 
+@pytest.mark.slow
 def test_force_replaces_an_old_run(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", max_length=12)
     export_run(run, tmp_path / "hf")
@@ -167,6 +170,7 @@ def test_a_truncated_safetensors_is_one_line_exit_2_and_writes_nothing(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"] and result.stdout == ""
 
 
+@pytest.mark.slow
 def test_long_text_settings_survive_export_and_import(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", classes=CLASSES3, max_length=12, model=tiny_classifier(CLASSES3))
     window = {"mode": "window", "head_tokens": 3, "stride": 4, "aggregate": "max"}
@@ -195,6 +199,7 @@ def test_a_truncating_run_exports_without_a_warning(tmp_path: Path) -> None:
     assert "long_texts" not in json.loads((tmp_path / "hf" / "config.json").read_text())["gptclf"]
 
 
+@pytest.mark.slow
 def test_a_multi_label_folder_whose_label_holds_the_separator_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "hf"
     hf_folder(folder, num_labels=2, id2label={0: "x|y", 1: "z"}, problem_type="multi_label_classification")

@@ -22,8 +22,8 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install '.[onnx]')")
 
 # After the skips: the modules need no extra to import, but their tests do.
+from gptclf.engines.onnx_build import export_onnx  # noqa: E402
 from gptclf.engines.onnx_folder import EXPORT_INFO_FILE, ONNX_FILE, is_export, read_export  # noqa: E402
-from gptclf.interop.onnx_export import export_onnx  # noqa: E402
 
 #: A temperature far from 1, so that probabilities that ignored it would differ.
 TEMPERATURE = 2.5
@@ -93,6 +93,7 @@ def test_onnx_runtime_matches_torch_on_one_batch_of_mixed_lengths_with_the_tempe
     assert any(abs(p["spam"] - r) > 1e-3 for p, r in zip(p_got, raw, strict=True))
 
 
+@pytest.mark.slow
 def test_a_run_is_exported_on_the_fly_for_the_onnx_engine(run: LoadedRun) -> None:
     want = Predictor(run, device="cpu", precision="fp32").logits(MIXED)
     got = Predictor(run, engine="onnx").logits(MIXED)
@@ -100,6 +101,7 @@ def test_a_run_is_exported_on_the_fly_for_the_onnx_engine(run: LoadedRun) -> Non
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last-position"])
+@pytest.mark.slow
 def test_other_poolings_export_exactly(tmp_path: Path, pooling: str) -> None:
     run = calibrated_run(tmp_path / "run", pooling)
     (tmp_path / "out").mkdir()
@@ -109,6 +111,7 @@ def test_other_poolings_export_exactly(tmp_path: Path, pooling: str) -> None:
     assert torch.allclose(got, want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_int8_export_is_smaller_and_agrees_with_fp32(
     run: LoadedRun, exported: Path, exported_int8: Path
 ) -> None:
@@ -170,10 +173,11 @@ def test_a_record_naming_other_classes_than_the_graph_has_is_refused(exported: P
 
 
 @pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.slow
 def test_a_model_over_the_protobuf_limit_keeps_its_weights_beside_the_graph(
     run: LoadedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quantize: str | None
 ) -> None:
-    import gptclf.interop.onnx_export as module
+    import gptclf.engines.onnx_build as module
 
     monkeypatch.setattr(module, "_PROTOBUF_LIMIT", 0)  # as if the model were over 2 GB
     export_onnx(run, tmp_path, quantize=quantize)
@@ -184,6 +188,7 @@ def test_a_model_over_the_protobuf_limit_keeps_its_weights_beside_the_graph(
     assert torch.allclose(got, want, atol=1e-4 if quantize is None else 0.1, rtol=0)
 
 
+@pytest.mark.slow
 def test_the_record_keeps_the_graphs_sha256_and_a_swapped_graph_is_refused(
     exported: Path, exported_int8: Path, tmp_path: Path
 ) -> None:

@@ -43,9 +43,8 @@ from gptclf.engines.onnx_folder import (
 from gptclf.engines.onnx_session import INPUTS, OUTPUT, ort_session, require_onnx
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.fileio import atomic_write_bytes, atomic_write_json
-from gptclf.inference.batching import collate
 from gptclf.model.classifier import Classifier
-from gptclf.model.tokenizer import EOT_ID, TOKENIZER_FILES
+from gptclf.model.tokenizer import EOT_ID, TOKENIZER_FILES, collate
 from gptclf.rundir import LoadedRun, check_finite_weights
 
 #: How close the exported fp32 graph's logits must be to torch's.
