@@ -56,7 +56,7 @@ def calibrate(
 ) -> None:
     """Fit the temperature that makes a run's probabilities calibrated, and store it in run.json."""
     from gptclf.inference.calibrate import calibrate as run_calibrate
-    from gptclf.inference.evaluate import DataChoice
+    from gptclf.inference.labelled import DataChoice
     from gptclf.progress import ConsoleProgress
 
     s = source

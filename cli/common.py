@@ -17,7 +17,6 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from cli import signals
-from gptclf.device import PRECISIONS
 from gptclf.errors import GptclfError, write_error
 
 try:  # Typer >= 0.2x carries its own copy of click; older ones use click itself
@@ -185,22 +184,3 @@ RUN_DIR = typer.Argument(..., help="Run directory written by `gptclf finetune`."
 DATA_DIR = typer.Option(
     None, "--data", help="Prepared folder to take the split from (default: the one the run recorded)."
 )
-TEXT_COLUMN = typer.Option(None, "--text-column", help="Text column of --input.")
-LABEL_COLUMN = typer.Option(None, "--label-column", help="Label column of --input.")
-INPUT_FORMAT = typer.Option(
-    None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
-)
-ENCODING = typer.Option("utf-8", "--encoding", help="Text encoding of --input.")
-BATCH_SIZE = typer.Option(
-    32, "--batch-size", help="Texts per forward pass, at most (long texts go fewer: <= 256 tokens a text)."
-)
-DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-PRECISION = typer.Option("auto", "--precision", help=f"{', '.join(PRECISIONS)}.")
-JSON_OUT = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-#: How texts longer than the run's max length are read; each defaults to what the run stores.
-LONG_TEXTS = typer.Option(
-    None, "--long-texts", help="truncate, head-tail or window (default: what the run was trained with)."
-)
-HEAD_TOKENS = typer.Option(None, "--head-tokens", help="head-tail: tokens kept from the start of a text.")
-STRIDE = typer.Option(None, "--stride", help="window: tokens between the starts of two windows.")
-AGGREGATE = typer.Option(None, "--aggregate", help="window: mean or max of the windows' logits.")

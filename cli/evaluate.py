@@ -18,44 +18,33 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from cli.common import (
-    AGGREGATE,
-    BATCH_SIZE,
-    DATA_DIR,
-    DEVICE,
-    ENCODING,
-    HEAD_TOKENS,
-    INPUT_FORMAT,
-    JSON_OUT,
-    LABEL_COLUMN,
-    LONG_TEXTS,
-    PRECISION,
-    RUN_DIR,
-    STRIDE,
-    TEXT_COLUMN,
-    err_console,
-    handle_errors,
-    out_console,
-)
-from gptclf.errors import BadInputError, GptclfError, write_error
-from gptclf.fileio import check_writable
+from cli.common import DATA_DIR, RUN_DIR, err_console, handle_errors, out_console
+from cli.options import Use, option_groups
+from gptclf.errors import BadInputError, GptclfError
+from gptclf.option_groups import DecisionOptions, DeviceOptions, InputOptions, LongTextOptions, OutputOptions
 from gptclf.progress import ConsoleProgress, fmt_metric
 
 if TYPE_CHECKING:
-    import torch
-
-    from gptclf.inference.evaluate import LabelledData
-    from gptclf.inference.predict import Predictor
+    from gptclf.inference.error_report import ErrorRow
     from gptclf.tasks.base import ReportTable
+
+#: evaluate's wording of its shared options, and the ones it shows.
+_INPUT = Use(help={"input_path": "A labelled CSV/TSV/JSONL file to evaluate on instead of a split"})
+_DECIDE = Use(
+    only=("threshold", "no_calibration"),
+    help={
+        "threshold": "Multi-label runs: one threshold P for every label instead of the run's",
+        "no_calibration": "Metrics of the raw probabilities, without the run's temperature",
+    },
+)
 
 
 def _render(report: ReportTable, base: Console | None = None) -> None:
@@ -107,164 +96,36 @@ def _emit(text: str, out: TextIO) -> None:
 _UNLIMITED = 100_000
 
 
-def _check_reports(errors_path: Path | None, show_errors: int, plots_dir: Path | None) -> None:
-    """Refuse report destinations that cannot be written, before the model runs.
-
-    Raises:
-        BadInputError: A bad --errors name or folder, a negative --show-errors, a --plots file.
-    """
-    from gptclf.inference.error_report import error_format
-
-    if show_errors < 0:
-        raise BadInputError(f"--show-errors must be >= 0 (got {show_errors})")
-    if errors_path is not None:
-        error_format(errors_path)
-        if errors_path.is_dir():
-            raise BadInputError(f"--errors {errors_path} is a folder: name the file to write")
-        if not errors_path.parent.is_dir():
-            raise BadInputError(f"--errors {errors_path}: the folder {errors_path.parent} does not exist")
-    if plots_dir is not None and plots_dir.exists() and not plots_dir.is_dir():
-        raise BadInputError(f"--plots {plots_dir} is a file: name a folder (it is created if missing)")
-    if errors_path is not None:
-        _check_writable("--errors", errors_path, errors_path.parent)
-    if plots_dir is not None:
-        _check_writable("--plots", plots_dir, plots_dir)
-
-
-def _check_writable(flag: str, target: Path, folder: Path) -> None:
-    """Write, sync and remove a small file in ``folder`` (or the nearest of its ancestors that
-    exists, for a folder still to be made): permission bits say nothing of a read-only mount or a
-    full disk, so this is found out by writing, before the model runs.
-
-    Raises:
-        BadInputError: The place cannot be written (read-only, no permission, under a file).
-        DiskFullError: The disk is full.
-    """
-    home = _nearest_existing(folder)
-    if not home.is_dir():
-        raise BadInputError(f"{flag} {target}: {home} is a file, not a folder")
-    with _writing(flag, target, home):
-        check_writable(home)
-
-
-def _nearest_existing(path: Path) -> Path:
-    """``path``, or its nearest ancestor that exists (the folders below it are made by a write)."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-@contextlib.contextmanager
-def _writing(flag: str, target: Path, folder: Path) -> Iterator[None]:
-    """Turn an ``OSError`` of writing ``target`` into ``folder`` into its one-line error.
-
-    Raises:
-        DiskFullError: A full disk or quota (exit 1).
-        BadInputError: A place that cannot be written (exit 2).
-        GptclfError: Any other failure to write (exit 1).
-    """
-    try:
-        yield
-    except OSError as exc:
-        error = write_error(exc, folder)
-        raise type(error)(f"{flag} {target}: {error}") from None
-
-
-def _report_errors(
-    predictor: Predictor,
-    data: LabelledData,
-    logits: torch.Tensor,
-    path: Path | None,
-    show: int,
-    *,
-    to_stderr: bool,
-) -> None:
-    """Write the error report to ``path`` and print its first ``show`` rows (stdout beside the
-    tables; stderr under --json, whose stdout holds the JSON object only)."""
-    from gptclf.inference.error_report import error_rows, write_errors
-
-    shown = predictor.decider.error_report_probabilities(logits)
-    assert shown is not None  # only asked of a task that has an error report
-    probs = shown.double().numpy()  # the probabilities the metrics judge
-    rows = error_rows(probs, data.labels, predictor.classes, data.texts, data.ids)
-    if path is not None:
-        with _writing("--errors", path, path.parent):
-            write_errors(path, rows, predictor.classes)
-        err_console.print(f"gptclf: wrote {len(rows)} misclassified texts to {path}", markup=False)
-    if show:
-        table = Table(title=f"Most confident errors ({min(show, len(rows))} of {len(rows)})")
-        for name in ("id", "true", "predicted", "confidence", "text"):
-            table.add_column(name, justify="right" if name == "confidence" else "left")
-        for row in rows[:show]:
-            shown = row.id if isinstance(row.id, str) else json.dumps(row.id, ensure_ascii=False)
-            table.add_row(shown, row.label, row.predicted, fmt_metric(row.confidence), row.text)
-        _show(table, err_console if to_stderr else out_console)
-
-
-def _write_plots(folder: Path, predictor: Predictor, data: LabelledData, logits: torch.Tensor) -> None:
-    """Write the pictures into ``folder``, or say in one line that matplotlib is missing."""
-    from gptclf.inference.plots import SKIPPED_NOTE, plot_inputs, write_plots
-
-    source = data.source
-    title = f"{source['split']} split" if "split" in source else Path(source["input"]).name
-    inputs = plot_inputs(logits.numpy(), data.labels, predictor.classes, predictor.run.info, title)
-    with _writing("--plots", folder, _nearest_existing(folder)):
-        written = write_plots(folder, inputs)
-    if written is None:
-        err_console.print(f"gptclf: plots {SKIPPED_NOTE}", markup=False)
-    else:
-        err_console.print(f"gptclf: wrote {len(written)} plots to {folder}", markup=False)
-
-
-def _input_format(input_format: str | None, old_format: str | None) -> str | None:
-    """``--input-format``, or its old name ``--format`` (not both, unless they agree)."""
-    if old_format is not None and input_format not in (None, old_format):
-        raise BadInputError("--format is the old name of --input-format: give one of them")
-    return input_format or old_format
-
-
-def _warn_about(source: dict[str, Any]) -> None:
-    """Say on stderr what may make these numbers misleading: another prepared folder, dropped rows."""
-    if source.get("same_as_training") is False:
-        err_console.print(
-            "gptclf: warning: this prepared folder is not the one the run was trained on "
-            "(its fingerprint differs), so its split may overlap the training texts"
-        )
-    dropped = sum(source.get("dropped", {}).values())
-    if dropped:
-        err_console.print(f"gptclf: {dropped} rows without a text or a label were skipped")
+def _show_errors(rows: list[ErrorRow], show: int, to_stderr: bool) -> None:
+    """The ``show`` most confident errors as a table (stdout beside the tables; stderr under --json,
+    whose stdout holds the JSON object only)."""
+    table = Table(title=f"Most confident errors ({min(show, len(rows))} of {len(rows)})")
+    for name in ("id", "true", "predicted", "confidence", "text"):
+        table.add_column(name, justify="right" if name == "confidence" else "left")
+    for row in rows[:show]:
+        shown = row.id if isinstance(row.id, str) else json.dumps(row.id, ensure_ascii=False)
+        table.add_row(shown, row.label, row.predicted, fmt_metric(row.confidence), row.text)
+    _show(table, err_console if to_stderr else out_console)
 
 
 @handle_errors
+@option_groups
 def evaluate(
     run: Path = RUN_DIR,
     split: str | None = typer.Option(
         None, "--split", help="train, validation or test split of the prepared data (default test)."
     ),
     data: Path | None = DATA_DIR,
-    input_path: Path | None = typer.Option(
-        None, "--input", "-i", help="A labelled CSV/TSV/JSONL file to evaluate on instead of a split."
-    ),
-    text_column: str | None = TEXT_COLUMN,
-    label_column: str | None = LABEL_COLUMN,
-    input_format: str | None = INPUT_FORMAT,
+    source: Annotated[InputOptions, _INPUT] = InputOptions(),
     old_format: str | None = typer.Option(None, "--format", hidden=True),  # the old name, kept working
-    encoding: str = ENCODING,
-    batch_size: int = BATCH_SIZE,
-    device: str = DEVICE,
-    precision: str = PRECISION,
-    no_calibration: bool = typer.Option(
-        False, "--no-calibration", help="Metrics of the raw probabilities, without the run's temperature."
-    ),
-    json_out: bool = JSON_OUT,
+    device: DeviceOptions = DeviceOptions(),
+    decide: Annotated[DecisionOptions, _DECIDE] = DecisionOptions(),
+    output: OutputOptions = OutputOptions(),
     min_accuracy: float | None = typer.Option(
         None, "--min-accuracy", help="Exit 3 when accuracy is below this (for CI)."
     ),
     min_f1: float | None = typer.Option(
         None, "--min-f1", help="Exit 3 when macro F1 (multi-label runs: micro-F1) is below this (for CI)."
-    ),
-    threshold: float | None = typer.Option(
-        None, "--threshold", help="Multi-label runs: one threshold P for every label instead of the run's."
     ),
     errors_path: Path | None = typer.Option(
         None,
@@ -279,69 +140,40 @@ def evaluate(
         help="Write PNGs into DIR: confusion matrix, ROC and precision-recall (two classes), "
         "reliability before/after calibration, F1 per class (needs the plot extra).",
     ),
-    long_texts: str | None = LONG_TEXTS,
-    head_tokens: int | None = HEAD_TOKENS,
-    stride: int | None = STRIDE,
-    aggregate: str | None = AGGREGATE,
+    long: LongTextOptions = LongTextOptions(),
 ) -> None:
     """Metrics of a run: accuracy, per-class and macro F1, confusion matrix, ROC/PR-AUC, calibration."""
-    from gptclf.data.long_texts import describe_counts
-    from gptclf.distributed import refuse_distributed
-    from gptclf.inference.evaluate import DataChoice, Gates, evaluate_with_logits
-    from gptclf.inference.predict import LongTextOptions, Predictor, resolve_long_texts
-    from gptclf.rundir import load_run
+    from gptclf.inference.evaluate import Gates, evaluate_run, write_error_report, write_plot_report
+    from gptclf.inference.labelled import DataChoice
+    from gptclf.inference.reports import Reports
 
-    refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
-    input_format = _input_format(input_format, old_format)
+    s = source
+    if old_format is not None and s.input_format not in (None, old_format):
+        raise BadInputError("--format is the old name of --input-format: give one of them")
+    fmt = s.input_format or old_format
     gates = Gates(min_accuracy, min_f1)
-    _check_reports(errors_path, show_errors, plots_dir)  # before the model runs: nothing written
-    choice = DataChoice(input_path, split, data, text_column, label_column, input_format, encoding)
-    choice.check()
-    loaded = load_run(run)
-    long, warnings = resolve_long_texts(loaded, LongTextOptions(long_texts, head_tokens, stride, aggregate))
-    for warning in warnings:  # given, but not used by the mode
-        err_console.print(warning, markup=False)
-    task = loaded.task
-    reports = task.no_error_report is None and (errors_path is not None or show_errors > 0)
-    # Judged as predict applies them: the run's stored decision and abstention (or thresholds).
-    predictor = Predictor(
-        loaded,
-        device=device,
-        precision=precision,
-        batch_size=batch_size,
-        threshold=threshold,
-        calibrated=not no_calibration,
-        long_texts=long,
-        verb="evaluate",
+    reports = Reports(errors_path, show_errors, plots_dir)
+    choice = DataChoice(s.input_path, split, data, s.text_column, s.label_column, fmt, s.encoding)
+    progress = ConsoleProgress(err_console)
+    result = evaluate_run(
+        run, choice, device=device, decide=decide, long=long, reports=reports, progress=progress
     )
-    labelled = choice.load(loaded, "test", "evaluate", read_ids=reports)
-    _warn_about(labelled.source)
-    err_console.print(
-        f"gptclf: evaluating {len(labelled.texts)} texts on {predictor.device} ({predictor.precision.name}), "
-        + predictor.decider.describe()
-    )
-    metrics, logits = evaluate_with_logits(predictor, labelled, progress=ConsoleProgress(err_console))
-    if predictor.n_truncated:
-        line = describe_counts(predictor.long_counts(), loaded.max_length, long)
-        err_console.print(f"gptclf: {line}", markup=False)
-    if json_out:
+    if output.json_out:
         try:  # allow_nan=False: NaN is not JSON (non-finite logits are refused earlier; a backstop)
-            line = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
+            line = json.dumps(result.metrics, ensure_ascii=False, allow_nan=False)
         except ValueError:
-            raise GptclfError(f"the metrics of {loaded.path} hold a non-finite value") from None
+            raise GptclfError(f"the metrics of {result.predictor.run.path} hold a non-finite value") from None
         _emit(line + "\n", sys.stdout)
     else:
-        for table in task.report_tables(metrics):
+        for table in result.predictor.run.task.report_tables(result.metrics):
             _render(table)
     # Written before the gate is checked: a CI job that fails it still gets the report to look at.
-    if task.no_error_report is not None:
-        asked = {"--errors": errors_path is not None, "--show-errors": show_errors > 0}
-        skipped = [flag for flag, on in {**asked, "--plots": plots_dir is not None}.items() if on]
-        if skipped:
-            err_console.print(f"gptclf: {', '.join(skipped)} skipped: {task.no_error_report}", markup=False)
-    else:
-        if errors_path is not None or show_errors:
-            _report_errors(predictor, labelled, logits, errors_path, show_errors, to_stderr=json_out)
-        if plots_dir is not None:
-            _write_plots(plots_dir, predictor, labelled, logits)
-    gates.check(metrics, task.f1_key)
+    for line in result.skipped:
+        err_console.print(line, markup=False)
+    if result.errors is not None and errors_path is not None:
+        err_console.print(write_error_report(result, errors_path), markup=False)
+    if result.errors is not None and show_errors:
+        _show_errors(result.errors, show_errors, to_stderr=output.json_out)
+    if plots_dir is not None and not result.skipped:
+        err_console.print(write_plot_report(result, plots_dir), markup=False)
+    result.check_gates(gates)

@@ -64,6 +64,7 @@ def finetune(
     from gptclf.distributed import process_group
     from gptclf.progress import ConsoleProgress, TrainProgress
     from gptclf.training.finetune import finetune as run_finetune
+    from gptclf.training.finetune import launch_finetune
     from gptclf.training.settings import build_settings
 
     settings = build_settings(options, config)
@@ -72,14 +73,14 @@ def finetune(
         # the line, so that one try shows everything wrong with the numbers.
         raise BadInputError("; ".join(launch_problems + settings.train.problems()))
     if devices != 1:
-        _launch(settings, devices, options, config, dist_timeout, json_output)
+        raise typer.Exit(launch_finetune(settings, devices, options, config, dist_timeout, json_output))
     with process_group(settings.device, dist_timeout) as shard:
         # Downloads get the same bar or lines as `gptclf download` (gpt2-xl is 6 GB).
         downloads = ConsoleProgress(err_console) if shard.is_main else None
         try:
             result = run_finetune(
                 settings,
-                progress=_progress(_warnings(settings)) if shard.is_main else TrainProgress(),
+                progress=_progress(settings.warnings()) if shard.is_main else TrainProgress(),
                 download_progress=downloads,
                 shard=shard,
             )
@@ -97,53 +98,6 @@ def finetune(
 
 
 finetune.__signature__ = _signature()  # type: ignore[attr-defined]  # what Typer reads
-
-
-def _launch(
-    settings: FinetuneSettings,
-    devices: int,
-    options: dict[str, Any],
-    config: Path | None,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Check the settings, then run this command under torchrun on ``devices`` local processes.
-
-    Raises:
-        typer.Exit: With torchrun's exit code.
-    """
-    from gptclf.distributed import launch, torchrun_env
-    from gptclf.training.plan import check_launch
-
-    if torchrun_env() is not None:
-        raise BadInputError("--devices starts torchrun itself: under torchrun, use its --nproc_per_node")
-    out = check_launch(settings, devices)
-    args = [] if config is None else ["--config", str(config)]
-    for name, value in {**options, "out": str(out)}.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else f"--no-{name}")  # --cache/--no-cache, --force, --resume
-        elif value is not None:
-            args += [flag, str(value)]
-    args += ["--dist-timeout", str(timeout), *(["--json"] if as_json else [])]
-    raise typer.Exit(launch(devices, args))
-
-
-def _warnings(settings: FinetuneSettings) -> list[str]:
-    """Options that were given (flag or config file) but have no effect."""
-    from gptclf.data.long_texts import unused_options
-
-    long = {n: settings.option(n) for n in ("head_tokens", "stride", "aggregate") if n in settings.given}
-    warnings = unused_options(settings.long_texts, long)
-    unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in settings.given]
-    if not unused or settings.trainable.strip() == "lora":
-        return warnings
-    verb = "applies" if len(unused) == 1 else "apply"
-    return [
-        f"gptclf: warning: {' and '.join(unused)} {verb} only with --trainable lora; "
-        f"ignored for --trainable {settings.trainable}",
-        *warnings,
-    ]
 
 
 def _progress(warnings: list[str]) -> TrainProgress:

@@ -10,42 +10,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from cli.common import err_console, handle_errors
-from gptclf.data.labels import LabelReader, PrepareSummary, label_reader
+from cli.options import Use, option_groups
+from gptclf.data.labels import PrepareSummary, label_reader
 from gptclf.data.prepare import DEFAULT_SPLIT, check_options
 from gptclf.data.prepare import prepare as run_prepare
 from gptclf.data.prepared import SPLITS
 from gptclf.errors import BadInputError
 from gptclf.fetch.artefacts import ensure_sms_spam
+from gptclf.option_groups import FetchOptions, InputOptions, OutputOptions
 from gptclf.progress import ConsoleProgress
 
 DEFAULT_OUT = Path("data/prepared")
 
 
+#: prepare's wording of its shared options, and the ones it shows.
+_INPUT = Use(
+    help={
+        "input_path": "A labelled CSV, TSV, JSONL or SMS-format file",
+        "text_column": "Column (JSON key) with the texts; default: text",
+        "label_column": "Column (JSON key) with the labels; default: label",
+    }
+)
+_FETCH = Use(
+    only=("home", "mirror"), help={"mirror": "Where to download --dataset from instead of the public hosts"}
+)
+_OUTPUT = Use(help={"json_out": "Print the summary as one JSON object on stdout"})
+
+
 @handle_errors
+@option_groups
 def prepare(
     dataset: str | None = typer.Option(
         None, "--dataset", "-d", metavar="NAME", help="Known dataset: sms-spam (downloaded if missing)."
     ),
-    input_path: Path | None = typer.Option(
-        None, "--input", "-i", metavar="FILE", help="A labelled CSV, TSV, JSONL or SMS-format file."
-    ),
-    fmt: str | None = typer.Option(
-        None, "--input-format", help="Format of --input (csv, tsv, jsonl, sms); default: from its name."
-    ),
+    source: Annotated[InputOptions, _INPUT] = InputOptions(),
     old_format: str | None = typer.Option(None, "--format", hidden=True),  # the old name, kept working
-    text_column: str | None = typer.Option(
-        None, "--text-column", help="Column (JSON key) with the texts; default: text."
-    ),
-    label_column: str | None = typer.Option(
-        None, "--label-column", help="Column (JSON key) with the labels; default: label."
-    ),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of --input."),
     classes: str | None = typer.Option(
         None,
         "--classes",
@@ -77,17 +82,8 @@ def prepare(
     dedupe: bool = typer.Option(False, "--dedupe", help="Drop rows whose text appeared earlier."),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", metavar="DIR", help="Folder to write."),
     force: bool = typer.Option(False, "--force", help="Replace a prepared set already in --out."),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        metavar="URL|DIR",
-        envvar="GPTCLF_MIRROR",
-        help="Where to download --dataset from instead of the public hosts.",
-    ),
-    home: Path | None = typer.Option(
-        None, "--home", metavar="DIR", envvar="GPTCLF_HOME", help="Cache folder; default: ~/.cache/gptclf."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    fetch: Annotated[FetchOptions, _FETCH] = FetchOptions(),
+    output: Annotated[OutputOptions, _OUTPUT] = OutputOptions(),
     multi_label: bool = typer.Option(
         False, "--multi-label", help="Each text carries any number of the labels (none included)."
     ),
@@ -111,39 +107,45 @@ def prepare(
     The book's recipe: gptclf prepare --dataset sms-spam --no-stratify (747/747, 1045/149/300).
     Any bad input stops with one line and exit code 2, and leaves --out as it was.
     """
-    if old_format is not None and fmt not in (None, old_format):
+    src = source
+    if old_format is not None and src.input_format not in (None, old_format):
         raise BadInputError("--format is the old name of --input-format: give one of them")
-    fmt = fmt or old_format
-    options = {
-        "dataset": dataset,
-        "fmt": fmt,
-        "text_column": text_column,
-        "label_column": label_column,
+    fmt = src.input_format or old_format
+    if max_length is not None and max_length < 1:
+        raise BadInputError(f"--max-length must be >= 1 (got {max_length})")
+    labels = label_reader(multi_label, label_sep, label_columns)  # --multi-label: lists of labels
+    read = {"dataset": dataset, "fmt": fmt, "text_column": src.text_column, "label_column": src.label_column}
+    rows = {
         "classes": classes,
         "balance": balance,
         "split": split,
         "seed": seed,
-        "force": force,
+        "drop_unknown": drop_unknown,
     }
-    if max_length is not None and max_length < 1:
-        raise BadInputError(f"--max-length must be >= 1 (got {max_length})")
-    labels = label_reader(multi_label, label_sep, label_columns)  # --multi-label: lists of labels
-    options["drop_unknown"] = drop_unknown
-    # Everything that needs no data is refused before the dataset is downloaded.
-    _check(out, input_path, options, labels)
+    # Everything that needs no data is refused before the dataset is downloaded, in one message.
+    problems = (
+        []
+        if (dataset is None) != (src.input_path is None)
+        else ["give either --dataset sms-spam or --input FILE"]
+    )
+    try:
+        check_options(out, force=force, labels=labels, **read, **rows)
+    except BadInputError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise BadInputError("; ".join(problems))
+    input_path = src.input_path
     if input_path is None:
-        assert dataset is not None  # _check refuses neither
-        progress = ConsoleProgress(err_console)
-        input_path = ensure_sms_spam(home.expanduser() if home is not None else None, mirror, progress)
+        input_path = ensure_sms_spam(fetch.home_dir(), fetch.mirror, ConsoleProgress(err_console))
 
     def warn(line: str) -> None:
         err_console.print(f"gptclf: {line}", markup=False, highlight=False)
 
     summary = run_prepare(
-        out, input_path, encoding=encoding, stratify=stratify, dedupe=dedupe, labels=labels, warn=warn,
-        tokenizer=_cached_tokenizer(home), max_length=max_length, **options,
+        out, input_path, encoding=src.encoding, stratify=stratify, dedupe=dedupe, force=force, labels=labels,
+        warn=warn, tokenizer=_cached_tokenizer(fetch.home_dir()), max_length=max_length, **read, **rows,
     )  # fmt: skip
-    if as_json:
+    if output.json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
         _report(summary)
@@ -157,25 +159,11 @@ def _cached_tokenizer(home: Path | None) -> Any:
     from gptclf.fetch.artefacts import tokenizer_dir
     from gptclf.model.tokenizer import load_tokenizer
 
-    folder = tokenizer_dir(home.expanduser() if home is not None else None)
+    folder = tokenizer_dir(home)
     try:
         return load_tokenizer(folder)
     except BadInputError:
         return None
-
-
-def _check(out: Path, input_path: Path | None, options: dict[str, Any], labels: LabelReader) -> None:
-    """Refuse bad options, and a source that is not exactly one of --dataset and --input, in one
-    message (the source first)."""
-    problems = []
-    if (options["dataset"] is None) == (input_path is None):
-        problems.append("give either --dataset sms-spam or --input FILE")
-    try:
-        check_options(out, labels=labels, **options)
-    except BadInputError as exc:
-        problems.append(str(exc))
-    if problems:
-        raise BadInputError("; ".join(problems))
 
 
 def _report(summary: PrepareSummary) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from gptclf.distributed import refuse_distributed
 from gptclf.errors import write_error
 from gptclf.fileio import check_writable
-from gptclf.inference.evaluate import DataChoice
+from gptclf.inference.labelled import DataChoice
 from gptclf.inference.predict import Predictor
 from gptclf.option_groups import DeviceOptions, TargetOptions
 from gptclf.progress import Progress

@@ -1,210 +1,32 @@
-"""Evaluate a run on a split of its prepared data or on any labelled file, and check metric gates.
-
-A run records the prepared folder it was trained on (``run.json``: ``data.dir``), so
-``evaluate RUN --split test`` finds the test split again; ``data_dir`` overrides it. A labelled file
-(CSV, TSV, JSONL) is read with the same loader that ``prepare`` uses; its labels must be classes of
-the run.
+"""``evaluate``: a run's metrics on labelled texts (:mod:`gptclf.inference.labelled`), the metric
+gates of CI jobs, and the verb's core (:func:`evaluate_run`), which returns data and never prints:
+its messages go to the progress it is given, and ``cli.evaluate`` renders the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
-from gptclf.data.decoding import is_stdin
-from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
-from gptclf.data.tables import read_inputs
+from gptclf.data.long_texts import describe_counts
+from gptclf.distributed import refuse_distributed
 from gptclf.errors import BadInputError, GateError
-from gptclf.inference.predict import Predictor
+from gptclf.inference.error_report import ErrorRow
+from gptclf.inference.labelled import DataChoice, LabelledData
+from gptclf.inference.plots import SKIPPED_NOTE
+from gptclf.inference.predict import Predictor, resolve_long_texts
+from gptclf.inference.reports import Reports, misclassified, save_errors, save_plots
+from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 from gptclf.progress import Progress
-from gptclf.rundir import LoadedRun
-from gptclf.tasks.base import Task
-from gptclf.tasks.kinds import task_of
-
-
-@dataclass
-class LabelledData:
-    """Texts with their true class indices, and where they came from.
-
-    Attributes:
-        texts: The texts.
-        labels: Index of each text's class in the run's classes.
-        source: JSON-ready description of the data: ``{"split", "data", "same_as_training"}`` for
-            a split (``same_as_training``: the folder's fingerprint is the one run.json recorded;
-            None when the run recorded none), ``{"input", "dropped"}`` for a file.
-        ids: Each text's id for the error report: a file's ``id`` column (see :func:`file_data`),
-            else its 0-based record position; None: the positions in ``texts`` (a split).
-    """
-
-    texts: list[str]
-    labels: list[int]
-    source: dict[str, Any]
-    ids: list[Any] | None = None
-
-
-def _labelled(
-    frame: pd.DataFrame,
-    task: Task,
-    classes: list[str],
-    where: str,
-    source: dict[str, Any],
-    purpose: str = "evaluate",
-) -> LabelledData:
-    """Texts and targets of a (text, label) frame, encoded by the run's task and checked against
-    the run's classes (a class index, or a 0/1 row over the labels)."""
-    if frame.empty:
-        raise BadInputError(f"{where} has no rows to {purpose}")
-    return LabelledData(frame["text"].astype(str).tolist(), task.encode_labels(frame, classes, where), source)
-
-
-def recorded_data_dir(run: LoadedRun) -> Path:
-    """The prepared folder a run was trained on, as recorded in its run.json.
-
-    A relative path is taken from the working directory first, then from the run directory.
-
-    Raises:
-        BadInputError: The run records no folder, or it is gone.
-    """
-    recorded = (run.info.get("data") or {}).get("dir")
-    if not recorded:
-        raise BadInputError(
-            f"{run.path / 'run.json'} records no prepared data folder: pass --data DIR or --input FILE"
-        )
-    path = Path(recorded)
-    for candidate in (path, run.path / path):
-        if candidate.is_dir():
-            return candidate
-    raise BadInputError(
-        f"the data folder this run was trained on ({recorded}) is not there any more: "
-        "pass --data DIR (a folder written by `gptclf prepare`) or --input FILE"
-    )
-
-
-def split_data(
-    run: LoadedRun, split: str = "test", data_dir: Path | None = None, purpose: str = "evaluate"
-) -> LabelledData:
-    """One split of a prepared folder (``data_dir``, or the one the run was trained on).
-
-    ``purpose`` names what the texts are for in the message about an empty split.
-
-    Raises:
-        BadInputError: An unknown split, no folder, or labels that are not classes of the run.
-    """
-    if split not in SPLITS:
-        raise BadInputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    directory = Path(data_dir) if data_dir is not None else recorded_data_dir(run)
-    prepared = read_prepared(directory)
-    held = task_of(prepared.meta)
-    if held.key != run.task.key:
-        raise BadInputError(
-            f"this run is {run.task.name} and {directory} holds {held.name} data: "
-            "pass the data the run was trained on"
-        )
-    recorded = (run.info.get("data") or {}).get("fingerprint")
-    # A test split from a different prepare run may overlap the texts this run was trained on.
-    same = None if not recorded else recorded == prepared_fingerprint(directory)
-    source = {"split": split, "data": str(directory), "same_as_training": same}
-    where = f"the {split} split of {directory}"
-    return _labelled(prepared.splits[split], run.task, run.classes, where, source, purpose)
-
-
-def file_data(
-    run: LoadedRun,
-    path: Path,
-    *,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    fmt: str | None = None,
-    encoding: str = "utf-8",
-    purpose: str = "evaluate",
-    read_ids: bool = False,
-) -> LabelledData:
-    """A labelled CSV, TSV or JSONL file (columns found as ``prepare`` finds them, or named).
-
-    ``purpose`` names what the texts are for in the message about an empty file.
-
-    Rows without a text or a label are dropped by the loader and counted in ``source["dropped"]``.
-    Each text's id is its 0-based record position (dropped records counted, as ``predict``
-    counts them); with ``read_ids``, a column (JSON key) named ``id`` gives it instead, as
-    ``predict`` reads it (the file is read a second time, so only when an error report wants it).
-
-    Raises:
-        BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
-    """
-    frame, dropped = run.task.read_labelled_file(
-        path, run.info, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
-    )  # label lists for a multi-label run: an empty one is a text without a label
-    source = {"input": str(path), "dropped": dict(dropped)}
-    data = _labelled(frame, run.task, run.classes, str(path), source, purpose)
-    positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
-    data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
-    return data
-
-
-def _record_ids(
-    path: Path, text_column: str | None, fmt: str | None, encoding: str, positions: list[int]
-) -> list[Any]:
-    """The ``id`` column's value of the records at ``positions``, read as ``predict`` reads ids.
-
-    Without an ``id`` column (or from stdin, which cannot be read twice) the positions are the ids.
-    """
-    if is_stdin(path):
-        return positions
-    every = [i for i, _ in read_inputs(path, text_column, fmt=fmt, encoding=encoding)]
-    return [every[p] for p in positions]
+from gptclf.rundir import load_run
 
 
 def evaluate(predictor: Predictor, data: LabelledData, progress: Progress | None = None) -> dict[str, Any]:
     """Metrics of the predictor's run on ``data`` (:func:`evaluate_with_logits` without the logits)."""
     return evaluate_with_logits(predictor, data, progress)[0]
-
-
-@dataclass(frozen=True)
-class DataChoice:
-    """Which labelled texts a verb reads: a file (``--input``, with its columns, format and
-    encoding) or a split of a prepared folder (``--split``, ``--data``). Checked before the run is
-    loaded (:meth:`check`), then read (:meth:`load`): ``evaluate`` and ``calibrate`` share it."""
-
-    input_path: Path | None = None
-    split: str | None = None
-    data: Path | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    fmt: str | None = None
-    encoding: str = "utf-8"
-
-    def check(self) -> None:
-        """Refuse a file together with a split, and file-only flags without a file.
-
-        Raises:
-            BadInputError: Naming the flags.
-        """
-        if self.input_path is not None and (self.split is not None or self.data is not None):
-            raise BadInputError("--input FILE replaces --split/--data: give one or the other")
-        file_only = {"--text-column": self.text_column, "--label-column": self.label_column,
-                     "--input-format": self.fmt}  # fmt: skip
-        stray = [flag for flag, value in file_only.items() if value is not None and self.input_path is None]
-        if stray:
-            raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
-
-    def load(self, run: LoadedRun, default_split: str, purpose: str, read_ids: bool = False) -> LabelledData:
-        """The labelled texts: the file, or the split (``default_split`` when none was named)."""
-        if self.input_path is None:
-            return split_data(run, self.split or default_split, self.data, purpose=purpose)
-        return file_data(
-            run,
-            self.input_path,
-            text_column=self.text_column,
-            label_column=self.label_column,
-            fmt=self.fmt,
-            encoding=self.encoding,
-            purpose=purpose,
-            read_ids=read_ids,
-        )
 
 
 def evaluate_with_logits(
@@ -276,3 +98,118 @@ class Gates:
         failed = self.failures(metrics, f1)
         if failed:
             raise GateError("metric gate not met: " + "; ".join(failed))
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_run` found.
+
+    Attributes:
+        metrics: The JSON-ready metrics (:func:`evaluate_with_logits`).
+        logits: The (N, K) raw logits, in the data's order.
+        predictor: The run, loaded, with its decision options.
+        data: The labelled texts.
+        errors: The misclassified texts, most confident first, where the report was asked for.
+        written: The report files written (the error report, the pictures).
+        skipped: Why reports asked for were skipped (a task without them, no matplotlib), one line each.
+    """
+
+    metrics: dict[str, Any]
+    logits: torch.Tensor
+    predictor: Predictor
+    data: LabelledData
+    errors: list[ErrorRow] | None = None
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def check_gates(self, gates: Gates) -> None:
+        """Raise GateError when ``gates`` are not met (the task says which F1 ``--min-f1`` gates)."""
+        gates.check(self.metrics, self.predictor.run.task.f1_key)
+
+
+def evaluate_run(
+    run: Path,
+    choice: DataChoice,
+    *,
+    device: DeviceOptions | None = None,
+    decide: DecisionOptions | None = None,
+    long: LongTextOptions | None = None,
+    reports: Reports | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Evaluate the run ``run`` on the labelled texts ``choice`` names (default: the test split of
+    the data it was trained on), at the decision rules it stores, and write the reports asked for.
+
+    Everything that needs no model (the data choice, the report places) is checked first; messages
+    for people (an unused long-text option, another prepared folder, dropped rows, the pass) go to
+    ``progress``.
+
+    Raises:
+        BadInputError: Bad options, data or run (nothing written).
+        GptclfError: Non-finite logits; a report that cannot be written.
+    """
+    device, decide = device or DeviceOptions(), decide or DecisionOptions()
+    reports, progress = reports or Reports(), progress or Progress()
+    refuse_distributed("evaluate")  # a single-process verb: several copies would print N times
+    reports.check()  # before the model runs: nothing written
+    choice.check()
+    loaded = load_run(run)
+    long_texts, warnings = resolve_long_texts(loaded, long or LongTextOptions())
+    for warning in warnings:  # given, but not used by the mode
+        progress.message(warning)
+    task = loaded.task
+    # Judged as predict applies them: the run's stored decision and abstention (or thresholds).
+    predictor = Predictor(
+        loaded, device=device.device, precision=device.precision, batch_size=device.batch_size,
+        threshold=decide.threshold, calibrated=not decide.no_calibration, long_texts=long_texts,
+        verb="evaluate",
+    )  # fmt: skip
+    wants_errors = task.no_error_report is None and reports.wants_errors
+    data = choice.load(loaded, "test", "evaluate", read_ids=wants_errors)
+    for line in _doubts(data.source):
+        progress.message(line)
+    progress.message(
+        f"gptclf: evaluating {len(data.texts)} texts on {predictor.device} ({predictor.precision.name}), "
+        + predictor.decider.describe()
+    )
+    metrics, logits = evaluate_with_logits(predictor, data, progress)
+    if predictor.n_truncated:
+        progress.message(f"gptclf: {describe_counts(predictor.long_counts(), loaded.max_length, long_texts)}")
+    out = Evaluation(metrics, logits, predictor, data)
+    if task.no_error_report is not None:
+        if asked := reports.asked():
+            out.skipped.append(f"gptclf: {', '.join(asked)} skipped: {task.no_error_report}")
+    elif wants_errors:
+        out.errors = misclassified(predictor.decider, data, logits)
+    return out
+
+
+def write_error_report(evaluation: Evaluation, path: Path) -> str:
+    """Write the misclassified texts to ``path`` (``--errors``); the line for people."""
+    rows = evaluation.errors or []
+    save_errors(path, rows, evaluation.predictor.classes)
+    return f"gptclf: wrote {len(rows)} misclassified texts to {path}"
+
+
+def write_plot_report(evaluation: Evaluation, folder: Path) -> str:
+    """Write the pictures into ``folder`` (``--plots``); the line for people (also when matplotlib
+    is missing and nothing was written)."""
+    e = evaluation
+    written = save_plots(folder, e.predictor.run, e.data, e.logits)  # type: ignore[arg-type]
+    if written is None:
+        return f"gptclf: plots {SKIPPED_NOTE}"
+    return f"gptclf: wrote {len(written)} plots to {folder}"
+
+
+def _doubts(source: dict[str, Any]) -> list[str]:
+    """What may make these numbers misleading: another prepared folder, dropped rows."""
+    lines = []
+    if source.get("same_as_training") is False:
+        lines.append(
+            "gptclf: warning: this prepared folder is not the one the run was trained on "
+            "(its fingerprint differs), so its split may overlap the training texts"
+        )
+    dropped = sum(source.get("dropped", {}).values())
+    if dropped:
+        lines.append(f"gptclf: {dropped} rows without a text or a label were skipped")
+    return lines

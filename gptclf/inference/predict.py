@@ -13,8 +13,7 @@ same batches of the one inference loop, so streaming, formats and decisions are 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from gptclf.engines.onnx_folder import OnnxExport, is_export, read_export
 from gptclf.errors import BadInputError, GptclfError
 from gptclf.inference.batching import TokenSource
 from gptclf.inference.chunking import chunks, waiting_chunks
-from gptclf.inference.longtexts import piecewise_logits
+from gptclf.inference.longtexts import WindowedSource, WindowMap, piecewise_logits
 from gptclf.inference.loop import run_batches
 from gptclf.model.classifier import Classifier
 from gptclf.model.tokenizer import encode_batch
+from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun, load_run
 from gptclf.tasks.base import Prediction
@@ -77,23 +77,22 @@ def compute_logits(
         ``(logits, counts)``: (N, K) float32 logits on the CPU; the long texts and the windows.
     """
 
-    def run(windows: list[list[int]], owners: torch.Tensor, shown: Progress) -> torch.Tensor:
+    def run(windows: list[list[int]], texts: WindowMap, shown: Progress) -> torch.Tensor:
         logits = torch.zeros(len(windows), len(model.classes), dtype=torch.float32)
 
         def keep(indices: Sequence[int], out: torch.Tensor) -> None:
             logits[torch.as_tensor(list(indices), dtype=torch.long)] = out.float().cpu()
 
-        # The windows are batched as texts; the progress counts the texts they belong to.
+        # The windows are batched as texts (a row each); the progress counts the texts they are of.
         run_batches(
             model,
-            TokenSource(windows, pad_to),
+            WindowedSource(TokenSource(windows, pad_to), texts),
             keep,
             batch_size=batch_size,
             device=device,
             precision=precision,
             progress=shown,
             label="classifying",
-            owners=owners,
         )
         return logits
 
@@ -102,24 +101,13 @@ def compute_logits(
     return piecewise_logits(token_lists, max_length, long, run, len(model.classes), piece, progress)
 
 
-@dataclass(frozen=True)
-class LongTextOptions:
-    """``--long-texts``, ``--head-tokens``, ``--stride``, ``--aggregate`` as given (None: not given)."""
-
-    long_texts: str | None = None
-    head_tokens: int | None = None
-    stride: int | None = None
-    aggregate: str | None = None
-
-
 def resolve_long_texts(run: LoadedRun | OnnxExport, given: LongTextOptions) -> tuple[LongTexts, list[str]]:
     """How ``run`` reads texts longer than its max length: what it stores, with the options on top;
     and a warning line for each option given that the mode in force does not use."""
     stored = stored_long_texts(run.info)
     g = given
     long = override(stored, run.max_length, g.long_texts, g.head_tokens, g.stride, g.aggregate)
-    numbers = {"head_tokens": given.head_tokens, "stride": given.stride, "aggregate": given.aggregate}
-    return long, unused_options(long.mode, numbers)
+    return long, unused_options(long.mode, given.given())
 
 
 def open_run(path: Path) -> LoadedRun | OnnxExport:
@@ -297,3 +285,79 @@ class Predictor:
 
 def _split_item(position: int, item: str | tuple[Any, str]) -> tuple[Any, str]:
     return (position, item) if isinstance(item, str) else item
+
+
+def text_stream(
+    texts: list[str],
+    input_path: str | None,
+    text_column: str | None,
+    id_column: str | None,
+    input_format: str | None,
+    encoding: str,
+) -> Iterable[str | tuple[Any, str]]:
+    """The texts ``predict`` reads: ``texts`` given as arguments (a single ``-``: stdin), or the
+    file ``input_path`` (``-``: stdin) with its text and id columns; checked before the run is loaded.
+
+    Raises:
+        BadInputError: Both or neither source, or file-only options without a file.
+    """
+    if texts == ["-"] and input_path is None:
+        input_path = "-"
+        texts = []
+    if texts and input_path is not None:
+        raise BadInputError("give texts as arguments or --input FILE, not both")
+    if input_path is None:
+        if not texts:
+            raise BadInputError("nothing to classify: give texts as arguments, --input FILE, or - for stdin")
+        stray = [f for f, v in {"--text-column": text_column, "--id-column": id_column}.items() if v]
+        stray += ["--input-format"] if input_format is not None else []
+        if stray:
+            verb = "applies" if len(stray) == 1 else "apply"
+            raise BadInputError(f"{', '.join(stray)} only {verb} to --input FILE or -")
+        return texts
+    from gptclf.data.tables import read_inputs
+
+    # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
+    source = input_path if input_path == "-" else Path(input_path)
+    return read_inputs(source, text_column, id_column, fmt=input_format, encoding=encoding)
+
+
+def open_predictor(
+    run: Path,
+    *,
+    engine: str | None = None,
+    quantize: str = "none",
+    device: DeviceOptions | None = None,
+    decide: DecisionOptions | None = None,
+    long: LongTextOptions | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Predictor:
+    """``predict``'s core: the run (or ONNX export folder) ``run`` loaded once, with the options
+    resolved against what it stores; its :meth:`Predictor.predict_chunks` and
+    :meth:`Predictor.records` turn texts into predictions and records, for any engine.
+
+    Args:
+        engine: ``torch`` or ``onnx``; None: torch, or onnx for an export folder.
+        quantize: ``none`` or ``int8``.
+        device, decide, long: The option groups (None: their defaults, the run's stored rules).
+        note: Receives a line for people (an unused long-text option, an on-the-fly export).
+
+    Raises:
+        BadInputError: A bad run or option.
+    """
+    device, decide = device or DeviceOptions(), decide or DecisionOptions()
+    say = note or (lambda line: None)
+    loaded = open_run(run)
+    long_texts, warnings = resolve_long_texts(loaded, long or LongTextOptions())
+    for warning in warnings:  # given, but not used by the mode
+        say(warning)
+    exported = isinstance(loaded, OnnxExport)
+    engine = engine or ("onnx" if exported else "torch")
+    if engine == "onnx" and not exported:
+        say("gptclf: exporting the run to ONNX first (`gptclf export` does it once)")
+    # The run's stored rules are the defaults; the options replace them (the run's task says how).
+    return Predictor(
+        loaded, device=device.device, precision=device.precision, engine=engine, quantize=quantize,
+        batch_size=device.batch_size, threshold=decide.threshold, positive=decide.positive,
+        calibrated=not decide.no_calibration, min_confidence=decide.min_confidence, long_texts=long_texts,
+    )  # fmt: skip

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from gptclf.data.prepare import prepare
-from gptclf.distributed import Shard
-from gptclf.errors import GateError
+from gptclf.distributed import Shard, launch, torchrun_env
+from gptclf.errors import BadInputError, GateError
 from gptclf.fetch.artefacts import base_weights, ensure_sms_spam, ensure_tokenizer
 from gptclf.progress import Progress, TrainProgress
 from gptclf.rundir import RunBuild, check_not_a_source, check_out, work_dir
 from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.context import FinetuneResult, RunContext
-from gptclf.training.plan import RunPlan, finetune_sources, make_plan, out_dir, resumed_settings
+from gptclf.training.plan import RunPlan, check_launch, finetune_sources, make_plan, out_dir, resumed_settings
 from gptclf.training.run import train_run
 from gptclf.training.settings import FinetuneSettings
 
@@ -151,3 +151,34 @@ def prepare_book_sms(
     """
     path = ensure_sms_spam(home, mirror, progress)
     prepare(out, path, dataset="sms-spam", classes=classes, force=True, **BOOK_SMS)
+
+
+def launch_finetune(
+    settings: FinetuneSettings,
+    devices: int,
+    options: dict[str, Any],
+    config: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> int:
+    """Check the settings, then run ``gptclf finetune`` under torchrun on ``devices`` local
+    processes, with the options given (``options``: by name, as the command line spells them).
+
+    Returns:
+        torchrun's exit code.
+
+    Raises:
+        BadInputError: Already under torchrun, or settings a data-parallel run cannot take.
+    """
+    if torchrun_env() is not None:
+        raise BadInputError("--devices starts torchrun itself: under torchrun, use its --nproc_per_node")
+    out = check_launch(settings, devices)
+    args = [] if config is None else ["--config", str(config)]
+    for name, value in {**options, "out": str(out)}.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{name}")  # --cache/--no-cache, --force, --resume
+        elif value is not None:
+            args += [flag, str(value)]
+    args += ["--dist-timeout", str(timeout), *(["--json"] if as_json else [])]
+    return launch(devices, args)

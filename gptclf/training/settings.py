@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptclf.data.long_texts import AGGREGATES, MODES, LongTexts
+from gptclf.data.long_texts import AGGREGATES, MODES, LongTexts, unused_options
 from gptclf.errors import BadInputError
 from gptclf.model.classifier import POOLINGS
 from gptclf.option_groups import DeviceOptions, TargetOptions
@@ -221,6 +221,20 @@ class FinetuneSettings:
     def long(self) -> LongTexts:
         """The long-texts settings, unresolved (:meth:`gptclf.data.long_texts.LongTexts.resolved`)."""
         return LongTexts(self.long_texts, self.head_tokens, self.stride, self.aggregate)
+
+    def warnings(self) -> list[str]:
+        """Options that were given (flag or config file) but have no effect, one line each."""
+        long = {n: self.option(n) for n in ("head_tokens", "stride", "aggregate") if n in self.given}
+        warnings = unused_options(self.long_texts, long)
+        unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in self.given]
+        if not unused or self.trainable.strip() == "lora":
+            return warnings
+        verb = "applies" if len(unused) == 1 else "apply"
+        return [
+            f"gptclf: warning: {' and '.join(unused)} {verb} only with --trainable lora; "
+            f"ignored for --trainable {self.trainable}",
+            *warnings,
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (without ``given``), the training ones nested under ``train``."""

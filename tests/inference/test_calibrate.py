@@ -10,7 +10,7 @@ import pytest
 
 from gptclf.errors import BadInputError, GateError
 from gptclf.inference.calibrate import CalibrationResult, calibrate
-from gptclf.inference.evaluate import DataChoice
+from gptclf.inference.labelled import DataChoice
 from gptclf.option_groups import DeviceOptions, TargetOptions
 from gptclf.progress import Progress
 from gptclf.rundir import load_run

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from gptclf.errors import BadInputError, GateError
-from gptclf.inference.evaluate import Gates, LabelledData, evaluate, file_data, recorded_data_dir, split_data
+from gptclf.inference.evaluate import Gates, evaluate
+from gptclf.inference.labelled import LabelledData, file_data, recorded_data_dir, split_data
 from gptclf.inference.predict import Predictor
 from gptclf.tasks.metrics import classification_metrics
 from tests.inference.test_predict import CLASSES, memory_run, one_by_one

@@ -167,6 +167,7 @@ def test_all_problems_of_a_run_json_are_named_at_once(good_run: Path, tmp_path: 
     assert all(k in message for k in ("max_length must", "pooling must", "classes must"))
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_one_line_for_a_bad_run_json(good_run: Path, tmp_path: Path) -> None:
     """Through the installed entry point: no traceback reaches the user."""
     run = tmp_path / "run"
@@ -210,4 +211,4 @@ def test_a_multi_label_run_json_loads_and_its_thresholds_are_checked(tmp_path: P
         with pytest.raises(BadInputError, match="thresholds must be"):
             read_run_info(run)
     (run / "run.json").write_text(json.dumps(info))  # absent: a single-label run, as before
-    assert not load_run(run).model.multi_label
+    assert load_run(run).task.name == "single-label"

@@ -145,7 +145,8 @@ def test_run_json_schema_checks_the_calibration_key() -> None:
 def test_finetune_stores_the_temperature_fitted_on_the_validation_logits(tmp_path: Path) -> None:
     """run.json's calibration is the fit on the kept weights' validation logits, and finetune's
     validation metrics are those of the calibrated probabilities (what evaluate reports)."""
-    from gptclf.inference.evaluate import evaluate, split_data
+    from gptclf.inference.evaluate import evaluate
+    from gptclf.inference.labelled import split_data
     from gptclf.inference.predict import Predictor
     from gptclf.rundir import load_run
     from gptclf.training.finetune import finetune

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from gptclf.errors import BadInputError, GateError
-from gptclf.inference.evaluate import split_data
+from gptclf.inference.labelled import split_data
 from gptclf.inference.predict import Predictor
 from gptclf.rundir import load_run
 from gptclf.tasks.decisions import (

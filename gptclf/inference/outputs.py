@@ -1,0 +1,148 @@
+"""Where ``predict``'s records go and how they are spelt: JSONL, CSV, TSV (the table format is
+the CLI's), written a chunk at a time to stdout or to a file that appears whole at the end.
+
+- ``jsonl``: one record per line, the run's task's record (:meth:`gptclf.tasks.base.Decider.record`)
+- ``csv``: a header ``id,text,<the task's columns>`` then one RFC 4180 row per text
+- ``tsv``: the same columns, never quoted, with the backslash escapes ``\\t \\n \\r \\\\`` that
+  ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.data.tables.split_tsv`)
+
+With a file, the records go to a temporary file beside it (named with the process id, made before
+the run is loaded so an unwritable place fails at once) that is renamed onto it at the end: a run
+that fails leaves no partial file and an older file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from gptclf.errors import BadInputError, write_error
+from gptclf.fileio import remove_stale_temp_files, temp_path_for
+from gptclf.tasks.base import Decider, Prediction
+
+#: The formats of predict's output (``table`` is rendered by the CLI).
+FORMATS = ("jsonl", "csv", "tsv", "table")
+
+#: Writes one chunk of predictions.
+Writer = Callable[[list[Prediction]], None]
+
+
+def id_cell(value: Any) -> str:
+    """An id as a CSV/TSV/table cell: strings as they are, JSON values in their JSON spelling."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def jsonl_writer(out: TextIO, decider: Decider) -> Writer:
+    def write(preds: list[Prediction]) -> None:
+        for p in preds:
+            # allow_nan=False: a NaN would make the line invalid JSON (logits are checked already).
+            out.write(json.dumps(decider.record(p), ensure_ascii=False, allow_nan=False) + "\n")
+
+    return write
+
+
+def csv_writer(out: TextIO, decider: Decider) -> Writer:
+    # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
+    # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
+    plain = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain.writerow(["id", "text", *decider.columns()])
+
+    def write(preds: list[Prediction]) -> None:
+        for p in preds:
+            row = [id_cell(p.id), p.text, *decider.cells(p)]
+            (quoted if "\r" in p.text else plain).writerow(row)
+
+    return write
+
+
+def tsv_writer(out: TextIO, decider: Decider) -> Writer:
+    from gptclf.data.tables import tsv_line
+
+    # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
+    out.write(tsv_line(["id", "text", *decider.columns()]))
+
+    def write(preds: list[Prediction]) -> None:
+        for p in preds:
+            out.write(tsv_line([id_cell(p.id), p.text, *(str(c) for c in decider.cells(p))]))
+
+    return write
+
+
+def record_writer(fmt: str, out: TextIO, decider: Decider) -> Writer:
+    """The writer of ``fmt`` (jsonl, csv or tsv) for the run's task."""
+    if fmt == "jsonl":
+        return jsonl_writer(out, decider)
+    if fmt == "csv":
+        return csv_writer(out, decider)
+    if fmt == "tsv":
+        return tsv_writer(out, decider)
+    raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+@contextlib.contextmanager
+def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
+    """Stdout (as UTF-8), or a temporary file beside ``output`` renamed onto it at the end.
+
+    The temporary file is made first, before the run is loaded, so an unwritable place fails at
+    once; it is removed on any failure, which leaves no partial results and an older FILE as it was.
+    """
+    if output is None:
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure is not None and fmt == "table":  # for people: a "?" for what cannot be shown
+            reconfigure(errors="replace")
+        elif reconfigure is not None:  # for programs: UTF-8, whatever the locale (LC_ALL=C, ...)
+            reconfigure(encoding="utf-8", errors="strict")
+        yield sys.stdout
+        return
+    if output.is_dir():
+        raise BadInputError(f"--output {output} is a folder: name a file")
+    if not output.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
+        code = errno.ENOTDIR if output.parent.exists() else errno.ENOENT
+        raise write_error(OSError(code, os.strerror(code)), output.parent)
+    try:  # named with this process's id: what a kill -9 leaves, the next predict beside it removes
+        remove_stale_temp_files(output.parent)
+        tmp = temp_path_for(output)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+    except OSError as exc:
+        raise write_error(exc, output.parent) from None
+    fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below, on every path)
+    try:
+        yield fh
+        try:  # only the file's own last steps: an OSError of the work above is not a write error
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise write_error(exc, output.parent) from None
+    finally:
+        with contextlib.suppress(OSError):  # after a full disk, closing fails too
+            fh.close()
+        tmp.unlink(missing_ok=True)
+
+
+def stream(chunks: Iterable[list[Prediction]], write: Writer, out: TextIO, where: str) -> None:
+    """Write and flush each chunk as it comes, so a pipeline sees results while input flows.
+
+    Raises:
+        BrokenPipeError: The reader left (``| head``); stdout then points at /dev/null, so that the
+            interpreter's final flush cannot fail again and turn a quiet exit into exit code 120.
+        DiskFullError, GptclfError: Writing failed (a full disk under the file or a redirected stdout).
+    """
+    for preds in chunks:
+        try:
+            write(preds)
+            out.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
+        except OSError as exc:
+            raise write_error(exc, where) from None
