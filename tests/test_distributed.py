@@ -85,6 +85,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path: Path) -> None:
     mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -122,6 +123,7 @@ def _same_run(a: Path, b: Path) -> None:
             assert ma[split][key] == pytest.approx(mb[split][key], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_writes_one_run_equal_to_a_single_process_run(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
@@ -154,6 +156,7 @@ def _rank_pid(launcher: psutil.Process, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes(tmp_path: Path) -> None:
     """SIGKILL rank 1 after rank 0 saved the first epoch's checkpoint; resume through --devices 2."""
     install_tokenizer()
@@ -235,6 +238,7 @@ def _slow_barrier_worker(rank: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps([shard.local_world_size, float(total)]))
 
 
+@pytest.mark.slow
 def test_slow_barrier_outlasts_the_collective_timeout(tmp_path: Path) -> None:
     Shard().slow_barrier()  # a single process does not wait
     args = (_free_port(), str(tmp_path))

@@ -170,6 +170,7 @@ def wait_for_temp(folder: Path, child: subprocess.Popen[bytes]) -> Path:
 
 
 @pytest.mark.parametrize("writer", ["atomic_open", "save_weights"])
+@pytest.mark.slow
 def test_a_killed_writers_leftover_is_removed_and_a_live_ones_kept(tmp_path: Path, writer: str) -> None:
     folder = tmp_path / "run"
     folder.mkdir()

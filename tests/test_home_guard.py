@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 from tests.home_guard import listing, touched
 
@@ -40,12 +42,14 @@ def inner_session(tmp_path: Path, escape: bool) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_session_that_leaves_the_real_home_alone_passes(tmp_path: Path) -> None:
     done = inner_session(tmp_path, escape=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (tmp_path / "real" / ".cache" / "gptclf").exists()
 
 
+@pytest.mark.slow
 def test_a_session_that_writes_into_the_real_home_fails_naming_the_path(tmp_path: Path) -> None:
     done = inner_session(tmp_path, escape=True)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -128,6 +128,7 @@ def test_a_live_bar_draws_steps_and_keeps_messages() -> None:
     assert shown._bar is None
 
 
+@pytest.mark.slow
 def test_finetune_shows_the_cache_build_and_the_test_evaluation(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
@@ -139,6 +140,7 @@ def test_finetune_shows_the_cache_build_and_the_test_evaluation(tmp_path: Path) 
     assert any(line.startswith("evaluating the kept weights on the test split (") for line in lines), lines
 
 
+@pytest.mark.slow
 def test_evaluate_shows_its_pass_off_a_terminal(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=40)

@@ -56,6 +56,7 @@ def predicted(run: Path, *flags: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+@pytest.mark.slow
 def test_calibrate_refits_on_validation_and_rewrites_only_run_json(run: Path) -> None:
     before = json.loads((run / "run.json").read_text())
     weights = (run / "model.safetensors").read_bytes()
@@ -76,6 +77,7 @@ def test_calibrate_refits_on_validation_and_rewrites_only_run_json(run: Path) ->
     assert code == 0 and "temperature" in out and "NLL" in out and "ECE" in out, err
 
 
+@pytest.mark.slow
 def test_predict_applies_the_stored_temperature_and_no_calibration_shows_raw(run: Path) -> None:
     raw = predicted(run)  # not calibrated yet: raw probabilities
     assert invoke("calibrate", str(run), "--device", "cpu")[0] == 0
@@ -93,6 +95,7 @@ def test_predict_applies_the_stored_temperature_and_no_calibration_shows_raw(run
     )
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_calibrated_probabilities_and_says_so(run: Path) -> None:
     assert invoke("calibrate", str(run), "--device", "cpu")[0] == 0
     stored = json.loads((run / "run.json").read_text())["calibration"]

@@ -53,6 +53,7 @@ def test_usage_errors_are_one_line_exit_2(args: list[str], message: str) -> None
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_usage_error_in_a_real_process() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "finetune", "--batch-size", "eight"],
@@ -88,6 +89,7 @@ RUN_V1 = str(REPO / "tests" / "fixtures" / "run-v1")
      ["calibrate", "{copy}", "--json"]],
     ids=["evaluate", "evaluate-json", "predict", "calibrate-json"],
 )  # fmt: skip
+@pytest.mark.slow
 def test_results_on_a_full_disk_are_one_line_exit_1(args: list[str], tmp_path: Path) -> None:
     import shutil
 
@@ -99,6 +101,7 @@ def test_results_on_a_full_disk_are_one_line_exit_1(args: list[str], tmp_path: P
     assert "Traceback" not in done.stderr and "no space left" in done.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_closed_standard_streams_are_one_line() -> None:
     closed_out = _gptclf(["predict", RUN_V1, "hi"], stdout=None, stderr=subprocess.PIPE,
                          preexec_fn=lambda: os.close(1))  # fmt: skip

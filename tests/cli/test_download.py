@@ -60,6 +60,7 @@ def test_missing_mirror_folder_exits_2(tmp_path: Path) -> None:
     assert "does not exist" in " ".join(result.stderr.split())
 
 
+@pytest.mark.slow
 def test_download_from_http_mirror_prints_path_then_skips(
     server: FileServer, tiny_gpt2_small: bytes, tmp_path: Path
 ) -> None:
@@ -142,6 +143,7 @@ def test_dataset_from_the_shared_mirror_folder(isolated_home: Path) -> None:
     assert len(data.read_bytes().splitlines()) == 5574
 
 
+@pytest.mark.slow
 def test_a_local_model_folder_is_checked_not_fetched(tmp_path: Path, isolated_home: Path) -> None:
     from tests.hf_helpers import hf_folder
 

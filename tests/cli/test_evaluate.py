@@ -55,6 +55,7 @@ def test_json_on_a_labelled_file_is_one_object_with_the_model_metrics(run_dir: P
     assert metrics["source"] == {"input": str(labelled), "dropped": {}}
 
 
+@pytest.mark.slow
 def test_split_of_the_recorded_data_and_data_override(run_dir: Path, tmp_path: Path) -> None:
     from gptclf.data.prepared import read_prepared
 
@@ -214,6 +215,7 @@ def assert_quiet_exit(proc: subprocess.Popen[str]) -> None:
         assert word not in err, err
 
 
+@pytest.mark.slow
 def test_tables_into_a_pipe_the_reader_leaves_exit_0_quietly(many_classes: tuple[Path, Path]) -> None:
     run, labelled = many_classes
     proc = spawn("evaluate", str(run), "--input", str(labelled), "--device", "cpu", cwd=run.parent)
@@ -224,6 +226,7 @@ def test_tables_into_a_pipe_the_reader_leaves_exit_0_quietly(many_classes: tuple
     assert_quiet_exit(proc)
 
 
+@pytest.mark.slow
 def test_json_into_a_pipe_already_closed_exits_0_quietly(many_classes: tuple[Path, Path]) -> None:
     run, labelled = many_classes
     proc = spawn("evaluate", str(run), "--input", str(labelled), "--device", "cpu", "--json", cwd=run.parent)

@@ -34,6 +34,7 @@ def probs(stdout: str) -> list[list[float]]:
 
 
 @pytest.mark.parametrize(("quantize", "tolerance"), [("none", 2e-6), ("int8", 0.05)])
+@pytest.mark.slow
 def test_export_then_predict_on_the_folder(
     run: Path, tmp_path: Path, quantize: str, tolerance: float
 ) -> None:

@@ -35,6 +35,7 @@ def finetune(*args: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "classes", [["spam", "ham"], ["spam", "ham", "other"]], ids=["2 classes", "3 classes"]
 )
+@pytest.mark.slow
 def test_a_tiny_model_learns_and_evaluate_agrees(tmp_path: Path, classes: list[str]) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, classes, n=300)
@@ -50,6 +51,7 @@ def test_a_tiny_model_learns_and_evaluate_agrees(tmp_path: Path, classes: list[s
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_human_summary_on_stdout(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
@@ -62,6 +64,7 @@ def test_human_summary_on_stdout(tmp_path: Path) -> None:
     not (MIRROR / "static" / "public" / "228" / "sms+spam+collection.zip").is_file(),
     reason=f"no download mirror with the SMS archive at {MIRROR} (../shared is absent)",
 )
+@pytest.mark.slow
 def test_the_default_job_downloads_and_prepares_the_sms_set(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, stdout, stderr = finetune(
@@ -78,6 +81,7 @@ def test_the_default_job_downloads_and_prepares_the_sms_set(tmp_path: Path) -> N
     not (MIRROR / "gpt-2" / "encodings" / "main" / "encoder.json").is_file(),
     reason=f"no download mirror with the tokenizer files at {MIRROR} (../shared is absent)",
 )
+@pytest.mark.slow
 def test_downloads_show_the_same_progress_as_gptclf_download(tmp_path: Path) -> None:
     data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
     args = ["--data", str(data), *TINY, "--epochs", "1", "--mirror", str(MIRROR)]
@@ -90,6 +94,7 @@ def test_downloads_show_the_same_progress_as_gptclf_download(tmp_path: Path) -> 
     assert code == 0 and "downloading" not in stderr and "already present" not in stderr  # nothing new
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=300)
@@ -125,6 +130,7 @@ def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path: Path, isolated_home
     assert code == 2 and "that run has finished" in stderr
 
 
+@pytest.mark.slow
 def test_lora_options_without_lora_are_a_warning(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
@@ -139,6 +145,7 @@ def test_lora_options_without_lora_are_a_warning(tmp_path: Path) -> None:
     assert code == 0 and "warning" not in stderr
 
 
+@pytest.mark.slow
 def test_config_file_and_command_line(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
@@ -152,6 +159,7 @@ def test_config_file_and_command_line(tmp_path: Path) -> None:
     assert (train["epochs"], train["batch_size"], train["lr"]) == (2, 4, 1e-3)
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten_without_force(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
@@ -266,6 +274,7 @@ def test_every_number_is_checked_up_front(tmp_path: Path, args: list[str], messa
     assert stdout == "" and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_transformers_gpt2_folder_is_a_base_model(tmp_path: Path) -> None:
     from gptclf.model.weights import load_pretrained
     from tests.hf_helpers import TINY_HF, hf_folder

@@ -75,6 +75,7 @@ def window_run(
     return out, summary, stderr
 
 
+@pytest.mark.slow
 def test_window_finds_the_word_past_the_context_and_truncate_cannot(
     long_data: tuple[Path, Path], window_run: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_window_finds_the_word_past_the_context_and_truncate_cannot(
     assert "train split: 180 of 180 texts were longer than 64 tokens and were read in" in stderr
 
 
+@pytest.mark.slow
 def test_the_mode_is_stored_and_evaluate_uses_it_unless_overridden(
     window_run: tuple[Path, dict, str],
 ) -> None:
@@ -108,6 +110,7 @@ def test_the_mode_is_stored_and_evaluate_uses_it_unless_overridden(
     assert json.loads(cut.stdout)["long_texts"]["windows"] == 60
 
 
+@pytest.mark.slow
 def test_predict_reads_a_very_long_line_in_windows(
     window_run: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
@@ -134,6 +137,7 @@ def test_predict_reads_a_very_long_line_in_windows(
     assert again.exit_code == 0 and "first 16 and last 48 tokens" in again.stderr
 
 
+@pytest.mark.slow
 def test_the_frozen_trunk_cache_holds_windows_like_texts(
     long_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -231,6 +235,7 @@ def test_run_json_rules_for_long_texts() -> None:
         assert len(problems) == 1 and problems[0].startswith(key), problems
 
 
+@pytest.mark.slow
 def test_a_multi_label_run_reads_long_texts_in_windows(long_data: tuple[Path, Path], tmp_path: Path) -> None:
     from tests.multilabel_helpers import write_table
 
@@ -266,6 +271,7 @@ def test_a_multi_label_run_reads_long_texts_in_windows(long_data: tuple[Path, Pa
     )
 
 
+@pytest.mark.slow
 def test_onnx_runtime_reads_long_texts_in_the_same_windows(
     window_run: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
@@ -313,6 +319,7 @@ def test_numbers_of_a_mode_not_in_force_are_named_in_a_warning(verb: str, tmp_pa
     assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_finetune_warns_of_a_number_its_mode_does_not_use(
     long_data: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     }
 
 
+@pytest.mark.slow
 def test_prepare_records_the_labels_and_keeps_each_share(trained: dict[str, Any]) -> None:
     labels = json.loads((trained["root"] / "data" / "labels.json").read_text())
     assert labels["multi_label"] is True and labels["classes"] == LABELS and labels["label_sep"] == "|"
@@ -79,6 +80,7 @@ def test_prepare_records_the_labels_and_keeps_each_share(trained: dict[str, Any]
     assert "|" in test  # a row's labels joined by the separator
 
 
+@pytest.mark.slow
 def test_a_tiny_model_reaches_micro_f1_09_and_evaluate_agrees(trained: dict[str, Any]) -> None:
     summary, run = trained["summary"], trained["run"]
     assert summary["multi_label"] is True and summary["test_micro_f1"] >= 0.9
@@ -106,6 +108,7 @@ def test_a_tiny_model_reaches_micro_f1_09_and_evaluate_agrees(trained: dict[str,
     assert code == 0 and "micro F1" in out and "Hamming loss" in out and "Per label" in out
 
 
+@pytest.mark.slow
 def test_gates_use_micro_f1(trained: dict[str, Any]) -> None:
     run = str(trained["run"])
     code, _, err = gptclf("evaluate", run, "--json", "--device", "cpu", "--min-f1", "0.9")
@@ -116,6 +119,7 @@ def test_gates_use_micro_f1(trained: dict[str, Any]) -> None:
     assert code == 3 and "micro_f1" in err and "--min-f1" in err and json.loads(out)["micro_f1"] < 1.0
 
 
+@pytest.mark.slow
 def test_predict_gives_label_lists_at_the_stored_thresholds(trained: dict[str, Any], tmp_path: Path) -> None:
     run = trained["run"]
     thresholds = {
@@ -143,6 +147,7 @@ def test_predict_gives_label_lists_at_the_stored_thresholds(trained: dict[str, A
     assert code == 0 and "(none)" in out and "billing" in out
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_file_of_label_lists(trained: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "more.jsonl"
     rows = [{"text": "invoice wish", "label": ["billing", "feature"]}, {"text": "river", "label": []}]
@@ -158,6 +163,7 @@ def test_evaluate_reads_a_file_of_label_lists(trained: dict[str, Any], tmp_path:
     assert code == 0 and "--plots skipped" in err and not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_softmax_options_are_refused_on_a_multi_label_run(trained: dict[str, Any], tmp_path: Path) -> None:
     run = str(trained["run"])
     target = tmp_path / "out.jsonl"
@@ -172,6 +178,7 @@ def test_softmax_options_are_refused_on_a_multi_label_run(trained: dict[str, Any
     assert code == 2 and "multi-label" in err
 
 
+@pytest.mark.slow
 def test_finetune_refuses_two_class_rules_on_multi_label_data(
     trained: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -190,6 +197,7 @@ def test_single_label_runs_refuse_the_multi_label_options(tmp_path: Path) -> Non
     assert code == 2 and "--threshold on evaluate is for multi-label runs" in err
 
 
+@pytest.mark.slow
 def test_a_run_and_data_of_the_other_kind_are_refused(trained: dict[str, Any], tmp_path: Path) -> None:
     from tests.finetune_helpers import prepared_folder
 
@@ -201,6 +209,7 @@ def test_a_run_and_data_of_the_other_kind_are_refused(trained: dict[str, Any], t
     assert code == 2 and "this run is single-label and" in err
 
 
+@pytest.mark.slow
 def test_the_human_summary_names_micro_f1(trained: dict[str, Any], tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTCLF_HOME", str(trained["root"] / "home"))
@@ -305,6 +314,7 @@ def test_label_columns_prepare_and_their_names_are_the_labels(tmp_path: Path) ->
     assert sum(summary["counts"][s]["toxic"] for s in ("train", "validation", "test")) == 15
 
 
+@pytest.mark.slow
 def test_the_runs_label_separator_reads_and_writes_label_lists(
     trained: dict[str, Any], tmp_path: Path
 ) -> None:

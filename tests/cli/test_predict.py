@@ -150,6 +150,7 @@ def test_run_with_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert code == 2 and "model.safetensors" in err
 
 
+@pytest.mark.slow
 def test_broken_pipe_exits_quietly(run_dir: Path, tmp_path: Path) -> None:
     big = tmp_path / "big.txt"
     big.write_text("".join(f"text number {i} with some words\n" for i in range(3000)), encoding="utf-8")
@@ -218,6 +219,7 @@ def test_undecodable_or_binary_stdin_exits_2(run_dir: Path, data: bytes, phrase:
     assert len(out.splitlines()) <= 1  # never garbage predictions of the bytes after the bad line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv", "table"])
 def test_output_is_utf8_whatever_the_locale(run_dir: Path, fmt: str) -> None:
     text = "Call 0800 now, claim your £1000 cash — café ✓"
@@ -234,6 +236,7 @@ def test_output_is_utf8_whatever_the_locale(run_dir: Path, fmt: str) -> None:
         assert text in decoded
 
 
+@pytest.mark.slow
 def test_table_into_a_closed_pipe_exits_quietly(run_dir: Path, tmp_path: Path) -> None:
     big = tmp_path / "big.txt"
     big.write_text("".join(f"text number {i} with some words\n" for i in range(3000)), encoding="utf-8")
@@ -288,6 +291,7 @@ def test_ids_of_the_input_are_kept(run_dir: Path, tmp_path: Path) -> None:
     assert code == 2 and "--id-column only applies to --input" in err
 
 
+@pytest.mark.slow
 def test_results_reach_a_pipe_while_input_is_still_open(run_dir: Path) -> None:
     proc = child(str(run_dir), "-")
     assert proc.stdin is not None and proc.stdout is not None
@@ -304,6 +308,7 @@ def test_results_reach_a_pipe_while_input_is_still_open(run_dir: Path) -> None:
     assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_output_file_is_whole_or_absent(run_dir: Path, tmp_path: Path) -> None:
     good = "".join(json.dumps({"text": f"text {i}"}) + "\n" for i in range(1500))
     bad = tmp_path / "bad.jsonl"
@@ -368,6 +373,7 @@ def probs_of(stdout: str) -> list[list[float]]:
 @pytest.mark.parametrize(
     "args", [["--engine", "onnx"], ["--quantize", "int8"], ["--engine", "onnx", "--quantize", "int8"]]
 )
+@pytest.mark.slow
 def test_other_engines_give_the_same_records(run_dir: Path, args: list[str]) -> None:
     code, want, _ = invoke(str(run_dir), "--batch-size", "8", *TEXTS)
     code_other, got, _ = invoke(str(run_dir), "--batch-size", "8", *args, *TEXTS)
@@ -378,6 +384,7 @@ def test_other_engines_give_the_same_records(run_dir: Path, args: list[str]) -> 
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tolerance
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_an_export_folder_predicts_like_its_run_in_every_format(run_dir: Path, onnx_dir: Path) -> None:
     for fmt in ("jsonl", "csv", "tsv"):
@@ -395,6 +402,7 @@ def test_an_export_folder_predicts_like_its_run_in_every_format(run_dir: Path, o
     assert code == 0 and [r["text"] for r in jsonl(out)] == ["one", "two"]
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_engine_and_export_problems_exit_2_in_one_line(run_dir: Path, onnx_dir: Path, tmp_path: Path) -> None:
     import shutil
@@ -439,6 +447,7 @@ def test_onnx_engine_without_onnxruntime_exits_2_naming_the_extra(
     assert "pip install 'gptclf[onnx]'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_a_multi_label_run_predicts_the_same_label_sets_through_onnx(tmp_path: Path) -> None:
     from gptclf.engines.onnx_build import export_onnx

@@ -30,7 +30,10 @@ VERBS = [
     ["export", "run", "--out", "x"],
     ["import", "hf", "--out", "x"],
 ]
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+pytestmark = [
+    pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc"),
+    pytest.mark.slow,
+]
 
 
 def child(*args: str, cwd: Path, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[str]:

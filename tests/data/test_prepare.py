@@ -103,6 +103,7 @@ def test_input_format_and_its_old_name(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_prepare_reads_a_known_dataset_from_its_file_and_never_fetches(tmp_path: Path) -> None:
     """`dataset` names what the file holds (format, default balance, the record in labels.json);
     the downloader is not even importable here, and nothing lands in a cache."""

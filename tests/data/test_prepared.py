@@ -122,6 +122,7 @@ def _prepare_args(source: Path, out: Path, seed: str) -> list[str]:
             "--split", "0.6,0.2,0.2", "--seed", seed, "--out", str(out), "--force"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_prepare_killed_while_it_writes_leaves_the_old_set_and_no_debris(tmp_path: Path) -> None:
     import os
     import subprocess

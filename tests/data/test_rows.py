@@ -189,6 +189,7 @@ _LABEL = st.sampled_from(["a", " a ", "b\t", "b", "c", "", "  "])
     only_ab=st.booleans(),
     balance=st.sampled_from(["none", "undersample", "oversample"]),
 )
+@pytest.mark.slow
 def test_no_row_lost_or_invented(
     rows: list[tuple[str, str]], fmt: str, dedupe: bool, only_ab: bool, balance: str
 ) -> None:

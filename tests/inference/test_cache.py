@@ -276,6 +276,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_builds_cache_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
     spill = tmp_path / "spill"
     spill.mkdir()

@@ -188,6 +188,7 @@ def random_inputs(k: int, n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 @pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.slow
 def test_one_png_with_content_per_kind(tmp_path: Path, k: int) -> None:
     pytest.importorskip("matplotlib")
     logits, labels, classes = random_inputs(k)
@@ -212,6 +213,7 @@ def test_the_decision_of_the_run_is_the_threshold_marked() -> None:
     assert plot_inputs(logits, labels, classes, {"calibration": {"temperature": 2.5}}).temperature == 2.5
 
 
+@pytest.mark.slow
 def test_evaluate_plots_writes_every_picture(run_dir: Path, labelled: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     folder = tmp_path / "new" / "plots"  # created, parents too
@@ -234,6 +236,7 @@ def test_without_matplotlib_plots_are_skipped_in_one_line(
     assert not (tmp_path / "cli").exists()
 
 
+@pytest.mark.slow
 def test_finetune_writes_the_test_plots_into_the_run(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from gptclf.training.finetune import finetune
@@ -323,6 +326,7 @@ def test_a_disk_that_fills_while_the_errors_are_written_leaves_no_file(
 
 
 @pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.slow
 def test_a_disk_that_fills_while_the_plots_are_written_leaves_no_picture(
     run_dir: Path, labelled: Path, tmp_path: Path, existing: bool
 ) -> None:

@@ -55,6 +55,7 @@ def window_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return out, load_run(out).info["data"]["sizes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--json"]])
 def test_evaluate_counts_the_texts_of_its_windows(
     window_run: tuple[Path, dict[str, int]], extra: list[str]
@@ -73,6 +74,7 @@ def test_evaluate_counts_the_texts_of_its_windows(
     assert f"classifying ({windows.group(3)} texts)" not in err
 
 
+@pytest.mark.slow
 def test_the_predictor_counts_texts_in_one_step_however_many_pieces(
     window_run: tuple[Path, dict[str, int]],
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -26,6 +27,7 @@ def multi_run(root: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_the_pipeline_with_a_sigmoid_gives_gptclf_predicts_probabilities(tmp_path: Path) -> None:
     run = multi_run(tmp_path)
     assert load_run(run).model.gpt.lm_head.bias.abs().max() > 0.01  # the bias fold must keep it whole
@@ -48,6 +50,7 @@ def test_the_pipeline_with_a_sigmoid_gives_gptclf_predicts_probabilities(tmp_pat
     assert torch.allclose(got.double(), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_import_brings_back_a_multi_label_run(tmp_path: Path) -> None:
     run = multi_run(tmp_path)
     export_run(run, tmp_path / "hf")

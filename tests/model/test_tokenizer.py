@@ -38,6 +38,7 @@ def test_checksum_mismatch_and_missing_file(tmp_path: Path) -> None:
 
 
 @needs_shared_sms
+@pytest.mark.slow
 def test_same_ids_as_tiktokens_own_gpt2_on_the_sms_corpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

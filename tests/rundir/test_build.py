@@ -43,6 +43,7 @@ def run_json(out: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("moment", ["checkpoint.pt", "model.safetensors", "run.json", "metrics.json"])
+@pytest.mark.slow
 def test_force_over_a_run_killed_at_any_moment_leaves_a_whole_run(
     data: Path, tmp_path: Path, moment: str
 ) -> None:
@@ -134,6 +135,7 @@ def test_a_second_finetune_on_the_same_out_is_refused_while_the_first_runs(tmp_p
     check_out(out, force=True, resume=False)  # a dead process's folder holds no lock
 
 
+@pytest.mark.slow
 def test_the_message_names_the_verb_that_holds_the_folder(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = spawn("finetune", "--data", str(data), *LEARN, "--out", str(out), cwd=tmp_path)
@@ -173,6 +175,7 @@ def settings(data: Path, out: Path, **kw: Any) -> Any:
     return build_settings({**base, "trainable": "all", "lr": 2e-3, "epochs": 3, **kw})
 
 
+@pytest.mark.slow
 def test_a_signal_during_the_test_evaluation_keeps_the_training(data: Path, tmp_path: Path) -> None:
     straight = finetune(settings(data, tmp_path / "straight"))
     out = tmp_path / "run"
@@ -189,6 +192,7 @@ def test_a_signal_during_the_test_evaluation_keeps_the_training(data: Path, tmp_
     assert strip[0] == strip[1] and resumed.test == straight.test and accuracy(out) > 0.75
 
 
+@pytest.mark.slow
 def test_a_signal_while_the_run_is_written_lets_the_write_finish(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,6 +213,7 @@ def test_a_signal_while_the_run_is_written_lets_the_write_finish(
     assert accuracy(out) > 0.75 and not work_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_child_in_its_test_evaluation(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = spawn("finetune", "--data", str(data), *LEARN, "--out", str(out), cwd=tmp_path)
@@ -225,6 +230,7 @@ def test_sigterm_to_a_child_in_its_test_evaluation(data: Path, tmp_path: Path) -
     assert accuracy(out) > 0.75 and not work_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_kill_9_after_an_epoch_leaves_a_checkpoint_and_resume_matches(data: Path, tmp_path: Path) -> None:
     out, straight = tmp_path / "run", tmp_path / "straight"
     proc = spawn("finetune", "--data", str(data), *LEARN, "--out", str(out), cwd=tmp_path)
@@ -288,6 +294,7 @@ def test_a_disk_too_small_for_the_run_is_refused_up_front(data: Path, tmp_path: 
         assert sorted(p.name for p in disk.iterdir()) == []  # nothing left behind
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_training_keeps_the_last_checkpoint(data: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "100m") as disk:
         out = disk / "run"
@@ -305,6 +312,7 @@ def test_a_disk_that_fills_during_training_keeps_the_last_checkpoint(data: Path,
     # (the tmpfs is gone with the context; the resume's success is what matters)
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_on_the_final_save_is_one_line(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,6 +342,7 @@ def test_a_disk_that_fills_on_the_final_save_is_one_line(
 @pytest.mark.parametrize(
     "change", [["--split", "0.5,0.25,0.25", "--seed", "0"], ["--split", "0.7,0.15,0.15", "--seed", "7"]]
 )
+@pytest.mark.slow
 def test_resume_refuses_re_prepared_data(data: Path, tmp_path: Path, change: list[str]) -> None:
     out = tmp_path / "run"
     proc = spawn("finetune", "--data", str(data), *LEARN, "--out", str(out), cwd=tmp_path)
@@ -352,6 +361,7 @@ def test_resume_refuses_re_prepared_data(data: Path, tmp_path: Path, change: lis
 # --- item 6: no debris -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_final_save_leaves_nothing_the_next_run_keeps(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
 
@@ -374,6 +384,7 @@ def test_a_kill_during_the_final_save_leaves_nothing_the_next_run_keeps(data: Pa
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")] and not work_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_a_dead_runs_work_folder_is_refused_or_discarded(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     work_dir(out).mkdir()
@@ -391,6 +402,7 @@ def test_a_dead_runs_work_folder_is_refused_or_discarded(data: Path, tmp_path: P
     assert not work_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_hidden_temporary_files_do_not_make_out_non_empty(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()

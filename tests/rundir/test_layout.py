@@ -29,6 +29,7 @@ from tests.rundir.test_files import fake_tokenizer, info_for
 ROWS = [{"epoch": 1, "step": 2, "train_loss": 0.5, "val_loss": 0.7, "train_acc": 0.8, "val_acc": 0.7}]
 
 
+@pytest.mark.slow
 def test_every_file_a_run_writes_is_a_run_file_and_nothing_else_is(tmp_path: Path) -> None:
     """The work folder carries the user's own files into a new run and never an old run's: every
     name the writers produce must be known to it as a run's, or an old run's file would survive."""
@@ -48,6 +49,7 @@ def test_every_file_a_run_writes_is_a_run_file_and_nothing_else_is(tmp_path: Pat
     assert user_entries(run) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_the_run_directory_does_not_load_the_trainer() -> None:
     """The history's columns belong to the run-directory format: writing or reading a run needs
     nothing of the training loop (a fresh interpreter, so that no other test's imports count)."""

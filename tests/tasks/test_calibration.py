@@ -142,6 +142,7 @@ def test_run_json_schema_checks_the_calibration_key() -> None:
         assert any(phrase in p for p in problems), (bad, problems)
 
 
+@pytest.mark.slow
 def test_finetune_stores_the_temperature_fitted_on_the_validation_logits(tmp_path: Path) -> None:
     """run.json's calibration is the fit on the kept weights' validation logits, and finetune's
     validation metrics are those of the calibrated probabilities (what evaluate reports)."""

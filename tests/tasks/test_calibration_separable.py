@@ -73,6 +73,7 @@ def test_calibrate_keeps_t_1_on_texts_the_model_gets_all_right(run: Path, separa
     assert code == 0 and record["note"] in " ".join(out.split()), (out, err)
 
 
+@pytest.mark.slow
 def test_a_precision_target_on_separated_texts_admits_no_false_positive(run: Path, separated: Path) -> None:
     code, out, err = invoke(
         "calibrate", str(run), "--input", str(separated), "--positive", "spam",
@@ -115,6 +116,7 @@ def test_a_target_met_by_labelling_everything_positive_says_so(run: Path, tmp_pa
     assert code == 0 and decision["note"] in " ".join(out.split()), (out, err)
 
 
+@pytest.mark.slow
 def test_finetune_keeps_t_1_when_validation_is_classified_perfectly(tmp_path: Path) -> None:
     """A learning rate so small that the kept weights are the initial ones, and data labelled by
     what those weights say: the validation split is classified perfectly."""

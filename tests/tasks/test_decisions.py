@@ -201,6 +201,7 @@ def test_calibrate_stores_the_f1_threshold_and_it_beats_one_half_on_validation(r
     load_run(run)  # the schema takes it
 
 
+@pytest.mark.slow
 def test_a_precision_target_is_met_on_validation_and_predict_applies_it(run: Path, data: Path) -> None:
     code, _, err = invoke(
         "calibrate", str(run), "--positive", "ham", "--target", "precision=0.6", "--device", "cpu"
@@ -338,6 +339,7 @@ def test_min_confidence_outside_0_1_is_exit_2(run: Path, level: str) -> None:
 TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu", "--epochs", "1"]
 
 
+@pytest.mark.slow
 def test_finetune_chooses_the_target_on_validation_and_stores_it(tmp_path: Path) -> None:
     install_tokenizer()
     data = prepared_folder(tmp_path, CLASSES, n=80)
@@ -423,6 +425,7 @@ def test_a_damaged_stored_rule_is_one_line_exit_2(run: Path, key: str, value: di
     assert (code, out) == (2, "") and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_finetune_with_an_unreachable_target_keeps_the_run_and_exits_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

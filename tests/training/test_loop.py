@@ -139,6 +139,7 @@ class KillAt(TrainProgress):
 
 
 @pytest.mark.parametrize(("signum", "code", "at"), [(signal.SIGINT, 130, 5), (signal.SIGTERM, 143, 6)])
+@pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_and_resume_matches(
     tmp_path: Path, signum: int, code: int, at: int
 ) -> None:
@@ -160,6 +161,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_matches(
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(Interrupted):
@@ -276,6 +278,7 @@ def test_resuming_a_finished_training_only_restores_the_best_weights(tmp_path: P
     assert max_diff(trainable_state(resumed), trainable_state(trained)) == 0.0
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_data_is_refused_not_looped_on(tmp_path: Path) -> None:
     ckpt = tmp_path / "c.pt"
     with pytest.raises(Interrupted):
@@ -303,6 +306,7 @@ def test_train_loss_is_on_the_footing_of_the_validation_loss_with_class_weights(
     assert row["train_loss"] == pytest.approx(row["val_loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_may_change_into_and_out_of_a_gradient_scaler(tmp_path: Path) -> None:
     """An fp32 run's scaler state is empty; resuming it under fp16 (here bf16 with a scaler, the
     CPU's stand-in) must start a fresh scaler rather than crash, and the other way round."""
@@ -355,6 +359,7 @@ def _slow_save_worker(rank: int, port: int, out: str) -> None:
     (Path(out) / f"done{rank}").write_text(str(history.steps))
 
 
+@pytest.mark.slow
 def test_ranks_wait_for_a_checkpoint_that_outlasts_the_collective_timeout(tmp_path: Path) -> None:
     import socket
 

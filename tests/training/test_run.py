@@ -38,6 +38,7 @@ def settings(data: Path, out: Path, **kw: Any) -> Any:
     return build_settings({**base, "trainable": "all", "lr": 2e-3, "epochs": 2, **kw})
 
 
+@pytest.mark.slow
 def test_a_run_directory_describes_itself(data3: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = finetune(settings(data3, out, classes=["other", "spam", "ham"], eval_every=5))
@@ -79,6 +80,7 @@ def test_a_run_directory_describes_itself(data3: Path, tmp_path: Path) -> None:
     assert torch.equal(torch.from_numpy(loaded_logits), torch.from_numpy(live_logits))
 
 
+@pytest.mark.slow
 def test_book_faithful_mode(data3: Path, tmp_path: Path) -> None:
     book = {"pooling": "last-position", "pad_to": "longest-train", "cache": False}
     s = settings(data3, tmp_path / "run", trainable="last-block", epochs=1, **book)
@@ -89,6 +91,7 @@ def test_book_faithful_mode(data3: Path, tmp_path: Path) -> None:
     assert info["pooling"] == "last-position" and result.cache["blocks"] == 0
 
 
+@pytest.mark.slow
 def test_the_default_scope_uses_the_cache(data3: Path, tmp_path: Path) -> None:
     result = finetune(settings(data3, tmp_path / "run", trainable="last-block", epochs=1, cache_memory="0"))
     assert result.cache["blocks"] == 1 and result.cache["location"] == "disk"
@@ -198,6 +201,7 @@ class Said(TrainProgress):
         self.lines.append(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["last-block", "all"], ids=["cached test split", "no cache"])
 def test_finetunes_test_metrics_equal_gptclf_evaluate_exactly(
     data3: Path, tmp_path: Path, trainable: str
