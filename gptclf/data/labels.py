@@ -213,10 +213,10 @@ class MultiPrepareSummary(PrepareSummary):
 class LabelReader(ABC):
     """What ``prepare`` does differently for a kind of label (see the module docstring)."""
 
-    @abstractmethod
     def problems(self, *, dataset: str | None, balance: str | None, label_column: str | None,
                  drop_unknown: bool) -> list[str]:  # fmt: skip
         """What keeps the options from this kind of label (empty: nothing)."""
+        return []
 
     def balance(self, balance: str | None) -> str | None:
         """The ``--balance`` the common checks see."""
@@ -253,10 +253,6 @@ class LabelReader(ABC):
 
 class ClassLabels(LabelReader):
     """One class per row; balanced (``--balance``) and split per class (``--stratify``)."""
-
-    def problems(self, *, dataset: str | None, balance: str | None, label_column: str | None,
-                 drop_unknown: bool) -> list[str]:  # fmt: skip
-        return []
 
     def read(
         self,

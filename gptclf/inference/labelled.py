@@ -20,7 +20,7 @@ from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.data.tables import read_inputs
 from gptclf.errors import BadInputError
 from gptclf.rundir import LoadedRun
-from gptclf.tasks.base import Task
+from gptclf.tasks.base import LabelledFile, Task
 from gptclf.tasks.kinds import task_of
 
 
@@ -134,7 +134,7 @@ def file_data(
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
     frame, dropped = run.task.read_labelled_file(
-        path, run.info, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
+        LabelledFile(path, text_column, label_column, fmt, encoding), run.info
     )  # label lists for a multi-label run: an empty one is a text without a label
     source = {"input": str(path), "dropped": dict(dropped)}
     data = _labelled(frame, run.task, run.classes, str(path), source, purpose)

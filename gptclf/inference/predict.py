@@ -186,10 +186,8 @@ class Predictor:
         if chunk_size < 1:
             raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
-        self.decider = run.task.decider(
-            run.info, threshold=threshold, positive=positive, min_confidence=min_confidence,
-            calibrated=calibrated, verb=verb,
-        )  # fmt: skip
+        decide = DecisionOptions(threshold, positive, min_confidence, not calibrated)
+        self.decider = run.task.decider(run.info, decide, verb)
         self.long_texts = (long_texts or stored_long_texts(run.info)).resolved(run.max_length)
         self.model, self.device, self.precision = load_engine(
             run, engine=engine, quantize=quantize, device=device, precision=precision

@@ -27,6 +27,9 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 
+from gptclf.errors import BadInputError
+from gptclf.option_groups import DecisionOptions, TargetOptions
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -50,6 +53,17 @@ class Prediction:
     id: Any = None
     abstained: bool = False
     labels: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """A labelled file to read and how: its text and label columns, format and encoding."""
+
+    path: Path
+    text_column: str | None = None
+    label_column: str | None = None
+    fmt: str | None = None
+    encoding: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -163,11 +177,24 @@ class Task(ABC):
     f1_key: ClassVar[str]
 
     # --- labels -------------------------------------------------------------------------------
-    @abstractmethod
     def encode_labels(
         self, frame: pd.DataFrame, classes: Sequence[str], where: str | None = None
     ) -> list[Any]:
-        """The model's targets of a frame's ``label`` column (a class index, or a 0/1 row)."""
+        """The model's targets of a frame's ``label`` column (a class index, or a 0/1 row).
+
+        Raises:
+            BadInputError: A label that is not a class of the run (named with ``where``, the file).
+        """
+        try:
+            return self._encode(frame, classes)
+        except BadInputError as exc:  # name the file: the bare message does not say where
+            if where is None:
+                raise
+            raise BadInputError(f"{where}: {exc}") from None
+
+    @abstractmethod
+    def _encode(self, frame: pd.DataFrame, classes: Sequence[str]) -> list[Any]:
+        """:meth:`encode_labels` without the file's name in its errors."""
 
     @abstractmethod
     def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
@@ -175,14 +202,7 @@ class Task(ABC):
 
     @abstractmethod
     def read_labelled_file(
-        self,
-        path: Path,
-        info: Mapping[str, Any],
-        *,
-        text_column: str | None,
-        label_column: str | None,
-        fmt: str | None,
-        encoding: str,
+        self, file: LabelledFile, info: Mapping[str, Any]
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """A labelled file as a frame (``text``, ``label``, ``row``) and its dropped-row counts."""
 
@@ -217,13 +237,7 @@ class Task(ABC):
 
     @abstractmethod
     def finish(
-        self,
-        logits: dict[str, Any],
-        labels: dict[str, Any],
-        classes: Sequence[str],
-        *,
-        target: str | None,
-        positive: str | None,
+        self, logits: dict[str, Any], labels: dict[str, Any], classes: Sequence[str], target: TargetOptions
     ) -> Finished:
         """Choose on validation after training and score the kept weights."""
 
@@ -247,14 +261,7 @@ class Task(ABC):
     # --- using a run --------------------------------------------------------------------------
     @abstractmethod
     def decider(
-        self,
-        info: Mapping[str, Any],
-        *,
-        threshold: float | None = None,
-        positive: str | None = None,
-        min_confidence: float | None = None,
-        calibrated: bool = True,
-        verb: str = "predict",
+        self, info: Mapping[str, Any], decide: DecisionOptions | None = None, verb: str = "predict"
     ) -> Decider:
         """The run's stored rules with the options given on top (None: the stored one).
 

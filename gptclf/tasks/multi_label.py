@@ -27,8 +27,9 @@ from gptclf.data.labelsets import (
     run_label_sep,
 )
 from gptclf.errors import BadInputError
+from gptclf.option_groups import DecisionOptions, TargetOptions
 from gptclf.progress import fmt_metric
-from gptclf.tasks.base import Decider, Finished, Prediction, ReportTable, Task
+from gptclf.tasks.base import Decider, Finished, LabelledFile, Prediction, ReportTable, Task
 from gptclf.tasks.label_sets import (
     DEFAULT_THRESHOLD,
     bce_sum,
@@ -159,34 +160,22 @@ class MultiLabel(Task):
     pipeline_function: ClassVar[str | None] = "sigmoid"
     no_error_report: ClassVar[str | None] = "the error report and the plots are for single-label runs"
 
-    def encode_labels(
-        self, frame: pd.DataFrame, classes: Sequence[str], where: str | None = None
-    ) -> list[Any]:
-        try:
-            return label_matrix(frame["label"], classes)
-        except BadInputError as exc:
-            if where is None:
-                raise
-            raise BadInputError(f"{where}: {exc}") from None
+    def _encode(self, frame: pd.DataFrame, classes: Sequence[str]) -> list[Any]:
+        return label_matrix(frame["label"], classes)
 
     def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
         return torch.as_tensor(list(labels), dtype=torch.float32)
 
     def read_labelled_file(
-        self,
-        path: Path,
-        info: Mapping[str, Any],
-        *,
-        text_column: str | None,
-        label_column: str | None,
-        fmt: str | None,
-        encoding: str,
+        self, file: LabelledFile, info: Mapping[str, Any]
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """The label column holds lists joined by the run's separator (JSONL: JSON lists too); an
         empty cell is a text with no label."""
+        f = file
         table = read_multilabel_table(
-            path, text_column=text_column, label_column=label_column, sep=run_label_sep(info), fmt=fmt,
-            encoding=encoding,
+            f.path, text_column=f.text_column, label_column=f.label_column, sep=run_label_sep(info),
+            fmt=f.fmt,
+            encoding=f.encoding,
         )  # fmt: skip
         return table.frame, table.dropped
 
@@ -218,13 +207,7 @@ class MultiLabel(Task):
         return []
 
     def finish(
-        self,
-        logits: dict[str, Any],
-        labels: dict[str, Any],
-        classes: Sequence[str],
-        *,
-        target: str | None,
-        positive: str | None,
+        self, logits: dict[str, Any], labels: dict[str, Any], classes: Sequence[str], target: TargetOptions
     ) -> Finished:
         """Per-label thresholds chosen on validation (0.5 for all without one), and the test and
         validation metrics of the kept weights at those thresholds."""
@@ -265,18 +248,14 @@ class MultiLabel(Task):
         ]
 
     def decider(
-        self,
-        info: Mapping[str, Any],
-        *,
-        threshold: float | None = None,
-        positive: str | None = None,
-        min_confidence: float | None = None,
-        calibrated: bool = True,
-        verb: str = "predict",
+        self, info: Mapping[str, Any], decide: DecisionOptions | None = None, verb: str = "predict"
     ) -> MultiDecider:
-        single_label_only(positive=positive, min_confidence=min_confidence, no_calibration=not calibrated)
-        check_threshold(threshold)
-        return MultiDecider(info, threshold)
+        d = decide or DecisionOptions()
+        single_label_only(
+            positive=d.positive, min_confidence=d.min_confidence, no_calibration=d.no_calibration
+        )
+        check_threshold(d.threshold)
+        return MultiDecider(info, d.threshold)
 
     def report_tables(self, metrics: Mapping[str, Any]) -> list[ReportTable]:
         source = metrics["source"]

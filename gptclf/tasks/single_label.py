@@ -9,7 +9,6 @@ abstention below ``min_confidence``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,8 +19,9 @@ import torch.nn.functional as F
 from gptclf.data.rows import label_ids
 from gptclf.data.tables import load_table
 from gptclf.errors import BadInputError, GptclfError
+from gptclf.option_groups import DecisionOptions, TargetOptions
 from gptclf.progress import fmt_metric
-from gptclf.tasks.base import Decider, Finished, Prediction, ReportTable, Task
+from gptclf.tasks.base import Decider, Finished, LabelledFile, Prediction, ReportTable, Task
 from gptclf.tasks.calibration import fit_temperature, run_temperature
 from gptclf.tasks.decisions import (
     Decision,
@@ -214,31 +214,18 @@ class SingleLabel(Task):
     shift_invariant: ClassVar[bool] = True
     stored_fields: ClassVar[tuple[str, ...]] = ("decision", "abstain")
 
-    def encode_labels(
-        self, frame: pd.DataFrame, classes: Sequence[str], where: str | None = None
-    ) -> list[Any]:
-        try:
-            return label_ids(frame, classes)
-        except BadInputError as exc:  # name the file: the bare message does not say where
-            if where is None:
-                raise
-            raise BadInputError(f"{where}: {exc}") from None
+    def _encode(self, frame: pd.DataFrame, classes: Sequence[str]) -> list[Any]:
+        return label_ids(frame, classes)
 
     def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
         return torch.as_tensor(list(labels), dtype=torch.long)
 
     def read_labelled_file(
-        self,
-        path: Path,
-        info: Mapping[str, Any],
-        *,
-        text_column: str | None,
-        label_column: str | None,
-        fmt: str | None,
-        encoding: str,
+        self, file: LabelledFile, info: Mapping[str, Any]
     ) -> tuple[pd.DataFrame, dict[str, int]]:
+        f = file
         table = load_table(
-            path, text_column=text_column, label_column=label_column, fmt=fmt, encoding=encoding
+            f.path, text_column=f.text_column, label_column=f.label_column, fmt=f.fmt, encoding=f.encoding
         )
         return table.frame, table.dropped
 
@@ -264,13 +251,7 @@ class SingleLabel(Task):
         return []
 
     def finish(
-        self,
-        logits: dict[str, Any],
-        labels: dict[str, Any],
-        classes: Sequence[str],
-        *,
-        target: str | None,
-        positive: str | None,
+        self, logits: dict[str, Any], labels: dict[str, Any], classes: Sequence[str], target: TargetOptions
     ) -> Finished:
         """Fit the temperature on validation (every rank has all the logits, so every rank fits the
         same T), score the calibrated probabilities, and choose what ``--target`` asks for."""
@@ -291,12 +272,12 @@ class SingleLabel(Task):
             for name in ("test", "validation")
         }
         finished = Finished(scores, calibration, lines=lines)
-        chosen = check_target(target, positive, classes)
+        chosen = check_target(target.target, target.positive, classes)
         if chosen is None or "validation" not in logits:
             return finished
         try:
             finished.choices = choose(
-                logits["validation"], labels["validation"], t, classes, chosen, positive
+                logits["validation"], labels["validation"], t, classes, chosen, target.positive
             )
         except GptclfError as exc:  # unreachable, or no text of the positive class
             lines.append(f"warning: {exc}; no decision stored")
@@ -314,16 +295,11 @@ class SingleLabel(Task):
         return {"task": self.key}
 
     def decider(
-        self,
-        info: Mapping[str, Any],
-        *,
-        threshold: float | None = None,
-        positive: str | None = None,
-        min_confidence: float | None = None,
-        calibrated: bool = True,
-        verb: str = "predict",
+        self, info: Mapping[str, Any], decide: DecisionOptions | None = None, verb: str = "predict"
     ) -> SingleDecider:
         """The stored rules are the defaults; the options replace them (evaluate judges the stored ones)."""
+        d = decide or DecisionOptions()
+        threshold, positive, min_confidence = d.threshold, d.positive, d.min_confidence
         if verb == "evaluate" and threshold is not None:
             raise BadInputError(
                 "--threshold on evaluate is for multi-label runs; a two-class run's threshold is chosen "
@@ -332,7 +308,7 @@ class SingleLabel(Task):
         decision = make_decision(info["classes"], threshold, positive, stored_decision(info))
         check_min_confidence(min_confidence)
         level = min_confidence if min_confidence is not None else stored_min_confidence(info)
-        return SingleDecider(info, decision, level, calibrated)
+        return SingleDecider(info, decision, level, not d.no_calibration)
 
     def report_tables(self, metrics: Mapping[str, Any]) -> list[ReportTable]:
         return [*_metric_tables(metrics), *_decision_tables(metrics)]

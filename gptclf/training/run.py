@@ -29,6 +29,7 @@ from gptclf.inference.plots import SKIPPED_NOTE, write_run_plots
 from gptclf.model.classifier import Classifier, apply_scope, replace_head
 from gptclf.model.tokenizer import load_tokenizer
 from gptclf.model.weights import load_weights
+from gptclf.option_groups import TargetOptions
 from gptclf.progress import TrainProgress
 from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, write_history, write_metrics
 from gptclf.rundir.layout import CHECKPOINT_NAME
@@ -88,10 +89,8 @@ def train_run(
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
         logits = _final_logits(model, sets, ctx)
-        finished = task.finish(
-            logits, {n: sets[n].labels for n in logits}, model.classes,
-            target=ctx.settings.target, positive=ctx.settings.positive,
-        )  # fmt: skip
+        target = TargetOptions(ctx.settings.target, ctx.settings.positive)
+        finished = task.finish(logits, {n: sets[n].labels for n in logits}, model.classes, target)
         for line in finished.lines:  # the temperature, thresholds or decision chosen on validation
             ctx.progress.message(line)
         timings["evaluate"] = time.monotonic() - t0

@@ -22,6 +22,7 @@ from gptclf.errors import Interrupted
 from gptclf.inference.batching import LabelledSet
 from gptclf.inference.cache import make_sources
 from gptclf.model.classifier import parse_scope
+from gptclf.option_groups import TargetOptions
 from gptclf.tasks.label_sets import (
     DEFAULT_THRESHOLD,
     bce_sum,
@@ -185,6 +186,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,7 +219,7 @@ def test_thresholds_come_from_validation_and_the_scores_use_them() -> None:
     logits = rng.normal(size=(40, 2)) + 2 * truth - 1.5  # probabilities mostly below 0.5
     data = {"validation": logits, "test": logits}
     labels = {"validation": truth.tolist(), "test": truth.tolist()}
-    finished = MULTI.finish(data, labels, ["x", "y"], target=None, positive=None)
+    finished = MULTI.finish(data, labels, ["x", "y"], TargetOptions())
     choices, scores = finished.choices, finished.scores
     assert choices["multi_label"] is True and all(r["chosen"] for r in choices["thresholds"].values())
     assert scores["test"] is not None
@@ -225,5 +227,5 @@ def test_thresholds_come_from_validation_and_the_scores_use_them() -> None:
     assert used == [choices["thresholds"][n]["threshold"] for n in ("x", "y")] and used != [0.5, 0.5]
     assert "threshold of x:" in threshold_lines(choices["thresholds"])[0]
     assert finished.lines == threshold_lines(choices["thresholds"])
-    alone = MULTI.finish({"test": logits}, {"test": truth.tolist()}, ["x", "y"], target=None, positive=None)
+    alone = MULTI.finish({"test": logits}, {"test": truth.tolist()}, ["x", "y"], TargetOptions())
     assert [r["threshold"] for r in alone.choices["thresholds"].values()] == [0.5, 0.5]
