@@ -15,19 +15,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import pandas as pd
 import tiktoken
 import torch
 
-from gptclf.data.long_texts import LongTexts
 from gptclf.model.tokenizer import EOT_ID, collate, encode_batch
 from gptclf.tasks.base import Task
 from gptclf.tasks.single_label import SingleLabel
-
-if TYPE_CHECKING:
-    from gptclf.inference.longtexts import Windowed
 
 #: Training batches are drawn from pools of this many batches, sorted by length within the pool:
 #: similar lengths share a batch while the pools keep the epoch's order random.
@@ -239,52 +234,3 @@ class LabelledSet:
     def lengths(self) -> list[int]:
         """Tokens per text (over its windows)."""
         return self.source.lengths
-
-
-def encode_splits(
-    splits: dict[str, pd.DataFrame],
-    classes: list[str],
-    enc: tiktoken.Encoding,
-    max_length: int,
-    pad_to: str,
-    task: Task | None = None,
-    long: LongTexts | None = None,
-    windows: dict[str, Windowed] | None = None,
-) -> tuple[dict[str, list[list[int]]], dict[str, list[Any]], int, int | None]:
-    """Token ids and label ids of each split of a prepared folder.
-
-    With ``pad_to="longest-train"`` (the book's loop) every text is cut to the longest training
-    text and padded to it; the book's dataset class truncates validation and test texts the same way.
-    With ``long`` (resolved) the ids are each text's windows (:mod:`gptclf.inference.longtexts`; for
-    ``truncate`` the same ids as without it; with ``longest-train`` made at that length), and each split's
-    :class:`~gptclf.inference.longtexts.Windowed` (which text each window is of, what was cut) is put into
-    ``windows``.
-
-    Each split's labels are encoded by ``task`` (default single-label: class indices).
-
-    Returns:
-        ``(ids, labels, max_length, pad_length)``; ``pad_length`` is None for per-batch padding.
-    """
-    from gptclf.inference.longtexts import windows_of  # longtexts builds on this module's sources
-
-    names = ("train", "validation", "test")
-    texts = {n: splits[n]["text"].astype(str).tolist() for n in names}
-    if long is None:
-        ids = {n: encode_texts(enc, texts[n], max_length).ids for n in names}
-    else:
-        tokens = {n: encode_batch(enc, texts[n]) for n in names}
-        if pad_to == "longest-train" and tokens["train"]:
-            # The book's length is the longest training text: the windows are made at that length.
-            max_length = min(max_length, max(max(len(x), 1) for x in tokens["train"]))
-            long = long.fitted(max_length)
-        made = {n: windows_of(tokens[n], max_length, long) for n in names}
-        ids = {n: w.ids for n, w in made.items()}
-        if windows is not None:
-            windows.update(made)
-    encoder = task or SingleLabel()
-    labels: dict[str, list[Any]] = {n: encoder.encode_labels(splits[n], classes) for n in names}
-    pad_length = None
-    if pad_to == "longest-train" and ids["train"]:
-        pad_length = max_length = max(len(x) for x in ids["train"])
-        ids = {n: [x[:max_length] for x in v] for n, v in ids.items()}
-    return ids, labels, max_length, pad_length

@@ -21,11 +21,12 @@ import numpy as np
 from gptclf.data.long_texts import INFO_KEY, describe_counts
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, DiskFullError, Interrupted, write_error
-from gptclf.inference.batching import LabelledSet, Source, encode_splits
+from gptclf.inference.batching import LabelledSet, Source
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.inference.longtexts import Windowed, WindowedSource, WindowMap
 from gptclf.inference.loop import batched_logits
 from gptclf.inference.plots import SKIPPED_NOTE, write_run_plots
+from gptclf.inference.splits import encode_splits
 from gptclf.model.classifier import Classifier, apply_scope, replace_head
 from gptclf.model.tokenizer import load_tokenizer
 from gptclf.model.weights import load_weights

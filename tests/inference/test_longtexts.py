@@ -10,7 +10,7 @@ from gptclf.data.long_texts import LongCounts, LongTexts, describe_counts, overr
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import TokenSource, encode_splits
+from gptclf.inference.batching import TokenSource
 from gptclf.inference.longtexts import (
     Windowed,
     WindowedSource,
@@ -21,6 +21,7 @@ from gptclf.inference.longtexts import (
     windows_of,
 )
 from gptclf.inference.loop import batched_logits
+from gptclf.inference.splits import encode_splits
 from gptclf.model.tokenizer import EOT_ID, load_tokenizer
 from gptclf.progress import Progress
 from gptclf.training.checkpoints import data_signature
