@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,14 @@ def test_a_run_swapped_over_and_over_always_loads_a_consistent_pair(tmp_path: Pa
     run, other = _two_runs(tmp_path)
     shas = {json.loads((p / "run.json").read_text())["weights_sha256"] for p in (run, other)}
     stop = threading.Event()
+    started = time.monotonic()
+    load_run(run)
+    # A swap about every two loads, however fast this machine loads now (a loaded CI machine is
+    # slower): more often and every read would be outrun, which load_run rightly refuses.
+    every = 2 * (time.monotonic() - started)
 
     def swapper() -> None:
-        while not stop.wait(0.3):  # the atomic exchange of `finetune --force`, about twice a load
+        while not stop.wait(every):  # the atomic exchange of `finetune --force`
             exchange_paths(other, run)
 
     thread = threading.Thread(target=swapper)
