@@ -18,8 +18,7 @@ from rich.table import Table
 from cli.common import err_console, handle_errors
 from cli.options import Use, option_groups
 from gptclf.data.labels import PrepareSummary, label_reader
-from gptclf.data.prepare import DEFAULT_SPLIT, check_options
-from gptclf.data.prepare import prepare as run_prepare
+from gptclf.data.prepare import DEFAULT_SPLIT, PrepareRequest, prepare_request
 from gptclf.data.prepared import SPLITS
 from gptclf.errors import BadInputError
 from gptclf.fetch.artefacts import ensure_sms_spam
@@ -114,14 +113,11 @@ def prepare(
     if max_length is not None and max_length < 1:
         raise BadInputError(f"--max-length must be >= 1 (got {max_length})")
     labels = label_reader(multi_label, label_sep, label_columns)  # --multi-label: lists of labels
-    read = {"dataset": dataset, "fmt": fmt, "text_column": src.text_column, "label_column": src.label_column}
-    rows = {
-        "classes": classes,
-        "balance": balance,
-        "split": split,
-        "seed": seed,
-        "drop_unknown": drop_unknown,
-    }
+    request = PrepareRequest(
+        dataset=dataset, fmt=fmt, text_column=src.text_column, label_column=src.label_column,
+        encoding=src.encoding, classes=classes, balance=balance, split=split, stratify=stratify, seed=seed,
+        dedupe=dedupe, drop_unknown=drop_unknown, force=force, max_length=max_length, labels=labels,
+    )  # fmt: skip
     # Everything that needs no data is refused before the dataset is downloaded, in one message.
     problems = (
         []
@@ -129,7 +125,7 @@ def prepare(
         else ["give either --dataset sms-spam or --input FILE"]
     )
     try:
-        check_options(out, force=force, labels=labels, **read, **rows)
+        request.check(out)
     except BadInputError as exc:
         problems.append(str(exc))
     if problems:
@@ -141,10 +137,8 @@ def prepare(
     def warn(line: str) -> None:
         err_console.print(f"gptclf: {line}", markup=False, highlight=False)
 
-    summary = run_prepare(
-        out, input_path, encoding=src.encoding, stratify=stratify, dedupe=dedupe, force=force, labels=labels,
-        warn=warn, tokenizer=_cached_tokenizer(fetch.home_dir()), max_length=max_length, **read, **rows,
-    )  # fmt: skip
+    tokenizer = _cached_tokenizer(fetch.home_dir())
+    summary = prepare_request(out, input_path, request, tokenizer=tokenizer, warn=warn)
     if output.json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -62,6 +62,37 @@ class PrepareOptions:
     fractions: Fractions
     classes: list[str] | None
     balance: str
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """Everything ``prepare`` is asked, in one value (what the CLI builds once and passes down);
+    each field as :func:`prepare`'s argument of the same name."""
+
+    dataset: str | None = None
+    fmt: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    encoding: str = "utf-8"
+    classes: str | Sequence[str] | None = None
+    balance: str | None = None
+    split: str | Sequence[float | str] = DEFAULT_SPLIT
+    stratify: bool = True
+    seed: int = 123
+    dedupe: bool = False
+    drop_unknown: bool = False
+    force: bool = False
+    max_length: int | None = None
+    labels: LabelReader = field(default_factory=ClassLabels)
+
+    def check(self, out: Path) -> PrepareOptions:
+        """:func:`check_options` of this request."""
+        r = self
+        return check_options(
+            out, dataset=r.dataset, fmt=r.fmt, text_column=r.text_column, label_column=r.label_column,
+            classes=r.classes, balance=r.balance, split=r.split, seed=r.seed, force=r.force, labels=r.labels,
+            drop_unknown=r.drop_unknown,
+        )  # fmt: skip
 
 
 def check_options(
@@ -183,33 +214,47 @@ def prepare(
     Raises:
         BadInputError: Any bad option or input; ``out`` is then left as it was.
     """
-    out, path = Path(out), Path(input_path)
-    reader = labels or ClassLabels()
-    options = check_options(
-        out, dataset=dataset, fmt=fmt, text_column=text_column, label_column=label_column, classes=classes,
-        balance=balance, split=split, seed=seed, force=force, labels=reader, drop_unknown=drop_unknown,
+    request = PrepareRequest(
+        dataset=dataset, fmt=fmt, text_column=text_column, label_column=label_column, encoding=encoding,
+        classes=classes, balance=balance, split=split, stratify=stratify, seed=seed, dedupe=dedupe,
+        drop_unknown=drop_unknown, force=force, max_length=max_length, labels=labels or ClassLabels(),
     )  # fmt: skip
-    if dataset is not None:
-        known = KNOWN_DATASETS[dataset]
-        source = Source(path, dataset, fmt=known.fmt, encoding=known.encoding)
+    return prepare_request(out, input_path, request, tokenizer=tokenizer, warn=warn)
+
+
+def prepare_request(
+    out: Path,
+    input_path: Path,
+    request: PrepareRequest,
+    *,
+    tokenizer: tiktoken.Encoding | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PrepareSummary:
+    """:func:`prepare` of one :class:`PrepareRequest` (the verb's core)."""
+    out, path, r = Path(out), Path(input_path), request
+    reader = r.labels
+    options = r.check(out)
+    if r.dataset is not None:
+        known = KNOWN_DATASETS[r.dataset]
+        source = Source(path, r.dataset, fmt=known.fmt, encoding=known.encoding)
     else:
-        source = Source(path, None, fmt, text_column, label_column, encoding)
-    read = reader.read(source, options.classes, drop_unknown, warn)
+        source = Source(path, None, r.fmt, r.text_column, r.label_column, r.encoding)
+    read = reader.read(source, options.classes, r.drop_unknown, warn)
     duplicate_texts = int(read.frame["text"].duplicated().sum())
-    if dedupe and duplicate_texts:
+    if r.dedupe and duplicate_texts:
         read.frame = read.frame[~read.frame["text"].duplicated()]
         read.dropped[DUPLICATE] = duplicate_texts
-    parts = reader.split(read, options.fractions, balance=options.balance, stratify=stratify, seed=seed)
+    parts = reader.split(read, options.fractions, balance=options.balance, stratify=r.stratify, seed=r.seed)
     common = {
         "out": out, "classes": read.names, "duplicate_texts": duplicate_texts,
         "duplicates_across_splits": shared_texts(parts.parts), "source": read.source,
-        "balance": options.balance, "stratify": stratify, "dedupe": dedupe, "seed": seed,
+        "balance": options.balance, "stratify": r.stratify, "dedupe": r.dedupe, "seed": r.seed,
         "split": {s: float(f) for s, f in zip(SPLITS, options.fractions, strict=True)},
     }  # fmt: skip
     summary = reader.summary(common, read, parts)
     if tokenizer is not None:
         texts = [t for s in SPLITS for t in parts.parts[s]["text"].astype(str)]
-        summary.lengths = length_report(tokenizer, texts, max_length)
+        summary.lengths = length_report(tokenizer, texts, r.max_length)
     meta = summary.to_dict()
     del meta["out"]  # the folder may move; the files must not change with it
     write_prepared(out, reader.cells(parts.parts), meta)
