@@ -57,7 +57,7 @@ _INPUT = Use(
     only=("text_column", "input_format", "encoding"),
     help={
         "text_column": "Column holding the text",
-        "input_format": "txt, csv, tsv, jsonl or sms; default: from the name (stdin: txt)",
+        "input_format": "txt, csv, tsv, jsonl or sms (stdin: txt)",
         "encoding": "Text encoding of the input (stdin too)",
     },
 )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from gptclf import __version__
-from gptclf.errors import DownloadError
+from gptclf.errors import DownloadError, write_error
 from gptclf.fileio import sha256_file
 from gptclf.progress import BYTES, Progress
 
@@ -110,7 +110,10 @@ def download_file(
             dest.unlink()
         else:
             return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a cache folder under a file (--home FILE), read-only or full: one line, not a traceback
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, dest.parent) from None
     part = dest.with_name(dest.name + ".part")
     failures: list[tuple[str, str]] = []
     for source in urls:

@@ -91,7 +91,9 @@ def record_writer(fmt: str, out: TextIO, decider: Decider) -> Writer:
 def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
     """Stdout (as UTF-8), or a temporary file beside ``output`` renamed onto it at the end.
 
-    The temporary file is made first, before the run is loaded, so an unwritable place fails at
+    A symbolic link's file is the one replaced (the link stays); a file that is not a regular one
+    (a device such as ``/dev/null``, a FIFO) is written into as it is, never replaced. The temporary
+    file is made first, before the run is loaded, so an unwritable place fails at
     once; it is removed on any failure, which leaves no partial results and an older FILE as it was.
     """
     if output is None:
@@ -104,6 +106,10 @@ def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
         return
     if output.is_dir():
         raise BadInputError(f"--output {output} is a folder: name a file")
+    if output.exists() and not output.is_file():  # a device, a FIFO, a socket: written into, never replaced
+        yield from _into_special(output)
+        return
+    output = output.resolve() if output.is_symlink() else output  # the link stays; its file is replaced
     if not output.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
         code = errno.ENOTDIR if output.parent.exists() else errno.ENOENT
         raise write_error(OSError(code, os.strerror(code)), output.parent)
@@ -127,6 +133,28 @@ def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
         with contextlib.suppress(OSError):  # after a full disk, closing fails too
             fh.close()
         tmp.unlink(missing_ok=True)
+
+
+def _into_special(output: Path) -> Iterator[TextIO]:
+    """Write straight into a file that is not a regular one (``/dev/null``, a FIFO a reader waits
+    on): replacing it by a regular file would destroy it, and it holds no results to keep whole.
+
+    Raises:
+        GptclfError, BadInputError: It cannot be opened or written (one line).
+    """
+    try:
+        fh = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise write_error(exc, output.parent) from None
+    try:
+        yield fh
+        try:
+            fh.flush()
+        except OSError as exc:
+            raise write_error(exc, output.parent) from None
+    finally:
+        with contextlib.suppress(OSError):
+            fh.close()
 
 
 def stream(chunks: Iterable[list[Prediction]], write: Writer, out: TextIO, where: str) -> None:

@@ -128,8 +128,12 @@ def _classes_ok(v: Any, _: dict[str, Any]) -> bool:
 
 def _thresholds_ok(v: Any, info: dict[str, Any]) -> bool:
     """Per-label thresholds: a key of the run's task (multi-label), one for each class, each in [0, 1]."""
+    try:
+        holds = "thresholds" in task_of(info).stored_fields
+    except BadInputError:  # task and multi_label disagree: reported once, below the rules
+        holds = True
     return (
-        "thresholds" in task_of(info).stored_fields
+        holds
         and isinstance(v, dict)
         and set(v) == set(info["classes"])
         and all(
@@ -363,6 +367,16 @@ def run_info_problems(info: Any) -> list[str]:
             GPTConfig.from_dict(info["model"]["config"])
         except BadInputError as exc:
             problems.append(f"model.config: {exc}")
+    if not bad & {"task", "multi_label"}:
+        try:  # the task's own keys (a multi-label run's thresholds); task and multi_label agree
+            task = task_of(info)
+        except BadInputError as exc:
+            return [*problems, str(exc)]
+        problems += [
+            f"{key} is missing (a {task.name} run stores it; finetune and import write it)"
+            for key in task.required_fields
+            if key not in info
+        ]
     return problems
 
 

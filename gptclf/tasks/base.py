@@ -285,6 +285,8 @@ class Task(ABC):
     shift_invariant: ClassVar[bool] = True
     #: The run.json keys of the task's rules that an export carries in config.json's ``gptclf``.
     stored_fields: ClassVar[tuple[str, ...]] = ()
+    #: The run.json keys a run of this task cannot be read without.
+    required_fields: ClassVar[tuple[str, ...]] = ()
     #: transformers' pipeline ``function_to_apply`` for this task (None: its default).
     pipeline_function: ClassVar[str | None] = None
 

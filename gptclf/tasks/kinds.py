@@ -6,6 +6,7 @@ unchanged) mark multi-label with ``multi_label: true`` and say nothing for singl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,11 +26,14 @@ def task_of(record: Mapping[str, Any] | None) -> Task:
         BadInputError: A ``task`` this gptclf does not know.
     """
     record = record or {}
-    key = record.get("task")
-    if key is None:
-        key = MultiLabel.key if record.get("multi_label") is True else SingleLabel.key
+    marked = MultiLabel.key if record.get("multi_label") is True else SingleLabel.key
+    key = record.get("task", marked)
     if key not in TASKS:
         raise BadInputError(f"unknown task {key!r}: this gptclf knows {', '.join(TASKS)}; upgrade gptclf")
+    if "multi_label" in record and key != marked:  # two records of the kind that disagree
+        raise BadInputError(
+            f"task is {key} but multi_label is {json.dumps(record['multi_label'])}: the two disagree"
+        )
     return TASKS[key]
 
 

@@ -157,6 +157,7 @@ class MultiLabel(Task):
     #: Each sigmoid reads its own logit: no constant may be added to them.
     shift_invariant: ClassVar[bool] = False
     stored_fields: ClassVar[tuple[str, ...]] = ("multi_label", "thresholds")
+    required_fields: ClassVar[tuple[str, ...]] = ("thresholds",)
     pipeline_function: ClassVar[str | None] = "sigmoid"
     no_error_report: ClassVar[str | None] = "the error report and the plots are for single-label runs"
 

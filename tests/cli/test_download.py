@@ -157,3 +157,12 @@ def test_a_local_model_folder_is_checked_not_fetched(tmp_path: Path, isolated_ho
     result = runner.invoke(app, ["download", "--no-tokenizer", "--model", str(tmp_path / "m")])
     assert result.exit_code == 2 and "model_type 'bert' is not 'gpt2'" in " ".join(result.stderr.split())
     assert list(isolated_home.iterdir()) == []
+
+
+def test_a_home_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "afile"
+    home.write_text("not a folder")
+    result = runner.invoke(app, ["download", "--home", str(home), "--no-tokenizer", "--dataset", "sms-spam"])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "cannot write into" in result.stderr and "Not a directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and home.read_text() == "not a folder"
