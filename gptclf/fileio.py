@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -167,6 +168,16 @@ def temp_path_for(path: Path) -> Path:
     fd, tmp = _create_temp(Path(path))
     os.close(fd)
     return tmp
+
+
+def remove_own_temp_files(path: Path) -> None:
+    """Remove this process's temporary files for ``path`` (``.<name>.gptclf-<pid>-*.tmp`` beside
+    it): a cleanup that needs no name, so it also covers a stop between a file's making and the
+    moment its writer learnt its name."""
+    path = Path(path)
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.gptclf-{os.getpid()}-*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
 
 
 def temp_file_pid(path: Path) -> int | None:

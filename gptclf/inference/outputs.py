@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gptclf.errors import BadInputError, write_error
-from gptclf.fileio import remove_stale_temp_files, temp_path_for
+from gptclf.fileio import remove_own_temp_files, remove_stale_temp_files, temp_path_for
 from gptclf.tasks.base import Decider, Prediction
 
 #: The formats of predict's output (``table`` is rendered by the CLI).
@@ -113,14 +113,15 @@ def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
     if not output.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
         code = errno.ENOTDIR if output.parent.exists() else errno.ENOENT
         raise write_error(OSError(code, os.strerror(code)), output.parent)
-    try:  # named with this process's id: what a kill -9 leaves, the next predict beside it removes
-        remove_stale_temp_files(output.parent)
-        tmp = temp_path_for(output)
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
-    except OSError as exc:
-        raise write_error(exc, output.parent) from None
-    fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below, on every path)
-    try:
+    fh: TextIO | None = None
+    try:  # from before the temporary file exists: a signal at any moment leaves nothing behind
+        try:  # named with this process's id: what a kill -9 leaves, the next predict beside it removes
+            remove_stale_temp_files(output.parent)
+            tmp = temp_path_for(output)
+            fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        except OSError as exc:
+            raise write_error(exc, output.parent) from None
+        fh = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below, on every path)
         yield fh
         try:  # only the file's own last steps: an OSError of the work above is not a write error
             fh.flush()
@@ -130,9 +131,10 @@ def destination(output: Path | None, fmt: str) -> Iterator[TextIO]:
         except OSError as exc:
             raise write_error(exc, output.parent) from None
     finally:
-        with contextlib.suppress(OSError):  # after a full disk, closing fails too
-            fh.close()
-        tmp.unlink(missing_ok=True)
+        if fh is not None:
+            with contextlib.suppress(OSError):  # after a full disk, closing fails too
+                fh.close()
+        remove_own_temp_files(output)
 
 
 def _into_special(output: Path) -> Iterator[TextIO]:

@@ -47,3 +47,17 @@ def test_a_failed_run_leaves_the_old_file(tmp_path: Path) -> None:
         out.write("half")
         raise RuntimeError("stopped")
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_a_signal_just_after_the_temporary_file_is_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.inference.outputs as outputs
+
+    def interrupted(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt  # SIGINT (or SIGTERM's Terminated) between the file's making and its use
+
+    monkeypatch.setattr(outputs.os, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt), destination(tmp_path / "out.jsonl", "jsonl"):
+        pass
+    assert list(tmp_path.iterdir()) == []
