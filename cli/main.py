@@ -14,7 +14,7 @@ app = typer.Typer(
     cls=GptclfGroup,
     name="gptclf",
     help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict, "
-    "export, import.",
+    "export, import, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,7 +38,7 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import calibrate, download, evaluate, export, finetune, importrun, predict, prepare
+    from cli import calibrate, download, evaluate, export, finetune, importrun, predict, prepare, serve
 
     for name, func in (
         ("download", download.download),
@@ -49,6 +49,7 @@ def _register() -> None:
         ("calibrate", calibrate.calibrate),
         ("export", export.export),
         ("import", importrun.import_),
+        ("serve", serve.serve),
     ):
         app.command(name, cls=GptclfCommand)(func)
 

@@ -203,8 +203,13 @@ class Predictor:
         """The run's class names, in the order of the probabilities."""
         return self.run.classes
 
-    def logits(self, texts: Sequence[str], progress: Progress | None = None) -> torch.Tensor:
+    def logits(
+        self, texts: Sequence[str], progress: Progress | None = None, long: LongTexts | None = None
+    ) -> torch.Tensor:
         """(N, K) float32 logits of ``texts`` in input order; counts texts and truncations.
+
+        ``long`` reads the long texts of this call in another way than the predictor's
+        (resolved, as :func:`resolve_long_texts` gives it; ``serve`` takes it per request).
 
         Raises:
             GptclfError: A logit is NaN or infinite (broken weights): no probability or metric
@@ -220,7 +225,7 @@ class Predictor:
             precision=self.precision,
             pad_to=self.run.pad_length,
             progress=progress,
-            long=self.long_texts,
+            long=long or self.long_texts,
             # At least as many windows as texts: texts of one window each run in one piece, in the
             # same batches as before windows existed (and as finetune's evaluation runs them).
             piece=max(self.chunk_size, len(texts)),
