@@ -88,7 +88,9 @@ def bind(listen: Listen) -> socket.socket:
         BadInputError: The address cannot be bound (in use, not this machine's, not permitted).
     """
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for a socket that
+    # says it is TCP; without it each keep-alive response's body waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((listen.host.strip("[]"), listen.port))
