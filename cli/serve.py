@@ -17,7 +17,15 @@ from cli.options import Use, option_groups
 from gptclf.errors import BadInputError
 from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 
-_DEVICE = Use(only=("device", "precision"))
+#: ``--batch-size``'s default (gptclf.serving.service.PASS_SIZE, not imported: serve's extra may be absent).
+PASS_SIZE = 16
+
+_DEVICE = Use(
+    help={
+        "batch_size": "Texts per forward pass: a gathered batch is sorted by length and run in passes "
+        "of this many, each padded to its own longest text"
+    }
+)
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -35,9 +43,9 @@ def serve(
         None, "--engine", help="torch or onnx (ONNX Runtime, CPU); default: torch, onnx for an export folder."
     ),
     quantize: str = typer.Option("none", "--quantize", help="none or int8 (dynamic int8, CPU, fp32)."),
-    device: Annotated[DeviceOptions, _DEVICE] = DeviceOptions(),
+    device: Annotated[DeviceOptions, _DEVICE] = DeviceOptions(batch_size=PASS_SIZE),
     max_batch_size: int = typer.Option(
-        64, "--max-batch-size", help="Most texts in one forward pass, gathered across requests."
+        64, "--max-batch-size", help="Most texts gathered into one batch across requests."
     ),
     max_wait_ms: float = typer.Option(
         5.0, "--max-wait-ms", help="Most time a batch waits for more texts after its first."

@@ -27,6 +27,8 @@ from gptclf.serving.batcher import Batcher, BatchStats
 from gptclf.serving.requests import ClassifyRequest, RequestError, field_words, with_options
 from gptclf.tasks.base import Decider
 
+#: Texts per forward pass by default (``--batch-size``), whatever ``--max-batch-size`` gathers.
+PASS_SIZE = 16
 #: Where ``--workers`` hands the settings to each worker process (JSON).
 SETTINGS_ENV = "GPTCLF_SERVE_SETTINGS"
 
@@ -39,7 +41,9 @@ class ServeSettings:
         run: A run directory, or a folder of ``gptclf export --format onnx``.
         engine: ``torch`` or ``onnx``; None: torch, or onnx for an export folder.
         quantize: ``none`` or ``int8``.
-        device: Device and precision (its batch size is ``max_batch_size``).
+        device: Device, precision, and the texts per forward pass: a gathered batch is sorted by
+            length and run in passes of this many (16: a pass pads to its own longest text, and
+            one pass over 64 texts of random lengths would mostly compute padding).
         decide: The decision options every request starts from (the run's stored rules by default).
         long: The long-text options every request starts from.
         max_batch_size: The most texts in one forward pass, gathered across requests.
@@ -55,7 +59,7 @@ class ServeSettings:
     run: str
     engine: str | None = None
     quantize: str = "none"
-    device: DeviceOptions = field(default_factory=DeviceOptions)
+    device: DeviceOptions = field(default_factory=lambda: DeviceOptions(batch_size=PASS_SIZE))
     decide: DecisionOptions = field(default_factory=DecisionOptions)
     long: LongTextOptions = field(default_factory=LongTextOptions)
     max_batch_size: int = 64
@@ -139,7 +143,8 @@ class Service:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         if predictor is None:
-            device = dataclasses.replace(settings.device, batch_size=settings.max_batch_size)
+            passes = min(settings.device.batch_size, settings.max_batch_size)
+            device = dataclasses.replace(settings.device, batch_size=passes)
             predictor = open_predictor(
                 Path(settings.run), engine=settings.engine, quantize=settings.quantize, device=device,
                 decide=settings.decide, long=settings.long,
@@ -215,6 +220,7 @@ class Service:
             "thresholds": info.get("thresholds"),
             "long_texts": dataclasses.asdict(long),
             "max_batch_size": self.settings.max_batch_size,
+            "batch_size": p.batch_size,
             "max_wait_ms": self.settings.max_wait_ms,
             "pid": os.getpid(),
         }

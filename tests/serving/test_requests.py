@@ -93,3 +93,10 @@ def test_the_listening_socket_says_it_is_tcp() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_the_command_line_and_the_service_default_to_the_same_pass_size() -> None:
+    from cli.serve import PASS_SIZE
+    from gptclf.serving import service
+
+    assert PASS_SIZE == service.PASS_SIZE == ServeSettings(run="r").device.batch_size
