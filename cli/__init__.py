@@ -19,7 +19,10 @@ def _while_starting(signum: int, frame: object) -> None:
 
 
 # Only as the program (the `gptclf` script, or `python -m cli.main`, where argv[0] is "-m" while this
-# package is imported); a process that imports the package as a library keeps its own handlers.
-if _os.path.basename(_sys.argv[0]) in ("gptclf", "-m", "gptclf.exe"):
+# package is imported); a process that imports the package as a library keeps its own handlers, and
+# so does a child that multiprocessing spawns (`serve --workers`: it re-imports the main module with
+# the parent's argv, and its server handles the signals).
+_SPAWNED = "multiprocessing.spawn" in _sys.modules
+if _os.path.basename(_sys.argv[0]) in ("gptclf", "-m", "gptclf.exe") and not _SPAWNED:
     for _sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(_sig, _while_starting)

@@ -19,6 +19,7 @@ the probes and the docs stay open. No endpoint reads or writes a file a client n
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -35,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gptclf import __version__
 from gptclf.serving.batcher import BatchStats, Draining, QueueFull
@@ -75,6 +77,7 @@ class Record(BaseModel):
 
 class ClassifyResult(BaseModel):
     results: list[Record]
+    warnings: list[str] | None = Field(None, description="Options given that the mode in force ignores.")
 
 
 class ErrorBody(BaseModel):
@@ -86,17 +89,28 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused (413) as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request's body, refused (413) as soon as it passes ``limit`` bytes, and (408) when it
+    has not all arrived within ``timeout`` seconds: a client that stops halfway holds nothing for long,
+    and cannot hold up a graceful shutdown."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body is {int(declared)} bytes; the server takes at most {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"the body is over {limit} bytes; the server takes at most {limit}")
-    return bytes(body)
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, f"the body is over {limit} bytes; the server takes at most {limit}")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout:g} s (--request-timeout)") from None
+    except ClientDisconnect:
+        raise RequestError(400, "the client went away before its body arrived") from None
 
 
 def create_app(service: Service, metrics: Metrics | None = None) -> FastAPI:
@@ -156,17 +170,23 @@ def create_app(service: Service, metrics: Metrics | None = None) -> FastAPI:
                 {"WWW-Authenticate": "Bearer"},
             )
         else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+            try:
+                response = await call_next(request)
+            except Exception:  # answered 500 by the handler of unexpected failures: count it too
+                count(request, "500", start)
+                raise
+        count(request, str(response.status_code), start)
         return response
+
+    def count(request: Request, status: str, start: float) -> None:
+        endpoint = getattr(request.scope.get("route"), "path", "other")
+        metrics.requests.labels(endpoint, status).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
     @app.post(
         "/v1/classify",
         response_model=ClassifyResult,
-        responses={s: {"model": ErrorBody} for s in (400, 401, 413, 422, 503, 504)},
+        responses={s: {"model": ErrorBody} for s in (400, 401, 408, 413, 422, 503, 504)},
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -182,9 +202,9 @@ def create_app(service: Service, metrics: Metrics | None = None) -> FastAPI:
         if state["draining"]:
             return error(503, "the server is shutting down: retry on another replica", {"Retry-After": "1"})
         s = service.settings
-        parsed = parse_body(await read_body(request, s.max_body_bytes), s.max_texts)
+        parsed = parse_body(await read_body(request, s.max_body_bytes, s.request_timeout), s.max_texts)
         try:
-            results = await service.classify(parsed)
+            results, warnings = await service.classify(parsed)
         except QueueFull:
             assert service.batcher is not None
             wait = max(1, math.ceil(service.batcher.queued / s.max_batch_size * 0.05))
@@ -195,20 +215,21 @@ def create_app(service: Service, metrics: Metrics | None = None) -> FastAPI:
             return error(503, "the server is shutting down: retry on another replica", {"Retry-After": "1"})
         except TimeoutError:
             return error(504, f"no result within {s.request_timeout:g} s (--request-timeout)")
+        answer = JSONResponse({"results": results, **({"warnings": warnings} if warnings else {})})
         metrics.texts.inc(len(results))
-        return JSONResponse({"results": results})
+        return answer
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:
         """The run being served: classes, task, decision, calibration, max length, engine."""
         return service.model_info()
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Response:
         """The model is loaded and the server takes requests (503 while starting or draining)."""
         if not state["ready"] or state["draining"]:

@@ -39,6 +39,7 @@ OPTIONS: dict[str, tuple[type, ...]] = {
     "aggregate": (str,),
 }
 FIELDS = ("texts", "ids", *OPTIONS)
+_SURROGATE = "\\ud800-\\udfff"
 _CHOICES = {"long_texts": LONG_TEXT_MODES, "aggregate": AGGREGATES}
 
 
@@ -64,11 +65,16 @@ def parse_body(body: bytes, max_texts: int) -> ClassifyRequest:
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"the body is not valid UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
     try:
-        data = json.loads(text, parse_constant=_no_constant)
-    except (json.JSONDecodeError, ValueError) as exc:
-        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise RequestError(400, f"the body is not valid JSON ({why}{where})") from None
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as exc:
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise RequestError(400, f"the body is not valid JSON ({why})") from None
+    except _Refused as exc:
+        raise RequestError(400, f"the body is not valid JSON ({exc})") from None
+    except ValueError:  # a number of thousands of digits
+        raise RequestError(400, "the body is not valid JSON (a number too long to read)") from None
+    except RecursionError:
+        raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise RequestError(422, 'the body must be a JSON object: {"texts": ["...", ...]}')
     unknown = sorted(set(data) - set(FIELDS))
@@ -88,6 +94,8 @@ def parse_body(body: bytes, max_texts: int) -> ClassifyRequest:
                 else {str: "a string", bool: "true or false"}.get(types[0], "an integer")
             )
             raise RequestError(422, f"{name} must be {kind} (got {json.dumps(value)[:40]})")
+        if isinstance(value, str) and _unencodable(value):
+            raise RequestError(422, f"{name} contains a lone surrogate: not Unicode text")
         if name in _CHOICES and value not in _CHOICES[name]:
             raise RequestError(422, f"{name} must be one of {', '.join(_CHOICES[name])} (got {value!r})")
         options[name] = value
@@ -96,8 +104,30 @@ def parse_body(body: bytes, max_texts: int) -> ClassifyRequest:
     return ClassifyRequest(texts, ids, decide, long)
 
 
+class _Refused(ValueError):
+    """JSON that Python's reader takes but the server does not."""
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+    raise _Refused(f"{name} is not a JSON value")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused(f"the key {json.dumps(key)[:40]} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _unencodable(value: str) -> bool:
+    """Whether ``value`` holds a lone surrogate (JSON's ``\ud800``), which no UTF-8 text can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _texts(data: dict[str, Any], max_texts: int) -> list[str]:
@@ -115,6 +145,8 @@ def _texts(data: dict[str, Any], max_texts: int) -> list[str]:
             raise RequestError(422, f"texts[{i}] is not a string (got {json.dumps(t)[:40]})")
         if "\x00" in t:
             raise RequestError(422, f"texts[{i}] contains a null byte (U+0000)")
+        if _unencodable(t):
+            raise RequestError(422, f"texts[{i}] contains a lone surrogate ({_SURROGATE}): not Unicode text")
     return texts
 
 
@@ -126,6 +158,8 @@ def _ids(ids: Any, n: int) -> list[Any] | None:
     for i, ident in enumerate(ids):
         if isinstance(ident, bool) or not isinstance(ident, (str, int)):
             raise RequestError(422, f"ids[{i}] must be a string or an integer (got {json.dumps(ident)[:40]})")
+        if isinstance(ident, str) and _unencodable(ident):
+            raise RequestError(422, f"ids[{i}] contains a lone surrogate ({_SURROGATE}): not Unicode text")
     return ids
 
 

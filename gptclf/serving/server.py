@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from gptclf.errors import BadInputError
+from gptclf.errors import BadInputError, Interrupted
 from gptclf.serving.service import SETTINGS_ENV, ServeSettings, Service
 
 
@@ -50,6 +50,10 @@ class Listen:
     workers: int = 1
     log_level: str = "info"
     access_log: bool = True
+
+
+#: Connections the kernel holds for the server before it accepts them (uvicorn's default).
+BACKLOG = 2048
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +105,9 @@ def bind(listen: Listen) -> socket.socket:
             f"cannot listen on {listen.host}:{listen.port} ({why}): choose another --port or --host"
         ) from None
     sock.set_inheritable(True)
+    # Listening from here on: a client that connects as soon as the address is announced waits in
+    # the backlog until uvicorn accepts, instead of being refused.
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -131,12 +138,21 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}"
     announce(f"gptclf: serving {settings.run} on {where} (docs: {where}/docs; workers: {listen.workers})")
-    common: dict[str, Any] = {"log_level": listen.log_level, "access_log": listen.access_log}
+    # A request reads its body and waits for its results within --request-timeout each, so every
+    # accepted request is answered within twice that; the graceful stop waits no longer.
+    grace = 2 * settings.request_timeout + 5
+    common: dict[str, Any] = {
+        "log_level": listen.log_level, "access_log": listen.access_log, "backlog": BACKLOG,
+        "timeout_graceful_shutdown": grace,
+    }  # fmt: skip
     if service is not None:
         from gptclf.serving.app import create_app
 
         config = uvicorn.Config(create_app(service), **common)
-        _Server(config).run(sockets=[sock])
+        server = _Server(config)
+        server.run(sockets=[sock])
+        if server.force_exit:  # a second SIGINT: requests still in flight were cut off
+            raise Interrupted("serve: stopped at once by a second SIGINT; requests in flight were cut", 2)
         return
     threads = max(1, (os.cpu_count() or 1) // listen.workers)
     shared = ServeSettings(**{**settings.__dict__, "threads": settings.threads or threads})

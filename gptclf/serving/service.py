@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +83,10 @@ class ServeSettings:
         ):
             if value < least:
                 out.append(f"{flag} must be >= {least} (got {value})")
-        if self.max_wait_ms < 0:
-            out.append(f"--max-wait-ms must be >= 0 (got {self.max_wait_ms})")
-        if not self.request_timeout > 0:
-            out.append(f"--request-timeout must be > 0 (got {self.request_timeout})")
+        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
+            out.append(f"--max-wait-ms must be a number >= 0 (got {self.max_wait_ms})")
+        if not (math.isfinite(self.request_timeout) and self.request_timeout > 0):
+            out.append(f"--request-timeout must be a number of seconds > 0 (got {self.request_timeout})")
         if self.max_texts > self.max_queue:
             out.append(f"--max-texts ({self.max_texts}) must be at most --max-queue ({self.max_queue})")
         return out
@@ -151,8 +152,6 @@ class Service:
             )  # fmt: skip
         self.predictor = predictor
         self.api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
-        self._deciders: dict[tuple[Any, ...], Decider] = {}
-        self._longs: dict[tuple[Any, ...], LongTexts] = {}
         self.stats = stats or BatchStats()
         self.batcher: Batcher | None = None
 
@@ -168,39 +167,41 @@ class Service:
     def _compute(self, texts: list[str], long: LongTexts) -> Any:
         return self.predictor.logits(texts, long=long)
 
-    def resolve(self, request: ClassifyRequest) -> tuple[Decider, LongTexts]:
-        """The request's decider and long-text setting: the server's options with the request's on top.
+    def resolve(self, request: ClassifyRequest) -> tuple[Decider, LongTexts, list[str]]:
+        """The request's decider and long-text setting (the server's options with the request's on
+        top), and a warning for each long-text number the mode in force does not use. Built anew for
+        each request (it costs microseconds): no client can grow a cache of option combinations.
 
         Raises:
             RequestError: 422, an option the run refuses (the CLI's reason, in the request's words).
         """
-        dkey, lkey = tuple(sorted(request.decide.items())), tuple(sorted(request.long.items()))
+        run = self.predictor.run
         try:
-            if dkey not in self._deciders:
-                decide = with_options(self.settings.decide, request.decide).check()
-                self._deciders[dkey] = self.predictor.run.task.decider(
-                    self.predictor.run.info, decide, "predict"
-                )
-            if lkey not in self._longs:
-                given = with_options(self.settings.long, request.long).check()
-                long, _ = resolve_long_texts(self.predictor.run, given)
-                self._longs[lkey] = long.resolved(self.predictor.run.max_length)
+            decide = with_options(self.settings.decide, request.decide).check()
+            decider = run.task.decider(run.info, decide, "predict")
+            given = with_options(self.settings.long, request.long).check()
+            long, warnings = resolve_long_texts(run, given)
         except BadInputError as exc:
             raise RequestError(422, field_words(str(exc))) from None
-        return self._deciders[dkey], self._longs[lkey]
+        return (
+            decider,
+            long.resolved(run.max_length),
+            [field_words(w.removeprefix("gptclf: warning: ")) for w in warnings],
+        )
 
-    async def classify(self, request: ClassifyRequest) -> list[dict[str, Any]]:
-        """The records of the request's texts, in order (``predict --format jsonl``'s).
+    async def classify(self, request: ClassifyRequest) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of the request's texts, in order (``predict --format jsonl``'s), and the
+        warnings ``predict`` would print for the same options.
 
         Raises:
             RequestError: A bad option (422).
             QueueFull, Draining, TimeoutError: From the batcher.
         """
-        decider, long = self.resolve(request)
+        decider, long, warnings = self.resolve(request)
         assert self.batcher is not None, "the service is not started"
         logits = await self.batcher.submit(request.texts, long, timeout=self.settings.request_timeout)
         ids = request.ids if request.ids is not None else list(range(len(request.texts)))
-        return [decider.record(p) for p in decider.predictions(0, ids, request.texts, logits)]
+        return [decider.record(p) for p in decider.predictions(0, ids, request.texts, logits)], warnings
 
     def model_info(self) -> dict[str, Any]:
         """``GET /v1/model``: what the server classifies with."""

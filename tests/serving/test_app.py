@@ -152,6 +152,11 @@ BAD = [
     (b'{"texts": ["a"], "long_texts": "all"}', 422, "long_texts must be one of"),
     (b'{"texts": ["a"], "ids": [1, 2]}', 422, "one id per text"),
     (b'{"texts": ["a"], "ids": [[1]]}', 422, "ids[0]"),
+    (b'{"texts": ["\\ud800"]}', 422, "lone surrogate"),
+    (b'{"texts": ["a"], "ids": ["x\\udfffy"]}', 422, "lone surrogate"),
+    (b'{"texts": ["a"], "texts": ["b", "c"]}', 400, "appears twice"),
+    (b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
+    (b'{"texts": ["a"], "ids": [' + b"9" * 5000 + b"]}", 400, "number too long"),
 ]
 
 
@@ -167,6 +172,12 @@ def test_bad_input_gets_one_json_line_and_the_server_keeps_serving(
             "\n" not in answer.text and "Traceback" not in answer.text and "/" not in answer.json()["error"]
         )
         assert c.post("/v1/classify", json={"texts": ["still here"]}).status_code == 200
+
+
+def test_an_option_the_mode_ignores_is_a_warning_as_in_predict(server: Server) -> None:
+    body = server.classify({"texts": ["a"], "stride": 3}).json()
+    assert body["warnings"] == ["stride applies only with long_texts window; ignored for long_texts truncate"]
+    assert "warnings" not in server.classify({"texts": ["a"]}).json()
 
 
 def test_too_big_requests_get_413(server: Server) -> None:
@@ -190,6 +201,7 @@ def test_a_multi_class_option_the_run_refuses_is_422(three_class_run: Path) -> N
 def test_probes_model_metrics_docs_and_errors_are_json(server: Server, run_dir: Path) -> None:
     with server.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.head("/healthz").status_code == 200 and c.head("/readyz").status_code == 200
         assert c.get("/readyz").json()["status"] == "ready"
         info = c.get("/v1/model").json()
         assert info["classes"] == ["ham", "spam"] and info["task"] == "single_label"

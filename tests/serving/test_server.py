@@ -4,6 +4,7 @@ port is bound, the API key, and several worker processes behind one port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from gptclf.model.config import GPTConfig
 from tests.conftest import REPO
 from tests.finetune_helpers import tiny_classifier
 from tests.inference.test_predict import make_run
-from tests.serving.server_helpers import running, serve_command, start
+from tests.serving.server_helpers import Server, running, serve_command, start
 
 pytestmark = pytest.mark.slow
 KEY = "s3cret-token-0123456789abcdef"
@@ -117,6 +118,8 @@ def test_a_bad_run_is_one_line_and_exit_2_before_the_port_is_bound(tmp_path: Pat
         (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
         (["--max-texts", "5000"], "--max-texts (5000) must be at most --max-queue"),
         (["--max-wait-ms", "-1"], "--max-wait-ms"),
+        (["--max-wait-ms", "nan"], "--max-wait-ms"),
+        (["--request-timeout", "inf"], "--request-timeout"),
         (["--workers", "0"], "--workers"),
         (["--quantize", "int4"], "int4"),
         (["--engine", "tpu"], "tpu"),
@@ -198,3 +201,60 @@ def test_the_command_line_shows_every_option() -> None:
         "--api-key-file",
     ):
         assert flag in out, flag
+
+
+def test_a_client_that_stops_halfway_gets_408_and_cannot_hold_up_the_stop(run_dir: Path) -> None:
+    server = start(run_dir, "--request-timeout", "1")
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as half:
+        head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        half.sendall(head.encode() + b'{"texts": ["a",')
+        half.settimeout(30)
+        answer = ""
+        while "}" not in answer and (chunk := half.recv(4096).decode()):
+            answer += chunk  # the headers and the body may come in two packets
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer, answer
+    # Another client holds a half body while the server is told to stop: it still exits 0, promptly.
+    with socket.create_connection((host, int(port))) as half:
+        half.sendall(head.encode() + b'{"texts": ')
+        time.sleep(0.2)
+        started = time.monotonic()
+        assert server.stop() == 0, "\n".join(server.lines)
+        assert time.monotonic() - started < 30
+
+
+def test_the_announced_address_takes_connections_at_once(run_dir: Path) -> None:
+    """A client that connects as soon as the line appears is not refused: the socket listens
+    before the line is printed (the helper polls /readyz; here one try, no retry)."""
+    proc = subprocess.Popen(serve_command(run_dir), cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "serving" in line:
+                url = line.split(" on ", 1)[1].split(" ", 1)[0]
+                break
+        answer = httpx.get(url + "/healthz", timeout=60)
+        assert answer.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_a_second_sigint_stops_at_once_with_130(slow_run: Path) -> None:
+    server = start(slow_run, "--max-batch-size", "2")
+    texts = ["word " * 60] * 400
+    thread = threading.Thread(target=lambda: _quietly(server, texts))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while server.metric("gptclf_queue_depth_texts") == 0:
+        assert time.monotonic() < deadline
+    server.proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert server.stop(signal.SIGINT) == 130
+    assert any("second SIGINT" in line for line in server.lines), server.lines
+    thread.join(60)
+
+
+def _quietly(server: Server, texts: list[str]) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        server.classify({"texts": texts})
