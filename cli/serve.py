@@ -57,6 +57,12 @@ def serve(
     max_body_bytes: int = typer.Option(
         1 << 20, "--max-body-bytes", help="Largest request body in bytes (413 beyond)."
     ),
+    max_windows: int | None = typer.Option(
+        None,
+        "--max-windows",
+        help="With --long-texts window: most windows one request's texts may take (413 beyond).",
+        show_default="--max-texts",
+    ),
     request_timeout: float = typer.Option(
         60.0, "--request-timeout", help="Seconds a request may wait for its results (504 beyond)."
     ),
@@ -84,7 +90,7 @@ def serve(
     settings = ServeSettings(
         run=str(run), engine=engine, quantize=quantize, device=device, decide=decide, long=long,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
-        max_body_bytes=max_body_bytes, request_timeout=request_timeout,
+        max_body_bytes=max_body_bytes, max_windows=max_windows, request_timeout=request_timeout,
         api_key_file=str(api_key_file) if api_key_file is not None else None,
     )  # fmt: skip
     listen = Listen(host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)

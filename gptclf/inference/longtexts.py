@@ -35,6 +35,15 @@ from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress
 
 
+def window_count(n_tokens: int, max_length: int, long: LongTexts) -> int:
+    """How many windows (model inputs) a text of ``n_tokens`` tokens is read in: those of
+    :func:`text_windows`, counted without making them."""
+    if long.mode != "window" or n_tokens <= max_length:
+        return 1
+    stride = long.stride or max_length
+    return len(range(0, n_tokens - max_length, stride)) + 1
+
+
 def text_windows(ids: list[int], max_length: int, long: LongTexts) -> list[list[int]]:
     """The windows one text is read in (``long`` resolved); an empty text is ``<|endoftext|>``.
 

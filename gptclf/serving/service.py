@@ -11,6 +11,7 @@ other requests.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -22,7 +23,9 @@ from typing import Any
 from gptclf.data.long_texts import LongTexts
 from gptclf.engines.load import OrtClassifier
 from gptclf.errors import BadInputError
+from gptclf.inference.longtexts import window_count
 from gptclf.inference.predict import Predictor, open_predictor, resolve_long_texts
+from gptclf.model.tokenizer import encode_batch
 from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 from gptclf.serving.batcher import Batcher, BatchStats
 from gptclf.serving.requests import ClassifyRequest, RequestError, field_words, with_options
@@ -52,6 +55,9 @@ class ServeSettings:
         max_queue: The most texts waiting for a batch; beyond it requests get 503.
         max_texts: The most texts in one request (413 beyond).
         max_body_bytes: The largest request body (413 beyond).
+        max_windows: With ``--long-texts window``, the most windows (model inputs) one request's
+            texts may take (413 beyond); None: ``max_texts``, as many as the largest request of
+            texts that fit.
         request_timeout: Seconds a request may wait for its results (504 beyond).
         api_key_file: A file holding the bearer token every /v1 and /metrics request must send.
         threads: torch's CPU threads in this process; None: torch's default.
@@ -68,6 +74,7 @@ class ServeSettings:
     max_queue: int = 4096
     max_texts: int = 1024
     max_body_bytes: int = 1 << 20
+    max_windows: int | None = None
     request_timeout: float = 60.0
     api_key_file: str | None = None
     threads: int | None = None
@@ -80,6 +87,7 @@ class ServeSettings:
             ("--max-queue", self.max_queue, 1),
             ("--max-texts", self.max_texts, 1),
             ("--max-body-bytes", self.max_body_bytes, 64),
+            ("--max-windows", self.max_windows if self.max_windows is not None else 1, 1),
         ):
             if value < least:
                 out.append(f"{flag} must be >= {least} (got {value})")
@@ -198,10 +206,26 @@ class Service:
             QueueFull, Draining, TimeoutError: From the batcher.
         """
         decider, long, warnings = self.resolve(request)
+        if long.mode == "window":
+            await self._check_windows(request.texts, long)
         assert self.batcher is not None, "the service is not started"
         logits = await self.batcher.submit(request.texts, long, timeout=self.settings.request_timeout)
         ids = request.ids if request.ids is not None else list(range(len(request.texts)))
         return [decider.record(p) for p in decider.predictions(0, ids, request.texts, logits)], warnings
+
+    async def _check_windows(self, texts: list[str], long: LongTexts) -> None:
+        """Refuse (413) texts whose windows pass ``max_windows``: a few long texts read with a small
+        stride would otherwise hold the model for minutes, every other client waiting."""
+        limit = self.settings.max_windows or self.settings.max_texts
+        run = self.predictor.run
+        lengths = await asyncio.to_thread(lambda: [len(ids) for ids in encode_batch(run.tokenizer, texts)])
+        total = sum(window_count(n, run.max_length, long) for n in lengths)
+        if total > limit:
+            raise RequestError(
+                413,
+                f"these texts take {total} windows of {run.max_length} tokens; the server takes at most "
+                f"{limit} a request (--max-windows): send fewer or shorter texts, or a larger stride",
+            )
 
     def model_info(self) -> dict[str, Any]:
         """``GET /v1/model``: what the server classifies with."""

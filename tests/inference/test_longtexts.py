@@ -230,3 +230,13 @@ def test_the_books_padding_makes_the_windows_at_the_longest_training_text() -> N
     assert [len(w) for w in ids["validation"]] == [10] * 3  # 25 tokens, stride cut to 10: 0, 10, 15
     assert made["validation"].map.counts == [3] and long.fitted(10).stride == 10
     assert LongTexts("head-tail").resolved(64).fitted(10).head_tokens == 9
+
+
+def test_window_count_counts_the_windows_text_windows_makes() -> None:
+    from gptclf.inference.longtexts import text_windows, window_count
+
+    modes = [("window", 1), ("window", 3), ("window", None), ("truncate", None), ("head-tail", None)]
+    for mode, stride in modes:
+        long = LongTexts(mode=mode, stride=stride, head_tokens=2).resolved(8)
+        for n in (1, 7, 8, 9, 15, 16, 17, 40):
+            assert window_count(n, 8, long) == len(text_windows(list(range(1, n + 1)), 8, long)), (mode, n)

@@ -188,6 +188,10 @@ def test_too_big_requests_get_413(server: Server) -> None:
     answer = server.classify({"texts": ["a"] * 513})
     assert answer.status_code == 413 and "at most 512" in answer.json()["error"]
     assert server.classify({"texts": ["a"] * 512}).status_code == 200
+    # Windows: a few long texts with a small stride may not hold the model for minutes.
+    answer = server.classify({"texts": ["word " * 3000], "long_texts": "window", "stride": 1})
+    assert answer.status_code == 413 and "--max-windows" in answer.json()["error"]
+    assert server.classify({"texts": ["word " * 30], "long_texts": "window", "stride": 1}).status_code == 200
 
 
 def test_a_multi_class_option_the_run_refuses_is_422(three_class_run: Path) -> None:
