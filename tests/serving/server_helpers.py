@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -80,6 +81,7 @@ def start(run: Path, *args: str, env: dict[str, str] | None = None, timeout: flo
         text=True,
         start_new_session=True,
     )
+    atexit.register(proc.kill)  # a test that failed half-way leaves no server behind (no-op once exited)
     lines: list[str] = []
     found = threading.Event()
 

@@ -205,6 +205,13 @@ def test_the_command_line_shows_every_option() -> None:
 
 def test_a_client_that_stops_halfway_gets_408_and_cannot_hold_up_the_stop(run_dir: Path) -> None:
     server = start(run_dir, "--request-timeout", "1")
+    try:
+        _half_body_is_408_and_the_stop_is_prompt(server)
+    finally:
+        server.stop(signal.SIGKILL)
+
+
+def _half_body_is_408_and_the_stop_is_prompt(server: Server) -> None:
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port))) as half:
         head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
