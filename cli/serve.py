@@ -18,12 +18,12 @@ from gptclf.errors import BadInputError
 from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 
 #: ``--batch-size``'s default (gptclf.serving.service.PASS_SIZE, not imported: serve's extra may be absent).
-PASS_SIZE = 16
+PASS_SIZE = 64
 
 _DEVICE = Use(
     help={
-        "batch_size": "Texts per forward pass: a gathered batch is sorted by length and run in passes "
-        "of this many, each padded to its own longest text"
+        "batch_size": "Most texts per forward pass: a gathered batch is sorted by length and cut into "
+        "passes of at most this many, a pass ending where padding would pass 25% of its tokens"
     }
 )
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

@@ -96,23 +96,32 @@ def train_batches(
 TOKENS_PER_TEXT = 256
 
 
-def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, max_padding: float | None = None
+) -> list[list[int]]:
     """Index batches for evaluation or prediction: longest first, so padding is minimal.
 
     Each batch holds at most ``batch_size`` texts and, with ``max_tokens``, at most that many tokens
-    once padded to its longest (first) text, but always at least one text. The caller writes each
-    result back to its index, which restores the input order.
+    once padded to its longest (first) text, but always at least one text. With ``max_padding``, a
+    batch also ends where adding the next text would make padding more than that share of its
+    padded tokens (``serve``: a few dozen texts of random lengths, where one pass would mostly
+    compute padding). The caller writes each result back to its index, which restores the input order.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    if max_tokens is None:
+    if max_tokens is None and max_padding is None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    budget = max_tokens if max_tokens is not None else float("inf")
+    keep = 1 - max_padding if max_padding is not None else 0.0  # the real share a batch keeps
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for i in order:
-        if current and (len(current) == batch_size or (len(current) + 1) * lengths[current[0]] > max_tokens):
+        padded = (len(current) + 1) * lengths[current[0]] if current else 0
+        if current and (len(current) == batch_size or padded > budget or real + lengths[i] < keep * padded):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(i)
+        real += lengths[i]
     if current:
         batches.append(current)
     return batches

@@ -68,6 +68,7 @@ def run_batches(
     between_batches: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "inference",
+    max_padding: float | None = None,
 ) -> None:
     """Run ``model`` over every row of ``source`` in length-sorted batches; hand each output to ``sink``.
 
@@ -86,10 +87,13 @@ def run_batches(
         progress: Shown ``label`` with this rank's number of texts as the total (a text read as
             several rows counts once, when the last of its rows is run).
         label: What the progress calls this pass.
+        max_padding: End a batch where padding would pass this share of its tokens
+            (:func:`~gptclf.inference.batching.sorted_batches`); None: batches of ``batch_size``.
     """
     rows = source.rows()
     # Long texts and windows go in fewer per batch: memory stays that of a batch of short texts.
-    batches = shard.take(sorted_batches(rows.source.lengths, batch_size, batch_size * TOKENS_PER_TEXT))
+    lengths = rows.source.lengths
+    batches = shard.take(sorted_batches(lengths, batch_size, batch_size * TOKENS_PER_TEXT, max_padding))
     progress = progress or Progress()
     texts = _TextsDone(batches, rows.owner)
     progress.begin(label, total=texts.total, unit="texts")

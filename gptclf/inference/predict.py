@@ -55,6 +55,7 @@ def compute_logits(
     progress: Progress | None = None,
     long: LongTexts | None = None,
     piece: int = CHUNK_SIZE,
+    max_padding: float | None = None,
 ) -> tuple[torch.Tensor, LongCounts]:
     """Class logits of ``texts``, in input order, through the one inference loop
     (:func:`gptclf.inference.loop.run_batches`: length-sorted batches, order restored).
@@ -72,6 +73,8 @@ def compute_logits(
         progress: Shows the pass.
         long: How texts longer than ``max_length`` are read (resolved; None: truncated).
         piece: The most windows run together (:func:`gptclf.inference.longtexts.piecewise_logits`).
+        max_padding: End a batch where padding would pass this share of its tokens; None:
+            batches of ``batch_size`` (see :func:`gptclf.inference.batching.sorted_batches`).
 
     Returns:
         ``(logits, counts)``: (N, K) float32 logits on the CPU; the long texts and the windows.
@@ -93,6 +96,7 @@ def compute_logits(
             precision=precision,
             progress=shown,
             label="classifying",
+            max_padding=max_padding,
         )
         return logits
 
@@ -135,6 +139,9 @@ class Predictor:
         n_truncated: Of those, texts longer than the run's ``max_length`` (cut, or read in windows).
         n_windows: Windows (model inputs) the texts took (one per text that fits).
         long_texts: How texts longer than ``max_length`` are read (resolved).
+        max_padding: A forward pass ends where padding would pass this share of its tokens;
+            None (predict: its chunks of 1,024 sorted texts leave little padding): passes of
+            ``batch_size`` texts.
     """
 
     def __init__(
@@ -197,6 +204,7 @@ class Predictor:
         self.n_texts = 0
         self.n_truncated = 0
         self.n_windows = 0
+        self.max_padding: float | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -229,6 +237,7 @@ class Predictor:
             # At least as many windows as texts: texts of one window each run in one piece, in the
             # same batches as before windows existed (and as finetune's evaluation runs them).
             piece=max(self.chunk_size, len(texts)),
+            max_padding=self.max_padding,
         )
         if not torch.isfinite(out).all():
             raise GptclfError(

@@ -32,7 +32,10 @@ from gptclf.serving.requests import ClassifyRequest, RequestError, field_words, 
 from gptclf.tasks.base import Decider
 
 #: Texts per forward pass by default (``--batch-size``), whatever ``--max-batch-size`` gathers.
-PASS_SIZE = 16
+PASS_SIZE = 64
+#: A forward pass ends where padding would pass this share of its tokens (a pass pads to its
+#: own longest text; requests' texts come in random lengths, not sorted over 1,024 as predict's).
+MAX_PADDING = 0.25
 #: Where ``--workers`` hands the settings to each worker process (JSON).
 SETTINGS_ENV = "GPTCLF_SERVE_SETTINGS"
 
@@ -45,9 +48,10 @@ class ServeSettings:
         run: A run directory, or a folder of ``gptclf export --format onnx``.
         engine: ``torch`` or ``onnx``; None: torch, or onnx for an export folder.
         quantize: ``none`` or ``int8``.
-        device: Device, precision, and the texts per forward pass: a gathered batch is sorted by
-            length and run in passes of this many (16: a pass pads to its own longest text, and
-            one pass over 64 texts of random lengths would mostly compute padding).
+        device: Device, precision, and the most texts per forward pass: a gathered batch is
+            sorted by length and cut into passes of at most this many texts, a pass ending where
+            padding would pass :data:`MAX_PADDING` of its tokens (one pass over 32 texts of random
+            lengths would mostly compute padding).
         decide: The decision options every request starts from (the run's stored rules by default).
         long: The long-text options every request starts from.
         max_batch_size: The most texts in one forward pass, gathered across requests.
@@ -159,6 +163,7 @@ class Service:
                 decide=settings.decide, long=settings.long,
             )  # fmt: skip
         self.predictor = predictor
+        predictor.max_padding = MAX_PADDING
         self.api_key = read_api_key(settings.api_key_file) if settings.api_key_file else None
         self.stats = stats or BatchStats()
         self.batcher: Batcher | None = None

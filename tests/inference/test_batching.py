@@ -55,3 +55,16 @@ def test_sorted_batches_cut_long_texts_to_the_token_budget() -> None:
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert sorted_batches([5000, 3], 4, max_tokens=100) == [[0], [1]]  # a text over the budget runs alone
     assert sorted_batches(lengths, 4, max_tokens=None) == sorted_batches(lengths, 4)
+
+
+def test_sorted_batches_with_max_padding_end_a_batch_before_padding_passes_its_share() -> None:
+    lengths = [100, 10, 96, 12, 11, 90, 50, 9]
+    batches = sorted_batches(lengths, 8, max_padding=0.25)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert sum(lengths[i] for i in b) >= 0.75 * padded or len(b) == 1
+    assert [[lengths[i] for i in b] for b in batches] == [[100, 96, 90, 50], [12, 11, 10, 9]]
+    # Without it: batches of batch_size, whatever the padding; with both, the size still bounds.
+    assert [len(b) for b in sorted_batches(lengths, 8)] == [8]
+    assert max(len(b) for b in sorted_batches([5] * 20, 4, max_padding=0.25)) == 4
