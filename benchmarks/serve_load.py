@@ -30,7 +30,8 @@ loading left out: (wall time on N texts - wall time on 64 of them) / (N - 64), N
 until that difference is 8 s or more (the whole command's texts/s is printed under the table); its
 RSS is the process's own peak (``os.wait4``). The time of one full batch of 64 texts offline is
 64 / that texts/s. Under the table: the round trip of ``GET /readyz`` on one keep-alive connection
-to each idle server (about 40 ms instead of about 1 ms: answers wait for delayed ACKs).
+to each idle server (about 1 ms; it was about 40 ms before serve's socket was made IPPROTO_TCP,
+when answers waited for delayed ACKs).
 
 The load generator runs in this process, on the same cores as the server (as a client on the same
 host would): run it with nothing else on them, and read its cores in the table. Each client has
@@ -616,7 +617,7 @@ def report(
             f"{offline.peak_rss_mb:,.0f}", "64", "-", "0", "-",
         ])  # fmt: skip
     headers = ["arm", "clients", "texts/s", "p50 ms", "p95 ms", "p99 ms", "peak RSS MB", "batch",
-               "client cores", "errors", "max |dp|"]  # fmt: skip
+               "client cores", "errors", "max abs dp"]  # fmt: skip
     print_table(headers, rows)
     if offline is not None:
         print(
