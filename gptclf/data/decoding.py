@@ -8,14 +8,19 @@ so a text reads the same whichever way it comes in. The formats (:mod:`gptclf.da
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import contextlib
+import gzip
+import io
 import itertools
+import lzma
 import re
 import sys
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gptclf.errors import BadInputError
 
@@ -23,6 +28,15 @@ from gptclf.errors import BadInputError
 STDIN = "-"
 #: An input: a file, or :data:`STDIN`.
 Source = Path | str
+
+#: Compressed inputs, told by their first bytes (whatever the name says): magic -> (what, opener).
+_COMPRESSIONS: dict[bytes, tuple[str, Any]] = {
+    b"\x1f\x8b": ("gzip", gzip.open),
+    b"BZh": ("bzip2", bz2.open),
+    b"\xfd7zXZ\x00": ("xz", lzma.open),
+}
+#: The suffixes of compressed files (dropped from a name before its format is told from it).
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
 
 #: Where a line is cut after a ``\r`` that no ``\n`` follows.
 _LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
@@ -126,8 +140,9 @@ def csv_lines(source: Source, encoding: str) -> Iterator[str]:
             yield line
 
 
-def _open_bytes(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
-    """The raw bytes of a file or of stdin, for :func:`decoded_lines` to decode.
+def _open_bytes(source: Source) -> contextlib.AbstractContextManager[Iterable[bytes]]:
+    """The bytes of a file or of stdin, for :func:`decoded_lines` to decode; gzip, bzip2 and xz
+    data (told by its first bytes, whatever the name) decompressed as a stream.
 
     Stdin gets a reader of its own on the same descriptor (not ``sys.stdin.buffer``), so that a
     reader thread blocked on it cannot hold the lock that the interpreter takes to close
@@ -135,14 +150,47 @@ def _open_bytes(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
     """
     if is_stdin(source):
         try:
-            return open(sys.stdin.fileno(), "rb", closefd=False)
+            fd = sys.stdin.fileno()
         except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-            return contextlib.nullcontext(sys.stdin.buffer)
+            return _maybe_compressed(sys.stdin.buffer, source, close=False)
+        return _maybe_compressed(open(fd, "rb", closefd=False), source, close=True)
     path = Path(source)
     check_file(path)
     if path.stat().st_size == 0:
         raise BadInputError(f"{path} is empty")
-    return open(path, "rb")
+    return _maybe_compressed(open(path, "rb"), source, close=True)
+
+
+@contextlib.contextmanager
+def _maybe_compressed(raw: IO[bytes], source: Source, close: bool) -> Iterator[Iterable[bytes]]:
+    try:
+        if not hasattr(raw, "peek"):  # a harness's stdin (BytesIO): buffered here, to peek at
+            raw = io.BufferedReader(raw)  # type: ignore[arg-type]
+        head = raw.peek(6)[:6]  # type: ignore[attr-defined]
+        found = [(what, opener) for magic, (what, opener) in _COMPRESSIONS.items() if head.startswith(magic)]
+        if not found:
+            yield raw
+            return
+        what, opener = found[0]
+        stream = opener(raw, "rb")
+        try:
+            yield _unpacked(stream, source, what)
+        finally:
+            stream.close()
+    finally:
+        if close:
+            raw.close()
+
+
+def _unpacked(stream: IO[bytes], source: Source, what: str) -> Iterator[bytes]:
+    """The lines of a decompressing stream; damaged or cut-short data is one clear error."""
+    try:
+        yield from stream
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise BadInputError(
+            f"{source_name(source)}: the {what} data is damaged or cut short ({exc}); "
+            "compress the file again or pass it uncompressed"
+        ) from None
 
 
 def _decode_error(source: Source, line_no: int, encoding: str) -> BadInputError:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gptclf.data.decoding import is_stdin
 from gptclf.data.labelsets import (
     DEFAULT_SEP,
     MULTI_KEY,
@@ -264,14 +265,14 @@ class ClassLabels(LabelReader):
         path, s = source.path, source
         if s.dataset is not None:
             table = load_table(path, fmt=s.fmt, encoding=s.encoding)
-            record: dict[str, Any] = {"dataset": s.dataset, "file": path.name}
+            record: dict[str, Any] = {"dataset": s.dataset, "file": _file_name(path)}
         else:
             table = load_table(path, s.text_column, s.label_column, s.fmt, s.encoding)
-            record = {"file": path.name, "format": resolve_format(path, s.fmt)}
+            record = {"file": _file_name(path), "format": resolve_format(path, s.fmt)}
             if record["format"] != "sms":
                 record |= {"text_column": s.text_column or "text", "label_column": s.label_column or "label"}
             record["encoding"] = s.encoding
-        record["sha256"] = sha256_file(path)
+        record |= _file_sha256(path)
         frame, dropped, names = select_classes(table, classes, drop_unknown, path)
         return Read(frame, dropped, names, record)
 
@@ -358,7 +359,7 @@ class LabelLists(LabelReader):
         if table.repeated and warn is not None:
             warn(f"{table.repeated} labels were named twice in one row; each is kept once")
         record: dict[str, Any] = {
-            "file": s.path.name,
+            "file": _file_name(s.path),
             "format": resolve_format(s.path, s.fmt),
             "encoding": s.encoding,
         }
@@ -366,7 +367,7 @@ class LabelLists(LabelReader):
         record |= (
             {"label_columns": self.columns} if self.columns else {"label_column": s.label_column or "label"}
         )
-        record["sha256"] = sha256_file(s.path)
+        record |= _file_sha256(s.path)
         return Read(frame, dict(table.dropped), names, record, table.repeated)
 
     def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
@@ -431,3 +432,13 @@ def reader_of(meta: Mapping[str, Any] | None) -> LabelReader:
     if meta and meta.get(MULTI_KEY) is True:
         return LabelLists(meta.get("label_sep"))
     return ClassLabels()
+
+
+def _file_name(path: Path) -> str:
+    """How the prepared set's record names its input: the file's name, or ``stdin``."""
+    return "stdin" if is_stdin(path) else path.name
+
+
+def _file_sha256(path: Path) -> dict[str, str]:
+    """The input's sha256 for the record; a stream read from stdin has no file to hash again."""
+    return {} if is_stdin(path) else {"sha256": sha256_file(path)}

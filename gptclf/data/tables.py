@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from gptclf.data.decoding import (
+    COMPRESSED_SUFFIXES,
     Source,
     check_file,
     csv_lines,
@@ -88,6 +89,9 @@ def resolve_format(path: Source, fmt: str | None, allowed: Sequence[str] = TABLE
     """
     choices = ", ".join(allowed)
     if fmt is not None:
+        # A compression suffix says how the bytes are packed, not the format: the bytes themselves
+        # tell the reader that (:mod:`gptclf.data.decoding`), so ``csv.gz`` is ``csv``.
+        fmt = _without_compression(fmt)
         if fmt not in allowed:
             raise BadInputError(f"unknown format {fmt!r} (choose from: {choices})")
         return fmt
@@ -96,7 +100,8 @@ def resolve_format(path: Source, fmt: str | None, allowed: Sequence[str] = TABLE
             return "txt"
         raise BadInputError(f"stdin has no name to tell its format by; pass --input-format ({choices})")
     path = Path(path)
-    guess = "sms" if path.name == _SMS_NAME else _EXTENSIONS.get(path.suffix.lower())
+    name = _without_compression(path.name)
+    guess = "sms" if name == _SMS_NAME else _EXTENSIONS.get(Path(name).suffix.lower())
     if guess is None:
         raise BadInputError(
             f"cannot tell the format of {path} from its name; pass --input-format ({choices})"
@@ -107,6 +112,12 @@ def resolve_format(path: Source, fmt: str | None, allowed: Sequence[str] = TABLE
             f"--input-format ({choices})"
         )
     return guess
+
+
+def _without_compression(name: str) -> str:
+    """``name`` without a trailing ``.gz``, ``.bz2`` or ``.xz`` (any case)."""
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and f".{suffix.lower()}" in COMPRESSED_SUFFIXES else name
 
 
 def load_sms_spam(path: Source, encoding: str = "utf-8") -> LoadedTable:

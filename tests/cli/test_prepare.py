@@ -224,3 +224,32 @@ def test_out_that_is_a_file_is_refused(table: Path, tmp_path: Path) -> None:
     result = run("--input", table, "--out", target)
     assert result.exit_code == 2 and "is a file" in one_line(result)
     assert target.read_text(encoding="utf-8") == "keep me"
+
+
+def test_a_table_on_stdin_and_a_compressed_file_give_the_files_of_the_plain_file(
+    table: Path, tmp_path: Path
+) -> None:
+    """``--input -`` reads stdin like a file (issue: it ended in a FileNotFoundError traceback);
+    a .csv.gz is read as a stream (it was 'cannot tell the format')."""
+    import gzip
+
+    plain = run("--input", table, "--out", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.stderr
+    data = table.read_bytes()
+    piped = CliRunner().invoke(
+        app,
+        ["prepare", "--input", "-", "--input-format", "csv", "--out", str(tmp_path / "piped")],
+        input=data,
+    )
+    assert piped.exit_code == 0, piped.stderr
+    packed = tmp_path / "table.csv.gz"
+    packed.write_bytes(gzip.compress(data))
+    assert run("--input", packed, "--out", tmp_path / "packed").exit_code == 0
+    for name in ("train.csv", "validation.csv", "test.csv"):
+        want = (tmp_path / "plain" / name).read_bytes()
+        assert (tmp_path / "piped" / name).read_bytes() == want == (tmp_path / "packed" / name).read_bytes()
+    source = json.loads((tmp_path / "piped" / "labels.json").read_text())["source"]
+    assert source["file"] == "stdin" and "sha256" not in source
+    untold = CliRunner().invoke(app, ["prepare", "--input", "-", "--out", str(tmp_path / "x")], input=data)
+    assert untold.exit_code == 2 and "pass --input-format" in one_line(untold)
+    assert "Traceback" not in untold.stderr and not (tmp_path / "x").exists()

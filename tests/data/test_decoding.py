@@ -66,3 +66,37 @@ def test_binary_file_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="line 1 holds a NUL byte"):
         load_table(path)
     assert load_table(path, encoding="utf-16-le").frame["text"].tolist() == ["hi"]
+
+
+@pytest.mark.parametrize(("suffix", "pack"), [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])
+def test_compressed_files_read_as_streams_whatever_their_name(tmp_path: Path, suffix: str, pack: str) -> None:
+    import importlib
+
+    data = b'text,label\nhello,a\n"two\nlines",b\n'
+    packed = importlib.import_module(pack).compress(data)
+    named = tmp_path / f"in.csv{suffix}"
+    named.write_bytes(packed)
+    plain = tmp_path / "in.csv"
+    plain.write_bytes(data)
+    want = load_table(plain).frame["text"].tolist()
+    assert load_table(named).frame["text"].tolist() == want == ["hello", "two\nlines"]
+    misnamed = tmp_path / "in2.csv"  # the bytes say it is compressed, not the name
+    misnamed.write_bytes(packed)
+    assert load_table(misnamed).frame["text"].tolist() == want
+    assert list(read_texts(named, fmt=f"csv{suffix}")) == want
+
+
+def test_damaged_compressed_data_is_one_clear_error(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gzip.compress(b"text,label\n" + b"hello,a\n" * 1000)[:40])
+    with pytest.raises(BadInputError, match=r"cut.csv.gz: the gzip data is damaged or cut short"):
+        load_table(path)
+
+
+def test_compressed_stdin_is_read_like_a_compressed_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    stdin_bytes(monkeypatch, gzip.compress(b"one\ntwo\n"))
+    assert list(read_texts("-")) == ["one", "two"]

@@ -199,3 +199,14 @@ def test_format_hints_name_the_flag_and_what_it_accepts(tmp_path: Path) -> None:
         resolve_format(tmp_path / "data.bin", None, ("csv", "tsv", "jsonl", "sms", "txt"))
     assert "pass --input-format (csv, tsv, jsonl, sms, txt)" in str(info.value)
     assert resolve_format("-", None, ("csv", "txt")) == "txt"
+
+
+def test_a_compression_suffix_does_not_hide_the_format() -> None:
+    from gptclf.data.tables import resolve_format
+
+    assert resolve_format(Path("a.csv.gz"), None) == "csv"
+    assert resolve_format(Path("a.JSONL.XZ"), None) == "jsonl"
+    assert resolve_format(Path("SMSSpamCollection.bz2"), None) == "sms"
+    assert resolve_format("-", "tsv.gz") == "tsv"
+    with pytest.raises(BadInputError, match="cannot tell the format"):
+        resolve_format(Path("a.gz"), None)
