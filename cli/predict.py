@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from gptclf.inference.outputs import Writer
     from gptclf.tasks.base import Decider, Prediction
 
-FORMATS = ("jsonl", "csv", "tsv", "table")
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "table")
 #: Seconds without a new line on stdin after which the texts read so far are predicted and written.
 STDIN_PAUSE = 0.2
 #: predict's wording of the input options it shows (its --input is a string: ``-`` is stdin).
@@ -57,7 +57,7 @@ _INPUT = Use(
     only=("text_column", "input_format", "encoding"),
     help={
         "text_column": "Column holding the text",
-        "input_format": "txt, csv, tsv, jsonl or sms (stdin: txt)",
+        "input_format": "txt, csv, tsv, jsonl, sms or parquet (stdin: txt); .gz, .bz2, .xz read too",
         "encoding": "Text encoding of the input (stdin too)",
     },
 )
@@ -112,7 +112,14 @@ def predict(
         None, "--id-column", help="Column whose value is each output's id (default: a column named id)."
     ),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", help="jsonl, csv, tsv or table (default: table on a terminal, else jsonl)."
+        None,
+        "--format",
+        "-f",
+        help="jsonl, csv, tsv, parquet (with --output) or table (default: parquet for --output *.parquet, "
+        "table on a terminal, else jsonl).",
+    ),
+    keep_columns: str | None = typer.Option(
+        None, "--keep-columns", help="Input columns to copy into each result, comma-separated (a,b)."
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write the results to this file (whole or not at all), not stdout."
@@ -134,31 +141,41 @@ def predict(
     from gptclf.inference.predict import open_predictor, text_stream
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
+    if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
+        fmt = "parquet"
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() and output is None else "jsonl"
     if fmt not in FORMATS:
         raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt == "parquet" and output is None:
+        raise BadInputError("--format parquet writes a file: give --output FILE.parquet")
+    keep = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else []
+    if keep_columns is not None and not keep:
+        raise BadInputError("--keep-columns names no column: give NAME[,NAME...]")
     s = source
-    given = text_stream(texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding)
+    given = text_stream(texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding, keep)
     with destination(output, fmt) as out:
         predictor = open_predictor(
             run, engine=engine, quantize=quantize, device=device, decide=decide, long=long,
             note=lambda line: err_console.print(line, markup=False),
         )  # fmt: skip
-        write = _writer(fmt, out, predictor.decider, output is not None)
+        write = _writer(fmt, out, predictor.decider, output is not None, keep)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
         stream(predictor.predict_chunks(given, pause=pause), write, out, where)
+        finish = getattr(write, "close", None)
+        if finish is not None:  # Parquet's footer: before the file is renamed into place
+            finish()
     if predictor.n_truncated:
         line = describe_counts(predictor.long_counts(), predictor.run.max_length, predictor.long_texts)
         err_console.print(f"gptclf: {line}", markup=False)
 
 
-def _writer(fmt: str, out: TextIO, decider: Decider, to_file: bool) -> Writer:
+def _writer(fmt: str, out: TextIO, decider: Decider, to_file: bool, keep: list[str]) -> Writer:
     """The record writer of ``fmt``, or the table (rendered here: it is for people)."""
     if fmt != "table":
         from gptclf.inference.outputs import record_writer
 
-        return record_writer(fmt, out, decider)
+        return record_writer(fmt, out, decider, keep)
     console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
     return _table_writer(out, decider, console)

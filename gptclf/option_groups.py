@@ -180,7 +180,9 @@ class InputOptions(OptionGroup):
     text_column: str | None = option(None, "Text column of --input")
     label_column: str | None = option(None, "Label column of --input")
     input_format: str | None = option(
-        None, "Format of --input (csv, tsv, jsonl, sms)", default_text="from its name"
+        None,
+        "Format of --input (csv, tsv, jsonl, sms, parquet; .gz, .bz2, .xz read too)",
+        default_text="from its name",
     )
     encoding: str = option("utf-8", "Text encoding of --input")
 

@@ -11,6 +11,9 @@ Formats, chosen by extension or named explicitly:
   ``\\\\`` stand for a tab, a newline, a carriage return and a backslash (see :func:`split_tsv`).
   ``gptclf predict --format tsv`` writes the same convention, so its output reads back losslessly.
 - ``jsonl``: one JSON object per line; every object carries the text and label keys (null allowed).
+- ``parquet``: an Apache Parquet file (pyarrow, the ``parquet`` extra), read a batch of rows at a
+  time, row group by row group, so memory stays flat in the file's size; the text column must hold
+  strings (labels and ids may be any scalar: numbers keep their JSON spelling). Not from stdin.
 - ``txt``: one text per line, no labels (for :func:`read_texts` only).
 
 Files and stdin (``-``) go through one decoding path (:mod:`gptclf.data.decoding`): the encoding, a
@@ -48,7 +51,7 @@ from gptclf.data.decoding import (
 from gptclf.errors import BadInputError
 
 #: Formats a labelled table can have.
-TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "sms")
+TABLE_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "sms", "parquet")
 #: Reasons a record is dropped while loading.
 EMPTY_TEXT = "empty text"
 MISSING_LABEL = "missing label"
@@ -59,6 +62,8 @@ _EXTENSIONS = {
     ".tab": "tsv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
     ".txt": "txt",
 }
 # The UCI archive's file has no extension; recognise it by name so `--input` needs no `--format`.
@@ -200,11 +205,13 @@ def read_inputs(
     fmt: str | None = None,
     encoding: str = "utf-8",
     detect_id: bool = True,
-) -> Iterator[tuple[Any, str]]:
+    keep: Sequence[str] | None = None,
+) -> Iterator[tuple[Any, ...]]:
     """Stream ``(id, text)`` pairs of a file or of stdin (see :func:`read_texts`).
 
     The id is the value of ``id_column``, or of a column (JSON key of the first record) named
-    ``id`` when ``detect_id`` is set and none is named; else the record's 0-based position.
+    ``id`` when ``detect_id`` is set and none is named; else the record's 0-based position. With
+    ``keep``, each pair is a triple ``(id, text, {column: value})`` of those columns' values.
 
     Raises:
         BadInputError: As :func:`read_texts`; ``id_column`` for a format without columns, or a
@@ -215,19 +222,30 @@ def read_inputs(
         check_file(Path(path))
     reading_encoding(encoding)
     if fmt in ("txt", "sms"):
-        if id_column is not None:
-            raise BadInputError(f"--id-column needs a CSV, TSV or JSONL input; {fmt} has no columns")
+        for flag, value in (("--id-column", id_column), ("--keep-columns", keep)):
+            if value:
+                raise BadInputError(f"{flag} needs a CSV, TSV, JSONL or Parquet input; {fmt} has no columns")
         if fmt == "txt":
             return enumerate(line for _, line in numbered_lines(path, encoding, skip_blank=False))
         return enumerate(_sms_fields(path, ln, n)[0] for n, ln in numbered_lines(path, encoding))
     text = text_column or "text"
 
+    kept = list(keep or [])
+    has_id: list[bool] = []
+
     def choose(header: list[str]) -> list[str]:
         ids = id_column or ("id" if detect_id and "id" in header and text != "id" else None)
-        return [text] if ids is None else [text, ids]
+        has_id.append(ids is not None)
+        return [text, *kept] if ids is None else [text, *kept, ids]
 
     records = _records(path, fmt, choose, encoding)
-    return ((r[1] if len(r) > 1 else i, _cell(r[0])) for i, r in enumerate(records))
+    if not kept:
+        return ((r[1] if len(r) > 1 else i, _cell(r[0])) for i, r in enumerate(records))
+    n = len(kept)
+    return (
+        (r[-1] if has_id[0] else i, _cell(r[0]), dict(zip(kept, r[1 : 1 + n], strict=True)))
+        for i, r in enumerate(records)
+    )
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -277,7 +295,10 @@ Columns = Sequence[str] | Callable[[list[str]], Sequence[str]]
 
 
 def _records(source: Source, fmt: str, columns: Columns, encoding: str) -> Iterator[tuple[Any, ...]]:
-    """The values of ``columns`` for each record of a CSV, TSV or JSONL file (or stdin)."""
+    """The values of ``columns`` for each record of a CSV, TSV, JSONL or Parquet file (or stdin)."""
+    if fmt == "parquet":
+        yield from _parquet_records(source, columns)
+        return
     if fmt == "jsonl":
         yield from _jsonl_records(source, columns, encoding)
         return
@@ -360,11 +381,63 @@ def _jsonl_records(source: Source, columns: Columns, encoding: str) -> Iterator[
         yield tuple(obj[c] for c in chosen)
 
 
+#: Rows read from a Parquet file at a time (within its row groups).
+PARQUET_BATCH = 8192
+
+
+def _parquet_records(source: Source, columns: Columns) -> Iterator[tuple[Any, ...]]:
+    """The values of ``columns`` (the first one the texts) of each row of a Parquet file."""
+    if is_stdin(source):
+        raise BadInputError(
+            "Parquet cannot be read from stdin (a reader must seek to its end): give the file"
+        )
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BadInputError("reading Parquet needs pyarrow: pip install 'gptclf[parquet]'") from None
+    path = Path(source)
+    check_file(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInputError(f"{path} is not a Parquet file ({str(exc).splitlines()[0][:120]})") from None
+    with parquet:
+        schema = parquet.schema_arrow
+        header = list(schema.names)
+        chosen = list(columns(header) if callable(columns) else columns)
+        for column in chosen:
+            _column_index(source, header, column)
+        texts = schema.field(chosen[0]).type
+        if not (
+            pa.types.is_string(texts) or pa.types.is_large_string(texts) or pa.types.is_string_view(texts)
+        ):
+            raise BadInputError(
+                f"{path}: column {chosen[0]!r} holds {texts}, not text: name the text column (--text-column)"
+            )
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(chosen))):
+                values = [batch.column(c).to_pylist() for c in chosen]
+                yield from zip(*values, strict=True)
+        except (pa.ArrowException, OSError) as exc:
+            raise BadInputError(f"{path}: cannot read its rows ({str(exc).splitlines()[0][:120]})") from None
+
+
+def parquet_rows(path: Source) -> int | None:
+    """The number of rows a Parquet file says it has (its metadata; None if it cannot be read)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:
+        return None
+
+
 def _column_index(source: Source, header: list[str], column: str) -> int:
     if column not in header:
         raise BadInputError(
             f"{source_name(source)} has no column {column!r} (columns: {', '.join(header)}); choose with "
-            "--text-column / --label-column / --id-column"
+            "--text-column / --label-column / --id-column / --keep-columns"
         )
     if header.count(column) > 1:
         raise BadInputError(f"{source_name(source)}: column {column!r} appears {header.count(column)} times")

@@ -5,6 +5,11 @@ the CLI's), written a chunk at a time to stdout or to a file that appears whole 
 - ``csv``: a header ``id,text,<the task's columns>`` then one RFC 4180 row per text
 - ``tsv``: the same columns, never quoted, with the backslash escapes ``\\t \\n \\r \\\\`` that
   ``--input x.tsv`` (and ``prepare``) read back (see :func:`gptclf.data.tables.split_tsv`)
+- ``parquet``: the same columns typed (``labels`` a list, ``p_<class>`` floats), a row group per
+  chunk (:class:`ParquetWriter`; a file only)
+
+Columns of the input kept with ``--keep-columns`` follow the record's own in every format, so the
+results join back to the source.
 
 With a file, the records go to a temporary file beside it (named with the process id, made before
 the run is loaded so an unwritable place fails at once) that is renamed onto it at the end: a run
@@ -19,7 +24,7 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,7 +33,7 @@ from gptclf.fileio import remove_own_temp_files, remove_stale_temp_files, temp_p
 from gptclf.tasks.base import Decider, Prediction
 
 #: The formats of predict's output (``table`` is rendered by the CLI).
-FORMATS = ("jsonl", "csv", "tsv", "table")
+FORMATS = ("jsonl", "csv", "tsv", "parquet", "table")
 
 #: Writes one chunk of predictions.
 Writer = Callable[[list[Prediction]], None]
@@ -39,51 +44,144 @@ def id_cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def jsonl_writer(out: TextIO, decider: Decider) -> Writer:
+def jsonl_writer(out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
     def write(preds: list[Prediction]) -> None:
         for p in preds:
             # allow_nan=False: a NaN would make the line invalid JSON (logits are checked already).
-            out.write(json.dumps(decider.record(p), ensure_ascii=False, allow_nan=False) + "\n")
+            record = decider.record(p) | _kept(p, keep)
+            out.write(json.dumps(record, ensure_ascii=False, allow_nan=False, default=str) + "\n")
 
     return write
 
 
-def csv_writer(out: TextIO, decider: Decider) -> Writer:
+def _kept(p: Prediction, keep: Sequence[str]) -> dict[str, Any]:
+    """The kept input columns of a prediction, in ``keep``'s order."""
+    extra = p.extra or {}
+    return {name: extra.get(name) for name in keep}
+
+
+def check_keep_columns(keep: Sequence[str], decider: Decider) -> None:
+    """Refuse a kept column whose name a record already uses (``--keep-columns label``).
+
+    Raises:
+        BadInputError: A clash, or a column named twice.
+    """
+    own = {"id", "text", *decider.columns(), *decider.record(_probe(decider))}
+    for name in keep:
+        if name in own:
+            raise BadInputError(f"--keep-columns {name}: predict writes its own {name!r}; rename that column")
+        if list(keep).count(name) > 1:
+            raise BadInputError(f"--keep-columns names {name!r} twice")
+
+
+def _probe(decider: Decider) -> Prediction:
+    return Prediction(0, "", None, dict.fromkeys(decider.classes, 0.0), 0)
+
+
+def csv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
     # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
     # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    plain.writerow(["id", "text", *decider.columns()])
+    plain.writerow(["id", "text", *decider.columns(), *keep])
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            row = [id_cell(p.id), p.text, *decider.cells(p)]
+            row = [id_cell(p.id), p.text, *decider.cells(p), *_kept_cells(p, keep)]
             (quoted if "\r" in p.text else plain).writerow(row)
 
     return write
 
 
-def tsv_writer(out: TextIO, decider: Decider) -> Writer:
+def _kept_cells(p: Prediction, keep: Sequence[str]) -> list[str]:
+    return ["" if v is None else id_cell(v) for v in _kept(p, keep).values()]
+
+
+def tsv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
     from gptclf.data.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
-    out.write(tsv_line(["id", "text", *decider.columns()]))
+    out.write(tsv_line(["id", "text", *decider.columns(), *keep]))
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
-            out.write(tsv_line([id_cell(p.id), p.text, *(str(c) for c in decider.cells(p))]))
+            cells = [id_cell(p.id), p.text, *(str(c) for c in decider.cells(p)), *_kept_cells(p, keep)]
+            out.write(tsv_line(cells))
 
     return write
 
 
-def record_writer(fmt: str, out: TextIO, decider: Decider) -> Writer:
-    """The writer of ``fmt`` (jsonl, csv or tsv) for the run's task."""
+class ParquetWriter:
+    """Records as an Apache Parquet file: ``id``, ``text``, the label (``label``, or ``labels`` as a
+    list for multi-label runs), a ``p_<class>`` float column per class, ``abstained`` where the run
+    abstains, then the kept columns; a row group per chunk. :meth:`close` writes the footer: a file
+    that was not closed is not Parquet (and ``--output`` only renames it into place after that)."""
+
+    def __init__(self, out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise BadInputError("--format parquet needs pyarrow: pip install 'gptclf[parquet]'") from None
+        self.pa, self.pq = pa, pq
+        self.out, self.decider, self.keep = out, decider, list(keep)
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def _rows(self, preds: list[Prediction]) -> list[dict[str, Any]]:
+        rows = []
+        for p in preds:
+            record = self.decider.record(p)
+            probs = record.pop("probs")
+            row = {k: v for k, v in record.items()} | {f"p_{c}": v for c, v in probs.items()}
+            rows.append(row | _kept(p, self.keep))
+        return rows
+
+    def _schema(self, rows: list[dict[str, Any]]) -> Any:
+        pa = self.pa
+        fields = []
+        for name in rows[0] if rows else ["id", "text", "label", *(f"p_{c}" for c in self.decider.classes)]:
+            values = [r.get(name) for r in rows]
+            kind = pa.array(values).type if rows else pa.string()
+            if pa.types.is_null(kind):  # nothing to tell the type by yet: labels and kept cells are text
+                kind = pa.list_(pa.string()) if name == "labels" else pa.string()
+            fields.append(pa.field(name, kind))
+        return pa.schema(fields)
+
+    def __call__(self, preds: list[Prediction]) -> None:
+        rows = self._rows(preds)
+        if self.writer is None:
+            self.schema = self._schema(rows)
+            self.writer = self.pq.ParquetWriter(self.out.buffer, self.schema)  # type: ignore[attr-defined]
+        try:
+            table = self.pa.Table.from_pylist(rows, schema=self.schema)
+        except (self.pa.ArrowException, TypeError, ValueError) as exc:
+            raise BadInputError(
+                f"a column changes type within the input ({str(exc).splitlines()[0][:100]}): Parquet columns "
+                "hold one type; write --format jsonl instead"
+            ) from None
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        """Write the footer (and, for an input without texts, the empty file's columns)."""
+        if self.writer is None:
+            self.schema = self._schema([])
+            self.writer = self.pq.ParquetWriter(self.out.buffer, self.schema)  # type: ignore[attr-defined]
+        self.writer.close()
+
+
+def record_writer(fmt: str, out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
+    """The writer of ``fmt`` (jsonl, csv, tsv or parquet) for the run's task, with the input
+    columns ``keep`` after the record's own. A parquet writer must be closed (:class:`ParquetWriter`)."""
+    check_keep_columns(keep, decider)
     if fmt == "jsonl":
-        return jsonl_writer(out, decider)
+        return jsonl_writer(out, decider, keep)
     if fmt == "csv":
-        return csv_writer(out, decider)
+        return csv_writer(out, decider, keep)
     if fmt == "tsv":
-        return tsv_writer(out, decider)
+        return tsv_writer(out, decider, keep)
+    if fmt == "parquet":
+        return ParquetWriter(out, decider, keep)
     raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 

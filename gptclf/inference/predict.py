@@ -13,6 +13,7 @@ same batches of the one inference loop, so streaming, formats and decisions are 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,8 @@ class Predictor:
 
         Args:
             texts: Texts, or ``(id, text)`` pairs (the id is passed on to the predictions; a plain
-                text's id is its 0-based position).
+                text's id is its 0-based position), or ``(id, text, kept)`` triples whose ``kept``
+                columns (a dict) go into the predictions' ``extra``.
             pause: Seconds without a new text after which the texts read so far are predicted
                 as a short chunk, so a slow or interactive producer sees its results; None
                 waits for a full chunk (best for files, whose chunks sort best when full).
@@ -275,8 +277,13 @@ class Predictor:
         pieces = waiting_chunks(texts, self.chunk_size, pause) if pause else chunks(texts, self.chunk_size)
         start = 0
         for chunk in pieces:
-            ids, items = zip(*(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True)
-            yield self.decider.predictions(start, ids, items, self.logits(list(items)))
+            ids, items, extras = zip(
+                *(_split_item(start + i, item) for i, item in enumerate(chunk)), strict=True
+            )
+            preds = self.decider.predictions(start, ids, items, self.logits(list(items)))
+            if any(e is not None for e in extras):
+                preds = [dataclasses.replace(p, extra=e) for p, e in zip(preds, extras, strict=True)]
+            yield preds
             start += len(chunk)
 
     def predict(self, texts: Iterable[str | tuple[Any, str]]) -> Iterator[Prediction]:
@@ -295,8 +302,11 @@ class Predictor:
         return LongCounts(self.n_texts, self.n_truncated, self.n_windows)
 
 
-def _split_item(position: int, item: str | tuple[Any, str]) -> tuple[Any, str]:
-    return (position, item) if isinstance(item, str) else item
+def _split_item(position: int, item: str | tuple[Any, ...]) -> tuple[Any, str, dict[str, Any] | None]:
+    """``(id, text, kept columns)`` of a text, an ``(id, text)`` pair or an ``(id, text, kept)`` triple."""
+    if isinstance(item, str):
+        return position, item, None
+    return (item[0], item[1], item[2] if len(item) > 2 else None)
 
 
 def text_stream(
@@ -306,7 +316,8 @@ def text_stream(
     id_column: str | None,
     input_format: str | None,
     encoding: str,
-) -> Iterable[str | tuple[Any, str]]:
+    keep_columns: list[str] | None = None,
+) -> Iterable[str | tuple[Any, ...]]:
     """The texts ``predict`` reads: ``texts`` given as arguments (a single ``-``: stdin), or the
     file ``input_path`` (``-``: stdin) with its text and id columns; checked before the run is loaded.
 
@@ -321,7 +332,8 @@ def text_stream(
     if input_path is None:
         if not texts:
             raise BadInputError("nothing to classify: give texts as arguments, --input FILE, or - for stdin")
-        stray = [f for f, v in {"--text-column": text_column, "--id-column": id_column}.items() if v]
+        given = {"--text-column": text_column, "--id-column": id_column, "--keep-columns": keep_columns}
+        stray = [f for f, v in given.items() if v]
         stray += ["--input-format"] if input_format is not None else []
         if stray:
             verb = "applies" if len(stray) == 1 else "apply"
@@ -331,7 +343,7 @@ def text_stream(
 
     # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
     source = input_path if input_path == "-" else Path(input_path)
-    return read_inputs(source, text_column, id_column, fmt=input_format, encoding=encoding)
+    return read_inputs(source, text_column, id_column, fmt=input_format, encoding=encoding, keep=keep_columns)
 
 
 def open_predictor(

@@ -44,6 +44,7 @@ class Prediction:
         abstained: The top calibrated probability is below the run's ``min_confidence``.
         labels: The labels whose probability reaches their threshold (multi-label), in class order;
             None for a single-label run.
+        extra: Columns of the input kept beside the result (``predict --keep-columns``), by name.
     """
 
     index: int
@@ -53,6 +54,7 @@ class Prediction:
     id: Any = None
     abstained: bool = False
     labels: list[str] | None = None
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ def test_tables_are_never_cropped_when_stdout_is_not_a_terminal(run_dir: Path, t
 def test_input_format_and_its_old_name(run_dir: Path, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "eval.data", list(zip(TEXTS, LABELS, strict=True)))  # no extension
     code, _, err = invoke(str(run_dir), "--input", str(data))
-    assert code == 2 and "pass --input-format (csv, tsv, jsonl, sms)" in err
+    assert code == 2 and "pass --input-format (csv, tsv, jsonl, sms, parquet)" in err
     for flag in ("--input-format", "--format"):
         code, out, err = invoke(str(run_dir), "--input", str(data), flag, "csv", "--json")
         assert code == 0, err

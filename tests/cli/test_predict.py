@@ -469,3 +469,53 @@ def test_a_multi_label_run_predicts_the_same_label_sets_through_onnx(tmp_path: P
         assert [r["labels"] for r in jsonl(got)] == [r["labels"] for r in jsonl(want)]
         for a, b in zip(probs_of(want), probs_of(got), strict=True):
             assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 2e-6
+
+
+def test_parquet_in_and_out_with_ids_and_kept_columns_joins_back(run_dir: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "tickets.parquet"
+    bodies = [f"ticket {i}: " + ("win cash now" if i % 3 else "see you at lunch") for i in range(50)]
+    pq.write_table(
+        pa.table({"body": bodies, "ticket_id": [f"T{i}" for i in range(50)], "team": ["a", "b"] * 25}),
+        source,
+        row_group_size=8,
+    )
+    out = tmp_path / "out.parquet"
+    code, _, err = invoke(
+        str(run_dir), "--input", str(source), "--text-column", "body", "--id-column", "ticket_id",
+        "--keep-columns", "team", "--output", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "text", "label", "p_ham", "p_spam", "team"]
+    rows = table.to_pylist()
+    assert [r["id"] for r in rows] == [f"T{i}" for i in range(50)]
+    assert [r["team"] for r in rows] == ["a", "b"] * 25
+    # The same records as JSONL, probabilities and labels alike.
+    code, out_jsonl, _ = invoke(
+        str(run_dir), "--input", str(source), "--text-column", "body", "--keep-columns", "team"
+    )
+    for r, j in zip(rows, jsonl(out_jsonl), strict=True):
+        assert (r["text"], r["label"], r["team"]) == (j["text"], j["label"], j["team"])
+        assert r["p_spam"] == j["probs"]["spam"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--format", "parquet"], "--format parquet writes a file"),
+        (["--keep-columns", "label"], "predict writes its own 'label'"),
+        (["--keep-columns", "nope"], "has no column 'nope'"),
+        (["--keep-columns", ","], "--keep-columns names no column"),
+    ],
+)
+def test_bad_parquet_and_kept_column_options(
+    run_dir: Path, tmp_path: Path, args: list[str], words: str
+) -> None:
+    table = tmp_path / "in.csv"
+    table.write_text("text,label\nhello,ham\n", encoding="utf-8")
+    code, _, err = invoke(str(run_dir), "--input", str(table), *args)
+    assert code == 2 and words in err, err

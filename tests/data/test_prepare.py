@@ -90,7 +90,7 @@ def test_a_disk_that_fills_during_the_write_is_one_line_and_leaves_no_debris(
 def test_input_format_and_its_old_name(tmp_path: Path) -> None:
     table = write_table(tmp_path / "data.table", rows_of({"pos": 30, "neg": 20}))  # no known extension
     result = run("--input", table, "--out", tmp_path / "a")
-    assert result.exit_code == 2 and "pass --input-format (csv, tsv, jsonl, sms)" in one_line(result)
+    assert result.exit_code == 2 and "pass --input-format (csv, tsv, jsonl, sms, parquet)" in one_line(result)
     for flag, out in (("--input-format", "b"), ("--format", "c")):
         result = run("--input", table, flag, "csv", "--out", tmp_path / out)
         assert result.exit_code == 0, result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -187,14 +188,14 @@ def test_ids_come_from_an_id_column_or_the_position(tmp_path: Path) -> None:
         list(read_inputs(jsonl))
     txt = tmp_path / "in.txt"
     txt.write_text("x\n", encoding="utf-8")
-    with pytest.raises(BadInputError, match="--id-column needs a CSV, TSV or JSONL input"):
+    with pytest.raises(BadInputError, match="--id-column needs a CSV, TSV, JSONL or Parquet input"):
         read_inputs(txt, id_column="id")
 
 
 def test_format_hints_name_the_flag_and_what_it_accepts(tmp_path: Path) -> None:
     with pytest.raises(BadInputError) as info:
         resolve_format(tmp_path / "data.bin", None)
-    assert "pass --input-format (csv, tsv, jsonl, sms)" in str(info.value)
+    assert "pass --input-format (csv, tsv, jsonl, sms, parquet)" in str(info.value)
     with pytest.raises(BadInputError) as info:
         resolve_format(tmp_path / "data.bin", None, ("csv", "tsv", "jsonl", "sms", "txt"))
     assert "pass --input-format (csv, tsv, jsonl, sms, txt)" in str(info.value)
@@ -210,3 +211,65 @@ def test_a_compression_suffix_does_not_hide_the_format() -> None:
     assert resolve_format("-", "tsv.gz") == "tsv"
     with pytest.raises(BadInputError, match="cannot tell the format"):
         resolve_format(Path("a.gz"), None)
+
+
+def _parquet(path: Path, columns: dict[str, list[object]], row_group_size: int = 4) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_tables_read_row_group_by_row_group_like_the_other_formats(tmp_path: Path) -> None:
+    from gptclf.data import tables
+    from gptclf.data.tables import parquet_rows, read_inputs
+
+    texts = [f"text {i}" for i in range(10)] + ["", None]
+    path = _parquet(
+        tmp_path / "t.parquet",
+        {"body": texts, "label": ["a", "b"] * 6, "ticket": list(range(100, 112)), "score": [0.5] * 12},
+    )
+    table = load_table(path, text_column="body")
+    assert table.frame["text"].tolist() == texts[:10] and table.dropped == {"empty text": 2}
+    assert parquet_rows(path) == 12
+    got = list(read_inputs(path, "body", "ticket", keep=["score", "label"]))
+    assert got[0] == (100, "text 0", {"score": 0.5, "label": "a"})
+    assert [g[1] for g in got] == [*texts[:10], "", ""]
+    # Row groups of 4 rows, read 3 rows at a time: still every row once, in order.
+    old = tables.PARQUET_BATCH
+    try:
+        tables.PARQUET_BATCH = 3
+        assert [i for i, _ in read_inputs(path, "body", "ticket")] == list(range(100, 112))
+    finally:
+        tables.PARQUET_BATCH = old
+
+
+@pytest.mark.parametrize(
+    ("columns", "args", "words"),
+    [
+        ({"body": [1, 2]}, {"text_column": "body"}, "column 'body' holds int64, not text"),
+        ({"body": ["a", "b"]}, {}, "has no column 'text' (columns: body)"),
+    ],
+)
+def test_bad_parquet_inputs_are_one_line(tmp_path: Path, columns: dict, args: dict, words: str) -> None:
+    from gptclf.data.tables import read_inputs
+
+    path = _parquet(tmp_path / "t.parquet", columns)
+    with pytest.raises(BadInputError, match=re.escape(words)):
+        list(read_inputs(path, **args))
+
+
+def test_a_file_that_is_not_parquet_and_parquet_on_stdin_are_refused(tmp_path: Path) -> None:
+    from gptclf.data.tables import read_inputs
+
+    fake = tmp_path / "t.parquet"
+    fake.write_text("text\nhello\n")
+    with pytest.raises(BadInputError, match="is not a Parquet file"):
+        list(read_inputs(fake))
+    with pytest.raises(BadInputError, match="Parquet cannot be read from stdin"):
+        list(read_inputs("-", fmt="parquet"))
+    txt = tmp_path / "t.txt"
+    txt.write_text("a\n")
+    with pytest.raises(BadInputError, match="--keep-columns needs a CSV, TSV, JSONL or Parquet input"):
+        list(read_inputs(txt, keep=["x"]))
