@@ -138,7 +138,7 @@ def predict(
     from gptclf.data.long_texts import describe_counts
     from gptclf.distributed import refuse_distributed
     from gptclf.inference.outputs import destination, stream
-    from gptclf.inference.predict import open_predictor, text_stream
+    from gptclf.inference.predict import open_predictor, text_stream, with_progress
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
@@ -162,7 +162,15 @@ def predict(
         write = _writer(fmt, out, predictor.decider, output is not None, keep)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
-        stream(predictor.predict_chunks(given, pause=pause), write, out, where)
+        chunks = predictor.predict_chunks(given, pause=pause)
+        # A long job from a file shows its progress on stderr, unless its results go to the terminal.
+        if input_path not in (None, "-") and (output is not None or not sys.stdout.isatty()):
+            from gptclf.data.tables import estimate_rows
+            from gptclf.progress import ConsoleProgress
+
+            total = estimate_rows(Path(input_path), s.input_format)
+            chunks = with_progress(chunks, ConsoleProgress(err_console), total)
+        stream(chunks, write, out, where)
         finish = getattr(write, "close", None)
         if finish is not None:  # Parquet's footer: before the file is renamed into place
             finish()

@@ -14,6 +14,7 @@ same batches of the one inference loop, so streaming, formats and decisions are 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,23 @@ class Predictor:
     def long_counts(self) -> LongCounts:
         """The texts predicted so far, the long ones among them and the windows they took."""
         return LongCounts(self.n_texts, self.n_truncated, self.n_windows)
+
+
+def with_progress(
+    chunks: Iterable[list[Prediction]], progress: Progress, total: int | None
+) -> Iterator[list[Prediction]]:
+    """``chunks`` as they come, each counted on ``progress``: texts done, texts/s and, where the
+    input's size is known (``total``), the ETA."""
+    progress.begin("classifying", total=total, unit="texts")
+    started, done = time.monotonic(), 0
+    try:
+        for chunk in chunks:
+            done += len(chunk)
+            rate = done / max(time.monotonic() - started, 1e-9)
+            progress.advance(len(chunk), rate=f"{rate:,.1f} texts/s")
+            yield chunk
+    finally:
+        progress.end()
 
 
 def _split_item(position: int, item: str | tuple[Any, ...]) -> tuple[Any, str, dict[str, Any] | None]:

@@ -71,6 +71,9 @@ def finetune(
     out = shard.from_main(out_dir(settings))
     with InterruptGuard() as guard:
         settings, resume_state = _checked_settings(out, settings)
+        # Every rank has looked at --out before rank 0 makes its work folder: a rank still checking
+        # once it exists took it for another process's build and stopped with exit 2 (now and then).
+        shard.barrier()
         plan = make_plan(settings)
         build = None
         if shard.is_main:

@@ -167,7 +167,7 @@ def test_broken_pipe_exits_quietly(run_dir: Path, tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
     assert json.loads(first)["id"] == 0
-    assert err == b""
+    assert err.decode().splitlines() == ["classifying (3,000 texts)"]  # the progress's first line only
 
 
 # --- issue 9 ---------------------------------------------------------------------------------------
@@ -247,7 +247,8 @@ def test_table_into_a_closed_pipe_exits_quietly(run_dir: Path, tmp_path: Path) -
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0, err
-    assert b"id" in head[0] and err == b""
+    assert b"id" in head[0]
+    assert err.decode().splitlines() == ["classifying (3,000 texts)"]  # the progress's first line only
 
 
 def test_tsv_output_reads_back_in_predict_and_prepare(run_dir: Path, tmp_path: Path) -> None:
@@ -519,3 +520,45 @@ def test_bad_parquet_and_kept_column_options(
     table.write_text("text,label\nhello,ham\n", encoding="utf-8")
     code, _, err = invoke(str(run_dir), "--input", str(table), *args)
     assert code == 2 and words in err, err
+
+
+def test_a_job_from_a_file_shows_texts_done_rate_and_eta(run_dir: Path, tmp_path: Path) -> None:
+    """Off a terminal: a first line with the total (Parquet metadata, or the file's lines counted),
+    then lines with texts done, texts/s and the ETA (at most every 30 s; here the final state)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gptclf.data.tables import estimate_rows
+    from gptclf.progress import ConsoleProgress
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("".join(f"text {i}\n" for i in range(2500)), encoding="utf-8")
+    table = tmp_path / "in.csv"
+    table.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(40)) + "last,a", encoding="utf-8")
+    packed = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(77)]}), packed)
+    assert estimate_rows(texts, None) == 2500
+    assert estimate_rows(table, None) == 41
+    assert estimate_rows(packed, None) == 77
+    assert estimate_rows("-", None) is None
+    code, _, err = invoke(str(run_dir), "--input", str(texts), "--output", str(tmp_path / "out.jsonl"))
+    assert code == 0 and "classifying (2,500 texts)" in err
+    # Every chunk is counted: with no wait between lines, each shows texts done, rate and ETA.
+    import io
+
+    from rich.console import Console
+
+    from gptclf.inference.predict import with_progress
+
+    buffer = io.StringIO()
+    shown = ConsoleProgress(Console(file=buffer, width=200), interval=0)
+    chunks = [[None] * 1024, [None] * 1024, [None] * 452]
+    assert [len(c) for c in with_progress(iter(chunks), shown, 2500)] == [1024, 1024, 452]  # type: ignore[arg-type]
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "classifying (2,500 texts)"
+    assert (
+        lines[1].startswith("classifying: 1,024/2,500 texts, rate ")
+        and "texts/s" in lines[1]
+        and "ETA" in lines[1]
+    )
+    assert lines[-1].startswith("classifying: 2,500/2,500 texts")
