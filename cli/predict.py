@@ -121,6 +121,9 @@ def predict(
     keep_columns: str | None = typer.Option(
         None, "--keep-columns", help="Input columns to copy into each result, comma-separated (a,b)."
     ),
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="K/N", help="Only the K-th of N contiguous parts of --input (K from 1)."
+    ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write the results to this file (whole or not at all), not stdout."
     ),
@@ -138,7 +141,7 @@ def predict(
     from gptclf.data.long_texts import describe_counts
     from gptclf.distributed import refuse_distributed
     from gptclf.inference.outputs import destination, stream
-    from gptclf.inference.predict import open_predictor, text_stream, with_progress
+    from gptclf.inference.predict import open_predictor, parse_shard, text_stream, with_progress
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
@@ -152,14 +155,18 @@ def predict(
     keep = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else []
     if keep_columns is not None and not keep:
         raise BadInputError("--keep-columns names no column: give NAME[,NAME...]")
-    s = source
-    given = text_stream(texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding, keep)
+    s, part = source, parse_shard(shard) if shard is not None else None
+    given = text_stream(
+        texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding, keep, part
+    )
     with destination(output, fmt) as out:
         predictor = open_predictor(
             run, engine=engine, quantize=quantize, device=device, decide=decide, long=long,
             note=lambda line: err_console.print(line, markup=False),
         )  # fmt: skip
-        write = _writer(fmt, out, predictor.decider, output is not None, keep)
+        # Parts after the first write no CSV/TSV header: `cat` of the parts in order is the whole.
+        header = part is None or part[0] == 1
+        write = _writer(fmt, out, predictor.decider, output is not None, keep, header)
         pause = STDIN_PAUSE if input_path == "-" or texts == ["-"] else None
         where = str(output.parent) if output is not None else "stdout"
         chunks = predictor.predict_chunks(given, pause=pause)
@@ -169,6 +176,8 @@ def predict(
             from gptclf.progress import ConsoleProgress
 
             total = estimate_rows(Path(input_path), s.input_format)
+            if total is not None and part is not None:  # this part's share of the rows
+                total = part[0] * total // part[1] - (part[0] - 1) * total // part[1]
             chunks = with_progress(chunks, ConsoleProgress(err_console), total)
         stream(chunks, write, out, where)
         finish = getattr(write, "close", None)
@@ -179,11 +188,13 @@ def predict(
         err_console.print(f"gptclf: {line}", markup=False)
 
 
-def _writer(fmt: str, out: TextIO, decider: Decider, to_file: bool, keep: list[str]) -> Writer:
+def _writer(
+    fmt: str, out: TextIO, decider: Decider, to_file: bool, keep: list[str], header: bool = True
+) -> Writer:
     """The record writer of ``fmt``, or the table (rendered here: it is for people)."""
     if fmt != "table":
         from gptclf.inference.outputs import record_writer
 
-        return record_writer(fmt, out, decider, keep)
+        return record_writer(fmt, out, decider, keep, header)
     console = Console(file=io.StringIO(), width=100, color_system=None) if to_file else out_console
     return _table_writer(out, decider, console)

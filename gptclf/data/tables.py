@@ -28,6 +28,7 @@ whose label is empty, is dropped and counted under its reason.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from collections import Counter
@@ -206,28 +207,80 @@ def read_inputs(
     encoding: str = "utf-8",
     detect_id: bool = True,
     keep: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    unit: int = 1,
 ) -> Iterator[tuple[Any, ...]]:
     """Stream ``(id, text)`` pairs of a file or of stdin (see :func:`read_texts`).
 
     The id is the value of ``id_column``, or of a column (JSON key of the first record) named
     ``id`` when ``detect_id`` is set and none is named; else the record's 0-based position. With
     ``keep``, each pair is a triple ``(id, text, {column: value})`` of those columns' values.
+    With ``shard=(k, n)``, only the k-th (1-based) of n contiguous parts of the records, with their
+    positions in the whole input, parts made of whole blocks of ``unit`` records (:func:`shard_rows`).
 
     Raises:
         BadInputError: As :func:`read_texts`; ``id_column`` for a format without columns, or a
-            record without it.
+            record without it; a shard of stdin.
     """
     fmt = resolve_format(path, fmt, (*TABLE_FORMATS, "txt"))
     if not is_stdin(path):
         check_file(Path(path))
+    elif shard is not None:
+        raise BadInputError("--shard needs a file to split: stdin cannot be read in parts")
     reading_encoding(encoding)
+    if shard is not None:
+        rows = shard_rows(path, fmt, text_column, encoding, shard, unit)
+        return itertools.islice(
+            _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, rows[0]),
+            rows[1] - rows[0],
+        )
+    return _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, 0)
+
+
+def shard_rows(
+    path: Source, fmt: str, text_column: str | None, encoding: str, shard: tuple[int, int], unit: int = 1
+) -> tuple[int, int]:
+    """The rows ``[start, end)`` of the k-th of n contiguous parts of a file's records: parts of
+    whole blocks of ``unit`` records (predict's chunks), their block counts differing by at most
+    one (a part may be empty when there are fewer blocks than parts). A Parquet file's row count
+    is its metadata; other files are read once to count their records (compressed ones decompressed)."""
+    k, n = shard
+    if fmt == "parquet":
+        total = parquet_rows(path)
+        if total is None:  # not Parquet: reading it says why
+            list(_parquet_records(path, [text_column or "text"]))
+            total = 0
+    elif fmt == "txt":
+        total = sum(1 for _ in numbered_lines(path, encoding, skip_blank=False))
+    elif fmt == "sms":
+        total = sum(1 for _ in numbered_lines(path, encoding))
+    else:
+        total = sum(1 for _ in _records(path, fmt, [text_column or "text"], encoding))
+    blocks = -(-total // unit)
+    return min(total, (k - 1) * blocks // n * unit), min(total, k * blocks // n * unit)
+
+
+def _read_inputs(
+    path: Source,
+    fmt: str,
+    text_column: str | None,
+    id_column: str | None,
+    encoding: str,
+    detect_id: bool,
+    keep: Sequence[str] | None,
+    start: int,
+) -> Iterator[tuple[Any, ...]]:
+    """:func:`read_inputs` from the ``start``-th record on (the records before it are skipped: a
+    Parquet file's whole row groups unread)."""
     if fmt in ("txt", "sms"):
         for flag, value in (("--id-column", id_column), ("--keep-columns", keep)):
             if value:
                 raise BadInputError(f"{flag} needs a CSV, TSV, JSONL or Parquet input; {fmt} has no columns")
         if fmt == "txt":
-            return enumerate(line for _, line in numbered_lines(path, encoding, skip_blank=False))
-        return enumerate(_sms_fields(path, ln, n)[0] for n, ln in numbered_lines(path, encoding))
+            lines = (line for _, line in numbered_lines(path, encoding, skip_blank=False))
+        else:
+            lines = (_sms_fields(path, ln, n)[0] for n, ln in numbered_lines(path, encoding))
+        return enumerate(itertools.islice(lines, start, None), start=start)
     text = text_column or "text"
 
     kept = list(keep or [])
@@ -238,13 +291,16 @@ def read_inputs(
         has_id.append(ids is not None)
         return [text, *kept] if ids is None else [text, *kept, ids]
 
-    records = _records(path, fmt, choose, encoding)
+    if fmt == "parquet":
+        records = _parquet_records(path, choose, start)
+    else:
+        records = itertools.islice(_records(path, fmt, choose, encoding), start, None)
     if not kept:
-        return ((r[1] if len(r) > 1 else i, _cell(r[0])) for i, r in enumerate(records))
+        return ((r[1] if len(r) > 1 else i, _cell(r[0])) for i, r in enumerate(records, start=start))
     n = len(kept)
     return (
         (r[-1] if has_id[0] else i, _cell(r[0]), dict(zip(kept, r[1 : 1 + n], strict=True)))
-        for i, r in enumerate(records)
+        for i, r in enumerate(records, start=start)
     )
 
 
@@ -385,8 +441,9 @@ def _jsonl_records(source: Source, columns: Columns, encoding: str) -> Iterator[
 PARQUET_BATCH = 8192
 
 
-def _parquet_records(source: Source, columns: Columns) -> Iterator[tuple[Any, ...]]:
-    """The values of ``columns`` (the first one the texts) of each row of a Parquet file."""
+def _parquet_records(source: Source, columns: Columns, start: int = 0) -> Iterator[tuple[Any, ...]]:
+    """The values of ``columns`` (the first one the texts) of each row of a Parquet file, from
+    its ``start``-th row on (the row groups wholly before it are not read)."""
     if is_stdin(source):
         raise BadInputError(
             "Parquet cannot be read from stdin (a reader must seek to its end): give the file"
@@ -415,8 +472,18 @@ def _parquet_records(source: Source, columns: Columns) -> Iterator[tuple[Any, ..
             raise BadInputError(
                 f"{path}: column {chosen[0]!r} holds {texts}, not text: name the text column (--text-column)"
             )
+        first, skip = 0, start  # the first row group to read, and the rows of it to skip
+        while first < parquet.num_row_groups and skip >= (size := parquet.metadata.row_group(first).num_rows):
+            first, skip = first + 1, skip - size
+        groups = list(range(first, parquet.num_row_groups))
         try:
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(chosen))):
+            batches = parquet.iter_batches(
+                batch_size=PARQUET_BATCH, columns=list(dict.fromkeys(chosen)), row_groups=groups
+            )
+            for batch in batches if groups else []:
+                if skip:
+                    cut = min(skip, batch.num_rows)
+                    batch, skip = batch.slice(cut), skip - cut
                 values = [batch.column(c).to_pylist() for c in chosen]
                 yield from zip(*values, strict=True)
         except (pa.ArrowException, OSError) as exc:

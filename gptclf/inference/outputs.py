@@ -78,12 +78,13 @@ def _probe(decider: Decider) -> Prediction:
     return Prediction(0, "", None, dict.fromkeys(decider.classes, 0.0), 0)
 
 
-def csv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
+def csv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = (), header: bool = True) -> Writer:
     # csv quotes a field holding the delimiter, a quote or "\n", so texts round-trip; but it leaves a
     # lone "\r" bare, which readers take for a line break, so a row holding one is quoted whole.
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    plain.writerow(["id", "text", *decider.columns(), *keep])
+    if header:
+        plain.writerow(["id", "text", *decider.columns(), *keep])
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
@@ -97,11 +98,12 @@ def _kept_cells(p: Prediction, keep: Sequence[str]) -> list[str]:
     return ["" if v is None else id_cell(v) for v in _kept(p, keep).values()]
 
 
-def tsv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
+def tsv_writer(out: TextIO, decider: Decider, keep: Sequence[str] = (), header: bool = True) -> Writer:
     from gptclf.data.tables import tsv_line
 
     # The convention gptclf's TSV reader uses (escapes, no quoting), so the output reads back as is.
-    out.write(tsv_line(["id", "text", *decider.columns(), *keep]))
+    if header:
+        out.write(tsv_line(["id", "text", *decider.columns(), *keep]))
 
     def write(preds: list[Prediction]) -> None:
         for p in preds:
@@ -170,16 +172,18 @@ class ParquetWriter:
         self.writer.close()
 
 
-def record_writer(fmt: str, out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> Writer:
+def record_writer(
+    fmt: str, out: TextIO, decider: Decider, keep: Sequence[str] = (), header: bool = True
+) -> Writer:
     """The writer of ``fmt`` (jsonl, csv, tsv or parquet) for the run's task, with the input
     columns ``keep`` after the record's own. A parquet writer must be closed (:class:`ParquetWriter`)."""
     check_keep_columns(keep, decider)
     if fmt == "jsonl":
         return jsonl_writer(out, decider, keep)
     if fmt == "csv":
-        return csv_writer(out, decider, keep)
+        return csv_writer(out, decider, keep, header)
     if fmt == "tsv":
-        return tsv_writer(out, decider, keep)
+        return tsv_writer(out, decider, keep, header)
     if fmt == "parquet":
         return ParquetWriter(out, decider, keep)
     raise BadInputError(f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -155,7 +155,7 @@ class Predictor:
         engine: str = "torch",
         quantize: str = "none",
         batch_size: int = 32,
-        chunk_size: int = CHUNK_SIZE,
+        chunk_size: int | None = None,
         threshold: float | None = None,
         positive: str | None = None,
         calibrated: bool = True,
@@ -192,6 +192,7 @@ class Predictor:
         # Name only the value that is wrong: the CLI never lets the user set the chunk size.
         if batch_size < 1:
             raise BadInputError(f"--batch-size must be >= 1 (got {batch_size})")
+        chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
         if chunk_size < 1:
             raise BadInputError(f"chunk_size must be >= 1 (got {chunk_size})")
         self.run = run
@@ -335,6 +336,7 @@ def text_stream(
     input_format: str | None,
     encoding: str,
     keep_columns: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterable[str | tuple[Any, ...]]:
     """The texts ``predict`` reads: ``texts`` given as arguments (a single ``-``: stdin), or the
     file ``input_path`` (``-``: stdin) with its text and id columns; checked before the run is loaded.
@@ -350,7 +352,10 @@ def text_stream(
     if input_path is None:
         if not texts:
             raise BadInputError("nothing to classify: give texts as arguments, --input FILE, or - for stdin")
-        given = {"--text-column": text_column, "--id-column": id_column, "--keep-columns": keep_columns}
+        given = {
+            "--text-column": text_column, "--id-column": id_column, "--keep-columns": keep_columns,
+            "--shard": shard,
+        }  # fmt: skip
         stray = [f for f, v in given.items() if v]
         stray += ["--input-format"] if input_format is not None else []
         if stray:
@@ -361,7 +366,27 @@ def text_stream(
 
     # Stdin and files share one reader: --encoding, a BOM, CRLF and bad bytes are handled alike.
     source = input_path if input_path == "-" else Path(input_path)
-    return read_inputs(source, text_column, id_column, fmt=input_format, encoding=encoding, keep=keep_columns)
+    # Parts are whole chunks of the unsharded run: every chunk is sorted and batched as it would be
+    # there, so the parts' records are byte for byte those of the whole input.
+    return read_inputs(
+        source, text_column, id_column, fmt=input_format, encoding=encoding, keep=keep_columns,
+        shard=shard, unit=CHUNK_SIZE,
+    )  # fmt: skip
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> ``(K, N)``: the K-th (1-based) of N parts.
+
+    Raises:
+        BadInputError: Not two whole numbers with 1 <= K <= N.
+    """
+    k, slash, n = text.partition("/")
+    if not slash or not k.strip().isdigit() or not n.strip().isdigit():
+        raise BadInputError(f"--shard {text!r} is not K/N (for example 2/8: the second of 8 parts)")
+    shard = int(k), int(n)
+    if not 1 <= shard[0] <= shard[1]:
+        raise BadInputError(f"--shard {text}: K must be between 1 and N (parts are numbered from 1)")
+    return shard
 
 
 def open_predictor(

@@ -562,3 +562,88 @@ def test_a_job_from_a_file_shows_texts_done_rate_and_eta(run_dir: Path, tmp_path
         and "ETA" in lines[1]
     )
     assert lines[-1].startswith("classifying: 2,500/2,500 texts")
+
+
+@pytest.mark.parametrize("fmt", ["txt-jsonl", "csv-csv", "parquet-csv", "jsonl-tsv"])
+def test_shards_concatenate_to_the_whole_output_byte_for_byte(
+    run_dir: Path, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--shard K/N: contiguous parts of whole chunks (here of 16 texts: 103 texts are 7 chunks, so
+    4 parts of 1 or 2 chunks), with the input's own row numbers (or ids); every chunk is sorted and
+    batched as in the unsharded run, and parts after the first write no header, so `cat` of the
+    parts in order is the unsharded output byte for byte."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("gptclf.inference.predict.CHUNK_SIZE", 16)
+    source_fmt, out_fmt = fmt.split("-")
+    texts = [f"message {i} " + "win cash " * (i % 4) for i in range(103)]
+    source = tmp_path / f"in.{source_fmt}"
+    if source_fmt == "txt":
+        source.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    elif source_fmt == "csv":
+        source.write_text("text\n" + "".join(t + "\n" for t in texts), encoding="utf-8")
+    elif source_fmt == "jsonl":
+        source.write_text("".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    else:
+        pq.write_table(pa.table({"text": texts}), source, row_group_size=10)
+    whole = tmp_path / f"whole.{out_fmt}"
+    assert invoke(str(run_dir), "--input", str(source), "--format", out_fmt, "--output", str(whole))[0] == 0
+    parts = []
+    for k in range(1, 5):
+        part = tmp_path / f"part{k}.{out_fmt}"
+        code, _, err = invoke(
+            str(run_dir),
+            "--input",
+            str(source),
+            "--shard",
+            f"{k}/4",
+            "--format",
+            out_fmt,
+            "--output",
+            str(part),
+        )
+        assert code == 0, err
+        parts.append(part.read_bytes())
+    assert b"".join(parts) == whole.read_bytes()
+    assert all(parts)  # no part is empty
+
+
+def test_a_parquet_shard_skips_the_row_groups_before_it(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gptclf.data.tables import read_inputs, shard_rows
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(100)]}), path, row_group_size=7)
+    assert shard_rows(path, "parquet", None, "utf-8", (2, 3)) == (33, 66)
+    got = list(read_inputs(path, shard=(2, 3)))
+    assert got == [(i, f"t{i}") for i in range(33, 66)]
+    parts = [[i for i, _ in read_inputs(path, shard=(k, 7))] for k in range(1, 8)]
+    assert [i for part in parts for i in part] == list(range(100))  # contiguous, each row once
+    assert {len(part) for part in parts} == {14, 15}
+    # In blocks of 16 (predict's chunks): 7 blocks, 3 parts of 2 or 3 whole blocks.
+    assert [shard_rows(path, "parquet", None, "utf-8", (k, 3), 16) for k in (1, 2, 3)] == [
+        (0, 32),
+        (32, 64),
+        (64, 100),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--shard", "0/3"], "K must be between 1 and N"),
+        (["--shard", "4/3"], "K must be between 1 and N"),
+        (["--shard", "1-3"], "is not K/N"),
+        (["--shard", "1/0"], "K must be between 1 and N"),
+    ],
+)
+def test_bad_shards_are_one_line(run_dir: Path, tmp_path: Path, args: list[str], words: str) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a\nb\n", encoding="utf-8")
+    code, _, err = invoke(str(run_dir), "--input", str(source), *args)
+    assert code == 2 and words in err, err
+    code, _, err = invoke(str(run_dir), "--input", "-", "--shard", "1/2", stdin="a\n")
+    assert code == 2 and "stdin cannot be read in parts" in err
