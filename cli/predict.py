@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -47,6 +49,7 @@ from gptclf.option_groups import DecisionOptions, DeviceOptions, InputOptions, L
 
 if TYPE_CHECKING:
     from gptclf.inference.outputs import Writer
+    from gptclf.inference.predict import Predictor
     from gptclf.tasks.base import Decider, Prediction
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "table")
@@ -127,6 +130,11 @@ def predict(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write the results to this file (whole or not at all), not stdout."
     ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted --input FILE --output FILE job from its last whole chunk.",
+    ),
     decide: DecisionOptions = DecisionOptions(),
     device: DeviceOptions = DeviceOptions(),
     engine: str | None = typer.Option(
@@ -138,10 +146,9 @@ def predict(
     long: LongTextOptions = LongTextOptions(),
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
-    from gptclf.data.long_texts import describe_counts
     from gptclf.distributed import refuse_distributed
     from gptclf.inference.outputs import destination, stream
-    from gptclf.inference.predict import open_predictor, parse_shard, text_stream, with_progress
+    from gptclf.inference.predict import parse_shard, text_stream
 
     refuse_distributed("predict")  # a single-process verb: several copies would print N times
     if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
@@ -156,14 +163,29 @@ def predict(
     if keep_columns is not None and not keep:
         raise BadInputError("--keep-columns names no column: give NAME[,NAME...]")
     s, part = source, parse_shard(shard) if shard is not None else None
+    target = _job_target(output, input_path, texts, resume)
+    if target is not None:
+        options = {
+            "format": fmt,
+            "text_column": s.text_column,
+            "id_column": id_column,
+            "input_format": s.input_format,
+            "encoding": s.encoding,
+            "keep_columns": keep,
+            "shard": shard,
+            "engine": engine,
+            "quantize": quantize,
+            **asdict(device),
+            **asdict(decide),
+            **asdict(long),
+        }
+        _predict_job(run, Path(input_path or ""), target, options, resume, part)
+        return
     given = text_stream(
         texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding, keep, part
     )
     with destination(output, fmt) as out:
-        predictor = open_predictor(
-            run, engine=engine, quantize=quantize, device=device, decide=decide, long=long,
-            note=lambda line: err_console.print(line, markup=False),
-        )  # fmt: skip
+        predictor = _open(run, engine, quantize, device, decide, long)
         # Parts after the first write no CSV/TSV header: `cat` of the parts in order is the whole.
         header = part is None or part[0] == 1
         write = _writer(fmt, out, predictor.decider, output is not None, keep, header)
@@ -171,21 +193,170 @@ def predict(
         where = str(output.parent) if output is not None else "stdout"
         chunks = predictor.predict_chunks(given, pause=pause)
         # A long job from a file shows its progress on stderr, unless its results go to the terminal.
-        if input_path not in (None, "-") and (output is not None or not sys.stdout.isatty()):
-            from gptclf.data.tables import estimate_rows
-            from gptclf.progress import ConsoleProgress
-
-            total = estimate_rows(Path(input_path), s.input_format)
-            if total is not None and part is not None:  # this part's share of the rows
-                total = part[0] * total // part[1] - (part[0] - 1) * total // part[1]
-            chunks = with_progress(chunks, ConsoleProgress(err_console), total)
+        if input_path not in (None, "-") and not sys.stdout.isatty():
+            chunks = _with_progress(chunks, Path(input_path), s.input_format, part)
         stream(chunks, write, out, where)
         finish = getattr(write, "close", None)
         if finish is not None:  # Parquet's footer: before the file is renamed into place
             finish()
+    _say_long(predictor)
+
+
+def _open(
+    run: Path,
+    engine: str | None,
+    quantize: str,
+    device: DeviceOptions,
+    decide: DecisionOptions,
+    long: LongTextOptions,
+) -> Predictor:
+    from gptclf.inference.predict import open_predictor
+
+    return open_predictor(
+        run, engine=engine, quantize=quantize, device=device, decide=decide, long=long,
+        note=lambda line: err_console.print(line, markup=False),
+    )  # fmt: skip
+
+
+def _say_long(predictor: Predictor) -> None:
+    from gptclf.data.long_texts import describe_counts
+
     if predictor.n_truncated:
         line = describe_counts(predictor.long_counts(), predictor.run.max_length, predictor.long_texts)
         err_console.print(f"gptclf: {line}", markup=False)
+
+
+def _with_progress(
+    chunks: Iterator[list[Prediction]],
+    path: Path,
+    input_format: str | None,
+    part: tuple[int, int] | None,
+    done: int = 0,
+) -> Iterator[list[Prediction]]:
+    """``chunks`` shown on stderr: texts done, texts/s and the ETA where the rows can be counted."""
+    from gptclf.data.tables import estimate_rows
+    from gptclf.inference.predict import with_progress
+    from gptclf.progress import ConsoleProgress
+
+    total = estimate_rows(path, input_format)
+    if total is not None and part is not None:  # this part's share of the rows
+        total = part[0] * total // part[1] - (part[0] - 1) * total // part[1]
+    if total is not None:
+        total = max(0, total - done)
+    return with_progress(chunks, ConsoleProgress(err_console), total)
+
+
+def _job_target(
+    output: Path | None, input_path: str | None, texts: list[str] | None, resume: bool
+) -> Path | None:
+    """The file a resumable job writes (``--output``'s, a link's target), or None where the job
+    is not one: results on stdout or into a device, texts from arguments or stdin.
+
+    Raises:
+        BadInputError: ``--resume`` where there is no job to resume.
+    """
+    from_file = input_path is not None and input_path != "-" and not texts
+    if output is None or not from_file:
+        if resume:
+            why = "results on stdout" if output is None else "stdin or arguments cannot be read again"
+            raise BadInputError(f"--resume needs --input FILE and --output FILE ({why}): name both")
+        return None
+    if output.is_dir() or (output.exists() and not output.is_file()):
+        if resume:
+            raise BadInputError(f"--resume needs --output to be a file; {output} is not one")
+        return None  # destination() refuses a folder and writes into a device
+    return output.resolve() if output.is_symlink() else output
+
+
+def _predict_job(
+    run: Path,
+    input_path: Path,
+    out: Path,
+    options: dict[str, Any],
+    resume: bool,
+    part: tuple[int, int] | None,
+) -> None:
+    """``predict --input FILE --output OUT``: a resumable job (:mod:`gptclf.inference.jobs`)."""
+    from gptclf.data.tables import check_file
+    from gptclf.errors import write_error
+    from gptclf.inference.jobs import (
+        Job,
+        input_fingerprint,
+        parquet_assembler,
+        pickling_writer,
+        run_fingerprint,
+        run_job,
+    )
+    from gptclf.inference.outputs import ParquetWriter
+    from gptclf.inference.predict import text_stream
+
+    if not out.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
+        import errno
+        import os
+
+        code = errno.ENOTDIR if out.parent.exists() else errno.ENOENT
+        raise write_error(OSError(code, os.strerror(code)), out.parent)
+    check_file(input_path)
+    if not run.is_dir():
+        from gptclf.inference.predict import open_run
+
+        open_run(run)  # says what is wrong with it
+    fingerprint = {"input": input_fingerprint(input_path), "run": run_fingerprint(run), "options": options}
+    job = Job.open(out, fingerprint, resume=resume, note=lambda line: err_console.print(line, markup=False))
+    failed: BaseException | None = None
+    try:
+        o = options
+        fmt = o["format"]
+        predictor = _open(run, o["engine"], o["quantize"], *_groups(o))
+        keep = o["keep_columns"]
+        if fmt == "parquet":
+            direct = ParquetWriter(job.binary(), predictor.decider, keep)
+            write = pickling_writer(job, direct.rows)
+            assemble = parquet_assembler(lambda fh: ParquetWriter(fh, predictor.decider, keep))
+        else:
+            # Parts after the first write no CSV/TSV header; nor does a resumed job (it has one).
+            header = (part is None or part[0] == 1) and not job.resumed
+            write = _writer(fmt, job.text(), predictor.decider, True, keep, header)
+            assemble = None
+        if job.journal.complete:  # stopped at the rename: only that is left
+            job.finish(assemble)
+            return
+        done = job.journal.rows
+        given = text_stream(
+            [],
+            str(input_path),
+            o["text_column"],
+            o["id_column"],
+            o["input_format"],
+            o["encoding"],
+            keep,
+            part,
+            done,
+        )
+        chunks = predictor.predict_chunks(given)
+        chunks = _with_progress(chunks, input_path, o["input_format"], part, done)
+        run_job(job, chunks, write, assemble)
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        if job.close(failed) and failed is not None and not _said_resume(failed):
+            err_console.print(
+                f"gptclf: the work so far ({job.journal.rows:,} rows) is kept in {job.folder}: the same "
+                "command with --resume continues it",
+                markup=False,
+            )
+    _say_long(predictor)
+
+
+def _said_resume(exc: BaseException) -> bool:
+    return "--resume" in str(exc)
+
+
+def _groups(o: dict[str, Any]) -> tuple[DeviceOptions, DecisionOptions, LongTextOptions]:
+    """The option groups back from a job's recorded options."""
+    pick = lambda cls: cls(**{f: o[f] for f in cls.__dataclass_fields__})  # noqa: E731
+    return pick(DeviceOptions), pick(DecisionOptions), pick(LongTextOptions)
 
 
 def _writer(

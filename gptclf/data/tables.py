@@ -209,6 +209,7 @@ def read_inputs(
     keep: Sequence[str] | None = None,
     shard: tuple[int, int] | None = None,
     unit: int = 1,
+    skip: int = 0,
 ) -> Iterator[tuple[Any, ...]]:
     """Stream ``(id, text)`` pairs of a file or of stdin (see :func:`read_texts`).
 
@@ -217,6 +218,7 @@ def read_inputs(
     ``keep``, each pair is a triple ``(id, text, {column: value})`` of those columns' values.
     With ``shard=(k, n)``, only the k-th (1-based) of n contiguous parts of the records, with their
     positions in the whole input, parts made of whole blocks of ``unit`` records (:func:`shard_rows`).
+    ``skip`` leaves out the first records (of the part): a resumed job's, done already.
 
     Raises:
         BadInputError: As :func:`read_texts`; ``id_column`` for a format without columns, or a
@@ -229,12 +231,12 @@ def read_inputs(
         raise BadInputError("--shard needs a file to split: stdin cannot be read in parts")
     reading_encoding(encoding)
     if shard is not None:
-        rows = shard_rows(path, fmt, text_column, encoding, shard, unit)
+        start, end = shard_rows(path, fmt, text_column, encoding, shard, unit)
+        start = min(end, start + skip)
         return itertools.islice(
-            _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, rows[0]),
-            rows[1] - rows[0],
+            _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, start), end - start
         )
-    return _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, 0)
+    return _read_inputs(path, fmt, text_column, id_column, encoding, detect_id, keep, skip)
 
 
 def shard_rows(

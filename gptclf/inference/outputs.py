@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import remove_own_temp_files, remove_stale_temp_files, temp_path_for
@@ -119,18 +119,21 @@ class ParquetWriter:
     abstains, then the kept columns; a row group per chunk. :meth:`close` writes the footer: a file
     that was not closed is not Parquet (and ``--output`` only renames it into place after that)."""
 
-    def __init__(self, out: TextIO, decider: Decider, keep: Sequence[str] = ()) -> None:
+    def __init__(self, out: TextIO | BinaryIO, decider: Decider, keep: Sequence[str] = ()) -> None:
+        """Write to ``out``: a binary file, or a text file's ``buffer``."""
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise BadInputError("--format parquet needs pyarrow: pip install 'gptclf[parquet]'") from None
         self.pa, self.pq = pa, pq
-        self.out, self.decider, self.keep = out, decider, list(keep)
+        self.sink: BinaryIO = getattr(out, "buffer", out)
+        self.decider, self.keep = decider, list(keep)
         self.writer: Any = None
         self.schema: Any = None
 
-    def _rows(self, preds: list[Prediction]) -> list[dict[str, Any]]:
+    def rows(self, preds: list[Prediction]) -> list[dict[str, Any]]:
+        """The rows of a chunk of predictions, as :meth:`write_rows` takes them."""
         rows = []
         for p in preds:
             record = self.decider.record(p)
@@ -151,10 +154,13 @@ class ParquetWriter:
         return pa.schema(fields)
 
     def __call__(self, preds: list[Prediction]) -> None:
-        rows = self._rows(preds)
+        self.write_rows(self.rows(preds))
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Write one chunk's rows (:meth:`rows`) as a row group; the first chunk fixes the types."""
         if self.writer is None:
             self.schema = self._schema(rows)
-            self.writer = self.pq.ParquetWriter(self.out.buffer, self.schema)  # type: ignore[attr-defined]
+            self.writer = self.pq.ParquetWriter(self.sink, self.schema)
         try:
             table = self.pa.Table.from_pylist(rows, schema=self.schema)
         except (self.pa.ArrowException, TypeError, ValueError) as exc:
@@ -168,7 +174,7 @@ class ParquetWriter:
         """Write the footer (and, for an input without texts, the empty file's columns)."""
         if self.writer is None:
             self.schema = self._schema([])
-            self.writer = self.pq.ParquetWriter(self.out.buffer, self.schema)  # type: ignore[attr-defined]
+            self.writer = self.pq.ParquetWriter(self.sink, self.schema)
         self.writer.close()
 
 

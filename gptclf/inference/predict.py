@@ -337,9 +337,11 @@ def text_stream(
     encoding: str,
     keep_columns: list[str] | None = None,
     shard: tuple[int, int] | None = None,
+    skip: int = 0,
 ) -> Iterable[str | tuple[Any, ...]]:
     """The texts ``predict`` reads: ``texts`` given as arguments (a single ``-``: stdin), or the
     file ``input_path`` (``-``: stdin) with its text and id columns; checked before the run is loaded.
+    ``skip``: the file's first rows (of the shard) are left out (a resumed job has them).
 
     Raises:
         BadInputError: Both or neither source, or file-only options without a file.
@@ -370,7 +372,7 @@ def text_stream(
     # there, so the parts' records are byte for byte those of the whole input.
     return read_inputs(
         source, text_column, id_column, fmt=input_format, encoding=encoding, keep=keep_columns,
-        shard=shard, unit=CHUNK_SIZE,
+        shard=shard, unit=CHUNK_SIZE, skip=skip,
     )  # fmt: skip
 
 
