@@ -138,7 +138,8 @@ def prepare(
         err_console.print(f"gptclf: {line}", markup=False, highlight=False)
 
     tokenizer = _cached_tokenizer(fetch.home_dir())
-    summary = prepare_request(out, input_path, request, tokenizer=tokenizer, warn=warn)
+    progress = ConsoleProgress(err_console)  # rows read and written, with rates and an ETA
+    summary = prepare_request(out, input_path, request, tokenizer=tokenizer, warn=warn, progress=progress)
     if output.json_out:
         typer.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:

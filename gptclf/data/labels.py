@@ -14,10 +14,12 @@ positives instead). Which reader a prepared folder was written by is what its la
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,32 +28,36 @@ from gptclf.data.decoding import is_stdin
 from gptclf.data.labelsets import (
     DEFAULT_SEP,
     MULTI_KEY,
+    REPEATED,
     check_separator,
-    cooccurrence,
+    choose_labels,
+    iter_multilabel,
     iter_pairs,
     join_labels,
-    label_counts,
-    label_matrix,
+    matrix_cooccurrence,
+    matrix_counts,
     parse_label_columns,
     parse_prepared_labels,
-    read_multilabel_table,
-    select_labels,
 )
+from gptclf.data.long_steps import counted
 from gptclf.data.rows import (
     DUPLICATE,
     UNDERSAMPLED,
     UNKNOWN_LABEL,
     Fractions,
-    balance_and_split,
-    select_classes,
+    choose_classes,
+    plan_split,
 )
+from gptclf.data.spool import TextSpool
 from gptclf.data.stratify import iterative_split, missing_from
-from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, load_table, resolve_format
+from gptclf.data.tables import EMPTY_TEXT, MISSING_LABEL, estimate_rows, iter_table, resolve_format
 from gptclf.errors import BadInputError
 from gptclf.fileio import sha256_file
+from gptclf.progress import Progress
 
 #: Reasons a row is left out, in the order the steps run (and the summary lists them).
 REASONS = (EMPTY_TEXT, MISSING_LABEL, UNKNOWN_LABEL, DUPLICATE, UNDERSAMPLED)
+T = TypeVar("T")
 #: Co-occurring pairs listed in a multi-label report (the most frequent); --json has them all.
 PAIRS_SHOWN = 5
 
@@ -71,21 +77,41 @@ class Source:
 
 @dataclass
 class Read:
-    """A table read and its labels checked: the rows kept, why others were left out, the classes,
-    how labels.json records the source, and labels named twice in one row (label lists)."""
+    """A table read and its labels checked: the kept rows (their texts in a spool, their labels
+    in an array), why others were left out, the classes, how labels.json records the source, and
+    labels named twice in one row (label lists).
 
-    frame: pd.DataFrame
+    Attributes:
+        texts: The spool holding the texts, by row number.
+        rows: The spool row number of each kept row, in file order.
+        labels: Each kept row's class (an index into ``names``); for label lists a (N, K) bool
+            matrix, columns in class order.
+        dropped: Rows left out so far, by reason.
+        names: The classes in order.
+        source: labels.json's record of the input.
+        repeated: Labels named twice in one row (label lists).
+    """
+
+    texts: TextSpool
+    rows: np.ndarray
+    labels: np.ndarray
     dropped: dict[str, int]
     names: list[str]
     source: dict[str, Any]
     repeated: int = 0
 
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the rows where ``mask`` is True."""
+        self.rows, self.labels = self.rows[mask], self.labels[mask]
+
 
 @dataclass
 class Parts:
-    """The three splits, and what balancing did: rows left out, copies added, rare labels."""
+    """The three splits as positions into a :class:`Read`'s rows (in the order the split files
+    list them; oversampled rows repeat), and what balancing did: rows left out, copies added,
+    rare labels."""
 
-    parts: dict[str, pd.DataFrame]
+    parts: dict[str, np.ndarray]
     undersampled: int = 0
     oversampled: int = 0
     rare: list[str] = field(default_factory=list)
@@ -230,8 +256,11 @@ class LabelReader(ABC):
         classes: list[str] | None,
         drop_unknown: bool,
         warn: Callable[[str], None] | None,
+        spool: TextSpool,
+        progress: Progress,
     ) -> Read:
-        """Read the table and check its labels against ``classes`` (None: the sorted labels)."""
+        """Read the table, its texts into ``spool``, and check its labels against ``classes``
+        (None: the sorted labels); ``progress`` shows the rows read."""
 
     @abstractmethod
     def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
@@ -242,8 +271,8 @@ class LabelReader(ABC):
         """The summary of the folder, from the fields every kind has (``common``)."""
 
     @abstractmethod
-    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        """The splits as written: the ``label`` column as text."""
+    def cells(self, read: Read, positions: np.ndarray) -> Iterator[str]:
+        """The label cells of the rows at ``positions``, as the split files hold them."""
 
     @abstractmethod
     def parse(
@@ -261,36 +290,56 @@ class ClassLabels(LabelReader):
         classes: list[str] | None,
         drop_unknown: bool,
         warn: Callable[[str], None] | None,
+        spool: TextSpool,
+        progress: Progress,
     ) -> Read:
         path, s = source.path, source
+        dropped: Counter[str] = Counter()
         if s.dataset is not None:
-            table = load_table(path, fmt=s.fmt, encoding=s.encoding)
+            records = iter_table(path, dropped, fmt=s.fmt, encoding=s.encoding)
+        else:
+            records = iter_table(path, dropped, s.text_column, s.label_column, s.fmt, s.encoding)
+        # A label id per row, in the order labels first appear; the texts go to the spool.
+        codes, index = array("i"), dict[str, int]()
+        for text, label in _counted(records, path, s.fmt, progress):
+            codes.append(index.setdefault(label, len(index)))
+            spool.add(text)
+        if s.dataset is not None:
             record: dict[str, Any] = {"dataset": s.dataset, "file": _file_name(path)}
         else:
-            table = load_table(path, s.text_column, s.label_column, s.fmt, s.encoding)
             record = {"file": _file_name(path), "format": resolve_format(path, s.fmt)}
             if record["format"] != "sms":
                 record |= {"text_column": s.text_column or "text", "label_column": s.label_column or "label"}
             record["encoding"] = s.encoding
         record |= _file_sha256(path)
-        frame, dropped, names = select_classes(table, classes, drop_unknown, path)
-        return Read(frame, dropped, names, record)
+        ids = np.frombuffer(codes, dtype=np.int32) if codes else np.zeros(0, dtype=np.int32)
+        counts = dict(zip(index, np.bincount(ids, minlength=len(index)).tolist(), strict=True))
+        names = choose_classes(counts, classes, drop_unknown, path, dict(dropped))
+        position = {name: i for i, name in enumerate(names)}
+        labels = np.array([position.get(label, -1) for label in index], dtype=np.int64)[ids]
+        kept = labels >= 0
+        read = Read(spool, np.flatnonzero(kept), labels[kept], dict(dropped), names, record)
+        if not kept.all():  # only with drop_unknown: choose_classes refused them otherwise
+            read.dropped[UNKNOWN_LABEL] = int((~kept).sum())
+        return read
 
     def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
-        result = balance_and_split(
-            read.frame, read.names, fractions, balance=balance, stratify=stratify, seed=seed
-        )
+        result = plan_split(read.labels, read.names, fractions, balance=balance, stratify=stratify, seed=seed)
         read.dropped[UNDERSAMPLED] = result.undersampled
         return Parts(result.parts, result.undersampled, result.oversampled)
 
     def summary(self, common: dict[str, Any], read: Read, parts: Parts) -> PrepareSummary:
-        p = parts.parts
-        counts = {s: {c: int((part["label"] == c).sum()) for c in read.names} for s, part in p.items()}
+        k = len(read.names)
+        counts = {
+            s: dict(zip(read.names, np.bincount(read.labels[p], minlength=k).tolist(), strict=True))
+            for s, p in parts.parts.items()
+        }
         dropped = {r: read.dropped[r] for r in REASONS if read.dropped.get(r)}
         return PrepareSummary(counts=counts, dropped=dropped, oversampled=parts.oversampled, **common)
 
-    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        return parts
+    def cells(self, read: Read, positions: np.ndarray) -> Iterator[str]:
+        names = read.names
+        return (names[i] for i in read.labels[positions].tolist())
 
     def parse(
         self, frame: pd.DataFrame, classes: list[str], meta: Mapping[str, Any], where: str
@@ -348,16 +397,29 @@ class LabelLists(LabelReader):
         classes: list[str] | None,
         drop_unknown: bool,
         warn: Callable[[str], None] | None,
+        spool: TextSpool,
+        progress: Progress,
     ) -> Read:
-        s = source
-        table = read_multilabel_table(
-            s.path, text_column=s.text_column, label_column=s.label_column, label_columns=self.columns,
+        s, tally = source, Counter[str]()
+        records = iter_multilabel(
+            s.path, tally, text_column=s.text_column, label_column=s.label_column, label_columns=self.columns,
             sep=self.sep, fmt=s.fmt, encoding=s.encoding,
         )  # fmt: skip
-        frame, names = select_labels(table.frame, classes or self.columns, s.path)
+        # Each row's labels as label ids (in the order labels first appear), end to end.
+        codes, ends, index = array("i"), array("q"), dict[str, int]()
+        for _, text, names in _counted(records, s.path, s.fmt, progress):
+            codes.extend(index.setdefault(name, len(index)) for name in names)
+            ends.append(len(codes))
+            spool.add(text)
+        if not ends:
+            raise BadInputError(f"{s.path} has no row with a text")
+        ids = np.frombuffer(codes, dtype=np.int32) if codes else np.zeros(0, dtype=np.int32)
+        counts = dict(zip(index, np.bincount(ids, minlength=len(index)).tolist(), strict=True))
+        names = choose_labels(counts, classes or self.columns, s.path)
         check_separator(names, self.sep)
-        if table.repeated and warn is not None:
-            warn(f"{table.repeated} labels were named twice in one row; each is kept once")
+        repeated = tally[REPEATED]
+        if repeated and warn is not None:
+            warn(f"{repeated} labels were named twice in one row; each is kept once")
         record: dict[str, Any] = {
             "file": _file_name(s.path),
             "format": resolve_format(s.path, s.fmt),
@@ -368,19 +430,22 @@ class LabelLists(LabelReader):
             {"label_columns": self.columns} if self.columns else {"label_column": s.label_column or "label"}
         )
         record |= _file_sha256(s.path)
-        return Read(frame, dict(table.dropped), names, record, table.repeated)
+        position = np.array([names.index(name) for name in index], dtype=np.int64)
+        matrix = np.zeros((len(ends), len(names)), dtype=bool)
+        row_of = np.repeat(np.arange(len(ends)), np.diff(np.frombuffer(ends, dtype=np.int64), prepend=0))
+        matrix[row_of, position[ids]] = True
+        dropped = {EMPTY_TEXT: tally[EMPTY_TEXT]} if tally[EMPTY_TEXT] else {}
+        return Read(spool, np.arange(len(ends)), matrix, dropped, names, record, repeated)
 
     def split(self, read: Read, fractions: Fractions, *, balance: str, stratify: bool, seed: int) -> Parts:
         """Iterative stratification; every label needs a positive row in the training split."""
-        frame, names = read.frame.reset_index(drop=True), read.names
-        matrix = np.asarray(label_matrix(frame["label"], names), dtype=np.int64).reshape(-1, len(names))
+        matrix, names = read.labels, read.names
         split_of = iterative_split(matrix, fractions, seed)
         parts = {}
         for index, name in enumerate(("train", "validation", "test")):
             # Each split keeps the seeded shuffle of the rows, not the file order.
-            rows = np.random.default_rng(seed + index).permutation(np.flatnonzero(split_of == index))
-            parts[name] = frame.loc[rows, ["text", "label"]].reset_index(drop=True)
-        counts = label_counts(parts["train"], names)
+            parts[name] = np.random.default_rng(seed + index).permutation(np.flatnonzero(split_of == index))
+        counts = matrix_counts(matrix[parts["train"]], names)
         absent = [n for n in names if counts[n] == 0]
         if absent:  # nothing to learn them from
             raise BadInputError(
@@ -390,19 +455,24 @@ class LabelLists(LabelReader):
         return Parts(parts, rare=[names[i] for i in missing_from(matrix, split_of, fractions)])
 
     def summary(self, common: dict[str, Any], read: Read, parts: Parts) -> PrepareSummary:
-        counts = {s: label_counts(part, read.names) for s, part in parts.parts.items()}
+        counts = {s: matrix_counts(read.labels[p], read.names) for s, p in parts.parts.items()}
         common = {**common, "balance": "none", "stratify": True}
         return MultiPrepareSummary(
             counts=counts, dropped=read.dropped, oversampled=0, label_sep=self.sep,
-            cooccurrence=cooccurrence(read.frame, read.names), rare_labels=parts.rare,
+            cooccurrence=matrix_cooccurrence(read.labels, read.names), rare_labels=parts.rare,
             repeated_labels=read.repeated, **common,
         )  # fmt: skip
 
-    def cells(self, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        return {
-            s: part.assign(label=[join_labels(r, self.sep) for r in part["label"]])
-            for s, part in parts.items()
-        }
+    def cells(self, read: Read, positions: np.ndarray) -> Iterator[str]:
+        names, matrix, joined = read.names, read.labels, dict[bytes, str]()
+        for p in positions.tolist():
+            row = matrix[p]
+            key = row.tobytes()
+            if key not in joined:
+                joined[key] = join_labels(
+                    [n for n, on in zip(names, row.tolist(), strict=True) if on], self.sep
+                )
+            yield joined[key]
 
     def parse(
         self, frame: pd.DataFrame, classes: list[str], meta: Mapping[str, Any], where: str
@@ -437,6 +507,12 @@ def reader_of(meta: Mapping[str, Any] | None) -> LabelReader:
 def _file_name(path: Path) -> str:
     """How the prepared set's record names its input: the file's name, or ``stdin``."""
     return "stdin" if is_stdin(path) else path.name
+
+
+def _counted(records: Iterator[T], path: Path, fmt: str | None, progress: Progress) -> Iterator[T]:
+    """``records`` counted on ``progress`` as the step of reading ``path`` (rows, rows/s, and an
+    ETA where the file's size tells about how many rows it holds)."""
+    return counted(records, progress, f"reading {_file_name(path)}", estimate_rows(path, fmt))
 
 
 def _file_sha256(path: Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ number, an object, or a list item that is not a string is refused.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,11 @@ def _flag(value: Any, column: str, where: str) -> bool:
     )
 
 
+#: Where :func:`iter_multilabel` counts the labels named twice in one row (dropped rows are
+#: counted under their reason, :data:`~gptclf.data.tables.EMPTY_TEXT`).
+REPEATED = "repeated labels"
+
+
 def read_multilabel_table(
     path: Path,
     *,
@@ -156,10 +162,46 @@ def read_multilabel_table(
     fmt: str | None = None,
     encoding: str = "utf-8",
 ) -> MultiTable:
-    """Read a multi-label CSV, TSV or JSONL file.
+    """Read a multi-label CSV, TSV or JSONL file (all of :func:`iter_multilabel` in one frame).
+
+    Raises:
+        BadInputError: As :func:`iter_multilabel`.
+    """
+    tally: Counter[str] = Counter()
+    texts: list[str] = []
+    labels: list[tuple[str, ...]] = []
+    rows: list[int] = []
+    records = iter_multilabel(
+        path, tally, text_column=text_column, label_column=label_column, label_columns=label_columns,
+        sep=sep, fmt=fmt, encoding=encoding,
+    )  # fmt: skip
+    for number, text, names in records:
+        texts.append(text)
+        labels.append(names)
+        rows.append(number)
+    frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
+    dropped = {EMPTY_TEXT: tally[EMPTY_TEXT]} if tally[EMPTY_TEXT] else {}
+    return MultiTable(frame=frame, dropped=dropped, repeated=tally[REPEATED])
+
+
+def iter_multilabel(
+    path: Path,
+    tally: Counter[str],
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    sep: str = DEFAULT_SEP,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[int, str, tuple[str, ...]]]:
+    """The ``(record number, text, labels)`` of each row of a multi-label CSV, TSV or JSONL file,
+    one at a time (a row's labels as named, each once).
 
     Args:
         path: The file (or ``-``).
+        tally: Counts rows dropped for an empty text (:data:`~gptclf.data.tables.EMPTY_TEXT`) and
+            labels named twice in one row (:data:`REPEATED`, removed from that row).
         text_column: The text column; default ``text``.
         label_column: The column holding each row's label list; default ``label``.
         label_columns: One 0/1 column per label instead (the column names are the labels).
@@ -169,17 +211,14 @@ def read_multilabel_table(
 
     Raises:
         BadInputError: An unreadable file, a missing column, a 0/1 column holding anything else, a
-            label cell that is not a string or a JSON list of strings, or a list that quotes a
-            label (:func:`check_unquoted`).
+            label cell that is not a string or a JSON list of strings, a list that quotes a
+            label (:func:`check_unquoted`), or no record at all (when the stream ends).
     """
     fmt = resolve_format(path, fmt)
     if fmt == "sms":
         raise BadInputError("--multi-label reads CSV, TSV or JSONL files, not the SMS format")
     columns = [text_column or "text", *(label_columns or [label_column or "label"])]
-    texts: list[str] = []
-    labels: list[tuple[str, ...]] = []
-    rows: list[int] = []
-    empty = repeated = 0
+    number = 0
     for number, record in enumerate(read_columns(path, columns, fmt, encoding), start=1):
         text = "" if record[0] is None else str(record[0])
         where = f"{path}: record {number}"
@@ -189,17 +228,13 @@ def read_multilabel_table(
             check_unquoted(record[1], sep, where)
             names = split_cell(record[1], sep, where)
         if not text.strip():
-            empty += 1
+            tally[EMPTY_TEXT] += 1
             continue
         kept, twice = _dedupe(names)
-        repeated += twice
-        texts.append(text)
-        labels.append(tuple(kept))
-        rows.append(number)
-    if not rows and not empty:
+        tally[REPEATED] += twice
+        yield number, text, tuple(kept)
+    if number == 0:
         raise BadInputError(f"{path} has no rows")
-    frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
-    return MultiTable(frame=frame, dropped={EMPTY_TEXT: empty} if empty else {}, repeated=repeated)
 
 
 def select_labels(
@@ -216,28 +251,51 @@ def select_labels(
         The frame with each row's labels in class order, and the classes.
 
     Raises:
-        BadInputError: No row, no label anywhere, fewer than two labels, a label not among
-            ``names``, or a name of ``names`` that no row carries; all problems in one message.
+        BadInputError: As :func:`choose_labels`.
     """
     if frame.empty:
         raise BadInputError(f"{path} has no row with a text")
-    counts = pd.Series([n for row in frame["label"] for n in row], dtype=object).value_counts()
-    if counts.empty:
+    counts: dict[str, int] = {}
+    for row in frame["label"]:
+        for name in row:
+            counts[name] = counts.get(name, 0) + 1
+    names = choose_labels(counts, names, path)
+    order = {n: i for i, n in enumerate(names)}
+    ordered = frame.assign(label=[tuple(sorted(row, key=order.__getitem__)) for row in frame["label"]])
+    return ordered, names
+
+
+def choose_labels(counts: dict[str, int], names: list[str] | None, path: Path | str) -> list[str]:
+    """The labels of a multi-label table whose labels were counted (of rows with a text).
+
+    Args:
+        counts: Label -> rows carrying it, in the order the labels first appear.
+        names: The labels in order (``--classes``), or None: the sorted distinct labels.
+        path: The input, for messages.
+
+    Raises:
+        BadInputError: No label anywhere, fewer than two labels, a label not among ``names``, or
+            a name of ``names`` that no row carries; all problems in one message.
+    """
+    if not counts:
         raise BadInputError(
             f"{path}: the label column is empty in every row; --multi-label needs labels "
             "(a list such as a|b in the label column, or --label-columns A,B with 0/1 values)"
         )
     if names is None:
-        names = sorted(counts.index)
+        names = sorted(counts)
         if len(names) < 2:
             raise BadInputError(f"{path} has a single label ({names[0]!r}); a classifier needs two or more")
     problems = []
-    unknown = counts[~counts.index.isin(names)]
-    if len(unknown):
-        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.iloc[:_MAX_LISTED].items())
+    # Most rows first, ties in order of appearance (what pandas' value_counts gives).
+    unknown = [
+        (label, n) for label, n in sorted(counts.items(), key=lambda item: -item[1]) if label not in names
+    ]
+    if unknown:
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown[:_MAX_LISTED])
         more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
         problems.append(f"labels not among --classes: {listed}{more}; add them to --classes")
-    absent = [n for n in names if n not in counts.index]
+    absent = [n for n in names if n not in counts]
     if absent:
         problems.append(
             f"--classes names {', '.join(map(repr, absent))}, which no row of {path} carries: "
@@ -245,9 +303,7 @@ def select_labels(
         )
     if problems:
         raise BadInputError("; ".join(problems))
-    order = {n: i for i, n in enumerate(names)}
-    ordered = frame.assign(label=[tuple(sorted(row, key=order.__getitem__)) for row in frame["label"]])
-    return ordered, list(names)
+    return list(names)
 
 
 def check_separator(classes: Sequence[str], sep: str, hint: str = "choose another --label-sep") -> None:
@@ -290,13 +346,26 @@ def label_matrix(labels: Iterable[Sequence[str]], classes: Sequence[str]) -> lis
 def label_counts(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, int]:
     """Rows carrying each label, and ``(none)``: rows carrying none."""
     matrix = np.asarray(label_matrix(frame["label"], classes), dtype=np.int64).reshape(-1, len(classes))
+    return matrix_counts(matrix, classes)
+
+
+def matrix_counts(matrix: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """:func:`label_counts` of the rows of a (N, K) 0/1 label matrix."""
+    matrix = np.asarray(matrix, dtype=np.int64).reshape(-1, len(classes))
     counts = {name: int(n) for name, n in zip(classes, matrix.sum(axis=0), strict=True)}
     return {**counts, "(none)": int((matrix.sum(axis=1) == 0).sum())}
 
 
 def cooccurrence(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, dict[str, int]]:
     """label -> label -> rows carrying both (the diagonal: rows carrying the label)."""
-    matrix = np.asarray(label_matrix(frame["label"], classes), dtype=np.int64).reshape(-1, len(classes))
+    return matrix_cooccurrence(label_matrix(frame["label"], classes), classes)
+
+
+def matrix_cooccurrence(
+    matrix: np.ndarray | list[list[int]], classes: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """:func:`cooccurrence` of the rows of a (N, K) 0/1 label matrix."""
+    matrix = np.asarray(matrix, dtype=np.int64).reshape(-1, len(classes))
     both = matrix.T @ matrix
     return {a: {b: int(both[i, j]) for j, b in enumerate(classes)} for i, a in enumerate(classes)}
 

@@ -1,11 +1,17 @@
 """`gptclf prepare`: a labelled table on disk -> a prepared folder (:mod:`gptclf.data.prepared`),
 reproducibly and without half-written output.
 
-The steps, all in memory: check the options (:func:`check_options`, which callers also run before
-they fetch anything); read the table (:mod:`gptclf.data.tables`); keep the requested classes; with
-``dedupe``, drop repeated texts; balance and split (:mod:`gptclf.data.rows`). Then the four files are
-written into a temporary folder beside ``out`` and moved in, so any bad input leaves ``out`` as it
-was. Every random step uses ``seed``: the same input and options give byte-identical files.
+The steps: check the options (:func:`check_options`, which callers also run before they fetch
+anything); read the table once, a record at a time (:mod:`gptclf.data.tables`), its texts into an
+unnamed temporary file beside ``out`` and its labels and text hashes into compact arrays
+(:mod:`gptclf.data.spool`; stdin alike, as it cannot be read twice); keep the requested classes;
+with ``dedupe``, drop repeated texts; balance and split row positions (:mod:`gptclf.data.rows`).
+Then the four files are written, the chosen texts read back from the spool, into a temporary
+folder beside ``out`` and moved in, so any bad input leaves ``out`` as it was. Memory stays a few
+dozen bytes a row whatever the texts' size. Every random step uses ``seed``: the same input and
+options give byte-identical files (the same bytes as the in-memory version before, which
+tests/fixtures/prepare_sha256.json records). Long steps show on ``progress`` (reading, counting
+tokens, writing), each once it has run a moment (:mod:`gptclf.data.long_steps`).
 
 Nothing is downloaded here: a known dataset (``dataset="sms-spam"``) is a file that the caller has
 fetched already (:mod:`cli.prepare` does, through :mod:`gptclf.fetch.artefacts`); its name selects
@@ -19,15 +25,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import tiktoken
 
-from gptclf.data.labels import ClassLabels, LabelReader, PrepareSummary, Source
-from gptclf.data.lengths import length_report
-from gptclf.data.prepared import PREPARED_FILES, SPLITS, write_prepared
+from gptclf.data.labels import ClassLabels, LabelReader, Parts, PrepareSummary, Read, Source
+from gptclf.data.lengths import CONTEXT
+from gptclf.data.long_steps import LongSteps
+from gptclf.data.prepared import PREPARED_FILES, SPLITS, write_prepared_rows
 from gptclf.data.rows import BALANCE_MODES, DUPLICATE, Fractions, parse_classes, parse_split, shared_texts
+from gptclf.data.spool import TextSpool, first_occurrences, length_summary, token_lengths
 from gptclf.errors import BadInputError
 from gptclf.fileio import temp_dir_for
+from gptclf.progress import Progress
 
 DEFAULT_SPLIT = "0.7,0.1,0.2"
 
@@ -49,6 +60,8 @@ class KnownDataset:
 
 #: Known datasets by name (the downloader knows where to get each).
 KNOWN_DATASETS: dict[str, KnownDataset] = {"sms-spam": KnownDataset(fmt="sms", balance="undersample")}
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
     """The options of :func:`prepare` as checked by :func:`check_options`.
@@ -229,36 +242,67 @@ def prepare_request(
     *,
     tokenizer: tiktoken.Encoding | None = None,
     warn: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> PrepareSummary:
-    """:func:`prepare` of one :class:`PrepareRequest` (the verb's core)."""
+    """:func:`prepare` of one :class:`PrepareRequest` (the verb's core); ``progress`` shows the
+    long steps (rows read, tokens counted, rows written)."""
     out, path, r = Path(out), Path(input_path), request
-    reader = r.labels
+    reader, shown = r.labels, LongSteps(progress or Progress())  # short steps stay silent
     options = r.check(out)
     if r.dataset is not None:
         known = KNOWN_DATASETS[r.dataset]
         source = Source(path, r.dataset, fmt=known.fmt, encoding=known.encoding)
     else:
         source = Source(path, None, r.fmt, r.text_column, r.label_column, r.encoding)
-    read = reader.read(source, options.classes, r.drop_unknown, warn)
-    duplicate_texts = int(read.frame["text"].duplicated().sum())
-    if r.dedupe and duplicate_texts:
-        read.frame = read.frame[~read.frame["text"].duplicated()]
-        read.dropped[DUPLICATE] = duplicate_texts
-    parts = reader.split(read, options.fractions, balance=options.balance, stratify=r.stratify, seed=r.seed)
-    common = {
-        "out": out, "classes": read.names, "duplicate_texts": duplicate_texts,
-        "duplicates_across_splits": shared_texts(parts.parts), "source": read.source,
-        "balance": options.balance, "stratify": r.stratify, "dedupe": r.dedupe, "seed": r.seed,
-        "split": {s: float(f) for s, f in zip(SPLITS, options.fractions, strict=True)},
-    }  # fmt: skip
-    summary = reader.summary(common, read, parts)
-    if tokenizer is not None:
-        texts = [t for s in SPLITS for t in parts.parts[s]["text"].astype(str)]
-        summary.lengths = length_report(tokenizer, texts, r.max_length)
-    meta = summary.to_dict()
-    del meta["out"]  # the folder may move; the files must not change with it
-    write_prepared(out, reader.cells(parts.parts), meta)
+    with TextSpool(_existing_folder(out), out) as spool:
+        read = reader.read(source, options.classes, r.drop_unknown, warn, spool, shown)
+        first, text_ids = first_occurrences(spool.hashes()[read.rows])
+        duplicate_texts = int((~first).sum())
+        if r.dedupe and duplicate_texts:
+            read.keep(first)
+            text_ids = text_ids[first]
+            read.dropped[DUPLICATE] = duplicate_texts
+        parts = reader.split(
+            read, options.fractions, balance=options.balance, stratify=r.stratify, seed=r.seed
+        )
+        common = {
+            "out": out, "classes": read.names, "duplicate_texts": duplicate_texts,
+            "duplicates_across_splits": shared_texts({s: text_ids[p] for s, p in parts.parts.items()}),
+            "source": read.source, "balance": options.balance, "stratify": r.stratify, "dedupe": r.dedupe,
+            "seed": r.seed, "split": {s: float(f) for s, f in zip(SPLITS, options.fractions, strict=True)},
+        }  # fmt: skip
+        summary = reader.summary(common, read, parts)
+        if tokenizer is not None:
+            summary.lengths = _lengths(tokenizer, read, parts, r.max_length, shown)
+        meta = summary.to_dict()
+        del meta["out"]  # the folder may move; the files must not change with it
+        rows = {
+            s: zip(spool.texts(read.rows[p].tolist()), reader.cells(read, p), strict=True)
+            for s, p in parts.parts.items()
+        }
+        total = sum(len(p) for p in parts.parts.values())
+        write_prepared_rows(out, rows, meta, progress=shown, total=total)
     return summary
+
+
+def _lengths(
+    tokenizer: tiktoken.Encoding, read: Read, parts: Parts, max_length: int | None, progress: Progress
+) -> dict[str, Any]:
+    """The token-length report of every text written (copies included), each distinct row
+    tokenized once, the spool read front to back."""
+    written = np.concatenate([parts.parts[s] for s in SPLITS])
+    distinct, inverse = np.unique(written, return_inverse=True)
+    lengths = token_lengths(tokenizer, read.texts, read.rows[distinct], progress)
+    return length_summary(lengths[inverse.reshape(-1)], max_length, CONTEXT)
+
+
+def _existing_folder(out: Path) -> Path:
+    """The folder nearest ``out`` that exists (the spool goes there: on the output's disk, and
+    checked writable by :func:`check_options`, without making any folder before the data is read)."""
+    folder = out.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _out_problem(out: Path, force: bool) -> str | None:

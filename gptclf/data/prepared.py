@@ -16,10 +16,11 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from gptclf.data.labels import reader_of
 from gptclf.data.rows import SPLITS
 from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import exchange_paths, fsync_folder, link_tree, remove_stale_temp_files, temp_dir_for
+from gptclf.progress import Progress
 
 #: The file holding the class names and the metadata of a prepared folder.
 LABELS_FILE = "labels.json"
@@ -59,48 +61,148 @@ class PreparedData:
 
 
 def write_prepared(out: Path, parts: Mapping[str, pd.DataFrame], meta: Mapping[str, Any]) -> None:
-    """Write a prepared folder: the three split files and labels.json, all or nothing.
-
-    The files go into a fresh folder beside ``out`` and are then moved in (labels.json last), so
-    ``out`` never holds a mix that :func:`read_prepared` would accept.
+    """Write a prepared folder from frames: :func:`write_prepared_rows` of their ``text`` and
+    ``label`` columns.
 
     Args:
         out: The folder (made if missing; files of another prepared set in it are replaced).
         parts: Split name -> frame with ``text`` and ``label``, for every name of :data:`SPLITS`.
+        meta: As :func:`write_prepared_rows`'s.
+    """
+    rows = {name: zip(parts[name]["text"], parts[name]["label"], strict=True) for name in SPLITS}
+    write_prepared_rows(out, rows, meta)
+
+
+def write_prepared_rows(
+    out: Path,
+    parts: Mapping[str, Iterable[tuple[str, str]]],
+    meta: Mapping[str, Any],
+    *,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> None:
+    """Write a prepared folder: the three split files and labels.json, all or nothing.
+
+    The rows are written as they come, a batch at a time (memory stays flat whatever their
+    number), into a fresh folder beside ``out``, which is then moved in (labels.json last), so
+    ``out`` never holds a mix that :func:`read_prepared` would accept.
+
+    Args:
+        out: The folder (made if missing; files of another prepared set in it are replaced).
+        parts: Split name -> its ``(text, label)`` rows, for every name of :data:`SPLITS`.
         meta: What labels.json records besides the format tag and the files; must hold
             ``classes``. Its key order is kept, as it is part of the bytes.
+        progress: Shows the rows written (a step ``writing`` of ``total`` rows).
+        total: The rows of all three splits, for the progress.
 
     Raises:
-        DiskFullError: The disk filled while writing (one line, no temporary folder left).
+        DiskFullError: The disk filled while writing (one line with the bytes the whole set
+            needs, no temporary folder left).
         GptclfError: Another write error, named with ``out``.
     """
     assert "classes" in meta and "format" not in meta and "files" not in meta
-    files = {f"{name}.csv": _csv_bytes(parts[name]) for name in SPLITS}
-    recorded = {
-        name: {"rows": len(parts[name.removesuffix(".csv")]), "sha256": hashlib.sha256(data).hexdigest()}
-        for name, data in files.items()
-    }
-    labels = {"format": PREPARED_FORMAT, **meta, "files": recorded}
-    files[LABELS_FILE] = (json.dumps(labels, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    assert tuple(files) == PREPARED_FILES
+    files = [_SplitFile(f"{name}.csv") for name in SPLITS]
+
+    def fill(folder: Path) -> None:
+        shown = progress or Progress()
+        shown.begin("writing", total=total, unit="rows")
+        try:
+            for file in files:  # after a failed write, the rest counted only (for the message)
+                failed = any(f.error is not None for f in files)
+                file.write(None if failed else folder, parts[file.name.removesuffix(".csv")], shown)
+        finally:
+            shown.end()
+        labels = {"format": PREPARED_FORMAT, **meta, "files": {f.name: f.record() for f in files}}
+        data = (json.dumps(labels, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        failed = next((f.error for f in files if f.error is not None), None)
+        if failed is not None:  # the set's whole size is known now: say it
+            raise _Unwritten(failed, sum(f.size for f in files) + len(data))
+        _write_file(folder / LABELS_FILE, data)
+
     try:
-        _move_in(out, files)
-    except OSError as exc:  # a disk that fills after the checks: one line, no debris
-        raise write_error(exc, out, needed=sum(map(len, files.values()))) from None
+        _move_in(out, fill, PREPARED_FILES)
+    except _Unwritten as unwritten:  # a disk that fills after the checks: one line, no debris
+        raise write_error(unwritten.error, out, needed=unwritten.needed) from None
+    except OSError as exc:
+        raise write_error(exc, out) from None
 
 
-def _csv_bytes(part: pd.DataFrame) -> bytes:
-    # The csv module's default CRLF ending matters: with "\n" it would not quote a lone "\r" in a
-    # text, and a reader would split the row there.
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "label"])
-    writer.writerows(zip(part["text"], part["label"], strict=True))
-    return buffer.getvalue().encode("utf-8")
+#: Rows encoded and written at a time.
+_WRITE_BATCH = 4096
 
 
-def _move_in(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into a temporary folder beside ``out`` and make it ``out`` whole.
+class _Unwritten(Exception):
+    """A split file could not be written; ``needed``: the bytes of the whole set."""
+
+    def __init__(self, error: OSError, needed: int) -> None:
+        super().__init__(str(error))
+        self.error, self.needed = error, needed
+
+
+class _SplitFile:
+    """One split file written a batch of rows at a time, its rows, bytes and sha256 counted.
+
+    After a write error the rows are still encoded and counted (not written), so that the
+    message can say how many bytes the whole set needs; the error is kept in ``error``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows = self.size = 0
+        self.digest = hashlib.sha256()
+        self.error: OSError | None = None
+
+    def record(self) -> dict[str, Any]:
+        """labels.json's entry of the file."""
+        return {"rows": self.rows, "sha256": self.digest.hexdigest()}
+
+    def write(self, folder: Path | None, rows: Iterable[tuple[str, str]], progress: Progress) -> None:
+        """Write the header and ``rows`` into ``folder`` (None: count them only), on the disk
+        (fsync) when done; a write error is kept in ``error`` and the rest counted only."""
+        batches = _batches(rows)
+        header = self._encode([("text", "label")])
+        if folder is None:
+            self._count(batches)
+            return
+        try:
+            with open(folder / self.name, "wb") as fh:
+                fh.write(header)
+                for batch in batches:
+                    fh.write(self._encode(batch))
+                    self.rows += len(batch)
+                    progress.advance(len(batch))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            self.error = exc
+            self._count(batches)
+
+    def _count(self, batches: Iterator[list[tuple[str, str]]]) -> None:
+        for batch in batches:
+            self._encode(batch)
+            self.rows += len(batch)
+
+    def _encode(self, batch: list[tuple[str, str]]) -> bytes:
+        # The csv module's default CRLF ending matters: with "\n" it would not quote a lone "\r" in a
+        # text, and a reader would split the row there.
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerows(batch)
+        data = buffer.getvalue().encode("utf-8")
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+def _batches(rows: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """``rows`` in lists of :data:`_WRITE_BATCH`."""
+    rows = iter(rows)
+    while batch := list(itertools.islice(rows, _WRITE_BATCH)):
+        yield batch
+
+
+def _move_in(out: Path, fill: Callable[[Path], None], names: Sequence[str]) -> None:
+    """Have ``fill`` write the files ``names`` into a temporary folder beside ``out``, and make it
+    ``out`` whole.
 
     An existing ``out`` keeps its other entries (hard-linked into the new folder), and the two
     folders are exchanged atomically where the system allows it (Linux's ``renameat2``), so a
@@ -112,20 +214,19 @@ def _move_in(out: Path, files: dict[str, bytes]) -> None:
     remove_stale_temp_files(out.parent)
     tmp = temp_dir_for(out)  # the umask's permissions, as the folder becomes `out`
     try:
-        for name, data in files.items():
-            _write_file(tmp / name, data)
+        fill(tmp)
         if not out.exists():
             with contextlib.suppress(OSError):  # created meanwhile: fall back to moving files
                 os.rename(tmp, out)  # the whole set appears at once
                 fsync_folder(out.parent)
                 return
         for entry in out.iterdir():
-            if entry.name not in files:
+            if entry.name not in names:
                 link_tree(entry, tmp / entry.name)  # the folder's other files stay
         if exchange_paths(tmp, out):
             fsync_folder(out.parent)
             return  # `tmp` now holds the old set, removed below
-        for name in files:
+        for name in names:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

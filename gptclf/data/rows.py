@@ -5,6 +5,12 @@ Balancing and splitting never depend on the order of ``--classes`` (which sets t
 classes are grouped in name order. Oversampling happens after the split and only to the training
 split, so a replicated text can never sit in validation or test too (which would inflate the
 scores). Split fractions are exact rationals (:func:`parse_split`).
+
+Everything is decided on compact arrays, never on the texts: a label id per row in, row positions
+per split out (:func:`plan_split`), so ``prepare`` holds a few bytes a row whatever the texts'
+size. The random steps are those of the pandas code this replaced (``DataFrame.sample`` with
+``random_state=seed``: a fresh ``RandomState(seed).choice`` each time), so the same input, options
+and seed still give the same files byte for byte.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from fractions import Fraction
 from math import ceil, floor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from gptclf.data.tables import LoadedTable
 from gptclf.errors import BadInputError
 
 #: The three splits, in the order they are written and reported.
@@ -37,15 +43,16 @@ _MAX_LISTED = 10
 
 @dataclass
 class Split:
-    """A table balanced and split.
+    """Rows balanced and split.
 
     Attributes:
-        parts: ``"train"``, ``"validation"``, ``"test"`` -> frame (``text``, ``label``, ...).
+        parts: ``"train"``, ``"validation"``, ``"test"`` -> row positions (int array, in the
+            order the split file lists them; oversampled rows repeat).
         undersampled: Rows left out by ``undersample``.
         oversampled: Copies added to the training split by ``oversample``.
     """
 
-    parts: dict[str, pd.DataFrame]
+    parts: dict[str, np.ndarray]
     undersampled: int = 0
     oversampled: int = 0
 
@@ -111,63 +118,62 @@ def label_ids(frame: pd.DataFrame, classes: Sequence[str]) -> list[int]:
     return [index[label] for label in frame["label"]]
 
 
-def select_classes(
-    table: LoadedTable, names: list[str] | None, drop_unknown: bool, path: Path
-) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
-    """Keep the rows of the requested classes; find the classes (sorted labels) when none are named.
+def choose_classes(
+    counts: dict[str, int], names: list[str] | None, drop_unknown: bool, path: Path, dropped: dict[str, int]
+) -> list[str]:
+    """The classes of a table whose labels were counted; refuse what cannot be prepared.
 
     Args:
-        table: The table read from ``path``.
-        names: Class names in order, or None.
-        drop_unknown: Drop rows of other labels (counted as ``unknown label``) instead of refusing.
+        counts: Label -> rows carrying it, in the order the labels first appear.
+        names: Class names in order, or None: the sorted labels.
+        drop_unknown: Rows of other labels are to be dropped (the caller drops them) rather than
+            refused.
         path: The input, for messages.
+        dropped: The rows dropped while reading, by reason (named when no row is left).
 
     Returns:
-        The rows kept, the rows dropped so far by reason (the table's own included), the classes.
+        The classes in order.
 
     Raises:
         BadInputError: No usable row, a single class, labels not among ``names`` (without
             ``drop_unknown``), or a name that no row carries; all problems in one message.
     """
-    frame, dropped = table.frame, dict(table.dropped)
-    counts = frame["label"].value_counts()
-    if frame.empty:
+    # Most rows first, ties in order of appearance (what pandas' value_counts gives).
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    if not ranked:
         reasons = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
         raise BadInputError(f"{path} has no row with both a text and a label ({reasons})")
     if names is None:
-        names = sorted(counts.index)
+        names = sorted(counts)
         if len(names) < 2:
             raise BadInputError(
-                f"{path} has a single class ({names[0]!r}, {counts.iloc[0]} rows); "
+                f"{path} has a single class ({names[0]!r}, {ranked[0][1]} rows); "
                 "a classifier needs two or more"
             )
-        return frame, dropped, names
+        return names
     problems = []
-    unknown = counts[~counts.index.isin(names)].sort_values(ascending=False, kind="stable")
-    if len(unknown) and not drop_unknown:
-        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.iloc[:_MAX_LISTED].items())
+    unknown = [(label, n) for label, n in ranked if label not in names]
+    if unknown and not drop_unknown:
+        listed = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown[:_MAX_LISTED])
         more = f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
         problems.append(
             f"labels not among --classes: {listed}{more}; add them to --classes or pass --drop-unknown"
         )
-    absent = [name for name in names if name not in counts.index]
+    absent = [name for name in names if name not in counts]
     if absent:  # most likely a typo, which the list of unknown labels above helps to spot
         problems.append(f"--classes names {', '.join(map(repr, absent))}, which no row of {path} carries")
     if problems:
         raise BadInputError("; ".join(problems))
-    if len(unknown):
-        dropped[UNKNOWN_LABEL] = int(unknown.sum())
-        frame = frame[frame["label"].isin(names)]
-    return frame, dropped, names
+    return names
 
 
-def balance_and_split(
-    frame: pd.DataFrame, names: list[str], fractions: Fractions, *, balance: str, stratify: bool, seed: int
+def plan_split(
+    labels: np.ndarray, names: list[str], fractions: Fractions, *, balance: str, stratify: bool, seed: int
 ) -> Split:
     """Balance the classes and split the rows into train, validation and test.
 
     Args:
-        frame: Rows with ``text`` and ``label``, every label one of ``names``.
+        labels: The class of each row (an index into ``names``), rows in file order.
         names: The classes.
         fractions: Train, validation and test fractions.
         balance: ``undersample`` (every class down to the smallest, before the split),
@@ -176,25 +182,32 @@ def balance_and_split(
             (within one row). False: the book's split of the shuffled table.
         seed: Seed of every random step.
 
+    Returns:
+        The positions (into ``labels``) of each split's rows.
+
     Raises:
-        BadInputError: A class has too few rows to give every split with a share a row.
+        BadInputError: A class has too few rows to give every split with a share a row, or none
+            in the training split to oversample.
     """
-    _check_class_sizes(frame, names, fractions)
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    _check_class_sizes({c: int(n) for c, n in zip(names, counts, strict=True)}, names, fractions)
+    rows = np.arange(len(labels))
     undersampled = 0
     if balance == "undersample":
-        frame, undersampled = _undersample(frame, names, seed)
-    parts = _split(frame, names, fractions, stratify, seed)
+        rows, undersampled = _undersample(rows, labels, names, seed)
+    parts = _split(rows, labels, names, fractions, stratify, seed)
     oversampled = 0
     if balance == "oversample":
-        parts["train"], oversampled = _oversample(parts["train"], names, seed)
+        parts["train"], oversampled = _oversample(parts["train"], labels, names, seed)
     return Split(parts=parts, undersampled=undersampled, oversampled=oversampled)
 
 
-def shared_texts(parts: dict[str, pd.DataFrame]) -> dict[str, int]:
-    """``"train/test"`` etc. -> how many distinct texts two splits have in common."""
-    texts = {name: set(part["text"]) for name, part in parts.items()}
+def shared_texts(text_ids: dict[str, np.ndarray]) -> dict[str, int]:
+    """``"train/test"`` etc. -> how many distinct texts two splits have in common, given each
+    split's text ids (equal texts, equal ids)."""
     pairs = [("train", "validation"), ("train", "test"), ("validation", "test")]
-    return {f"{a}/{b}": len(texts[a] & texts[b]) for a, b in pairs}
+    return {f"{a}/{b}": len(np.intersect1d(text_ids[a], text_ids[b])) for a, b in pairs}
 
 
 def min_rows_per_class(fractions: Sequence[Fraction]) -> int:
@@ -207,11 +220,8 @@ def min_rows_per_class(fractions: Sequence[Fraction]) -> int:
     return n
 
 
-def _check_class_sizes(frame: pd.DataFrame, names: list[str], fractions: Sequence[Fraction]) -> None:
-    counts = frame["label"].value_counts()
-    short = {
-        c: int(counts.get(c, 0)) for c in names if not _fills_every_split(int(counts.get(c, 0)), fractions)
-    }
+def _check_class_sizes(counts: dict[str, int], names: list[str], fractions: Sequence[Fraction]) -> None:
+    short = {c: counts.get(c, 0) for c in names if not _fills_every_split(counts.get(c, 0), fractions)}
     if short:
         listed = ", ".join(f"{c!r} has {n}" for c, n in short.items())
         shares = "/".join(f"{float(f):g}" for f in fractions)
@@ -236,24 +246,44 @@ def _allocate(n: int, fractions: Sequence[Fraction]) -> list[int]:
     return sizes
 
 
-def _undersample(frame: pd.DataFrame, names: list[str], seed: int) -> tuple[pd.DataFrame, int]:
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` of the positions ``0..n-1``, seeded: what ``DataFrame.sample(size, random_state=seed)``
+    takes from ``n`` rows (a fresh ``RandomState`` each call; ``size == n`` is a shuffle)."""
+    return np.random.RandomState(seed).choice(n, size=size, replace=False).astype(np.int64, copy=False)
+
+
+def _by_class(rows: np.ndarray, labels: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    """``rows`` of each class in name order (each in the order of ``rows``). Name order, not
+    ``--classes`` order: the class order sets label ids only, and must not change which rows
+    land in which split."""
+    of_rows = labels[rows]
+    return [rows[of_rows == names.index(c)] for c in sorted(names)]
+
+
+def _undersample(rows: np.ndarray, labels: np.ndarray, names: list[str], seed: int) -> tuple[np.ndarray, int]:
     """Sample every class down to the smallest one; classes concatenated in name order, as the book
-    does (``pd.concat([ham_subset, spam])``). Name order, not ``--classes`` order: the class order
-    sets label ids only, and must not change which rows land in which split."""
-    groups = [frame[frame["label"] == c] for c in sorted(names)]
+    does (``pd.concat([ham_subset, spam])``)."""
+    groups = _by_class(rows, labels, names)
     smallest = min(len(g) for g in groups)
-    kept = [g.sample(smallest, random_state=seed) if len(g) > smallest else g for g in groups]
-    return pd.concat(kept), len(frame) - smallest * len(groups)
+    kept = [g[_sample(len(g), smallest, seed)] if len(g) > smallest else g for g in groups]
+    return np.concatenate(kept), len(rows) - smallest * len(groups)
 
 
 def _split(
-    frame: pd.DataFrame, names: list[str], fractions: Sequence[Fraction], stratify: bool, seed: int
-) -> dict[str, pd.DataFrame]:
+    rows: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    fractions: Sequence[Fraction],
+    stratify: bool,
+    seed: int,
+) -> dict[str, np.ndarray]:
     # The book: df.sample(frac=1, random_state=123), then int(n * 0.7) train, int(n * 0.1)
     # validation, the rest test. Stratified: the same shuffle, then each class cut on its own.
-    shuffled = frame.sample(frac=1, random_state=seed).reset_index(drop=True)
-    split_of = pd.Series("", index=shuffled.index)
-    groups = [shuffled[shuffled["label"] == c].index for c in names] if stratify else [shuffled.index]
+    shuffled = rows[_sample(len(rows), len(rows), seed)]
+    split_of = np.full(len(shuffled), -1, dtype=np.int64)
+    of_shuffled = labels[shuffled]
+    everything = [np.arange(len(shuffled))]
+    groups = [np.flatnonzero(of_shuffled == c) for c in range(len(names))] if stratify else everything
     for index in groups:
         if stratify:
             sizes = _allocate(len(index), fractions)
@@ -263,21 +293,27 @@ def _split(
             if fractions[2] == 0:  # the rounding remainder goes to train when there is no test
                 sizes = [sizes[0] + sizes[2], sizes[1], 0]
         start = 0
-        for name, size in zip(SPLITS, sizes, strict=True):
-            split_of.loc[index[start : start + size]] = name
+        for split, size in enumerate(sizes):
+            split_of[index[start : start + size]] = split
             start += size
-    return {name: shuffled[split_of == name].reset_index(drop=True) for name in SPLITS}
+    return {name: shuffled[split_of == i] for i, name in enumerate(SPLITS)}
 
 
-def _oversample(train: pd.DataFrame, names: list[str], seed: int) -> tuple[pd.DataFrame, int]:
+def _oversample(train: np.ndarray, labels: np.ndarray, names: list[str], seed: int) -> tuple[np.ndarray, int]:
     """Replicate each smaller class of the training split up to the largest: whole copies first,
     then a seeded sample for the remainder, so every row appears as evenly often as possible."""
-    groups = [train[train["label"] == c] for c in sorted(names)]  # independent of --classes order
+    groups = _by_class(train, labels, names)
+    empty = [c for c, g in zip(sorted(names), groups, strict=True) if not len(g)]
+    if empty:
+        raise BadInputError(
+            f"--balance oversample: no training row of {', '.join(map(repr, empty))} to replicate "
+            "(use a stratified split, or add rows)"
+        )
     largest = max(len(g) for g in groups)
     extra = []
     for group in groups:
         copies, rest = divmod(largest - len(group), len(group))
-        extra += [group] * copies + [group.sample(rest, random_state=seed)]
+        extra += [group] * copies + [group[_sample(len(group), rest, seed)]]
     added = sum(len(e) for e in extra)
-    mixed = pd.concat([train, *extra]).sample(frac=1, random_state=seed).reset_index(drop=True)
-    return mixed, added
+    mixed = np.concatenate([train, *extra])
+    return mixed[_sample(len(mixed), len(mixed), seed)], added

@@ -170,6 +170,39 @@ def load_table(
     return _collect(path, _records(path, fmt, columns, encoding))
 
 
+def iter_table(
+    path: Source,
+    dropped: Counter[str],
+    text_column: str | None = None,
+    label_column: str | None = None,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[str, str]]:
+    """The ``(text, label)`` records of a labelled table one at a time, as :func:`load_table`
+    keeps them (labels stripped, unusable records counted in ``dropped`` by reason), so that a
+    caller can hold less than the whole table; arguments and errors as :func:`load_table`'s (an
+    input without any record is refused when the stream ends)."""
+    fmt = resolve_format(path, fmt)
+    if fmt == "sms":
+        records: Iterator[tuple[Any, ...]] = (
+            _sms_fields(path, line, line_no) for line_no, line in numbered_lines(path, encoding)
+        )
+    else:
+        records = _records(path, fmt, (text_column or "text", label_column or "label"), encoding)
+    empty = True
+    for raw_text, raw_label in records:
+        empty = False
+        text, label = _cell(raw_text), _cell(raw_label).strip()
+        if not text.strip():
+            dropped[EMPTY_TEXT] += 1
+        elif not label:
+            dropped[MISSING_LABEL] += 1
+        else:
+            yield text, label
+    if empty:
+        raise BadInputError(f"{source_name(path)} has no rows")
+
+
 def read_columns(
     path: Source, columns: Sequence[str], fmt: str, encoding: str = "utf-8"
 ) -> Iterator[tuple[Any, ...]]:

@@ -253,3 +253,20 @@ def test_a_table_on_stdin_and_a_compressed_file_give_the_files_of_the_plain_file
     untold = CliRunner().invoke(app, ["prepare", "--input", "-", "--out", str(tmp_path / "x")], input=data)
     assert untold.exit_code == 2 and "pass --input-format" in one_line(untold)
     assert "Traceback" not in untold.stderr and not (tmp_path / "x").exists()
+
+
+def test_long_steps_show_progress_lines_on_stderr_and_short_ones_none(
+    table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step shown (as if each ran long): rows read with the file's size, then rows written;
+    the summary table after them. A run of ordinary length shows the table alone."""
+    quiet = run("--input", table, "--out", tmp_path / "quiet")
+    assert quiet.exit_code == 0 and "reading" not in quiet.stderr and "writing" not in quiet.stderr
+    monkeypatch.setattr("gptclf.data.long_steps.SHOW_AFTER", 0.0)
+    result = run("--input", table, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[:2] == ["reading data.csv (50 rows)", "writing (50 rows)"]
+    assert "validation" in result.stderr  # the table follows
+    for name in FILES:  # and the files are those of the quiet run
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "quiet" / name).read_bytes()
