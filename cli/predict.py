@@ -35,7 +35,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -146,11 +146,21 @@ def predict(
     long: LongTextOptions = LongTextOptions(),
 ) -> None:
     """Classify texts with a finetuned run: one result per text, in input order."""
-    from gptclf.distributed import refuse_distributed
+    from gptclf.distributed import world_size
     from gptclf.inference.outputs import destination, stream
     from gptclf.inference.predict import parse_shard, text_stream
 
-    refuse_distributed("predict")  # a single-process verb: several copies would print N times
+    ranks = world_size()
+    if ranks > 1:
+        import os
+
+        if os.environ.get("RANK", "0") != "0":  # rank 0 says what is said; the others only work
+            err_console.quiet = True
+        if not (output is not None and input_path not in (None, "-") and not texts):
+            raise BadInputError(
+                f"under torchrun ({ranks} processes) predict needs --input FILE and --output FILE: the ranks "
+                "split the file and rank 0 writes the output"
+            )
     if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
         fmt = "parquet"
     if fmt is None:
@@ -179,7 +189,16 @@ def predict(
             **asdict(decide),
             **asdict(long),
         }
-        _predict_job(run, Path(input_path or ""), target, options, resume, part)
+        from gptclf.inference.jobs import JobRequest, predict_job
+
+        req = JobRequest(run, Path(input_path or ""), target, options, resume, part)
+        predictor = predict_job(
+            req,
+            lambda out, decider, header: _writer(fmt, out, decider, True, keep, header),
+            lambda chunks, done: _with_progress(chunks, Path(input_path or ""), s.input_format, part, done),
+            note=lambda line: err_console.print(line, markup=False),
+        )
+        _say_long(predictor)
         return
     given = text_stream(
         texts or [], input_path, s.text_column, id_column, s.input_format, s.encoding, keep, part
@@ -193,7 +212,7 @@ def predict(
         where = str(output.parent) if output is not None else "stdout"
         chunks = predictor.predict_chunks(given, pause=pause)
         # A long job from a file shows its progress on stderr, unless its results go to the terminal.
-        if input_path not in (None, "-") and not sys.stdout.isatty():
+        if input_path not in (None, "-") and (output is not None or not sys.stdout.isatty()):
             chunks = _with_progress(chunks, Path(input_path), s.input_format, part)
         stream(chunks, write, out, where)
         finish = getattr(write, "close", None)
@@ -255,6 +274,8 @@ def _job_target(
     Raises:
         BadInputError: ``--resume`` where there is no job to resume.
     """
+    from gptclf.distributed import world_size
+
     from_file = input_path is not None and input_path != "-" and not texts
     if output is None or not from_file:
         if resume:
@@ -262,101 +283,10 @@ def _job_target(
             raise BadInputError(f"--resume needs --input FILE and --output FILE ({why}): name both")
         return None
     if output.is_dir() or (output.exists() and not output.is_file()):
-        if resume:
-            raise BadInputError(f"--resume needs --output to be a file; {output} is not one")
+        if resume or world_size() > 1:
+            raise BadInputError(f"--resume and torchrun need --output to be a file; {output} is not one")
         return None  # destination() refuses a folder and writes into a device
     return output.resolve() if output.is_symlink() else output
-
-
-def _predict_job(
-    run: Path,
-    input_path: Path,
-    out: Path,
-    options: dict[str, Any],
-    resume: bool,
-    part: tuple[int, int] | None,
-) -> None:
-    """``predict --input FILE --output OUT``: a resumable job (:mod:`gptclf.inference.jobs`)."""
-    from gptclf.data.tables import check_file
-    from gptclf.errors import write_error
-    from gptclf.inference.jobs import (
-        Job,
-        input_fingerprint,
-        parquet_assembler,
-        pickling_writer,
-        run_fingerprint,
-        run_job,
-    )
-    from gptclf.inference.outputs import ParquetWriter
-    from gptclf.inference.predict import text_stream
-
-    if not out.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
-        import errno
-        import os
-
-        code = errno.ENOTDIR if out.parent.exists() else errno.ENOENT
-        raise write_error(OSError(code, os.strerror(code)), out.parent)
-    check_file(input_path)
-    if not run.is_dir():
-        from gptclf.inference.predict import open_run
-
-        open_run(run)  # says what is wrong with it
-    fingerprint = {"input": input_fingerprint(input_path), "run": run_fingerprint(run), "options": options}
-    job = Job.open(out, fingerprint, resume=resume, note=lambda line: err_console.print(line, markup=False))
-    failed: BaseException | None = None
-    try:
-        o = options
-        fmt = o["format"]
-        predictor = _open(run, o["engine"], o["quantize"], *_groups(o))
-        keep = o["keep_columns"]
-        if fmt == "parquet":
-            direct = ParquetWriter(job.binary(), predictor.decider, keep)
-            write = pickling_writer(job, direct.rows)
-            assemble = parquet_assembler(lambda fh: ParquetWriter(fh, predictor.decider, keep))
-        else:
-            # Parts after the first write no CSV/TSV header; nor does a resumed job (it has one).
-            header = (part is None or part[0] == 1) and not job.resumed
-            write = _writer(fmt, job.text(), predictor.decider, True, keep, header)
-            assemble = None
-        if job.journal.complete:  # stopped at the rename: only that is left
-            job.finish(assemble)
-            return
-        done = job.journal.rows
-        given = text_stream(
-            [],
-            str(input_path),
-            o["text_column"],
-            o["id_column"],
-            o["input_format"],
-            o["encoding"],
-            keep,
-            part,
-            done,
-        )
-        chunks = predictor.predict_chunks(given)
-        chunks = _with_progress(chunks, input_path, o["input_format"], part, done)
-        run_job(job, chunks, write, assemble)
-    except BaseException as exc:
-        failed = exc
-        raise
-    finally:
-        if job.close(failed) and failed is not None and not _said_resume(failed):
-            err_console.print(
-                f"gptclf: the work so far ({job.journal.rows:,} rows) is kept in {job.folder}: the same "
-                "command with --resume continues it",
-                markup=False,
-            )
-    _say_long(predictor)
-
-
-def _said_resume(exc: BaseException) -> bool:
-    return "--resume" in str(exc)
-
-
-def _groups(o: dict[str, Any]) -> tuple[DeviceOptions, DecisionOptions, LongTextOptions]:
-    """The option groups back from a job's recorded options."""
-    pick = lambda cls: cls(**{f: o[f] for f in cls.__dataclass_fields__})  # noqa: E731
-    return pick(DeviceOptions), pick(DecisionOptions), pick(LongTextOptions)
 
 
 def _writer(

@@ -209,15 +209,22 @@ def test_devices_checks_settings_before_it_starts_processes(tmp_path: Path) -> N
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("verb", ["predict", "evaluate"])
-def test_predict_and_evaluate_refuse_several_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+def test_evaluate_refuses_several_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2 and "runs in one process" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["some text"], ["--input", "in.txt"], ["--input", "-", "--output", "o"]])
+def test_predict_under_torchrun_needs_a_file_in_and_a_file_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    args = [verb, str(tmp_path), "some text"] if verb == "predict" else [verb, str(tmp_path)]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "runs in one process" in result.stderr
+    result = runner.invoke(app, ["predict", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert "under torchrun (2 processes) predict needs --input FILE and --output FILE" in result.stderr
 
 
 def _slow_barrier_worker(rank: int, port: int, out: str) -> None:

@@ -391,3 +391,274 @@ def pickling_writer(job: Job, rows_of: Callable[[list[Any]], Any]) -> Callable[[
         pickle.dump(rows_of(preds), job.binary(), protocol=pickle.HIGHEST_PROTOCOL)
 
     return write
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One ``predict --input FILE --output OUT`` job, as the CLI checked it.
+
+    Attributes:
+        run: The run directory or ONNX export folder.
+        input_path: The input file.
+        out: The output file (a link's target).
+        options: Every option that shapes a record, by name (their fingerprint; the device,
+            decision and long-text groups' fields among them).
+        resume: ``--resume``.
+        part: ``--shard K/N`` as ``(K, N)``.
+    """
+
+    run: Path
+    input_path: Path
+    out: Path
+    options: dict[str, Any]
+    resume: bool = False
+    part: tuple[int, int] | None = None
+
+
+#: Makes the writer of a text format: ``(out, decider, header) -> writer`` (the table's is the CLI's).
+WriterFactory = Callable[[IO[str], Any, bool], Callable[[list[Any]], None]]
+#: Wraps a job's chunks in its progress: ``(chunks, rows already done) -> chunks``.
+ProgressWrap = Callable[[Iterator[list[Any]], int], Iterator[list[Any]]]
+
+
+def predict_job(
+    req: JobRequest,
+    make_writer: WriterFactory,
+    show: ProgressWrap | None = None,
+    note: Note | None = None,
+) -> Any:
+    """``predict``'s core for a file job: classify ``req.input_path`` into ``req.out`` as a
+    resumable job, in one process or, under ``torchrun``, spread over the ranks (each rank on its
+    own device: the GPU of its local rank, else the CPU with the node's cores divided between its
+    ranks), chunk ``i`` on rank ``i mod world``, rank 0 writing them all in input order.
+
+    Returns:
+        The :class:`gptclf.inference.predict.Predictor` (its counts, for the CLI's last lines).
+
+    Raises:
+        BadInputError: A bad input, run, option or output place; ``--resume`` refused.
+        Interrupted: SIGINT or SIGTERM, after the chunk (the round of chunks) under way.
+        GptclfError: Writing failed, a rank failed or left (the work kept for ``--resume``).
+    """
+    from gptclf.data.tables import check_file
+    from gptclf.distributed import process_group
+    from gptclf.errors import write_error
+
+    say = note or (lambda line: None)
+    if not req.out.parent.is_dir():  # a missing folder, or a file: said as any unwritable place
+        import errno
+
+        code = errno.ENOTDIR if req.out.parent.exists() else errno.ENOENT
+        raise write_error(OSError(code, os.strerror(code)), req.out.parent)
+    check_file(req.input_path)
+    if not req.run.is_dir():
+        from gptclf.inference.predict import open_run
+
+        open_run(req.run)  # says what is wrong with it
+    options = req.options
+    with process_group(options.get("device") or "auto") as shard:
+        job: Job | None = None
+        state: tuple[str, Any, Any] = ("ok", 0, False)
+        if shard.is_main:
+            fingerprint = {
+                "input": input_fingerprint(req.input_path),
+                "run": run_fingerprint(req.run),
+                "options": options,
+            }
+            try:
+                job = Job.open(req.out, fingerprint, resume=req.resume, note=say)
+                state = ("ok", job.journal.rows, job.journal.complete)
+            except BadInputError as exc:
+                state = ("bad", str(exc), None)
+                if not shard.distributed:
+                    raise
+        state = shard.from_main(state)
+        if state[0] == "bad":
+            raise BadInputError(state[1])
+        failed: BaseException | None = None
+        try:
+            return _run(req, shard, job, int(state[1]), bool(state[2]), make_writer, show)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            if job is not None and job.close(failed) and failed is not None and "--resume" not in str(failed):
+                say(
+                    f"gptclf: the work so far ({job.journal.rows:,} rows) is kept in {job.folder}: the same "
+                    "command with --resume continues it"
+                )
+
+
+def _run(
+    req: JobRequest,
+    shard: Any,
+    job: Job | None,
+    done: int,
+    complete: bool,
+    make_writer: WriterFactory,
+    show: ProgressWrap | None,
+) -> Any:
+    from gptclf.device import resolve_device
+    from gptclf.distributed import local_job
+    from gptclf.inference.chunking import chunks as in_chunks
+    from gptclf.inference.outputs import ParquetWriter
+    from gptclf.inference.predict import CHUNK_SIZE, open_predictor, text_stream
+    from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
+
+    o = req.options
+    device = DeviceOptions(**{f: o[f] for f in DeviceOptions.__dataclass_fields__})
+    if shard.distributed:  # this rank's device; the CPU's cores divided between the node's ranks
+        import torch
+
+        dev = resolve_device(device.device, local_job())
+        device = DeviceOptions(str(dev), device.precision, device.batch_size)
+        if dev.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // shard.local_world_size))
+    predictor = open_predictor(
+        req.run,
+        engine=o["engine"],
+        quantize=o["quantize"],
+        device=device,
+        decide=DecisionOptions(**{f: o[f] for f in DecisionOptions.__dataclass_fields__}),
+        long=LongTextOptions(**{f: o[f] for f in LongTextOptions.__dataclass_fields__}),
+    )
+    keep, write, assemble = o["keep_columns"], None, None
+    if job is not None:
+        if o["format"] == "parquet":
+            write = pickling_writer(job, ParquetWriter(job.binary(), predictor.decider, keep).rows)
+            assemble = parquet_assembler(lambda fh: ParquetWriter(fh, predictor.decider, keep))
+        else:
+            # Parts after the first write no CSV/TSV header; nor does a resumed job (it has one).
+            header = (req.part is None or req.part[0] == 1) and not job.resumed
+            write = make_writer(job.text(), predictor.decider, header)
+    if complete:  # stopped at the rename: only that is left
+        if job is not None:
+            job.finish(assemble)
+        return predictor
+    given = text_stream(
+        [], str(req.input_path), o["text_column"], o["id_column"], o["input_format"], o["encoding"],
+        keep, req.part, done,
+    )  # fmt: skip
+    if not shard.distributed:
+        assert job is not None and write is not None
+        chunks = predictor.predict_chunks(given)
+        run_job(job, show(chunks, done) if show else chunks, write, assemble)
+        return predictor
+    _run_spread(shard, job, predictor, in_chunks(given, CHUNK_SIZE), write, assemble, show, done)
+    return predictor
+
+
+def _run_spread(
+    shard: Any,
+    job: Job | None,
+    predictor: Any,
+    raw: Iterator[list[Any]],
+    write: Callable[[list[Any]], None] | None,
+    assemble: Callable[[Path, Path], None] | None,
+    show: ProgressWrap | None,
+    done: int,
+) -> None:
+    """The torchrun job: rounds of ``world`` chunks, chunk ``k`` of a round on rank ``k``; rank 0
+    gathers a round's predictions, writes them in order and records them, then all ranks go on,
+    stop (a signal on any rank: after the round, journal up to date) or fail together."""
+    from gptclf.errors import Interrupted
+    from gptclf.training.checkpoints import InterruptGuard, signal_name
+
+    kept = "the work so far is kept: the same command with --resume continues it"
+    with InterruptGuard(before=kept) as guard:
+        if job is not None and not job.resumed:
+            job.commit(0, chunks=0)
+        guard.deferring = True
+        rounds = Rounds(shard, predictor, raw, lambda: guard.signum)
+        chunks: Iterator[list[Any]] = (c for r in rounds for c in r)
+        if job is not None and show is not None:
+            chunks = show(chunks, done)
+        for preds in chunks:
+            if job is not None and write is not None:
+                write(preds)
+                job.commit(len(preds))
+        if rounds.stopped is not None:
+            raise Interrupted(
+                f"{signal_name(rounds.stopped)}: stopped after a whole round of chunks; the same command "
+                "with --resume continues from there",
+                rounds.stopped,
+            )
+        if job is not None:
+            job.finish(assemble)
+
+
+class Rounds:
+    """A torchrun job's rounds: iterating gives each round's predictions in input order on rank 0
+    (empty lists elsewhere); :attr:`stopped` is the signal that ended them early, if one did.
+
+    Every rank reads the whole input (reading costs little next to the model) and classifies its
+    chunk of each round; a gather brings the round to rank 0 with each rank's signal and error,
+    and rank 0's decision (go on, stop, fail) is broadcast, so all ranks end together.
+    """
+
+    def __init__(
+        self, shard: Any, predictor: Any, raw: Iterator[list[Any]], signum: Callable[[], int | None]
+    ) -> None:
+        self.shard, self.predictor, self.raw, self.signum = shard, predictor, raw, signum
+        self.stopped: int | None = None
+
+    def _take(self) -> tuple[list[Any] | None, bool, tuple[str, str] | None]:
+        """This rank's chunk of the next round, whether the input ended, and a reading error."""
+        mine = None
+        for k in range(self.shard.world_size):
+            try:
+                chunk = next(self.raw)
+            except StopIteration:
+                return mine, True, None
+            except BadInputError as exc:
+                return mine, True, ("bad", str(exc))
+            if k == self.shard.rank:
+                mine = chunk
+        return mine, False, None
+
+    def __iter__(self) -> Iterator[list[list[Any]]]:
+        import torch.distributed as dist
+
+        from gptclf.errors import GptclfError
+
+        shard, ended = self.shard, False
+        while True:
+            mine, end, error = (None, True, None) if ended else self._take()
+            ended = ended or end
+            preds = None
+            if mine is not None and error is None:
+                try:
+                    preds = next(iter(self.predictor.predict_chunks(mine)))
+                except BadInputError as exc:
+                    error = ("bad", str(exc))
+                except GptclfError as exc:
+                    error = ("fail", f"rank {shard.rank}: {exc}")
+            got: list[Any] = [None] * shard.world_size if shard.is_main else []
+            decision: list[Any] = [None, None, False]
+            try:
+                payload = (preds, self.signum(), error)
+                dist.gather_object(payload, got if shard.is_main else None, dst=0, group=shard.slow_group)
+                if shard.is_main:
+                    errors = [p[2] for p in got if p[2] is not None]
+                    stop = next((p[1] for p in got if p[1] is not None), None)
+                    decision = [errors[0] if errors else None, stop, any(p[0] is not None for p in got)]
+                dist.broadcast_object_list(decision, src=0, group=shard.slow_group)
+            except (RuntimeError, dist.DistBackendError) as exc:  # a rank died or left
+                import re
+
+                why = re.sub(r"\[[^\]]*\]?(:\d+)?", "", str(exc).splitlines()[0]).strip(" :")[:100]
+                raise GptclfError(
+                    f"another process of the torchrun job stopped ({why or 'it left'}); every chunk written "
+                    "so far is kept: the same torchrun command with --resume continues it"
+                ) from None
+            err, stop, more = decision
+            if err is not None:
+                raise (BadInputError if err[0] == "bad" else GptclfError)(err[1])
+            if shard.is_main:
+                yield [p[0] for p in got if p[0] is not None]
+            if stop is not None:
+                self.stopped = int(stop)
+                return
+            if not more:
+                return

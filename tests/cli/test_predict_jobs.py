@@ -298,3 +298,93 @@ def test_a_sharded_job_resumes_within_its_part(run_dir: Path, table: Path, tmp_p
     assert out.read_bytes() == whole.read_bytes()
     first = json.loads(out.read_text().splitlines()[0])
     assert first["id"] == f"t{2 * CHUNK_SIZE}"
+
+
+# --- torchrun ----------------------------------------------------------------------------------
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    """``gptclf predict ARGS`` under torchrun on 2 local gloo processes."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return [*run, "-m", "--", "cli.main", "predict", *args]
+
+
+def _rank_threads() -> str:
+    """The threads a rank of 2 gets here (the node's cores halved), for a single process to match."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return str(max(1, cores // 2))
+
+
+def _env(threads: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
+    env.pop(FAULT_ENV, None)
+    return env
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_the_single_process_file_byte_for_byte(
+    run_dir: Path, table: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyarrow")
+    for fmt in ("jsonl", "parquet"):
+        single, spread = tmp_path / f"single.{fmt}", tmp_path / f"spread.{fmt}"
+        one = subprocess.run(
+            [sys.executable, "-m", "cli.main", "predict", *job_args(run_dir, table, single, "--format", fmt)],
+            capture_output=True, text=True, env=_env(_rank_threads()), timeout=300,
+        )  # fmt: skip
+        assert one.returncode == 0, one.stderr
+        two = subprocess.run(
+            _torchrun(job_args(run_dir, table, spread, "--format", fmt)),
+            capture_output=True, text=True, env=_env("1"), timeout=300,
+        )  # fmt: skip
+        assert two.returncode == 0, two.stderr
+        assert spread.read_bytes() == single.read_bytes()
+        assert not work_dir(spread).exists()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_torchrun_job_and_it_resumes(run_dir: Path, tmp_path: Path) -> None:
+    import time
+
+    import psutil
+
+    source = tmp_path / "big.txt"
+    source.write_text("".join(f"message number {i} about lunch and prizes\n" for i in range(24 * CHUNK_SIZE)))
+    args = [str(run_dir), "--input", str(source), "--device", "cpu"]
+    single = tmp_path / "single.jsonl"
+    one = subprocess.run(
+        [sys.executable, "-m", "cli.main", "predict", *args, "--output", str(single)],
+        capture_output=True, text=True, env=_env(_rank_threads()), timeout=600,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        _torchrun([*args, "--output", str(out)]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env("1"),
+    )  # fmt: skip
+
+    def two_rounds() -> bool:
+        try:
+            return journal(out)["chunks"] >= 4
+        except (OSError, ValueError):
+            return False
+
+    assert wait_for(proc, two_rounds, timeout=600), proc.communicate()[1]
+    victim = next(
+        c for c in psutil.Process(proc.pid).children(recursive=True) if c.environ().get("RANK") == "1"
+    )
+    victim.kill()
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - killed < 60, err
+    assert not out.exists()
+    state = journal(out)
+    assert state["rows"] == state["chunks"] * CHUNK_SIZE  # whole chunks
+    assert "torchrun" in err and "Traceback" not in err.split("torch.distributed.elastic")[0]
+    again = subprocess.run(
+        _torchrun([*args, "--output", str(out), "--resume"]),
+        capture_output=True, text=True, env=_env("1"), timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {out} after {state['rows']:,} rows" in " ".join(again.stderr.split())
+    assert out.read_bytes() == single.read_bytes()
