@@ -388,3 +388,31 @@ def test_a_killed_rank_ends_the_torchrun_job_and_it_resumes(run_dir: Path, tmp_p
     assert again.returncode == 0, again.stderr
     assert f"resuming {out} after {state['rows']:,} rows" in " ".join(again.stderr.split())
     assert out.read_bytes() == single.read_bytes()
+
+
+def _peak_rss_mb(args: list[str]) -> float:
+    """The peak RSS of ``gptclf predict ARGS`` in a child of its own (``os.wait4``: its rusage alone)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "predict", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env("1"),
+    )  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_parquet_job_ten_times_longer_peaks_within_ten_percent(run_dir: Path, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    peaks = []
+    for rows in (20_000, 200_000):
+        source = tmp_path / f"in-{rows}.parquet"
+        texts = [f"ticket {i} about {'prize' if i % 3 else 'lunch'} number {i % 97}" for i in range(rows)]
+        pq.write_table(pa.table({"body": texts, "n": list(range(rows))}), source, row_group_size=8192)
+        out = tmp_path / f"out-{rows}.parquet"
+        args = [str(run_dir), "--input", str(source), "--text-column", "body", "--keep-columns", "n"]
+        peaks.append(_peak_rss_mb([*args, "--output", str(out), "--device", "cpu"]))
+        assert pq.ParquetFile(out).metadata.num_rows == rows
+    assert peaks[1] <= 1.10 * peaks[0], peaks
