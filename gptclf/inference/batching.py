@@ -12,15 +12,19 @@ folded back into one (:class:`gptclf.inference.longtexts.WindowedSource`).
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
+import numpy as np
 import tiktoken
 import torch
 
 from gptclf.model.tokenizer import EOT_ID, collate, encode_batch
+from gptclf.progress import Progress
 from gptclf.tasks.base import Task
 from gptclf.tasks.single_label import SingleLabel
 
@@ -61,6 +65,192 @@ def encode_texts(enc: tiktoken.Encoding, texts: Sequence[str], max_length: int) 
             ids[i] = seq[:max_length]
             truncated += 1
     return Encoded(ids, truncated)
+
+
+class TokenIds(Sequence[Sequence[int]]):
+    """Token ids of many texts in one flat ``uint16`` buffer with offsets: two bytes a token instead
+    of a Python int (and a list per text). GPT-2's 50,257 ids fit; a batch is turned into int64 only
+    when it is collated (:meth:`collate`), so the batches are those of the lists they replace.
+
+    Indexing gives a text's ids as a numpy view; ``lengths`` are the tokens of each text.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat = flat
+        self.offsets = offsets  # (N + 1,) int64: text i is flat[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, ids: Sequence[Sequence[int]]) -> TokenIds:
+        """Pack lists of ids (each id < 65,536)."""
+        builder = TokenIdsBuilder()
+        builder.extend(ids)
+        return builder.build()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> TokenIds: ...
+
+    def __getitem__(self, i: int | slice) -> np.ndarray | TokenIds:
+        if isinstance(i, slice):
+            return TokenIds.from_lists([self[j] for j in range(*i.indices(len(self)))])
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def part(self, start: int, stop: int) -> TokenIds:
+        """Texts ``start`` to ``stop - 1`` (their ids copied out of the buffer)."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        return TokenIds(self.flat[first:last].copy(), self.offsets[start : stop + 1] - first)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each text."""
+        return np.diff(self.offsets).tolist()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the ids and their offsets)."""
+        return int(self.flat.nbytes + self.offsets.nbytes)
+
+    def truncated(self, max_length: int) -> TokenIds:
+        """The first ``max_length`` ids of every text."""
+        lengths = np.minimum(np.diff(self.offsets), max_length)
+        if (lengths == np.diff(self.offsets)).all():
+            return self
+        keep = np.repeat(self.offsets[:-1], lengths) + _ranks(lengths)
+        return TokenIds(self.flat[keep], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+    def padded(self, length: int, pad_id: int = EOT_ID) -> TokenIds:
+        """Every text right-padded with ``pad_id`` to at least ``length`` ids."""
+        lengths = np.diff(self.offsets)
+        wide = np.maximum(lengths, length)
+        offsets = np.concatenate([[0], np.cumsum(wide)]).astype(np.int64)
+        flat = np.full(int(offsets[-1]), pad_id, dtype=np.uint16)
+        flat[np.repeat(offsets[:-1], lengths) + _ranks(lengths)] = self.flat
+        return TokenIds(flat, offsets)
+
+    def collate(
+        self, indices: Sequence[int], pad_id: int = EOT_ID, pad_to: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The texts at ``indices`` right-padded into a batch, as :func:`~gptclf.model.tokenizer.collate`
+        pads lists: ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64."""
+        rows = np.asarray(indices, dtype=np.int64)
+        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        width = int(lengths.max()) if pad_to is None else max(pad_to, int(lengths.max()))
+        batch = np.full((len(rows), width), pad_id, dtype=np.int64)
+        cols = _ranks(lengths)
+        batch[np.repeat(np.arange(len(rows)), lengths), cols] = self.flat[np.repeat(starts, lengths) + cols]
+        return torch.from_numpy(batch), torch.from_numpy(lengths.astype(np.int64))
+
+
+def _ranks(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ..., n-1 for each n of ``lengths``, concatenated: each id's place in its text."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+
+
+class TokenIdsBuilder:
+    """Gathers :class:`TokenIds` a chunk of texts at a time (the buffer grows by doubling)."""
+
+    def __init__(self) -> None:
+        self._flat = np.empty(1024, dtype=np.uint16)
+        self._size = 0
+        self._lengths: list[np.ndarray] = []
+
+    def extend(self, ids: Sequence[Sequence[int]]) -> None:
+        """Append the ids of more texts."""
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        need = self._size + int(lengths.sum())
+        if need > len(self._flat):
+            grown = np.empty(max(need, 2 * len(self._flat)), dtype=np.uint16)
+            grown[: self._size] = self._flat[: self._size]
+            self._flat = grown
+        if len(ids):
+            chunk = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=need - self._size)
+            if chunk.size and (chunk.max() > np.iinfo(np.uint16).max or chunk.min() < 0):
+                raise ValueError("token ids must fit in 16 bits (GPT-2's vocabulary does)")
+            self._flat[self._size : need] = chunk
+        self._size = need
+        self._lengths.append(lengths)
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self._lengths)
+
+    def build(self) -> TokenIds:
+        """The ids gathered (the buffer trimmed to its size)."""
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return TokenIds(self._flat[: self._size].copy(), offsets)
+
+
+#: Texts tokenised at once: the tokenizer's Python lists stay small, the progress moves.
+ENCODE_CHUNK = 8192
+#: Seconds of tokenising after which its progress is shown.
+SHOW_AFTER = 2.0
+
+
+def encode_compact(
+    enc: tiktoken.Encoding,
+    texts: Iterable[str],
+    max_length: int | None,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> tuple[TokenIds, np.ndarray]:
+    """Tokenise ``texts`` a chunk at a time into :class:`TokenIds`, each cut to ``max_length``
+    tokens (None: kept whole) and an empty text read as ``<|endoftext|>``, as :func:`encode_texts`.
+
+    ``progress`` sees a step ``tokenising`` of ``total`` texts (when known): texts done, texts/s, ETA;
+    it begins only once the step has run :data:`SHOW_AFTER` seconds, so a short step (or one that
+    ends in a bad-input error, which stays the one line on stderr) shows nothing.
+
+    Returns:
+        ``(ids, cut)``: the ids, and which texts were longer than ``max_length`` (a bool per text).
+    """
+    builder = TokenIdsBuilder()
+    cut: list[np.ndarray] = []
+    progress = progress or Progress()
+    started, done, shown = time.monotonic(), 0, False
+    try:
+        for chunk in _chunks(texts, ENCODE_CHUNK):
+            ids = encode_batch(enc, chunk)
+            long = np.zeros(len(ids), dtype=bool)
+            for i, seq in enumerate(ids):
+                if not seq:
+                    ids[i] = [EOT_ID]
+                elif max_length is not None and len(seq) > max_length:
+                    ids[i] = seq[:max_length]
+                    long[i] = True
+            builder.extend(ids)
+            cut.append(long)
+            done += len(chunk)
+            elapsed = time.monotonic() - started
+            rate = f"{done / max(elapsed, 1e-9):,.0f} texts/s"
+            if shown:
+                progress.advance(len(chunk), rate=rate)
+            elif elapsed >= SHOW_AFTER:
+                shown = True
+                progress.begin("tokenising", total=total, unit="texts", done=0)
+                progress.advance(done, rate=rate)
+    finally:
+        if shown:
+            progress.end()
+    return builder.build(), np.concatenate(cut) if cut else np.zeros(0, dtype=bool)
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of ``size`` (the last shorter)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def train_batches(
@@ -200,17 +390,21 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class TokenSource:
-    """Token-id batches, right-padded to the batch's longest text (or to ``pad_to``)."""
+    """Token-id batches, right-padded to the batch's longest text (or to ``pad_to``); the ids are
+    lists, or :class:`TokenIds` (made int64 a batch at a time: the same batches)."""
 
     start_block = 0
 
     def __init__(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> None:
         self.ids = ids
-        self.lengths = [len(x) for x in ids]
+        self.lengths = ids.lengths if isinstance(ids, TokenIds) else [len(x) for x in ids]
         self.pad_to = pad_to
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch:
-        input_ids, lengths = collate([self.ids[i] for i in indices], EOT_ID, self.pad_to)
+        if isinstance(self.ids, TokenIds):
+            input_ids, lengths = self.ids.collate(indices, EOT_ID, self.pad_to)
+        else:
+            input_ids, lengths = collate([self.ids[i] for i in indices], EOT_ID, self.pad_to)
         return Batch(to_device(input_ids, device), None, to_device(lengths, device), 0)
 
     def rows(self) -> Rows:

@@ -45,7 +45,7 @@ import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
+from gptclf.inference.batching import Batch, Rows, Source, TokenIds, TokenSource, to_device
 from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
@@ -125,7 +125,7 @@ class FeatureCache:
                 (``--long-texts``): the cache holds a row per window; the progress counts texts.
         """
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
-        lengths = [len(x) for x in ids]
+        lengths = _lengths(ids)
         # Under DDP the rows of the other ranks' texts must be zeros for the sum (a new memmap is).
         flat, tmpdir = _allocate(
             sum(lengths), model.gpt.config.n_embd, location, device, spill_dir, zeroed=shard.distributed
@@ -252,7 +252,7 @@ def _fill(
 ) -> None:
     """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``
     (``windows``: the texts of the rows, when they are windows: the progress counts texts)."""
-    lengths = [len(x) for x in ids]
+    lengths = _lengths(ids)
 
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
         hidden = hidden.float().to(flat.device)  # (B, T, C)
@@ -325,7 +325,7 @@ def make_sources(
     if reads_a_pad(model.pooling):
         assert pad_to is not None
         # The pad read at position -1 is part of what the cache must hold: cache padded texts.
-        splits = {name: [[*x, *[EOT_ID] * (pad_to - len(x))] for x in ids] for name, ids in splits.items()}
+        splits = {name: _padded(ids, pad_to) for name, ids in splits.items()}
     if shard.local_rank == 0:  # one cleaner per machine
         remove_stale_caches(spill_dir, note)
     sources: dict[str, Source] = {}
@@ -351,3 +351,15 @@ def make_sources(
             source.close()
         raise
     return sources
+
+
+def _lengths(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Tokens of each text (read off the offsets of :class:`TokenIds`)."""
+    return ids.lengths if isinstance(ids, TokenIds) else [len(x) for x in ids]
+
+
+def _padded(ids: Sequence[Sequence[int]], pad_to: int) -> Sequence[Sequence[int]]:
+    """Every text right-padded with ``<|endoftext|>`` to ``pad_to`` ids."""
+    if isinstance(ids, TokenIds):
+        return ids.padded(pad_to, EOT_ID)
+    return [[*x, *[EOT_ID] * (pad_to - len(x))] for x in ids]

@@ -227,10 +227,16 @@ def plan_cache(
         return CachePlan(0, {})
     row_bytes = model.gpt.config.n_embd * 4  # fp32 states
     width = pad_to or 0 if reads_a_pad(model.pooling) else 0  # such texts are cached with their pads
-    sizes = {name: sum(max(len(x), width) for x in ids) * row_bytes for name, ids in splits.items()}
+    sizes = {name: sum(max(n, width) for n in _lengths(ids)) * row_bytes for name, ids in splits.items()}
     # Free GPU memory once, before any cache: measured per split, each would see only what the
     # previous left and the shares would add up.
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     locations = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=local_ranks)
     check_spill_space(sum(n for name, n in sizes.items() if locations[name] == "disk"), spill_dir)
     return CachePlan(start, locations)
+
+
+def _lengths(ids: Sequence[Sequence[int]]) -> list[int]:
+    """Tokens of each text (read off the offsets of compact ids)."""
+    lengths = getattr(ids, "lengths", None)  # TokenIds (not imported: batching imports no cache code)
+    return list(lengths) if lengths is not None else [len(x) for x in ids]

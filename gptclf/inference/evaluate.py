@@ -1,10 +1,17 @@
 """``evaluate``: a run's metrics on labelled texts (:mod:`gptclf.inference.labelled`), the metric
 gates of CI jobs, and the verb's core (:func:`evaluate_run`), which returns data and never prints:
 its messages go to the progress it is given, and ``cli.evaluate`` renders the rest.
+
+Memory stays bounded by what the reports need: the texts are tokenised as they are read into two
+bytes a token (the texts themselves kept, packed, only for the error report), the pass keeps the
+(N, K) float32 logits, and the token ids are let go before the metrics are computed. The texts are
+still classified in one length-sorted pass over all of them, so every batch, logit and metric is
+the one a pass over a list of the texts gives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +20,11 @@ import torch
 
 from gptclf.data.long_texts import describe_counts
 from gptclf.distributed import refuse_distributed
-from gptclf.errors import BadInputError, GateError
+from gptclf.errors import BadInputError, GateError, GptclfError
+from gptclf.inference.batching import TokenSource
 from gptclf.inference.error_report import ErrorRow
-from gptclf.inference.labelled import DataChoice, LabelledData
+from gptclf.inference.labelled import Compact, DataChoice, LabelledData
+from gptclf.inference.loop import run_batches
 from gptclf.inference.plots import SKIPPED_NOTE
 from gptclf.inference.predict import Predictor, resolve_long_texts
 from gptclf.inference.reports import Reports, misclassified, save_errors, save_plots
@@ -49,11 +58,57 @@ def evaluate_with_logits(
         error report and the pictures.
     """
     before, windows_before = predictor.n_truncated, predictor.n_windows
-    logits = predictor.logits(data.texts, progress=progress)
+    if data.tokens is None:
+        logits = predictor.logits(list(data.texts), progress=progress)
+    else:
+        logits = _tokens_logits(predictor, data, progress)
+        data.tokens = None  # not needed any more: the metrics' arrays take the room
     n_long = predictor.n_truncated - before
     long = {**predictor.long_texts.to_dict(), "long": n_long, "windows": predictor.n_windows - windows_before}
-    report = predictor.decider.report(logits, data.labels, long)
+    progress = progress or Progress()
+    progress.begin("computing the metrics")
+    try:
+        report = predictor.decider.report(logits, data.labels, long)
+    finally:
+        progress.end()
     return {"run": str(predictor.run.path), "source": data.source, **report}, logits
+
+
+def _tokens_logits(predictor: Predictor, data: LabelledData, progress: Progress | None) -> torch.Tensor:
+    """(N, K) float32 logits of texts tokenised already (``data.tokens``, cut to the run's length),
+    as :meth:`Predictor.logits` gives them for the texts under ``--long-texts truncate``: one
+    length-sorted pass over all of them, the same batches; counts texts and truncations.
+
+    Raises:
+        GptclfError: A logit is NaN or infinite (broken weights).
+    """
+    tokens = data.tokens
+    assert tokens is not None
+    logits = torch.zeros(len(tokens), len(predictor.classes), dtype=torch.float32)
+
+    def keep(indices: Sequence[int], out: torch.Tensor) -> None:
+        logits[torch.as_tensor(list(indices), dtype=torch.long)] = out.float().cpu()
+
+    run_batches(
+        predictor.model,  # type: ignore[arg-type]
+        TokenSource(tokens, predictor.run.pad_length),
+        keep,
+        batch_size=predictor.batch_size,
+        device=predictor.device,
+        precision=predictor.precision,
+        progress=progress,
+        label="classifying",
+        max_padding=predictor.max_padding,
+    )
+    if not torch.isfinite(logits).all():
+        raise GptclfError(
+            f"the model of {predictor.run.path} gives non-finite logits (NaN or inf): its weights are "
+            "broken; finetune the run again or restore model.safetensors"
+        )
+    predictor.n_texts += len(tokens)
+    predictor.n_truncated += data.cut
+    predictor.n_windows += len(tokens)
+    return logits
 
 
 @dataclass(frozen=True)
@@ -165,11 +220,15 @@ def evaluate_run(
         verb="evaluate",
     )  # fmt: skip
     wants_errors = task.no_error_report is None and reports.wants_errors
-    data = choice.load(loaded, "test", "evaluate", read_ids=wants_errors)
+    # Texts read in windows go through the predictor whole; truncated ones are tokenised as read.
+    compact = None
+    if long_texts.mode == "truncate":
+        compact = Compact(loaded.tokenizer, loaded.max_length, keep_texts=wants_errors, progress=progress)
+    data = choice.load(loaded, "test", "evaluate", read_ids=wants_errors, compact=compact)
     for line in _doubts(data.source):
         progress.message(line)
     progress.message(
-        f"gptclf: evaluating {len(data.texts)} texts on {predictor.device} ({predictor.precision.name}), "
+        f"gptclf: evaluating {data.size} texts on {predictor.device} ({predictor.precision.name}), "
         + predictor.decider.describe()
     )
     metrics, logits = evaluate_with_logits(predictor, data, progress)
@@ -180,7 +239,11 @@ def evaluate_run(
         if asked := reports.asked():
             out.skipped.append(f"gptclf: {', '.join(asked)} skipped: {task.no_error_report}")
     elif wants_errors:
-        out.errors = misclassified(predictor.decider, data, logits)
+        progress.begin("finding the misclassified texts")
+        try:
+            out.errors = misclassified(predictor.decider, data, logits)
+        finally:
+            progress.end()
     return out
 
 

@@ -5,20 +5,40 @@ A run records the prepared folder it was trained on (``run.json``: ``data.dir``)
 (CSV, TSV, JSONL) is read with the same loader that ``prepare`` uses; its labels must be classes of
 the run, read and encoded by the run's task (:meth:`gptclf.tasks.base.Task.read_labelled_file`).
 ``evaluate`` and ``calibrate`` share :class:`DataChoice`.
+
+For ``evaluate`` (``compact``) the texts are tokenised as they are read, a chunk at a time, into
+:class:`~gptclf.inference.batching.TokenIds` (two bytes a token), the labels into a numpy array, and
+the texts themselves are kept (packed, :class:`PackedTexts`) only where the error report needs them:
+a single-label CSV, TSV, JSONL or Parquet file is streamed, never held as a frame.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import tiktoken
 
-from gptclf.data.decoding import is_stdin
+from gptclf.data.decoding import is_stdin, source_name
 from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
-from gptclf.data.tables import read_inputs
+from gptclf.data.tables import (
+    EMPTY_TEXT,
+    MISSING_LABEL,
+    estimate_rows,
+    read_columns,
+    read_inputs,
+    resolve_format,
+)
 from gptclf.errors import BadInputError
+from gptclf.inference.batching import TokenIds, encode_compact
+from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
 from gptclf.tasks.base import LabelledFile, Task
 from gptclf.tasks.kinds import task_of
@@ -36,12 +56,64 @@ class LabelledData:
             None when the run recorded none), ``{"input", "dropped"}`` for a file.
         ids: Each text's id for the error report: a file's ``id`` column (see :func:`file_data`),
             else its 0-based record position; None: the positions in ``texts`` (a split).
+        tokens: The texts' token ids, cut to the run's length (``compact`` reading), else None.
+        cut: With ``tokens``: how many texts were longer than the run's length.
+        id_file: ``(path, text_column, fmt, encoding)`` of a file whose ``id`` column gives the ids
+            of the texts :meth:`ids_of` is asked for (read again then: only the error report needs them).
     """
 
-    texts: list[str]
-    labels: list[int]
+    texts: Sequence[str]
+    labels: Sequence[Any]
     source: dict[str, Any]
-    ids: list[Any] | None = None
+    ids: Sequence[Any] | None = None
+    tokens: TokenIds | None = None
+    cut: int = 0
+    id_file: tuple[Path, str | None, str | None, str] | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        """How many labelled texts."""
+        return len(self.labels)
+
+    def ids_of(self, indices: Sequence[int]) -> list[Any]:
+        """The ids of the texts at ``indices`` (in that order), as JSON values."""
+        if self.id_file is not None:
+            positions = [int(self.ids[i]) for i in indices] if self.ids is not None else list(indices)
+            return _ids_at(*self.id_file, positions)
+        if self.ids is None:
+            return [int(i) for i in indices]
+        return [_plain(self.ids[i]) for i in indices]
+
+
+class PackedTexts(Sequence[str]):
+    """Texts in one UTF-8 buffer with offsets: a few bytes of overhead a text instead of a Python
+    string's fifty-odd."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("q")
+
+    def append(self, text: str) -> None:
+        """Add one text at the end."""
+        self._data += text.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._data))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        start = self._ends[i - 1] if i > 0 else 0
+        return self._data[start : self._ends[i]].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (ids are dumped as JSON)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _labelled(
@@ -83,11 +155,16 @@ def recorded_data_dir(run: LoadedRun) -> Path:
 
 
 def split_data(
-    run: LoadedRun, split: str = "test", data_dir: Path | None = None, purpose: str = "evaluate"
+    run: LoadedRun,
+    split: str = "test",
+    data_dir: Path | None = None,
+    purpose: str = "evaluate",
+    compact: Compact | None = None,
 ) -> LabelledData:
     """One split of a prepared folder (``data_dir``, or the one the run was trained on).
 
-    ``purpose`` names what the texts are for in the message about an empty split.
+    ``purpose`` names what the texts are for in the message about an empty split; with ``compact``
+    the texts are tokenised (see :class:`Compact`).
 
     Raises:
         BadInputError: An unknown split, no folder, or labels that are not classes of the run.
@@ -107,7 +184,8 @@ def split_data(
     same = None if not recorded else recorded == prepared_fingerprint(directory)
     source = {"split": split, "data": str(directory), "same_as_training": same}
     where = f"the {split} split of {directory}"
-    return _labelled(prepared.splits[split], run.task, run.classes, where, source, purpose)
+    data = _labelled(prepared.splits[split], run.task, run.classes, where, source, purpose)
+    return data if compact is None else compact.tokenised(data)
 
 
 def file_data(
@@ -120,8 +198,13 @@ def file_data(
     encoding: str = "utf-8",
     purpose: str = "evaluate",
     read_ids: bool = False,
+    compact: Compact | None = None,
 ) -> LabelledData:
     """A labelled CSV, TSV or JSONL file (columns found as ``prepare`` finds them, or named).
+
+    With ``compact`` the texts are tokenised as they are read (see :class:`Compact`); a single-label
+    CSV, TSV, JSONL or Parquet file is then streamed, and its ids are read (``read_ids``) only for the
+    texts that :meth:`LabelledData.ids_of` is asked about.
 
     ``purpose`` names what the texts are for in the message about an empty file.
 
@@ -133,14 +216,136 @@ def file_data(
     Raises:
         BadInputError: An unreadable file, missing columns, or labels that are not classes of the run.
     """
+    id_file = None if not read_ids or is_stdin(path) else (path, text_column, fmt, encoding)
+    if compact is not None and run.task.key == "single_label":
+        chosen = resolve_format(path, fmt)
+        if chosen in STREAMED:
+            data = _streamed(run, path, (text_column or "text", label_column or "label"), chosen, encoding,
+                             purpose, compact)  # fmt: skip
+            data.id_file = id_file
+            return data
     frame, dropped = run.task.read_labelled_file(
         LabelledFile(path, text_column, label_column, fmt, encoding), run.info
     )  # label lists for a multi-label run: an empty one is a text without a label
     source = {"input": str(path), "dropped": dict(dropped)}
     data = _labelled(frame, run.task, run.classes, str(path), source, purpose)
     positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
+    if compact is not None:
+        del frame
+        data.ids, data.id_file = np.asarray(positions, dtype=np.int64), id_file
+        return compact.tokenised(data)
     data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
     return data
+
+
+#: The formats a single-label file is streamed from (the SMS format is read whole, as before).
+STREAMED = ("csv", "tsv", "jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class Compact:
+    """How ``evaluate`` holds labelled texts: token ids cut to ``max_length`` (the run's) instead of
+    texts, and the texts only with ``keep_texts`` (packed, for the error report); ``progress`` shows
+    the reading and tokenising (texts done, texts/s, and an ETA where the size is known)."""
+
+    enc: tiktoken.Encoding
+    max_length: int
+    keep_texts: bool = False
+    progress: Progress | None = None
+
+    def encode(self, texts: Iterable[str], total: int | None) -> tuple[TokenIds, int]:
+        """The token ids of ``texts`` and how many were cut."""
+        tokens, cut = encode_compact(self.enc, texts, self.max_length, self.progress, total=total)
+        return tokens, int(cut.sum())
+
+    def tokenised(self, data: LabelledData) -> LabelledData:
+        """``data`` with its texts tokenised (and dropped, unless kept), its labels a numpy array."""
+        data.tokens, data.cut = self.encode(data.texts, len(data.texts))
+        data.labels = _label_array(data.labels)
+        if not self.keep_texts:
+            data.texts = []
+        return data
+
+
+def _label_array(labels: Sequence[Any]) -> np.ndarray:
+    """Class indices as int64, 0/1 label rows as an (N, K) uint8 array."""
+    if len(labels) and not np.isscalar(labels[0]):
+        return np.asarray(labels, dtype=np.uint8)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _streamed(
+    run: LoadedRun,
+    path: Path,
+    columns: tuple[str, str],
+    fmt: str,
+    encoding: str,
+    purpose: str,
+    compact: Compact,
+) -> LabelledData:
+    """A single-label file read and tokenised a chunk at a time, as :func:`file_data` reads it
+    whole: the same rows dropped and counted, the same messages for a bad file or label."""
+    index = {name: i for i, name in enumerate(run.classes)}
+    labels, positions = array("q"), array("q")
+    texts = PackedTexts() if compact.keep_texts else None
+    unknown: set[str] = set()
+    dropped: Counter[str] = Counter()
+    records = 0
+
+    def kept() -> Iterator[str]:
+        nonlocal records
+        for records, (raw_text, raw_label) in enumerate(read_columns(path, columns, fmt, encoding), start=1):
+            text, label = _cell(raw_text), _cell(raw_label).strip()
+            if not text.strip():
+                dropped[EMPTY_TEXT] += 1
+            elif not label:
+                dropped[MISSING_LABEL] += 1
+            else:
+                if label not in index:
+                    unknown.add(label)
+                labels.append(index.get(label, -1))
+                positions.append(records - 1)
+                if texts is not None:
+                    texts.append(text)
+                yield text
+
+    tokens, cut = compact.encode(kept(), estimate_rows(path, fmt))
+    if records == 0:
+        raise BadInputError(f"{source_name(path)} has no rows")
+    if not labels:
+        raise BadInputError(f"{path} has no rows to {purpose}")
+    if unknown:
+        raise BadInputError(f"{path}: labels not among the classes {list(run.classes)}: {sorted(unknown)}")
+    source = {"input": str(path), "dropped": dict(dropped)}
+    ids = np.frombuffer(positions, dtype=np.int64)
+    data = LabelledData(
+        texts if texts is not None else [], np.frombuffer(labels, dtype=np.int64), source, ids
+    )
+    data.tokens, data.cut = tokens, cut
+    return data
+
+
+def _cell(value: Any) -> str:
+    """A field as text, as the table reader makes it: JSON null is empty, JSON numbers and
+    booleans keep their JSON spelling."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _ids_at(
+    path: Path, text_column: str | None, fmt: str | None, encoding: str, positions: list[int]
+) -> list[Any]:
+    """The ``id`` column's value of the records at ``positions`` (in that order), read as ``predict``
+    reads ids, streaming: only the ids asked for are kept."""
+    wanted = set(positions)
+    found = {}
+    for p, (ident, _) in enumerate(read_inputs(path, text_column, fmt=fmt, encoding=encoding)):
+        if p in wanted:
+            found[p] = ident
+    return [found[p] for p in positions]
 
 
 def _record_ids(
@@ -184,10 +389,18 @@ class DataChoice:
         if stray:
             raise BadInputError(f"{', '.join(stray)} only apply to --input FILE")
 
-    def load(self, run: LoadedRun, default_split: str, purpose: str, read_ids: bool = False) -> LabelledData:
-        """The labelled texts: the file, or the split (``default_split`` when none was named)."""
+    def load(
+        self,
+        run: LoadedRun,
+        default_split: str,
+        purpose: str,
+        read_ids: bool = False,
+        compact: Compact | None = None,
+    ) -> LabelledData:
+        """The labelled texts: the file, or the split (``default_split`` when none was named);
+        tokenised as they are read with ``compact``."""
         if self.input_path is None:
-            return split_data(run, self.split or default_split, self.data, purpose=purpose)
+            return split_data(run, self.split or default_split, self.data, purpose=purpose, compact=compact)
         return file_data(
             run,
             self.input_path,
@@ -197,4 +410,5 @@ class DataChoice:
             encoding=self.encoding,
             purpose=purpose,
             read_ids=read_ids,
+            compact=compact,
         )

@@ -9,10 +9,12 @@ the flag and the place (exit 2, or 1 for a full disk).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from gptclf.errors import BadInputError, write_error
@@ -74,10 +76,30 @@ class Reports:
 
 
 def misclassified(decider: Decider, data: LabelledData, logits: torch.Tensor) -> list[ErrorRow]:
-    """Every misclassified text, most confident first, judged on the probabilities the metrics judge."""
+    """Every misclassified text, most confident first, judged on the probabilities the metrics judge.
+
+    Only the misclassified texts' ids are looked up (:meth:`LabelledData.ids_of`: a file's ``id``
+    column is read again for them alone)."""
     shown = decider.error_report_probabilities(logits)
     assert shown is not None  # only asked of a task that has an error report
-    return error_rows(shown.double().numpy(), data.labels, decider.classes, data.texts, data.ids)
+    probs = shown.double().numpy()
+    wrong = np.flatnonzero(probs.argmax(axis=1) != np.asarray(data.labels, dtype=np.int64)).tolist()
+    ids = _Looked(dict(zip(wrong, data.ids_of(wrong), strict=True)), data.size)
+    return error_rows(probs, data.labels, decider.classes, data.texts, ids)
+
+
+class _Looked(Sequence[Any]):
+    """The ids of some texts by position, as the sequence of every text's id that
+    :func:`~gptclf.inference.error_report.error_rows` reads (only at those positions)."""
+
+    def __init__(self, found: dict[int, Any], size: int) -> None:
+        self.found, self.size = found, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        return self.found[i]
 
 
 def save_errors(path: Path, rows: list[ErrorRow], classes: list[str]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gptclf.data.long_texts import INFO_KEY, describe_counts
+from gptclf.data.long_texts import INFO_KEY, LongCounts, describe_counts
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, DiskFullError, Interrupted, write_error
 from gptclf.inference.batching import LabelledSet, Source
@@ -63,12 +63,13 @@ def train_run(
     enc = load_tokenizer(tokenizer_dir)
     t0 = time.monotonic()
     windowed: dict[str, Windowed] = {}
+    long_counts: dict[str, LongCounts] = {}
     ids, labels, max_length, pad_length = encode_splits(
         prepared.splits, model.classes, enc, ctx.plan.max_length, ctx.plan.train.pad_to,
-        task, ctx.plan.long_texts, windowed,
+        task, ctx.plan.long_texts, windowed, ctx.progress, long_counts,
     )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
-    maps = _tell_long_texts(ctx, windowed, max_length)
+    maps = _tell_long_texts(ctx, long_counts, windowed, max_length)
     t0 = time.monotonic()
     rows = _sources(ctx, model, ids, pad_length, maps)
     timings["cache"] = time.monotonic() - t0
@@ -228,13 +229,15 @@ def _run_info(
     return {**info, **result.choices}  # the decision / abstain level chosen on validation
 
 
-def _tell_long_texts(ctx: RunContext, windowed: dict[str, Windowed], max_length: int) -> dict[str, WindowMap]:
+def _tell_long_texts(
+    ctx: RunContext, counts: dict[str, LongCounts], windowed: dict[str, Windowed], max_length: int
+) -> dict[str, WindowMap]:
     """Say per split how many texts were cut or windowed; the window maps of the splits (none for
     ``truncate``, whose rows are the texts)."""
     long = ctx.plan.long_texts.fitted(max_length)
-    for name, w in windowed.items():
-        if w.counts.long:
-            ctx.progress.message(f"{name} split: " + describe_counts(w.counts, max_length, long))
+    for name, c in counts.items():
+        if c.long:
+            ctx.progress.message(f"{name} split: " + describe_counts(c, max_length, long))
     if long.mode == "truncate":
         return {}
     return {name: w.map for name, w in windowed.items()}

@@ -115,6 +115,25 @@ def test_bad_input_exits_2(run_dir: Path, labelled: Path, tmp_path: Path) -> Non
         assert "Traceback" not in err and out == ""
 
 
+def test_reading_tokenising_and_the_reports_show_progress_on_stderr(
+    run_dir: Path, labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptclf.inference import batching
+
+    unknown = write_csv(tmp_path / "unknown.csv", [("a", "ham"), ("b", "eggs")])
+    code, _, err = invoke(str(run_dir), "--input", str(unknown))
+    assert code == 2 and err.startswith("gptclf: error:") and "eggs" in err  # a short step shows nothing
+    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
+    errors = tmp_path / "errors.jsonl"
+    args = ["evaluate", str(run_dir), "--input", str(labelled), "--errors", str(errors)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    # The file's size is known (its lines counted): off a terminal the step's first line says it.
+    assert lines.index(f"tokenising ({len(TEXTS)} texts)") < lines.index("computing the metrics")
+    assert "finding the misclassified texts" in lines
+
+
 def test_non_finite_logits_exit_1_and_never_print_nan(labelled: Path, tmp_path: Path) -> None:
     run = nan_run(tmp_path / "nan-run")
     for extra in (["--json"], []):

@@ -60,6 +60,20 @@ def test_human_summary_on_stdout(tmp_path: Path) -> None:
     assert "test: accuracy" in stdout and "trained 6 steps" in stdout and "cache of 1 block in" in stdout
 
 
+def test_tokenising_shows_its_progress_on_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptclf.inference import batching
+
+    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
+    code, _, stderr = finetune("--data", str(data), *TINY, "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert code == 0, stderr
+    lines = stderr.splitlines()
+    # Off a terminal: the step's first line (its total known), between the model line and training.
+    begin = lines.index("tokenising (60 texts)")
+    assert any(line.startswith("model custom") for line in lines[:begin])
+
+
 @pytest.mark.skipif(
     not (MIRROR / "static" / "public" / "228" / "sms+spam+collection.zip").is_file(),
     reason=f"no download mirror with the SMS archive at {MIRROR} (../shared is absent)",

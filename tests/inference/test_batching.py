@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from gptclf.inference.batching import collate, encode_texts, sorted_batches, train_batches
 from tests.conftest import BPE_DIR
 
@@ -68,3 +70,66 @@ def test_sorted_batches_with_max_padding_end_a_batch_before_padding_passes_its_s
     # Without it: batches of batch_size, whatever the padding; with both, the size still bounds.
     assert [len(b) for b in sorted_batches(lengths, 8)] == [8]
     assert max(len(b) for b in sorted_batches([5] * 20, 4, max_padding=0.25)) == 4
+
+
+def _random_ids(n: int, seed: int = 0) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(0, 50257) for _ in range(rng.randrange(1, 30))] for _ in range(n)]
+
+
+def test_token_ids_give_the_batches_of_the_lists_they_replace() -> None:
+    import torch
+
+    from gptclf.inference.batching import TokenIds, TokenSource
+
+    ids = _random_ids(300)
+    compact = TokenIds.from_lists(ids)
+    assert compact.flat.dtype.name == "uint16" and compact.nbytes < 3 * sum(map(len, ids)) + 8 * 301
+    assert len(compact) == 300 and compact.lengths == [len(x) for x in ids]
+    assert [x.tolist() for x in compact] == ids
+    for pad_to in (None, 40):
+        lists, packed = TokenSource(ids, pad_to), TokenSource(compact, pad_to)
+        assert packed.lengths == lists.lengths
+        for indices in sorted_batches(lists.lengths, 7):
+            want, got = lists.batch(indices, torch.device("cpu")), packed.batch(indices, torch.device("cpu"))
+            assert got.input_ids is not None and got.input_ids.dtype == torch.long
+            assert torch.equal(want.input_ids, got.input_ids) and torch.equal(want.lengths, got.lengths)
+    assert [x.tolist() for x in compact.truncated(5)] == [x[:5] for x in ids]
+    assert [x.tolist() for x in compact.padded(29)] == [[*x, *[50256] * (29 - len(x))] for x in ids]
+    assert [x.tolist() for x in compact.part(10, 20)] == ids[10:20]
+
+
+def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptclf.inference import batching
+    from gptclf.inference.batching import encode_compact
+    from gptclf.model.tokenizer import load_tokenizer
+    from gptclf.progress import Progress
+
+    class Seen(Progress):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, object]] = []
+
+        def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+            self.events.append(("begin", (label, total, unit)))
+
+        def advance(self, n: int = 1, **fields: object) -> None:
+            self.events.append(("advance", n))
+
+        def end(self) -> None:
+            self.events.append(("end", None))
+
+    monkeypatch.setattr(batching, "ENCODE_CHUNK", 4)
+    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)
+    enc = load_tokenizer(BPE_DIR)
+    texts = ["Hello, world", "", "a " * 50, "x"] * 3
+    seen = Seen()
+    compact, cut = encode_compact(enc, iter(texts), 10, seen, total=len(texts))
+    plain = encode_texts(enc, texts, max_length=10)
+    assert [x.tolist() for x in compact] == plain.ids and int(cut.sum()) == plain.truncated
+    assert seen.events == [("begin", ("tokenising", 12, "texts"))] + [("advance", 4)] * 3 + [("end", None)]
+    monkeypatch.setattr(batching, "SHOW_AFTER", 60.0)  # a short step shows nothing
+    quiet = Seen()
+    encode_compact(enc, texts, 10, quiet, total=len(texts))
+    assert quiet.events == []
