@@ -214,6 +214,14 @@ def predict(
         # A long job from a file shows its progress on stderr, unless its results go to the terminal.
         if input_path not in (None, "-") and (output is not None or not sys.stdout.isatty()):
             chunks = _with_progress(chunks, Path(input_path), s.input_format, part)
+        elif pause is not None and (output is not None or not sys.stdout.isatty()):
+            # A stream on stdin: its size is unknown; texts done and texts/s, once it has run 2 s
+            # (a short pipeline's stderr stays as it was).
+            from gptclf.data.long_steps import LongSteps
+            from gptclf.inference.predict import with_progress
+            from gptclf.progress import ConsoleProgress
+
+            chunks = with_progress(chunks, LongSteps(ConsoleProgress(err_console)), None)
         stream(chunks, write, out, where)
         finish = getattr(write, "close", None)
         if finish is not None:  # Parquet's footer: before the file is renamed into place

@@ -647,3 +647,29 @@ def test_bad_shards_are_one_line(run_dir: Path, tmp_path: Path, args: list[str],
     assert code == 2 and words in err, err
     code, _, err = invoke(str(run_dir), "--input", "-", "--shard", "1/2", stdin="a\n")
     assert code == 2 and "stdin cannot be read in parts" in err
+
+
+def test_a_long_stream_on_stdin_shows_its_progress_and_a_short_one_stays_quiet(run_dir: Path) -> None:
+    """Issue 21: stdin's size is unknown, so the progress counts texts; it shows once the stream has
+    run 2 s (the first chunk after that), so a quick pipeline's stderr is as it was."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "cli.main", "predict", str(run_dir), "-", "--device", "cpu"]
+    quick = subprocess.run(cmd, input="one\ntwo\n", capture_output=True, text=True, env=env, timeout=120)
+    assert quick.returncode == 0 and quick.stderr == ""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("the first text\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["id"] == 0  # its chunk is out: the stream runs
+    import time
+
+    time.sleep(2.1)  # the only way to make a stream that has lasted 2 s
+    proc.stdin.write("a later text\n")
+    proc.stdin.close()
+    assert proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert json.loads(out.splitlines()[0])["id"] == 1
+    assert err.splitlines()[0] == "classifying"
