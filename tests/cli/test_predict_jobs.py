@@ -306,7 +306,7 @@ def test_a_sharded_job_resumes_within_its_part(run_dir: Path, table: Path, tmp_p
 def _torchrun(args: list[str]) -> list[str]:
     """``gptclf predict ARGS`` under torchrun on 2 local gloo processes."""
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return [*run, "-m", "--", "cli.main", "predict", *args]
+    return [*run, "-m", "--", "gptclf", "predict", *args]  # python -m gptclf: the issue's form
 
 
 def _rank_threads() -> str:
