@@ -78,7 +78,7 @@ def reading_encoding(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
-def decoded_lines(source: Source, encoding: str) -> Iterator[str]:
+def decoded_lines(source: Source, encoding: str, offset: int = 0, first_line: int = 1) -> Iterator[str]:
     """The lines of a file or of stdin, decoded, each with its ``\\n`` (the last may have none).
 
     The bytes are decoded incrementally, line by line, so a line number is exact (for
@@ -86,13 +86,16 @@ def decoded_lines(source: Source, encoding: str) -> Iterator[str]:
     ends a line here; the callers strip a ``\\r`` before it, so CRLF input gives the same texts as
     LF input.
 
+    ``offset``: a file is read from this byte on, the start of its line ``first_line`` (see
+    :func:`line_offsets`; uncompressed files only), so a part of a file is read without the rest.
+
     Raises:
         BadInputError: A missing or empty file; bytes that ``encoding`` cannot decode, or a NUL
             (binary data), naming the line.
     """
     decoder = codecs.getincrementaldecoder(reading_encoding(encoding))()
-    pending, line_no = "", 0
-    with _open_bytes(source) as fh:
+    pending, line_no = "", first_line - 1
+    with _open_bytes(source, offset) as fh:
         for raw in itertools.chain(fh, [None]):  # None: the end, where a cut-off sequence fails
             try:
                 text = pending + (decoder.decode(b"", final=True) if raw is None else decoder.decode(raw))
@@ -112,14 +115,16 @@ def decoded_lines(source: Source, encoding: str) -> Iterator[str]:
                 yield line
 
 
-def numbered_lines(source: Source, encoding: str, skip_blank: bool = True) -> Iterator[tuple[int, str]]:
+def numbered_lines(
+    source: Source, encoding: str, skip_blank: bool = True, offset: int = 0, first_line: int = 1
+) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` without the line ending; only ``\\n`` (or ``\\r\\n``) ends a line, so
     a lone ``\\r`` or U+2028 inside a text stays in the text.
 
     Raises:
         BadInputError: As :func:`decoded_lines`.
     """
-    for line_no, line in enumerate(decoded_lines(source, encoding), start=1):
+    for line_no, line in enumerate(decoded_lines(source, encoding, offset, first_line), start=first_line):
         line = line.removesuffix("\n").removesuffix("\r")
         if skip_blank and not line.strip():
             continue
@@ -140,7 +145,47 @@ def csv_lines(source: Source, encoding: str) -> Iterator[str]:
             yield line
 
 
-def _open_bytes(source: Source) -> contextlib.AbstractContextManager[Iterable[bytes]]:
+#: Encodings in which every line ends in the byte ``\n`` and no other character holds that byte,
+#: so a file's lines can be found by their bytes (:func:`line_offsets`).
+_BYTE_LINES = re.compile(r"^(utf[-_]?8(-sig)?|ascii|latin[-_]?1|iso8859.*|cp125\d|mac-roman)$")
+
+
+def lines_by_bytes(path: Path, encoding: str) -> bool:
+    """Whether ``path``'s lines can be found in its bytes: an uncompressed file in an encoding
+    where ``\n`` is one byte no other character holds (UTF-8, ASCII, Latin-1, cp1252, ...)."""
+    try:
+        name = codecs.lookup(encoding).name
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except (LookupError, OSError):
+        return False
+    compressed = any(head.startswith(magic) for magic in _COMPRESSIONS)
+    return not compressed and _BYTE_LINES.match(name) is not None
+
+
+def line_offsets(path: Path, every: int) -> tuple[int, list[int]]:
+    """One pass over ``path``'s bytes (no decoding): its number of lines (a last line without a
+    line ending counted) and the byte offset of every ``every``-th line's start (lines 0, every,
+    2 * every, ...), for :func:`decoded_lines`' ``offset``."""
+    offsets, lines, position, last = [0], 0, 0, b"\n"
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            start = 0
+            while True:
+                found = block.find(b"\n", start)
+                if found < 0:
+                    break
+                lines += 1
+                if lines % every == 0:
+                    offsets.append(position + found + 1)
+                start = found + 1
+            position += len(block)
+            last = block[-1:]
+    lines += last != b"\n"
+    return lines, offsets
+
+
+def _open_bytes(source: Source, offset: int = 0) -> contextlib.AbstractContextManager[Iterable[bytes]]:
     """The bytes of a file or of stdin, for :func:`decoded_lines` to decode; gzip, bzip2 and xz
     data (told by its first bytes, whatever the name) decompressed as a stream.
 
@@ -158,7 +203,10 @@ def _open_bytes(source: Source) -> contextlib.AbstractContextManager[Iterable[by
     check_file(path)
     if path.stat().st_size == 0:
         raise BadInputError(f"{path} is empty")
-    return _maybe_compressed(open(path, "rb"), source, close=True)
+    fh = open(path, "rb")  # noqa: SIM115 (closed by _maybe_compressed)
+    if offset:
+        fh.seek(offset)
+    return _maybe_compressed(fh, source, close=True)
 
 
 @contextlib.contextmanager

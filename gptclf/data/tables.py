@@ -45,6 +45,8 @@ from gptclf.data.decoding import (
     check_file,
     csv_lines,
     is_stdin,
+    line_offsets,
+    lines_by_bytes,
     numbered_lines,
     reading_encoding,
     source_name,
@@ -263,6 +265,16 @@ def read_inputs(
     elif shard is not None:
         raise BadInputError("--shard needs a file to split: stdin cannot be read in parts")
     reading_encoding(encoding)
+    plain = fmt == "txt" and not id_column and not keep
+    if shard is not None and plain and lines_by_bytes(Path(path), encoding):
+        # Lines found in the bytes: the part is read from its own first byte, the rest never decoded.
+        total, offsets = line_offsets(Path(path), unit)
+        start, end = _part(total, shard, unit)
+        start = min(end, start + skip)
+        if start % unit == 0 and start // unit < len(offsets) and start < end:
+            at = offsets[start // unit]
+            lines = numbered_lines(path, encoding, skip_blank=False, offset=at, first_line=start + 1)
+            return enumerate(itertools.islice((line for _, line in lines), end - start), start=start)
     if shard is not None:
         start, end = shard_rows(path, fmt, text_column, encoding, shard, unit)
         start = min(end, start + skip)
@@ -279,7 +291,6 @@ def shard_rows(
     whole blocks of ``unit`` records (predict's chunks), their block counts differing by at most
     one (a part may be empty when there are fewer blocks than parts). A Parquet file's row count
     is its metadata; other files are read once to count their records (compressed ones decompressed)."""
-    k, n = shard
     if fmt == "parquet":
         total = parquet_rows(path)
         if total is None:  # not Parquet: reading it says why
@@ -291,6 +302,12 @@ def shard_rows(
         total = sum(1 for _ in numbered_lines(path, encoding))
     else:
         total = sum(1 for _ in _records(path, fmt, [text_column or "text"], encoding))
+    return _part(total, shard, unit)
+
+
+def _part(total: int, shard: tuple[int, int], unit: int) -> tuple[int, int]:
+    """Rows ``[start, end)`` of part k of n of ``total`` rows, in whole blocks of ``unit``."""
+    k, n = shard
     blocks = -(-total // unit)
     return min(total, (k - 1) * blocks // n * unit), min(total, k * blocks // n * unit)
 

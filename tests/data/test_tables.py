@@ -273,3 +273,49 @@ def test_a_file_that_is_not_parquet_and_parquet_on_stdin_are_refused(tmp_path: P
     txt.write_text("a\n")
     with pytest.raises(BadInputError, match="--keep-columns needs a CSV, TSV, JSONL or Parquet input"):
         list(read_inputs(txt, keep=["x"]))
+
+
+# --- issue 21: a text file's shards found by byte offsets ------------------------------------------
+
+
+def test_line_offsets_count_lines_and_find_every_nth_start(tmp_path: Path) -> None:
+    from gptclf.data.decoding import line_offsets
+
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"a\r\n\nccc\ndd")  # CRLF, a blank line, a last line without its line end
+    assert line_offsets(path, 2) == (4, [0, 4])
+    path.write_bytes(b"a\nb\n")
+    assert line_offsets(path, 1) == (2, [0, 2, 4])
+
+
+def test_a_text_shard_is_read_from_its_own_bytes_with_the_true_row_numbers(tmp_path: Path) -> None:
+    from gptclf.data.tables import read_inputs
+
+    lines = [f"texte n°{i}" if i % 5 else "" for i in range(53)]  # blank lines are texts too
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))  # a BOM, CRLF, no last line end
+    whole = list(read_inputs(path))
+    assert whole == list(enumerate(lines))
+    parts = [list(read_inputs(path, shard=(k, 4), unit=5)) for k in range(1, 5)]
+    assert [row for part in parts for row in part] == whole
+    assert [len(p) for p in parts] == [10, 15, 15, 13]  # 11 blocks of 5 over 4 parts: 2, 3, 3, 3
+    resumed = list(read_inputs(path, shard=(2, 4), unit=5, skip=5))
+    assert resumed == parts[1][5:]
+
+
+def test_a_text_shard_never_decodes_the_bytes_before_it(tmp_path: Path) -> None:
+    """The part after a bad line reads fine, so it was read from its offset, not decoded from the
+    start; a bad line inside a part is named by its true line number."""
+    from gptclf.data.tables import read_inputs
+
+    path = tmp_path / "t.txt"
+    rows = [b"good %d" % i for i in range(20)]
+    rows[3] = b"bad \xff byte"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(BadInputError, match="line 4 is not valid utf-8"):
+        list(read_inputs(path))
+    assert list(read_inputs(path, shard=(2, 2), unit=5)) == [(i, f"good {i}") for i in range(10, 20)]
+    rows[3], rows[13] = b"good 3", b"bad \xff byte"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(BadInputError, match="line 14 is not valid utf-8"):
+        list(read_inputs(path, shard=(2, 2), unit=5))
