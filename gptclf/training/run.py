@@ -69,6 +69,7 @@ def train_run(
         task, ctx.plan.long_texts, windowed, ctx.progress, long_counts,
     )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
+    prepared.splits.clear()  # the texts are token ids now: their frames would stay in memory all run
     maps = _tell_long_texts(ctx, long_counts, windowed, max_length)
     t0 = time.monotonic()
     rows = _sources(ctx, model, ids, pad_length, maps)
