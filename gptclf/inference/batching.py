@@ -158,38 +158,32 @@ def _ranks(lengths: np.ndarray) -> np.ndarray:
 
 
 class TokenIdsBuilder:
-    """Gathers :class:`TokenIds` a chunk of texts at a time (the buffer grows by doubling)."""
+    """Gathers :class:`TokenIds` a chunk of texts at a time."""
 
     def __init__(self) -> None:
-        self._flat = np.empty(1024, dtype=np.uint16)
-        self._size = 0
+        self._chunks: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
 
     def extend(self, ids: Sequence[Sequence[int]]) -> None:
         """Append the ids of more texts."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        need = self._size + int(lengths.sum())
-        if need > len(self._flat):
-            grown = np.empty(max(need, 2 * len(self._flat)), dtype=np.uint16)
-            grown[: self._size] = self._flat[: self._size]
-            self._flat = grown
-        if len(ids):
-            chunk = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=need - self._size)
-            if chunk.size and (chunk.max() > np.iinfo(np.uint16).max or chunk.min() < 0):
-                raise ValueError("token ids must fit in 16 bits (GPT-2's vocabulary does)")
-            self._flat[self._size : need] = chunk
-        self._size = need
+        chunk = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        if chunk.size and (chunk.max() > np.iinfo(np.uint16).max or chunk.min() < 0):
+            raise ValueError("token ids must fit in 16 bits (GPT-2's vocabulary does)")
+        self._chunks.append(chunk.astype(np.uint16))
         self._lengths.append(lengths)
 
     def __len__(self) -> int:
         return sum(len(x) for x in self._lengths)
 
     def build(self) -> TokenIds:
-        """The ids gathered (the buffer trimmed to its size)."""
+        """The ids gathered, in one buffer."""
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        return TokenIds(self._flat[: self._size].copy(), offsets)
+        flat = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.uint16)
+        self._chunks, self._lengths = [], []
+        return TokenIds(flat, offsets)
 
 
 #: Texts tokenised at once: the tokenizer's Python lists stay small, the progress moves.
@@ -297,7 +291,8 @@ def sorted_batches(
     padded tokens (``serve``: a few dozen texts of random lengths, where one pass would mostly
     compute padding). The caller writes each result back to its index, which restores the input order.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
+    order: list[int] = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
     if max_tokens is None and max_padding is None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     budget = max_tokens if max_tokens is not None else float("inf")

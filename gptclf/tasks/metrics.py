@@ -17,9 +17,12 @@ import torch
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    e = logits - logits.max(axis=1, keepdims=True)
+    if e.dtype.kind != "f":  # integer logits: np.exp gives float64
+        e = e.astype(np.float64)
+    np.exp(e, out=e)  # in place: the same values, one (N, K) array fewer at a time
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -147,8 +150,11 @@ def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
     Returns:
         The Brier score (lower is better).
     """
-    one_hot = np.eye(probs.shape[1])[labels]
-    distance = ((probs - one_hot) ** 2).sum(axis=1).mean()
+    # probs - one_hot, in one array: p - 0.0 is p, and 1.0 is taken from each text's true class.
+    diff = np.array(probs, dtype=np.float64)
+    diff[np.arange(len(diff)), labels] -= 1.0
+    np.square(diff, out=diff)
+    distance = diff.sum(axis=1).mean()
     # For two classes both coordinates err by the same amount, so half the distance is the binary MSE.
     return float(distance / 2 if probs.shape[1] == 2 else distance)
 
@@ -215,6 +221,7 @@ def classification_metrics(
         return out
     z = logits - logits.max(axis=1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    del z  # the (N, K) arrays alive at once bound evaluate's memory on a large set
     pred = logits.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
@@ -230,6 +237,7 @@ def classification_metrics(
     out["roc_auc"] = roc_auc(logits[:, 1] - logits[:, 0], y == 1) if k == 2 else None
     out.update(_agreement(cm, per_class))
     probs = np.exp(log_probs)
+    del log_probs
     out["brier"] = brier_score(probs, y)
     out["ece"] = expected_calibration_error(probs, y)
     if k == 2:  # the same margin ranking as ROC-AUC, seen from the positive class

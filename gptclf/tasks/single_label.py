@@ -185,10 +185,10 @@ class SingleDecider(Decider):
         if self.stores_calibration:  # a run without one has only raw probabilities
             out["calibration"] = {"applied": self.calibrated, "temperature": self.decision_temperature}
         # The decision rules read calibrated probabilities, whatever the metrics above are of.
-        calibrated = logits.double().numpy() / self.decision_temperature
-        rules = decision_metrics(
-            softmax(calibrated), labels, self.classes, self.decision, self.min_confidence
-        )
+        calibrated = logits.double().numpy()
+        calibrated /= self.decision_temperature  # in place: the same values, one array fewer
+        calibrated = softmax(calibrated)
+        rules = decision_metrics(calibrated, labels, self.classes, self.decision, self.min_confidence)
         cut = 0 if long["mode"] == "window" else long["long"]
         return {**out, "truncated": cut, "long_texts": long, **metrics, **rules}
 
