@@ -149,7 +149,5 @@ def test_memory_of_evaluate_on_a_file_hardly_grows_with_its_rows(tmp_path: Path)
             (" ".join(words[(i * 7 + j) % 10] for j in range(3 + i % 9)), CLASSES[i % 2]) for i in range(n)
         ]
         path = _write(tmp_path / f"eval{n}.csv", rows)
-        peaks[n] = _peak_mb(
-            ["evaluate", str(run), "--input", str(path), "--json", "--device", "cpu"], tmp_path
-        )
+        peaks[n] = _peak_mb(["evaluate", str(run), "--input", str(path), "--json", "--device", "cpu"])
     assert peaks[200_000] <= 1.2 * peaks[20_000], peaks
