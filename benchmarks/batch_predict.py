@@ -17,6 +17,7 @@ each size in ``--sizes``.
     python benchmarks/batch_predict.py                 # 100,000 texts; tables of 100k and 1M rows
     python benchmarks/batch_predict.py --quick         # 8,192 texts; tables of 10k and 100k rows
     python benchmarks/batch_predict.py --part predict  # only part 1 (or --part memory)
+    python benchmarks/batch_predict.py --rows 8192 --sizes 100000,1000000 --finetune-sizes 10000,100000
 
 Needs the parquet extra (pyarrow) and ../shared/data.
 """
@@ -173,7 +174,7 @@ def generated_table(path: Path, rows: int, seed: int) -> None:
             fh.write(" ".join(words) + f",{label}\n")
 
 
-def part_memory(work: Path, sizes: list[int], seed: int) -> None:
+def part_memory(work: Path, sizes: list[int], seed: int, finetune_sizes: list[int]) -> None:
     require_shared()
     home = make_home(work)
     env = {"GPTCLF_HOME": str(home)}
@@ -195,6 +196,8 @@ def part_memory(work: Path, sizes: list[int], seed: int) -> None:
             ],
         }  # fmt: skip
         for name, cmd in steps.items():
+            if name.startswith("finetune") and n not in finetune_sizes:
+                continue
             child = run_child(cmd, env=env)
             results.append([name, f"{n:,}", f"{child.seconds:,.1f}", f"{child.peak_rss_mb:,.0f}"])
     print(f"\nmemory on generated 3-class tables, tiny model ({TINY}), CPU\n")
@@ -207,6 +210,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="texts to predict (default 100,000)")
     parser.add_argument("--sizes", default=None, help="table sizes for part 2, comma-separated")
     parser.add_argument("--part", choices=("all", "predict", "memory"), default="all")
+    parser.add_argument(
+        "--finetune-sizes", default=None, help="the sizes finetune runs at (default: --sizes)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = args.rows or (8 * CHUNK_SIZE if args.quick else 100_000)
@@ -216,7 +222,8 @@ def main() -> None:
         if args.part in ("all", "predict"):
             part_predict(work, rows, args.seed)
         if args.part in ("all", "memory"):
-            part_memory(work, sizes, args.seed)
+            tuned = [int(s) for s in args.finetune_sizes.split(",")] if args.finetune_sizes else sizes
+            part_memory(work, sorted(set(sizes) | set(tuned)), args.seed, tuned)
 
 
 if __name__ == "__main__":
