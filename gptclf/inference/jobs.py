@@ -647,7 +647,8 @@ class Rounds:
             except (RuntimeError, dist.DistBackendError) as exc:  # a rank died or left
                 import re
 
-                why = re.sub(r"\[[^\]]*\]?(:\d+)?", "", str(exc).splitlines()[0]).strip(" :")[:100]
+                why = re.sub(r"\[[^\]]*\]?(:\d+)?", "", str(exc).splitlines()[0])
+                why = re.split(r"\s*\.(\s|$)", why.strip(" :"))[0][:100]  # its first sentence
                 raise GptclfError(
                     f"another process of the torchrun job stopped ({why or 'it left'}); every chunk written "
                     "so far is kept: the same torchrun command with --resume continues it"
