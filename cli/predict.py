@@ -294,7 +294,10 @@ def _job_target(
         if resume or world_size() > 1:
             raise BadInputError(f"--resume and torchrun need --output to be a file; {output} is not one")
         return None  # destination() refuses a folder and writes into a device
-    return output.resolve() if output.is_symlink() else output
+    try:
+        return output.resolve(strict=False) if output.is_symlink() else output
+    except (RuntimeError, OSError) as exc:  # a loop of links
+        raise BadInputError(f"--output {output} cannot be followed ({exc}): name a file") from None
 
 
 def _writer(

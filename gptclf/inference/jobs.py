@@ -132,6 +132,10 @@ def read_journal(folder: Path) -> Journal | None:
         journal = Journal(**raw)
     except (OSError, ValueError, TypeError):
         return None
+    numbers = (journal.chunks, journal.rows, journal.bytes, journal.version)
+    typed = all(type(n) is int and n >= 0 for n in numbers) and isinstance(journal.complete, bool)
+    if not typed or not isinstance(journal.fingerprint, dict):  # hand-edited or damaged: not ours
+        return None
     return journal if journal.version == VERSION else None
 
 
@@ -145,8 +149,18 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     before, after = old.get("options", {}), new.get("options", {})
     for name in sorted(set(before) | set(after)):
         if before.get(name) != after.get(name):
-            said.append(f"--{name.replace('_', '-')} was {before.get(name)!r}, now {after.get(name)!r}")
+            was, now = (_shown(v.get(name, None)) for v in (before, after))
+            said.append(f"--{name.replace('_', '-')} was {was}, now {now}")
     return said
+
+
+def _shown(value: Any) -> str:
+    """An option's value as a message shows it: ``not given`` for None, else as it was typed."""
+    if value is None:
+        return "not given"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 class Job:
@@ -181,6 +195,15 @@ class Job:
                 run or option; damaged work; a place that cannot be written.
         """
         folder = work_dir(out)
+        try:
+            longest = os.pathconf(out.parent, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):
+            longest = 255
+        if len(os.fsencode(folder.name)) > longest:
+            raise BadInputError(
+                f"--output {out.name[:40]}...: the name is too long for its work folder .NAME{WORK_SUFFIX} "
+                f"beside it (at most {longest - len(WORK_SUFFIX) - 1} bytes): choose a shorter name"
+            )
         if folder.exists() and not folder.is_dir():
             raise BadInputError(f"{folder} is in the way of predict's work folder for {out}: move it away")
         try:
@@ -222,7 +245,9 @@ class Job:
             if not old.complete:
                 with open(records, "r+b") as fh:  # what a stop left after the last whole chunk
                     fh.truncate(old.bytes)
-                note(f"gptclf: resuming {out} after {old.rows:,} rows ({old.chunks:,} chunks were done)")
+                one = old.chunks == 1
+                done = f"{old.chunks:,} chunk{'' if one else 's'} {'was' if one else 'were'} done"
+                note(f"gptclf: resuming {out} after {old.rows:,} rows ({done})")
             return old, True
         if resume:
             note(f"gptclf: nothing to resume for {out}: starting at the first row")
@@ -303,6 +328,11 @@ class Job:
             if whole.is_file():  # else a stop came after the rename: out is whole already
                 os.replace(whole, self.out)
                 fsync_folder(self.out.parent)
+            elif not self.out.is_file():
+                raise BadInputError(
+                    f"the interrupted job's work in {self.folder} is damaged (its finished file is gone): "
+                    "leave out --resume to start again"
+                )
         except OSError as exc:
             raise write_error(exc, self.out.parent) from None
         self.finished = True
@@ -337,6 +367,25 @@ def pickled_chunks(path: Path) -> Iterator[Any]:
                 yield pickle.load(fh)
             except EOFError:
                 return
+            except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError):
+                raise BadInputError(
+                    f"the interrupted job's work in {path.parent} is damaged ({RECORDS} cannot be read "
+                    "back): leave out --resume to start again"
+                ) from None
+
+
+def check_pickled(path: Path, chunks: int) -> None:
+    """Read back a Parquet job's ``records`` before it goes on: every chunk the journal names.
+
+    Raises:
+        BadInputError: Damaged (unreadable, or another number of chunks).
+    """
+    found = sum(1 for _ in pickled_chunks(path))
+    if found != chunks:
+        raise BadInputError(
+            f"the interrupted job's work in {path.parent} is damaged ({RECORDS} holds {found} chunks, its "
+            f"journal says {chunks}): leave out --resume to start again"
+        )
 
 
 def run_job(
@@ -358,7 +407,7 @@ def run_job(
             job.commit(0, chunks=0)  # the header, if the format has one: a stop from here on resumes
         guard.deferring = True
         for preds in chunks:
-            write(preds)
+            _write(job, write, preds)
             job.commit(len(preds))
             guard.check(
                 f"stopped after {job.journal.rows:,} rows, each written; the same command with --resume "
@@ -367,19 +416,31 @@ def run_job(
         job.finish(assemble)
 
 
+def _write(job: Job, write: Callable[[list[Any]], None], preds: list[Any]) -> None:
+    """One chunk into ``job``'s records; a failed write (a full disk) names OUT's folder."""
+    try:
+        write(preds)
+    except OSError as exc:
+        raise write_error(exc, job.out.parent) from None
+
+
 def parquet_assembler(make_writer: Callable[[BinaryIO], Any]) -> Callable[[Path, Path], None]:
     """How a Parquet job's ``records`` (each chunk's rows, pickled) become the file: every chunk
     through one writer made by ``make_writer`` (a :class:`gptclf.inference.outputs.ParquetWriter`),
     as the uninterrupted run wrote them."""
 
     def assemble(records: Path, dest: Path) -> None:
-        with open(dest, "wb") as fh:
-            writer = make_writer(fh)
-            for rows in pickled_chunks(records):
-                writer.write_rows(rows)
-            writer.close()
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(dest, "wb") as fh:
+                writer = make_writer(fh)
+                for rows in pickled_chunks(records):
+                    writer.write_rows(rows)
+                writer.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            dest.unlink(missing_ok=True)  # a part of a file: of no use, and space on a full disk
+            raise
 
     return assemble
 
@@ -451,6 +512,10 @@ def predict_job(
         code = errno.ENOTDIR if req.out.parent.exists() else errno.ENOENT
         raise write_error(OSError(code, os.strerror(code)), req.out.parent)
     check_file(req.input_path)
+    if req.out.resolve() == req.input_path.resolve():
+        raise BadInputError(f"--output {req.out} is the input: write the results to another file")
+    if req.run.is_dir() and req.out.resolve().parent == req.run.resolve():
+        raise BadInputError(f"--output {req.out} lies inside the run {req.run}: write the results elsewhere")
     if not req.run.is_dir():
         from gptclf.inference.predict import open_run
 
@@ -526,6 +591,8 @@ def _run(
     keep, write, assemble = o["keep_columns"], None, None
     if job is not None:
         if o["format"] == "parquet":
+            if job.resumed and not job.journal.complete:
+                check_pickled(job.records, job.journal.chunks)
             write = pickling_writer(job, ParquetWriter(job.binary(), predictor.decider, keep).rows)
             assemble = parquet_assembler(lambda fh: ParquetWriter(fh, predictor.decider, keep))
         else:
@@ -576,7 +643,7 @@ def _run_spread(
             chunks = show(chunks, done)
         for preds in chunks:
             if job is not None and write is not None:
-                write(preds)
+                _write(job, write, preds)
                 job.commit(len(preds))
         if rounds.stopped is not None:
             raise Interrupted(

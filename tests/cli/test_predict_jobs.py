@@ -419,3 +419,58 @@ def test_a_parquet_job_ten_times_longer_peaks_within_ten_percent(run_dir: Path, 
         peaks.append(_peak_rss_mb([*args, "--output", str(out), "--device", "cpu"]))
         assert pq.ParquetFile(out).metadata.num_rows == rows
     assert peaks[1] <= 1.10 * peaks[0], peaks
+
+
+# --- what a hostile user tried -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", [("bytes", "abc"), ("fingerprint", None), ("chunks", "x"), ("bytes", -5)])
+def test_a_damaged_journal_is_not_resumed_from(
+    field: tuple[str, object], outputs: dict[str, bytes], run_dir: Path, table: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.csv"
+    child(job_args(run_dir, table, out, "--format", "csv"), fault="committed:2").communicate(timeout=300)
+    state = journal(out)
+    state[field[0]] = field[1]
+    (work_dir(out) / JOURNAL).write_text(json.dumps(state))
+    code, err = finish(job_args(run_dir, table, out, "--format", "csv", "--resume"))
+    assert code == 0 and "nothing to resume" in err and "Traceback" not in err
+    assert out.read_bytes() == outputs["csv"]
+
+
+def test_damaged_parquet_work_is_one_line_before_any_text_is_classified(
+    run_dir: Path, table: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "out.parquet"
+    child(job_args(run_dir, table, out, "--format", "parquet"), fault="committed:2").communicate(timeout=300)
+    records = work_dir(out) / RECORDS
+    records.write_bytes(b"\0" * records.stat().st_size)
+    code, err = finish(job_args(run_dir, table, out, "--format", "parquet", "--resume"))
+    assert code == 2 and "is damaged" in err and "leave out --resume" in err
+    assert not out.exists()
+
+
+def test_a_finished_job_whose_file_is_gone_is_not_called_done(
+    run_dir: Path, table: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "out.parquet"
+    child(job_args(run_dir, table, out, "--format", "parquet"), fault="complete").communicate(timeout=300)
+    (work_dir(out) / "assembled").unlink()
+    code, err = finish(job_args(run_dir, table, out, "--format", "parquet", "--resume"))
+    assert code == 2 and "its finished file is gone" in err
+
+
+def test_the_input_or_a_looping_link_as_output_is_refused(run_dir: Path, table: Path, tmp_path: Path) -> None:
+    source = tmp_path / "same.csv"
+    source.write_bytes(table.read_bytes())
+    code, _, err = invoke(
+        str(run_dir), "--input", str(source), "--text-column", "body", "--output", str(source)
+    )
+    assert code == 2 and "is the input" in err
+    assert source.read_bytes() == table.read_bytes()
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(loop)
+    code, _, err = invoke(str(run_dir), "--input", str(table), "--text-column", "body", "--output", str(loop))
+    assert code == 2 and "cannot be followed" in err
