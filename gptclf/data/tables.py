@@ -194,13 +194,9 @@ def iter_table(
     empty = True
     for raw_text, raw_label in records:
         empty = False
-        text, label = _cell(raw_text), _cell(raw_label).strip()
-        if not text.strip():
-            dropped[EMPTY_TEXT] += 1
-        elif not label:
-            dropped[MISSING_LABEL] += 1
-        else:
-            yield text, label
+        pair = labelled_pair(raw_text, raw_label, dropped)
+        if pair is not None:
+            yield pair
     if empty:
         raise BadInputError(f"{source_name(path)} has no rows")
 
@@ -367,12 +363,9 @@ def _collect(path: Source, records: Iterator[tuple[Any, ...]]) -> LoadedTable:
     dropped: Counter[str] = Counter()
     count = 0
     for count, (raw_text, raw_label) in enumerate(records, start=1):
-        text, label = _cell(raw_text), _cell(raw_label).strip()
-        if not text.strip():
-            dropped[EMPTY_TEXT] += 1
-        elif not label:
-            dropped[MISSING_LABEL] += 1
-        else:
+        pair = labelled_pair(raw_text, raw_label, dropped)
+        if pair is not None:
+            text, label = pair
             texts.append(text)
             labels.append(label)
             rows.append(count)
@@ -380,6 +373,19 @@ def _collect(path: Source, records: Iterator[tuple[Any, ...]]) -> LoadedTable:
         raise BadInputError(f"{source_name(path)} has no rows")
     frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
     return LoadedTable(frame=frame, dropped=dict(dropped))
+
+
+def labelled_pair(raw_text: Any, raw_label: Any, dropped: Counter[str]) -> tuple[str, str] | None:
+    """A record's ``(text, label)`` as cells, or None (counted in ``dropped``) for an empty text or
+    a missing label: the one rule every reader of labelled rows applies."""
+    text, label = _cell(raw_text), _cell(raw_label).strip()
+    if not text.strip():
+        dropped[EMPTY_TEXT] += 1
+    elif not label:
+        dropped[MISSING_LABEL] += 1
+    else:
+        return text, label
+    return None
 
 
 def _cell(value: Any) -> str:

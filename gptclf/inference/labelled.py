@@ -14,7 +14,6 @@ a single-label CSV, TSV, JSONL or Parquet file is streamed, never held as a fram
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,9 +28,8 @@ import tiktoken
 from gptclf.data.decoding import is_stdin, source_name
 from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
 from gptclf.data.tables import (
-    EMPTY_TEXT,
-    MISSING_LABEL,
     estimate_rows,
+    labelled_pair,
     read_columns,
     read_inputs,
     resolve_format,
@@ -295,19 +293,17 @@ def _streamed(
     def kept() -> Iterator[str]:
         nonlocal records
         for records, (raw_text, raw_label) in enumerate(read_columns(path, columns, fmt, encoding), start=1):
-            text, label = _cell(raw_text), _cell(raw_label).strip()
-            if not text.strip():
-                dropped[EMPTY_TEXT] += 1
-            elif not label:
-                dropped[MISSING_LABEL] += 1
-            else:
-                if label not in index:
-                    unknown.add(label)
-                labels.append(index.get(label, -1))
-                positions.append(records - 1)
-                if texts is not None:
-                    texts.append(text)
-                yield text
+            pair = labelled_pair(raw_text, raw_label, dropped)
+            if pair is None:
+                continue
+            text, label = pair
+            if label not in index:
+                unknown.add(label)
+            labels.append(index.get(label, -1))
+            positions.append(records - 1)
+            if texts is not None:
+                texts.append(text)
+            yield text
 
     tokens, cut = compact.encode(kept(), estimate_rows(path, fmt))
     if records == 0:
@@ -323,16 +319,6 @@ def _streamed(
     )
     data.tokens, data.cut = tokens, cut
     return data
-
-
-def _cell(value: Any) -> str:
-    """A field as text, as the table reader makes it: JSON null is empty, JSON numbers and
-    booleans keep their JSON spelling."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
 
 
 def _ids_at(
