@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,plot,onnx,serve,parquet]'
+	$(BIN)/pip install --quiet -e '.[dev,plot,onnx,serve,parquet,tune]'
 	touch $@
 
 setup: $(BIN)/.installed

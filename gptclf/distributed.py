@@ -284,6 +284,14 @@ def launch(devices: int, args: Sequence[str]) -> int:
     return subprocess.call(launch_command(devices, args))
 
 
+def divide_cpu_threads(device: torch.device, shard: Shard) -> None:
+    """On the CPU, give each of the node's ranks its share of the cores (torch takes them all in
+    every process otherwise, and the ranks fight over them); GPUs are one per rank already."""
+    if shard.distributed and device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // shard.local_world_size))
+
+
 def refuse_distributed(verb: str) -> None:
     """``predict`` and ``evaluate`` run in one process: refuse a torchrun job of several.
 

@@ -564,7 +564,7 @@ def _run(
     show: ProgressWrap | None,
 ) -> Any:
     from gptclf.device import resolve_device
-    from gptclf.distributed import local_job
+    from gptclf.distributed import divide_cpu_threads, local_job
     from gptclf.inference.chunking import chunks as in_chunks
     from gptclf.inference.outputs import ParquetWriter
     from gptclf.inference.predict import CHUNK_SIZE, open_predictor, text_stream
@@ -573,13 +573,9 @@ def _run(
     o = req.options
     device = DeviceOptions(**{f: o[f] for f in DeviceOptions.__dataclass_fields__})
     if shard.distributed:  # this rank's device; the CPU's cores divided between the node's ranks
-        import torch
-
         dev = resolve_device(device.device, local_job())
         device = DeviceOptions(str(dev), device.precision, device.batch_size)
-        if dev.type == "cpu":
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // shard.local_world_size))
+        divide_cpu_threads(dev, shard)
     predictor = open_predictor(
         req.run,
         engine=o["engine"],

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from gptclf.errors import BadInputError, write_error
 from gptclf.fileio import exchange_paths, fsync_folder, link_tree
-from gptclf.rundir.layout import CHECKPOINT_NAME, INFO_FILE, RUN_FILES
+from gptclf.rundir.layout import CHECKPOINT_NAME, INFO_FILE, RUN_FILES, TUNE_JOURNAL
 
 try:
     import fcntl
@@ -63,8 +63,8 @@ def user_entries(out: Path) -> list[str]:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    """Whether ``folder`` holds a checkpoint to resume."""
-    return (folder / CHECKPOINT_NAME).is_file()
+    """Whether ``folder`` holds a checkpoint to resume (a finetune's, or a tune's study)."""
+    return (folder / CHECKPOINT_NAME).is_file() or (folder / TUNE_JOURNAL).is_file()
 
 
 def recover(out: Path, note: Note) -> None:

@@ -22,6 +22,11 @@ METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
 #: A finetune's resumable state: in the work folder while the run is built, never in a finished run.
 CHECKPOINT_NAME = "checkpoint.pt"
+#: ``gptclf tune``'s files in a run: trials.csv, study.json, the pictures, the study's journal.
+TUNE_DIR = "tune"
+#: A tune's resumable state (Optuna's journal of the study): in the work folder while the search
+#: runs; moved into :data:`TUNE_DIR` when the run is finished.
+TUNE_JOURNAL = "tune.journal"
 #: The pictures of the test split (:mod:`gptclf.inference.plots`), by kind; ROC and precision-recall only
 #: for two classes.
 PLOT_FILES = {
@@ -39,6 +44,7 @@ REQUIRED_FILES = (WEIGHTS_FILE, INFO_FILE, *TOKENIZER_FILES)
 #: never carried into a new run, and everything else in ``--out`` is the user's own.
 RUN_FILES = frozenset(
     {*REQUIRED_FILES, HISTORY_FILE, METRICS_FILE, CURVES_FILE, *PLOT_FILES.values(), CHECKPOINT_NAME}
+    | {TUNE_DIR, TUNE_JOURNAL}
 )
 
 #: Columns of history.csv, in order: one row per evaluation during training.

@@ -83,7 +83,7 @@ def finetune(
         shard.barrier()  # rank 0 has made the work folder before the others look into it
         ctx = RunContext(settings, plan, out, work_dir(out), resume_state, guard, progress, shard)
         try:
-            tokenizer_dir, weights_path = _fetch(settings, plan, download_progress, shard)
+            tokenizer_dir, weights_path = fetch_artefacts(settings, plan, download_progress, shard)
             data_dir = _data(ctx, download_progress)
             result = train_run(ctx, data_dir, tokenizer_dir, weights_path)
             if build is not None:
@@ -112,7 +112,7 @@ def _checked_settings(
     return settings, None
 
 
-def _fetch(
+def fetch_artefacts(
     settings: FinetuneSettings, plan: RunPlan, progress: Progress | None, shard: Shard
 ) -> tuple[Path, Path | None]:
     """Download what the run needs and the cache lacks: the tokenizer folder, and the pretrained

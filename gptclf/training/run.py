@@ -23,6 +23,7 @@ from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.errors import BadInputError, DiskFullError, Interrupted, write_error
 from gptclf.inference.batching import LabelledSet, Source
 from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.inference.cache_pool import CachePool
 from gptclf.inference.longtexts import Windowed, WindowedSource, WindowMap
 from gptclf.inference.loop import batched_logits
 from gptclf.inference.plots import SKIPPED_NOTE, write_run_plots
@@ -44,12 +45,20 @@ from gptclf.training.settings import FinetuneSettings
 
 
 def train_run(
-    ctx: RunContext, data_dir: Path, tokenizer_dir: Path, weights_path: Path | None = None
+    ctx: RunContext,
+    data_dir: Path,
+    tokenizer_dir: Path,
+    weights_path: Path | None = None,
+    *,
+    pool: CachePool | None = None,
+    info_extra: dict[str, Any] | None = None,
 ) -> FinetuneResult:
     """Train on the prepared folder ``data_dir`` and write the run's files into ``ctx.work``.
 
     ``tokenizer_dir`` holds GPT-2's tokenizer files and ``weights_path`` the preset's downloaded
     weights for ``--weights pretrained``: what the recipe fetched; nothing is fetched here.
+    ``pool`` (``gptclf tune``) supplies the caches built before and keeps the ones built here (its
+    owner closes them); ``info_extra`` is added to run.json.
 
     Raises:
         BadInputError: Data that do not fit the settings, or not enough disk space (nothing trained).
@@ -70,9 +79,9 @@ def train_run(
     )  # fmt: skip
     timings = {"tokenise": time.monotonic() - t0}
     prepared.splits.clear()  # the texts are token ids now: their frames would stay in memory all run
-    maps = _tell_long_texts(ctx, long_counts, windowed, max_length)
+    maps = tell_long_texts(ctx, long_counts, windowed, max_length)
     t0 = time.monotonic()
-    rows = _sources(ctx, model, ids, pad_length, maps)
+    rows = _sources(ctx, model, ids, pad_length, maps, pool)
     timings["cache"] = time.monotonic() - t0
     cache = _cache_info(rows)
     # A split read in windows is a source of one row per text over its windows' rows.
@@ -87,7 +96,7 @@ def train_run(
     final_data = ctx.out / "data" if ctx.settings.data is None else data_dir
     data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
-        sets = {name: LabelledSet(sources[name], labels[name], task, _mode(maps, name)) for name in ids}
+        sets = {name: LabelledSet(sources[name], labels[name], task, split_mode(maps, name)) for name in ids}
         history = _fit(model, sets, ctx, data_info)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
@@ -98,7 +107,7 @@ def train_run(
             ctx.progress.message(line)
         timings["evaluate"] = time.monotonic() - t0
     finally:
-        for source in sources.values():
+        for source in sources.values() if pool is None else ():  # a pool's sources are its own
             source.close()  # a windowed split's closes the rows it reads
     timings["total"] = time.monotonic() - t_start
     result = FinetuneResult(
@@ -110,6 +119,7 @@ def train_run(
         data = {**data_info, "prepared": prepared.meta.get("source")}
         data.update(task.data_fields(prepared.meta))  # what the task reads back later (a label separator)
         info = {**_run_info(ctx, result, max_length, pad_length, data), **task.run_fields(prepared.meta)}
+        info.update(info_extra or {})
         try:
             _write_run(ctx.work, model, info, tokenizer_dir, result, ctx.progress)
         except OSError as exc:
@@ -124,7 +134,7 @@ def _inputs(
     prepared = read_prepared(data_dir)
     fingerprint = prepared_fingerprint(data_dir)
     check_same_data(ctx.resume_state, fingerprint, data_dir)
-    classes = _classes(ctx.settings.classes, prepared.classes, data_dir)
+    classes = run_classes(ctx.settings.classes, prepared.classes, data_dir)
     s = ctx.settings
     if problems := task_of(prepared.meta).settings_problems(
         target=s.target, positive=s.positive, monitor=ctx.plan.train.monitor
@@ -156,11 +166,18 @@ def _sources(
     ids: dict[str, list[list[int]]],
     pad_length: int | None,
     maps: Mapping[str, WindowMap | None] | None = None,
+    pool: CachePool | None = None,
 ) -> dict[str, Source]:
     """Each split's model rows: the frozen-trunk cache where it is exact, token batches otherwise
     (``maps``: which texts a split's rows, its windows, are of, so that the build's progress counts
-    texts)."""
+    texts; ``pool``: caches shared with other models of the same cut)."""
     p = ctx.plan
+    if pool is not None:
+        return pool.sources(
+            model, ids, scope=p.scope, use_cache=ctx.settings.cache, device=p.device, precision=p.precision,
+            batch_size=p.train.eval_batch_size, pad_to=pad_length, windows=maps, note=ctx.progress.message,
+            progress=ctx.progress, inputs=input_key(ctx.settings),
+        )  # fmt: skip
     return make_sources(
         model,
         ids,
@@ -230,7 +247,7 @@ def _run_info(
     return {**info, **result.choices}  # the decision / abstain level chosen on validation
 
 
-def _tell_long_texts(
+def tell_long_texts(
     ctx: RunContext, counts: dict[str, LongCounts], windowed: dict[str, Windowed], max_length: int
 ) -> dict[str, WindowMap]:
     """Say per split how many texts were cut or windowed; the window maps of the splits (none for
@@ -244,7 +261,14 @@ def _tell_long_texts(
     return {name: w.map for name, w in windowed.items()}
 
 
-def _mode(maps: Mapping[str, WindowMap], name: str) -> str | None:
+def input_key(settings: FinetuneSettings) -> tuple[Any, ...]:
+    """The options that decide a run's model rows (how texts are cut, windowed and padded): runs
+    that agree on them read the same token ids, and can share a frozen-trunk cache."""
+    s = settings
+    return (s.max_length, s.train.pad_to, s.long_texts, s.head_tokens, s.stride)
+
+
+def split_mode(maps: Mapping[str, WindowMap], name: str) -> str | None:
     """The ``--long-texts`` mode split ``name`` is read with, for the data signature of a resume
     (None for ``truncate``, as in the runs from before the windows)."""
     return maps[name].mode if name in maps else None
@@ -324,7 +348,7 @@ def build_classifier(
     return Classifier(gpt, classes, settings.pooling), trainable, total
 
 
-def _classes(given: list[str] | None, prepared: list[str], data_dir: Path) -> list[str]:
+def run_classes(given: list[str] | None, prepared: list[str], data_dir: Path) -> list[str]:
     """The run's classes: ``--classes`` (any order of the prepared ones), else the prepared order."""
     if not given:
         return list(prepared)

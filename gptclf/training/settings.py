@@ -267,6 +267,20 @@ def _coerce_all(values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML file ``path`` as a dict; ``what`` names it in the error (``config file``, ``--space``).
+
+    Raises:
+        BadInputError: The file is missing, unreadable or not TOML.
+    """
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BadInputError(f"{what} {path} is not valid TOML ({exc})") from None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a TOML config into option values (underscore names), checking names and types.
 
@@ -274,13 +288,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         BadInputError: The file is missing or not TOML, has unknown keys (all named), or values
             of the wrong type.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise BadInputError(f"config file {path} is not valid TOML ({exc})") from None
+    raw = read_toml(Path(path), "config file")
     problems = []
     unknown = sorted(k for k in raw if k.replace("-", "_") not in _SPECS)
     if unknown:

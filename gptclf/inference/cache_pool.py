@@ -1,0 +1,118 @@
+"""One frozen-trunk cache per cut, shared by every model that trains above that cut.
+
+``gptclf tune`` trains many classifiers on the same texts with the same frozen weights: every trial
+that trains the head, the last block or the last N blocks reads the same hidden states after the
+frozen blocks. :class:`CachePool` builds each split's cache once per *cut* (the number of blocks a
+cache replaces, :func:`~gptclf.inference.cache_plan.cacheable_blocks`) and hands the same
+:class:`~gptclf.inference.batching.Source` to every later model with that cut. The sources are the
+pool's: their users never close them; :meth:`CachePool.close` does, once.
+
+Sharing is exact because the states before the cut depend only on the frozen weights, which every
+model built from the same ``--weights`` and seed has bit for bit, and on the token ids, which are
+tokenised once. Models that read a pad at position -1 (``last-position`` pooling) cache padded
+texts, so they have a cache of their own at the same cut.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gptclf.device import Precision
+from gptclf.inference.batching import Source
+from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.inference.cache_plan import cacheable_blocks
+from gptclf.inference.longtexts import WindowMap
+from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
+from gptclf.progress import Progress
+
+
+@dataclass
+class CacheBuild:
+    """One build of the pool: the cut, the splits, their bytes and where they went, the seconds."""
+
+    blocks: int
+    splits: tuple[str, ...]
+    nbytes: int
+    location: str
+    seconds: float
+
+
+@dataclass
+class CachePool:
+    """Sources by (cut, whether pads are cached, how the texts were tokenised, split), built on first use.
+
+    Attributes:
+        cache_memory: RAM in bytes the pool's caches may take together; each build is placed with
+            what the earlier ones left (the rest goes to disk, as finetune places a cache).
+        builds: Every cache build, in order (a cut of 0, plain token batches, is no build).
+    """
+
+    cache_memory: int
+    builds: list[CacheBuild] = field(default_factory=list)
+    _sources: dict[tuple[Any, ...], Source] = field(default_factory=dict)
+
+    def sources(
+        self,
+        model: Classifier,
+        splits: Mapping[str, Sequence[Sequence[int]]],
+        *,
+        scope: TrainableScope,
+        use_cache: bool,
+        device: torch.device,
+        precision: Precision,
+        batch_size: int,
+        pad_to: int | None,
+        windows: Mapping[str, WindowMap | None] | None = None,
+        note: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
+        inputs: Hashable = (),
+    ) -> dict[str, Source]:
+        """Each split's source for ``model`` (with ``scope`` applied): those of its cut already
+        built, and the missing ones built now (arguments as :func:`make_sources`'s; ``inputs``
+        names how the texts were tokenised, when models of one pool may read them differently:
+        another ``--max-length`` is another cache)."""
+        cut = cacheable_blocks(model.gpt, scope, model.pooling, pad_to) if use_cache else 0
+        key = (cut, reads_a_pad(model.pooling) and cut > 0, inputs)
+        missing = {name: ids for name, ids in splits.items() if (*key, name) not in self._sources}
+        if missing:
+            t0 = time.monotonic()
+            built = make_sources(
+                model, dict(missing), scope=scope, use_cache=use_cache, device=device, precision=precision,
+                cache_memory=max(self.cache_memory - self.held(), 0), batch_size=batch_size, pad_to=pad_to,
+                note=note, progress=progress, windows=windows,
+            )  # fmt: skip
+            for name, source in built.items():
+                self._sources[(*key, name)] = source
+            caches = [s for s in built.values() if isinstance(s, FeatureCache)]
+            if caches:
+                self.builds.append(
+                    CacheBuild(
+                        cut,
+                        tuple(built),
+                        sum(c.nbytes for c in caches),
+                        "+".join(sorted({c.location for c in caches})),
+                        time.monotonic() - t0,
+                    )
+                )
+        return {name: self._sources[(*key, name)] for name in splits}
+
+    def held(self) -> int:
+        """Bytes of the caches the pool holds in RAM."""
+        return sum(
+            s.nbytes for s in self._sources.values() if isinstance(s, FeatureCache) and s.location == "memory"
+        )
+
+    def summary(self) -> list[dict[str, Any]]:
+        """JSON-ready: each build."""
+        return [b.__dict__ | {"splits": list(b.splits)} for b in self.builds]
+
+    def close(self) -> None:
+        """Free every source (a cache on disk is removed)."""
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()

@@ -1,0 +1,267 @@
+"""`gptclf tune` end to end: the best run, one cache per cut, failed trials, signals, kill -9, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.main import app
+from gptclf.errors import TrainingError
+from gptclf.inference import cache as cache_module
+from gptclf.rundir import work_dir
+from gptclf.training import trials as trials_module
+from tests.conftest import REPO
+from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
+
+TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu"]
+#: Two cuts (head: both blocks cached; last-block: one), a learning rate, the epochs fixed.
+SPACE = '[lr]\nlow = 1e-3\nhigh = 3e-2\nlog = true\n[trainable]\nchoices = ["head", "last-block"]\n'
+runner = CliRunner()
+
+
+def tune(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["tune", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def read_trials(run: Path) -> list[dict[str, str]]:
+    with (run / "tune" / "trials.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[list[str], Path]:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=80)
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    return ["--data", str(data), *TINY, "--space", str(space), "--epochs", "2", "--batch-size", "8"], tmp_path
+
+
+@pytest.mark.slow
+def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common, tmp_path = setup
+    builds: Counter[tuple[int, str]] = Counter()
+    build = cache_module.FeatureCache.build
+
+    def counting(model: Any, ids: Any, start_block: int, **kwargs: Any) -> Any:
+        builds[(start_block, kwargs["label"].split(" the ")[-1])] += 1
+        return build(model, ids, start_block, **kwargs)
+
+    monkeypatch.setattr(cache_module.FeatureCache, "build", counting)
+    out = tmp_path / "tuned"
+    code, stdout, stderr = tune(*common, "--trials", "5", "--out", str(out), "--json")
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    rows = read_trials(out)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert sum(summary["trials"].values()) == 5 and {r["status"] for r in rows} <= {"complete", "pruned"}
+    # One cache per cut and split, whatever the number of trials at that cut.
+    cuts = {2 if r["trainable"] == "head" else 1 for r in rows}
+    assert set(builds.values()) == {1}
+    assert {k for k in builds if k[1] != "test split"} == {
+        (c, f"{s} split") for c in cuts for s in ("train", "validation")
+    }
+    best = summary["best_trial"]
+    # The final run: every finetune file, run.json naming the trial, the test split evaluated.
+    info = json.loads((out / "run.json").read_text())
+    assert info["tune"]["trial"] == best["number"] and info["tune"]["metric"] == "val_loss"
+    assert (out / "history.csv").is_file() and (out / "metrics.json").is_file()
+    study = json.loads((out / "tune" / "study.json").read_text())
+    assert study["best"] == best and study["final_run"]["identical_to_trial"] is True
+    assert summary["retrained_identical"] is True and "trained once more" in stderr
+    best_row = next(r for r in rows if int(r["trial"]) == best["number"])
+    assert float(best_row["value"]) == best["value"] and len(best_row["curve"].split(";")) == 2
+    assert not work_dir(out).exists() and not (out / "tune.journal").exists()
+    # A finetune with the best settings trains the same weights.
+    params = best["params"]
+    straight = tmp_path / "straight"
+    result = runner.invoke(
+        app,
+        ["finetune", *[a for a in common if a not in ("--space", common[common.index("--space") + 1])],
+         "--lr", repr(params["lr"]), "--trainable", params["trainable"], "--out", str(straight)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    tuned, plain = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert tuned.keys() == plain.keys() and all(torch.equal(tuned[k], plain[k]) for k in plain)
+    # evaluate and predict take it as any run.
+    evaluated = runner.invoke(app, ["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["final_run"]["test_accuracy"])
+    predicted = runner.invoke(app, ["predict", str(out), "win a prize now", "--device", "cpu"])
+    assert predicted.exit_code == 0 and json.loads(predicted.stdout)["label"] in ("spam", "ham")
+    # A second search into the finished run needs --force; --resume has nothing to resume.
+    code, _, stderr = tune(*common, "--trials", "2", "--out", str(out))
+    assert code == 2 and "not empty" in stderr
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 2 and "nothing to resume" in stderr
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_recorded_and_the_study_goes_on(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common, tmp_path = setup
+    fit = trials_module.fit
+    calls = []
+
+    def nan_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingError("the training loss became nan at step 3: lower --lr")
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(trials_module, "fit", nan_once)
+    out = tmp_path / "tuned"
+    code, stdout, stderr = tune(*common, "--trials", "4", "--pruner", "none", "--out", str(out), "--json")
+    assert code == 0, stderr
+    rows = read_trials(out)
+    assert [r["status"] for r in rows] == ["complete", "failed", "complete", "complete"]
+    assert "loss became nan" in rows[1]["error"] and rows[1]["value"] == ""
+    assert json.loads(stdout)["trials"] == {"complete": 3, "pruned": 0, "failed": 1}
+    assert "trial 1: failed (the training loss became nan" in stderr
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "tune", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def _wait_for(proc: subprocess.Popen[str], prefix: str) -> list[str]:
+    """The stderr lines up to the first that starts with ``prefix``."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"no line {prefix!r} in {''.join(seen)}")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_after_the_epoch_and_resume_continues(setup: tuple[list[str], Path]) -> None:
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    proc = _start([*common, "--trials", "4", "--pruner", "none", "--out", str(out)])
+    before = _wait_for(proc, "trial 1:")
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest
+    assert "SIGTERM: stopped trial 2 after" in rest and "continue with `gptclf tune --out" in rest
+    assert not out.exists() and (work_dir(out) / "tune.journal").is_file()
+    code, _, stderr = tune("--out", str(out), "--resume", "--lr", "0.5")
+    assert code == 2 and "cannot change these on --resume: --lr 0.5" in stderr
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0, stderr
+    rows = read_trials(out)
+    done = [line for line in before if line.startswith("trial ")]
+    assert [r["status"] for r in rows] == ["complete", "complete", "interrupted", "complete", "complete"]
+    assert rows[3]["lr"] == rows[2]["lr"] and rows[3]["trainable"] == rows[2]["trainable"]  # run again
+    assert all(f"val_loss {float(r['value']):.4f}" in line for r, line in zip(rows[:2], done, strict=True))
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_the_running_trial(setup: tuple[list[str], Path]) -> None:
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    proc = _start([*common, "--trials", "4", "--pruner", "none", "--out", str(out)])
+    _wait_for(proc, "trial 0:")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not out.exists() and (work_dir(out) / "tune.journal").is_file()
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0, stderr
+    rows = read_trials(out)
+    finished = [r for r in rows if r["status"] != "interrupted"]
+    assert len(finished) == 4 and rows[0]["status"] == "complete"  # trial 0 was kept, not run again
+    assert [r["trial"] for r in finished] == sorted((r["trial"] for r in finished), key=int)
+    if len(rows) == 5:  # trial 1 was running at the kill: it ran again (with its settings, if it had any)
+        assert rows[1]["status"] == "interrupted" and rows[1]["lr"] in ("", rows[2]["lr"])
+        assert "trial 1 was running when the search stopped" in stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--timeout", "1s"], "--timeout 1s cannot fit one trial"),
+        (["--timeout", "soon"], "is not a duration"),
+        (["--metric", "val_micro_f1"], "--metric val_micro_f1 is for multi-label data"),
+        (["--metric", "accuracy"], "--metric"),
+        (["--lr", "1e-4"], "--lr fixed on the command line and searched by --space"),
+        (["--monitor", "val_acc"], "--monitor val_acc differs from --metric val_loss"),
+        (["--pruner", "hyperband"], "--pruner"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    setup: tuple[list[str], Path], extra: list[str], message: str
+) -> None:
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    code, stdout, stderr = tune(*common, *extra, "--out", str(out))
+    assert code == 2 and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and stdout == ""
+    assert not out.exists() and not work_dir(out).exists()
+
+
+def test_bad_data_and_space_are_one_line(tmp_path: Path) -> None:
+    install_tokenizer()
+    out = tmp_path / "tuned"
+    empty = tmp_path / "not-prepared"
+    empty.mkdir()
+    space = tmp_path / "space.toml"
+    cases = [
+        ([], "needs --data DIR"),
+        (["--data", str(empty)], "not-prepared"),
+        (["--data", str(tmp_path / "nowhere")], "no such folder"),
+    ]
+    for extra, message in cases:
+        code, _, stderr = tune(*TINY, *extra, "--out", str(out))
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    for content, message in [
+        ("[warmth]\nlow = 1\nhigh = 2\n", "warmth is not a finetune option"),
+        ("[lr]\nlow = 1e-2\nhigh = 1e-4\n", "empty range"),
+    ]:
+        space.write_text(content)
+        code, _, stderr = tune("--data", str(data), *TINY, "--space", str(space), "--out", str(out))
+        assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not out.exists() and not work_dir(out).exists()
+
+
+@pytest.mark.slow
+def test_torchrun_spreads_the_trials_over_the_ranks(setup: tuple[list[str], Path]) -> None:
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [*torchrun, "-m", "--", "cli.main", "tune", *common, "--trials", "6", "--pruner", "none",
+         "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["run_dir"] == str(out)  # rank 0 alone prints
+    rows = read_trials(out)
+    # Both ranks ran trials of the one study; the count may pass --trials by the trials in flight.
+    assert 6 <= len(rows) <= 7 and {r["status"] for r in rows} == {"complete"}
+    assert {r["rank"] for r in rows} == {"0", "1"}
+    assert json.loads((out / "run.json").read_text())["tune"]["trial"] in {int(r["trial"]) for r in rows}
