@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,6 +187,15 @@ def test_kill_9_loses_at_most_the_running_trial(setup: tuple[list[str], Path]) -
     proc.kill()
     proc.communicate(timeout=60)
     assert not out.exists() and (work_dir(out) / "tune.journal").is_file()
+    # A copy whose journal is garbled in the middle is refused in one line, the copy kept.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(work_dir(out), work_dir(damaged))
+    journal = work_dir(damaged) / "tune.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([lines[0], b"{not json\n", *lines[1:]]))
+    code, _, stderr = tune("--out", str(damaged), "--resume")
+    assert code == 2 and "is damaged" in stderr and "--force" in stderr and len(stderr.splitlines()) == 1
+    assert journal.is_file()
     code, _, stderr = tune("--out", str(out), "--resume")
     assert code == 0, stderr
     rows = read_trials(out)
