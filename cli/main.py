@@ -38,12 +38,13 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import calibrate, download, evaluate, export, finetune, importrun, predict, prepare, serve
+    from cli import adapt, calibrate, download, evaluate, export, finetune, importrun, predict, prepare, serve
 
     for name, func in (
         ("download", download.download),
         ("prepare", prepare.prepare),
         ("finetune", finetune.finetune),
+        ("adapt", adapt.adapt),
         ("evaluate", evaluate.evaluate),
         ("predict", predict.predict),
         ("calibrate", calibrate.calibrate),
