@@ -175,7 +175,7 @@ def _blocks(ids: TokenIds, texts: np.ndarray, block_size: int, *, drop_last: boo
     """The texts ``texts`` of ``ids`` joined by ``<|endoftext|>`` (one after each) into blocks."""
     lengths = np.diff(ids.offsets)[texts]
     stream = np.full(int(lengths.sum() + len(texts)), EOT_ID, dtype=np.uint16)
-    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    starts = np.cumsum(lengths + 1) - (lengths + 1)  # where each text begins in the stream
     ranks = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # place in text
     stream[np.repeat(starts, lengths) + ranks] = ids.flat[np.repeat(ids.offsets[:-1][texts], lengths) + ranks]
     full = len(stream) // block_size
