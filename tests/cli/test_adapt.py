@@ -103,3 +103,35 @@ def test_an_interrupted_adapt_resumes_to_the_weights_of_an_uninterrupted_one(
     assert (
         not work_dir(out).exists() and not (out / "corpus").exists() and not (out / CHECKPOINT_NAME).exists()
     )
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_adapt_like_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    """2 gloo ranks of 4 blocks each train as one process of 8 (the shape of test_distributed's)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    install_tokenizer()
+    texts = text_file(tmp_path / "t.txt", repetitive(300))
+    common = ["adapt", "--input", texts, *TINY, "--epochs", "2", "--lr", "5e-5", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run(
+        [*torchrun, "-m", "--", "cli.main", *common, "--batch-size", "4", "--out", str(ddp)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["out"] == str(ddp)  # rank 0 alone prints
+    assert proc.stderr.count("trainable scope all") == 1  # and alone reports progress
+    single = tmp_path / "single"
+    code, stdout, stderr = cli(*common, "--batch-size", "8", "--out", str(single))
+    assert code == 0, stderr
+    a, b = _weights(ddp), _weights(single)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    got, want = json.loads(lines[0]), json.loads(stdout)
+    assert got["steps"] == want["steps"]
+    assert got["perplexity_after"] == pytest.approx(want["perplexity_after"], rel=1e-5)
