@@ -13,8 +13,8 @@ from gptclf import __version__
 app = typer.Typer(
     cls=GptclfGroup,
     name="gptclf",
-    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict, "
-    "export, import, serve.",
+    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, adapt, evaluate, "
+    "predict, export, import, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -84,7 +84,7 @@ def prepared_texts(folder: Path, source_file: Path | None, home: Path | None) ->
         # Every split's texts are left out: train and validation are read above, test never is.
         in_splits = {_digest(t) for frame in prepared.splits.values() for t in frame["text"]}
         aside = [t for t in _source_texts(path, record) if t.strip() and _digest(t) not in in_splits]
-        sources.append(TextSource(f"rows of {path} that prepare set aside", aside))
+        sources.append(TextSource(f"set-aside rows of {path} (prepare left them out of every split)", aside))
     prepared.splits.clear()
     return PreparedTexts(sources, note)
 

@@ -25,6 +25,7 @@ from gptclf.model.hfconfig import resolve_base_model
 from gptclf.model.weights import weights_problems
 from gptclf.option_groups import DeviceOptions, InputOptions
 from gptclf.options import OptionSpec, coerce, field_problems, option, option_specs, reuse
+from gptclf.training.plan import _attempt  # finetune's: note a BadInputError, go on checking
 from gptclf.training.settings import FinetuneSettings, TrainConfig
 
 _DATA, _MODEL, _TRAIN, _RUN = "Data", "Model", "Training", "Run"
@@ -174,15 +175,6 @@ class AdaptPlan:
     precision: Precision
     block_size: int
     home: Path | None
-
-
-def _attempt(problems: list[str], func: Any, *args: Any) -> Any:
-    """``func(*args)``, or None with its BadInputError's message noted."""
-    try:
-        return func(*args)
-    except BadInputError as exc:
-        problems.append(str(exc))
-        return None
 
 
 def adapt_plan(settings: AdaptSettings) -> AdaptPlan:

@@ -189,3 +189,25 @@ def test_a_block_size_of_the_context_is_the_default(tmp_path: Path) -> None:
 
     assert adapt_plan(settings(tmp_path / "lm", input=["-"], block_size=None)).block_size == 64
     assert np.iinfo(np.uint16).max >= EOT_ID
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable", ["lora", "last-blocks 1"])
+def test_partial_scopes_write_a_plain_gpt2_folder(
+    tmp_path: Path, trainable: str
+) -> None:
+    install_tokenizer()
+    out = tmp_path / "lm"
+    texts = text_file(tmp_path / "t.txt", repetitive(200))
+    result = adapt(settings(out, input=[texts], epochs=1, trainable=trainable, lora_rank=4))
+    assert result.after is not None and result.after["perplexity"] < result.before["perplexity"]
+    from gptclf.model.hfconfig import local_model
+    from gptclf.model.weights import load_pretrained
+
+    start = adapt(
+        settings(tmp_path / "lm0", input=[texts], epochs=1, trainable=trainable, lora_rank=4, lr=1e-12)
+    )
+    assert start.trainable_params == result.trainable_params < start.total_params
+    ours = load_pretrained(local_model(out)[1], out / "model.safetensors")  # LoRA merged: plain tensors
+    frozen = load_file(tmp_path / "lm0" / "model.safetensors")
+    assert torch.equal(ours.transformer.wte.weight, frozen["transformer.wte.weight"])  # the tied layer stayed
