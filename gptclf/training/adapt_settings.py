@@ -115,7 +115,8 @@ class AdaptSettings:
             out.append("give the texts to adapt on: --input FILE (- for stdin) or --data DIR")
         if self.out is None:
             out.append("--out LMDIR is required: the folder to write the adapted model into")
-        if self.data is not None and not Path(self.data).expanduser().is_dir():
+        # A resumed run reads its blocks from its work folder, not from --data.
+        if self.data is not None and not self.resume and not Path(self.data).expanduser().is_dir():
             out.append(f"--data {self.data}: no such folder (give a folder written by `gptclf prepare`)")
         if self.source is not None and self.data is None:
             out.append("--source names the file a prepared folder was made from: it needs --data")

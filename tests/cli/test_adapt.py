@@ -96,6 +96,8 @@ def test_an_interrupted_adapt_resumes_to_the_weights_of_an_uninterrupted_one(
     assert not out.exists() and checkpoint.is_file()  # no mixed folder: only the work folder, resumable
     steps = json.loads((tmp_path / "whole" / "config.json").read_text())["gptclf"]["steps"]
     assert load_checkpoint(checkpoint)["loop"]["step"] < steps  # stopped inside training
+    code, _, stderr = cli("adapt", "--out", str(out), "--resume", "--epochs", "5")
+    assert code == 2 and "cannot change these on --resume: --epochs 5 (the run used 2)" in stderr
     resumed = spawn("adapt", "--out", str(out), "--resume", cwd=tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
     a, b = _weights(tmp_path / "whole"), _weights(out)

@@ -193,9 +193,7 @@ def test_a_block_size_of_the_context_is_the_default(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainable", ["lora", "last-blocks 1"])
-def test_partial_scopes_write_a_plain_gpt2_folder(
-    tmp_path: Path, trainable: str
-) -> None:
+def test_partial_scopes_write_a_plain_gpt2_folder(tmp_path: Path, trainable: str) -> None:
     install_tokenizer()
     out = tmp_path / "lm"
     texts = text_file(tmp_path / "t.txt", repetitive(200))
@@ -211,3 +209,14 @@ def test_partial_scopes_write_a_plain_gpt2_folder(
     ours = load_pretrained(local_model(out)[1], out / "model.safetensors")  # LoRA merged: plain tensors
     frozen = load_file(tmp_path / "lm0" / "model.safetensors")
     assert torch.equal(ours.transformer.wte.weight, frozen["transformer.wte.weight"])  # the tied layer stayed
+
+
+def test_without_a_validation_share_the_last_weights_are_written(tmp_path: Path) -> None:
+    install_tokenizer()
+    out = tmp_path / "lm"
+    result = adapt(
+        settings(out, input=[text_file(tmp_path / "t.txt", repetitive(60))], validation=0.0, epochs=1)
+    )
+    assert result.before is None and result.after is None and result.blocks["validation"] == 0
+    assert result.corpus["validation_texts"] == 0 and (out / "model.safetensors").is_file()
+    assert "n/a" in (out / "README.md").read_text()
