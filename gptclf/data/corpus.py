@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,15 @@ class PreparedTexts:
     note: str | None = None
 
 
-def prepared_texts(folder: Path, source_file: Path | None, home: Path | None) -> PreparedTexts:
+def prepared_texts(
+    folder: Path, source_file: Path | None, known: Mapping[str, Path] | None = None
+) -> PreparedTexts:
     """The train and validation texts of ``folder`` and the rows its preparation set aside.
 
     Args:
         folder: A prepared folder.
-        source_file: The file it was made from (None: a known dataset's cached copy).
-        home: The cache folder (None: the default).
+        source_file: The file it was made from (None: a known dataset's copy in ``known``).
+        known: Where the known datasets' files are (the cache), by name.
 
     Raises:
         BadInputError: Not a prepared folder, or a ``source_file`` that is not the recorded one.
@@ -79,7 +81,7 @@ def prepared_texts(folder: Path, source_file: Path | None, home: Path | None) ->
         for split in ("train", "validation")
     ]
     record: dict[str, Any] = prepared.meta.get("source") or {}
-    path, note = _source_path(record, source_file, home, folder)
+    path, note = _source_path(record, source_file, known or {}, folder)
     if path is not None:
         # Every split's texts are left out: train and validation are read above, test never is.
         in_splits = {_digest(t) for frame in prepared.splits.values() for t in frame["text"]}
@@ -94,7 +96,7 @@ def _digest(text: str) -> bytes:
 
 
 def _source_path(
-    record: dict[str, Any], given: Path | None, home: Path | None, folder: Path
+    record: dict[str, Any], given: Path | None, known: Mapping[str, Path], folder: Path
 ) -> tuple[Path | None, str | None]:
     """The source file to read the set-aside rows from, or None and why not."""
     recorded = record.get("sha256")
@@ -109,13 +111,9 @@ def _source_path(
                 f"from labels.json's record of {name})"
             )
         return given, None
-    dataset = record.get("dataset")
-    if dataset in KNOWN_DATASETS:
-        from gptclf.fetch.artefacts import sms_spam_path  # the cache's place for the known dataset
-
-        cached = sms_spam_path(home)
-        if cached.is_file() and (recorded is None or sha256_file(cached) == recorded):
-            return cached, None
+    cached = known.get(record.get("dataset", ""))
+    if cached is not None and cached.is_file() and (recorded is None or sha256_file(cached) == recorded):
+        return cached, None
     if record.get("file") == "stdin" or recorded is None:
         return None, f"the rows prepare set aside were not read: {folder} was prepared from stdin"
     return None, (

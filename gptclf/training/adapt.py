@@ -22,7 +22,7 @@ from typing import Any
 from gptclf.data.corpus import TextSource, file_texts, prepared_texts
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, Interrupted, write_error
-from gptclf.fetch.artefacts import base_weights, ensure_tokenizer
+from gptclf.fetch.artefacts import base_weights, ensure_tokenizer, sms_spam_path
 from gptclf.inference.batching import LabelledSet
 from gptclf.inference.loop import labelled_metrics
 from gptclf.interop.lm_folder import write_lm_folder
@@ -194,7 +194,8 @@ def _read_corpus(
     notes: list[str] = []
     if settings.data is not None:
         folder = Path(settings.data).expanduser().resolve()
-        found = prepared_texts(folder, Path(settings.source) if settings.source else None, plan.home)
+        known = {"sms-spam": sms_spam_path(plan.home)}  # where prepare's known dataset is cached
+        found = prepared_texts(folder, Path(settings.source) if settings.source else None, known)
         if not any(s.texts for s in found.sources):
             raise BadInputError(f"--data {folder} holds no texts in its train and validation splits")
         sources += found.sources

@@ -220,3 +220,20 @@ def test_without_a_validation_share_the_last_weights_are_written(tmp_path: Path)
     assert result.before is None and result.after is None and result.blocks["validation"] == 0
     assert result.corpus["validation_texts"] == 0 and (out / "model.safetensors").is_file()
     assert "n/a" in (out / "README.md").read_text()
+
+
+def test_a_known_datasets_set_aside_rows_come_from_its_cached_copy(tmp_path: Path) -> None:
+    from gptclf.data.prepare import prepare
+
+    sms = tmp_path / "SMSSpamCollection"
+    lines = [f"ham\tham text number {i}" for i in range(40)] + [f"spam\tWIN prize {i}" for i in range(10)]
+    sms.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = tmp_path / "sms"
+    prepare(data, sms, dataset="sms-spam", split="0.7,0.1,0.2", stratify=False, seed=123)  # 10/10 kept
+    found = prepared_texts(data, None, {"sms-spam": sms})
+    assert found.note is None and [len(s.texts) for s in found.sources] == [14, 2, 30]  # 30 ham set aside
+    test = set(pd.read_csv(data / "test.csv")["text"])
+    assert not test & set(found.sources[2].texts)
+    other = tmp_path / "other"
+    other.write_text("ham\tsomething else\n", encoding="utf-8")
+    assert prepared_texts(data, None, {"sms-spam": other}).note is not None  # not the recorded file
