@@ -22,7 +22,7 @@ from cli.common import err_console, handle_errors, out_console
 from cli.options import typer_parameter
 from gptclf.distributed import LaunchSettings
 from gptclf.errors import BadInputError, Interrupted
-from gptclf.options import PANELS, OptionSpec
+from gptclf.options import PANELS, OptionSpec, help_text, option_specs
 
 if TYPE_CHECKING:
     from gptclf.training.adapt import AdaptResult
@@ -32,13 +32,20 @@ _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 def _parameter(spec: OptionSpec) -> inspect.Parameter:
     """The Typer parameter of one option, "not given" by default; ``--input`` may be repeated."""
+    from gptclf.training.adapt_settings import ADAPT_HELP
+
+    text = (
+        help_text(ADAPT_HELP[spec.name], spec.metadata, spec.default)
+        if spec.name in ADAPT_HELP
+        else spec.help
+    )
     if spec.name == "input":
         info = typer.Option(
-            None, "--input", *spec.metadata["aliases"], help=spec.help, rich_help_panel=spec.panel,
+            None, "--input", *spec.metadata["aliases"], help=text, rich_help_panel=spec.panel,
             metavar=spec.metadata["metavar"], show_default=False,
         )  # fmt: skip
         return inspect.Parameter("input", _KEYWORD, default=info, annotation=list[str] | None)
-    return typer_parameter(spec, spec.default, spec.help, not_given=True)
+    return typer_parameter(spec, spec.default, text, not_given=True)
 
 
 def _signature() -> inspect.Signature:
@@ -46,18 +53,12 @@ def _signature() -> inspect.Signature:
     from gptclf.training.adapt_settings import adapt_option_specs
 
     params = [_parameter(spec) for spec in adapt_option_specs()]
-    timeout = next(s for s in _launch_specs() if s.name == "dist_timeout")
+    timeout = next(s for s in option_specs(LaunchSettings) if s.name == "dist_timeout")
     params.append(typer_parameter(timeout, timeout.default, timeout.help))
     params.sort(key=lambda p: PANELS.index(p.default.rich_help_panel))  # stable: fields' order within
     json_output = typer.Option(False, "--json", help="Print the summary as one JSON object.")
     params.append(inspect.Parameter("json_output", _KEYWORD, default=json_output, annotation=bool))
     return inspect.Signature(params)
-
-
-def _launch_specs() -> list[OptionSpec]:
-    from gptclf.options import option_specs
-
-    return option_specs(LaunchSettings)
 
 
 @handle_errors

@@ -34,6 +34,11 @@ ADAPT_TRAIN = (
     "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "clip_grad", "schedule", "warmup",
     "eval_every", "checkpoint_every", "early_stop",
 )  # fmt: skip
+#: How ``adapt`` words the help of TrainConfig options whose unit is a block, not a text.
+ADAPT_HELP = {
+    "batch_size": "Blocks per forward pass, per device",
+    "early_stop": "Stop after N evaluations without a lower validation loss",
+}
 #: Settings a resumed run may change: where and how fast it runs, not what it computes.
 RESUME_CHANGEABLE = frozenset({"device", "precision", "checkpoint_every", "home", "mirror", "out", "resume"})
 
