@@ -131,7 +131,7 @@ def adapt(
             weights = None
             if settings.weights == "pretrained":
                 weights = base_weights(plan.model_name, plan.home, settings.mirror, download_progress)
-        corpus, notes = (None, []) if resume_state else _read_corpus(settings, plan, tokenizer_dir, progress)
+        corpus = None if resume_state else _read_corpus(settings, plan, tokenizer_dir, progress)
         shard.barrier()  # every rank has checked --out and its texts before rank 0 makes the work folder
         build = None
         if shard.is_main:
@@ -141,7 +141,7 @@ def adapt(
         try:
             corpus = _placed_corpus(work_dir(out), corpus, shard)
             job = _Job(settings, plan, out, work_dir(out), resume_state, guard, progress, shard)
-            result = job.run(corpus, tokenizer_dir, weights, notes)
+            result = job.run(corpus, tokenizer_dir, weights)
             if build is not None:
                 build.commit()
                 shutil.rmtree(out / CORPUS_DIR, ignore_errors=True)  # kept until the folder was whole
@@ -186,10 +186,8 @@ def _checked_settings(out: Path, settings: AdaptSettings) -> tuple[AdaptSettings
     return saved.with_options({**changed, "out": str(out), "resume": True}, given=settings.given), state
 
 
-def _read_corpus(
-    settings: AdaptSettings, plan: AdaptPlan, tokenizer_dir: Path, progress: Progress
-) -> tuple[Corpus, list[str]]:
-    """The texts of ``--input`` and ``--data``, tokenised and packed; notes for people."""
+def _read_corpus(settings: AdaptSettings, plan: AdaptPlan, tokenizer_dir: Path, progress: Progress) -> Corpus:
+    """The texts of ``--input`` and ``--data``, tokenised and packed; its ``notes`` for people."""
     sources: list[TextSource] = []
     notes: list[str] = []
     if settings.data is not None:
@@ -212,7 +210,8 @@ def _read_corpus(
             f"--max-tokens {settings.max_tokens:,}: "
             f"the texts after the first {corpus.info['texts']:,} were left out"
         )
-    return corpus, notes
+    corpus.info["notes"] = notes  # saved with the blocks: a resumed run says them too
+    return corpus
 
 
 def _placed_corpus(work: Path, corpus: Corpus | None, shard: Shard) -> Corpus:
@@ -243,9 +242,10 @@ class _Job:
     progress: TrainProgress
     shard: Shard
 
-    def run(self, corpus: Corpus, tokenizer_dir: Path, weights: Path | None, notes: list[str]) -> AdaptResult:
+    def run(self, corpus: Corpus, tokenizer_dir: Path, weights: Path | None) -> AdaptResult:
         """Train on ``corpus``, keep the best weights, write the folder (rank 0) into the work folder."""
         s, p = self.settings, self.plan
+        notes = list(corpus.info.get("notes", []))
         gpt = load_weights(s.weights, p.config, p.model_name, seed=s.seed, pretrained=weights)
         trainable = apply_lm_scope(gpt, p.scope, seed=s.seed)
         total = sum(t.numel() for t in gpt.parameters())

@@ -71,7 +71,8 @@ class Corpus:
         train: The training blocks.
         validation: The held-out blocks (empty with ``--validation 0``).
         sources: Per origin: ``source``, ``texts`` and ``tokens`` (before the cap and the split).
-        info: Totals: ``texts``, ``tokens``, ``train_texts``, ``validation_texts``, ``capped``.
+        info: Totals: ``texts``, ``tokens``, ``train_texts``, ``validation_texts``, ``capped``; the
+            verb adds its ``notes`` (lines for people about what was read).
     """
 
     train: Blocks
