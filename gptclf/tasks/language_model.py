@@ -41,6 +41,7 @@ class LanguageModel(Task):
 
     # --- labels -------------------------------------------------------------------------------
     def _encode(self, frame: pd.DataFrame, classes: Sequence[str]) -> list[Any]:
+        """Refused: blocks have no class labels."""
         _no("class labels")
 
     def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
@@ -50,6 +51,7 @@ class LanguageModel(Task):
     def read_labelled_file(
         self, file: LabelledFile, info: Mapping[str, Any]
     ) -> tuple[pd.DataFrame, dict[str, int]]:
+        """Refused: there are no labelled files."""
         _no("labelled files")
 
     # --- training -----------------------------------------------------------------------------
@@ -104,15 +106,18 @@ class LanguageModel(Task):
         return Finished({name: self.metrics(logits[name], labels[name], classes) for name in logits})
 
     def run_fields(self, data_meta: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's key."""
         return {"task": self.key}
 
     # --- using a run --------------------------------------------------------------------------
     def decider(
         self, info: Mapping[str, Any], decide: DecisionOptions | None = None, verb: str = "predict"
     ) -> Decider:
+        """Refused: there are no labels to predict."""
         _no("labels to predict")
 
     def report_tables(self, metrics: Mapping[str, Any]) -> list[ReportTable]:
+        """Refused: there is no classification report."""
         _no("classification report")
 
 

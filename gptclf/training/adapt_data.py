@@ -14,6 +14,7 @@ from stdin.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,12 @@ class Blocks:
     lengths: np.ndarray
 
     def __len__(self) -> int:
+        """The blocks."""
         return len(self.lengths)
 
     @property
     def tokens(self) -> int:
+        """Real tokens over every block."""
         return int(self.lengths.sum())
 
     def targets(self) -> list[int]:
@@ -95,8 +98,6 @@ class Corpus:
         Raises:
             BadInputError: The folder lacks a file (the run was interrupted before it saved them).
         """
-        import json
-
         try:
             parts = [np.load(folder / name) for name in (_TRAIN, _VALIDATION)]
             record = json.loads((folder / _INFO).read_text(encoding="utf-8"))

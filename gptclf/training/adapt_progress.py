@@ -32,27 +32,34 @@ class TokenRate(TrainProgress):
 
     @property
     def tokens_per_second(self) -> float:
+        """Training tokens per second of the steps this process ran."""
         return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
     # The steps' display is the inner progress's.
     def begin(self, label: str, total: int | None = None, *, unit: str = "", done: int = 0) -> None:
+        """Passed on."""
         self.inner.begin(label, total, unit=unit, done=done)
 
     def advance(self, n: int = 1, **fields: object) -> None:
+        """Passed on."""
         self.inner.advance(n, **fields)
 
     def end(self) -> None:
+        """Passed on."""
         self.inner.end()
 
     def message(self, text: str) -> None:
+        """Passed on."""
         self.inner.message(text)
 
     def start(self, total_steps: int, done_steps: int, epochs: int) -> None:
+        """Training starts: the clock of its steps too."""
         super().start(total_steps, done_steps, epochs)
         self._per_step = self.planned_tokens / max(total_steps, 1)
         self._mark = time.monotonic()
 
     def step(self, epoch: int, step: int, loss: float) -> None:
+        """A step is done: the bar moves, with the running perplexity and tokens/s."""
         now = time.monotonic()
         self.train_seconds += now - self._mark
         self.tokens += (step - self._at) * self._per_step
@@ -64,6 +71,7 @@ class TokenRate(TrainProgress):
         self._at = step
 
     def evaluated(self, row: dict[str, Any]) -> None:
+        """An evaluation finished: a line with the validation perplexity."""
         self.message(
             f"epoch {row['epoch']}/{self._epochs} step {row['step']}/{self._total}: "
             f"train loss {fmt_metric(row.get('train_loss'))}, val loss {fmt_metric(row.get('val_loss'))}, "
