@@ -211,6 +211,7 @@ def test_partial_scopes_write_a_plain_gpt2_folder(tmp_path: Path, trainable: str
     assert torch.equal(ours.transformer.wte.weight, frozen["transformer.wte.weight"])  # the tied layer stayed
 
 
+@pytest.mark.slow
 def test_without_a_validation_share_the_last_weights_are_written(tmp_path: Path) -> None:
     install_tokenizer()
     out = tmp_path / "lm"
