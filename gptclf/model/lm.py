@@ -5,7 +5,8 @@ signature, ``(B, T) ids + (B,) lengths -> (B, K)`` rows, and hand the rows to th
 (:mod:`gptclf.tasks.language_model`). :class:`NextToken` is GPT-2 with its tied output layer (the
 50,257-way ``lm_head`` that shares ``transformer.wte``'s weight; no class head is swapped in) whose
 row per block holds its two sums: the next-token cross-entropy over the block's predicted positions
-and how many of them the argmax predicts right. Keeping the (B, T, V) logits inside the forward
+and how many of them the argmax predicts right (in eval mode; 0 while training, where only the
+loss is used). Keeping the (B, T, V) logits inside the forward
 means validation stores two numbers a block, not a vocabulary's worth per token.
 
 Block ``b`` of ``lengths[b]`` real tokens predicts tokens 1 .. ``lengths[b] - 1`` from those before
@@ -68,7 +69,10 @@ class NextToken(nn.Module):
         ce = F.cross_entropy(logits.reshape(b * t, -1), targets.reshape(-1), reduction="none").view(b, t)
         real = torch.arange(t, device=ce.device)[None, :] < (lengths.to(ce.device) - 1)[:, None]  # (B, T-1)
         summed = (ce * real).sum(1)  # (B,)
-        right = ((logits.detach().argmax(-1) == targets) & real).sum(1).to(summed.dtype)
+        if self.training:  # the step uses the loss alone: no pass over (B, T-1, V) for the argmax
+            right = torch.zeros_like(summed)
+        else:
+            right = ((logits.argmax(-1) == targets) & real).sum(1).to(summed.dtype)
         return torch.stack([summed, right], dim=1)  # (B, 2)
 
 
