@@ -42,9 +42,33 @@ def hf_tokenizer(bpe_dir: Path):  # type: ignore[no-untyped-def]
     return tok
 
 
+def training_arguments(args: argparse.Namespace, name: str, lr: float, **extra: object):  # type: ignore[no-untyped-def]
+    """The Trainer settings of both baselines: AdamW (weight decay 0.1) at a constant ``lr``, no
+    saving or logging, on the CPU unless CUDA is there; ``extra`` adds or overrides."""
+    from transformers import TrainingArguments
+
+    settings: dict[str, object] = {
+        "output_dir": str(Path(args.workdir) / name),
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": lr,
+        "weight_decay": 0.1,
+        "lr_scheduler_type": "constant",
+        "optim": "adamw_torch",
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": args.seed,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+    }
+    return TrainingArguments(**{**settings, **extra})
+
+
 def train_trainer(args: argparse.Namespace) -> dict[str, object]:
     """(c): GPT2ForSequenceClassification, last block + final norm + head trainable, under Trainer."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer, TrainingArguments
+    from transformers import GPT2Config, GPT2ForSequenceClassification, Trainer
 
     data = Path(args.data)
     classes = json.loads((data / "labels.json").read_text())["classes"]
@@ -85,25 +109,10 @@ def train_trainer(args: argparse.Namespace) -> dict[str, object]:
     for module in (model.transformer.h[-1], model.transformer.ln_f, model.score):
         for p in module.parameters():
             p.requires_grad_(True)
-    targs = TrainingArguments(
-        output_dir=str(Path(args.workdir) / "hf-trainer"),
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        learning_rate=5e-5,
-        weight_decay=0.1,
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-        eval_strategy="epoch",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        seed=args.seed,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
+    targs = training_arguments(
+        args, "hf-trainer", 5e-5, per_device_eval_batch_size=args.batch_size, eval_strategy="epoch",
         remove_unused_columns=False,
-    )
+    )  # fmt: skip
     trainer = Trainer(
         model=model,
         args=targs,
@@ -121,6 +130,39 @@ def train_trainer(args: argparse.Namespace) -> dict[str, object]:
     return {
         "timings": {"tokenise": t_tok, "cache": 0.0, "train": t_train, "evaluate": t_eval},
         "test_accuracy": acc,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def train_lm(args: argparse.Namespace) -> dict[str, object]:
+    """``GPT2LMHeadModel`` of the given size trained under ``Trainer`` on the blocks of a .npy file
+    ((N, T) token ids, every block whole), all weights, labels = input_ids: training tokens per second."""
+    import numpy as np
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer
+
+    blocks = torch.from_numpy(np.load(args.blocks).astype(np.int64))
+    rows = [{"input_ids": b, "labels": b} for b in blocks]
+    torch.manual_seed(args.seed)
+    cfg = GPT2Config(
+        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, n_positions=args.n_positions,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(cfg)
+    targs = training_arguments(args, "hf-lm", args.lr, eval_strategy="no")
+
+    def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        ids = torch.stack([r["input_ids"] for r in batch])
+        return {"input_ids": ids, "labels": ids}
+
+    trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    tokens = int(blocks.numel()) * args.epochs
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_second": tokens / seconds,
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -164,10 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--bpe-dir", required=True)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--labels", action="store_true", help="also write each text's predicted label")
-    for p in (tr, pr):
+    lm = sub.add_parser("lm")
+    lm.add_argument("--blocks", required=True, help=".npy of (N, T) token ids")
+    lm.add_argument("--workdir", required=True)
+    for name, default in (("n-layer", 12), ("n-head", 12), ("n-embd", 768), ("n-positions", 1024)):
+        lm.add_argument(f"--{name}", type=int, default=default)
+    lm.add_argument("--epochs", type=int, default=1)
+    lm.add_argument("--batch-size", type=int, default=8)
+    lm.add_argument("--lr", type=float, default=5e-5)
+    lm.add_argument("--seed", type=int, default=123)
+    for p in (tr, pr, lm):
         p.add_argument("--result", required=True, help="write the JSON result here (stdout has HF's logs)")
     args = parser.parse_args(argv)
-    result = train_trainer(args) if args.what == "train" else predict_pipeline(args)
+    result = {"train": train_trainer, "predict": predict_pipeline, "lm": train_lm}[args.what](args)
     Path(args.result).write_text(json.dumps(result) + "\n", encoding="utf-8")
 
 

@@ -13,8 +13,8 @@ from gptclf import __version__
 app = typer.Typer(
     cls=GptclfGroup,
     name="gptclf",
-    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, evaluate, predict, "
-    "tune, export, import, serve.",
+    help="Turn a pretrained GPT-2 into a text classifier: download, prepare, finetune, adapt, tune, "
+    "evaluate, predict, export, import, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,12 +38,25 @@ def _root(
 
 def _register() -> None:
     """Attach the verbs (imported here so `gptclf --help` stays fast)."""
-    from cli import calibrate, download, evaluate, export, finetune, importrun, predict, prepare, serve, tune
+    from cli import (
+        adapt,
+        calibrate,
+        download,
+        evaluate,
+        export,
+        finetune,
+        importrun,
+        predict,
+        prepare,
+        serve,
+        tune,
+    )
 
     for name, func in (
         ("download", download.download),
         ("prepare", prepare.prepare),
         ("finetune", finetune.finetune),
+        ("adapt", adapt.adapt),
         ("tune", tune.tune),
         ("evaluate", evaluate.evaluate),
         ("predict", predict.predict),

@@ -48,7 +48,7 @@ from gptclf.interop.hf_tokenizer import write_hf_tokenizer
 from gptclf.interop.model_card import model_card
 from gptclf.model.hfconfig import hf_config_from_gpt
 from gptclf.model.tokenizer import EOT_ID
-from gptclf.model.weights import CONV1D_SUFFIXES
+from gptclf.model.weights import hf_layout
 from gptclf.rundir import LoadedRun, check_finite_weights, save_weights
 from gptclf.tasks.calibration import run_temperature
 
@@ -97,13 +97,12 @@ def fold_head_bias(weight: torch.Tensor, bias: torch.Tensor, centred: bool = Tru
 def hf_state_dict(run: LoadedRun) -> dict[str, torch.Tensor]:
     """The run's weights in ``GPT2ForSequenceClassification``'s names and layouts (fp32, CPU),
     with the temperature and the head bias folded in (see the module's notes)."""
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in run.model.gpt.state_dict().items()}
+    state = dict(run.model.gpt.state_dict())
     temperature = run_temperature(run.info)
-    weight = state.pop("lm_head.weight").to(torch.float64)
+    weight = state.pop("lm_head.weight").detach().to("cpu", torch.float64)
     bias = state.pop("lm_head.bias", None)
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
+    bias = None if bias is None else bias.detach().to("cpu", torch.float32)
+    out = hf_layout(state)
     if bias is not None:
         shift = fold_head_bias(weight, bias, centred=run.task.shift_invariant)
         ln_bias = out["transformer.ln_f.bias"].to(torch.float64) + shift

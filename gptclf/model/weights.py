@@ -190,6 +190,16 @@ def load_hf_state_dict(path: Path, cfg: GPTConfig) -> dict[str, torch.Tensor]:
     return state
 
 
+def hf_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors of this model in Hugging Face's layout (the inverse of :func:`load_hf_state_dict`):
+    the four Conv1D weights transposed back to (in, out), every tensor fp32, contiguous, on the CPU."""
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu", torch.float32)
+        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
+    return out
+
+
 def load_pretrained(cfg: GPTConfig, path: Path) -> GPT:
     """A :class:`GPT` holding the weights of a Hugging Face GPT-2 safetensors file."""
     state = load_hf_state_dict(path, cfg)
