@@ -94,9 +94,12 @@ def main() -> None:
         "--quick", action="store_true", help="a 500-row subset and a tiny GPT: proves the script"
     )
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--adapt-epochs", type=int, help="adapt's epochs (default 3; 1 with --quick)")
     args = parser.parse_args()
     require_shared()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.adapt_epochs:
+        cfg["adapt_epochs"] = args.adapt_epochs
     with tempfile.TemporaryDirectory(prefix="gptclf-bench-") as tmp:
         work = Path(tmp)
         home = make_home(work)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gptclf.data.long_texts import INFO_KEY, LongCounts, describe_counts
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
@@ -52,13 +53,15 @@ def train_run(
     *,
     pool: CachePool | None = None,
     info_extra: dict[str, Any] | None = None,
+    kept: tuple[History, dict[str, Any]] | None = None,
 ) -> FinetuneResult:
     """Train on the prepared folder ``data_dir`` and write the run's files into ``ctx.work``.
 
     ``tokenizer_dir`` holds GPT-2's tokenizer files and ``weights_path`` the preset's downloaded
     weights for ``--weights pretrained``: what the recipe fetched; nothing is fetched here.
     ``pool`` (``gptclf tune``) supplies the caches built before and keeps the ones built here (its
-    owner closes them); ``info_extra`` is added to run.json.
+    owner closes them); ``info_extra`` is added to run.json; ``kept`` (the history and trainable
+    weights of a tune trial with these very settings) takes the place of training.
 
     Raises:
         BadInputError: Data that do not fit the settings, or not enough disk space (nothing trained).
@@ -97,7 +100,10 @@ def train_run(
     data_info = {"dir": str(final_data), "fingerprint": counts["fingerprint"], "sizes": sizes}
     try:
         sets = {name: LabelledSet(sources[name], labels[name], task, split_mode(maps, name)) for name in ids}
-        history = _fit(model, sets, ctx, data_info)
+        if kept is None:
+            history = _fit(model, sets, ctx, data_info)
+        else:  # trained already (a tune trial of these settings): its weights and history
+            history = _restore_kept(model, kept)
         timings["train"] = history.train_seconds
         t0 = time.monotonic()
         logits = _final_logits(model, sets, ctx)
@@ -298,6 +304,16 @@ def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data:
     except Interrupted as exc:
         message = str(exc).removesuffix("; continue with --resume")
         raise Interrupted(f"{message}; {_resume_hint(ctx.out)}", exc.exit_code - 128) from None
+
+
+def _restore_kept(model: Classifier, kept: tuple[History, dict[str, Any]]) -> History:
+    """Put a finished trial's trainable weights into ``model`` (built with the same settings)."""
+    history, state = kept
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(state[name])
+    return history
 
 
 def _resume_hint(out: Path) -> str:

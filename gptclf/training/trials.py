@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from gptclf.data.long_texts import LongCounts
 from gptclf.data.prepared import PreparedData
@@ -92,8 +93,11 @@ class TrialRunner:
             settings, make_plan(settings), self.out, self.work, None, self.guard, progress, Shard()
         )
 
-    def run(self, settings: FinetuneSettings, on_row: Callable[[dict[str, Any]], None]) -> History:
-        """Train one trial; ``model`` keeps the best weights by ``settings.train.monitor``.
+    def run(
+        self, settings: FinetuneSettings, on_row: Callable[[dict[str, Any]], None]
+    ) -> tuple[History, dict[str, torch.Tensor]]:
+        """Train one trial: its history and its kept (best by ``settings.train.monitor``) trainable
+        weights, on the CPU.
 
         Raises:
             BadInputError: Settings that cannot go together (e.g. more blocks than the model has).
@@ -111,10 +115,12 @@ class TrialRunner:
             for name in TRIAL_SPLITS
         }
         p = ctx.plan
-        return fit(
+        history = fit(
             model, sets["train"], sets["validation"], p.train, device=p.device, precision=p.precision,
             seed=settings.seed, progress=hooks, shard=ctx.shard,
         )  # fmt: skip
+        state = {n: t.detach().to("cpu", copy=True) for n, t in model.named_parameters() if t.requires_grad}
+        return history, state
 
     def inputs(self, ctx: RunContext) -> _Inputs:
         """The token ids and labels of the trial splits for ``ctx``'s way of cutting texts (made once)."""

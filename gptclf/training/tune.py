@@ -80,7 +80,7 @@ class TuneOptions:
         "val_loss", "What the search optimises, on validation", "Run", choices=tuple(METRICS)
     )
     space: str | None = option(None, "TOML file of the search space", "Run", default_text="the default space")
-    pruner: str = option("median", "Stop unpromising trials early", "Run", choices=PRUNERS)
+    pruner: str = option("halving", "Stop unpromising trials early", "Run", choices=PRUNERS)
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,10 @@ def tune(
             if build is None:
                 return None
             best = study.best()
-            result = _final(settings, best, runner, found.tokenizer_dir, found.weights_path, progress)
-            write_report(build.path / TUNE_DIR, study.study, study.record(best, pool, result.history.best))
+            kept = study.kept[1:] if study.kept is not None and study.kept[0] == best.number else None
+            result = _final(settings, best, runner, found.tokenizer_dir, found.weights_path, progress, kept)
+            record = study.record(best, pool, result.history.best, kept is not None)
+            write_report(build.path / TUNE_DIR, study.study, record)
             counts = study.counts()
             _keep_journal(build.path)
             build.commit()
@@ -204,7 +206,7 @@ def tune(
             pool.close()
         build.close()
         identical = study.identical(best, result.history.best)
-        progress.message(_final_line(best, identical, settings.search.metric))
+        progress.message(_final_line(best, identical, settings.search.metric, kept is not None))
         return TuneResult(
             out, result, _best_dict(best), counts, settings.search.metric, pool.summary(), identical,
             time.monotonic() - t_start,
@@ -379,6 +381,8 @@ class _Study:
                 f"the study's journal {journal} is damaged ({type(exc).__name__}: {exc}); "
                 f"start the search again with --force"
             ) from None
+        #: The best trial this process ran (number, history, trainable weights): the run, if it stays best.
+        self.kept: tuple[int, Any, dict[str, Any]] | None = None
         if shard.is_main:
             self._rerun_interrupted()
 
@@ -468,10 +472,12 @@ class _Study:
 
         state, value, error = optuna.trial.TrialState.COMPLETE, None, None
         try:
-            history = self.runner.run(trial_settings, on_row)
+            history, weights = self.runner.run(trial_settings, on_row)
             value = history.best[self.column] if history.best else None
             if value is None or not math.isfinite(value):
                 state, error = optuna.trial.TrialState.FAIL, "no finite validation value"
+            elif self._better(value):  # the best so far: its weights become the run if it stays best
+                self.kept = (trial.number, history, weights)
         except optuna.TrialPruned:
             state = optuna.trial.TrialState.PRUNED
         except _TimedOut:
@@ -519,6 +525,11 @@ class _Study:
         why = f" ({error})" if error else ""
         return f"trial {number}: {what}{why} in {time.monotonic() - t0:.1f} s [{shown}]"
 
+    def _better(self, value: float) -> bool:
+        """Whether ``value`` beats every complete trial of the study so far (ties: the earlier)."""
+        best = self._best_value()
+        return best is None or (value < best if self.direction == "minimize" else value > best)
+
     def _best_value(self) -> float | None:
         try:
             return self.study.best_value
@@ -545,7 +556,7 @@ class _Study:
         return final_best is not None and final_best.get(self.column) == best.value
 
     def record(
-        self, best: optuna.trial.FrozenTrial, pool: CachePool, final_best: dict[str, Any] | None
+        self, best: optuna.trial.FrozenTrial, pool: CachePool, final_best: dict[str, Any] | None, kept: bool
     ) -> dict[str, Any]:
         """study.json's content."""
         s = self.settings
@@ -561,7 +572,7 @@ class _Study:
             "pruner": s.search.pruner,
             "cache_builds": pool.summary(),
             "final_run": {
-                "how": "trained once more on the train split with the best trial's settings",
+                "how": _HOW[kept],
                 "identical_to_trial": self.identical(best, final_best),
             },
             "test_split": "never read by the search; only the final run is evaluated on it",
@@ -599,7 +610,17 @@ def _best_dict(best: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {"number": best.number, "value": best.value, "params": dict(best.params)}
 
 
-def _final_line(best: optuna.trial.FrozenTrial, identical: bool, metric: str) -> str:
+#: How the final run's weights were made: kept from the best trial (this process ran it), or
+#: trained once more (another rank ran it, or a process before a --resume).
+_HOW = {
+    True: "kept from the best trial: its weights and history, evaluated on the test split",
+    False: "trained once more on the train split with the best trial's settings",
+}
+
+
+def _final_line(best: optuna.trial.FrozenTrial, identical: bool, metric: str, kept: bool) -> str:
+    if kept:
+        return f"best: trial {best.number} ({metric} {fmt_metric(best.value)}); the run holds its weights"
     same = (
         "the same weights as the trial (same settings, seed and cache)"
         if identical
@@ -615,15 +636,18 @@ def _final(
     tokenizer_dir: Path,
     weights_path: Path | None,
     progress: TrainProgress,
+    kept: tuple[Any, dict[str, Any]] | None,
 ) -> FinetuneResult:
-    """The best trial's settings trained once more as a complete finetune run in the work folder."""
+    """The best trial's settings as a complete finetune run in the work folder: its weights kept
+    (``kept``: the trial's history and trainable weights), or trained once more."""
     monitor = METRICS[settings.search.metric][0]
     fs = settings.finetune
     best_settings = fs.with_options(
         {**best.params, "monitor": monitor, "resume": False}, given=fs.given | set(best.params) | {"monitor"}
     )
+    how = "keeping its weights" if kept is not None else "training its settings once more"
     progress.message(
-        f"training the best settings (trial {best.number}) once more, with the test split: "
+        f"the best trial is {best.number}; {how}, then the test split: "
         + ", ".join(f"{k} {_show(v)}" for k, v in best.params.items())
     )
     ctx = RunContext(
@@ -639,7 +663,7 @@ def _final(
     info = {"tune": {"trial": best.number, "metric": settings.search.metric, "value": best.value,
                      "study": f"{TUNE_DIR}/study.json"}}  # fmt: skip
     data_dir = Path(fs.data).expanduser().resolve()  # type: ignore[arg-type]
-    return train_run(ctx, data_dir, tokenizer_dir, weights_path, pool=runner.pool, info_extra=info)
+    return train_run(ctx, data_dir, tokenizer_dir, weights_path, pool=runner.pool, info_extra=info, kept=kept)
 
 
 def _save_settings(work: Path, settings: TuneSettings) -> None:

@@ -84,7 +84,8 @@ def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
     assert (out / "history.csv").is_file() and (out / "metrics.json").is_file()
     study = json.loads((out / "tune" / "study.json").read_text())
     assert study["best"] == best and study["final_run"]["identical_to_trial"] is True
-    assert summary["retrained_identical"] is True and "trained once more" in stderr
+    assert study["final_run"]["how"].startswith("kept from the best trial")
+    assert summary["retrained_identical"] is True and "; keeping its weights" in stderr
     best_row = next(r for r in rows if int(r["trial"]) == best["number"])
     assert float(best_row["value"]) == best["value"] and len(best_row["curve"].split(";")) == 2
     assert not work_dir(out).exists() and not (out / "tune.journal").exists()

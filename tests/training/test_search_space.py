@@ -31,34 +31,34 @@ class FakeTrial:
         return low
 
 
-def test_the_config_file_is_the_default_space() -> None:
+WITH_LORA = REPO / "configs" / "spaces" / "with-lora.toml"
+
+
+def test_the_config_files_are_the_default_space_and_it_with_lora() -> None:
     assert load_space(REPO / "configs" / "spaces" / "default.toml") == DEFAULT_SPACE
+    with_lora = {p.name: p for p in load_space(WITH_LORA)}
+    assert with_lora.keys() == {p.name for p in DEFAULT_SPACE} | {"lora_rank"}
+    assert with_lora["trainable"].choices == ("head", "last-block", "last-blocks 2", "lora")
+    for path in (REPO / "configs" / "spaces").glob("*.toml"):  # each says how to run it
+        assert f"--space configs/spaces/{path.name}" in path.read_text(encoding="utf-8")
 
 
 def test_the_default_space_searches_what_the_issue_names() -> None:
     names = {p.name for p in DEFAULT_SPACE}
-    assert names == {
-        "lr",
-        "epochs",
-        "weight_decay",
-        "trainable",
-        "lora_rank",
-        "pooling",
-        "class_weights",
-        "batch_size",
-    }
+    assert names == {"lr", "epochs", "weight_decay", "trainable", "pooling", "class_weights", "batch_size"}
     lr = next(p for p in DEFAULT_SPACE if p.name == "lr")
     assert lr.log and lr.low == 1e-5 and lr.high == 1e-3
     trainable = next(p for p in DEFAULT_SPACE if p.name == "trainable")
-    assert trainable.choices == ("head", "last-block", "last-blocks 2", "lora")
+    assert trainable.choices == ("head", "last-block", "last-blocks 2")  # the cuts a cache serves
 
 
 def test_lora_rank_is_sampled_only_for_lora() -> None:
-    trial = FakeTrial()  # the last choice of trainable is lora
-    values = sample(DEFAULT_SPACE, trial, {})
+    space = load_space(WITH_LORA)
+    values = sample(space, FakeTrial(), {})  # the last choice of trainable is lora
     assert values["trainable"] == "lora" and values["lora_rank"] == 16
     assert values["epochs"] == 2 and isinstance(values["epochs"], int) and values["lr"] == 1e-5
-    fixed = without_fixed(DEFAULT_SPACE, frozenset({"trainable"}))
+    assert "lora_rank" not in sample(DEFAULT_SPACE, FakeTrial(), {})
+    fixed = without_fixed(space, frozenset({"trainable"}))
     assert "lora_rank" not in sample(fixed, FakeTrial(), {"trainable": "head"})
     assert sample(fixed, FakeTrial(), {"trainable": "lora"})["lora_rank"] == 16
 
