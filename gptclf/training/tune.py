@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptclf.data.prepared import read_prepared
+from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.distributed import Shard, divide_cpu_threads
 from gptclf.errors import BadInputError, GptclfError, Interrupted, TrainingError
 from gptclf.fileio import atomic_write_json
@@ -91,6 +91,10 @@ class TuneSettings:
     search: TuneOptions = field(default_factory=TuneOptions)
     #: The search options given (for ``--resume``).
     given: frozenset[str] = frozenset()
+    #: A resumed search's space, as it was saved when the study started (None: read ``--space``).
+    saved_space: tuple[Param, ...] | None = None
+    #: A resumed search's prepared data fingerprint (None: not resumed, or saved by an older gptclf).
+    data_fingerprint: str | None = None
 
 
 @dataclass
@@ -187,7 +191,7 @@ def tune(
         pool = CachePool(make_plan(settings.finetune).cache_memory)
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
-            study = _search(settings, space, runner, progress, guard, shard, timeout)
+            study = _search(settings, space, runner, progress, guard, shard, timeout, found.fingerprint)
             if build is None:
                 return None
             best = study.best()
@@ -231,6 +235,7 @@ class _Found:
     trial_inputs: tuple[
         Any, ...
     ]  # TrialRunner's first arguments: prepared, classes, task, tokenizer, weights
+    fingerprint: str = ""  # the prepared folder's, saved for --resume
 
 
 def _read(settings: TuneSettings, download_progress: Progress | None, shard: Shard) -> _Found:
@@ -244,15 +249,30 @@ def _read(settings: TuneSettings, download_progress: Progress | None, shard: Sha
     tokenizer_dir, weights_path = fetch_artefacts(fs, make_plan(fs), download_progress, shard)
     data_dir = Path(fs.data).expanduser().resolve()  # type: ignore[arg-type]  # _check: given
     prepared = read_prepared(data_dir)
+    fingerprint = prepared_fingerprint(data_dir)
+    if settings.data_fingerprint is not None and settings.data_fingerprint != fingerprint:
+        raise BadInputError(
+            f"the prepared data in {data_dir} changed since the search was interrupted (another split, "
+            "seed or files): resume with the data it searched on, or start again with --force"
+        )
     if (problem := no_validation(prepared, data_dir)) is not None:
         raise problem
     task = task_of(prepared.meta)
     monitor = METRICS[settings.search.metric][0]
     if problems := task.settings_problems(target=fs.target, positive=fs.positive, monitor=monitor):
-        raise BadInputError("; ".join(p.replace("--monitor", "--metric") for p in problems))
+        raise BadInputError("; ".join(_as_metric(p) for p in problems))
     classes = run_classes(fs.classes, prepared.classes, data_dir)
     enc = load_tokenizer(tokenizer_dir)
-    return _Found(tokenizer_dir, weights_path, (prepared, classes, task, enc, weights_path))
+    return _Found(tokenizer_dir, weights_path, (prepared, classes, task, enc, weights_path), fingerprint)
+
+
+def _as_metric(problem: str) -> str:
+    """A problem worded for ``--monitor``, in ``--metric``'s words (``val_f1`` is ``val_macro_f1``)."""
+    problem = problem.replace("--monitor", "--metric")
+    for metric, (monitor, _) in METRICS.items():
+        if monitor != metric:
+            problem = re.sub(rf"\b{monitor}\b", metric, problem)
+    return problem
 
 
 def _search(
@@ -263,11 +283,12 @@ def _search(
     guard: InterruptGuard,
     shard: Shard,
     timeout: float | None,
+    fingerprint: str = "",
 ) -> _Study:
     """Run this process's trials of the study (rank 0 opens it first; every rank's trials are told
     before any rank goes on)."""
     if shard.is_main:
-        _save_settings(runner.work, settings)
+        _save_settings(runner.work, settings, space, fingerprint)
         study = _Study(settings, space, runner, progress, guard, shard)
     shard.barrier()
     if not shard.is_main:
@@ -297,15 +318,19 @@ def _check(settings: TuneSettings) -> tuple[tuple[Param, ...], float | None]:
         except BadInputError as exc:
             problems.append(str(exc))
     space: tuple[Param, ...] = DEFAULT_SPACE
-    if search.space is not None:
+    space_loaded = search.space is None
+    if settings.saved_space is not None:  # --resume: the space the study started with
+        space, space_loaded = settings.saved_space, True
+    elif search.space is not None:
         try:
             space = load_space(Path(search.space).expanduser())
+            space_loaded = True
         except BadInputError as exc:
             problems.append(str(exc))
     monitor = METRICS.get(search.metric, ("",))[0]
     if "monitor" in fs.given and fs.train.monitor != monitor:
         problems.append(f"--monitor {fs.train.monitor} differs from --metric {search.metric}: tune sets it")
-    if search.space is not None and (both := sorted({p.name for p in space} & fs.given)):
+    if search.space is not None and space_loaded and (both := sorted({p.name for p in space} & fs.given)):
         names = ", ".join(f"--{n.replace('_', '-')}" for n in both)
         problems.append(f"{names} fixed on the command line and searched by --space {search.space}: drop one")
     if problems:
@@ -376,7 +401,7 @@ class _Study:
                 pruner=_pruner(settings.search.pruner),
                 load_if_exists=True,
             )
-        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:  # JSONDecodeError: ValueError
             raise BadInputError(
                 f"the study's journal {journal} is damaged ({type(exc).__name__}: {exc}); "
                 f"start the search again with --force"
@@ -663,24 +688,54 @@ def _final(
     info = {"tune": {"trial": best.number, "metric": settings.search.metric, "value": best.value,
                      "study": f"{TUNE_DIR}/study.json"}}  # fmt: skip
     data_dir = Path(fs.data).expanduser().resolve()  # type: ignore[arg-type]
-    return train_run(ctx, data_dir, tokenizer_dir, weights_path, pool=runner.pool, info_extra=info, kept=kept)
+    try:
+        return train_run(
+            ctx, data_dir, tokenizer_dir, weights_path, pool=runner.pool, info_extra=info, kept=kept
+        )
+    except Interrupted as exc:  # the way on is tune's --resume (finetune's would leave no tune/ report)
+        hint = f"continue with `gptclf tune --out {runner.out} --resume`"
+        message = re.sub(r"continue with `gptclf finetune --out .* --resume`", lambda _: hint, str(exc))
+        raise Interrupted(message if hint in message else f"{message}; {hint}", exc.exit_code - 128) from None
 
 
-def _save_settings(work: Path, settings: TuneSettings) -> None:
-    """The settings of the search, for ``--resume`` (written once, when the study starts)."""
+def _save_settings(
+    work: Path, settings: TuneSettings, space: tuple[Param, ...] = (), fingerprint: str = ""
+) -> None:
+    """The settings of the search, for ``--resume`` (written once, when the study starts): the
+    data folder resolved, the space itself (not only its file, which may change) and the prepared
+    data's fingerprint."""
     path = work / TUNE_DIR / _SETTINGS_FILE
     if path.is_file():
         return
     path.parent.mkdir(exist_ok=True)
     fs = settings.finetune
+    record = fs.to_dict()
+    if fs.data is not None:
+        record["data"] = str(Path(fs.data).expanduser().resolve())
     atomic_write_json(
         path,
         {
-            "finetune": fs.to_dict(),
+            "finetune": record,
             "given": sorted(fs.given),
             "search": settings.search.__dict__,
             "search_given": sorted(settings.given),
+            "space": [p.to_dict() for p in space],
+            "data_fingerprint": fingerprint,
         },
+    )
+
+
+def _param_of(record: dict[str, Any]) -> Param:
+    """Inverse of :meth:`Param.to_dict` (settings.json's record of the space)."""
+    when = record.get("when")
+    choices = record.get("choices")
+    return Param(
+        record["name"],
+        record.get("low"),
+        record.get("high"),
+        bool(record.get("log", False)),
+        None if choices is None else tuple(choices),
+        None if not when else next(iter(when.items())),
     )
 
 
@@ -694,13 +749,31 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
     path = work_dir(out) / TUNE_DIR / _SETTINGS_FILE
     if not path.is_file():
         raise BadInputError(f"nothing to resume for {out}: {work_dir(out)} holds no tune search")
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    fs = FinetuneSettings.from_dict(saved["finetune"], frozenset(saved["given"]))
-    search = TuneOptions(**saved["search"])
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        fs = FinetuneSettings.from_dict(saved["finetune"], frozenset(saved["given"]))
+        search = TuneOptions(**saved["search"])
+        search_given = frozenset(saved["search_given"])
+        space = None if saved.get("space") is None else tuple(_param_of(p) for p in saved["space"])
+        fingerprint = saved.get("data_fingerprint") or None
+        _attempt(make_plan, fs)  # a value of the wrong type fails here, not later with a traceback
+        field_problems(search)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInputError(
+            f"the search's settings {path} are damaged ({type(exc).__name__}: {exc}); "
+            "start the search again with --force"
+        ) from None
+
+    def differs(name: str) -> bool:
+        value = given.finetune.option(name)
+        if name == "data" and value is not None:
+            value = str(Path(value).expanduser().resolve())
+        return value != fs.option(name)
+
     conflicts = [
         f"--{name.replace('_', '-')} {given.finetune.option(name)} (the search used {fs.option(name)})"
-        for name in sorted(given.finetune.given - RESUME_CHANGEABLE - {"force", "data"})
-        if given.finetune.option(name) != fs.option(name)
+        for name in sorted(given.finetune.given - RESUME_CHANGEABLE - {"force"})
+        if differs(name)
     ]
     conflicts += [
         f"--{name} {getattr(given.search, name)} (the search used {getattr(search, name)})"
@@ -713,7 +786,7 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
     fs = fs.with_options({**changed, "out": str(out), "resume": True})
     search_changes = {n: getattr(given.search, n) for n in given.given & _TUNE_RESUMABLE}
     return TuneSettings(
-        fs, TuneOptions(**{**search.__dict__, **search_changes}), frozenset(saved["search_given"])
+        fs, TuneOptions(**{**search.__dict__, **search_changes}), search_given, space, fingerprint
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,9 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     import optuna
 
     try:
-        return optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials": stderr is ours
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {}
 

@@ -214,7 +214,10 @@ def test_kill_9_loses_at_most_the_running_trial(setup: tuple[list[str], Path]) -
         (["--trials", "0"], "--trials must be >= 1"),
         (["--timeout", "1s"], "--timeout 1s cannot fit one trial"),
         (["--timeout", "soon"], "is not a duration"),
-        (["--metric", "val_micro_f1"], "--metric val_micro_f1 is for multi-label data"),
+        (
+            ["--metric", "val_micro_f1"],
+            "--metric val_micro_f1 is for multi-label data (prepare --multi-label): use val_macro_f1",
+        ),
         (["--metric", "accuracy"], "--metric"),
         (["--lr", "1e-4"], "--lr fixed on the command line and searched by --space"),
         (["--monitor", "val_acc"], "--monitor val_acc differs from --metric val_loss"),
@@ -276,3 +279,63 @@ def test_torchrun_spreads_the_trials_over_the_ranks(setup: tuple[list[str], Path
     assert 6 <= len(rows) <= 7 and {r["status"] for r in rows} == {"complete"}
     assert {r["rank"] for r in rows} == {"0", "1"}
     assert json.loads((out / "run.json").read_text())["tune"]["trial"] in {int(r["trial"]) for r in rows}
+
+
+def test_a_stopped_final_run_resumes_with_tune_on_the_data_and_space_it_searched(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptclf.errors import Interrupted
+    from gptclf.training import tune as tune_module
+
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    train_run = tune_module.train_run
+
+    def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise Interrupted(f"SIGTERM at step 1 of 9: continue with `gptclf finetune --out {out} --resume`", 15)
+
+    monkeypatch.setattr(tune_module, "train_run", stopped)
+    code, _, stderr = tune(*common, "--trials", "2", "--pruner", "none", "--out", str(out))
+    # The way on is tune's --resume: finetune's would make a run without tune/'s report.
+    assert code == 143 and f"continue with `gptclf tune --out {out} --resume`" in stderr, stderr
+    assert "gptclf finetune" not in stderr
+    monkeypatch.setattr(tune_module, "train_run", train_run)
+    settings_file = work_dir(out) / "tune" / "settings.json"
+    saved = settings_file.read_text()
+    # The space is saved with the study: an edited --space file does not change a resumed search.
+    (tmp_path / "space.toml").write_text("not toml [[[")
+    code, _, stderr = tune("--out", str(out), "--resume", "--data", str(tmp_path / "elsewhere"))
+    assert code == 2 and "cannot change these on --resume: --data" in stderr, stderr
+    # A damaged settings.json is one line, no traceback.
+    settings_file.write_text("{not json")
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 2 and "settings.json are damaged" in stderr and len(stderr.strip().splitlines()) == 1
+    settings_file.write_text(saved)
+    # Prepared data that changed since the search is refused, as finetune refuses it.
+    data = Path(common[common.index("--data") + 1])
+    shutil.copytree(data, tmp_path / "kept")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.rmtree(data)
+    shutil.copytree(prepared_folder(other, ["spam", "ham"], n=80, seed=1), data)  # prepared again
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 2 and "changed since the search was interrupted" in stderr, stderr
+    shutil.rmtree(data)
+    shutil.copytree(tmp_path / "kept", data)
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0, stderr
+    assert len(read_trials(out)) == 2 and (out / "tune" / "study.json").is_file()
+
+
+def test_a_bad_space_file_is_not_also_blamed_for_fixed_options(tmp_path: Path) -> None:
+    install_tokenizer()
+    data = prepared_folder(tmp_path, ["spam", "ham"], n=40)
+    space = tmp_path / "space.toml"
+    space.write_text('[lr]\nlow = "a"\nhigh = 1e-3\n')
+    out = tmp_path / "tuned"
+    code, _, stderr = tune(
+        "--data", str(data), *TINY, "--epochs", "1", "--space", str(space), "--out", str(out)
+    )
+    assert code == 2 and "lr must be a number" in stderr, stderr
+    assert "--epochs fixed on the command line" not in stderr  # the default space is not the one given
+    assert not out.exists() and not work_dir(out).exists()
