@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.distributed import Shard, divide_cpu_threads
-from gptclf.errors import BadInputError, GptclfError, Interrupted, TrainingError
+from gptclf.errors import BadInputError, GptclfError, Interrupted, TrainingError, write_error
 from gptclf.fileio import atomic_write_json
 from gptclf.inference.cache_pool import CachePool
 from gptclf.model.tokenizer import load_tokenizer
@@ -191,7 +191,15 @@ def tune(
         pool = CachePool(make_plan(settings.finetune).cache_memory)
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
-            study = _search(settings, space, runner, progress, guard, shard, timeout, found.fingerprint)
+            try:
+                study = _search(settings, space, runner, progress, guard, shard, timeout, found.fingerprint)
+            except OSError as exc:  # the journal (and its lock) on a full or read-only disk: one line
+                if exc.errno is None:
+                    raise
+                error = write_error(exc, work_dir(out))
+                raise type(error)(
+                    f"{error}; the study is kept: continue with `gptclf tune --out {out} --resume`"
+                ) from None
             if build is None:
                 return None
             best = study.best()

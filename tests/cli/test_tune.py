@@ -339,3 +339,33 @@ def test_a_bad_space_file_is_not_also_blamed_for_fixed_options(tmp_path: Path) -
     assert code == 2 and "lr must be a number" in stderr, stderr
     assert "--epochs fixed on the command line" not in stderr  # the default space is not the one given
     assert not out.exists() and not work_dir(out).exists()
+
+
+def test_a_full_disk_under_the_journal_is_one_line_and_resumes(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from optuna.storages.journal import JournalFileBackend
+
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    append = JournalFileBackend.append_logs
+    calls = []
+
+    def full(self: Any, logs: Any) -> None:
+        calls.append(1)
+        if len(calls) > 12:  # some way into the search: an append with no file name in its error
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", full)
+    code, _, stderr = tune(*common, "--trials", "3", "--pruner", "none", "--out", str(out))
+    assert code == 1 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert f"no space left on the disk of {work_dir(out)}" in last and "standard output" not in last
+    assert f"`gptclf tune --out {out} --resume`" in last and not out.exists()
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append)
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0, stderr
+    assert sum(r["status"] != "interrupted" for r in read_trials(out)) == 3
