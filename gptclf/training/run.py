@@ -154,9 +154,9 @@ def _inputs(
             "prepare the data with a validation fraction, or leave --target out"
         )
     model, trainable, total = build_classifier(ctx.settings, ctx.plan, classes, weights_path)
-    needed = _bytes_needed(total, trainable)
+    needed = bytes_needed(total, trainable)
     if ctx.shard.is_main:
-        _check_space(ctx.work, ctx.out, needed)
+        check_space(ctx.work, ctx.out, needed)
     ctx.progress.message(
         f"model {ctx.plan.model_name} ({ctx.settings.weights} weights), trainable scope "
         f"{ctx.settings.trainable}: {trainable:,} of {total:,} parameters train"
@@ -321,14 +321,14 @@ def _resume_hint(out: Path) -> str:
     return f"continue with `gptclf finetune --out {out} --resume`"
 
 
-def _bytes_needed(total_params: int, trainable_params: int) -> int:
+def bytes_needed(total_params: int, trainable_params: int) -> int:
     """Rough disk space a run needs: fp32 weights, and two checkpoints (the last one stays until
     its successor is complete) of the trainable weights, the best ones and AdamW's two moments,
     plus room for the small files."""
     return 4 * total_params + 2 * 4 * 4 * trainable_params + (8 << 20)
 
 
-def _check_space(work: Path, out: Path, needed: int) -> None:
+def check_space(work: Path, out: Path, needed: int) -> None:
     """Refuse to start when the run cannot fit on the disk (before any training time is spent).
 
     What the work folder holds already (a resumed run's checkpoint, which its successor replaces)

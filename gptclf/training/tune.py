@@ -43,7 +43,7 @@ from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.context import FinetuneResult, RunContext
 from gptclf.training.finetune import fetch_artefacts
 from gptclf.training.plan import RESUME_CHANGEABLE, finetune_sources, make_plan, out_dir
-from gptclf.training.run import run_classes, train_run
+from gptclf.training.run import bytes_needed, check_space, run_classes, train_run
 from gptclf.training.search_space import DEFAULT_SPACE, Param, load_space, sample, without_fixed
 from gptclf.training.settings import FinetuneSettings
 from gptclf.training.trials import TrialRunner, no_validation
@@ -191,6 +191,8 @@ def tune(
         pool = CachePool(make_plan(settings.finetune).cache_memory)
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
+            if build is not None:
+                _check_room(build.path, out, runner, settings.finetune)
             try:
                 study = _search(settings, space, runner, progress, guard, shard, timeout, found.fingerprint)
             except OSError as exc:  # the journal (and its lock) on a full or read-only disk: one line
@@ -223,6 +225,17 @@ def tune(
             out, result, _best_dict(best), counts, settings.search.metric, pool.summary(), identical,
             time.monotonic() - t_start,
         )  # fmt: skip
+
+
+def _check_room(work: Path, out: Path, runner: TrialRunner, fs: FinetuneSettings) -> None:
+    """The run's weights must fit on the disk before any trial is spent (finetune checks the same
+    before its first step).
+
+    Raises:
+        DiskFullError: Less free space than the weights need.
+    """
+    model = runner.model(fs, make_plan(fs))
+    check_space(work, out, bytes_needed(sum(p.numel() for p in model.parameters()), 0))
 
 
 def _checked_out(out: Path, settings: TuneSettings) -> TuneSettings:
@@ -341,12 +354,27 @@ def _check(settings: TuneSettings) -> tuple[tuple[Param, ...], float | None]:
     if search.space is not None and space_loaded and (both := sorted({p.name for p in space} & fs.given)):
         names = ", ".join(f"--{n.replace('_', '-')}" for n in both)
         problems.append(f"{names} fixed on the command line and searched by --space {search.space}: drop one")
+    if not problems:
+        problems += _model_problems(fs, without_fixed(space, fs.given))
     if problems:
         raise BadInputError("; ".join(problems))
     searched = without_fixed(space, fs.given)
     if not searched:
         raise BadInputError("every option of the search space is fixed: nothing is left to search")
     return searched, timeout
+
+
+def _model_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:
+    """The space's values this model cannot take (``--max-length`` over its context, more blocks
+    than it has), each checked with the fixed settings as a finetune plan checks it: they would be
+    trials that all fail."""
+    problems = []
+    for param in space:
+        values = param.choices if param.choices is not None else (param.low, param.high)
+        for value in values:
+            found = _attempt(make_plan, fs.with_options({param.name: value}))
+            problems += [f"--space: {param.name} = {value!r}: {p}" for p in found]
+    return list(dict.fromkeys(problems))
 
 
 def _need_optuna() -> None:
@@ -494,7 +522,6 @@ class _Study:
             if value is None or not math.isfinite(value):
                 return
             curve.append(float(value))
-            trial.set_user_attr("curve", curve)
             trial.report(float(value), len(curve))
             if self.guard.signum is not None:
                 raise _Stopped()
@@ -520,6 +547,7 @@ class _Study:
         except (TrainingError, BadInputError) as exc:  # a NaN at a wild learning rate, a bad combination
             state, error = optuna.trial.TrialState.FAIL, str(exc)
         trial.set_user_attr("seconds", time.monotonic() - t0)
+        trial.set_user_attr("curve", curve)  # once: a journal line per evaluation would grow as its square
         if error:
             trial.set_user_attr("error", error)
         self.study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
@@ -531,6 +559,7 @@ class _Study:
         import optuna
 
         trial.set_user_attr("seconds", time.monotonic() - t0)
+        trial.set_user_attr("curve", curve)
         trial.set_user_attr("error", "interrupted; run again")
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})

@@ -253,6 +253,11 @@ def test_bad_data_and_space_are_one_line(tmp_path: Path) -> None:
     for content, message in [
         ("[warmth]\nlow = 1\nhigh = 2\n", "warmth is not a finetune option"),
         ("[lr]\nlow = 1e-2\nhigh = 1e-4\n", "empty range"),
+        (
+            "[max_length]\nlow = 1\nhigh = 100000\n",
+            "--space: max_length = 100000: --max-length must be in 1..64",
+        ),
+        ('[trainable]\nchoices = ["head", "last-blocks 3"]\n', "--space: trainable = 'last-blocks 3'"),
     ]:
         space.write_text(content)
         code, _, stderr = tune("--data", str(data), *TINY, "--space", str(space), "--out", str(out))

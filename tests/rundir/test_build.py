@@ -275,16 +275,16 @@ def test_the_space_check_counts_a_resumed_runs_checkpoint_as_present(
     import shutil
     from collections import namedtuple
 
-    from gptclf.training.run import _check_space
+    from gptclf.training.run import check_space
 
     work = tmp_path / "work"
     work.mkdir()
     (work / "checkpoint.pt").write_bytes(b"x" * 10_000)  # the checkpoint of the stopped run
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(80_000, 25_000, 55_000))
-    _check_space(work, tmp_path / "run", 65_000)  # 65,000 in all, 10,000 of them already there
+    check_space(work, tmp_path / "run", 65_000)  # 65,000 in all, 10,000 of them already there
     with pytest.raises(DiskFullError, match="not enough space"):
-        _check_space(work, tmp_path / "run", 65_001 + 10_000)
+        check_space(work, tmp_path / "run", 65_001 + 10_000)
 
 
 def test_a_disk_too_small_for_the_run_is_refused_up_front(data: Path, tmp_path: Path) -> None:
