@@ -9,11 +9,13 @@ the inference loop and the run directory only call these methods; none of them a
 run is. :mod:`gptclf.tasks.single_label` (softmax, cross-entropy) and
 :mod:`gptclf.tasks.multi_label` (a sigmoid per label, binary cross-entropy) are the two kinds.
 
-A third kind (next-token language modelling, for continued pretraining) is one more subclass: its
-labels are the shifted token ids (``encode_labels``), its loss the summed token cross-entropy and its
-``correct`` the tokens predicted right; its ``metrics`` are loss and perplexity, ``finish`` chooses
-nothing, and its decider writes no classification record. The loop, the step and the inference loop
-run it unchanged, since they see logits, labels and sums only.
+A third kind, next-token language modelling for continued pretraining
+(:mod:`gptclf.tasks.language_model`), is one more subclass over a model whose output per block is
+its summed next-token cross-entropy and the tokens it predicted right (:mod:`gptclf.model.lm`; the
+targets are the block's own shifted ids, so its labels are each block's count of predicted tokens):
+its loss is the mean token cross-entropy, its ``metrics`` loss, perplexity and next-token accuracy,
+and anything classification-only is refused. The loop, the step and the inference loop run it
+unchanged, since they see outputs, labels and sums only.
 """
 
 from __future__ import annotations
