@@ -782,10 +782,12 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
     Raises:
         BadInputError: No search to resume, or options that differ from the saved ones.
     """
-    check_out(out, force=False, resume=True)
     path = work_dir(out) / TUNE_DIR / _SETTINGS_FILE
     if not path.is_file():
-        raise BadInputError(f"nothing to resume for {out}: {work_dir(out)} holds no tune search")
+        done = (out / "run.json").is_file() and not work_dir(out).exists()
+        what = "that run has finished" if done else f"{work_dir(out)} holds no interrupted tune search"
+        raise BadInputError(f"nothing to resume for {out}: {what}")
+    check_out(out, force=False, resume=True)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         fs = FinetuneSettings.from_dict(saved["finetune"], frozenset(saved["given"]))
