@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
@@ -158,11 +159,16 @@ def _ranks(lengths: np.ndarray) -> np.ndarray:
 
 
 class TokenIdsBuilder:
-    """Gathers :class:`TokenIds` a chunk of texts at a time."""
+    """Gathers :class:`TokenIds` a chunk of texts at a time, into buffers that grow in place.
+
+    The ids and the texts' ends go into typed arrays (``array``), which grow by reallocation: a
+    large buffer is moved, not copied, so the ids are never held twice (chunks joined at the end
+    would hold them twice at the peak). :meth:`build` wraps them without a copy.
+    """
 
     def __init__(self) -> None:
-        self._chunks: list[np.ndarray] = []
-        self._lengths: list[np.ndarray] = []
+        self._flat = array("H")
+        self._ends = array("q", [0])  # the offsets: 0, then each text's end
 
     def extend(self, ids: Sequence[Sequence[int]]) -> None:
         """Append the ids of more texts."""
@@ -170,20 +176,20 @@ class TokenIdsBuilder:
         chunk = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         if chunk.size and (chunk.max() > np.iinfo(np.uint16).max or chunk.min() < 0):
             raise ValueError("token ids must fit in 16 bits (GPT-2's vocabulary does)")
-        self._chunks.append(chunk.astype(np.uint16))
-        self._lengths.append(lengths)
+        self._flat.frombytes(chunk.astype(np.uint16).tobytes())
+        np.cumsum(lengths, out=lengths)
+        lengths += self._ends[-1]
+        self._ends.frombytes(lengths.tobytes())
 
     def __len__(self) -> int:
-        return sum(len(x) for x in self._lengths)
+        return len(self._ends) - 1
 
     def build(self) -> TokenIds:
-        """The ids gathered, in one buffer."""
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.uint16)
-        self._chunks, self._lengths = [], []
-        return TokenIds(flat, offsets)
+        """The ids gathered, in one buffer (the builder starts empty again)."""
+        flat, ends = self._flat, self._ends
+        self._flat, self._ends = array("H"), array("q", [0])
+        flat_array = np.frombuffer(flat, dtype=np.uint16) if len(flat) else np.zeros(0, dtype=np.uint16)
+        return TokenIds(flat_array, np.frombuffer(ends, dtype=np.int64))
 
 
 #: Texts tokenised at once: the tokenizer's Python lists stay small, the progress moves.
@@ -290,26 +296,94 @@ def sorted_batches(
     batch also ends where adding the next text would make padding more than that share of its
     padded tokens (``serve``: a few dozen texts of random lengths, where one pass would mostly
     compute padding). The caller writes each result back to its index, which restores the input order.
+    The batches of :class:`BatchPlan`, as lists.
     """
-    # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
-    order: list[int] = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+    return list(BatchPlan(lengths, batch_size, max_tokens, max_padding))
+
+
+class BatchPlan(Sequence[list[int]]):
+    """The batches of :func:`sorted_batches`, held as one array of text indices (longest first)
+    and where each batch starts: 4 bytes a text, not a Python int and a list slot. A batch is made a
+    list of ints only when it is read, so a pass over a million texts holds no million ints.
+
+    Slicing (``plan[rank::world]``: a rank's share, as :meth:`gptclf.distributed.Shard.take`) gives a
+    plan of those batches.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        max_tokens: int | None = None,
+        max_padding: float | None = None,
+    ) -> None:
+        sizes = np.asarray(lengths)
+        # Lengths fit 16 bits (a context of 1,024 tokens): sorted as such, the sort needs less room.
+        narrow = (
+            np.int16
+            if len(sizes) and sizes.min() >= 0 and sizes.max() <= np.iinfo(np.int16).max
+            else np.int64
+        )
+        sizes = sizes.astype(narrow)
+        # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
+        order = np.argsort(-sizes, kind="stable")
+        self.order = order.astype(np.int32) if len(order) <= np.iinfo(np.int32).max else order
+        del order
+        starts = _batch_starts(sizes[self.order], batch_size, max_tokens, max_padding)
+        self.starts, self.stops = starts, np.append(starts[1:], len(self.order)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, i: int) -> list[int]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> BatchPlan: ...
+
+    def __getitem__(self, i: int | slice) -> list[int] | BatchPlan:
+        if isinstance(i, slice):
+            part = object.__new__(BatchPlan)
+            part.order, part.starts, part.stops = self.order, self.starts[i], self.stops[i]
+            return part
+        return self.order[self.starts[i] : self.stops[i]].tolist()
+
+    @property
+    def total(self) -> int:
+        """Texts in these batches."""
+        return int((self.stops - self.starts).sum())
+
+
+def _batch_starts(
+    sizes: np.ndarray, batch_size: int, max_tokens: int | None, max_padding: float | None
+) -> np.ndarray:
+    """Where each batch of the length-sorted ``sizes`` starts (see :func:`sorted_batches`)."""
+    n = len(sizes)
     if max_tokens is None and max_padding is None:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return np.arange(0, n, batch_size, dtype=np.int64)
+    if max_padding is None:
+        # A batch led by a text of n tokens takes the most texts whose padded size stays in budget.
+        assert max_tokens is not None
+        starts, i = [], 0
+        while i < n:
+            starts.append(i)
+            size = int(sizes[i])
+            i += batch_size if size == 0 else max(1, min(batch_size, max_tokens // size))
+        return np.asarray(starts, dtype=np.int64)
     budget = max_tokens if max_tokens is not None else float("inf")
-    keep = 1 - max_padding if max_padding is not None else 0.0  # the real share a batch keeps
-    batches: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        padded = (len(current) + 1) * lengths[current[0]] if current else 0
-        if current and (len(current) == batch_size or padded > budget or real + lengths[i] < keep * padded):
-            batches.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += lengths[i]
-    if current:
-        batches.append(current)
-    return batches
+    keep = 1 - max_padding  # the real share a batch keeps
+    lengths = sizes.tolist()
+    starts, first, count, real = [], 0, 0, 0
+    for i, size in enumerate(lengths):
+        padded = (count + 1) * lengths[first] if count else 0
+        if count and (count == batch_size or padded > budget or real + size < keep * padded):
+            count, real = 0, 0
+        if not count:
+            starts.append(i)
+            first = i
+        count += 1
+        real += size
+    return np.asarray(starts, dtype=np.int64)
 
 
 @dataclass
@@ -346,7 +420,7 @@ class Source(Protocol):
         start_block: The first block the model runs on its batches.
     """
 
-    lengths: list[int]
+    lengths: Sequence[int]
     start_block: int
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch: ...
@@ -392,7 +466,11 @@ class TokenSource:
 
     def __init__(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> None:
         self.ids = ids
-        self.lengths = ids.lengths if isinstance(ids, TokenIds) else [len(x) for x in ids]
+        # Compact ids keep their lengths as an array: no Python int per text.
+        compact = isinstance(ids, TokenIds)
+        self.lengths: Sequence[int] = (
+            np.diff(ids.offsets).astype(np.int32) if compact else [len(x) for x in ids]
+        )
         self.pad_to = pad_to
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch:

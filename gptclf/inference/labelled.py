@@ -109,6 +109,26 @@ class PackedTexts(Sequence[str]):
         return (self[i] for i in range(len(self)))
 
 
+class KeptPositions(Sequence[int]):
+    """The 0-based record position of each of the ``n`` kept rows of a file, from the records
+    dropped (usually none or few): no number held a row. Kept row ``i`` is record ``i`` plus the
+    dropped records before it.
+    """
+
+    def __init__(self, dropped: np.ndarray, n: int) -> None:
+        self.n = n
+        # Dropped record j (the positions are sorted) has dropped[j] - j kept records before it.
+        self._kept_before = dropped - np.arange(len(dropped), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return int(i + np.searchsorted(self._kept_before, i, side="right"))
+
+
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds (ids are dumped as JSON)."""
     return value.item() if isinstance(value, np.generic) else value
@@ -284,7 +304,7 @@ def _streamed(
     """A single-label file read and tokenised a chunk at a time, as :func:`file_data` reads it
     whole: the same rows dropped and counted, the same messages for a bad file or label."""
     index = {name: i for i, name in enumerate(run.classes)}
-    labels, positions = array("q"), array("q")
+    labels, skipped = array("q"), array("q")  # the records dropped: the kept ones' positions follow
     texts = PackedTexts() if compact.keep_texts else None
     unknown: set[str] = set()
     dropped: Counter[str] = Counter()
@@ -295,12 +315,12 @@ def _streamed(
         for records, (raw_text, raw_label) in enumerate(read_columns(path, columns, fmt, encoding), start=1):
             pair = labelled_pair(raw_text, raw_label, dropped)
             if pair is None:
+                skipped.append(records - 1)
                 continue
             text, label = pair
             if label not in index:
                 unknown.add(label)
             labels.append(index.get(label, -1))
-            positions.append(records - 1)
             if texts is not None:
                 texts.append(text)
             yield text
@@ -313,7 +333,8 @@ def _streamed(
     if unknown:
         raise BadInputError(f"{path}: labels not among the classes {list(run.classes)}: {sorted(unknown)}")
     source = {"input": str(path), "dropped": dict(dropped)}
-    ids = np.frombuffer(positions, dtype=np.int64)
+    dropped_at = np.frombuffer(skipped, dtype=np.int64) if skipped else np.zeros(0, dtype=np.int64)
+    ids = KeptPositions(dropped_at, len(labels))
     data = LabelledData(
         texts if texts is not None else [], np.frombuffer(labels, dtype=np.int64), source, ids
     )
