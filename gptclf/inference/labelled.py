@@ -35,7 +35,7 @@ from gptclf.data.tables import (
     resolve_format,
 )
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import TokenIds, encode_compact
+from gptclf.inference.batching import GrowingArray, TokenIds, encode_compact
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
 from gptclf.tasks.base import LabelledFile, Task
@@ -256,6 +256,8 @@ def file_data(
     return data
 
 
+#: Labels of a streamed file gathered before they join the others.
+LABEL_CHUNK = 8192
 #: The formats a single-label file is streamed from (the SMS format is read whole, as before).
 STREAMED = ("csv", "tsv", "jsonl", "parquet")
 
@@ -304,7 +306,8 @@ def _streamed(
     """A single-label file read and tokenised a chunk at a time, as :func:`file_data` reads it
     whole: the same rows dropped and counted, the same messages for a bad file or label."""
     index = {name: i for i, name in enumerate(run.classes)}
-    labels, skipped = array("q"), array("q")  # the records dropped: the kept ones' positions follow
+    labels, pending = GrowingArray(np.int64), array("q")  # the labels, gathered a chunk at a time
+    skipped = array("q")  # the records dropped: the kept rows' positions follow from them
     texts = PackedTexts() if compact.keep_texts else None
     unknown: set[str] = set()
     dropped: Counter[str] = Counter()
@@ -320,12 +323,16 @@ def _streamed(
             text, label = pair
             if label not in index:
                 unknown.add(label)
-            labels.append(index.get(label, -1))
+            pending.append(index.get(label, -1))
+            if len(pending) == LABEL_CHUNK:
+                labels.extend(pending)
+                del pending[:]
             if texts is not None:
                 texts.append(text)
             yield text
 
     tokens, cut = compact.encode(kept(), estimate_rows(path, fmt))
+    labels.extend(np.frombuffer(pending, dtype=np.int64) if pending else [])
     if records == 0:
         raise BadInputError(f"{source_name(path)} has no rows")
     if not labels:
@@ -335,9 +342,7 @@ def _streamed(
     source = {"input": str(path), "dropped": dict(dropped)}
     dropped_at = np.frombuffer(skipped, dtype=np.int64) if skipped else np.zeros(0, dtype=np.int64)
     ids = KeptPositions(dropped_at, len(labels))
-    data = LabelledData(
-        texts if texts is not None else [], np.frombuffer(labels, dtype=np.int64), source, ids
-    )
+    data = LabelledData(texts if texts is not None else [], labels.array(), source, ids)
     data.tokens, data.cut = tokens, cut
     return data
 

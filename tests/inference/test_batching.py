@@ -191,3 +191,26 @@ def test_token_ids_built_a_chunk_at_a_time_are_the_lists_they_pack() -> None:
         ids
     ).offsets.tolist()
     assert built.flat.dtype.name == "uint16" and len(builder) == 0 and len(builder.build()) == 0
+
+
+def test_a_growing_array_holds_what_was_appended_across_many_growths() -> None:
+    import numpy as np
+
+    from gptclf.inference.batching import GrowingArray
+
+    grown = GrowingArray(np.uint16)
+    values = np.random.default_rng(0).integers(0, 65_536, size=300_000)
+    for start in range(0, len(values), 7_001):  # odd sizes: growths in the middle of a page
+        grown.extend(values[start : start + 7_001])
+    grown.extend([])
+    out = grown.array()
+    assert out.dtype == np.uint16 and len(grown) == len(values) and np.array_equal(out, values)
+    assert len(GrowingArray(np.int64).array()) == 0
+
+
+def test_encoding_each_text_gives_the_ids_of_the_batch_call() -> None:
+    from gptclf.model.tokenizer import encode_batch, encode_each, load_tokenizer
+
+    enc = load_tokenizer(BPE_DIR)
+    texts = ["Hello, world", "", "ünïcödé 👍", "<|endoftext|> stays text", "a " * 300]
+    assert encode_each(enc, texts) == encode_batch(enc, texts)
