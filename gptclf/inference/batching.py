@@ -368,14 +368,7 @@ class BatchPlan(Sequence[list[int]]):
         max_tokens: int | None = None,
         max_padding: float | None = None,
     ) -> None:
-        sizes = np.asarray(lengths)
-        # Lengths fit 16 bits (a context of 1,024 tokens): sorted as such, the sort needs less room.
-        narrow = (
-            np.int16
-            if len(sizes) and sizes.min() >= 0 and sizes.max() <= np.iinfo(np.int16).max
-            else np.int64
-        )
-        sizes = sizes.astype(narrow)
+        sizes = narrow_lengths(np.asarray(lengths))  # in 16 bits the sort needs less room
         # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
         order = np.argsort(-sizes, kind="stable")
         self.order = order.astype(np.int32) if len(order) <= np.iinfo(np.int32).max else order
@@ -403,6 +396,13 @@ class BatchPlan(Sequence[list[int]]):
     def total(self) -> int:
         """Texts in these batches."""
         return int((self.stops - self.starts).sum())
+
+
+def narrow_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Token counts as int16 where they fit (a context of 1,024 tokens: 2 bytes a text), else int64."""
+    if len(lengths) and lengths.min() >= 0 and lengths.max() <= np.iinfo(np.int16).max:
+        return lengths.astype(np.int16)
+    return lengths.astype(np.int64)
 
 
 def _batch_starts(

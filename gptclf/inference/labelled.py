@@ -306,7 +306,8 @@ def _streamed(
     """A single-label file read and tokenised a chunk at a time, as :func:`file_data` reads it
     whole: the same rows dropped and counted, the same messages for a bad file or label."""
     index = {name: i for i, name in enumerate(run.classes)}
-    labels, pending = GrowingArray(np.int64), array("q")  # the labels, gathered a chunk at a time
+    # The labels, gathered a chunk at a time: two bytes a text (a class index, -1 for an unknown label).
+    labels, pending = GrowingArray(np.int16 if len(run.classes) < 2**15 else np.int64), array("q")
     skipped = array("q")  # the records dropped: the kept rows' positions follow from them
     texts = PackedTexts() if compact.keep_texts else None
     unknown: set[str] = set()
