@@ -49,10 +49,11 @@ import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference.batching import Batch, Rows, Source, TokenIds, TokenSource, to_device
+from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
 from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
+from gptclf.inference.token_ids import TokenIds
 from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress

@@ -35,7 +35,7 @@ from gptclf.data.tables import (
     resolve_format,
 )
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import GrowingArray, TokenIds, encode_compact
+from gptclf.inference.token_ids import GrowingArray, TokenIds, encode_compact
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
 from gptclf.tasks.base import LabelledFile, Task

@@ -102,8 +102,8 @@ def test_token_ids_give_the_batches_of_the_lists_they_replace() -> None:
 
 
 def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gptclf.inference import batching
-    from gptclf.inference.batching import encode_compact
+    from gptclf.inference import token_ids
+    from gptclf.inference.token_ids import encode_compact
     from gptclf.model.tokenizer import load_tokenizer
     from gptclf.progress import Progress
 
@@ -120,8 +120,8 @@ def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: p
         def end(self) -> None:
             self.events.append(("end", None))
 
-    monkeypatch.setattr(batching, "ENCODE_CHUNK", 4)
-    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)
+    monkeypatch.setattr(token_ids, "ENCODE_CHUNK", 4)
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 0.0)
     enc = load_tokenizer(BPE_DIR)
     texts = ["Hello, world", "", "a " * 50, "x"] * 3
     seen = Seen()
@@ -129,7 +129,7 @@ def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: p
     plain = encode_texts(enc, texts, max_length=10)
     assert [x.tolist() for x in compact] == plain.ids and int(cut.sum()) == plain.truncated
     assert seen.events == [("begin", ("tokenising", 12, "texts"))] + [("advance", 4)] * 3 + [("end", None)]
-    monkeypatch.setattr(batching, "SHOW_AFTER", 60.0)  # a short step shows nothing
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 60.0)  # a short step shows nothing
     quiet = Seen()
     encode_compact(enc, texts, 10, quiet, total=len(texts))
     assert quiet.events == []
@@ -180,7 +180,7 @@ def test_a_batch_plan_holds_the_batches_of_the_text_by_text_rule(
 
 
 def test_token_ids_built_a_chunk_at_a_time_are_the_lists_they_pack() -> None:
-    from gptclf.inference.batching import TokenIds, TokenIdsBuilder
+    from gptclf.inference.token_ids import TokenIds, TokenIdsBuilder
 
     ids = _random_ids(120)
     builder = TokenIdsBuilder()
@@ -196,7 +196,7 @@ def test_token_ids_built_a_chunk_at_a_time_are_the_lists_they_pack() -> None:
 def test_a_growing_array_holds_what_was_appended_across_many_growths() -> None:
     import numpy as np
 
-    from gptclf.inference.batching import GrowingArray
+    from gptclf.inference.token_ids import GrowingArray
 
     grown = GrowingArray(np.uint16)
     values = np.random.default_rng(0).integers(0, 65_536, size=300_000)
