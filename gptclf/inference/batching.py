@@ -12,10 +12,8 @@ folded back into one (:class:`gptclf.inference.longtexts.WindowedSource`).
 
 from __future__ import annotations
 
-import itertools
 import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
@@ -23,8 +21,8 @@ import numpy as np
 import tiktoken
 import torch
 
+from gptclf.inference.token_ids import TokenIds
 from gptclf.model.tokenizer import EOT_ID, collate, encode_batch
-from gptclf.progress import Progress
 from gptclf.tasks.base import Task
 from gptclf.tasks.single_label import SingleLabel
 
@@ -65,186 +63,6 @@ def encode_texts(enc: tiktoken.Encoding, texts: Sequence[str], max_length: int) 
             ids[i] = seq[:max_length]
             truncated += 1
     return Encoded(ids, truncated)
-
-
-class TokenIds(Sequence[Sequence[int]]):
-    """Token ids of many texts in one flat ``uint16`` buffer with offsets: two bytes a token instead
-    of a Python int (and a list per text). GPT-2's 50,257 ids fit; a batch is turned into int64 only
-    when it is collated (:meth:`collate`), so the batches are those of the lists they replace.
-
-    Indexing gives a text's ids as a numpy view; ``lengths`` are the tokens of each text.
-    """
-
-    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
-        self.flat = flat
-        self.offsets = offsets  # (N + 1,) int64: text i is flat[offsets[i]:offsets[i + 1]]
-
-    @classmethod
-    def from_lists(cls, ids: Sequence[Sequence[int]]) -> TokenIds:
-        """Pack lists of ids (each id < 65,536)."""
-        builder = TokenIdsBuilder()
-        builder.extend(ids)
-        return builder.build()
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @overload
-    def __getitem__(self, i: int) -> np.ndarray: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> TokenIds: ...
-
-    def __getitem__(self, i: int | slice) -> np.ndarray | TokenIds:
-        if isinstance(i, slice):
-            return TokenIds.from_lists([self[j] for j in range(*i.indices(len(self)))])
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return self.flat[self.offsets[i] : self.offsets[i + 1]]
-
-    def part(self, start: int, stop: int) -> TokenIds:
-        """Texts ``start`` to ``stop - 1`` (their ids copied out of the buffer)."""
-        first, last = int(self.offsets[start]), int(self.offsets[stop])
-        return TokenIds(self.flat[first:last].copy(), self.offsets[start : stop + 1] - first)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Tokens of each text."""
-        return np.diff(self.offsets).tolist()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (the ids and their offsets)."""
-        return int(self.flat.nbytes + self.offsets.nbytes)
-
-    def truncated(self, max_length: int) -> TokenIds:
-        """The first ``max_length`` ids of every text."""
-        lengths = np.minimum(np.diff(self.offsets), max_length)
-        if (lengths == np.diff(self.offsets)).all():
-            return self
-        keep = np.repeat(self.offsets[:-1], lengths) + _ranks(lengths)
-        return TokenIds(self.flat[keep], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-
-    def padded(self, length: int, pad_id: int = EOT_ID) -> TokenIds:
-        """Every text right-padded with ``pad_id`` to at least ``length`` ids."""
-        lengths = np.diff(self.offsets)
-        wide = np.maximum(lengths, length)
-        offsets = np.concatenate([[0], np.cumsum(wide)]).astype(np.int64)
-        flat = np.full(int(offsets[-1]), pad_id, dtype=np.uint16)
-        flat[np.repeat(offsets[:-1], lengths) + _ranks(lengths)] = self.flat
-        return TokenIds(flat, offsets)
-
-    def collate(
-        self, indices: Sequence[int], pad_id: int = EOT_ID, pad_to: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The texts at ``indices`` right-padded into a batch, as :func:`~gptclf.model.tokenizer.collate`
-        pads lists: ``input_ids`` (B, T) int64 and ``lengths`` (B,) int64."""
-        rows = np.asarray(indices, dtype=np.int64)
-        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
-        width = int(lengths.max()) if pad_to is None else max(pad_to, int(lengths.max()))
-        batch = np.full((len(rows), width), pad_id, dtype=np.int64)
-        cols = _ranks(lengths)
-        batch[np.repeat(np.arange(len(rows)), lengths), cols] = self.flat[np.repeat(starts, lengths) + cols]
-        return torch.from_numpy(batch), torch.from_numpy(lengths.astype(np.int64))
-
-
-def _ranks(lengths: np.ndarray) -> np.ndarray:
-    """0, 1, ..., n-1 for each n of ``lengths``, concatenated: each id's place in its text."""
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - lengths, lengths)
-
-
-class TokenIdsBuilder:
-    """Gathers :class:`TokenIds` a chunk of texts at a time."""
-
-    def __init__(self) -> None:
-        self._chunks: list[np.ndarray] = []
-        self._lengths: list[np.ndarray] = []
-
-    def extend(self, ids: Sequence[Sequence[int]]) -> None:
-        """Append the ids of more texts."""
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        chunk = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        if chunk.size and (chunk.max() > np.iinfo(np.uint16).max or chunk.min() < 0):
-            raise ValueError("token ids must fit in 16 bits (GPT-2's vocabulary does)")
-        self._chunks.append(chunk.astype(np.uint16))
-        self._lengths.append(lengths)
-
-    def __len__(self) -> int:
-        return sum(len(x) for x in self._lengths)
-
-    def build(self) -> TokenIds:
-        """The ids gathered, in one buffer."""
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.uint16)
-        self._chunks, self._lengths = [], []
-        return TokenIds(flat, offsets)
-
-
-#: Texts tokenised at once: the tokenizer's Python lists stay small, the progress moves.
-ENCODE_CHUNK = 8192
-#: Seconds of tokenising after which its progress is shown.
-SHOW_AFTER = 2.0
-
-
-def encode_compact(
-    enc: tiktoken.Encoding,
-    texts: Iterable[str],
-    max_length: int | None,
-    progress: Progress | None = None,
-    total: int | None = None,
-) -> tuple[TokenIds, np.ndarray]:
-    """Tokenise ``texts`` a chunk at a time into :class:`TokenIds`, each cut to ``max_length``
-    tokens (None: kept whole) and an empty text read as ``<|endoftext|>``, as :func:`encode_texts`.
-
-    ``progress`` sees a step ``tokenising`` of ``total`` texts (when known): texts done, texts/s, ETA;
-    it begins only once the step has run :data:`SHOW_AFTER` seconds, so a short step (or one that
-    ends in a bad-input error, which stays the one line on stderr) shows nothing.
-
-    Returns:
-        ``(ids, cut)``: the ids, and which texts were longer than ``max_length`` (a bool per text).
-    """
-    builder = TokenIdsBuilder()
-    cut: list[np.ndarray] = []
-    progress = progress or Progress()
-    started, done, shown = time.monotonic(), 0, False
-    try:
-        for chunk in _chunks(texts, ENCODE_CHUNK):
-            ids = encode_batch(enc, chunk)
-            long = np.zeros(len(ids), dtype=bool)
-            for i, seq in enumerate(ids):
-                if not seq:
-                    ids[i] = [EOT_ID]
-                elif max_length is not None and len(seq) > max_length:
-                    ids[i] = seq[:max_length]
-                    long[i] = True
-            builder.extend(ids)
-            cut.append(long)
-            done += len(chunk)
-            elapsed = time.monotonic() - started
-            rate = f"{done / max(elapsed, 1e-9):,.0f} texts/s"
-            if shown:
-                progress.advance(len(chunk), rate=rate)
-            elif elapsed >= SHOW_AFTER:
-                shown = True
-                progress.begin("tokenising", total=total, unit="texts", done=0)
-                progress.advance(done, rate=rate)
-    finally:
-        if shown:
-            progress.end()
-    return builder.build(), np.concatenate(cut) if cut else np.zeros(0, dtype=bool)
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    """``items`` in lists of ``size`` (the last shorter)."""
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 def train_batches(
@@ -290,26 +108,94 @@ def sorted_batches(
     batch also ends where adding the next text would make padding more than that share of its
     padded tokens (``serve``: a few dozen texts of random lengths, where one pass would mostly
     compute padding). The caller writes each result back to its index, which restores the input order.
+    The batches of :class:`BatchPlan`, as lists.
     """
-    # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
-    order: list[int] = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+    return list(BatchPlan(lengths, batch_size, max_tokens, max_padding))
+
+
+class BatchPlan(Sequence[list[int]]):
+    """The batches of :func:`sorted_batches`, held as one array of text indices (longest first)
+    and where each batch starts: 4 bytes a text, not a Python int and a list slot. A batch is made a
+    list of ints only when it is read, so a pass over a million texts holds no million ints.
+
+    Slicing (``plan[rank::world]``: a rank's share, as :meth:`gptclf.distributed.Shard.take`) gives a
+    plan of those batches.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        max_tokens: int | None = None,
+        max_padding: float | None = None,
+    ) -> None:
+        sizes = narrow_lengths(np.asarray(lengths))  # in 16 bits the sort needs less room
+        # Longest first, equal lengths in input order (a stable sort): numpy's keeps no key per text.
+        order = np.argsort(-sizes, kind="stable")
+        self.order = order.astype(np.int32) if len(order) <= np.iinfo(np.int32).max else order
+        del order
+        starts = _batch_starts(sizes[self.order], batch_size, max_tokens, max_padding)
+        self.starts, self.stops = starts, np.append(starts[1:], len(self.order)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, i: int) -> list[int]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> BatchPlan: ...
+
+    def __getitem__(self, i: int | slice) -> list[int] | BatchPlan:
+        if isinstance(i, slice):
+            part = object.__new__(BatchPlan)
+            part.order, part.starts, part.stops = self.order, self.starts[i], self.stops[i]
+            return part
+        return self.order[self.starts[i] : self.stops[i]].tolist()
+
+    @property
+    def total(self) -> int:
+        """Texts in these batches."""
+        return int((self.stops - self.starts).sum())
+
+
+def narrow_lengths(lengths: np.ndarray) -> np.ndarray:
+    """Token counts as int16 where they fit (a context of 1,024 tokens: 2 bytes a text), else int64."""
+    if len(lengths) and lengths.min() >= 0 and lengths.max() <= np.iinfo(np.int16).max:
+        return lengths.astype(np.int16)
+    return lengths.astype(np.int64)
+
+
+def _batch_starts(
+    sizes: np.ndarray, batch_size: int, max_tokens: int | None, max_padding: float | None
+) -> np.ndarray:
+    """Where each batch of the length-sorted ``sizes`` starts (see :func:`sorted_batches`)."""
+    n = len(sizes)
     if max_tokens is None and max_padding is None:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return np.arange(0, n, batch_size, dtype=np.int64)
+    if max_padding is None:
+        # A batch led by a text of n tokens takes the most texts whose padded size stays in budget.
+        assert max_tokens is not None
+        starts, i = [], 0
+        while i < n:
+            starts.append(i)
+            size = int(sizes[i])
+            i += batch_size if size == 0 else max(1, min(batch_size, max_tokens // size))
+        return np.asarray(starts, dtype=np.int64)
     budget = max_tokens if max_tokens is not None else float("inf")
-    keep = 1 - max_padding if max_padding is not None else 0.0  # the real share a batch keeps
-    batches: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        padded = (len(current) + 1) * lengths[current[0]] if current else 0
-        if current and (len(current) == batch_size or padded > budget or real + lengths[i] < keep * padded):
-            batches.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += lengths[i]
-    if current:
-        batches.append(current)
-    return batches
+    keep = 1 - max_padding  # the real share a batch keeps
+    lengths = sizes.tolist()
+    starts, first, count, real = [], 0, 0, 0
+    for i, size in enumerate(lengths):
+        padded = (count + 1) * lengths[first] if count else 0
+        if count and (count == batch_size or padded > budget or real + size < keep * padded):
+            count, real = 0, 0
+        if not count:
+            starts.append(i)
+            first = i
+        count += 1
+        real += size
+    return np.asarray(starts, dtype=np.int64)
 
 
 @dataclass
@@ -346,7 +232,7 @@ class Source(Protocol):
         start_block: The first block the model runs on its batches.
     """
 
-    lengths: list[int]
+    lengths: Sequence[int]
     start_block: int
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch: ...
@@ -392,7 +278,11 @@ class TokenSource:
 
     def __init__(self, ids: Sequence[Sequence[int]], pad_to: int | None = None) -> None:
         self.ids = ids
-        self.lengths = ids.lengths if isinstance(ids, TokenIds) else [len(x) for x in ids]
+        # Compact ids keep their lengths as an array: no Python int per text.
+        compact = isinstance(ids, TokenIds)
+        self.lengths: Sequence[int] = (
+            np.diff(ids.offsets).astype(np.int32) if compact else [len(x) for x in ids]
+        )
         self.pad_to = pad_to
 
     def batch(self, indices: Sequence[int], device: torch.device) -> Batch:

@@ -10,16 +10,20 @@ batch: the cache is exact for any batch composition. It cannot be exact where th
 dropout, where every block trains (``all``, ``lora``), or for ``last-position`` pooling with
 per-batch padding, which reads a pad's state (that depends on the batch's width). With a fixed
 width (``--pad-to longest-train``, the book's padding) every text is cached together with its pads,
-which makes ``last-position`` exact too. :func:`plan_cache` is the one decision: whether a cache
-is exact (:func:`cacheable_blocks`) and where each split's goes.
+which makes ``last-position`` exact too. With every block frozen (``--trainable head``) and
+``last-token`` pooling, only the last real token's state is ever read: the cache then keeps that one
+state per text (``pooled``), a text's tokens times smaller. :func:`plan_cache` is the one decision:
+whether a cache is exact (:func:`cacheable_blocks`), whether it is pooled, and where each split's goes.
 
 Where each split's cache lives is decided for all splits at once (:func:`place_caches`): on the
 GPU (CUDA only) while the caches read during training (train, then validation) fit together in a
 share of the GPU memory free before the first is built; else in RAM (pinned on CUDA) while they
 fit in this process's part of ``--cache-memory`` (the budget of the whole machine, divided among
 the local ranks, each of which holds whole caches); else in a memory-mapped file in a temporary
-folder that is removed when the cache is closed. The test split, read once at the end, never
-takes GPU memory. A folder left by a process that died (kill -9) is removed by the next build.
+folder that is removed when the cache is closed. The test split, read once at the end, is not
+cached: its frozen blocks run once either way (in the same batches, so with the same numbers), and
+its states would stay in memory all run. A folder left by a process that died (kill -9) is
+removed by the next build.
 
 Under DDP every rank needs the states of every training text (the shards are redrawn each epoch),
 so each rank holds a whole cache, but the ranks compute disjoint parts of it: rank r runs every
@@ -45,17 +49,19 @@ import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference.batching import Batch, Rows, Source, TokenIds, TokenSource, to_device
+from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
 from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
+from gptclf.inference.token_ids import TokenIds
 from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress
 
 
 class FeatureCache:
-    """Hidden states after the first ``start_block`` blocks, one unpadded slice per text.
+    """Hidden states after the first ``start_block`` blocks, one unpadded slice per text (or, with
+    ``pooled``, the state of its last real token only).
 
     Build with :meth:`build`; release with :meth:`close` (removes a memory-mapped file).
 
@@ -65,6 +71,7 @@ class FeatureCache:
         start_block: The block training starts at (= blocks cached).
         location: ``gpu``, ``memory`` or ``disk``.
         nbytes: Size of the stored states.
+        pooled: One state per text (its last real token's): batches are (B, 1, C) with lengths 1.
     """
 
     def __init__(
@@ -76,14 +83,16 @@ class FeatureCache:
         location: str,
         tmpdir: Path | None,
         pad_to: int | None,
+        pooled: bool = False,
     ) -> None:
-        self.flat = flat  # (sum of lengths, C)
+        self.flat = flat  # (sum of lengths, C); pooled: (N, C)
         self.offsets = offsets  # (N,) start row of each text in ``flat``, on flat's device
         self.lengths = lengths
         self.start_block = start_block
         self.location = location
         self.nbytes = flat.numel() * flat.element_size()
         self.pad_to = pad_to
+        self.pooled = pooled
         self._tmpdir = tmpdir
         self._staging = PinnedStaging()
 
@@ -104,6 +113,7 @@ class FeatureCache:
         progress: Progress | None = None,
         label: str = "caching the frozen blocks",
         windows: WindowMap | None = None,
+        pooled: bool = False,
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -123,18 +133,27 @@ class FeatureCache:
             progress: Shows the build as ``label``.
             windows: Which texts the rows of ``ids`` are of, when they are the texts' windows
                 (``--long-texts``): the cache holds a row per window; the progress counts texts.
+            pooled: Keep only each text's last real token's state (see
+                :func:`~gptclf.inference.cache_plan.pooled_cache`: every block cached, ``last-token``).
         """
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
         lengths = _lengths(ids)
+        assert not pooled or (start_block == model.gpt.n_layer and model.pooling == "last-token")
+        rows = len(lengths) if pooled else sum(lengths)
         # Under DDP the rows of the other ranks' texts must be zeros for the sum (a new memmap is).
         flat, tmpdir = _allocate(
-            sum(lengths), model.gpt.config.n_embd, location, device, spill_dir, zeroed=shard.distributed
+            rows, model.gpt.config.n_embd, location, device, spill_dir, zeroed=shard.distributed
         )
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0)
+        if pooled:
+            starts = np.arange(len(lengths), dtype=np.int64)
+        else:
+            starts = (
+                np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0)
+            )
         try:
             _fill(
                 flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label,
-                windows,
+                windows, pooled,
             )  # fmt: skip
             shard.all_sum_rows(flat)
         except BaseException:
@@ -142,7 +161,7 @@ class FeatureCache:
                 shutil.rmtree(tmpdir, ignore_errors=True)
             raise
         offsets = torch.as_tensor(starts, dtype=torch.long, device=flat.device)
-        return cls(flat, offsets, lengths, start_block, location, tmpdir, pad_to)
+        return cls(flat, offsets, lengths, start_block, location, tmpdir, pad_to, pooled)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -160,6 +179,8 @@ class FeatureCache:
         Only the rows needed are read: gathered on the GPU for a GPU cache, else gathered into a
         pinned buffer that goes to the GPU without another copy.
         """
+        if self.pooled:
+            return self._pooled_batch(indices, device)
         lengths = torch.as_tensor([self.lengths[i] for i in indices], dtype=torch.long)
         width = int(lengths.max())
         if self.pad_to is not None:
@@ -177,6 +198,17 @@ class FeatureCache:
         pads = torch.arange(width, device=device)[None, :] >= lengths_dev[:, None]  # (B, T)
         hidden.masked_fill_(pads.unsqueeze(-1), 0.0)
         return Batch(None, hidden, lengths_dev, self.start_block)
+
+    def _pooled_batch(self, indices: Sequence[int], device: torch.device) -> Batch:
+        """The pooled states of ``indices`` as (B, 1, C) texts of one token each: the last-token
+        pooling then reads each text's one state, which is its last real token's."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.flat.device)
+        if self.flat.device.type == "cpu" and device.type == "cuda":
+            hidden = self._staging.to_gpu(self.flat, idx, device)
+        else:
+            hidden = self.flat.index_select(0, idx).to(device)
+        ones = to_device(torch.ones(len(idx), dtype=torch.long), device)
+        return Batch(None, hidden.view(len(idx), 1, self.flat.shape[1]), ones, self.start_block)
 
     def close(self) -> None:
         """Drop the states and remove the memory-mapped file, if any."""
@@ -249,15 +281,20 @@ def _fill(
     progress: Progress | None,
     label: str,
     windows: WindowMap | None = None,
+    pooled: bool = False,
 ) -> None:
     """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``
-    (``windows``: the texts of the rows, when they are windows: the progress counts texts)."""
+    (``windows``: the texts of the rows, when they are windows: the progress counts texts;
+    ``pooled``: each text's last real token's state only, at row ``starts[i]``)."""
     lengths = _lengths(ids)
 
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
         hidden = hidden.float().to(flat.device)  # (B, T, C)
         for row, i in enumerate(indices):
-            flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
+            if pooled:
+                flat[starts[i]] = hidden[row, lengths[i] - 1]
+            else:
+                flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
 
     rows: Source = TokenSource(ids)
     run_batches(
@@ -331,6 +368,9 @@ def make_sources(
     sources: dict[str, Source] = {}
     try:
         for name, ids in splits.items():
+            if name not in plan.locations:  # read once, after training: from its token ids
+                sources[name] = TokenSource(ids, pad_to)
+                continue
             sources[name] = FeatureCache.build(
                 model,
                 ids,
@@ -345,6 +385,7 @@ def make_sources(
                 progress=progress,
                 label=f"caching the frozen blocks of the {name} split",
                 windows=(windows or {}).get(name),
+                pooled=plan.pooled,
             )
     except BaseException:
         for source in sources.values():

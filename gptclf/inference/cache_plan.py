@@ -32,6 +32,10 @@ GPU_CACHE_SHARE = 0.5
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 #: Splits read only after training: their cache would hold GPU memory through the whole run.
 END_SPLITS = frozenset({"test"})
+#: Splits read once, after training: a cache saves them no work (their frozen blocks run once
+#: either way, and give the same numbers) and would hold their states in memory through the whole
+#: run, so they are read from their token ids.
+UNCACHED_SPLITS = END_SPLITS
 #: Cache folders are named ``gptclf-cache-<pid>-<host>-<random>``, so that a later build can tell
 #: a dead process's folder from a live one's.
 CACHE_DIR_PREFIX = "gptclf-cache-"
@@ -191,17 +195,29 @@ def cacheable_blocks(
     return gpt.n_layer - scope.trainable_blocks(gpt.n_layer)
 
 
+def pooled_cache(gpt: GPT, start_block: int, pooling: str) -> bool:
+    """Whether a cache of ``start_block`` blocks needs only one state per text: every block is
+    cached (``--trainable head``) and the pooling reads the last real token, so what follows the
+    cache (the final norm, per position, and the head) reads that token's state alone. The cache
+    then holds one vector a text instead of one per token, and gives the same numbers: the norm of
+    a row does not depend on the rows beside it."""
+    return start_block == gpt.n_layer and pooling == "last-token"
+
+
 @dataclass(frozen=True)
 class CachePlan:
     """What :func:`plan_cache` decided.
 
     Attributes:
         start_block: Blocks the cache replaces (0: no cache, token batches).
-        locations: Split -> ``gpu``, ``memory`` or ``disk``.
+        locations: Split -> ``gpu``, ``memory`` or ``disk``; a split not named
+            (:data:`UNCACHED_SPLITS`) is read from its token ids.
+        pooled: The cache holds one state per text (:func:`pooled_cache`), not one per token.
     """
 
     start_block: int
     locations: dict[str, str]
+    pooled: bool = False
 
 
 def plan_cache(
@@ -227,13 +243,18 @@ def plan_cache(
         return CachePlan(0, {})
     row_bytes = model.gpt.config.n_embd * 4  # fp32 states
     width = pad_to or 0 if reads_a_pad(model.pooling) else 0  # such texts are cached with their pads
-    sizes = {name: sum(max(n, width) for n in _lengths(ids)) * row_bytes for name, ids in splits.items()}
+    pooled = pooled_cache(model.gpt, start, model.pooling)
+    sizes = {
+        name: (len(ids) if pooled else sum(max(n, width) for n in _lengths(ids))) * row_bytes
+        for name, ids in splits.items()
+        if name not in UNCACHED_SPLITS
+    }
     # Free GPU memory once, before any cache: measured per split, each would see only what the
     # previous left and the shares would add up.
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     locations = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=local_ranks)
     check_spill_space(sum(n for name, n in sizes.items() if locations[name] == "disk"), spill_dir)
-    return CachePlan(start, locations)
+    return CachePlan(start, locations, pooled)
 
 
 def _lengths(ids: Sequence[Sequence[int]]) -> list[int]:

@@ -10,7 +10,8 @@ pool's: their users never close them; :meth:`CachePool.close` does, once.
 Sharing is exact because the states before the cut depend only on the frozen weights, which every
 model built from the same ``--weights`` and seed has bit for bit, and on the token ids, which are
 tokenised once. Models that read a pad at position -1 (``last-position`` pooling) cache padded
-texts, so they have a cache of their own at the same cut.
+texts, and a pooled cache (every block frozen, ``last-token`` pooling) keeps one state a text, so
+each of those has a cache of its own at the same cut.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from gptclf.device import Precision
 from gptclf.inference.batching import Source
 from gptclf.inference.cache import FeatureCache, make_sources
-from gptclf.inference.cache_plan import cacheable_blocks
+from gptclf.inference.cache_plan import cacheable_blocks, pooled_cache
 from gptclf.inference.longtexts import WindowMap
 from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.progress import Progress
@@ -77,7 +78,14 @@ class CachePool:
         names how the texts were tokenised, when models of one pool may read them differently:
         another ``--max-length`` is another cache)."""
         cut = cacheable_blocks(model.gpt, scope, model.pooling, pad_to) if use_cache else 0
-        key = (cut, reads_a_pad(model.pooling) and cut > 0, inputs)
+        # A pooled cache (every block frozen, last-token pooling) holds one state a text: only
+        # models that read that one state may share it.
+        key = (
+            cut,
+            reads_a_pad(model.pooling) and cut > 0,
+            cut > 0 and pooled_cache(model.gpt, cut, model.pooling),
+            inputs,
+        )
         missing = {name: ids for name, ids in splits.items() if (*key, name) not in self._sources}
         if missing:
             t0 = time.monotonic()

@@ -35,7 +35,7 @@ from gptclf.data.tables import (
     resolve_format,
 )
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import TokenIds, encode_compact
+from gptclf.inference.token_ids import GrowingArray, TokenIds, encode_compact
 from gptclf.progress import Progress
 from gptclf.rundir import LoadedRun
 from gptclf.tasks.base import LabelledFile, Task
@@ -107,6 +107,26 @@ class PackedTexts(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
+
+
+class KeptPositions(Sequence[int]):
+    """The 0-based record position of each of the ``n`` kept rows of a file, from the records
+    dropped (usually none or few): no number held a row. Kept row ``i`` is record ``i`` plus the
+    dropped records before it.
+    """
+
+    def __init__(self, dropped: np.ndarray, n: int) -> None:
+        self.n = n
+        # Dropped record j (the positions are sorted) has dropped[j] - j kept records before it.
+        self._kept_before = dropped - np.arange(len(dropped), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return int(i + np.searchsorted(self._kept_before, i, side="right"))
 
 
 def _plain(value: Any) -> Any:
@@ -236,6 +256,8 @@ def file_data(
     return data
 
 
+#: Labels of a streamed file gathered before they join the others.
+LABEL_CHUNK = 8192
 #: The formats a single-label file is streamed from (the SMS format is read whole, as before).
 STREAMED = ("csv", "tsv", "jsonl", "parquet")
 
@@ -284,7 +306,9 @@ def _streamed(
     """A single-label file read and tokenised a chunk at a time, as :func:`file_data` reads it
     whole: the same rows dropped and counted, the same messages for a bad file or label."""
     index = {name: i for i, name in enumerate(run.classes)}
-    labels, positions = array("q"), array("q")
+    # The labels, gathered a chunk at a time: two bytes a text (a class index, -1 for an unknown label).
+    labels, pending = GrowingArray(np.int16 if len(run.classes) < 2**15 else np.int64), array("q")
+    skipped = array("q")  # the records dropped: the kept rows' positions follow from them
     texts = PackedTexts() if compact.keep_texts else None
     unknown: set[str] = set()
     dropped: Counter[str] = Counter()
@@ -295,17 +319,21 @@ def _streamed(
         for records, (raw_text, raw_label) in enumerate(read_columns(path, columns, fmt, encoding), start=1):
             pair = labelled_pair(raw_text, raw_label, dropped)
             if pair is None:
+                skipped.append(records - 1)
                 continue
             text, label = pair
             if label not in index:
                 unknown.add(label)
-            labels.append(index.get(label, -1))
-            positions.append(records - 1)
+            pending.append(index.get(label, -1))
+            if len(pending) == LABEL_CHUNK:
+                labels.extend(pending)
+                del pending[:]
             if texts is not None:
                 texts.append(text)
             yield text
 
     tokens, cut = compact.encode(kept(), estimate_rows(path, fmt))
+    labels.extend(np.frombuffer(pending, dtype=np.int64) if pending else [])
     if records == 0:
         raise BadInputError(f"{source_name(path)} has no rows")
     if not labels:
@@ -313,10 +341,9 @@ def _streamed(
     if unknown:
         raise BadInputError(f"{path}: labels not among the classes {list(run.classes)}: {sorted(unknown)}")
     source = {"input": str(path), "dropped": dict(dropped)}
-    ids = np.frombuffer(positions, dtype=np.int64)
-    data = LabelledData(
-        texts if texts is not None else [], np.frombuffer(labels, dtype=np.int64), source, ids
-    )
+    dropped_at = np.frombuffer(skipped, dtype=np.int64) if skipped else np.zeros(0, dtype=np.int64)
+    ids = KeptPositions(dropped_at, len(labels))
+    data = LabelledData(texts if texts is not None else [], labels.array(), source, ids)
     data.tokens, data.cut = tokens, cut
     return data
 

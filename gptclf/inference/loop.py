@@ -24,7 +24,7 @@ import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
-from gptclf.inference.batching import TOKENS_PER_TEXT, LabelledSet, Source, sorted_batches
+from gptclf.inference.batching import TOKENS_PER_TEXT, BatchPlan, LabelledSet, Source
 from gptclf.model.classifier import Classifier
 from gptclf.progress import Progress
 
@@ -93,7 +93,8 @@ def run_batches(
     rows = source.rows()
     # Long texts and windows go in fewer per batch: memory stays that of a batch of short texts.
     lengths = rows.source.lengths
-    batches = shard.take(sorted_batches(lengths, batch_size, batch_size * TOKENS_PER_TEXT, max_padding))
+    plan = BatchPlan(lengths, batch_size, batch_size * TOKENS_PER_TEXT, max_padding)
+    batches = plan[shard.rank :: shard.world_size]  # this rank's share, as Shard.take (kept lazy)
     progress = progress or Progress()
     texts = _TextsDone(batches, rows.owner)
     progress.begin(label, total=texts.total, unit="texts")
@@ -124,10 +125,10 @@ class _TextsDone:
     """Counts the texts of the rows run so far: each row is a text, or with ``owners`` (the text of
     each row: its windows) a text is done once the last of its rows in ``batches`` is."""
 
-    def __init__(self, batches: Sequence[Sequence[int]], owners: torch.Tensor | None) -> None:
+    def __init__(self, batches: BatchPlan, owners: torch.Tensor | None) -> None:
         self.owners = None if owners is None else owners.tolist()
         if self.owners is None:
-            self.total = sum(len(b) for b in batches)
+            self.total = batches.total
             return
         self.left = Counter(self.owners[i] for b in batches for i in b)  # rows to go, per text
         self.total = len(self.left)

@@ -14,8 +14,8 @@ import pandas as pd
 import tiktoken
 
 from gptclf.data.long_texts import LongCounts, LongTexts
-from gptclf.inference.batching import TokenIds, encode_compact
 from gptclf.inference.longtexts import Windowed, windows_of
+from gptclf.inference.token_ids import TokenIds, encode_compact
 from gptclf.model.tokenizer import encode_batch
 from gptclf.progress import Progress
 from gptclf.tasks.base import Task

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from gptclf.errors import BadInputError, GateError
-from gptclf.tasks.metrics import softmax
+from gptclf.tasks.metrics import METRIC_CHUNK, softmax
 
 #: What ``--target`` may name; all but ``f1`` take ``=VALUE`` in (0, 1].
 THRESHOLD_KINDS = ("f1", "precision", "recall")
@@ -173,11 +174,16 @@ def threshold_counts(p_positive: np.ndarray, is_positive: np.ndarray, threshold:
     tp = int((predicted & truth).sum())
     fp = int((predicted & ~truth).sum())
     fn = int((~predicted & truth).sum())
+    return _threshold_scores(tp, fp, fn, int((predicted == truth).sum()), len(truth))
+
+
+def _threshold_scores(tp: int, fp: int, fn: int, agree: int, n: int) -> dict[str, float]:
+    """Precision, recall, F1 and accuracy from the counts of a threshold rule (0 where undefined)."""
     return {
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-        "accuracy": float((predicted == truth).mean()) if len(truth) else 0.0,
+        "accuracy": agree / n if n else 0.0,
     }
 
 
@@ -247,13 +253,6 @@ def coverage_counts(probs: np.ndarray, labels: np.ndarray, min_confidence: float
         "accuracy": float(right[covered].mean()) if n else None,
         "n_covered": n,
     }
-
-
-def risk_coverage(
-    probs: np.ndarray, labels: np.ndarray, levels: Sequence[float] = RISK_LEVELS
-) -> list[dict[str, Any]]:
-    """Coverage and accuracy on the covered texts at each confidence level (evaluate's table)."""
-    return [{"min_confidence": level, **coverage_counts(probs, labels, level)} for level in levels]
 
 
 def decision_record(
@@ -348,17 +347,76 @@ def decision_metrics(
     """What evaluate reports about the decision rules, on labelled (N, K) calibrated probabilities.
 
     Returns:
-        ``risk_coverage`` (:func:`risk_coverage`), always; ``at_threshold`` (``positive``,
-        ``threshold``, ``precision``, ``recall``, ``f1``, ``accuracy`` of the positive class under
-        the rule) with a decision; ``abstention`` (``min_confidence``, ``coverage``, ``accuracy`` on
-        the covered texts, ``n_covered``) with a ``min_confidence``.
+        ``risk_coverage`` (:func:`coverage_counts` at each of :data:`RISK_LEVELS`), always;
+        ``at_threshold`` (``positive``, ``threshold``, ``precision``, ``recall``, ``f1``,
+        ``accuracy`` of the positive class under the rule) with a decision; ``abstention``
+        (``min_confidence``, ``coverage``, ``accuracy`` on the covered texts, ``n_covered``) with a
+        ``min_confidence``.
     """
-    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    out: dict[str, Any] = {"risk_coverage": risk_coverage(probs, y)}
-    if decision is not None:
-        counts = threshold_counts(probs[:, decision.positive], y == decision.positive, decision.threshold)
-        rule = {"positive": classes[decision.positive], "threshold": decision.threshold}
-        out["at_threshold"] = {**rule, **counts}
-    if min_confidence is not None:
-        out["abstention"] = {"min_confidence": min_confidence, **coverage_counts(probs, y, min_confidence)}
-    return out
+    tally = DecisionTally(decision, min_confidence)
+    tally.add(np.asarray(probs, dtype=np.float64), np.asarray(labels))
+    return tally.result(classes)
+
+
+def logits_decision_metrics(
+    logits: torch.Tensor,
+    labels: Sequence[int] | np.ndarray,
+    classes: Sequence[str],
+    decision: Decision | None,
+    min_confidence: float | None,
+    temperature: float,
+) -> dict[str, Any]:
+    """:func:`decision_metrics` of ``softmax(logits / temperature)`` in float64, computed
+    :data:`~gptclf.tasks.metrics.METRIC_CHUNK` texts at a time: the same numbers, without the
+    (N, K) float64 probabilities (every one of them is a count)."""
+    tally = DecisionTally(decision, min_confidence)
+    y = np.asarray(labels)
+    for start in range(0, len(y), METRIC_CHUNK):
+        rows = logits[start : start + METRIC_CHUNK].double().numpy()
+        rows /= temperature
+        tally.add(softmax(rows), y[start : start + METRIC_CHUNK])
+    return tally.result(classes)
+
+
+class DecisionTally:
+    """The counts behind :func:`decision_metrics`, gathered a chunk of texts at a time."""
+
+    def __init__(self, decision: Decision | None, min_confidence: float | None) -> None:
+        self.decision, self.min_confidence = decision, min_confidence
+        self.levels = [*RISK_LEVELS, *([min_confidence] if min_confidence is not None else [])]
+        self.covered = [0] * len(self.levels)
+        self.right = [0] * len(self.levels)  # covered texts whose top class is their label
+        self.n = 0
+        self.threshold = [0, 0, 0, 0]  # true positives, false positives, false negatives, agreements
+
+    def add(self, probs: np.ndarray, y: np.ndarray) -> None:
+        """Count (n, K) float64 probabilities of texts labelled ``y``."""
+        self.n += len(y)
+        top, right = probs.max(axis=1), probs.argmax(axis=1) == y
+        for i, level in enumerate(self.levels):
+            covered = top >= level
+            self.covered[i] += int(covered.sum())
+            self.right[i] += int(right[covered].sum())
+        if self.decision is not None:
+            predicted = probs[:, self.decision.positive] >= self.decision.threshold
+            truth = y == self.decision.positive
+            counts = [predicted & truth, predicted & ~truth, ~predicted & truth, predicted == truth]
+            self.threshold = [old + int(c.sum()) for old, c in zip(self.threshold, counts, strict=True)]
+
+    def _coverage(self, i: int) -> dict[str, Any]:
+        n = self.covered[i]
+        # The accuracy of the covered texts: a count over a count, as the mean of their 0/1 rights.
+        return {"coverage": n / self.n if self.n else 0.0, "accuracy": self.right[i] / n if n else None,
+                "n_covered": n}  # fmt: skip
+
+    def result(self, classes: Sequence[str]) -> dict[str, Any]:
+        """The report of :func:`decision_metrics`."""
+        rows = [{"min_confidence": level, **self._coverage(i)} for i, level in enumerate(RISK_LEVELS)]
+        out: dict[str, Any] = {"risk_coverage": rows}
+        if self.decision is not None:
+            counts = _threshold_scores(*self.threshold, self.n)
+            rule = {"positive": classes[self.decision.positive], "threshold": self.decision.threshold}
+            out["at_threshold"] = {**rule, **counts}
+        if self.min_confidence is not None:
+            out["abstention"] = {"min_confidence": self.min_confidence, **self._coverage(len(RISK_LEVELS))}
+        return out

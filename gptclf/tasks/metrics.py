@@ -78,15 +78,22 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float(np.sum(recall_gain * precision))
 
 
-def _binned(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
-    """Per bin: edges, text count, summed top-label confidence and summed correctness."""
+def _top_label_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per text: its confidence bin, its top-label confidence and whether the top label is right
+    (0.0 or 1.0); and the bins' edges."""
     pred = probs.argmax(axis=1)
     confidence = probs[np.arange(len(pred)), pred]
     edges = np.arange(n_bins + 1) / n_bins  # b / n_bins correctly rounded: 1/3 is an edge for 15 bins
     which = np.searchsorted(edges[1:-1], confidence, side="left")  # edges[b] < conf <= edges[b + 1]
+    return edges, which, confidence, (pred == labels).astype(np.float64)
+
+
+def _binned(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per bin: edges, text count, summed top-label confidence and summed correctness."""
+    edges, which, confidence, correct = _top_label_bins(probs, labels, n_bins)
     counts = np.bincount(which, minlength=n_bins)
     confidence_sum = np.bincount(which, weights=confidence, minlength=n_bins)
-    correct_sum = np.bincount(which, weights=(pred == labels).astype(np.float64), minlength=n_bins)
+    correct_sum = np.bincount(which, weights=correct, minlength=n_bins)
     return edges, counts, confidence_sum, correct_sum
 
 
@@ -150,11 +157,7 @@ def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
     Returns:
         The Brier score (lower is better).
     """
-    # probs - one_hot, in one array: p - 0.0 is p, and 1.0 is taken from each text's true class.
-    diff = np.array(probs, dtype=np.float64)
-    diff[np.arange(len(diff)), labels] -= 1.0
-    np.square(diff, out=diff)
-    distance = diff.sum(axis=1).mean()
+    distance = _squared_distance(probs, labels).mean()
     # For two classes both coordinates err by the same amount, so half the distance is the binary MSE.
     return float(distance / 2 if probs.shape[1] == 2 else distance)
 
@@ -178,14 +181,86 @@ def matthews_corrcoef(cm: np.ndarray) -> float | None:
     return float((correct * n - true @ predicted) / denominator) if denominator else 0.0
 
 
+#: Rows of logits made float64 probabilities at a time: the metrics keep (N,) vectors and counts,
+#: never an (N, K) float64 array (24 MB each for a million texts of 3 classes).
+METRIC_CHUNK = 65_536
+
+
+def float64_rows(
+    logits: np.ndarray | torch.Tensor, start: int, stop: int, temperature: float | None = None
+) -> np.ndarray:
+    """Rows ``start:stop`` of ``logits`` as float64 (divided by ``temperature`` first, in the
+    logits' own type, as ``logits / temperature`` on the whole would be)."""
+    part = logits[start:stop]
+    if temperature is not None:
+        part = part / temperature
+    if isinstance(part, torch.Tensor):
+        part = part.detach().float().cpu().numpy()
+    return np.asarray(part, dtype=np.float64)
+
+
+class _Tally:
+    """What :func:`classification_metrics` needs of each text, gathered a chunk of rows at a time:
+    counts, and the (N,) vectors whose means and rankings the metrics take over all texts (so each
+    number is computed as over the whole (N, K) array, bit for bit: every operation is per row or a
+    count, and the bins' confidence sums are added text by text in order, as ``np.bincount`` adds)."""
+
+    def __init__(self, n: int, k: int, positive: int) -> None:
+        self.k, self.positive = k, positive
+        self.cm = np.zeros((k, k), dtype=np.int64)
+        self.right = 0
+        self.nll = np.empty(n)  # log-probability of each text's true class
+        self.brier = np.empty(n)  # squared distance of each text's probabilities to its one-hot label
+        self.margin = np.empty(n) if k == 2 else None  # second class's logit minus the first's
+        self.pr_margin = np.empty(n) if k == 2 and positive != 1 else None
+        self.bin_counts = np.zeros(ECE_BINS, dtype=np.int64)
+        self.bin_confidence = np.zeros(ECE_BINS)
+        self.bin_correct = np.zeros(ECE_BINS)
+
+    def add(self, start: int, logits: np.ndarray, y: np.ndarray) -> None:
+        """Tally the float64 ``logits`` of texts ``start``, ``start + 1``, ... with labels ``y``."""
+        rows, stop = np.arange(len(y)), start + len(y)
+        z = logits - logits.max(axis=1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        del z
+        pred = logits.argmax(axis=1)
+        np.add.at(self.cm, (y, pred), 1)
+        self.right += int((pred == y).sum())
+        self.nll[start:stop] = log_probs[rows, y]
+        if self.margin is not None:
+            self.margin[start:stop] = logits[:, 1] - logits[:, 0]
+        if self.pr_margin is not None:
+            self.pr_margin[start:stop] = logits[:, self.positive] - logits[:, 1 - self.positive]
+        probs = np.exp(log_probs)
+        del log_probs
+        self.brier[start:stop] = _squared_distance(probs, y)
+        _, which, confidence, correct = _top_label_bins(probs, y, ECE_BINS)
+        self.bin_counts += np.bincount(which, minlength=ECE_BINS)
+        np.add.at(self.bin_confidence, which, confidence)  # in order, text by text: np.bincount's sums
+        self.bin_correct += np.bincount(which, weights=correct, minlength=ECE_BINS)  # whole numbers: exact
+
+
+def _squared_distance(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) squared Euclidean distance of each row of ``probs`` to its one-hot label."""
+    # probs - one_hot, in one array: p - 0.0 is p, and 1.0 is taken from each text's true class.
+    diff = np.array(probs, dtype=np.float64)
+    diff[np.arange(len(diff)), labels] -= 1.0
+    np.square(diff, out=diff)
+    return diff.sum(axis=1)
+
+
 def classification_metrics(
     logits: np.ndarray | torch.Tensor,
     labels: Sequence[int] | np.ndarray,
     classes: Sequence[str],
     *,
     positive: int = 1,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """All metrics of a labelled set, with scikit-learn's definitions, on the whole set.
+
+    The logits are read :data:`METRIC_CHUNK` rows at a time (the numbers are those of the whole
+    array at once, bit for bit), so a large set needs a few (N,) vectors beside its logits.
 
     Args:
         logits: (N, K) raw class scores (already divided by a calibration temperature, if any:
@@ -193,6 +268,7 @@ def classification_metrics(
         labels: (N,) true class indices.
         classes: Class names, index order.
         positive: Two classes: the index of the class whose average precision is reported.
+        temperature: Judge ``logits / temperature`` instead (divided a chunk at a time).
 
     Returns:
         A JSON-ready dict: ``n``, ``accuracy``, ``loss`` (mean cross-entropy, the NLL), ``macro_f1``
@@ -207,9 +283,6 @@ def classification_metrics(
         class ``pr_auc_positive``, ranked by its logit margin; None when the set holds none of it).
         Undefined values are None, never NaN, so the dict always dumps as strict JSON.
     """
-    if isinstance(logits, torch.Tensor):
-        logits = logits.detach().float().cpu().numpy()
-    logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     k = len(classes)
     n = len(y)
@@ -219,29 +292,27 @@ def classification_metrics(
         out.update(dict.fromkeys(("weighted_f1", "balanced_accuracy", "mcc", "brier", "ece", "pr_auc")))
         out["pr_auc_positive"] = classes[positive] if k == 2 else None
         return out
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    del z  # the (N, K) arrays alive at once bound evaluate's memory on a large set
-    pred = logits.argmax(axis=1)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
-    per_class, macro_f1 = _per_class(cm, classes)
-    out["accuracy"] = float((pred == y).mean())
-    out["loss"] = float(-log_probs[np.arange(n), y].mean())
+    tally = _Tally(n, k, positive)
+    for start in range(0, n, METRIC_CHUNK):
+        stop = min(start + METRIC_CHUNK, n)
+        tally.add(start, float64_rows(logits, start, stop, temperature), y[start:stop])
+    per_class, macro_f1 = _per_class(tally.cm, classes)
+    out["accuracy"] = tally.right / n
+    out["loss"] = float(-tally.nll.mean())
     out["macro_f1"] = macro_f1
     out["per_class"] = per_class
-    out["confusion_matrix"] = cm.tolist()
+    out["confusion_matrix"] = tally.cm.tolist()
     # Rank by the margin, not by softmax probabilities: p(second class) = sigmoid(margin) orders
     # texts alike but rounds to exactly 1.0 in float64 beyond a margin of ~37, turning a perfect
     # ranking of confident texts into ties.
-    out["roc_auc"] = roc_auc(logits[:, 1] - logits[:, 0], y == 1) if k == 2 else None
-    out.update(_agreement(cm, per_class))
-    probs = np.exp(log_probs)
-    del log_probs
-    out["brier"] = brier_score(probs, y)
-    out["ece"] = expected_calibration_error(probs, y)
-    if k == 2:  # the same margin ranking as ROC-AUC, seen from the positive class
-        margin = logits[:, positive] - logits[:, 1 - positive]
+    out["roc_auc"] = roc_auc(tally.margin, y == 1) if tally.margin is not None else None
+    out.update(_agreement(tally.cm, per_class))
+    distance = tally.brier.mean()
+    # For two classes both coordinates err by the same amount, so half the distance is the binary MSE.
+    out["brier"] = float(distance / 2 if k == 2 else distance)
+    out["ece"] = float(np.abs(tally.bin_correct - tally.bin_confidence).sum() / n)
+    if tally.margin is not None:  # the same margin ranking as ROC-AUC, seen from the positive class
+        margin = tally.margin if tally.pr_margin is None else tally.pr_margin
         out.update(pr_auc=average_precision(margin, y == positive), pr_auc_positive=classes[positive])
     else:
         out.update(pr_auc=None, pr_auc_positive=None)

@@ -28,11 +28,11 @@ from gptclf.tasks.decisions import (
     check_min_confidence,
     check_target,
     choose,
-    decision_metrics,
+    logits_decision_metrics,
     stored_decision,
     stored_min_confidence,
 )
-from gptclf.tasks.metrics import ECE_BINS, classification_metrics, softmax
+from gptclf.tasks.metrics import ECE_BINS, classification_metrics
 
 #: The table's label of a text the run abstains on.
 ABSTAINED = "(abstained)"
@@ -180,15 +180,16 @@ class SingleDecider(Decider):
         # T > 0 keeps every argmax and ranking, so only the probability metrics (loss, ...) move.
         # PR-AUC is reported for the decision's positive class where there is one (as the pictures show).
         positive = self.decision.positive if self.decision is not None else 1
-        metrics = classification_metrics(logits / self.temperature, labels, self.classes, positive=positive)
+        metrics = classification_metrics(
+            logits, labels, self.classes, positive=positive, temperature=self.temperature
+        )
         out: dict[str, Any] = {}
         if self.stores_calibration:  # a run without one has only raw probabilities
             out["calibration"] = {"applied": self.calibrated, "temperature": self.decision_temperature}
         # The decision rules read calibrated probabilities, whatever the metrics above are of.
-        calibrated = logits.double().numpy()
-        calibrated /= self.decision_temperature  # in place: the same values, one array fewer
-        calibrated = softmax(calibrated)
-        rules = decision_metrics(calibrated, labels, self.classes, self.decision, self.min_confidence)
+        rules = logits_decision_metrics(
+            logits, labels, self.classes, self.decision, self.min_confidence, self.decision_temperature
+        )
         cut = 0 if long["mode"] == "window" else long["long"]
         return {**out, "truncated": cut, "long_texts": long, **metrics, **rules}
 

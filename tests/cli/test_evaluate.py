@@ -118,12 +118,12 @@ def test_bad_input_exits_2(run_dir: Path, labelled: Path, tmp_path: Path) -> Non
 def test_reading_tokenising_and_the_reports_show_progress_on_stderr(
     run_dir: Path, labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gptclf.inference import batching
+    from gptclf.inference import token_ids
 
     unknown = write_csv(tmp_path / "unknown.csv", [("a", "ham"), ("b", "eggs")])
     code, _, err = invoke(str(run_dir), "--input", str(unknown))
     assert code == 2 and err.startswith("gptclf: error:") and "eggs" in err  # a short step shows nothing
-    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
     errors = tmp_path / "errors.jsonl"
     args = ["evaluate", str(run_dir), "--input", str(labelled), "--errors", str(errors)]
     result = CliRunner().invoke(app, args)

@@ -61,9 +61,9 @@ def test_human_summary_on_stdout(tmp_path: Path) -> None:
 
 
 def test_tokenising_shows_its_progress_on_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gptclf.inference import batching
+    from gptclf.inference import token_ids
 
-    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 0.0)  # shown at once, not only after two seconds
     install_tokenizer()
     data = prepared_folder(tmp_path, ["spam", "ham"], n=60)
     code, _, stderr = finetune("--data", str(data), *TINY, "--epochs", "1", "--out", str(tmp_path / "run"))

@@ -91,7 +91,7 @@ def test_token_ids_give_the_batches_of_the_lists_they_replace() -> None:
     assert [x.tolist() for x in compact] == ids
     for pad_to in (None, 40):
         lists, packed = TokenSource(ids, pad_to), TokenSource(compact, pad_to)
-        assert packed.lengths == lists.lengths
+        assert list(packed.lengths) == lists.lengths
         for indices in sorted_batches(lists.lengths, 7):
             want, got = lists.batch(indices, torch.device("cpu")), packed.batch(indices, torch.device("cpu"))
             assert got.input_ids is not None and got.input_ids.dtype == torch.long
@@ -102,8 +102,8 @@ def test_token_ids_give_the_batches_of_the_lists_they_replace() -> None:
 
 
 def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gptclf.inference import batching
-    from gptclf.inference.batching import encode_compact
+    from gptclf.inference import token_ids
+    from gptclf.inference.token_ids import encode_compact
     from gptclf.model.tokenizer import load_tokenizer
     from gptclf.progress import Progress
 
@@ -120,8 +120,8 @@ def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: p
         def end(self) -> None:
             self.events.append(("end", None))
 
-    monkeypatch.setattr(batching, "ENCODE_CHUNK", 4)
-    monkeypatch.setattr(batching, "SHOW_AFTER", 0.0)
+    monkeypatch.setattr(token_ids, "ENCODE_CHUNK", 4)
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 0.0)
     enc = load_tokenizer(BPE_DIR)
     texts = ["Hello, world", "", "a " * 50, "x"] * 3
     seen = Seen()
@@ -129,7 +129,88 @@ def test_compact_encoding_is_encode_texts_in_chunks_with_progress(monkeypatch: p
     plain = encode_texts(enc, texts, max_length=10)
     assert [x.tolist() for x in compact] == plain.ids and int(cut.sum()) == plain.truncated
     assert seen.events == [("begin", ("tokenising", 12, "texts"))] + [("advance", 4)] * 3 + [("end", None)]
-    monkeypatch.setattr(batching, "SHOW_AFTER", 60.0)  # a short step shows nothing
+    monkeypatch.setattr(token_ids, "SHOW_AFTER", 60.0)  # a short step shows nothing
     quiet = Seen()
     encode_compact(enc, texts, 10, quiet, total=len(texts))
     assert quiet.events == []
+
+
+def _per_text_batches(
+    lengths: list[int], batch_size: int, max_tokens: int | None, max_padding: float | None
+) -> list[list[int]]:
+    """The batches as sorted_batches made them before BatchPlan, text by text (the reference)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    budget = max_tokens if max_tokens is not None else float("inf")
+    keep = 1 - max_padding if max_padding is not None else 0.0
+    batches: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        padded = (len(current) + 1) * lengths[current[0]] if current else 0
+        if current and (len(current) == batch_size or padded > budget or real + lengths[i] < keep * padded):
+            batches.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += lengths[i]
+    return batches + ([current] if current else [])
+
+
+@pytest.mark.parametrize("max_tokens", [None, 64, 300, 10_000])
+@pytest.mark.parametrize("max_padding", [None, 0.25])
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_a_batch_plan_holds_the_batches_of_the_text_by_text_rule(
+    max_tokens: int | None, max_padding: float | None, batch_size: int
+) -> None:
+    import random
+
+    import numpy as np
+
+    from gptclf.inference.batching import BatchPlan
+
+    rng = random.Random(batch_size)
+    lengths = [rng.choice([0, 1, 2, 7, 40, 90, 200, 1024]) for _ in range(500)]
+    want = _per_text_batches(lengths, batch_size, max_tokens, max_padding)
+    plan = BatchPlan(lengths, batch_size, max_tokens, max_padding)
+    assert list(plan) == want and sorted_batches(lengths, batch_size, max_tokens, max_padding) == want
+    assert plan.order.dtype == np.int32 and all(type(i) is int for i in plan[0])  # ints only when read
+    for rank in range(3):  # a rank's share, as Shard.take gives it
+        share = plan[rank::3]
+        assert list(share) == want[rank::3] and share.total == sum(map(len, want[rank::3]))
+    assert plan.total == len(lengths)
+
+
+def test_token_ids_built_a_chunk_at_a_time_are_the_lists_they_pack() -> None:
+    from gptclf.inference.token_ids import TokenIds, TokenIdsBuilder
+
+    ids = _random_ids(120)
+    builder = TokenIdsBuilder()
+    for start, stop in ((0, 1), (1, 1), (1, 50), (50, 120)):  # an empty chunk too
+        builder.extend(ids[start:stop])
+    built = builder.build()
+    assert [x.tolist() for x in built] == ids and built.offsets.tolist() == TokenIds.from_lists(
+        ids
+    ).offsets.tolist()
+    assert built.flat.dtype.name == "uint16" and len(builder) == 0 and len(builder.build()) == 0
+
+
+def test_a_growing_array_holds_what_was_appended_across_many_growths() -> None:
+    import numpy as np
+
+    from gptclf.inference.token_ids import GrowingArray
+
+    grown = GrowingArray(np.uint16)
+    values = np.random.default_rng(0).integers(0, 65_536, size=300_000)
+    for start in range(0, len(values), 7_001):  # odd sizes: growths in the middle of a page
+        grown.extend(values[start : start + 7_001])
+    grown.extend([])
+    out = grown.array()
+    assert out.dtype == np.uint16 and len(grown) == len(values) and np.array_equal(out, values)
+    assert len(GrowingArray(np.int64).array()) == 0
+
+
+def test_encoding_each_text_gives_the_ids_of_the_batch_call() -> None:
+    from gptclf.model.tokenizer import encode_batch, encode_each, load_tokenizer
+
+    enc = load_tokenizer(BPE_DIR)
+    texts = ["Hello, world", "", "ünïcödé 👍", "<|endoftext|> stays text", "a " * 300]
+    assert encode_each(enc, texts) == encode_batch(enc, texts)

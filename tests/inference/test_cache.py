@@ -249,7 +249,7 @@ def test_cuda_placement_measures_free_memory_once(monkeypatch: pytest.MonkeyPatc
         cache_memory=1 << 40,
     )  # fmt: skip
     assert measured == [torch.device("cuda", 0)]
-    assert built == {"2": "gpu", "1": "gpu", "4": "memory"}  # 300 + 150 MiB <= 500; test in RAM
+    assert built == {"2": "gpu", "1": "gpu"}  # 300 + 150 MiB <= 500; the test split is not cached
 
 
 BUILD_AND_WAIT = """
@@ -347,3 +347,23 @@ def test_the_cache_build_of_windows_counts_their_texts() -> None:
         ("caching the frozen blocks of the validation split", len(plain), "texts"),
     ]
     assert sum(progress.advanced) == len(texts) + len(plain)
+
+
+def test_the_test_split_is_read_from_its_tokens_with_the_numbers_of_a_cache() -> None:
+    """Read once, after training: a cache would save it no work and hold memory all run."""
+    from gptclf.inference.loop import batched_logits
+
+    ids, _ = synthetic_ids(31, 2, seed=3)
+    model = tiny_classifier(["a", "b"], seed=4)
+    splits = {"train": ids, "validation": ids, "test": ids}
+    # finetune builds its caches and evaluates in batches of one size
+    sources = make_sources(
+        model, splits, scope=LAST_BLOCK, use_cache=True, device=CPU, precision=FP32, cache_memory=1 << 30,
+        batch_size=8,
+    )  # fmt: skip
+    assert isinstance(sources["validation"], FeatureCache) and isinstance(sources["test"], TokenSource)
+    tokens, cached = (
+        batched_logits(model, sources[n], batch_size=8, device=CPU, precision=FP32)
+        for n in ("test", "validation")
+    )
+    assert torch.equal(tokens, cached)

@@ -28,14 +28,13 @@ def test_models_of_one_cut_share_its_cache_and_other_cuts_get_their_own() -> Non
     again = _sources(pool, "last-block", pooling="mean")  # the token states do not depend on pooling
     assert all(first[n] is again[n] for n in first) and isinstance(first["train"], FeatureCache)
     head = _sources(pool, "head")
-    assert head["train"] is not first["train"] and head["train"].start_block == 2
-    assert [(b.blocks, b.splits) for b in pool.builds] == [
-        (1, ("train", "validation")),
-        (2, ("train", "validation")),
-    ]
+    assert head["train"] is not first["train"] and head["train"].start_block == 2 and head["train"].pooled
+    mean = _sources(pool, "head", pooling="mean")  # reads every token: not the pooled cache
+    assert mean["train"] is not head["train"] and not mean["train"].pooled
+    assert [(b.blocks, b.splits) for b in pool.builds] == [(c, ("train", "validation")) for c in (1, 2, 2)]
     assert pool.held() == sum(b.nbytes for b in pool.builds)
     _sources(pool, "last-block", inputs=(32,))  # texts cut another way: another cache
-    assert len(pool.builds) == 3
+    assert len(pool.builds) == 4
     summary = pool.summary()
     assert summary[0]["blocks"] == 1 and summary[0]["location"] == "memory" and summary[0]["seconds"] >= 0
     pool.close()

@@ -151,3 +151,18 @@ def test_memory_of_evaluate_on_a_file_hardly_grows_with_its_rows(tmp_path: Path)
         path = _write(tmp_path / f"eval{n}.csv", rows)
         peaks[n] = _peak_mb(["evaluate", str(run), "--input", str(path), "--json", "--device", "cpu"])
     assert peaks[200_000] <= 1.2 * peaks[20_000], peaks
+
+
+def test_a_streamed_file_keeps_no_position_a_row_but_finds_every_rows_record(tmp_path: Path) -> None:
+    from gptclf.inference.labelled import KeptPositions
+
+    rows = [ROWS[0], ("x", "", "spam"), *ROWS[1:], ("y", "last", ""), ("z", "", "")]  # drops first and last
+    run = memory_run(tmp_path / "run")
+    path = _write(tmp_path / "eval.csv", rows)
+    plain = file_data(run, path)
+    compact = file_data(run, path, compact=Compact(run.tokenizer, run.max_length))
+    assert isinstance(compact.ids, KeptPositions) and len(compact.ids) == len(plain.ids)  # type: ignore[arg-type]
+    assert [compact.ids[i] for i in range(len(compact.ids))] == plain.ids
+    assert compact.ids_of(list(range(compact.size))[::-1]) == plain.ids[::-1]  # type: ignore[index]
+    with pytest.raises(IndexError):
+        compact.ids[compact.size]

@@ -458,3 +458,37 @@ def test_pr_auc_is_reported_for_the_stored_decisions_positive_class(run: Path) -
     assert code == 0, err
     m = json.loads(out)
     assert m["pr_auc_positive"] == "ham" and m["at_threshold"]["positive"] == "ham"
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_decision_metrics_of_logits_a_chunk_at_a_time_are_those_of_the_whole_array(
+    k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptclf.tasks import decisions
+    from gptclf.tasks.decisions import (
+        RISK_LEVELS,
+        Decision,
+        coverage_counts,
+        decision_metrics,
+        logits_decision_metrics,
+        threshold_counts,
+    )
+    from gptclf.tasks.metrics import softmax
+
+    rng = np.random.default_rng(k)
+    logits = torch.from_numpy(rng.normal(scale=3.0, size=(500, k)).astype(np.float32))
+    y = rng.integers(0, k, size=500)
+    classes = [f"c{i}" for i in range(k)]
+    decision = Decision(positive=1, negative=0, threshold=0.4) if k == 2 else None
+    probs = logits.double().numpy() / 1.3
+    probs = softmax(probs)
+    want = {"risk_coverage": [{"min_confidence": x, **coverage_counts(probs, y, x)} for x in RISK_LEVELS]}
+    if decision is not None:
+        counts = threshold_counts(probs[:, 1], y == 1, 0.4)
+        want["at_threshold"] = {"positive": "c1", "threshold": 0.4, **counts}
+    want["abstention"] = {"min_confidence": 0.55, **coverage_counts(probs, y, 0.55)}
+    assert json.dumps(decision_metrics(probs, y, classes, decision, 0.55)) == json.dumps(want)
+    for chunk in (1, 7, 10**9):
+        monkeypatch.setattr(decisions, "METRIC_CHUNK", chunk)
+        got = logits_decision_metrics(logits, y, classes, decision, 0.55, 1.3)
+        assert json.dumps(got) == json.dumps(want)

@@ -210,3 +210,56 @@ def test_undefined_metrics_are_none_and_the_result_is_strict_json() -> None:
     assert all(empty[key] is None for key in new_keys)
     for m in (one_class, all_spam, constant, empty):
         json.dumps(m, allow_nan=False)
+
+
+def _whole_array_metrics(logits: np.ndarray, y: np.ndarray, k: int, positive: int) -> dict:
+    """loss, Brier, ECE, ROC-AUC and PR-AUC as computed on the whole (N, K) float64 array at once
+    (the formulas before the metrics were read a chunk of rows at a time)."""
+    from gptclf.tasks.metrics import average_precision
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    probs = np.exp(log_probs)
+    diff = np.array(probs)
+    diff[np.arange(len(y)), y] -= 1.0
+    distance = np.square(diff).sum(axis=1).mean()
+    pred = probs.argmax(axis=1)
+    confidence = probs[np.arange(len(y)), pred]
+    edges = np.arange(16) / 15
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    confidence_sum = np.bincount(which, weights=confidence, minlength=15)
+    correct_sum = np.bincount(which, weights=(pred == y).astype(np.float64), minlength=15)
+    out = {
+        "loss": float(-log_probs[np.arange(len(y)), y].mean()),
+        "brier": float(distance / 2 if k == 2 else distance),
+        "ece": float(np.abs(correct_sum - confidence_sum).sum() / len(y)),
+        "accuracy": float((logits.argmax(axis=1) == y).mean()),
+    }
+    if k == 2:
+        out["roc_auc"] = roc_auc(logits[:, 1] - logits[:, 0], y == 1)
+        out["pr_auc"] = average_precision(logits[:, positive] - logits[:, 1 - positive], y == positive)
+    return out
+
+
+@pytest.mark.parametrize(("k", "positive"), [(2, 1), (2, 0), (3, 1), (7, 1)])
+def test_metrics_read_a_chunk_of_rows_at_a_time_are_those_of_the_whole_array_bit_for_bit(
+    k: int, positive: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from gptclf.tasks import metrics
+
+    rng = np.random.default_rng(k + positive)
+    n = 1000
+    raw = rng.normal(scale=4.0, size=(n, k)).astype(np.float32)
+    raw[::7] = np.round(raw[::7])  # ties: equal margins and equal confidences
+    logits, y = torch.from_numpy(raw), rng.integers(0, k, size=n)
+    classes = [f"c{i}" for i in range(k)]
+    dumps = set()
+    for chunk in (1, 7, 64, 10**9):
+        monkeypatch.setattr(metrics, "METRIC_CHUNK", chunk)
+        got = classification_metrics(logits, y, classes, positive=positive, temperature=1.7)
+        dumps.add(json.dumps(got))
+        whole = _whole_array_metrics((logits / 1.7).numpy().astype(np.float64), y, k, positive)
+        assert {key: got[key] for key in whole} == whole
+    assert len(dumps) == 1

@@ -370,3 +370,37 @@ def test_ranks_wait_for_a_checkpoint_that_outlasts_the_collective_timeout(tmp_pa
         port = int(s.getsockname()[1])
     mp.start_processes(_slow_save_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     assert (tmp_path / "done0").read_text() == (tmp_path / "done1").read_text() == "12"
+
+
+def test_a_pooled_cache_trains_the_head_exactly_as_the_cache_of_every_token() -> None:
+    """``--trainable head`` with last-token pooling caches one state per text: the same weights,
+    losses and validation numbers, bit for bit, as the cache of every token's state."""
+    from gptclf.inference.cache import FeatureCache
+
+    outcomes = []
+    for pooled in (True, False):
+        model = tiny_classifier(["a", "b"], scope="head", seed=7)
+        n_layer = model.gpt.n_layer
+        sets = []
+        for n, seed in ((43, 1), (17, 2)):
+            ids, labels = synthetic_ids(n, 2, seed=seed)
+            if pooled:  # what finetune builds: make_sources decides on a pooled cache
+                source = make_sources(
+                    model, {"s": ids}, scope=parse_scope("head"), use_cache=True, device=CPU, precision=FP32,
+                    cache_memory=1 << 30,
+                )["s"]  # fmt: skip
+                assert isinstance(source, FeatureCache) and source.pooled and source.flat.shape == (n, 32)
+            else:
+                source = FeatureCache.build(model, ids, n_layer, device=CPU, precision=FP32, batch_size=32)
+                assert source.flat.shape[0] == sum(map(len, ids))
+            sets.append(LabelledSet(source, labels))
+        history = fit(model, sets[0], sets[1], EXACT, device=CPU, precision=FP32, seed=7)
+        outcomes.append((trainable_state(model), history.rows))
+    (pooled_state, pooled_rows), (token_state, token_rows) = outcomes
+    assert pooled_state.keys() == token_state.keys()
+    assert all(torch.equal(pooled_state[k], token_state[k]) for k in token_state)
+    timeless = [
+        [{k: v for k, v in row.items() if k != "elapsed"} for row in rows]
+        for rows in (pooled_rows, token_rows)
+    ]
+    assert timeless[0] == timeless[1]

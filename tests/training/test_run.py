@@ -91,6 +91,14 @@ def test_book_faithful_mode(data3: Path, tmp_path: Path) -> None:
     assert info["pooling"] == "last-position" and result.cache["blocks"] == 0
 
 
+def test_the_head_scope_caches_one_state_a_text(data3: Path, tmp_path: Path) -> None:
+    """``--trainable head``: the last real token's state of each text, not every token's."""
+    result = finetune(settings(data3, tmp_path / "run", trainable="head", epochs=1))
+    splits = read_prepared(data3).splits
+    texts = len(splits["train"]) + len(splits["validation"])  # the test split is read from its tokens
+    assert result.cache["blocks"] == 2 and result.cache["bytes"] == texts * 32 * 4  # n_embd fp32
+
+
 @pytest.mark.slow
 def test_the_default_scope_uses_the_cache(data3: Path, tmp_path: Path) -> None:
     result = finetune(settings(data3, tmp_path / "run", trainable="last-block", epochs=1, cache_memory="0"))
