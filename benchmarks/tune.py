@@ -15,6 +15,7 @@ scored on it.
 
     python benchmarks/tune.py                      # both tables, 20 trials
     python benchmarks/tune.py --tables 6-class --trials 10
+    python benchmarks/tune.py --tables sms --metric val_acc   # search for accuracy, not loss
     python benchmarks/tune.py --quick              # a 2-layer model and fewer rows, to check it runs
 
 Needs ../shared/data (the SMS table and the tokenizer files).
@@ -74,7 +75,7 @@ def run_tune(data: Path, classes: str, home: Path, out: Path, args: argparse.Nam
     cmd = [
         sys.executable, "-m", "cli.main", "tune", "--data", str(data), "--classes", classes, "--model", model,
         "--weights", "random", "--seed", str(args.seed), "--device", "cpu", "--trials", str(args.trials),
-        "--out", str(out), "--json",
+        "--metric", args.metric, "--out", str(out), "--json",
     ]  # fmt: skip
     child = run_child(cmd, env={"GPTCLF_HOME": str(home)})
     return json.loads(child.stdout), child
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--topic-rows", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--metric", default="val_loss", help="tune's --metric (val_acc: choose for accuracy)")
     parser.add_argument("--quick", action="store_true", help="2-layer model, fewer rows and trials")
     args = parser.parse_args()
     require_shared()
@@ -120,7 +122,7 @@ def main() -> None:
             counts = tuned["trials"]
             best = ", ".join(_show(k, v) for k, v in tuned["best_trial"]["params"].items())
             note = f"{counts['complete']}/{counts['pruned']}/{counts['failed']}; best: {best}"
-            arm = f"tune --trials {args.trials}"
+            arm = f"tune --trials {args.trials} --metric {args.metric}"
             rows.append(_row(table, arm, tuned["final_run"], tune_child.seconds, base_child.seconds, note))
             print(f"{table}: done", file=sys.stderr, flush=True)
     print(f"model {model}, random weights, seed {args.seed}; seconds: whole processes on this machine")
