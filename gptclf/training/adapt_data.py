@@ -1,6 +1,6 @@
 """The blocks ``gptclf adapt`` trains on: texts tokenised, held out, joined and cut into blocks.
 
-Texts are tokenised once (:func:`gptclf.inference.batching.encode_compact`, two bytes a token) and
+Texts are tokenised once (:func:`gptclf.inference.token_ids.encode_compact`, two bytes a token) and
 capped at ``--max-tokens``; a seeded share of the texts (``--validation``) is held out, so no
 validation text is trained on. Each part is one stream of its texts in order with
 ``<|endoftext|>`` after every text, cut into blocks of ``--block-size`` tokens: a training stream's
@@ -25,7 +25,8 @@ import tiktoken
 from gptclf.data.corpus import TextSource
 from gptclf.errors import BadInputError
 from gptclf.fileio import atomic_open, atomic_write_json
-from gptclf.inference.batching import TokenIds, TokenSource, encode_compact
+from gptclf.inference.batching import TokenSource
+from gptclf.inference.token_ids import TokenIds, encode_compact
 from gptclf.model.tokenizer import EOT_ID
 from gptclf.progress import Progress
 
