@@ -25,7 +25,7 @@ from gptclf.model.hfconfig import resolve_base_model
 from gptclf.model.weights import weights_problems
 from gptclf.option_groups import DeviceOptions, InputOptions
 from gptclf.options import OptionSpec, coerce, field_problems, option, option_specs, reuse
-from gptclf.training.plan import _attempt  # finetune's: note a BadInputError, go on checking
+from gptclf.training.plan import attempt  # finetune's: note a BadInputError, go on checking
 from gptclf.training.settings import FinetuneSettings, TrainConfig
 
 _DATA, _MODEL, _TRAIN, _RUN = "Data", "Model", "Training", "Run"
@@ -190,15 +190,15 @@ def adapt_plan(settings: AdaptSettings) -> AdaptPlan:
         BadInputError: Listing every problem found (nothing is written).
     """
     problems = settings.problems()
-    resolved = _attempt(problems, resolve_base_model, settings.model, settings.weights)
-    scope = _attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
+    resolved = attempt(problems, resolve_base_model, settings.model, settings.weights)
+    scope = attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
     if scope is not None and scope.kind == "head":
         problems.append(
             "--trainable head: a language model has no head of its own (its output layer is the token "
             "embedding): use all, 'last-blocks N' or lora"
         )
-    device = _attempt(problems, resolve_device, settings.device, local_job())
-    precision = _attempt(problems, resolve_precision, settings.precision, device) if device else None
+    device = attempt(problems, resolve_device, settings.device, local_job())
+    precision = attempt(problems, resolve_precision, settings.precision, device) if device else None
     problems += weights_problems(settings.weights, resolved[0] if resolved else None)
     block_size = 0
     if resolved is not None:

@@ -52,7 +52,7 @@ class RunPlan:
     long_texts: LongTexts = LongTexts()  # noqa: RUF009 - frozen, so one shared default is safe
 
 
-def _attempt(problems: list[str], func: Any, *args: Any) -> Any:
+def attempt(problems: list[str], func: Any, *args: Any) -> Any:
     """Call ``func``; on a BadInputError note its message and return None (to report all at once)."""
     try:
         return func(*args)
@@ -78,14 +78,14 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
         BadInputError: Listing every problem found.
     """
     problems: list[str] = []
-    resolved = _attempt(problems, resolve_base_model, settings.model, settings.weights)
-    scope = _attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
+    resolved = attempt(problems, resolve_base_model, settings.model, settings.weights)
+    scope = attempt(problems, parse_scope, settings.trainable, settings.lora_rank, settings.lora_alpha)
     problems += pooling_problems(settings.pooling) + settings.train.problems()
-    device = _attempt(problems, resolve_device, settings.device, job or local_job())
-    precision = _attempt(problems, resolve_precision, settings.precision, device) if device else None
+    device = attempt(problems, resolve_device, settings.device, job or local_job())
+    precision = attempt(problems, resolve_precision, settings.precision, device) if device else None
     cache_memory = default_cache_memory()
     if settings.cache_memory is not None:
-        cache_memory = _attempt(problems, parse_size, settings.cache_memory) or 0
+        cache_memory = attempt(problems, parse_size, settings.cache_memory) or 0
     problems += weights_problems(settings.weights, resolved[0] if resolved else None)
     max_length = 0
     if resolved is not None:
@@ -105,6 +105,13 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
     home = Path(settings.home).expanduser() if settings.home else None
     long = settings.long().resolved(max_length)
     return RunPlan(name, cfg, scope, settings.train, device, precision, cache_memory, max_length, home, long)
+
+
+def plan_problems(settings: FinetuneSettings) -> list[str]:
+    """What :func:`make_plan` refuses in ``settings``, as one message in a list (empty: it plans)."""
+    problems: list[str] = []
+    attempt(problems, make_plan, settings)
+    return problems
 
 
 def _data_problems(settings: FinetuneSettings) -> list[str]:

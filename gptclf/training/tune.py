@@ -42,7 +42,14 @@ from gptclf.tasks.kinds import task_of
 from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.context import FinetuneResult, RunContext
 from gptclf.training.finetune import fetch_artefacts
-from gptclf.training.plan import RESUME_CHANGEABLE, finetune_sources, make_plan, out_dir
+from gptclf.training.plan import (
+    RESUME_CHANGEABLE,
+    RunPlan,
+    finetune_sources,
+    make_plan,
+    out_dir,
+    plan_problems,
+)
 from gptclf.training.run import bytes_needed, check_space, run_classes, train_run
 from gptclf.training.search_space import DEFAULT_SPACE, Param, load_space, sample, without_fixed
 from gptclf.training.settings import FinetuneSettings
@@ -51,6 +58,7 @@ from gptclf.training.tune_report import write_report
 
 if TYPE_CHECKING:
     import optuna
+    import torch
 
 #: ``--metric`` -> the finetune ``--monitor`` that keeps the weights best at it, and its history column.
 METRICS = {
@@ -180,7 +188,8 @@ def tune(
         settings = _checked_out(out, settings)
         space, timeout = _check(settings)
         _need_optuna()
-        found = _read(settings, download_progress, shard)
+        plan = make_plan(settings.finetune)  # checked by _check: the fixed settings plan
+        found = _read(settings, plan, download_progress, shard)
         shard.barrier()  # every rank has looked at --out before rank 0 makes its work folder
         build = None
         if shard.is_main:
@@ -188,13 +197,15 @@ def tune(
                                   note=progress.message)  # fmt: skip
         guard.deferring = True  # from here on a signal ends the running trial at its next evaluation
         guard.before = f"the study is kept in {work_dir(out)} for --resume"
-        pool = CachePool(make_plan(settings.finetune).cache_memory)
+        pool = CachePool(plan.cache_memory)
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
             if build is not None:
-                _check_room(build.path, out, runner, settings.finetune)
+                _check_room(build.path, out, runner, settings.finetune, plan)
             try:
-                study = _search(settings, space, runner, progress, guard, shard, timeout, found.fingerprint)
+                study = _search(
+                    settings, space, runner, progress, guard, shard, timeout, found.fingerprint, plan.device
+                )
             except OSError as exc:  # the journal (and its lock) on a full or read-only disk: one line
                 if exc.errno is None:
                     raise
@@ -227,14 +238,14 @@ def tune(
         )  # fmt: skip
 
 
-def _check_room(work: Path, out: Path, runner: TrialRunner, fs: FinetuneSettings) -> None:
+def _check_room(work: Path, out: Path, runner: TrialRunner, fs: FinetuneSettings, plan: RunPlan) -> None:
     """The run's weights must fit on the disk before any trial is spent (finetune checks the same
     before its first step).
 
     Raises:
         DiskFullError: Less free space than the weights need.
     """
-    model = runner.model(fs, make_plan(fs))
+    model = runner.model(fs, plan)
     check_space(work, out, bytes_needed(sum(p.numel() for p in model.parameters()), 0))
 
 
@@ -259,7 +270,7 @@ class _Found:
     fingerprint: str = ""  # the prepared folder's, saved for --resume
 
 
-def _read(settings: TuneSettings, download_progress: Progress | None, shard: Shard) -> _Found:
+def _read(settings: TuneSettings, plan: RunPlan, download_progress: Progress | None, shard: Shard) -> _Found:
     """Download what is missing, read the prepared folder and check it fits the search.
 
     Raises:
@@ -267,7 +278,7 @@ def _read(settings: TuneSettings, download_progress: Progress | None, shard: Sha
             take ``--metric`` (or ``--target``).
     """
     fs = settings.finetune
-    tokenizer_dir, weights_path = fetch_artefacts(fs, make_plan(fs), download_progress, shard)
+    tokenizer_dir, weights_path = fetch_artefacts(fs, plan, download_progress, shard)
     data_dir = Path(fs.data).expanduser().resolve()  # type: ignore[arg-type]  # _check: given
     prepared = read_prepared(data_dir)
     fingerprint = prepared_fingerprint(data_dir)
@@ -304,19 +315,18 @@ def _search(
     guard: InterruptGuard,
     shard: Shard,
     timeout: float | None,
-    fingerprint: str = "",
+    fingerprint: str,
+    device: torch.device,
 ) -> _Study:
     """Run this process's trials of the study (rank 0 opens it first; every rank's trials are told
     before any rank goes on)."""
+    divide_cpu_threads(device, shard)  # a no-op for one process
     if shard.is_main:
         _save_settings(runner.work, settings, space, fingerprint)
         study = _Study(settings, space, runner, progress, guard, shard)
     shard.barrier()
     if not shard.is_main:
-        divide_cpu_threads(make_plan(settings.finetune).device, shard)
         study = _Study(settings, space, runner, TrainProgress(), guard, shard)
-    elif shard.distributed:
-        divide_cpu_threads(make_plan(settings.finetune).device, shard)
     study.run(timeout)
     runner.close()
     shard.slow_barrier()  # trials take as long as they take: not --dist-timeout
@@ -330,7 +340,7 @@ def _check(settings: TuneSettings) -> tuple[tuple[Param, ...], float | None]:
     problems: list[str] = []
     if fs.data is None:
         problems.append("gptclf tune needs --data DIR, a folder written by `gptclf prepare`")
-    problems += _attempt(make_plan, fs)
+    problems += plan_problems(fs)
     problems += field_problems(search)
     timeout = None
     if search.timeout is not None:
@@ -372,7 +382,7 @@ def _model_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]
     for param in space:
         values = param.choices if param.choices is not None else (param.low, param.high)
         for value in values:
-            found = _attempt(make_plan, fs.with_options({param.name: value}))
+            found = plan_problems(fs.with_options({param.name: value}))
             problems += [f"--space: {param.name} = {value!r}: {p}" for p in found]
     return list(dict.fromkeys(problems))
 
@@ -383,14 +393,6 @@ def _need_optuna() -> None:
 
     if importlib.util.find_spec("optuna") is None:
         raise BadInputError("gptclf tune needs Optuna, the tune extra: pip install 'gptclf[tune]'")
-
-
-def _attempt(func: Any, *args: Any) -> list[str]:
-    try:
-        func(*args)
-    except BadInputError as exc:
-        return [str(exc)]
-    return []
 
 
 class _Study:
@@ -795,7 +797,7 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
         search_given = frozenset(saved["search_given"])
         space = None if saved.get("space") is None else tuple(_param_of(p) for p in saved["space"])
         fingerprint = saved.get("data_fingerprint") or None
-        _attempt(make_plan, fs)  # a value of the wrong type fails here, not later with a traceback
+        plan_problems(fs)  # a value of the wrong type fails here, not later with a traceback
         field_problems(search)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadInputError(
