@@ -26,6 +26,17 @@ from gptclf.training import trials as trials_module
 from tests.conftest import REPO
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+#: The tests that run a study need the tune extra (Optuna); the refusals before it do not.
+needs_optuna = pytest.mark.skipif(not _importable("optuna"), reason="the tune extra is not installed")
 TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu"]
 #: Two cuts (head: both blocks cached; last-block: one), a learning rate, the epochs fixed.
 SPACE = '[lr]\nlow = 1e-3\nhigh = 3e-2\nlog = true\n[trainable]\nchoices = ["head", "last-block"]\n'
@@ -51,6 +62,7 @@ def setup(tmp_path: Path) -> tuple[list[str], Path]:
     return ["--data", str(data), *TINY, "--space", str(space), "--epochs", "2", "--batch-size", "8"], tmp_path
 
 
+@needs_optuna
 @pytest.mark.slow
 def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
     setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
@@ -113,6 +125,7 @@ def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
     assert code == 2 and "nothing to resume" in stderr
 
 
+@needs_optuna
 @pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
@@ -157,6 +170,7 @@ def _wait_for(proc: subprocess.Popen[str], prefix: str) -> list[str]:
     raise AssertionError(f"no line {prefix!r} in {''.join(seen)}")
 
 
+@needs_optuna
 @pytest.mark.slow
 def test_sigterm_stops_after_the_epoch_and_resume_continues(setup: tuple[list[str], Path]) -> None:
     common, tmp_path = setup
@@ -179,6 +193,7 @@ def test_sigterm_stops_after_the_epoch_and_resume_continues(setup: tuple[list[st
     assert all(f"val_loss {float(r['value']):.4f}" in line for r, line in zip(rows[:2], done, strict=True))
 
 
+@needs_optuna
 @pytest.mark.slow
 def test_kill_9_loses_at_most_the_running_trial(setup: tuple[list[str], Path]) -> None:
     common, tmp_path = setup
@@ -286,6 +301,7 @@ def test_torchrun_spreads_the_trials_over_the_ranks(setup: tuple[list[str], Path
     assert json.loads((out / "run.json").read_text())["tune"]["trial"] in {int(r["trial"]) for r in rows}
 
 
+@needs_optuna
 def test_a_stopped_final_run_resumes_with_tune_on_the_data_and_space_it_searched(
     setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,6 +362,7 @@ def test_a_bad_space_file_is_not_also_blamed_for_fixed_options(tmp_path: Path) -
     assert not out.exists() and not work_dir(out).exists()
 
 
+@needs_optuna
 def test_a_full_disk_under_the_journal_is_one_line_and_resumes(
     setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 from cli.main import app
 from tests.conftest import REPO
 from tests.inference.test_predict import make_run

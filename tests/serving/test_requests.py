@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+
 from gptclf.option_groups import DecisionOptions, DeviceOptions, LongTextOptions
 from gptclf.serving.requests import RequestError, field_words, parse_body, with_options
 from gptclf.serving.server import Listen, check, is_loopback

@@ -23,6 +23,8 @@ from tests.finetune_helpers import tiny_classifier
 from tests.inference.test_predict import make_run
 from tests.serving.server_helpers import Server, running, serve_command, start
 
+pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 pytestmark = pytest.mark.slow
 KEY = "s3cret-token-0123456789abcdef"
 
