@@ -22,6 +22,13 @@ from gptclf.errors import BadInputError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 
+#: The fused attention kernels gptclf's forward passes may use on CUDA, in torch's order of
+#: preference. cuDNN's attention is left out: on an H200 (torch 2.11, bf16) it plans each new
+#: sequence length anew, and length-bucketed batches bring a new length nearly every step, so the
+#: cached training ran 5x slower in bf16 than in fp32 (see the README's GPU section). Flash and
+#: memory-efficient attention need no per-shape plan. None: torch's own choice.
+CUDA_ATTENTION: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
 
 @dataclass(frozen=True)
 class LocalJob:
@@ -132,7 +139,7 @@ class Precision:
     @contextlib.contextmanager
     def autocast(self, device: torch.device) -> Iterator[None]:
         """The forward passes' context: this precision's TF32 setting and autocast type."""
-        with self.tf32_scope(device):
+        with self.tf32_scope(device), attention_scope(device):
             if self.autocast_dtype is None:
                 yield
             else:
@@ -159,6 +166,23 @@ class Precision:
         finally:
             for (space, name), value in zip(flags, saved, strict=True):
                 setattr(space, name, value)
+
+
+@contextlib.contextmanager
+def attention_scope(device: torch.device) -> Iterator[None]:
+    """Restrict scaled-dot-product attention to :data:`CUDA_ATTENTION` for the block (CUDA only).
+
+    Like the TF32 flags, the kernel choice is process-wide in torch: it is set around gptclf's own
+    forward passes and restored after. The backward of an attention runs the kernel its forward
+    chose, so scoping the forward is enough.
+    """
+    if device.type != "cuda" or CUDA_ATTENTION is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION]):
+        yield
 
 
 def _tf32_flags() -> list[tuple[Any, str]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptclf.device import LocalJob, resolve_device, resolve_precision
+from gptclf.device import LocalJob, Precision, resolve_device, resolve_precision
 from gptclf.distributed import process_group
 from gptclf.errors import BadInputError
 from gptclf.training.plan import check_launch, make_plan
@@ -85,6 +85,27 @@ def test_fp32_means_fp32_and_tf32_is_scoped(monkeypatch: pytest.MonkeyPatch) -> 
         assert _tf32_state() == (True, True)  # off CUDA nothing is touched
     with pytest.raises(BadInputError, match="tf32 needs a CUDA GPU"):
         resolve_precision("tf32", CPU)
+
+
+def _attention_state() -> tuple[bool, bool, bool, bool]:
+    b = torch.backends.cuda
+    return b.cudnn_sdp_enabled(), b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled()
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_cudnn_attention_is_left_out_only_inside_a_cuda_forward_pass() -> None:
+    """cuDNN attention plans every new sequence length anew (5x slower bf16 training on an H200):
+    gptclf's CUDA forward passes run without it, and the caller's setting is back after."""
+    cuda = torch.device("cuda", 0)
+    bf16 = Precision("bf16", torch.bfloat16, use_scaler=False)
+    before = _attention_state()
+    assert before == (True, True, True, True)  # torch's defaults: every kernel allowed
+    for precision in (bf16, Precision("fp32", None, use_scaler=False)):
+        with precision.autocast(cuda):
+            assert _attention_state() == (False, True, True, True)
+        assert _attention_state() == before
+    with bf16.autocast(CPU):
+        assert _attention_state() == before  # off CUDA nothing is touched
 
 
 def test_bf16_support_is_that_of_the_chosen_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

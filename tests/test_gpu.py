@@ -16,7 +16,7 @@ import torch.distributed as dist
 from gptclf.device import Precision, resolve_device, resolve_precision
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError
-from gptclf.inference.batching import LabelledSet
+from gptclf.inference.batching import LabelledSet, TokenSource
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.model.classifier import Classifier, LoRALinear, parse_scope
 from gptclf.training.loop import fit
@@ -94,23 +94,32 @@ def _cache(device: torch.device, location: str, n: int = 23) -> FeatureCache:
 
 
 @gpu
-def test_gpu_cache_lives_on_the_gpu_and_test_in_pinned_ram(cuda: torch.device) -> None:
+def test_gpu_cache_holds_train_and_validation_and_matches_a_pinned_ram_cache(cuda: torch.device) -> None:
+    """Training's splits are cached on the GPU; the test split, read once after training, is read
+    from its token ids (never cached: it would hold memory through the whole run). A cache in
+    pinned RAM gives the GPU one's batches exactly."""
     model = tiny_classifier(["a", "b"], seed=4).to(cuda)
     ids, _ = synthetic_ids(20, 2, seed=1)
+    scope = parse_scope("last-block")
+    precision = resolve_precision("fp32", cuda)
     sources = make_sources(
-        model, {"train": ids, "validation": ids, "test": ids}, scope=parse_scope("last-block"),
-        use_cache=True, device=cuda, precision=resolve_precision("fp32", cuda), cache_memory=1 << 30,
+        model, {"train": ids, "validation": ids, "test": ids}, scope=scope,
+        use_cache=True, device=cuda, precision=precision, cache_memory=1 << 30,
     )  # fmt: skip
     caches = {name: s for name, s in sources.items() if isinstance(s, FeatureCache)}
     where = {name: (c.location, c.flat.device.type, c.flat.is_pinned()) for name, c in caches.items()}
-    assert where == {
-        "train": ("gpu", "cuda", False), "validation": ("gpu", "cuda", False), "test": ("memory", "cpu", True)
-    }  # fmt: skip
+    assert where == {"train": ("gpu", "cuda", False), "validation": ("gpu", "cuda", False)}
+    assert isinstance(sources["test"], TokenSource)
+    start = caches["train"].start_block
+    in_ram = FeatureCache.build(
+        model, ids, start, device=cuda, precision=precision, location="memory", pooled=caches["train"].pooled
+    )
+    assert (in_ram.location, in_ram.flat.device.type, in_ram.flat.is_pinned()) == ("memory", "cpu", True)
     picked = [3, 0, 17, 9]
-    on_gpu, in_ram = sources["train"].batch(picked, cuda), sources["test"].batch(picked, cuda)
-    assert on_gpu.hidden.device == in_ram.hidden.device == cuda
-    assert torch.equal(on_gpu.hidden, in_ram.hidden) and torch.equal(on_gpu.lengths, in_ram.lengths)
-    for source in sources.values():
+    on_gpu, from_ram = sources["train"].batch(picked, cuda), in_ram.batch(picked, cuda)
+    assert on_gpu.hidden.device == from_ram.hidden.device == cuda
+    assert torch.equal(on_gpu.hidden, from_ram.hidden) and torch.equal(on_gpu.lengths, from_ram.lengths)
+    for source in [*sources.values(), in_ram]:
         source.close()
 
 
