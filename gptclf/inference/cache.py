@@ -114,6 +114,7 @@ class FeatureCache:
         label: str = "caching the frozen blocks",
         windows: WindowMap | None = None,
         pooled: bool = False,
+        base: FeatureCache | None = None,
     ) -> FeatureCache:
         """Run the first ``start_block`` blocks over every text once and keep their output.
 
@@ -135,7 +136,19 @@ class FeatureCache:
                 (``--long-texts``): the cache holds a row per window; the progress counts texts.
             pooled: Keep only each text's last real token's state (see
                 :func:`~gptclf.inference.cache_plan.pooled_cache`: every block cached, ``last-token``).
+            base: A cache of the same texts at a lower cut (one state per token): only the blocks
+                from its cut to ``start_block`` run, over its states, batched as a build from the
+                token ids batches them. The states are those of a build from the ids, bit for bit:
+                the batches have the same texts and widths, and the pads (zeros here, pad tokens'
+                states there) come after every real token, so causal attention never reads them
+                and every other operation works row by row.
         """
+        assert base is None or (
+            not base.pooled
+            and base.start_block < start_block
+            and base.pad_to == pad_to
+            and len(base) == len(ids)
+        ), "a base cache is a per-token cache of the same texts at a lower cut"
         assert start_block >= 1 and (location != "gpu" or device.type == "cuda"), (start_block, location)
         lengths = _lengths(ids)
         assert not pooled or (start_block == model.gpt.n_layer and model.pooling == "last-token")
@@ -153,7 +166,7 @@ class FeatureCache:
         try:
             _fill(
                 flat, model, ids, starts, start_block, device, precision, batch_size, shard, progress, label,
-                windows, pooled,
+                windows, pooled, base,
             )  # fmt: skip
             shard.all_sum_rows(flat)
         except BaseException:
@@ -282,10 +295,12 @@ def _fill(
     label: str,
     windows: WindowMap | None = None,
     pooled: bool = False,
+    base: FeatureCache | None = None,
 ) -> None:
     """Write the trunk's output for this rank's share of the length-sorted batches into ``flat``
     (``windows``: the texts of the rows, when they are windows: the progress counts texts;
-    ``pooled``: each text's last real token's state only, at row ``starts[i]``)."""
+    ``pooled``: each text's last real token's state only, at row ``starts[i]``; ``base``: a lower
+    cut's cache of the same texts, run on from its cut instead of from the token ids)."""
     lengths = _lengths(ids)
 
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
@@ -296,7 +311,7 @@ def _fill(
             else:
                 flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
 
-    rows: Source = TokenSource(ids)
+    rows: Source = TokenSource(ids) if base is None else base
     run_batches(
         model,
         rows if windows is None else WindowedSource(rows, windows),  # batched as rows either way
@@ -327,6 +342,7 @@ def make_sources(
     note: Callable[[str], None] | None = None,
     progress: Progress | None = None,
     windows: Mapping[str, WindowMap | None] | None = None,
+    bases: Mapping[str, FeatureCache] | None = None,
 ) -> dict[str, Source]:
     """A :class:`Source` per split: cached states where exact and allowed, token batches otherwise.
 
@@ -349,6 +365,8 @@ def make_sources(
             a split without one has a row per text. The progress counts texts either way; the
             sources hold the rows (the caller reads a windowed split through a
             :class:`~gptclf.inference.longtexts.WindowedSource` over its source).
+        bases: Split name -> a cache of its texts at a lower cut to build on (see
+            :meth:`FeatureCache.build`'s ``base``; :class:`~gptclf.inference.cache_pool.CachePool`).
 
     Raises:
         BadInputError: The caches that go to disk cannot fit there (see :func:`plan_cache`).
@@ -386,6 +404,7 @@ def make_sources(
                 label=f"caching the frozen blocks of the {name} split",
                 windows=(windows or {}).get(name),
                 pooled=plan.pooled,
+                base=(bases or {}).get(name),
             )
     except BaseException:
         for source in sources.values():

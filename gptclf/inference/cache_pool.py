@@ -12,6 +12,14 @@ model built from the same ``--weights`` and seed has bit for bit, and on the tok
 tokenised once. Models that read a pad at position -1 (``last-position`` pooling) cache padded
 texts, and a pooled cache (every block frozen, ``last-token`` pooling) keeps one state a text, so
 each of those has a cache of its own at the same cut.
+
+A cut above one already built is not run from the token ids: its cache is built on the lower cut's
+states, running only the blocks between the two (the same numbers bit for bit, see
+:meth:`~gptclf.inference.cache.FeatureCache.build`'s ``base``). With ``base_cut`` (tune passes the
+lowest cut its search space can ask for), the first cut above it builds the base cut first: every
+later cut then costs only its own blocks above it, and the base cut's build is what a trial at that
+cut needs anyway. Building the base cut and then a higher one on it runs as many blocks as building
+the higher one from the ids, so this never costs more time, only the memory of the base cache.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class CacheBuild:
     nbytes: int
     location: str
     seconds: float
+    built_on: int = 0
 
 
 @dataclass
@@ -50,10 +59,13 @@ class CachePool:
     Attributes:
         cache_memory: RAM in bytes the pool's caches may take together; each build is placed with
             what the earlier ones left (the rest goes to disk, as finetune places a cache).
-        builds: Every cache build, in order (a cut of 0, plain token batches, is no build).
+        base_cut: A cut to build first, for the cuts above it to be built on (0: none).
+        builds: Every cache build, in order (a cut of 0, plain token batches, is no build), with
+            the cut it was built on (0: from the token ids).
     """
 
     cache_memory: int
+    base_cut: int = 0
     builds: list[CacheBuild] = field(default_factory=list)
     _sources: dict[tuple[Any, ...], Source] = field(default_factory=dict)
 
@@ -88,11 +100,20 @@ class CachePool:
         )
         missing = {name: ids for name, ids in splits.items() if (*key, name) not in self._sources}
         if missing:
+            if 0 < self.base_cut < cut and not self._bases(key, missing):
+                base_scope = TrainableScope("last-blocks", model.gpt.n_layer - self.base_cut)
+                if cacheable_blocks(model.gpt, base_scope, model.pooling, pad_to) == self.base_cut:
+                    self.sources(
+                        model, missing, scope=base_scope, use_cache=use_cache, device=device,
+                        precision=precision, batch_size=batch_size, pad_to=pad_to, windows=windows, note=note,
+                        progress=progress, inputs=inputs,
+                    )  # fmt: skip
+            bases = self._bases(key, missing)
             t0 = time.monotonic()
             built = make_sources(
                 model, dict(missing), scope=scope, use_cache=use_cache, device=device, precision=precision,
                 cache_memory=max(self.cache_memory - self.held(), 0), batch_size=batch_size, pad_to=pad_to,
-                note=note, progress=progress, windows=windows,
+                note=note, progress=progress, windows=windows, bases=bases,
             )  # fmt: skip
             for name, source in built.items():
                 self._sources[(*key, name)] = source
@@ -105,9 +126,26 @@ class CachePool:
                         sum(c.nbytes for c in caches),
                         "+".join(sorted({c.location for c in caches})),
                         time.monotonic() - t0,
+                        max((b.start_block for b in bases.values()), default=0),
                     )
                 )
         return {name: self._sources[(*key, name)] for name in splits}
+
+    def _bases(self, key: tuple[Any, ...], splits: Mapping[str, Any]) -> dict[str, FeatureCache]:
+        """For each of ``splits``, the per-token cache at the highest cut below ``key``'s with the
+        same texts (pads cached alike, tokenised alike), if the pool has one."""
+        cut, pads, _, inputs = key
+        found: dict[str, FeatureCache] = {}
+        for name in splits:
+            lower = [
+                source
+                for (c, p, pooled, i, n), source in self._sources.items()
+                if n == name and p == pads and i == inputs and not pooled and 0 < c < cut
+                and isinstance(source, FeatureCache)
+            ]  # fmt: skip
+            if lower:
+                found[name] = max(lower, key=lambda source: source.start_block)
+        return found
 
     def held(self) -> int:
         """Bytes of the caches the pool holds in RAM."""

@@ -24,6 +24,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from gptclf.distributed import Shard, divide_cpu_threads
 from gptclf.errors import BadInputError, GptclfError, Interrupted, TrainingError, write_error
 from gptclf.fileio import atomic_write_json
 from gptclf.inference.cache_pool import CachePool
+from gptclf.model.classifier import parse_scope
 from gptclf.model.tokenizer import load_tokenizer
 from gptclf.options import field_problems, option
 from gptclf.progress import Progress, TrainProgress, fmt_metric
@@ -197,7 +199,7 @@ def tune(
                                   note=progress.message)  # fmt: skip
         guard.deferring = True  # from here on a signal ends the running trial at its next evaluation
         guard.before = f"the study is kept in {work_dir(out)} for --resume"
-        pool = CachePool(plan.cache_memory)
+        pool = CachePool(plan.cache_memory, base_cut=base_cut(space, settings.finetune, plan.config.n_layer))
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
             if build is not None:
@@ -331,6 +333,22 @@ def _search(
     runner.close()
     shard.slow_barrier()  # trials take as long as they take: not --dist-timeout
     return study
+
+
+def base_cut(space: Sequence[Param], fixed: FinetuneSettings, n_layer: int) -> int:
+    """The lowest cut the search can ask for, when it can ask for more than one (0: none): the
+    pool builds it first and every higher cut on it (:class:`~gptclf.inference.cache_pool.CachePool`).
+
+    The cuts are those of the trainable scopes the space samples (or the one ``--trainable``
+    fixes); ``all`` and ``lora`` have none."""
+    choices = next((p.choices for p in space if p.name == "trainable" and p.choices), (fixed.trainable,))
+    cuts = set()
+    for choice in choices:
+        scope = parse_scope(str(choice))
+        if scope.kind not in ("all", "lora") and not scope.problems(n_layer):
+            cuts.add(n_layer - scope.trainable_blocks(n_layer))
+    cuts.discard(0)
+    return min(cuts) if len(cuts) > 1 else 0
 
 
 def _check(settings: TuneSettings) -> tuple[tuple[Param, ...], float | None]:

@@ -96,6 +96,9 @@ def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
     assert (out / "history.csv").is_file() and (out / "metrics.json").is_file()
     study = json.loads((out / "tune" / "study.json").read_text())
     assert study["best"] == best and study["final_run"]["identical_to_trial"] is True
+    # The lowest cut of the space is built first and the head's cut on it (one block, not two).
+    on = {b["blocks"]: b["built_on"] for b in study["cache_builds"]}
+    assert on == ({1: 0} if cuts == {1} else {1: 0, 2: 1})
     assert study["final_run"]["how"].startswith("kept from the best trial")
     assert summary["retrained_identical"] is True and "; keeping its weights" in stderr
     best_row = next(r for r in rows if int(r["trial"]) == best["number"])

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from gptclf.errors import BadInputError
-from gptclf.training.tune import _cut_torn_line, parse_duration
+from gptclf.training.search_space import DEFAULT_SPACE, Param
+from gptclf.training.settings import FinetuneSettings
+from gptclf.training.tune import _cut_torn_line, base_cut, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -34,3 +36,14 @@ def test_a_torn_last_line_of_the_journal_is_dropped(tmp_path: Path) -> None:
     _cut_torn_line(journal)  # whole lines stay as they are
     assert journal.read_bytes() == b'{"op_code": 0}\n{"op_code": 1}\n'
     _cut_torn_line(tmp_path / "absent")
+
+
+def test_the_base_cut_is_the_lowest_of_several_cuts_the_space_can_ask_for() -> None:
+    fixed = FinetuneSettings()
+    assert base_cut(DEFAULT_SPACE, fixed, 12) == 10  # head 12, last-block 11, last-blocks 2: 10
+    two = (Param("trainable", choices=("head", "last-block", "lora", "all")),)
+    assert base_cut(two, fixed, 12) == 11  # lora and all have no cache
+    one = (Param("trainable", choices=("head", "lora")),)
+    assert base_cut(one, fixed, 12) == 0  # one cut: nothing to share
+    assert base_cut((), fixed, 12) == 0  # --trainable fixed: one cut
+    assert base_cut((Param("trainable", choices=("last-blocks 4", "head")),), fixed, 2) == 0  # 4 > 2 blocks
