@@ -10,12 +10,13 @@ gpt2-small's depth at width 384 (``n_layer=12,n_head=6,n_embd=384``), the book's
       5,160 texts, about 115,000 tokens, in training blocks of 128 tokens), then the same
       finetune on the adapted folder.
 
-Blocks of 128, not the context's 1,024: SMS texts are about 30 tokens, and 1,024-token blocks left
-105 blocks, 13 optimizer steps an epoch; after 13 to 39 steps from random weights the language model
-predicts the same token frequencies after every context, and its last-token states collapse onto
-one direction (average distance of 300 texts' states to their mean 0.63 against a mean norm of 8.1;
-7.8 against 1.6 for the random weights), which left (b) at chance (50.33%). Blocks of 128 give 8x
-the steps for the same tokens (``--block-size`` sets it).
+Blocks of 128, not the context's 1,024: SMS texts are about 30 tokens, and 1,024-token blocks leave
+105 blocks, 13 optimizer steps an epoch. Early in language modelling from random weights the model
+predicts the same token frequencies after every context and its last-token states collapse onto one
+direction (on a 2-layer model: average distance of 300 texts' states to their mean 0.63 against a
+mean norm of 8.1; 7.8 against 1.6 for the random weights), and a finetune on them is at chance.
+Blocks of 128 give 8x the steps for the same tokens (``--block-size``, ``--lr`` and
+``--adapt-epochs`` set the recipe; the README has what each gave).
 
 It prints the test accuracy of (a) and (b), adapt's validation perplexity before and after, and
 adapt's training tokens/s against ``transformers.Trainer`` training ``GPT2LMHeadModel`` of the same
