@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gptclf.errors import BadInputError
 
@@ -179,8 +180,6 @@ def attention_scope(device: torch.device) -> Iterator[None]:
     if device.type != "cuda" or CUDA_ATTENTION is None:
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with sdpa_kernel([getattr(SDPBackend, name) for name in CUDA_ATTENTION]):
         yield
 

@@ -100,15 +100,15 @@ class CachePool:
         )
         missing = {name: ids for name, ids in splits.items() if (*key, name) not in self._sources}
         if missing:
-            if 0 < self.base_cut < cut and not self._bases(key, missing):
-                base_scope = TrainableScope("last-blocks", model.gpt.n_layer - self.base_cut)
-                if cacheable_blocks(model.gpt, base_scope, model.pooling, pad_to) == self.base_cut:
-                    self.sources(
-                        model, missing, scope=base_scope, use_cache=use_cache, device=device,
-                        precision=precision, batch_size=batch_size, pad_to=pad_to, windows=windows, note=note,
-                        progress=progress, inputs=inputs,
-                    )  # fmt: skip
             bases = self._bases(key, missing)
+            if not bases and 0 < self.base_cut < cut:  # the base cut first (its cut: base_cut, as cut > 0)
+                base_scope = TrainableScope("last-blocks", model.gpt.n_layer - self.base_cut)
+                self.sources(
+                    model, missing, scope=base_scope, use_cache=use_cache, device=device, precision=precision,
+                    batch_size=batch_size, pad_to=pad_to, windows=windows, note=note, progress=progress,
+                    inputs=inputs,
+                )  # fmt: skip
+                bases = self._bases(key, missing)
             t0 = time.monotonic()
             built = make_sources(
                 model, dict(missing), scope=scope, use_cache=use_cache, device=device, precision=precision,

@@ -342,12 +342,8 @@ def base_cut(space: Sequence[Param], fixed: FinetuneSettings, n_layer: int) -> i
     The cuts are those of the trainable scopes the space samples (or the one ``--trainable``
     fixes); ``all`` and ``lora`` have none."""
     choices = next((p.choices for p in space if p.name == "trainable" and p.choices), (fixed.trainable,))
-    cuts = set()
-    for choice in choices:
-        scope = parse_scope(str(choice))
-        if scope.kind not in ("all", "lora") and not scope.problems(n_layer):
-            cuts.add(n_layer - scope.trainable_blocks(n_layer))
-    cuts.discard(0)
+    scopes = [parse_scope(str(choice)) for choice in choices]
+    cuts = {n_layer - s.trainable_blocks(n_layer) for s in scopes if not s.problems(n_layer)} - {0}
     return min(cuts) if len(cuts) > 1 else 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -26,17 +27,10 @@ from gptclf.training import trials as trials_module
 from tests.conftest import REPO
 from tests.finetune_helpers import TINY_SPEC, install_tokenizer, prepared_folder
 
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
 #: The tests that run a study need the tune extra (Optuna); the refusals before it do not.
-needs_optuna = pytest.mark.skipif(not _importable("optuna"), reason="the tune extra is not installed")
+needs_optuna = pytest.mark.skipif(
+    importlib.util.find_spec("optuna") is None, reason="the tune extra is not installed"
+)
 TINY = ["--model", TINY_SPEC, "--weights", "random", "--device", "cpu"]
 #: Two cuts (head: both blocks cached; last-block: one), a learning rate, the epochs fixed.
 SPACE = '[lr]\nlow = 1e-3\nhigh = 3e-2\nlog = true\n[trainable]\nchoices = ["head", "last-block"]\n'
