@@ -168,20 +168,28 @@ def read_multilabel_table(
         BadInputError: As :func:`iter_multilabel`.
     """
     tally: Counter[str] = Counter()
-    texts: list[str] = []
-    labels: list[tuple[str, ...]] = []
-    rows: list[int] = []
     records = iter_multilabel(
         path, tally, text_column=text_column, label_column=label_column, label_columns=label_columns,
         sep=sep, fmt=fmt, encoding=encoding,
     )  # fmt: skip
-    for number, text, names in records:
-        texts.append(text)
-        labels.append(names)
-        rows.append(number)
-    frame = pd.DataFrame({"text": texts, "label": labels, "row": pd.Series(rows, dtype="int64")})
-    dropped = {EMPTY_TEXT: tally[EMPTY_TEXT]} if tally[EMPTY_TEXT] else {}
-    return MultiTable(frame=frame, dropped=dropped, repeated=tally[REPEATED])
+    frame = records_frame(list(records))
+    return MultiTable(frame=frame, dropped=dropped_rows(tally), repeated=tally[REPEATED])
+
+
+def records_frame(records: Sequence[tuple[int, str, tuple[str, ...]]]) -> pd.DataFrame:
+    """``text``, ``label`` and ``row`` of :func:`iter_multilabel`'s records."""
+    return pd.DataFrame(
+        {
+            "text": [r[1] for r in records],
+            "label": [r[2] for r in records],
+            "row": pd.Series([r[0] for r in records], dtype="int64"),
+        }
+    )
+
+
+def dropped_rows(tally: Counter[str]) -> dict[str, int]:
+    """The rows :func:`iter_multilabel` left out, by reason, from its tally."""
+    return {EMPTY_TEXT: tally[EMPTY_TEXT]} if tally[EMPTY_TEXT] else {}
 
 
 def iter_multilabel(

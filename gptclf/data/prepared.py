@@ -251,23 +251,86 @@ def read_prepared(directory: Path) -> PreparedData:
             the checksum labels.json recorded for it, or a label is not one of the classes.
     """
     directory = Path(directory)
-    _require_prepared(directory)
-    meta = _read_labels_json(directory / LABELS_FILE)
-    classes: list[str] = meta["classes"]
+    meta = read_meta(directory)
     splits: dict[str, pd.DataFrame] = {}
     for split in SPLITS:
-        name = f"{split}.csv"
-        data = (directory / name).read_bytes()
-        recorded = meta.get("files", {}).get(name, {}).get("sha256")
-        if recorded != hashlib.sha256(data).hexdigest():
-            raise BadInputError(
-                f"{directory / name} does not match labels.json (edited, or left from another "
-                "prepare run); run `gptclf prepare --force` again"
-            )
-        frame = _read_split_csv(directory / name, data)
+        path = _checked_split(directory, split, meta)
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = _split_reader(path, fh)
+            records = list(reader)
+        frame = pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})
+        del records
         # A class name per cell, or a list of labels held as a tuple in memory.
-        splits[split] = reader_of(meta).parse(frame, classes, meta, str(directory / name))
-    return PreparedData(classes=classes, splits=splits, meta=meta)
+        splits[split] = reader_of(meta).parse(frame, meta["classes"], meta, str(path))
+    return PreparedData(classes=meta["classes"], splits=splits, meta=meta)
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """labels.json of a prepared folder (the format tag, classes, metadata, each file's rows and
+    checksum), once the folder is known to hold every file.
+
+    Raises:
+        BadInputError: A file is missing or labels.json is malformed.
+    """
+    directory = Path(directory)
+    _require_prepared(directory)
+    return _read_labels_json(directory / LABELS_FILE)
+
+
+#: Rows of a split parsed at a time when it is streamed (:func:`iter_split`).
+SPLIT_CHUNK = 65_536
+
+
+def split_rows(meta: Mapping[str, Any], split: str) -> int | None:
+    """How many rows labels.json records for ``split`` (None when it does not say)."""
+    rows = meta.get("files", {}).get(f"{split}.csv", {}).get("rows")
+    return rows if isinstance(rows, int) else None
+
+
+def iter_split(
+    directory: Path, split: str, meta: Mapping[str, Any], chunk: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """One split of a prepared folder as frames of at most ``chunk`` rows (``text`` and ``label``,
+    parsed as :func:`read_prepared` parses them), after its checksum is checked: memory in the
+    chunk, not in the split (default :data:`SPLIT_CHUNK`). An empty split gives no frame.
+
+    Raises:
+        BadInputError: As :func:`read_prepared` (the checksum before any row).
+    """
+    directory = Path(directory)
+    path = _checked_split(directory, split, meta)
+    reader, chunk = reader_of(meta), chunk or SPLIT_CHUNK
+    with open(path, encoding="utf-8", newline="") as fh:
+        records = _split_reader(path, fh)
+        while block := list(itertools.islice(records, chunk)):
+            frame = pd.DataFrame({"text": [r[0] for r in block], "label": [r[1] for r in block]})
+            yield reader.parse(frame, meta["classes"], meta, str(path))
+
+
+def _checked_split(directory: Path, split: str, meta: Mapping[str, Any]) -> Path:
+    """The path of ``split``'s file once its SHA-256 (read a block at a time) is the one
+    labels.json recorded.
+
+    Raises:
+        BadInputError: The file was edited or left from another prepare run.
+    """
+    name = f"{split}.csv"
+    recorded = meta.get("files", {}).get(name, {}).get("sha256")
+    if recorded != _file_sha256(directory / name):
+        raise BadInputError(
+            f"{directory / name} does not match labels.json (edited, or left from another "
+            "prepare run); run `gptclf prepare --force` again"
+        )
+    return directory / name
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def prepared_fingerprint(directory: Path) -> str:
@@ -280,7 +343,7 @@ def prepared_fingerprint(directory: Path) -> str:
     _require_prepared(directory)
     digest = hashlib.sha256()
     for name in PREPARED_FILES:
-        file_hash = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+        file_hash = _file_sha256(directory / name)
         digest.update(f"{name}\0{file_hash}\n".encode())
     return digest.hexdigest()
 
@@ -310,10 +373,14 @@ def _read_labels_json(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_split_csv(path: Path, data: bytes) -> pd.DataFrame:
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True)
+def _split_reader(path: Path, fh: Iterable[str]) -> Iterator[list[str]]:
+    """The records of a split file open as text (``newline=""``), after its header.
+
+    Raises:
+        BadInputError: The header is not ``text,label``.
+    """
+    reader = csv.reader(fh, strict=True)
     header = next(reader, None)
     if header != ["text", "label"]:
         raise BadInputError(f"{path}: expected the header text,label, found {header}")
-    records = list(reader)
-    return pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})
+    return reader

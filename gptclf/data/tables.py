@@ -185,12 +185,7 @@ def iter_table(
     caller can hold less than the whole table; arguments and errors as :func:`load_table`'s (an
     input without any record is refused when the stream ends)."""
     fmt = resolve_format(path, fmt)
-    if fmt == "sms":
-        records: Iterator[tuple[Any, ...]] = (
-            _sms_fields(path, line, line_no) for line_no, line in numbered_lines(path, encoding)
-        )
-    else:
-        records = _records(path, fmt, (text_column or "text", label_column or "label"), encoding)
+    records = _records(path, fmt, (text_column or "text", label_column or "label"), encoding)
     empty = True
     for raw_text, raw_label in records:
         empty = False
@@ -204,8 +199,9 @@ def iter_table(
 def read_columns(
     path: Source, columns: Sequence[str], fmt: str, encoding: str = "utf-8"
 ) -> Iterator[tuple[Any, ...]]:
-    """The raw values of ``columns`` of each record of a CSV, TSV or JSONL file, nothing dropped
-    (JSON values as they are): for readers with their own rules, such as multi-label lists."""
+    """The raw values of ``columns`` of each record of a CSV, TSV, JSONL or Parquet file (of an SMS
+    file its text and label), nothing dropped (JSON values as they are): for readers with their own
+    rules, such as multi-label lists."""
     return _records(path, fmt, columns, encoding)
 
 
@@ -409,7 +405,11 @@ Columns = Sequence[str] | Callable[[list[str]], Sequence[str]]
 
 
 def _records(source: Source, fmt: str, columns: Columns, encoding: str) -> Iterator[tuple[Any, ...]]:
-    """The values of ``columns`` for each record of a CSV, TSV, JSONL or Parquet file (or stdin)."""
+    """The values of ``columns`` for each record of a CSV, TSV, JSONL or Parquet file (or stdin);
+    of an SMS-format file (``label<TAB>text``), its ``(text, label)``."""
+    if fmt == "sms":
+        yield from (_sms_fields(source, line, line_no) for line_no, line in numbered_lines(source, encoding))
+        return
     if fmt == "parquet":
         yield from _parquet_records(source, columns)
         return

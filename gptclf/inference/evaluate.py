@@ -11,6 +11,7 @@ the one a pass over a list of the texts gives.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def evaluate_with_logits(
     """
     before, windows_before = predictor.n_truncated, predictor.n_windows
     if data.tokens is None:
-        logits = predictor.logits(list(data.texts), progress=progress)
+        logits = _texts_logits(predictor, data.texts, progress)
     else:
         logits = _tokens_logits(predictor, data, progress)
         data.tokens = None  # not needed any more: the metrics' arrays take the room
@@ -72,6 +73,40 @@ def evaluate_with_logits(
     finally:
         progress.end()
     return {"run": str(predictor.run.path), "source": data.source, **report}, logits
+
+
+#: Texts given to the predictor at a time when they are read in pieces or windows (a list of
+#: them, their windows and token ids are held only for a chunk).
+TEXT_CHUNK = 65_536
+
+
+def _texts_logits(predictor: Predictor, texts: Sequence[str], progress: Progress | None) -> torch.Tensor:
+    """(N, K) float32 logits of ``texts`` from :meth:`Predictor.logits`, :data:`TEXT_CHUNK` texts
+    at a time (up to that many, one call: the same batches as before), shown as one pass."""
+    if len(texts) <= TEXT_CHUNK:
+        return predictor.logits(list(texts), progress=progress)
+    progress = progress or Progress()
+    progress.begin("classifying", total=len(texts), unit="texts")
+    try:
+        parts, it = [], iter(texts)
+        while chunk := list(itertools.islice(it, TEXT_CHUNK)):
+            parts.append(predictor.logits(chunk, progress=_Within(progress)))
+        return torch.cat(parts)
+    finally:
+        progress.end()
+
+
+class _Within(Progress):
+    """A chunk's pass shown as part of the whole one: its begin and end are the whole's."""
+
+    def __init__(self, whole: Progress) -> None:
+        self.whole = whole
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self.whole.advance(n, **fields)
+
+    def message(self, text: str) -> None:
+        self.whole.message(text)
 
 
 def _tokens_logits(predictor: Predictor, data: LabelledData, progress: Progress | None) -> torch.Tensor:
@@ -220,10 +255,12 @@ def evaluate_run(
         verb="evaluate",
     )  # fmt: skip
     wants_errors = task.no_error_report is None and reports.wants_errors
-    # Texts read in windows go through the predictor whole; truncated ones are tokenised as read.
-    compact = None
-    if long_texts.mode == "truncate":
-        compact = Compact(loaded.tokenizer, loaded.max_length, keep_texts=wants_errors, progress=progress)
+    # Read a chunk at a time: truncated texts tokenised as read; texts read in pieces or windows
+    # kept packed, and given to the predictor a chunk at a time.
+    compact = Compact(
+        loaded.tokenizer, loaded.max_length, keep_texts=wants_errors, progress=progress,
+        tokenise=long_texts.mode == "truncate",
+    )  # fmt: skip
     data = choice.load(loaded, "test", "evaluate", read_ids=wants_errors, compact=compact)
     for line in _doubts(data.source):
         progress.message(line)

@@ -26,7 +26,14 @@ import pandas as pd
 import tiktoken
 
 from gptclf.data.decoding import is_stdin, source_name
-from gptclf.data.prepared import SPLITS, prepared_fingerprint, read_prepared
+from gptclf.data.prepared import (
+    SPLITS,
+    iter_split,
+    prepared_fingerprint,
+    read_meta,
+    read_prepared,
+    split_rows,
+)
 from gptclf.data.tables import (
     estimate_rows,
     labelled_pair,
@@ -190,8 +197,8 @@ def split_data(
     if split not in SPLITS:
         raise BadInputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     directory = Path(data_dir) if data_dir is not None else recorded_data_dir(run)
-    prepared = read_prepared(directory)
-    held = task_of(prepared.meta)
+    meta = read_meta(directory)
+    held = task_of(meta)
     if held.key != run.task.key:
         raise BadInputError(
             f"this run is {run.task.name} and {directory} holds {held.name} data: "
@@ -202,8 +209,11 @@ def split_data(
     same = None if not recorded else recorded == prepared_fingerprint(directory)
     source = {"split": split, "data": str(directory), "same_as_training": same}
     where = f"the {split} split of {directory}"
-    data = _labelled(prepared.splits[split], run.task, run.classes, where, source, purpose)
-    return data if compact is None else compact.tokenised(data)
+    if compact is not None:  # a chunk of rows at a time: memory in the texts' token ids
+        frames = iter_split(directory, split, meta)
+        return _gathered(run, frames, where, purpose, compact, split_rows(meta, split), source)
+    frame = read_prepared(directory).splits[split]
+    return _labelled(frame, run.task, run.classes, where, source, purpose)
 
 
 def file_data(
@@ -242,49 +252,95 @@ def file_data(
                              purpose, compact)  # fmt: skip
             data.id_file = id_file
             return data
-    frame, dropped = run.task.read_labelled_file(
-        LabelledFile(path, text_column, label_column, fmt, encoding), run.info
-    )  # label lists for a multi-label run: an empty one is a text without a label
-    source = {"input": str(path), "dropped": dict(dropped)}
+    file = LabelledFile(path, text_column, label_column, fmt, encoding)
+    if compact is not None:  # label lists for a multi-label run, a chunk of rows at a time
+        dropped: Counter[str] = Counter()
+        source = {"input": str(path), "dropped": {}}
+        frames = run.task.labelled_frames(file, run.info, dropped, LABEL_CHUNK)
+        total = None if is_stdin(path) else estimate_rows(path, resolve_format(path, fmt))
+        data = _gathered(run, frames, str(path), purpose, compact, total, source, positions=True)
+        source["dropped"] = dict(dropped)
+        data.id_file = id_file
+        return data
+    frame, counts = run.task.read_labelled_file(file, run.info)  # an empty list: no label
+    source = {"input": str(path), "dropped": dict(counts)}
     data = _labelled(frame, run.task, run.classes, str(path), source, purpose)
     positions = (frame["row"] - 1).tolist()  # row is the 1-based record number
-    if compact is not None:
-        del frame
-        data.ids, data.id_file = np.asarray(positions, dtype=np.int64), id_file
-        return compact.tokenised(data)
     data.ids = _record_ids(path, text_column, fmt, encoding, positions) if read_ids else positions
     return data
 
 
-#: Labels of a streamed file gathered before they join the others.
+#: Labels of a streamed file gathered before they join the others; rows of a multi-label file
+#: read at a time.
 LABEL_CHUNK = 8192
-#: The formats a single-label file is streamed from (the SMS format is read whole, as before).
-STREAMED = ("csv", "tsv", "jsonl", "parquet")
+#: The formats a single-label file is streamed from.
+STREAMED = ("csv", "tsv", "jsonl", "parquet", "sms")
 
 
 @dataclass(frozen=True)
 class Compact:
-    """How ``evaluate`` holds labelled texts: token ids cut to ``max_length`` (the run's) instead of
-    texts, and the texts only with ``keep_texts`` (packed, for the error report); ``progress`` shows
-    the reading and tokenising (texts done, texts/s, and an ETA where the size is known)."""
+    """How ``evaluate`` holds labelled texts as it reads them, a chunk at a time: token ids cut to
+    ``max_length`` (the run's) instead of texts, and the texts only with ``keep_texts`` (packed,
+    for the error report); without ``tokenise`` (long texts read in pieces or windows) the packed
+    texts alone. ``progress`` shows the reading and tokenising (texts done, texts/s, and an ETA
+    where the size is known)."""
 
     enc: tiktoken.Encoding
     max_length: int
     keep_texts: bool = False
     progress: Progress | None = None
+    tokenise: bool = True
 
-    def encode(self, texts: Iterable[str], total: int | None) -> tuple[TokenIds, int]:
-        """The token ids of ``texts`` and how many were cut."""
+    def encode(self, texts: Iterable[str], total: int | None) -> tuple[TokenIds | None, int]:
+        """The token ids of ``texts`` and how many were cut (without ``tokenise``: the texts are
+        only read, None and 0)."""
+        if not self.tokenise:
+            for _ in texts:
+                pass
+            return None, 0
         tokens, cut = encode_compact(self.enc, texts, self.max_length, self.progress, total=total)
         return tokens, int(cut.sum())
 
-    def tokenised(self, data: LabelledData) -> LabelledData:
-        """``data`` with its texts tokenised (and dropped, unless kept), its labels a numpy array."""
-        data.tokens, data.cut = self.encode(data.texts, len(data.texts))
-        data.labels = _label_array(data.labels)
-        if not self.keep_texts:
-            data.texts = []
-        return data
+
+def _gathered(
+    run: LoadedRun,
+    frames: Iterable[pd.DataFrame],
+    where: str,
+    purpose: str,
+    compact: Compact,
+    total: int | None,
+    source: dict[str, Any],
+    positions: bool = False,
+) -> LabelledData:
+    """Texts and targets of ``frames`` (``text``, ``label``, and with ``positions`` the 1-based
+    ``row`` that gives each text's id), read one frame after another: each frame's labels encoded
+    by the run's task and checked against its classes, its texts tokenised (``compact``); no frame
+    is held after its turn.
+
+    Raises:
+        BadInputError: No rows, or labels that are not classes of the run (named with ``where``).
+    """
+    labels: list[np.ndarray] = []
+    rows = GrowingArray(np.int64) if positions else None
+    texts = PackedTexts() if compact.keep_texts or not compact.tokenise else None
+
+    def each() -> Iterator[str]:
+        for frame in frames:
+            labels.append(_label_array(run.task.encode_labels(frame, run.classes, where)))
+            if rows is not None:
+                rows.extend(frame["row"].to_numpy(dtype=np.int64) - 1)
+            for text in frame["text"].astype(str):
+                if texts is not None:
+                    texts.append(text)
+                yield text
+
+    tokens, cut = compact.encode(each(), total)
+    if not sum(len(part) for part in labels):
+        raise BadInputError(f"{where} has no rows to {purpose}")
+    data = LabelledData(texts if texts is not None else [], np.concatenate(labels), source)
+    data.ids = rows.array() if rows is not None else None
+    data.tokens, data.cut = tokens, cut
+    return data
 
 
 def _label_array(labels: Sequence[Any]) -> np.ndarray:

@@ -21,7 +21,8 @@ unchanged, since they see outputs, labels and sums only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -209,6 +210,16 @@ class Task(ABC):
         self, file: LabelledFile, info: Mapping[str, Any]
     ) -> tuple[pd.DataFrame, dict[str, int]]:
         """A labelled file as a frame (``text``, ``label``, ``row``) and its dropped-row counts."""
+
+    def labelled_frames(
+        self, file: LabelledFile, info: Mapping[str, Any], dropped: Counter[str], chunk: int
+    ) -> Iterator[pd.DataFrame]:
+        """:meth:`read_labelled_file`'s frame in parts of about ``chunk`` rows, read as they are
+        needed where the task can (the default: one part, the whole file); the dropped rows are
+        counted into ``dropped`` by the time the parts end."""
+        frame, counts = self.read_labelled_file(file, info)
+        dropped.update(counts)
+        yield frame
 
     # --- training -----------------------------------------------------------------------------
     @abstractmethod

@@ -11,7 +11,9 @@ alone) and ``thresholds`` in run.json, and the separator of its label lists in `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,8 +24,11 @@ import torch
 from gptclf.data.labelsets import (
     DEFAULT_SEP,
     check_separator,
+    dropped_rows,
+    iter_multilabel,
     label_matrix,
     read_multilabel_table,
+    records_frame,
     run_label_sep,
 )
 from gptclf.errors import BadInputError
@@ -179,6 +184,19 @@ class MultiLabel(Task):
             encoding=f.encoding,
         )  # fmt: skip
         return table.frame, table.dropped
+
+    def labelled_frames(
+        self, file: LabelledFile, info: Mapping[str, Any], dropped: Counter[str], chunk: int
+    ) -> Iterator[pd.DataFrame]:
+        """The file read ``chunk`` rows at a time, as :meth:`read_labelled_file` reads it whole."""
+        f, tally = file, Counter[str]()
+        records = iter_multilabel(
+            f.path, tally, text_column=f.text_column, label_column=f.label_column, sep=run_label_sep(info),
+            fmt=f.fmt, encoding=f.encoding,
+        )  # fmt: skip
+        while block := list(itertools.islice(records, chunk)):
+            yield records_frame(block)
+        dropped.update(dropped_rows(tally))
 
     def loss_weights(self, labels: Sequence[Any], num_classes: int, mode: str) -> torch.Tensor | None:
         return pos_weights(labels, mode)

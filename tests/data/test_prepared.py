@@ -99,6 +99,42 @@ def test_write_then_read_gives_the_splits_back_exactly(tmp_path: Path) -> None:
     assert prepared_fingerprint(tmp_path / "out") != prepared_fingerprint(tmp_path / "other")
 
 
+# --- issue 21: a split streamed a chunk of rows at a time ---------------------------------------
+
+
+def test_a_split_streamed_in_chunks_gives_read_prepareds_rows(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from gptclf.data.prepared import iter_split, read_meta, split_rows, write_prepared
+
+    texts = ['a "quote", a comma', "line\nbreak", "lone\rreturn", "crlf\r\nend", "é 😀", " padded ", "x", "y"]
+    parts = {
+        "train": pd.DataFrame({"text": texts, "label": ["x", "y"] * 4}),
+        "validation": pd.DataFrame({"text": texts[:2], "label": ["x", "y"]}),
+        "test": pd.DataFrame({"text": [], "label": []}),
+    }
+    write_prepared(tmp_path / "out", parts, {"classes": ["x", "y"], "seed": 1})
+    meta, whole = read_meta(tmp_path / "out"), read_prepared(tmp_path / "out")
+    frames = list(iter_split(tmp_path / "out", "train", meta, chunk=3))
+    assert [len(f) for f in frames] == [3, 3, 2] and split_rows(meta, "train") == 8
+    joined = pd.concat(frames, ignore_index=True)
+    assert joined.to_dict("list") == whole.splits["train"].to_dict("list")
+    assert list(iter_split(tmp_path / "out", "test", meta)) == []  # an empty split: no frame
+
+
+def test_a_streamed_split_is_refused_before_any_row_when_its_file_changed(tmp_path: Path) -> None:
+    from gptclf.data.prepared import iter_split, read_meta
+
+    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 20, "b": 20}))
+    prepare(tmp_path / "out", input_path=path)
+    meta = read_meta(tmp_path / "out")
+    with open(tmp_path / "out" / "test.csv", "a", encoding="utf-8", newline="") as fh:
+        fh.write("added by hand,a\r\n")
+    frames = iter_split(tmp_path / "out", "test", meta, chunk=1)
+    with pytest.raises(BadInputError, match=r"test\.csv does not match labels\.json"):
+        next(frames)
+
+
 # --- issue 18: a replaced set is swapped in whole; a killed prepare leaves debris the next removes --
 
 

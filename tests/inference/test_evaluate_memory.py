@@ -166,3 +166,103 @@ def test_a_streamed_file_keeps_no_position_a_row_but_finds_every_rows_record(tmp
     assert compact.ids_of(list(range(compact.size))[::-1]) == plain.ids[::-1]  # type: ignore[index]
     with pytest.raises(IndexError):
         compact.ids[compact.size]
+
+
+# --- every input path streamed: prepared splits, multi-label and SMS files, long texts ------------
+
+
+def test_a_split_is_read_a_chunk_of_rows_at_a_time_with_the_same_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.data.prepared as prepared
+    import gptclf.inference.labelled as labelled
+
+    folder = prepared_folder(tmp_path)
+    run = memory_run(tmp_path / "run", data={"dir": str(folder)})
+    plain = split_data(run, "test")
+    monkeypatch.setattr(prepared, "SPLIT_CHUNK", 2)
+
+    def whole(directory: Path) -> None:
+        raise AssertionError("the prepared folder was read whole")
+
+    monkeypatch.setattr(labelled, "read_prepared", whole)
+    chunks = []
+    real = labelled.iter_split
+    monkeypatch.setattr(
+        labelled, "iter_split", lambda *a, **k: (chunks.append(len(f)) or f for f in real(*a, **k))
+    )
+    compact = split_data(run, "test", compact=Compact(run.tokenizer, run.max_length, keep_texts=True))
+    assert len(chunks) > 1 and max(chunks) == 2 and sum(chunks) == plain.size
+    _same_evaluation(run, plain, compact)
+
+
+def test_a_multi_label_file_is_read_a_chunk_at_a_time_with_the_same_texts_labels_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.inference.labelled as labelled
+
+    run = memory_run(tmp_path / "run", classes=["billing", "bug", "sales"], multi_label=True)
+    rows = [("id", "text", "label"), ("a", "refund my card", "billing"), ("b", "", "bug"),
+            ("c", "crash on login and a refund", "bug|billing"), ("d", "nothing here", "")]  # fmt: skip
+    rows += [(f"e{i}", f"text {i}", ("billing", "bug", "sales|bug", "")[i % 4]) for i in range(11)]
+    path = _write(tmp_path / "ml.csv", rows)
+    plain = file_data(run, path, read_ids=True)
+    monkeypatch.setattr(labelled, "LABEL_CHUNK", 3)
+    compact = file_data(
+        run, path, read_ids=True, compact=Compact(run.tokenizer, run.max_length, keep_texts=True)
+    )
+    assert compact.source == plain.source == {"input": str(path), "dropped": {"empty text": 1}}
+    assert compact.labels.tolist() == plain.labels and compact.labels.dtype.name == "uint8"  # type: ignore[attr-defined]
+    assert list(compact.texts) == plain.texts and compact.tokens is not None
+    assert compact.ids_of(list(range(compact.size))) == list(plain.ids)  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match=r"ml2\.csv: .*eggs") as bad:
+        file_data(run, _write(tmp_path / "ml2.csv", [*rows, ("z", "x", "eggs")]),
+                  compact=Compact(run.tokenizer, run.max_length))  # fmt: skip
+    assert "\n" not in str(bad.value)
+
+
+def test_an_sms_file_is_streamed_with_the_same_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.data.tables as tables
+
+    run = memory_run(tmp_path / "run", max_length=12)
+    path = tmp_path / "SMSSpamCollection"
+    one_line = [
+        (text, label) for _, text, label in ROWS[1:] if label and "\n" not in text and "\r" not in text
+    ]
+    path.write_text("".join(f"{label}\t{text}\n" for text, label in one_line), encoding="utf-8")
+    plain = file_data(run, path, fmt="sms", read_ids=True)
+    monkeypatch.setattr(tables, "load_sms_spam", lambda *a, **k: pytest.fail("read whole"))
+    compact = file_data(
+        run, path, fmt="sms", read_ids=True, compact=Compact(run.tokenizer, run.max_length, keep_texts=True)
+    )
+    _same_evaluation(run, plain, compact)
+
+
+def test_long_texts_go_to_the_predictor_a_chunk_at_a_time_as_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gptclf.inference.evaluate as evaluate
+    from gptclf.data.long_texts import LongTexts
+
+    run = memory_run(tmp_path / "run", max_length=8)
+    path = _write(tmp_path / "eval.csv", ROWS)
+    kept = Compact(run.tokenizer, run.max_length, keep_texts=True, tokenise=False)
+    data = file_data(run, path, read_ids=True, compact=kept)
+    assert data.tokens is None and isinstance(data.texts, PackedTexts) and data.size == len(ROWS) - 3
+
+    def predictor() -> Predictor:
+        return Predictor(run, device="cpu", precision="fp32", batch_size=4, long_texts=LongTexts("window"))
+
+    want, want_logits = evaluate_with_logits(predictor(), data)
+    monkeypatch.setattr(evaluate, "TEXT_CHUNK", 5)
+    sizes: list[int] = []
+    real = Predictor.logits
+    monkeypatch.setattr(
+        Predictor, "logits", lambda self, texts, **k: sizes.append(len(texts)) or real(self, texts, **k)
+    )
+    got, got_logits = evaluate_with_logits(predictor(), data)
+    assert max(sizes) == 5 and sum(sizes) == data.size
+    assert torch.allclose(got_logits, want_logits, atol=1e-6)
+    assert got["long_texts"] == want["long_texts"] and got["accuracy"] == want["accuracy"]
