@@ -10,9 +10,10 @@ table its own command (start-up and model loading included), with nothing else o
     killed at 50%       the CSV job killed (SIGKILL) while writing the chunk after half of them,
                         then ``--resume``: total time and texts classified by both processes
 
-Part 2, peak RSS and wall time of ``prepare``, ``evaluate --input`` and ``finetune`` (1 epoch,
-head only) with a tiny model on a generated 3-class table (class-specific words and noise) of
-each size in ``--sizes``.
+Part 2, peak RSS and wall time of ``prepare``, ``evaluate --input`` (the table),
+``evaluate --split train`` (the largest split of the prepared table) and ``finetune`` (1 epoch, head
+only) with a tiny model on a generated 3-class table (class-specific words and noise) of each size
+in ``--sizes``.
 
     python benchmarks/batch_predict.py                 # 100,000 texts; tables of 100k and 1M rows
     python benchmarks/batch_predict.py --quick         # 8,192 texts; tables of 10k and 100k rows
@@ -201,6 +202,9 @@ def part_memory(work: Path, sizes: list[int], seed: int, finetune_sizes: list[in
         steps = {
             "prepare": [*gptclf, "prepare", "--input", str(table), "--out", str(data), "--force"],
             "evaluate --input": [*gptclf, "evaluate", str(run), "--input", str(table), "--device", "cpu"],
+            "evaluate --split train": [
+                *gptclf, "evaluate", str(run), "--data", str(data), "--split", "train", "--device", "cpu",
+            ],
             "finetune (1 epoch, head)": [
                 *gptclf, "finetune", "--data", str(data), "--model", TINY, "--weights", "random",
                 "--device", "cpu", "--epochs", "1", "--trainable", "head", "--out", str(work / f"ft-{n}"),
