@@ -256,8 +256,7 @@ def read_prepared(directory: Path) -> PreparedData:
     for split in SPLITS:
         path = _checked_split(directory, split, meta)
         with open(path, encoding="utf-8", newline="") as fh:
-            reader = _split_reader(path, fh)
-            records = list(reader)
+            records = list(_split_records(path, fh, split_rows(meta, split)))
         frame = pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})
         del records
         # A class name per cell, or a list of labels held as a tuple in memory.
@@ -301,7 +300,7 @@ def iter_split(
     path = _checked_split(directory, split, meta)
     reader, chunk = reader_of(meta), chunk or SPLIT_CHUNK
     with open(path, encoding="utf-8", newline="") as fh:
-        records = _split_reader(path, fh)
+        records = _split_records(path, fh, split_rows(meta, split))
         while block := list(itertools.islice(records, chunk)):
             frame = pd.DataFrame({"text": [r[0] for r in block], "label": [r[1] for r in block]})
             yield reader.parse(frame, meta["classes"], meta, str(path))
@@ -373,14 +372,34 @@ def _read_labels_json(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _split_reader(path: Path, fh: Iterable[str]) -> Iterator[list[str]]:
-    """The records of a split file open as text (``newline=""``), after its header.
+def _split_records(path: Path, fh: Iterable[str], rows: int | None) -> Iterator[list[str]]:
+    """The ``[text, label]`` records of a split file open as text (``newline=""``), after its
+    header; ``rows``: how many labels.json says it holds (None: not checked).
+
+    A file whose checksum matches was written by ``prepare`` and none of this fails; it guards a
+    folder whose labels.json was edited together with the file.
 
     Raises:
-        BadInputError: The header is not ``text,label``.
+        BadInputError: The header is not ``text,label``; a line that is not UTF-8 or not CSV, a
+            record without exactly two fields, or another number of rows than ``rows``.
     """
+    again = "run `gptclf prepare --force` again"
     reader = csv.reader(fh, strict=True)
-    header = next(reader, None)
-    if header != ["text", "label"]:
-        raise BadInputError(f"{path}: expected the header text,label, found {header}")
-    return reader
+    count = 0
+    try:
+        header = next(reader, None)
+        if header != ["text", "label"]:
+            raise BadInputError(f"{path}: expected the header text,label, found {header}")
+        for record in reader:
+            count += 1
+            if len(record) != 2:
+                raise BadInputError(
+                    f"{path}: line {reader.line_num} has {len(record)} fields, not text,label; {again}"
+                )
+            yield record
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: after line {reader.line_num} it is not valid utf-8; {again}") from None
+    except csv.Error as exc:
+        raise BadInputError(f"{path}: line {reader.line_num} is not valid CSV ({exc}); {again}") from None
+    if rows is not None and count != rows:
+        raise BadInputError(f"{path} holds {count:,} rows and labels.json says {rows:,}; {again}")

@@ -311,5 +311,6 @@ def _doubts(source: dict[str, Any]) -> list[str]:
         )
     dropped = sum(source.get("dropped", {}).values())
     if dropped:
-        lines.append(f"gptclf: {dropped} rows without a text or a label were skipped")
+        rows = "row without a text or a label was" if dropped == 1 else "rows without a text or a label were"
+        lines.append(f"gptclf: {dropped} {rows} skipped")
     return lines

@@ -15,7 +15,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from gptclf.model.tokenizer import EOT_ID, encode_each
+from gptclf.model.tokenizer import EOT_ID, encode_batch
 from gptclf.progress import Progress
 
 
@@ -223,7 +223,7 @@ def encode_compact(
     started, done, shown = time.monotonic(), 0, False
     try:
         for chunk in _chunks(texts, ENCODE_CHUNK):
-            ids = encode_each(enc, chunk)
+            ids = encode_batch(enc, chunk)
             long = np.zeros(len(ids), dtype=bool)
             for i, seq in enumerate(ids):
                 if not seq:

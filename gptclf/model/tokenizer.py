@@ -107,16 +107,13 @@ def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
 
 
 def encode_batch(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
-    """Encode many texts at once (tiktoken's threads), special tokens as ordinary text."""
-    return enc.encode_ordinary_batch(texts)
+    """Encode many texts, one after the other on this thread, special tokens as ordinary text: the
+    ids of tiktoken's ``encode_ordinary_batch``.
 
-
-def encode_each(enc: tiktoken.Encoding, texts: list[str]) -> list[list[int]]:
-    """Encode many texts one after the other on this thread: the ids of :func:`encode_batch`.
-
-    For the big tables of ``evaluate`` and ``finetune``: tiktoken's batch call starts a pool of 8
-    threads every call, which on 2 cores took 3x as long over 300,000 texts, and its threads'
-    allocations left about 12 MB more resident after them.
+    Not that batch call: it starts a pool of 8 threads every call, which on 2 cores took 3x as long
+    over 300,000 texts and left about 12 MB more resident; and a Ctrl-C landing while the pool shuts
+    down could leave its threads waiting on a lock the interrupted main thread held, hanging the
+    process for good (seen in ``evaluate --long-texts window``: SIGINT, then SIGTERM, did not end it).
     """
     return [enc.encode_ordinary(text) for text in texts]
 

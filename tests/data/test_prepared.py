@@ -135,6 +135,36 @@ def test_a_streamed_split_is_refused_before_any_row_when_its_file_changed(tmp_pa
         next(frames)
 
 
+@pytest.mark.parametrize(
+    ("added", "phrase"),
+    [
+        (b"bad \xff\xfe text,a\r\n", r"after line \d+ it is not valid utf-8"),
+        (b'"an unterminated quote,a\r\n', r"line \d+ is not valid CSV"),
+        (b"one,a,field too many\r\n", r"line \d+ has 3 fields, not text,label"),
+        (b"one more row,a\r\n", r"holds \d+ rows and labels\.json says \d+"),
+    ],
+)
+def test_a_split_edited_together_with_its_checksum_is_one_line_either_way(
+    tmp_path: Path, added: bytes, phrase: str
+) -> None:
+    import json
+
+    from gptclf.data.prepared import iter_split, read_meta
+
+    path = write_csv(tmp_path / "t.csv", ["text", "label"], labelled({"a": 20, "b": 20}))
+    out = tmp_path / "out"
+    prepare(out, input_path=path)
+    with open(out / "test.csv", "ab") as fh:
+        fh.write(added)
+    meta = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    meta["files"]["test.csv"]["sha256"] = hashlib.sha256((out / "test.csv").read_bytes()).hexdigest()
+    (out / "labels.json").write_text(json.dumps(meta), encoding="utf-8")
+    for read in (lambda: read_prepared(out), lambda: list(iter_split(out, "test", read_meta(out)))):
+        with pytest.raises(BadInputError, match=phrase) as caught:
+            read()
+        assert "\n" not in str(caught.value) and "run `gptclf prepare --force` again" in str(caught.value)
+
+
 # --- issue 18: a replaced set is swapped in whole; a killed prepare leaves debris the next removes --
 
 
