@@ -8,8 +8,10 @@ the run, read and encoded by the run's task (:meth:`gptclf.tasks.base.Task.read_
 
 For ``evaluate`` (``compact``) the texts are tokenised as they are read, a chunk at a time, into
 :class:`~gptclf.inference.batching.TokenIds` (two bytes a token), the labels into a numpy array, and
-the texts themselves are kept (packed, :class:`PackedTexts`) only where the error report needs them:
-a single-label CSV, TSV, JSONL or Parquet file is streamed, never held as a frame.
+the texts themselves are kept (packed, :class:`PackedTexts`) only where the error report needs them
+(or, for long texts read in pieces or windows, instead of the ids). Nothing is held whole: a
+single-label file of any format is streamed a record at a time, a multi-label file and a prepared
+split a chunk of rows at a time.
 """
 
 from __future__ import annotations
