@@ -11,8 +11,7 @@ the one a pass over a list of the texts gives.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,21 +75,42 @@ def evaluate_with_logits(
 
 
 #: Texts given to the predictor at a time when they are read in pieces or windows (a list of
-#: them, their windows and token ids are held only for a chunk).
+#: them, their windows and token ids are held only for a chunk), and the characters a chunk may
+#: hold: long documents end a chunk sooner (each token of a text being tokenised is a Python int).
 TEXT_CHUNK = 65_536
+TEXT_CHUNK_CHARS = 1 << 24
+
+
+def _text_chunks(texts: Iterable[str]) -> Iterator[list[str]]:
+    """``texts`` in lists of at most :data:`TEXT_CHUNK` texts, a list ending once its texts reach
+    :data:`TEXT_CHUNK_CHARS` characters."""
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        chunk.append(text)
+        size += len(text)
+        if len(chunk) == TEXT_CHUNK or size >= TEXT_CHUNK_CHARS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def _texts_logits(predictor: Predictor, texts: Sequence[str], progress: Progress | None) -> torch.Tensor:
-    """(N, K) float32 logits of ``texts`` from :meth:`Predictor.logits`, :data:`TEXT_CHUNK` texts
-    at a time (up to that many, one call: the same batches as before), shown as one pass."""
-    if len(texts) <= TEXT_CHUNK:
-        return predictor.logits(list(texts), progress=progress)
+    """(N, K) float32 logits of ``texts`` from :meth:`Predictor.logits`, a chunk at a time
+    (:func:`_text_chunks`; texts that fit in one chunk go in one call: the same batches as
+    before), shown as one pass."""
+    chunks = _text_chunks(texts)
+    first = next(chunks, [])
+    second = next(chunks, None)
+    if second is None:
+        return predictor.logits(first, progress=progress)
     progress = progress or Progress()
     progress.begin("classifying", total=len(texts), unit="texts")
     try:
-        parts, it = [], iter(texts)
-        while chunk := list(itertools.islice(it, TEXT_CHUNK)):
-            parts.append(predictor.logits(chunk, progress=_Within(progress)))
+        parts = [predictor.logits(chunk, progress=_Within(progress)) for chunk in (first, second)]
+        del first, second
+        parts.extend(predictor.logits(chunk, progress=_Within(progress)) for chunk in chunks)
         return torch.cat(parts)
     finally:
         progress.end()

@@ -266,3 +266,14 @@ def test_long_texts_go_to_the_predictor_a_chunk_at_a_time_as_one_pass(
     assert max(sizes) == 5 and sum(sizes) == data.size
     assert torch.allclose(got_logits, want_logits, atol=1e-6)
     assert got["long_texts"] == want["long_texts"] and got["accuracy"] == want["accuracy"]
+    # Long documents end a chunk sooner: a chunk stops once its texts reach the characters allowed.
+    monkeypatch.setattr(evaluate, "TEXT_CHUNK", 1000)
+    monkeypatch.setattr(evaluate, "TEXT_CHUNK_CHARS", 40)
+    chunks: list[list[str]] = []
+    monkeypatch.setattr(
+        Predictor, "logits", lambda self, texts, **k: chunks.append(texts) or real(self, texts, **k)
+    )
+    by_chars = evaluate_with_logits(predictor(), data)[1]
+    assert torch.allclose(by_chars, want_logits, atol=1e-6)
+    assert [t for chunk in chunks for t in chunk] == list(data.texts) and len(chunks) > 2
+    assert all(sum(map(len, chunk[:-1])) < 40 <= sum(map(len, chunk)) for chunk in chunks[:-1])
