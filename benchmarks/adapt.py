@@ -24,7 +24,7 @@ It prints the test accuracy of (a) and (b), adapt's validation perplexity before
 adapt's training tokens/s against ``transformers.Trainer`` training ``GPT2LMHeadModel`` of the same
 size on the same blocks (``benchmarks/hf_baseline.py lm``, all weights, same batch and lr).
 
-    flock /tmp/gptclf-bench.lock python benchmarks/adapt.py          # about an hour on 2 cores
+    flock /tmp/gptclf-bench.lock python benchmarks/adapt.py          # about 40 minutes on 2 cores
     python benchmarks/adapt.py --quick                               # a 500-row subset, a tiny GPT
 
 Needs ../shared/data. Each step runs in its own process.
