@@ -37,7 +37,7 @@ from gptclf.tasks.language_model import LanguageModel
 from gptclf.training.adapt_data import CORPUS_DIR, Corpus, build_corpus
 from gptclf.training.adapt_progress import TokenRate
 from gptclf.training.adapt_settings import RESUME_CHANGEABLE, AdaptPlan, AdaptSettings, adapt_plan
-from gptclf.training.checkpoints import InterruptGuard, load_checkpoint
+from gptclf.training.checkpoints import InterruptGuard, load_checkpoint, with_resume_hint
 from gptclf.training.loop import History, fit
 
 
@@ -120,6 +120,8 @@ def adapt(
     progress = progress or TrainProgress()
     if settings.out is None:
         adapt_plan(settings)  # raises, naming --out with every other problem
+    if not str(settings.out).strip():  # Path("") is the working folder, which --force would replace
+        raise BadInputError("--out is empty: name the folder to write the model into, e.g. --out lm/mine")
     out = shard.from_main(Path(str(settings.out)).expanduser().resolve())
     with InterruptGuard() as guard:
         settings, resume_state = _checked_settings(out, settings)
@@ -289,7 +291,12 @@ class _Job:
     def _tell(
         self, corpus: Corpus, blocks: dict[str, int], trainable: int, total: int, notes: list[str]
     ) -> None:
-        """Say what the run reads, from where, and what trains."""
+        """Say what the run reads, from where, and what trains (a resumed run: what it read when it
+        started; it continues on the blocks saved then and does not read its inputs again)."""
+        if self.resume_state:
+            self.progress.message(
+                "resuming on the blocks saved when the run started (the inputs are not read again):"
+            )
         for src in corpus.sources:
             self.progress.message(f"{src['texts']:,} texts, {src['tokens']:,} tokens: {src['source']}")
         for note in notes:
@@ -333,9 +340,8 @@ class _Job:
                 progress=rate, shard=self.shard, guard=self.guard,
             )  # fmt: skip
         except Interrupted as exc:
-            message = str(exc).removesuffix("; continue with --resume")
             hint = f"continue with `gptclf adapt --out {self.out} --resume`"
-            raise Interrupted(f"{message}; {hint}", exc.exit_code - 128) from None
+            raise Interrupted(with_resume_hint(str(exc), hint), exc.exit_code - 128) from None
 
     def _record(self, result: AdaptResult) -> dict[str, Any]:
         """config.json's ``gptclf`` object."""

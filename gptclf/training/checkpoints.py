@@ -281,3 +281,15 @@ def restore_training(
         scaler.load_state_dict(state["scaler"])
     ranks = state.get("rng_ranks")
     restore_rng(ranks[shard.rank] if ranks else state["rng"])
+
+
+#: How an interrupt that saved a checkpoint ends its message (:meth:`TrainState.interrupt`).
+RESUME_SUFFIX = "; continue with --resume"
+
+
+def with_resume_hint(message: str, hint: str) -> str:
+    """An interrupt's message with the verb's own resume ``hint`` where a checkpoint was saved; an
+    interrupt that saved nothing (stopped at once) keeps its message: there is nothing to resume."""
+    if not message.endswith(RESUME_SUFFIX):
+        return message
+    return f"{message.removesuffix(RESUME_SUFFIX)}; {hint}"

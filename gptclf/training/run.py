@@ -38,7 +38,7 @@ from gptclf.rundir import CURVES_FILE, build_run_info, save_run, write_curves, w
 from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.tasks.decisions import check_target
 from gptclf.tasks.kinds import task_of
-from gptclf.training.checkpoints import check_same_data
+from gptclf.training.checkpoints import check_same_data, with_resume_hint
 from gptclf.training.context import FinetuneResult, RunContext
 from gptclf.training.loop import History, fit
 from gptclf.training.plan import RunPlan
@@ -302,8 +302,7 @@ def _fit(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext, data:
             guard=ctx.guard,
         )
     except Interrupted as exc:
-        message = str(exc).removesuffix("; continue with --resume")
-        raise Interrupted(f"{message}; {_resume_hint(ctx.out)}", exc.exit_code - 128) from None
+        raise Interrupted(with_resume_hint(str(exc), _resume_hint(ctx.out)), exc.exit_code - 128) from None
 
 
 def _restore_kept(model: Classifier, kept: tuple[History, dict[str, Any]]) -> History:

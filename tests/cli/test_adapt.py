@@ -72,6 +72,18 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert not out.exists() and not work_dir(out).exists()
 
 
+def test_an_empty_out_is_refused_not_taken_for_the_working_folder(tmp_path: Path) -> None:
+    install_tokenizer()
+    texts = text_file(tmp_path / "good.txt", repetitive(50))
+    code, stdout, stderr = cli("adapt", *TINY, "--input", texts, "--out", "", "--force")
+    assert (
+        code == 2
+        and stdout == ""
+        and stderr.strip()
+        == ("gptclf: error: --out is empty: name the folder to write the model into, e.g. --out lm/mine")
+    ), stderr
+
+
 def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
@@ -100,6 +112,8 @@ def test_an_interrupted_adapt_resumes_to_the_weights_of_an_uninterrupted_one(
     assert code == 2 and "cannot change these on --resume: --epochs 5 (the run used 2)" in stderr
     resumed = spawn("adapt", "--out", str(out), "--resume", cwd=tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    told = resumed.stderr.read() if resumed.stderr else ""
+    assert "resuming on the blocks saved when the run started (the inputs are not read again)" in told
     a, b = _weights(tmp_path / "whole"), _weights(out)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # bit-identical
     assert (

@@ -404,3 +404,15 @@ def test_a_pooled_cache_trains_the_head_exactly_as_the_cache_of_every_token() ->
         for rows in (pooled_rows, token_rows)
     ]
     assert timeless[0] == timeless[1]
+
+
+def test_the_resume_hint_is_given_only_where_a_checkpoint_was_saved() -> None:
+    from gptclf.training.checkpoints import with_resume_hint
+
+    hint = "continue with `gptclf adapt --out lm --resume`"
+    saved = "SIGINT at step 3 of 9: saved a resumable checkpoint in w/checkpoint.pt; continue with --resume"
+    assert with_resume_hint(saved, hint) == (
+        "SIGINT at step 3 of 9: saved a resumable checkpoint in w/checkpoint.pt; " + hint
+    )
+    at_once = "SIGINT: stopped at once; nothing was written"  # before the first step: nothing to resume
+    assert with_resume_hint(at_once, hint) == at_once
