@@ -256,11 +256,7 @@ def read_prepared(directory: Path) -> PreparedData:
     for split in SPLITS:
         path = _checked_split(directory, split, meta)
         with open(path, encoding="utf-8", newline="") as fh:
-            records = list(_split_records(path, fh, split_rows(meta, split)))
-        frame = pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})
-        del records
-        # A class name per cell, or a list of labels held as a tuple in memory.
-        splits[split] = reader_of(meta).parse(frame, meta["classes"], meta, str(path))
+            splits[split] = _split_frame(list(_split_records(path, fh, split_rows(meta, split))), meta, path)
     return PreparedData(classes=meta["classes"], splits=splits, meta=meta)
 
 
@@ -298,12 +294,17 @@ def iter_split(
     """
     directory = Path(directory)
     path = _checked_split(directory, split, meta)
-    reader, chunk = reader_of(meta), chunk or SPLIT_CHUNK
     with open(path, encoding="utf-8", newline="") as fh:
         records = _split_records(path, fh, split_rows(meta, split))
-        while block := list(itertools.islice(records, chunk)):
-            frame = pd.DataFrame({"text": [r[0] for r in block], "label": [r[1] for r in block]})
-            yield reader.parse(frame, meta["classes"], meta, str(path))
+        while block := list(itertools.islice(records, chunk or SPLIT_CHUNK)):
+            yield _split_frame(block, meta, path)
+
+
+def _split_frame(records: list[list[str]], meta: Mapping[str, Any], path: Path) -> pd.DataFrame:
+    """``text`` and ``label`` of a split's records, the labels as the folder's reader holds them in
+    memory (a class name per cell, or a list of labels as a tuple)."""
+    frame = pd.DataFrame({"text": [r[0] for r in records], "label": [r[1] for r in records]})
+    return reader_of(meta).parse(frame, meta["classes"], meta, str(path))
 
 
 def _checked_split(directory: Path, split: str, meta: Mapping[str, Any]) -> Path:

@@ -30,6 +30,7 @@ from gptclf.inference.loop import labelled_metrics
 from gptclf.model.classifier import Classifier
 from gptclf.progress import TrainProgress
 from gptclf.training.checkpoints import (
+    RESUME_SUFFIX,
     Checkpointer,
     InterruptGuard,
     data_signature,
@@ -369,7 +370,6 @@ class _Trainer:
         saver.save(self.state, self.loop.step)
         where = f"saved a resumable checkpoint in {saver.path}" if saver.path else "nothing was saved"
         raise Interrupted(
-            f"{signal_name(signum)} at step {self.loop.step} of {self.total}: {where}; "
-            "continue with --resume",
+            f"{signal_name(signum)} at step {self.loop.step} of {self.total}: {where}{RESUME_SUFFIX}",
             signum,
         )
