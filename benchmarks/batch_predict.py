@@ -11,8 +11,9 @@ table its own command (start-up and model loading included), with nothing else o
                         then ``--resume``: total time and texts classified by both processes
 
 Part 2, peak RSS and wall time of ``prepare``, ``evaluate --input`` (the table),
-``evaluate --split train`` (the largest split of the prepared table) and ``finetune`` (1 epoch, head
-only) with a tiny model on a generated 3-class table (class-specific words and noise) of each size
+``evaluate --split train`` (the largest split of the prepared table) and ``finetune`` (1 epoch: every
+block frozen; the default scope, the last block trained; the same with its cache held in RAM, as the
+old default did) with a tiny model on a generated 3-class table (class-specific words and noise) of each size
 in ``--sizes``.
 
     python benchmarks/batch_predict.py                 # 100,000 texts; tables of 100k and 1M rows
@@ -199,16 +200,20 @@ def part_memory(work: Path, sizes: list[int], seed: int, finetune_sizes: list[in
         generated_table(table, n, seed)
         data = work / f"data-{n}"
         gptclf = [sys.executable, "-m", "cli.main"]
+        finetune = [
+            *gptclf, "finetune", "--data", str(data), "--model", TINY, "--weights", "random",
+            "--device", "cpu", "--epochs", "1", "--out", str(work / f"ft-{n}"), "--force",
+        ]  # fmt: skip
         steps = {
             "prepare": [*gptclf, "prepare", "--input", str(table), "--out", str(data), "--force"],
             "evaluate --input": [*gptclf, "evaluate", str(run), "--input", str(table), "--device", "cpu"],
             "evaluate --split train": [
                 *gptclf, "evaluate", str(run), "--data", str(data), "--split", "train", "--device", "cpu",
             ],
-            "finetune (1 epoch, head)": [
-                *gptclf, "finetune", "--data", str(data), "--model", TINY, "--weights", "random",
-                "--device", "cpu", "--epochs", "1", "--trainable", "head", "--out", str(work / f"ft-{n}"),
-                "--force",
+            "finetune (1 epoch, head)": [*finetune, "--trainable", "head"],
+            "finetune (1 epoch, last block)": [*finetune, "--trainable", "last-block"],
+            "finetune (1 epoch, last block, cache in RAM)": [
+                *finetune, "--trainable", "last-block", "--cache-memory", "64GB",
             ],
         }  # fmt: skip
         for name, cmd in steps.items():

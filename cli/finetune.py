@@ -138,7 +138,9 @@ def _print_summary(result: FinetuneResult) -> None:
     stop = " (stopped early)" if s["stopped_early"] else ""
     cache = result.cache
     blocks = f"{cache['blocks']} block{'' if cache['blocks'] == 1 else 's'}"
-    where = f"cache of {blocks} in {cache['location']}" if cache["blocks"] else "no cache"
+    places = {"memory": "in memory", "disk": "on disk", "gpu": "on the GPU"}
+    at = " and ".join(places.get(part, part) for part in cache["location"].split("+"))
+    where = f"cache of {blocks} {at}" if cache["blocks"] else "no cache"
     lines.append(
         f"trained {s['steps']} steps{stop} in {result.timings['train']:.1f} s ({where}); "
         f"{s['trainable_params']:,} trainable parameters"

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +35,7 @@ from gptclf.errors import BadInputError
 from gptclf.options import field_problems, option
 
 T = TypeVar("T")
+
 
 #: Seconds a collective may wait for the other ranks before the job fails (``--dist-timeout``).
 @dataclass(frozen=True)
@@ -99,6 +100,17 @@ def world_size() -> int:
     return 1 if env is None else env[1]
 
 
+class RowFile(Protocol):
+    """Rows stored outside memory (:class:`gptclf.inference.cache_file.StateFile`): read and written
+    a range at a time."""
+
+    shape: tuple[int, int]
+
+    def element_size(self) -> int: ...
+    def read(self, start: int, stop: int) -> torch.Tensor: ...
+    def write(self, start: int, values: torch.Tensor) -> None: ...
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's place in a data-parallel job (rank 0 of 1 for a single process).
@@ -141,13 +153,18 @@ class Shard:
         dist.all_reduce(tensor)
         return tensor
 
-    def all_sum_rows(self, flat: torch.Tensor) -> None:
-        """:meth:`all_sum` of a (rows, C) tensor in chunks, so a RAM or disk cache needs no second copy."""
+    def all_sum_rows(self, flat: torch.Tensor | RowFile) -> None:
+        """:meth:`all_sum` of a (rows, C) tensor, or of a file of rows (a cache on disk), in chunks,
+        so the cache needs no second copy."""
         if not self.distributed or flat.shape[0] == 0:
             return
-        rows = max(1, CHUNK_BYTES // max(1, flat[0].numel() * flat.element_size()))
+        rows = max(1, CHUNK_BYTES // max(1, flat.shape[1] * flat.element_size()))
         for start in range(0, flat.shape[0], rows):
-            chunk = flat[start : start + rows]
+            stop = min(start + rows, flat.shape[0])
+            if not isinstance(flat, torch.Tensor):
+                flat.write(start, self.all_sum(flat.read(start, stop)))
+                continue
+            chunk = flat[start:stop]
             if chunk.is_contiguous():
                 self.all_sum(chunk)
             else:

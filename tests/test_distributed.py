@@ -60,28 +60,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _train(cfg: TrainConfig, shard: Shard) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Train the tiny classifier on cached states of 43 texts; the weights and the history rows."""
+def _train(
+    cfg: TrainConfig, shard: Shard, cache_memory: int = 1 << 30
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Train the tiny classifier on cached states of 43 texts (in RAM, or on disk with a
+    ``cache_memory`` of 0); the weights and the history rows."""
     model = tiny_classifier(["a", "b"], seed=7)
     train_ids, train_labels = synthetic_ids(43, 2, seed=1)
     val_ids, val_labels = synthetic_ids(17, 2, seed=2)
     sources = make_sources(
         model, {"train": train_ids, "val": val_ids}, scope=parse_scope("last-block"),
-        use_cache=True, device=CPU, precision=FP32, cache_memory=1 << 30, batch_size=4, shard=shard,
+        use_cache=True, device=CPU, precision=FP32, cache_memory=cache_memory, batch_size=4, shard=shard,
     )  # fmt: skip
+    assert sources["train"].location == ("disk" if cache_memory == 0 else "memory")  # type: ignore[attr-defined]
     train, val = LabelledSet(sources["train"], train_labels), LabelledSet(sources["val"], val_labels)
     history = fit(model, train, val, cfg, device=CPU, precision=FP32, seed=7, shard=shard)
     return trainable_state(model), history.rows
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, cache_memory: int = 1 << 30) -> None:
     """One of 2 ranks, joined through the same torchrun variables and code path as the CLI."""
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     with process_group("cpu", timeout=60) as shard:
-        results = [_train(dataclasses.replace(CFG, batch_size=b, grad_accum=a), shard) for b, a in SPLITS]
+        results = [
+            _train(dataclasses.replace(CFG, batch_size=b, grad_accum=a), shard, cache_memory)
+            for b, a in SPLITS
+        ]
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
 
@@ -101,6 +108,19 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path: Path) 
         assert max_diff(ranks[0][n][0], ranks[1][n][0]) == 0.0  # every rank holds the same weights
     other, _ = _train(dataclasses.replace(CFG, batch_size=7), Shard())
     assert max_diff(other, ranks[0][0][0]) > 1e-5  # another global batch trains differently: can fail
+
+
+@pytest.mark.slow
+def test_two_ranks_summing_a_cache_on_disk_train_like_one_process_with_it_in_ram(tmp_path: Path) -> None:
+    """Each rank computes its share of the cache into a file of zeros; the files are summed a chunk
+    at a time (read, all-reduce, write back), giving the single-process cache."""
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), 0), nprocs=2, start_method="spawn")
+    b, a = SPLITS[0]
+    single_state, single_rows = _train(dataclasses.replace(CFG, batch_size=2 * b * a), Shard())
+    for rank in range(2):
+        rank_state, rank_rows = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[0]
+        assert max_diff(rank_state, single_state) < 1e-5
+        assert [r["val_acc"] for r in rank_rows] == [r["val_acc"] for r in single_rows]
 
 
 def _env() -> dict[str, str]:

@@ -19,8 +19,9 @@ Where each split's cache lives is decided for all splits at once (:func:`place_c
 GPU (CUDA only) while the caches read during training (train, then validation) fit together in a
 share of the GPU memory free before the first is built; else in RAM (pinned on CUDA) while they
 fit in this process's part of ``--cache-memory`` (the budget of the whole machine, divided among
-the local ranks, each of which holds whole caches); else in a memory-mapped file in a temporary
-folder that is removed when the cache is closed. The test split, read once at the end, is not
+the local ranks, each of which holds whole caches); else in a file in a temporary folder
+(:class:`~gptclf.inference.cache_file.StateFile`: read a batch at a time, not mapped, so it does not
+grow the process) that is removed when the cache is closed. The test split, read once at the end, is not
 cached: its frozen blocks run once either way (in the same batches, so with the same numbers), and
 its states would stay in memory all run. A folder left by a process that died (kill -9) is
 removed by the next build.
@@ -50,6 +51,7 @@ import torch
 from gptclf.device import Precision
 from gptclf.distributed import Shard
 from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
+from gptclf.inference.cache_file import StateFile
 from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
@@ -63,7 +65,7 @@ class FeatureCache:
     """Hidden states after the first ``start_block`` blocks, one unpadded slice per text (or, with
     ``pooled``, the state of its last real token only).
 
-    Build with :meth:`build`; release with :meth:`close` (removes a memory-mapped file).
+    Build with :meth:`build`; release with :meth:`close` (removes the file of a cache on disk).
 
     Attributes:
         lengths: Tokens per text (per row: a text's windows are rows of their own, see
@@ -76,7 +78,7 @@ class FeatureCache:
 
     def __init__(
         self,
-        flat: torch.Tensor,
+        flat: torch.Tensor | StateFile,
         offsets: torch.Tensor,
         lengths: list[int],
         start_block: int,
@@ -85,7 +87,7 @@ class FeatureCache:
         pad_to: int | None,
         pooled: bool = False,
     ) -> None:
-        self.flat = flat  # (sum of lengths, C); pooled: (N, C)
+        self.flat = flat  # (sum of lengths, C); pooled: (N, C); a StateFile on disk
         self.offsets = offsets  # (N,) start row of each text in ``flat``, on flat's device
         self.lengths = lengths
         self.start_block = start_block
@@ -125,10 +127,10 @@ class FeatureCache:
             device: Where the model runs.
             precision: Autocast type of the forward passes (states are stored in fp32).
             location: ``gpu`` (on ``device``, CUDA only), ``memory`` (RAM, pinned on CUDA) or
-                ``disk`` (a memory-mapped file); :func:`place_caches` decides.
+                ``disk`` (a :class:`StateFile`); :func:`place_caches` decides.
             batch_size: Texts per forward pass.
             pad_to: Pad batches of this cache to at least this length (``--pad-to longest-train``).
-            spill_dir: Folder for the memory-mapped file (default: the system's temporary folder).
+            spill_dir: Folder for the file of a disk cache (default: the system's temporary folder).
             shard: This process's place in a data-parallel job: it computes its share of the
                 batches and receives the rest from the other ranks.
             progress: Shows the build as ``label``.
@@ -153,7 +155,7 @@ class FeatureCache:
         lengths = _lengths(ids)
         assert not pooled or (start_block == model.gpt.n_layer and model.pooling == "last-token")
         rows = len(lengths) if pooled else sum(lengths)
-        # Under DDP the rows of the other ranks' texts must be zeros for the sum (a new memmap is).
+        # Under DDP the rows of the other ranks' texts must be zeros for the sum (a new file is).
         flat, tmpdir = _allocate(
             rows, model.gpt.config.n_embd, location, device, spill_dir, zeroed=shard.distributed
         )
@@ -198,6 +200,10 @@ class FeatureCache:
         width = int(lengths.max())
         if self.pad_to is not None:
             width = max(width, self.pad_to)
+        if isinstance(self.flat, StateFile):  # each text's rows read into the batch, zeros after them
+            starts = self.offsets[torch.as_tensor(list(indices), dtype=torch.long)].tolist()
+            hidden = self.flat.read_runs(starts, lengths.tolist(), width).to(device)
+            return Batch(None, hidden, to_device(lengths, device), self.start_block)
         home = self.offsets.device
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=home)
         steps = torch.arange(width, device=home)
@@ -215,6 +221,11 @@ class FeatureCache:
     def _pooled_batch(self, indices: Sequence[int], device: torch.device) -> Batch:
         """The pooled states of ``indices`` as (B, 1, C) texts of one token each: the last-token
         pooling then reads each text's one state, which is its last real token's."""
+        if isinstance(self.flat, StateFile):
+            rows = self.offsets[torch.as_tensor(list(indices), dtype=torch.long)].tolist()
+            hidden = self.flat.read_runs(rows, [1] * len(rows), 1).to(device)
+            ones = to_device(torch.ones(len(rows), dtype=torch.long), device)
+            return Batch(None, hidden, ones, self.start_block)
         idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.flat.device)
         if self.flat.device.type == "cpu" and device.type == "cuda":
             hidden = self._staging.to_gpu(self.flat, idx, device)
@@ -224,7 +235,9 @@ class FeatureCache:
         return Batch(None, hidden.view(len(idx), 1, self.flat.shape[1]), ones, self.start_block)
 
     def close(self) -> None:
-        """Drop the states and remove the memory-mapped file, if any."""
+        """Drop the states and remove the file of a cache on disk, if any."""
+        if isinstance(self.flat, StateFile):
+            self.flat.close()
         self.flat = torch.empty(0, 0)
         self._staging = PinnedStaging()
         if self._tmpdir is not None:
@@ -264,8 +277,9 @@ class PinnedStaging:
 
 def _allocate(
     total: int, width: int, location: str, device: torch.device, spill_dir: Path | None, zeroed: bool
-) -> tuple[torch.Tensor, Path | None]:
-    """A (total, width) fp32 tensor at ``location``, and the folder of its file for ``disk``."""
+) -> tuple[torch.Tensor | StateFile, Path | None]:
+    """A (total, width) fp32 tensor at ``location`` (a :class:`StateFile` of zeros for ``disk``),
+    and the folder of its file for ``disk``."""
     empty = torch.zeros if zeroed else torch.empty
     if location == "gpu":
         return empty(total, width, device=device), None
@@ -274,15 +288,14 @@ def _allocate(
     # The pid and host in the name let a later build remove the folder if this process is killed.
     tmpdir = Path(tempfile.mkdtemp(prefix=f"{CACHE_DIR_PREFIX}{os.getpid()}-{host_name()}-", dir=spill_dir))
     try:
-        mapped = np.memmap(tmpdir / "states.f32", dtype=np.float32, mode="w+", shape=(max(total, 1), width))
+        return StateFile(tmpdir / "states.f32", total, width), tmpdir
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    return torch.from_numpy(mapped)[:total], tmpdir
 
 
 def _fill(
-    flat: torch.Tensor,
+    flat: torch.Tensor | StateFile,
     model: Classifier,
     ids: Sequence[Sequence[int]],
     starts: np.ndarray,
@@ -306,10 +319,11 @@ def _fill(
     def store(indices: Sequence[int], hidden: torch.Tensor) -> None:
         hidden = hidden.float().to(flat.device)  # (B, T, C)
         for row, i in enumerate(indices):
-            if pooled:
-                flat[starts[i]] = hidden[row, lengths[i] - 1]
+            values = hidden[row, lengths[i] - 1 : lengths[i]] if pooled else hidden[row, : lengths[i]]
+            if isinstance(flat, StateFile):
+                flat.write(int(starts[i]), values)
             else:
-                flat[starts[i] : starts[i] + lengths[i]] = hidden[row, : lengths[i]]
+                flat[starts[i] : starts[i] + len(values)] = values
 
     rows: Source = TokenSource(ids) if base is None else base
     run_batches(
@@ -335,6 +349,7 @@ def make_sources(
     device: torch.device,
     precision: Precision,
     cache_memory: int,
+    ram_fallback: int = 0,
     batch_size: int = 32,
     pad_to: int | None = None,
     spill_dir: Path | None = None,
@@ -354,10 +369,12 @@ def make_sources(
         device: Where the model runs.
         precision: Autocast type for building the cache.
         cache_memory: RAM in bytes the caches of this machine may take together (shared by its
-            local ranks); the rest is memory-mapped.
+            local ranks); the rest goes to a file on disk.
+        ram_fallback: RAM the caches may take instead where the spill folder has no room for that
+            file (the default ``--cache-memory``; 0: none, the plan is refused).
         batch_size: Texts per forward pass while building.
         pad_to: Fixed padding length (``--pad-to longest-train``), or None.
-        spill_dir: Folder for memory-mapped caches.
+        spill_dir: Folder for the files of caches on disk.
         shard: This process's place in a data-parallel job (see :meth:`FeatureCache.build`).
         note: Receives a line for each stale cache folder removed (:func:`remove_stale_caches`).
         progress: Shows each split's cache build.
@@ -373,7 +390,7 @@ def make_sources(
     """
     plan = plan_cache(
         model, scope, splits, use_cache=use_cache, device=device, cache_memory=cache_memory,
-        pad_to=pad_to, local_ranks=shard.local_world_size, spill_dir=spill_dir,
+        ram_fallback=ram_fallback, pad_to=pad_to, local_ranks=shard.local_world_size, spill_dir=spill_dir,
     )  # fmt: skip
     if plan.start_block == 0:
         return {name: TokenSource(ids, pad_to) for name, ids in splits.items()}

@@ -94,13 +94,22 @@ def check_spill_space(nbytes: int, spill_dir: Path | None = None) -> None:
     if nbytes <= 0:
         return
     folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
-    free = shutil.disk_usage(folder).free
+    free = spill_room(folder)
     if free < nbytes:
         raise BadInputError(
             f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk in {folder} beyond "
             f"--cache-memory, and {free / 2**20:,.0f} MiB are free: raise --cache-memory, free some "
             "space, point TMPDIR at a larger disk, or pass --no-cache"
         )
+
+
+def spill_room(spill_dir: Path | None = None) -> int:
+    """Free bytes in the folder caches spill into (0 where it cannot be read or written)."""
+    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    try:
+        return shutil.disk_usage(folder).free if os.access(folder, os.W_OK | os.X_OK) else 0
+    except OSError:
+        return 0
 
 
 def remove_stale_caches(
@@ -228,12 +237,15 @@ def plan_cache(
     use_cache: bool,
     device: torch.device,
     cache_memory: int,
+    ram_fallback: int = 0,
     pad_to: int | None = None,
     local_ranks: int = 1,
     spill_dir: Path | None = None,
 ) -> CachePlan:
     """The one decision about the frozen-trunk cache: whether it is exact, and where each split's
     goes (GPU, RAM, disk: :func:`place_caches`), checked against the free disk before any work.
+    Where the spill folder lacks room for what goes to disk, the caches are placed again within
+    ``ram_fallback`` (the default ``--cache-memory``: a small RAM share, more only when needed).
 
     Raises:
         BadInputError: The caches placed on disk cannot fit in the spill folder.
@@ -253,7 +265,11 @@ def plan_cache(
     # previous left and the shares would add up.
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     locations = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=local_ranks)
-    check_spill_space(sum(n for name, n in sizes.items() if locations[name] == "disk"), spill_dir)
+    spilled = sum(n for name, n in sizes.items() if locations[name] == "disk")
+    if spilled and ram_fallback > cache_memory and spill_room(spill_dir) < spilled:
+        locations = place_caches(sizes, gpu_free=gpu_free, ram=ram_fallback, local_ranks=local_ranks)
+        spilled = sum(n for name, n in sizes.items() if locations[name] == "disk")
+    check_spill_space(spilled, spill_dir)
     return CachePlan(start, locations, pooled)
 
 

@@ -59,12 +59,14 @@ class CachePool:
     Attributes:
         cache_memory: RAM in bytes the pool's caches may take together; each build is placed with
             what the earlier ones left (the rest goes to disk, as finetune places a cache).
+        ram_fallback: RAM they may take instead where the spill folder lacks room (0: none).
         base_cut: A cut to build first, for the cuts above it to be built on (0: none).
         builds: Every cache build, in order (a cut of 0, plain token batches, is no build), with
             the cut it was built on (0: from the token ids).
     """
 
     cache_memory: int
+    ram_fallback: int = 0
     base_cut: int = 0
     builds: list[CacheBuild] = field(default_factory=list)
     _sources: dict[tuple[Any, ...], Source] = field(default_factory=dict)
@@ -112,7 +114,8 @@ class CachePool:
             t0 = time.monotonic()
             built = make_sources(
                 model, dict(missing), scope=scope, use_cache=use_cache, device=device, precision=precision,
-                cache_memory=max(self.cache_memory - self.held(), 0), batch_size=batch_size, pad_to=pad_to,
+                cache_memory=max(self.cache_memory - self.held(), 0),
+                ram_fallback=max(self.ram_fallback - self.held(), 0), batch_size=batch_size, pad_to=pad_to,
                 note=note, progress=progress, windows=windows, bases=bases,
             )  # fmt: skip
             for name, source in built.items():

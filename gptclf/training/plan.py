@@ -26,7 +26,13 @@ from gptclf.model.weights import weights_problems
 from gptclf.rundir import check_not_a_source, check_out, work_dir
 from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.training.checkpoints import check_world_size, load_checkpoint
-from gptclf.training.settings import FinetuneSettings, TrainConfig, default_cache_memory, parse_size
+from gptclf.training.settings import (
+    FinetuneSettings,
+    TrainConfig,
+    default_cache_memory,
+    parse_size,
+    ram_share,
+)
 
 #: The labels of the SMS Spam Collection, the data of a run given no --data.
 SMS_LABELS = frozenset({"ham", "spam"})
@@ -50,6 +56,8 @@ class RunPlan:
     max_length: int
     home: Path | None
     long_texts: LongTexts = LongTexts()  # noqa: RUF009 - frozen, so one shared default is safe
+    #: RAM the caches may take instead where the spill folder lacks room (without --cache-memory).
+    cache_fallback: int = 0
 
 
 def attempt(problems: list[str], func: Any, *args: Any) -> Any:
@@ -83,9 +91,9 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
     problems += pooling_problems(settings.pooling) + settings.train.problems()
     device = attempt(problems, resolve_device, settings.device, job or local_job())
     precision = attempt(problems, resolve_precision, settings.precision, device) if device else None
-    cache_memory = default_cache_memory()
-    if settings.cache_memory is not None:
-        cache_memory = attempt(problems, parse_size, settings.cache_memory) or 0
+    cache_memory, cache_fallback = default_cache_memory(), ram_share()
+    if settings.cache_memory is not None:  # what the user asked for, exactly
+        cache_memory, cache_fallback = attempt(problems, parse_size, settings.cache_memory) or 0, 0
     problems += weights_problems(settings.weights, resolved[0] if resolved else None)
     max_length = 0
     if resolved is not None:
@@ -104,7 +112,19 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
     name, cfg = resolved
     home = Path(settings.home).expanduser() if settings.home else None
     long = settings.long().resolved(max_length)
-    return RunPlan(name, cfg, scope, settings.train, device, precision, cache_memory, max_length, home, long)
+    return RunPlan(
+        name,
+        cfg,
+        scope,
+        settings.train,
+        device,
+        precision,
+        cache_memory,
+        max_length,
+        home,
+        long,
+        cache_fallback,
+    )
 
 
 def plan_problems(settings: FinetuneSettings) -> list[str]:

@@ -192,6 +192,7 @@ def _sources(
         device=p.device,
         precision=p.precision,
         cache_memory=p.cache_memory,
+        ram_fallback=p.cache_fallback,
         batch_size=p.train.eval_batch_size,
         pad_to=pad_length,
         shard=ctx.shard,

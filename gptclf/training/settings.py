@@ -193,7 +193,11 @@ class FinetuneSettings:
     precision: str = reuse(DeviceOptions, "precision", panel=_RUN)
     cache: bool = option(True, "Cache the frozen blocks' output", _RUN)
     cache_memory: str | None = option(
-        None, "RAM for the cache, e.g. 2GB", _RUN, default_text="1/4 of RAM", int_as_text=True
+        None,
+        "RAM for the cache, e.g. 2GB; beyond it a file in TMPDIR",
+        _RUN,
+        default_text="256MB (1/4 of RAM where TMPDIR lacks room)",
+        int_as_text=True,
     )
     out: str | None = option(None, "Run directory", _RUN, default_text="runs/<timestamp>")
     force: bool = option(False, "Overwrite a non-empty run directory", _RUN)
@@ -357,6 +361,18 @@ def total_memory() -> int:
         return 0
 
 
-def default_cache_memory() -> int:
-    """Default ``--cache-memory``: a quarter of the RAM (1 GB when the OS does not say)."""
+#: Default ``--cache-memory``: the RAM a cache takes before the rest goes to a file. A file read a
+#: batch at a time trains as fast (the OS keeps its pages in memory while memory is free: measured in
+#: the README) without growing the process, so only small caches stay in RAM.
+DEFAULT_CACHE_MEMORY = 256 << 20
+
+
+def ram_share() -> int:
+    """A quarter of the RAM (1 GB when the OS does not say): what the caches may take without
+    ``--cache-memory`` where the spill folder lacks room for the file."""
     return total_memory() // 4 or (1 << 30)
+
+
+def default_cache_memory() -> int:
+    """Default ``--cache-memory``: :data:`DEFAULT_CACHE_MEMORY`, or the RAM share if smaller."""
+    return min(DEFAULT_CACHE_MEMORY, ram_share())

@@ -199,7 +199,8 @@ def tune(
                                   note=progress.message)  # fmt: skip
         guard.deferring = True  # from here on a signal ends the running trial at its next evaluation
         guard.before = f"the study is kept in {work_dir(out)} for --resume"
-        pool = CachePool(plan.cache_memory, base_cut=base_cut(space, settings.finetune, plan.config.n_layer))
+        cut = base_cut(space, settings.finetune, plan.config.n_layer)
+        pool = CachePool(plan.cache_memory, plan.cache_fallback, base_cut=cut)
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
             if build is not None:

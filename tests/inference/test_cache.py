@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from gptclf.distributed import Shard
 from gptclf.inference import cache as features
 from gptclf.inference.batching import TokenSource, collate
 from gptclf.inference.cache import FeatureCache, make_sources
+from gptclf.inference.cache_file import StateFile
 from gptclf.inference.cache_plan import cacheable_blocks, check_spill_space, host_name, place_caches
 from gptclf.model.classifier import parse_scope
 from tests.conftest import REPO
@@ -64,16 +66,49 @@ def test_cache_holds_each_text_unpadded_and_repads_exactly() -> None:
     assert torch.allclose(cached_logits, plain_logits, atol=1e-5)
 
 
-def test_cache_beyond_the_budget_is_memory_mapped_and_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pad_to", [None, 40])
+def test_cache_beyond_the_budget_is_a_file_read_a_batch_at_a_time_and_removed(
+    tmp_path: Path, pad_to: int | None
+) -> None:
     ids, _ = synthetic_ids(15, 2, seed=2)
-    in_memory = build(ids)
-    on_disk = build(ids, location="disk", spill=tmp_path)
-    assert on_disk.location == "disk"
+    in_memory = build(ids, pad_to=pad_to)
+    on_disk = build(ids, location="disk", spill=tmp_path, pad_to=pad_to)
+    assert on_disk.location == "disk" and isinstance(on_disk.flat, StateFile)  # read, never mapped
     files = list(tmp_path.glob("gptclf-cache-*/states.f32"))
-    assert len(files) == 1 and files[0].stat().st_size == on_disk.nbytes
-    assert torch.equal(on_disk.batch([4, 2, 8], CPU).hidden, in_memory.batch([4, 2, 8], CPU).hidden)
+    assert len(files) == 1 and files[0].stat().st_size == on_disk.nbytes == in_memory.nbytes
+    for picked in ([4, 2, 8], [0], list(range(15))):
+        got, want = on_disk.batch(picked, CPU), in_memory.batch(picked, CPU)
+        assert torch.equal(got.hidden, want.hidden) and torch.equal(got.lengths, want.lengths)
+        assert got.start_block == want.start_block
     on_disk.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_pooled_cache_on_disk_gives_the_pooled_cache_in_memorys_batches(tmp_path: Path) -> None:
+    """Every block frozen, last-token pooling: one state a text, on disk as in RAM."""
+    ids, _ = synthetic_ids(12, 2, seed=5)
+    model = tiny_classifier(["a", "b"], seed=4)
+    kw: dict[str, Any] = {"device": CPU, "precision": FP32, "batch_size": 5, "pooled": True}
+    in_memory = FeatureCache.build(model, ids, 2, **kw)
+    on_disk = FeatureCache.build(model, ids, 2, location="disk", spill_dir=tmp_path, **kw)
+    got, want = on_disk.batch([7, 1, 3], CPU), in_memory.batch([7, 1, 3], CPU)
+    assert got.hidden.shape == (3, 1, model.gpt.config.n_embd)
+    assert torch.equal(got.hidden, want.hidden) and torch.equal(got.lengths, want.lengths)
+    on_disk.close()
+
+
+def test_a_cache_on_disk_builds_on_a_base_cache_on_disk_like_one_in_memory(tmp_path: Path) -> None:
+    """Cuts built on each other (tune's pool) read the base cache's batches from its file."""
+    ids, _ = synthetic_ids(11, 2, seed=6)
+    model = tiny_classifier(["a", "b"], seed=4)
+    kw: dict[str, Any] = {"device": CPU, "precision": FP32, "batch_size": 4}
+    base = FeatureCache.build(model, ids, 1, location="disk", spill_dir=tmp_path, **kw)
+    above = FeatureCache.build(model, ids, 2, location="disk", spill_dir=tmp_path, base=base, **kw)
+    plain = FeatureCache.build(model, ids, 2, **kw)
+    everything = list(range(11))
+    assert torch.equal(above.batch(everything, CPU).hidden, plain.batch(everything, CPU).hidden)
+    base.close()
+    above.close()
 
 
 def test_budget_is_shared_between_splits(tmp_path: Path) -> None:
@@ -323,6 +358,41 @@ def test_a_cache_that_cannot_fit_on_its_spill_disk_is_refused_before_it_is_built
             cache_memory=0, spill_dir=disk,
         )  # fmt: skip
     check_spill_space(0, tmp_path)  # nothing on disk: nothing to check
+
+
+def test_without_cache_memory_a_spill_disk_with_no_room_sends_the_cache_to_ram(tmp_path: Path) -> None:
+    """The default --cache-memory (a small RAM share and a fallback): a full or unwritable spill
+    folder puts the cache in RAM, within the fallback, instead of refusing the run."""
+    from gptclf.errors import BadInputError
+    from tests.fault_helpers import tmpfs
+
+    model = tiny_classifier(["a", "b"], seed=0)
+    ids, _ = synthetic_ids(200, 2, seed=1, max_len=60)  # ~0.8 MB of states
+    kw: dict[str, Any] = {"scope": LAST_BLOCK, "use_cache": True, "device": CPU, "precision": FP32}
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        sources = make_sources(
+            model, {"train": ids}, cache_memory=0, ram_fallback=1 << 30, spill_dir=disk, **kw
+        )
+        assert sources["train"].location == "memory"  # type: ignore[attr-defined]
+        assert not list(disk.iterdir())
+        with pytest.raises(BadInputError, match="MiB on disk in"):  # the fallback too small: refused
+            make_sources(model, {"train": ids}, cache_memory=0, ram_fallback=1 << 10, spill_dir=disk, **kw)
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    sources = make_sources(model, {"train": ids}, cache_memory=0, ram_fallback=1 << 30, spill_dir=roomy, **kw)
+    assert sources["train"].location == "disk"  # room on disk: the fallback is not used
+    sources["train"].close()
+
+
+def test_a_spill_folder_that_cannot_be_written_has_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptclf.inference import cache_plan
+
+    assert cache_plan.spill_room(tmp_path) > 0
+    assert cache_plan.spill_room(tmp_path / "absent") == 0
+    monkeypatch.setattr(cache_plan.os, "access", lambda path, mode: False)  # root passes any chmod
+    assert cache_plan.spill_room(tmp_path) == 0
 
 
 def test_the_cache_build_of_windows_counts_their_texts() -> None:

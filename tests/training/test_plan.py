@@ -67,3 +67,14 @@ def test_a_local_folder_plans_with_its_own_shape(tmp_path: Path) -> None:
     assert "has no model.safetensors" in _message(
         make_plan, build_settings({"model": str(tmp_path / "base")})
     )
+
+
+def test_the_default_cache_memory_is_a_small_ram_share_with_a_fallback_and_a_given_one_is_exact() -> None:
+    from gptclf.training.settings import DEFAULT_CACHE_MEMORY, ram_share
+
+    plan = make_plan(build_settings({"model": TINY_SPEC, "weights": "random", "device": "cpu"}))
+    assert plan.cache_memory == min(DEFAULT_CACHE_MEMORY, ram_share()) and plan.cache_fallback == ram_share()
+    given = make_plan(
+        build_settings({"model": TINY_SPEC, "weights": "random", "device": "cpu", "cache_memory": "3GB"})
+    )
+    assert given.cache_memory == 3 << 30 and given.cache_fallback == 0  # no other RAM than what was asked
