@@ -172,6 +172,8 @@ class FeatureCache:
             )  # fmt: skip
             shard.all_sum_rows(flat)
         except BaseException:
+            if isinstance(flat, StateFile):
+                flat.close()
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
             raise

@@ -85,8 +85,8 @@ def place_caches(
 def check_spill_space(nbytes: int, spill_dir: Path | None = None) -> None:
     """Refuse a cache that cannot fit on the disk it spills to, before any of it is computed.
 
-    A memory-mapped file on a full disk does not fail politely: the write that finds no space
-    kills the process with SIGBUS. So the room is checked up front.
+    A build that runs out of room would fail after minutes of work, so the room is checked before
+    any (and the file reserves it when it is made: :class:`~gptclf.inference.cache_file.StateFile`).
 
     Raises:
         BadInputError: Less free space in the spill folder than the caches placed on disk need.
@@ -95,6 +95,12 @@ def check_spill_space(nbytes: int, spill_dir: Path | None = None) -> None:
         return
     folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
     free = spill_room(folder)
+    if free == 0 and not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(
+            f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk beyond --cache-memory, "
+            f"and {folder} cannot be written: point TMPDIR at a writable folder, raise --cache-memory, "
+            "or pass --no-cache"
+        )
     if free < nbytes:
         raise BadInputError(
             f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk in {folder} beyond "

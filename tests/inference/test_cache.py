@@ -393,6 +393,10 @@ def test_a_spill_folder_that_cannot_be_written_has_no_room(
     assert cache_plan.spill_room(tmp_path / "absent") == 0
     monkeypatch.setattr(cache_plan.os, "access", lambda path, mode: False)  # root passes any chmod
     assert cache_plan.spill_room(tmp_path) == 0
+    from gptclf.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="cannot be written: point TMPDIR at a writable folder"):
+        check_spill_space(1 << 20, tmp_path)
 
 
 def test_the_cache_build_of_windows_counts_their_texts() -> None:
