@@ -46,6 +46,12 @@ class Interrupted(GptclfError):
         self.exit_code = 128 + signum
 
 
+class CacheSpaceError(BadInputError):
+    """The frozen-trunk cache cannot be placed: the part beyond ``--cache-memory`` does not fit
+    on the disk it spills to (checked before any work). Unlike other bad settings of one ``tune``
+    trial, it ends the search: every trial that caches would fail alike."""
+
+
 class DiskFullError(GptclfError):
     """The disk filled (or a quota was reached) while writing; temporary files were removed."""
 

@@ -44,15 +44,23 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from gptclf.device import Precision
 from gptclf.distributed import Shard
+from gptclf.errors import CacheSpaceError
 from gptclf.inference.batching import Batch, Rows, Source, TokenSource, to_device
 from gptclf.inference.cache_file import StateFile
-from gptclf.inference.cache_plan import CACHE_DIR_PREFIX, host_name, plan_cache, remove_stale_caches
+from gptclf.inference.cache_plan import (
+    CACHE_DIR_PREFIX,
+    CachePlan,
+    host_name,
+    plan_cache,
+    remove_stale_caches,
+)
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
 from gptclf.inference.token_ids import TokenIds
@@ -390,10 +398,13 @@ def make_sources(
     Raises:
         BadInputError: The caches that go to disk cannot fit there (see :func:`plan_cache`).
     """
-    plan = plan_cache(
-        model, scope, splits, use_cache=use_cache, device=device, cache_memory=cache_memory,
+    plan = _agreed_plan(
+        shard, model, scope, splits, use_cache=use_cache, device=device, cache_memory=cache_memory,
         ram_fallback=ram_fallback, pad_to=pad_to, local_ranks=shard.local_world_size, spill_dir=spill_dir,
     )  # fmt: skip
+    if note is not None and shard.local_rank == 0:
+        for line in filter(None, [plan.note, _tmpdir_note(spill_dir, plan)]):
+            note(line)
     if plan.start_block == 0:
         return {name: TokenSource(ids, pad_to) for name, ids in splits.items()}
     if reads_a_pad(model.pooling):
@@ -430,6 +441,40 @@ def make_sources(
             source.close()
         raise
     return sources
+
+
+def _agreed_plan(shard: Shard, *args: Any, **kwargs: Any) -> CachePlan:
+    """:func:`plan_cache` on every rank, then agreed on before any rank writes a file: each rank
+    checks the disk while it is still empty of this build's files, and if one cannot place its
+    caches, every rank stops with an error (none waits in a collective for a rank that left)."""
+    failure: CacheSpaceError | None = None
+    try:
+        plan = plan_cache(*args, **kwargs)
+    except CacheSpaceError as exc:
+        failure = exc
+    if shard.distributed:
+        failed = shard.all_sum(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64))
+        if failure is None and failed.item() > 0:
+            failure = CacheSpaceError(
+                "another process of this job cannot place its frozen-trunk cache on disk (its message "
+                "says why): raise --cache-memory, free some space, point TMPDIR at a larger disk, or "
+                "pass --no-cache"
+            )
+    if failure is not None:
+        raise failure
+    return plan
+
+
+def _tmpdir_note(spill_dir: Path | None, plan: CachePlan) -> str | None:
+    """A line when caches go to disk and ``TMPDIR`` names a folder Python passed over (missing, not
+    a folder, not writable): they go to the folder it chose instead, which the user did not."""
+    asked = os.environ.get("TMPDIR")
+    if spill_dir is not None or not asked or "disk" not in plan.locations.values():
+        return None
+    used = tempfile.gettempdir()
+    if os.path.realpath(asked) == os.path.realpath(used):
+        return None
+    return f"TMPDIR={asked} cannot be written (or is not a folder): the cache's file goes to {used}"
 
 
 def _lengths(ids: Sequence[Sequence[int]]) -> list[int]:

@@ -10,8 +10,9 @@ access; when memory is needed elsewhere it drops them (they are clean: written o
 read) instead of the process growing or being killed.
 
 Writes go through the same descriptor; the file's room is reserved when it is created
-(``posix_fallocate`` where the system has it), so a full disk is an ``OSError`` at that moment,
-not a failed write halfway through a build.
+(``posix_fallocate`` where the system has it), so a full disk is an error at that moment, not a
+failed write halfway through a build. Every failure is one line naming the file
+(:func:`gptclf.errors.write_error`; a file cut short under a run is a :class:`TrainingError`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from gptclf.errors import TrainingError, write_error
 
 #: Bytes of one stored value (states are kept in float32).
 VALUE_BYTES = 4
@@ -40,9 +43,12 @@ class StateFile:
         self.path = Path(path)
         self.shape = (rows, width)
         self._row_bytes = width * VALUE_BYTES
-        self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        size = rows * self._row_bytes
         try:
-            size = rows * self._row_bytes
+            self._file = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise self._error(exc, size) from None
+        try:
             if size and hasattr(os, "posix_fallocate"):
                 try:
                     os.posix_fallocate(self._file.fileno(), 0, size)
@@ -50,9 +56,17 @@ class StateFile:
                     if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
             self._file.truncate(size)
+        except OSError as exc:
+            self._file.close()
+            raise self._error(exc, size) from None
         except BaseException:
             self._file.close()
             raise
+
+    def _error(self, exc: OSError, needed: int | None = None) -> Exception:
+        """One line for a failed write of the cache file (full disk, unwritable folder, ...)."""
+        error = write_error(exc, self.path.parent, needed)
+        return type(error)(f"the frozen-trunk cache: {error}; or raise --cache-memory, or pass --no-cache")
 
     @property
     def device(self) -> torch.device:
@@ -75,9 +89,12 @@ class StateFile:
         )
         assert start + len(data) <= self.shape[0], (start, len(data), self.shape)
         view = memoryview(data).cast("B")
-        self._file.seek(start * self._row_bytes)
-        while view:  # a regular file writes whole or raises; loop for the odd short write
-            view = view[self._file.write(view) :]
+        try:
+            self._file.seek(start * self._row_bytes)
+            while view:  # a regular file writes whole or raises; loop for the odd short write
+                view = view[self._file.write(view) :]
+        except OSError as exc:
+            raise self._error(exc, len(view)) from None
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start..stop`` as a new (stop - start, width) tensor."""
@@ -95,14 +112,21 @@ class StateFile:
 
     def _read_into(self, out: np.ndarray, start: int) -> None:
         view = memoryview(out).cast("B")
-        self._file.seek(start * self._row_bytes)
-        while view:
-            got = self._file.readinto(view)
-            if not got:
-                raise OSError(
-                    errno.EIO, f"the cache file {self.path} ended early: another process truncated it"
-                )
-            view = view[got:]
+        try:
+            self._file.seek(start * self._row_bytes)
+            while view:
+                got = self._file.readinto(view)
+                if not got:
+                    raise TrainingError(
+                        f"the frozen-trunk cache file {self.path} ended early (another process cut it "
+                        "short): run the command again (with --resume if it saved a checkpoint)"
+                    )
+                view = view[got:]
+        except OSError as exc:
+            raise TrainingError(
+                f"reading the frozen-trunk cache file {self.path} failed ({exc.strerror or exc}): run the "
+                "command again (with --resume if it saved a checkpoint)"
+            ) from None
 
     def close(self) -> None:
         """Close the file (the folder holding it is the cache's to remove)."""

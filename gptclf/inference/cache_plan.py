@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from gptclf.errors import BadInputError
+from gptclf.errors import CacheSpaceError
 from gptclf.model.classifier import Classifier, TrainableScope, reads_a_pad
 from gptclf.model.gpt import GPT
 
@@ -82,31 +82,42 @@ def place_caches(
     return {name: placed[name] for name in sizes}
 
 
-def check_spill_space(nbytes: int, spill_dir: Path | None = None) -> None:
+def check_spill_space(nbytes: int, spill_dir: Path | None = None, copies: int = 1) -> None:
     """Refuse a cache that cannot fit on the disk it spills to, before any of it is computed.
 
     A build that runs out of room would fail after minutes of work, so the room is checked before
     any (and the file reserves it when it is made: :class:`~gptclf.inference.cache_file.StateFile`).
 
+    Args:
+        nbytes: Bytes the files of this machine need together.
+        spill_dir: The folder they go to (default: the system's temporary folder).
+        copies: Processes of this machine that each write their own files (torchrun's local ranks).
+
     Raises:
-        BadInputError: Less free space in the spill folder than the caches placed on disk need.
+        CacheSpaceError: Less free space in the spill folder than the caches placed on disk need.
     """
     if nbytes <= 0:
         return
     folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
     free = spill_room(folder)
     if free == 0 and not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInputError(
+        raise CacheSpaceError(
             f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk beyond --cache-memory, "
             f"and {folder} cannot be written: point TMPDIR at a writable folder, raise --cache-memory, "
             "or pass --no-cache"
         )
     if free < nbytes:
-        raise BadInputError(
-            f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk in {folder} beyond "
-            f"--cache-memory, and {free / 2**20:,.0f} MiB are free: raise --cache-memory, free some "
+        each = f" ({copies} processes, each with its own)" if copies > 1 else ""
+        raise CacheSpaceError(
+            f"the frozen-trunk cache needs {_mib(nbytes)} MiB on disk in {folder}{each} beyond "
+            f"--cache-memory, and {_mib(free)} MiB are free: raise --cache-memory, free some "
             "space, point TMPDIR at a larger disk, or pass --no-cache"
         )
+
+
+def _mib(nbytes: int) -> str:
+    """MiB for a message: whole ones, or one decimal under 10 (a 256 KiB disk is 0.2, not 0)."""
+    return f"{nbytes / 2**20:,.1f}" if nbytes < 10 << 20 else f"{nbytes / 2**20:,.0f}"
 
 
 def spill_room(spill_dir: Path | None = None) -> int:
@@ -228,11 +239,13 @@ class CachePlan:
         locations: Split -> ``gpu``, ``memory`` or ``disk``; a split not named
             (:data:`UNCACHED_SPLITS`) is read from its token ids.
         pooled: The cache holds one state per text (:func:`pooled_cache`), not one per token.
+        note: A line for the user about the placement (a cache kept in RAM for want of disk room).
     """
 
     start_block: int
     locations: dict[str, str]
     pooled: bool = False
+    note: str | None = None
 
 
 def plan_cache(
@@ -254,7 +267,7 @@ def plan_cache(
     ``ram_fallback`` (the default ``--cache-memory``: a small RAM share, more only when needed).
 
     Raises:
-        BadInputError: The caches placed on disk cannot fit in the spill folder.
+        CacheSpaceError: The caches placed on disk cannot fit in the spill folder.
     """
     start = cacheable_blocks(model.gpt, scope, model.pooling, pad_to) if use_cache else 0
     if start == 0:
@@ -271,12 +284,20 @@ def plan_cache(
     # previous left and the shares would add up.
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     locations = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=local_ranks)
-    spilled = sum(n for name, n in sizes.items() if locations[name] == "disk")
-    if spilled and ram_fallback > cache_memory and spill_room(spill_dir) < spilled:
+    copies = max(1, local_ranks)  # every process of this machine writes files of its own
+    spilled = sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
+    note = None
+    if spilled and ram_fallback > cache_memory and (room := spill_room(spill_dir)) < spilled:
         locations = place_caches(sizes, gpu_free=gpu_free, ram=ram_fallback, local_ranks=local_ranks)
-        spilled = sum(n for name, n in sizes.items() if locations[name] == "disk")
-    check_spill_space(spilled, spill_dir)
-    return CachePlan(start, locations, pooled)
+        kept = spilled - sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
+        folder = spill_dir if spill_dir is not None else tempfile.gettempdir()
+        note = (
+            f"the temporary folder {folder} has {_mib(room)} MiB free, less than the "
+            f"{_mib(spilled)} MiB of cache beyond --cache-memory: {_mib(kept)} MiB of it stay in RAM"
+        )
+        spilled = sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
+    check_spill_space(spilled, spill_dir, copies)
+    return CachePlan(start, locations, pooled, note)
 
 
 def _lengths(ids: Sequence[Sequence[int]]) -> list[int]:

@@ -334,7 +334,7 @@ def build_settings(options: dict[str, Any], config_file: Path | None = None) -> 
 
 #: A number, then optionally a unit: bytes (``B`` or nothing) or a prefix K/M/G/T with an optional
 #: ``i`` and ``B`` (``G``, ``GB``, ``GiB``). Every accepted spelling has its prefix in ``_UNITS``.
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {None: 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -347,10 +347,14 @@ def parse_size(text: str) -> int:
         BadInputError: Not a size.
     """
     match = _SIZE_RE.match(str(text))
+    problem = BadInputError(f"--cache-memory {text!r} is not a size: write e.g. 2GB, 512MB, 4096B or 0")
     if not match:
-        raise BadInputError(f"--cache-memory {text!r} is not a size: write e.g. 2GB, 512MB, 4096B or 0")
+        raise problem
     number, prefix = match.groups()
-    return int(float(number) * _UNITS[prefix and prefix.lower()])
+    try:
+        return int(float(number) * _UNITS[prefix and prefix.lower()])
+    except (OverflowError, ValueError):  # more digits than a float holds: infinity
+        raise problem from None
 
 
 def total_memory() -> int:

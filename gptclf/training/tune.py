@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptclf.data.prepared import prepared_fingerprint, read_prepared
 from gptclf.distributed import Shard, divide_cpu_threads
-from gptclf.errors import BadInputError, GptclfError, Interrupted, TrainingError, write_error
+from gptclf.errors import BadInputError, CacheSpaceError, GptclfError, Interrupted, TrainingError, write_error
 from gptclf.fileio import atomic_write_json
 from gptclf.inference.cache_pool import CachePool
 from gptclf.model.classifier import parse_scope
@@ -561,6 +561,8 @@ class _Study:
             state, error = optuna.trial.TrialState.FAIL, "stopped by --timeout"
         except _Stopped:
             self._tell_stopped(trial, curve, t0)
+        except CacheSpaceError:  # no room for a cache: every trial that caches would fail alike
+            raise
         except (TrainingError, BadInputError) as exc:  # a NaN at a wild learning rate, a bad combination
             state, error = optuna.trial.TrialState.FAIL, str(exc)
         trial.set_user_attr("seconds", time.monotonic() - t0)

@@ -148,6 +148,22 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     assert "trial 1: failed (the training loss became nan" in stderr
 
 
+@needs_optuna
+def test_no_disk_room_for_a_cache_ends_the_search_in_one_line_instead_of_failing_each_trial(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial with bad settings fails and the study goes on; a disk with no room for the cache
+    would fail every trial that caches alike, so it ends the search (exit 2), kept for --resume."""
+    from gptclf.inference import cache_plan
+
+    common, tmp_path = setup
+    monkeypatch.setattr(cache_plan, "spill_room", lambda spill_dir=None: 0)
+    out = tmp_path / "tuned"
+    code, _, stderr = tune(*common, "--trials", "3", "--cache-memory", "0", "--out", str(out))
+    assert code == 2 and "the frozen-trunk cache needs" in stderr and "MiB on disk" in stderr, stderr
+    assert "trial 0: failed" not in stderr and not out.exists()
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(

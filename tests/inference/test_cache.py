@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from gptclf.device import resolve_precision
 from gptclf.distributed import Shard
 from gptclf.inference import cache as features
+from gptclf.inference import cache_plan as cache_plan_module
 from gptclf.inference.batching import TokenSource, collate
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.inference.cache_file import StateFile
@@ -381,6 +383,66 @@ def test_without_cache_memory_a_spill_disk_with_no_room_sends_the_cache_to_ram(t
     roomy.mkdir()
     sources = make_sources(model, {"train": ids}, cache_memory=0, ram_fallback=1 << 30, spill_dir=roomy, **kw)
     assert sources["train"].location == "disk"  # room on disk: the fallback is not used
+    sources["train"].close()
+
+
+def test_each_local_rank_needs_room_for_its_own_files_and_the_message_says_so(tmp_path: Path) -> None:
+    from gptclf.errors import CacheSpaceError
+
+    free = cache_plan_module.spill_room(tmp_path)
+    check_spill_space(free // 3, tmp_path, copies=2)
+    with pytest.raises(CacheSpaceError, match=r"on disk in .* \(3 processes, each with its own\)"):
+        check_spill_space(free // 3 * 4, tmp_path, copies=3)
+
+
+def test_a_rank_that_cannot_place_its_cache_stops_every_rank_before_any_file_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under torchrun the ranks agree (one small sum) after every rank checked the disk: a rank whose
+    check passed stops too, instead of waiting in the cache's sum for one that left."""
+    from gptclf.errors import CacheSpaceError
+
+    model = tiny_classifier(["a", "b"], seed=0)
+    ids, _ = synthetic_ids(20, 2, seed=1)
+    sums: list[float] = []
+
+    def other_rank_failed(self: Shard, tensor: torch.Tensor) -> torch.Tensor:
+        sums.append(float(tensor.item()))
+        return tensor.add_(1.0)  # the other rank's flag
+
+    monkeypatch.setattr(Shard, "all_sum", other_rank_failed)
+    built: list[object] = []
+    monkeypatch.setattr(FeatureCache, "build", lambda *a, **k: built.append(1))
+    with pytest.raises(
+        CacheSpaceError, match="another process of this job cannot place its frozen-trunk cache"
+    ):
+        make_sources(
+            model, {"train": ids}, scope=LAST_BLOCK, use_cache=True, device=CPU, precision=FP32,
+            cache_memory=1 << 30, shard=Shard(rank=0, world_size=2, local_world_size=2),
+        )  # fmt: skip
+    assert sums == [0.0] and not built  # this rank's check passed; nothing was built
+
+
+def test_a_cache_kept_in_ram_for_want_of_disk_and_a_tmpdir_passed_over_are_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_classifier(["a", "b"], seed=0)
+    ids, _ = synthetic_ids(50, 2, seed=1)
+    notes: list[str] = []
+    kw: dict[str, Any] = {"scope": LAST_BLOCK, "use_cache": True, "device": CPU, "precision": FP32}
+    monkeypatch.setattr(cache_plan_module, "spill_room", lambda spill_dir=None: 1000)
+    sources = make_sources(
+        model, {"train": ids}, cache_memory=0, ram_fallback=1 << 30, note=notes.append, **kw
+    )
+    assert sources["train"].location == "memory"  # type: ignore[attr-defined]
+    assert len(notes) == 1 and "has 0.0 MiB free, less than the" in notes[0] and "stay in RAM" in notes[0]
+    monkeypatch.undo()
+    notes.clear()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "absent"))
+    sources = make_sources(model, {"train": ids}, cache_memory=0, note=notes.append, **kw)
+    assert sources["train"].location == "disk"  # type: ignore[attr-defined]
+    assert notes == [f"TMPDIR={tmp_path / 'absent'} cannot be written (or is not a folder): the cache's file "
+                     f"goes to {tempfile.gettempdir()}"]  # fmt: skip
     sources["train"].close()
 
 

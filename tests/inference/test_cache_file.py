@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptclf.errors import DiskFullError, TrainingError
 from gptclf.inference.cache_file import StateFile
 from tests.fault_helpers import tmpfs
 
@@ -34,14 +35,16 @@ def test_a_file_cut_short_by_another_process_is_an_error_not_zeros(tmp_path: Pat
     store = StateFile(tmp_path / "s.f32", 8, 2)
     store.write(0, torch.ones(8, 2))
     os.truncate(tmp_path / "s.f32", 4 * 2 * 4)
-    with pytest.raises(OSError, match="ended early"):
+    with pytest.raises(TrainingError, match=r"s\.f32 ended early \(another process cut it short\)"):
         store.read(2, 8)
     store.close()
 
 
 def test_a_file_with_no_room_fails_when_it_is_made_not_halfway_through_a_build(tmp_path: Path) -> None:
-    with tmpfs(tmp_path / "small", "256k") as disk, pytest.raises(OSError):
-        StateFile(disk / "s.f32", 1024, 128)  # 512 KiB: the room is reserved up front
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        with pytest.raises(DiskFullError, match="the frozen-trunk cache: no space left on the disk of"):
+            StateFile(disk / "s.f32", 1024, 128)  # 512 KiB: the room is reserved up front
+        assert not any(disk.iterdir()) or (disk / "s.f32").stat().st_size == 0
 
 
 def _rss() -> int:

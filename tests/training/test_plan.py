@@ -78,3 +78,11 @@ def test_the_default_cache_memory_is_a_small_ram_share_with_a_fallback_and_a_giv
         build_settings({"model": TINY_SPEC, "weights": "random", "device": "cpu", "cache_memory": "3GB"})
     )
     assert given.cache_memory == 3 << 30 and given.cache_fallback == 0  # no other RAM than what was asked
+
+
+@pytest.mark.parametrize("size", ["1" + "0" * 400, "1" + "0" * 400 + "B", "\uff11\uff12", "1e400"])
+def test_a_cache_memory_no_float_holds_or_in_other_digits_is_one_line(size: str) -> None:
+    from gptclf.training.settings import parse_size
+
+    with pytest.raises(BadInputError, match="is not a size"):
+        parse_size(size)
