@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from gptclf.device import Precision
+from gptclf.distributed import Shard
 from gptclf.inference.batching import Source
 from gptclf.inference.cache import FeatureCache, make_sources
 from gptclf.inference.cache_plan import cacheable_blocks, pooled_cache
@@ -60,6 +61,10 @@ class CachePool:
         cache_memory: RAM in bytes the pool's caches may take together; each build is placed with
             what the earlier ones left (the rest goes to disk, as finetune places a cache).
         ram_fallback: RAM they may take instead where the spill folder lacks room (0: none).
+        local_ranks: Processes of this machine that each hold a pool of their own (``tune`` under
+            torchrun spreads trials over ranks, each with its own caches): the budgets above are the
+            machine's, so each pool takes its share, and each counts its files against the disk
+            as one of that many.
         base_cut: A cut to build first, for the cuts above it to be built on (0: none).
         builds: Every cache build, in order (a cut of 0, plain token batches, is no build), with
             the cut it was built on (0: from the token ids).
@@ -68,6 +73,7 @@ class CachePool:
     cache_memory: int
     ram_fallback: int = 0
     base_cut: int = 0
+    local_ranks: int = 1
     builds: list[CacheBuild] = field(default_factory=list)
     _sources: dict[tuple[Any, ...], Source] = field(default_factory=dict)
 
@@ -112,10 +118,12 @@ class CachePool:
                 )  # fmt: skip
                 bases = self._bases(key, missing)
             t0 = time.monotonic()
+            ranks = max(1, self.local_ranks)  # make_sources divides the machine's budget by them
             built = make_sources(
                 model, dict(missing), scope=scope, use_cache=use_cache, device=device, precision=precision,
-                cache_memory=max(self.cache_memory - self.held(), 0),
-                ram_fallback=max(self.ram_fallback - self.held(), 0), batch_size=batch_size, pad_to=pad_to,
+                cache_memory=max(self.cache_memory - self.held() * ranks, 0),
+                ram_fallback=max(self.ram_fallback - self.held() * ranks, 0), batch_size=batch_size,
+                pad_to=pad_to, shard=Shard(local_world_size=ranks),  # the budget's share; not a DDP build
                 note=note, progress=progress, windows=windows, bases=bases,
             )  # fmt: skip
             for name, source in built.items():

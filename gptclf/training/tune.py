@@ -200,7 +200,9 @@ def tune(
         guard.deferring = True  # from here on a signal ends the running trial at its next evaluation
         guard.before = f"the study is kept in {work_dir(out)} for --resume"
         cut = base_cut(space, settings.finetune, plan.config.n_layer)
-        pool = CachePool(plan.cache_memory, plan.cache_fallback, base_cut=cut)
+        pool = CachePool(
+            plan.cache_memory, plan.cache_fallback, base_cut=cut, local_ranks=shard.local_world_size
+        )
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
             if build is not None:

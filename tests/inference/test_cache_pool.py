@@ -113,3 +113,18 @@ def test_without_a_base_cut_a_lower_cut_built_earlier_is_still_built_on() -> Non
     _sources(pool, "head", pooling="mean")  # cut 2 per token: on cut 1
     assert [(b.blocks, b.built_on) for b in pool.builds] == [(2, 0), (1, 0), (2, 1)]
     pool.close()
+
+
+def test_pools_of_several_local_ranks_each_take_their_share_of_the_machines_budget() -> None:
+    """tune under torchrun: every rank holds a pool of its own, so a budget one pool fits in goes to
+    disk when two ranks of the machine share it."""
+    alone = CachePool(cache_memory=1 << 30)
+    built = _sources(alone, "last-block")
+    size, train = sum(s.nbytes for s in built.values()), built["train"].nbytes
+    assert size < 2 * train  # so that half the budget cannot hold the train split
+    alone.close()
+    for ranks, where in ((1, "memory"), (2, "disk")):
+        pool = CachePool(cache_memory=size, local_ranks=ranks)
+        sources = _sources(pool, "last-block")
+        assert sources["train"].location == where  # type: ignore[attr-defined]  (the larger split)
+        pool.close()
