@@ -60,6 +60,7 @@ from gptclf.inference.cache_plan import (
     host_name,
     plan_cache,
     remove_stale_caches,
+    spill_folder,
 )
 from gptclf.inference.longtexts import WindowedSource, WindowMap
 from gptclf.inference.loop import run_batches
@@ -471,7 +472,7 @@ def _tmpdir_note(spill_dir: Path | None, plan: CachePlan) -> str | None:
     asked = os.environ.get("TMPDIR")
     if spill_dir is not None or not asked or "disk" not in plan.locations.values():
         return None
-    used = tempfile.gettempdir()
+    used = spill_folder()
     if os.path.realpath(asked) == os.path.realpath(used):
         return None
     return f"TMPDIR={asked} cannot be written (or is not a folder): the cache's file goes to {used}"

@@ -98,11 +98,11 @@ def check_spill_space(nbytes: int, spill_dir: Path | None = None, copies: int = 
     """
     if nbytes <= 0:
         return
-    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    folder = spill_folder(spill_dir)
     free = spill_room(folder)
     if free == 0 and not os.access(folder, os.W_OK | os.X_OK):
         raise CacheSpaceError(
-            f"the frozen-trunk cache needs {nbytes / 2**20:,.0f} MiB on disk beyond --cache-memory, "
+            f"the frozen-trunk cache needs {_mib(nbytes)} MiB on disk beyond --cache-memory, "
             f"and {folder} cannot be written: point TMPDIR at a writable folder, raise --cache-memory, "
             "or pass --no-cache"
         )
@@ -120,9 +120,14 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f}" if nbytes < 10 << 20 else f"{nbytes / 2**20:,.0f}"
 
 
+def spill_folder(spill_dir: Path | None = None) -> Path:
+    """The folder caches spill into: ``spill_dir``, or the system's temporary folder."""
+    return Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+
+
 def spill_room(spill_dir: Path | None = None) -> int:
     """Free bytes in the folder caches spill into (0 where it cannot be read or written)."""
-    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    folder = spill_folder(spill_dir)
     try:
         return shutil.disk_usage(folder).free if os.access(folder, os.W_OK | os.X_OK) else 0
     except OSError:
@@ -146,7 +151,7 @@ def remove_stale_caches(
     Returns:
         The folders removed.
     """
-    root = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    root = spill_folder(spill_dir)
     try:
         entries = sorted(root.iterdir())
     except OSError:  # absent or unreadable: nothing of ours to clean
@@ -285,17 +290,19 @@ def plan_cache(
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     locations = place_caches(sizes, gpu_free=gpu_free, ram=cache_memory, local_ranks=local_ranks)
     copies = max(1, local_ranks)  # every process of this machine writes files of its own
-    spilled = sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
-    note = None
+
+    def on_disk(placed: Mapping[str, str]) -> int:
+        return sum(n for name, n in sizes.items() if placed[name] == "disk") * copies
+
+    spilled, note = on_disk(locations), None
     if spilled and ram_fallback > cache_memory and (room := spill_room(spill_dir)) < spilled:
         locations = place_caches(sizes, gpu_free=gpu_free, ram=ram_fallback, local_ranks=local_ranks)
-        kept = spilled - sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
-        folder = spill_dir if spill_dir is not None else tempfile.gettempdir()
         note = (
-            f"the temporary folder {folder} has {_mib(room)} MiB free, less than the "
-            f"{_mib(spilled)} MiB of cache beyond --cache-memory: {_mib(kept)} MiB of it stay in RAM"
+            f"the temporary folder {spill_folder(spill_dir)} has {_mib(room)} MiB free, less than the "
+            f"{_mib(spilled)} MiB of cache beyond --cache-memory: {_mib(spilled - on_disk(locations))} "
+            "MiB of it stay in RAM"
         )
-        spilled = sum(n for name, n in sizes.items() if locations[name] == "disk") * copies
+        spilled = on_disk(locations)
     check_spill_space(spilled, spill_dir, copies)
     return CachePlan(start, locations, pooled, note)
 

@@ -149,8 +149,8 @@ class FinetuneSettings:
     """Everything ``gptclf finetune`` takes; field names are the long options with underscores.
 
     ``None`` means "derive it": ``classes`` from the prepared data, ``max_length`` from the model's
-    context, ``cache_memory`` a quarter of the RAM, ``out`` ``runs/<timestamp>``, ``home`` and
-    ``mirror`` from the environment. The training options live in :attr:`train`; :meth:`option`
+    context, ``cache_memory`` 256 MB (:func:`default_cache_memory`), ``out`` ``runs/<timestamp>``,
+    ``home`` and ``mirror`` from the environment. The training options live in :attr:`train`; :meth:`option`
     reads any option by its name.
     """
 
