@@ -1,7 +1,7 @@
 """``gptclf tune``: search finetune's settings on the validation split and keep the best run.
 
 The options are finetune's (each one given is a fixed setting of every trial, and leaves the
-search space) and the search's own (:class:`gptclf.training.tune.TuneOptions`), all declared once
+search space) and the search's own (:class:`gptclf.training.tune_settings.TuneOptions`), all declared once
 as dataclass fields. Progress and one line per trial go to stderr; the summary to stdout (one JSON
 object with ``--json``).
 """
@@ -20,7 +20,7 @@ from cli.finetune import _parameter, _progress
 from gptclf.distributed import LaunchSettings
 from gptclf.options import PANELS, option_names, option_specs
 from gptclf.training.settings import FinetuneSettings
-from gptclf.training.tune import TuneOptions
+from gptclf.training.tune_settings import TuneOptions
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 _SEARCH = option_names(TuneOptions)
@@ -54,8 +54,8 @@ def tune(*, config: Path | None, dist_timeout: float, json_output: bool, **optio
     from gptclf.errors import BadInputError, Interrupted
     from gptclf.progress import ConsoleProgress, TrainProgress
     from gptclf.training.settings import build_settings
-    from gptclf.training.tune import TuneSettings
     from gptclf.training.tune import tune as run_tune
+    from gptclf.training.tune_settings import TuneSettings
 
     search = {k: v for k, v in options.items() if k in _SEARCH}
     finetune = {k: v for k, v in options.items() if k not in _SEARCH}
