@@ -80,13 +80,21 @@ class TrainableScope:
             return self.n_blocks
         return n_layer
 
-    def problems(self, n_layer: int) -> list[str]:
-        """What keeps this scope from fitting a model of ``n_layer`` blocks (empty: it fits).
+    def problems(self, n_layer: int, n_embd: int | None = None) -> list[str]:
+        """What keeps this scope from fitting a model of ``n_layer`` blocks of width ``n_embd``
+        (empty: it fits).
 
-        The scope's own values are checked when it is made; this is the rule that needs the model.
+        The scope's own values are checked when it is made; these are the rules that need the model.
+        A LoRA rank over the width adds nothing an adapter of rank ``n_embd`` cannot hold (every
+        adapted layer has ``n_embd`` inputs or outputs), and a huge one cannot be allocated.
         """
         if self.kind == "last-blocks" and self.n_blocks > n_layer:
             return [f"last-blocks {self.n_blocks} asks for more blocks than the model has ({n_layer})"]
+        if self.kind == "lora" and n_embd is not None and self.lora_rank > n_embd:
+            return [
+                f"--lora-rank {self.lora_rank} is over the model's width ({n_embd}): give at most "
+                f"{n_embd} (ranks of 4 to 64 are usual)"
+            ]
         return []
 
 

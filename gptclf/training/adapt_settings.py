@@ -203,7 +203,7 @@ def adapt_plan(settings: AdaptSettings) -> AdaptPlan:
     block_size = 0
     if resolved is not None:
         cfg = resolved[1]
-        problems += scope.problems(cfg.n_layer) if scope else []
+        problems += scope.problems(cfg.n_layer, cfg.n_embd) if scope else []
         block_size = cfg.n_positions if settings.block_size is None else settings.block_size
         if block_size > cfg.n_positions:
             problems.append(

@@ -98,7 +98,7 @@ def make_plan(settings: FinetuneSettings, job: LocalJob | None = None) -> RunPla
     max_length = 0
     if resolved is not None:
         name, cfg = resolved
-        problems += scope.problems(cfg.n_layer) if scope else []
+        problems += scope.problems(cfg.n_layer, cfg.n_embd) if scope else []
         max_length = cfg.n_positions if settings.max_length is None else settings.max_length
         if not 1 <= max_length <= cfg.n_positions:
             problems.append(

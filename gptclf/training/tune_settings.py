@@ -40,6 +40,8 @@ _SETTINGS_FILE = "settings.json"
 
 #: What a resumed search may change: how long it runs and where, not what it searches.
 _TUNE_RESUMABLE = frozenset({"trials", "timeout"})
+#: Options only a LoRA scope reads.
+_LORA_OPTIONS = frozenset({"lora_rank", "lora_alpha"})
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,21 @@ def check_settings(settings: TuneSettings) -> tuple[tuple[Param, ...], float | N
 
 def _model_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:
     """The space's values this model cannot take (``--max-length`` over its context, more blocks
-    than it has), each checked with the fixed settings as a finetune plan checks it: they would be
-    trials that all fail."""
+    than it has, a LoRA rank over its width), each checked with the fixed settings as a finetune
+    plan checks it: they would be trials that all fail. A value sampled only ``when`` another
+    option has some value is checked with that value; LoRA's own options with LoRA, where the
+    space can choose it."""
     problems = []
+    trainables = next((p.choices for p in space if p.name == "trainable" and p.choices), ())
     for param in space:
+        context: dict[str, Any] = {}
+        if param.when is not None:
+            context = dict([param.when])
+        elif param.name in _LORA_OPTIONS and "lora" in trainables:
+            context = {"trainable": "lora"}
         values = param.choices if param.choices is not None else (param.low, param.high)
         for value in values:
-            found = plan_problems(fs.with_options({param.name: value}))
+            found = plan_problems(fs.with_options({**context, param.name: value}))
             problems += [f"--space: {param.name} = {value!r}: {p}" for p in found]
     return list(dict.fromkeys(problems))
 

@@ -286,6 +286,16 @@ def test_bad_data_and_space_are_one_line(tmp_path: Path) -> None:
             "--space: max_length = 100000: --max-length must be in 1..64",
         ),
         ('[trainable]\nchoices = ["head", "last-blocks 3"]\n', "--space: trainable = 'last-blocks 3'"),
+        (  # LoRA's rank checked with LoRA: a rank over the width (32) is no trial at all
+            '[trainable]\nchoices = ["head", "lora"]\n[lora-rank]\nchoices = [8, 99999999999999999]\n'
+            'when = { trainable = "lora" }\n',
+            "--space: lora_rank = 99999999999999999: --lora-rank 99999999999999999 is over the model's "
+            "width (32)",
+        ),
+        (
+            '[lora-rank]\nchoices = [99999999999999999]\n[trainable]\nchoices = ["lora"]\n',
+            "--lora-rank 99999999999999999 is over the model's width (32)",
+        ),
     ]:
         space.write_text(content)
         code, _, stderr = tune("--data", str(data), *TINY, "--space", str(space), "--out", str(out))

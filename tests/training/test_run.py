@@ -123,6 +123,12 @@ def test_settings_that_cannot_work(tmp_path: Path) -> None:
         make_plan(build_settings({"model": TINY_SPEC, "weights": "random", "max_length": 65}))
     with pytest.raises(BadInputError, match="more blocks than the model has"):
         make_plan(build_settings({"model": TINY_SPEC, "weights": "random", "trainable": "last-blocks 3"}))
+    lora = {"model": TINY_SPEC, "weights": "random", "trainable": "lora"}
+    with pytest.raises(BadInputError, match=r"--lora-rank 33 is over the model's width \(32\): give at most"):
+        make_plan(build_settings({**lora, "lora_rank": 33}))
+    make_plan(build_settings({**lora, "lora_rank": 32}))
+    with pytest.raises(BadInputError, match="over the model's width"):  # not an allocation's traceback
+        make_plan(build_settings({**lora, "lora_rank": 99999999999999999}))
     with pytest.raises(BadInputError, match="classes are spam and ham"):
         make_plan(build_settings({"classes": "pos,neg"}))
     with pytest.raises(BadInputError, match="not a size"):
