@@ -132,6 +132,7 @@ def check_settings(settings: TuneSettings) -> tuple[tuple[Param, ...], float | N
         names = ", ".join(f"--{n.replace('_', '-')}" for n in both)
         problems.append(f"{names} fixed on the command line and searched by --space {search.space}: drop one")
     if not problems:
+        problems += _lora_problems(fs, without_fixed(space, fs.given))
         problems += _model_problems(fs, without_fixed(space, fs.given))
     if problems:
         raise BadInputError("; ".join(problems))
@@ -139,6 +140,23 @@ def check_settings(settings: TuneSettings) -> tuple[tuple[Param, ...], float | N
     if not searched:
         raise BadInputError("every option of the search space is fixed: nothing is left to search")
     return searched, timeout
+
+
+def _lora_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:
+    """LoRA's options searched where no trial trains LoRA: every value would train the same
+    model (finetune only warns of a flag it ignores; a search would spend its trials on it)."""
+    trainables = next((p.choices for p in space if p.name == "trainable" and p.choices), ())
+    if "lora" in trainables or (not trainables and fs.trainable.strip() == "lora"):
+        return []
+    names = [p.name for p in space if p.name in _LORA_OPTIONS]
+    if not names:
+        return []
+    shown = " and ".join(n.replace("_", "-") for n in names)
+    return [
+        f"--space searches {shown}, which only --trainable lora reads, but no trial trains LoRA "
+        f"(trainable {fs.trainable}): add lora to [trainable] choices with "
+        f'when = {{ trainable = "lora" }}, or drop {shown}'
+    ]
 
 
 def _model_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:

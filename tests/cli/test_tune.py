@@ -292,6 +292,11 @@ def test_bad_data_and_space_are_one_line(tmp_path: Path) -> None:
             "--space: lora_rank = 99999999999999999: --lora-rank 99999999999999999 is over the model's "
             "width (32)",
         ),
+        (  # LoRA's rank searched where no trial trains LoRA: twenty trials of one model
+            "[lora-rank]\nchoices = [4, 8]\n",
+            "--space searches lora-rank, which only --trainable lora reads, but no trial trains LoRA "
+            "(trainable last-block)",
+        ),
         (
             '[lora-rank]\nchoices = [99999999999999999]\n[trainable]\nchoices = ["lora"]\n',
             "--lora-rank 99999999999999999 is over the model's width (32)",
