@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from gptclf.distributed import Shard
 from gptclf.errors import BadInputError, CacheSpaceError, GptclfError, Interrupted, TrainingError
 from gptclf.inference.cache_pool import CachePool
@@ -188,6 +190,8 @@ class Study:
             raise
         except (TrainingError, BadInputError) as exc:  # a NaN at a wild learning rate, a bad combination
             state, error = optuna.trial.TrialState.FAIL, str(exc)
+        except (torch.OutOfMemoryError, MemoryError) as exc:  # this trial's batch or scope, not the search's
+            state, error = optuna.trial.TrialState.FAIL, _out_of_memory(exc)
         trial.set_user_attr("seconds", time.monotonic() - t0)
         trial.set_user_attr("curve", curve)  # once: a journal line per evaluation would grow as its square
         if error:
@@ -287,6 +291,14 @@ class _Stopped(Exception):
 
 class _TimedOut(Exception):
     """``--timeout`` passed (and some trial has completed): the trial ends at this evaluation."""
+
+
+def _out_of_memory(exc: BaseException) -> str:
+    """A trial's out-of-memory error in one line; the device's cached blocks freed for the next."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"out of memory ({first})"
 
 
 def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:

@@ -124,8 +124,17 @@ def test_the_best_trial_becomes_a_run_that_equals_a_finetune(
 
 @needs_optuna
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (TrainingError("the training loss became nan at step 3: lower --lr"), "the training loss became nan"),
+        # a batch too big for the device: that trial's settings, not the search's
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory (CUDA out"),
+        (MemoryError(), "out of memory (MemoryError)"),
+    ],
+)
 def test_a_failed_trial_is_recorded_and_the_study_goes_on(
-    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch, error: Exception, said: str
 ) -> None:
     common, tmp_path = setup
     fit = trials_module.fit
@@ -134,7 +143,7 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     def nan_once(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
-            raise TrainingError("the training loss became nan at step 3: lower --lr")
+            raise error
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(trials_module, "fit", nan_once)
@@ -143,9 +152,9 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     assert code == 0, stderr
     rows = read_trials(out)
     assert [r["status"] for r in rows] == ["complete", "failed", "complete", "complete"]
-    assert "loss became nan" in rows[1]["error"] and rows[1]["value"] == ""
+    assert said in rows[1]["error"] and rows[1]["value"] == ""
     assert json.loads(stdout)["trials"] == {"complete": 3, "pruned": 0, "failed": 1}
-    assert "trial 1: failed (the training loss became nan" in stderr
+    assert f"trial 1: failed ({said}" in stderr
 
 
 @needs_optuna
