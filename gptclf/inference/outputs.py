@@ -120,7 +120,12 @@ class ParquetWriter:
     that was not closed is not Parquet (and ``--output`` only renames it into place after that)."""
 
     def __init__(self, out: TextIO | BinaryIO, decider: Decider, keep: Sequence[str] = ()) -> None:
-        """Write to ``out``: a binary file, or a text file's ``buffer``."""
+        """Write to ``out``: a binary file, or a text file's ``buffer``.
+
+        Raises:
+            BadInputError: A kept column named like a record's own or twice (as the text formats).
+        """
+        check_keep_columns(keep, decider)
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq

@@ -511,15 +511,25 @@ def test_parquet_in_and_out_with_ids_and_kept_columns_joins_back(run_dir: Path, 
         (["--keep-columns", "label"], "predict writes its own 'label'"),
         (["--keep-columns", "nope"], "has no column 'nope'"),
         (["--keep-columns", ","], "--keep-columns names no column"),
+        # A Parquet file gets the same refusals (a kept p_spam or text once replaced the record's own)
+        (["--keep-columns", "p_spam", "--output", "{tmp}/out.parquet"], "predict writes its own 'p_spam'"),
+        (["--keep-columns", "text", "--output", "{tmp}/out.parquet"], "predict writes its own 'text'"),
+        (["--keep-columns", "label", "--output", "{tmp}/out.parquet"], "predict writes its own 'label'"),
+        (["--keep-columns", "team,team", "--output", "{tmp}/out.parquet"], "names 'team' twice"),
+        (["--keep-columns", "p_spam", "--format", "parquet", "--output", "{tmp}/o"], "its own 'p_spam'"),
+        (["--keep-columns", "p_spam", "--output", "{tmp}/o.parquet", "--shard", "1/2"], "its own 'p_spam'"),
     ],
 )
 def test_bad_parquet_and_kept_column_options(
     run_dir: Path, tmp_path: Path, args: list[str], words: str
 ) -> None:
     table = tmp_path / "in.csv"
-    table.write_text("text,label\nhello,ham\n", encoding="utf-8")
+    table.write_text("text,label,p_spam,team\nhello,ham,1.0,a\n", encoding="utf-8")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code, _, err = invoke(str(run_dir), "--input", str(table), *args)
     assert code == 2 and words in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # nothing written, no work kept
 
 
 def test_a_job_from_a_file_shows_texts_done_rate_and_eta(run_dir: Path, tmp_path: Path) -> None:
