@@ -26,6 +26,7 @@ from gptclf.rundir.build import (
     check_out,
     is_locked,
     lock_holder,
+    nothing_to_resume,
     replace_folder,
     work_dir,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "is_locked",
     "load_run",
     "lock_holder",
+    "nothing_to_resume",
     "package_versions",
     "read_run_info",
     "replace_folder",

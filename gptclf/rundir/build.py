@@ -179,6 +179,15 @@ def check_not_a_source(out: Path, sources: dict[str, str | Path | None]) -> None
             )
 
 
+def nothing_to_resume(out: Path) -> bool:
+    """Whether ``--resume`` finds no interrupted run of ``out`` to continue: no checkpoint (a run
+    killed before its first one, or never started), no finished run, and no process building it."""
+    work = work_dir(out)
+    if has_checkpoint(work) or has_checkpoint(out) or is_locked(work):
+        return False
+    return not (out / INFO_FILE).is_file()
+
+
 def check_out(out: Path, *, force: bool, resume: bool) -> None:
     """Refuse what cannot work, writing nothing (also used before ``--devices`` starts processes).
 

@@ -11,6 +11,7 @@ The command line only parses options and prints what :func:`finetune` returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ from gptclf.progress import Progress, TrainProgress
 from gptclf.rundir import RunBuild, check_not_a_source, check_out, work_dir
 from gptclf.training.checkpoints import InterruptGuard
 from gptclf.training.context import FinetuneResult, RunContext
-from gptclf.training.plan import RunPlan, check_launch, finetune_sources, make_plan, out_dir, resumed_settings
+from gptclf.training.plan import (
+    RunPlan,
+    check_launch,
+    finetune_sources,
+    make_plan,
+    out_dir,
+    resumed_settings,
+    started_afresh_note,
+    starts_afresh,
+)
 from gptclf.training.run import train_run
 from gptclf.training.settings import FinetuneSettings
 
@@ -70,7 +80,7 @@ def finetune(
     # Rank 0's folder: the others could name another runs/<timestamp> a second later.
     out = shard.from_main(out_dir(settings))
     with InterruptGuard() as guard:
-        settings, resume_state = _checked_settings(out, settings)
+        settings, resume_state = _checked_settings(out, settings, progress.message if shard.is_main else None)
         # Every rank has looked at --out before rank 0 makes its work folder: a rank still checking
         # once it exists took it for another process's build and stopped with exit 2 (now and then).
         shard.barrier()
@@ -101,10 +111,15 @@ def finetune(
 
 
 def _checked_settings(
-    out: Path, settings: FinetuneSettings
+    out: Path, settings: FinetuneSettings, note: Callable[[str], None] | None = None
 ) -> tuple[FinetuneSettings, dict[str, Any] | None]:
     """The settings to run with: a resumed run's saved ones (and its checkpoint), or the given ones
-    once ``--out`` may be written."""
+    once ``--out`` may be written (also for a ``--resume`` that finds nothing to resume and names
+    the run to make: :func:`~gptclf.training.plan.starts_afresh`, said in a note)."""
+    if starts_afresh(out, settings):
+        if note is not None:
+            note(started_afresh_note(out))
+        settings = settings.with_options({"resume": False})
     if settings.resume:
         return resumed_settings(out, settings)
     check_not_a_source(out, finetune_sources(settings))

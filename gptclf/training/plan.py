@@ -23,7 +23,7 @@ from gptclf.model.classifier import TrainableScope, parse_scope, pooling_problem
 from gptclf.model.config import GPTConfig
 from gptclf.model.hfconfig import resolve_base_model
 from gptclf.model.weights import weights_problems
-from gptclf.rundir import check_not_a_source, check_out, work_dir
+from gptclf.rundir import check_not_a_source, check_out, nothing_to_resume, work_dir
 from gptclf.rundir.layout import CHECKPOINT_NAME
 from gptclf.training.checkpoints import check_world_size, load_checkpoint
 from gptclf.training.settings import (
@@ -188,6 +188,26 @@ def resumed_settings(out: Path, given: FinetuneSettings) -> tuple[FinetuneSettin
     return saved.with_options({**changed, "out": str(out), "resume": True}, given=given.given), state
 
 
+def starts_afresh(out: Path, settings: FinetuneSettings) -> bool:
+    """``--resume`` with no interrupted run to continue (killed before its first checkpoint, or a
+    scheduler that always passes --resume) and a command that names the run to make (options
+    beyond where and how it runs): the run starts from the beginning, as predict's job does.
+    ``--out RUN --resume`` alone keeps its refusal: it names no run to start."""
+    return (
+        settings.resume
+        and bool(settings.given - RESUME_CHANGEABLE - {"force"})
+        and nothing_to_resume(out)
+    )
+
+
+def started_afresh_note(out: Path) -> str:
+    """The note of a ``--resume`` that :func:`starts_afresh`."""
+    return (
+        f"gptclf: nothing to resume for {out} ({work_dir(out)} holds no {CHECKPOINT_NAME}): "
+        "starting the run from the beginning"
+    )
+
+
 def check_launch(settings: FinetuneSettings, devices: int) -> Path:
     """What ``gptclf finetune --devices N`` checks before it starts N processes, so that bad input
     exits 2 with one line instead of failing N times under torchrun. Writes nothing.
@@ -204,6 +224,8 @@ def check_launch(settings: FinetuneSettings, devices: int) -> Path:
         BadInputError: A setting, the run directory, or a device that ``devices`` processes cannot use.
     """
     out = out_dir(settings)
+    if starts_afresh(out, settings):
+        settings = settings.with_options({"resume": False})
     if settings.resume:
         settings, state = resumed_settings(out, settings)
         check_world_size(state, devices)

@@ -202,7 +202,6 @@ def test_an_existing_run_is_not_overwritten_without_force(tmp_path: Path) -> Non
         (["--cache-memory", "lots"], "not a size"),
         (["--cache-memory", "3ib"], "--cache-memory '3ib' is not a size"),
         (["--lr", "0"], "--lr must be > 0"),
-        (["--resume"], "nothing to resume"),
         (["--config", "UNKNOWN_KEYS"], "unknown keys learning-rate"),
     ],
 )

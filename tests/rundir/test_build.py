@@ -244,6 +244,27 @@ def test_kill_9_after_an_epoch_leaves_a_checkpoint_and_resume_matches(data: Path
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_resume_with_nothing_to_resume_starts_the_named_run_and_clears_a_dead_builds_folder(
+    data: Path, tmp_path: Path
+) -> None:
+    """A kill -9 before the first checkpoint leaves a work folder with nothing to resume in it; a
+    scheduler that always passes --resume (with the whole command) starts the run again, said in a
+    note, instead of exit 2 for good. ``--out RUN --resume`` alone names no run: still refused."""
+    out = tmp_path / "run"
+    code, _, stderr = cli("finetune", "--out", str(out), "--resume")
+    assert code == 2 and "nothing to resume" in stderr and not out.exists(), stderr
+    work = work_dir(out)
+    work.mkdir()  # what a build killed while it cached the frozen blocks leaves: no checkpoint, no lock
+    (work / "data").mkdir()
+    code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(out), "--resume")
+    assert code == 0, stderr
+    assert f"nothing to resume for {out}" in stderr and "starting the run from the beginning" in stderr
+    assert (out / "run.json").is_file() and not work.exists()
+    # The finished run is not trained again by a --resume: that is a refusal, as before.
+    code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(out), "--resume")
+    assert code == 2 and "that run has finished" in stderr, stderr
+
+
 # --- item 5: the output is checked before training; a disk that fills is one line -----------------
 
 
