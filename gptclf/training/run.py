@@ -205,7 +205,12 @@ def _sources(
 def _final_logits(model: Classifier, sets: dict[str, LabelledSet], ctx: RunContext) -> dict[str, np.ndarray]:
     """The raw logits of the kept weights on the test and validation splits (those with texts); a
     signal stops this (training is saved). The task scores them and chooses on validation."""
-    saved = f"training has finished and is saved in {ctx.work / CHECKPOINT_NAME}; {_resume_hint(ctx.out)}"
+    checkpoint = ctx.work / CHECKPOINT_NAME
+    saved = (
+        f"training has finished and is saved in {checkpoint}"
+        if checkpoint.is_file()  # not where tune's run keeps a trial's weights: those live in memory
+        else "stopped before the kept weights were evaluated"
+    ) + f"; {_resume_hint(ctx.out)}"
     logits: dict[str, np.ndarray] = {}
     for name in ("test", "validation"):
         if len(sets[name]):

@@ -329,6 +329,8 @@ def _final(
         )
     except Interrupted as exc:  # the way on is tune's --resume (finetune's would leave no tune/ report)
         hint = f"continue with `gptclf tune --out {runner.out} --resume`"
+        if kept is not None:  # the trial's weights were in this process's memory only
+            hint += " (it trains the best trial's settings once more: the same weights)"
         message = re.sub(r"continue with `gptclf finetune --out .* --resume`", lambda _: hint, str(exc))
         raise Interrupted(message if hint in message else f"{message}; {hint}", exc.exit_code - 128) from None
 

@@ -339,6 +339,40 @@ def test_torchrun_spreads_the_trials_over_the_ranks(setup: tuple[list[str], Path
 
 
 @needs_optuna
+@needs_optuna
+@pytest.mark.slow
+def test_a_signal_in_the_kept_runs_evaluation_names_no_checkpoint_and_resumes(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final run keeps the best trial's weights in memory, with no checkpoint.pt: a SIGTERM in
+    its test evaluation says how to go on without naming a file that is not there."""
+    import os
+    import signal
+
+    from gptclf.training import run as run_module
+
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    batched_logits = run_module.batched_logits
+    sent: list[int] = []
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        if not sent:  # before the first batch: the guard's check runs before each one
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batched_logits(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "batched_logits", signalled)
+    code, _, stderr = tune(*common, "--trials", "2", "--pruner", "none", "--out", str(out))
+    assert code == 143 and sent, stderr
+    assert "checkpoint.pt" not in stderr and "stopped before the kept weights were evaluated" in stderr
+    assert f"continue with `gptclf tune --out {out} --resume` (it trains the best trial's settings" in stderr
+    assert not (work_dir(out) / "checkpoint.pt").exists()
+    monkeypatch.setattr(run_module, "batched_logits", batched_logits)
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0 and "trained once more: the same weights as the trial" in stderr, stderr
+
+
 def test_a_stopped_final_run_resumes_with_tune_on_the_data_and_space_it_searched(
     setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
