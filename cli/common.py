@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -74,12 +74,44 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+class _Diagnostics:
+    """Standard error that outlives its reader: progress, notes and warnings are for a person, so
+    when nobody reads them any more (``2>&1 | head -1``, a log collector that went away) they are
+    dropped and the job goes on, as with a closed stderr. Results go to stdout or files, whose
+    failures still end the command."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.gone = True
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ... as the stream's
+        return getattr(self._stream, name)
+
+
 def check_standard_streams(argv: Sequence[str]) -> None:
     """Give a process started with a closed stream (``>&-``, ``<&-``) one line instead of a
     traceback: a closed stdout is an error (results would be lost), a closed stdin reads as empty
-    unless ``-`` asks for it, a closed stderr is /dev/null."""
+    unless ``-`` asks for it, a closed stderr is /dev/null, and a stderr whose reader has gone
+    drops what is written to it (:class:`_Diagnostics`)."""
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    elif not isinstance(sys.stderr, _Diagnostics):
+        sys.stderr = _Diagnostics(sys.stderr)  # type: ignore[assignment]
     if sys.stdout is None:
         sys.stderr.write("gptclf: error: standard output is closed: redirect it to a file or /dev/null\n")
         sys.exit(2)

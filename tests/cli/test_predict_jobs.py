@@ -474,3 +474,27 @@ def test_the_input_or_a_looping_link_as_output_is_refused(run_dir: Path, table: 
     loop.symlink_to(loop)
     code, _, err = invoke(str(run_dir), "--input", str(table), "--text-column", "body", "--output", str(loop))
     assert code == 2 and "cannot be followed" in err
+
+
+@pytest.mark.slow
+def test_a_job_whose_stderr_reader_has_gone_finishes_its_file(
+    run_dir: Path, table: Path, tmp_path: Path
+) -> None:
+    """``gptclf predict ... --output OUT 2>&1 | head -1``: once the reader of stderr has gone, the
+    progress and notes are dropped and the job finishes OUT, as with a closed stderr (it used to
+    end with exit 1 on a broken pipe, leaving a job of 0 chunks)."""
+    out, straight = tmp_path / "out.jsonl", tmp_path / "straight.jsonl"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads the child's stderr: its first write is a broken pipe
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop(FAULT_ENV, None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli.main", "predict", *job_args(run_dir, table, out)],
+            stdout=subprocess.PIPE, stderr=write_end, env=env, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert finish(job_args(run_dir, table, straight))[0] == 0
+    assert out.read_bytes() == straight.read_bytes() and not work_dir(out).exists()
