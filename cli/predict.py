@@ -261,13 +261,14 @@ def _with_progress(
     done: int = 0,
 ) -> Iterator[list[Prediction]]:
     """``chunks`` shown on stderr: texts done, texts/s and the ETA where the rows can be counted."""
-    from gptclf.data.tables import estimate_rows
-    from gptclf.inference.predict import with_progress
+    from gptclf.data.tables import estimate_rows, part_rows
+    from gptclf.inference.predict import CHUNK_SIZE, with_progress
     from gptclf.progress import ConsoleProgress
 
     total = estimate_rows(path, input_format)
-    if total is not None and part is not None:  # this part's share of the rows
-        total = part[0] * total // part[1] - (part[0] - 1) * total // part[1]
+    if total is not None and part is not None:  # this part's rows: whole chunks, as the shard takes them
+        start, end = part_rows(total, part, CHUNK_SIZE)
+        total = end - start
     if total is not None:
         total = max(0, total - done)
     return with_progress(chunks, ConsoleProgress(err_console), total)

@@ -261,7 +261,7 @@ def read_inputs(
     if shard is not None and plain and lines_by_bytes(Path(path), encoding):
         # Lines found in the bytes: the part is read from its own first byte, the rest never decoded.
         total, offsets = line_offsets(Path(path), unit)
-        start, end = _part(total, shard, unit)
+        start, end = part_rows(total, shard, unit)
         start = min(end, start + skip)
         if start % unit == 0 and start // unit < len(offsets) and start < end:
             at = offsets[start // unit]
@@ -294,11 +294,12 @@ def shard_rows(
         total = sum(1 for _ in numbered_lines(path, encoding))
     else:
         total = sum(1 for _ in _records(path, fmt, [text_column or "text"], encoding))
-    return _part(total, shard, unit)
+    return part_rows(total, shard, unit)
 
 
-def _part(total: int, shard: tuple[int, int], unit: int) -> tuple[int, int]:
-    """Rows ``[start, end)`` of part k of n of ``total`` rows, in whole blocks of ``unit``."""
+def part_rows(total: int, shard: tuple[int, int], unit: int = 1) -> tuple[int, int]:
+    """Rows ``[start, end)`` of part k of n of ``total`` rows, in whole blocks of ``unit`` (a
+    shard's progress counts its rows the same way)."""
     k, n = shard
     blocks = -(-total // unit)
     return min(total, (k - 1) * blocks // n * unit), min(total, k * blocks // n * unit)

@@ -585,6 +585,8 @@ def test_shards_concatenate_to_the_whole_output_byte_for_byte(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from gptclf.data.tables import part_rows
+
     monkeypatch.setattr("gptclf.inference.predict.CHUNK_SIZE", 16)
     source_fmt, out_fmt = fmt.split("-")
     texts = [f"message {i} " + "win cash " * (i % 4) for i in range(103)]
@@ -615,6 +617,8 @@ def test_shards_concatenate_to_the_whole_output_byte_for_byte(
         )
         assert code == 0, err
         parts.append(part.read_bytes())
+        start, end = part_rows(103, (k, 4), 16)  # the progress counts this part's rows, not a 4th
+        assert f"classifying ({end - start} texts)" in err, err
     assert b"".join(parts) == whole.read_bytes()
     assert all(parts)  # no part is empty
 
