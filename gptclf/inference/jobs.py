@@ -576,6 +576,12 @@ def _run(
         dev = resolve_device(device.device, local_job())
         device = DeviceOptions(str(dev), device.precision, device.batch_size)
         divide_cpu_threads(dev, shard)
+    keep = o["keep_columns"]
+    # The input is read up to its first record before the run loads: a bad file is one line first.
+    given = None if complete else text_stream(
+        [], str(req.input_path), o["text_column"], o["id_column"], o["input_format"], o["encoding"],
+        keep, req.part, done,
+    )  # fmt: skip
     predictor = open_predictor(
         req.run,
         engine=o["engine"],
@@ -584,7 +590,7 @@ def _run(
         decide=DecisionOptions(**{f: o[f] for f in DecisionOptions.__dataclass_fields__}),
         long=LongTextOptions(**{f: o[f] for f in LongTextOptions.__dataclass_fields__}),
     )
-    keep, write, assemble = o["keep_columns"], None, None
+    write, assemble = None, None
     if job is not None:
         if o["format"] == "parquet":
             if job.resumed and not job.journal.complete:
@@ -599,10 +605,7 @@ def _run(
         if job is not None:
             job.finish(assemble)
         return predictor
-    given = text_stream(
-        [], str(req.input_path), o["text_column"], o["id_column"], o["input_format"], o["encoding"],
-        keep, req.part, done,
-    )  # fmt: skip
+    assert given is not None
     if not shard.distributed:
         assert job is not None and write is not None
         chunks = predictor.predict_chunks(given)

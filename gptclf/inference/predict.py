@@ -14,6 +14,7 @@ same batches of the one inference loop, so streaming, formats and decisions are 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -370,10 +371,24 @@ def text_stream(
     source = input_path if input_path == "-" else Path(input_path)
     # Parts are whole chunks of the unsharded run: every chunk is sorted and batched as it would be
     # there, so the parts' records are byte for byte those of the whole input.
-    return read_inputs(
+    records = read_inputs(
         source, text_column, id_column, fmt=input_format, encoding=encoding, keep=keep_columns,
         shard=shard, unit=CHUNK_SIZE, skip=skip,
     )  # fmt: skip
+    # A file's first record is read now: a missing column, an empty, damaged or undecodable file is
+    # one line before the run loads or the progress begins. Stdin's first line may be a while
+    # coming: the run loads meanwhile.
+    return records if source == "-" else _first_read(records)
+
+
+def _first_read(items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` with its first item already read (an error in it raised here, not later)."""
+    it = iter(items)
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], it)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -687,3 +687,34 @@ def test_a_long_stream_on_stdin_shows_its_progress_and_a_short_one_stays_quiet(r
     assert proc.wait(timeout=120) == 0
     assert json.loads(out.splitlines()[0])["id"] == 1
     assert err.splitlines()[0] == "classifying"
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+@pytest.mark.parametrize("case", ["missing-column", "empty", "fake-parquet", "truncated-gz"])
+def test_a_bad_input_file_is_one_line_before_any_progress(
+    run_dir: Path, tmp_path: Path, case: str, to_file: bool
+) -> None:
+    """The file's first record is read before the run loads: its error is the only line on stderr
+    (no "classifying (N texts)" line before it), and no output or job folder is left."""
+    import gzip
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    args = ["--text-column", "body"] if case == "missing-column" else []
+    if case == "missing-column":
+        source = folder / "t.csv"
+        source.write_text("text,label\n" + "hello,ham\n" * 3000, encoding="utf-8")
+    elif case == "empty":
+        source = folder / "t.csv"
+        source.write_bytes(b"")
+    elif case == "fake-parquet":
+        source = folder / "t.parquet"
+        source.write_bytes(b"PAR1 but not really " * 100)
+    elif case == "truncated-gz":
+        source = folder / "t.txt.gz"
+        packed = gzip.compress("".join(f"text {i * 7919 % 10007}\n" for i in range(5000)).encode())
+        source.write_bytes(packed[:30])  # cut within the first line (one cut later is said mid-job)
+    out = ["--output", str(tmp_path / "out.jsonl")] if to_file else []
+    code, stdout, err = invoke(str(run_dir), "--input", str(source), *args, *out)
+    assert code == 2 and err.startswith("gptclf: error:") and len(err.strip().splitlines()) == 1, err
+    assert stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
