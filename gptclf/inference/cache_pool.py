@@ -68,14 +68,24 @@ class CachePool:
         base_cut: A cut to build first, for the cuts above it to be built on (0: none).
         builds: Every cache build, in order (a cut of 0, plain token batches, is no build), with
             the cut it was built on (0: from the token ids).
+        note: Receives the builds' notes where :meth:`sources` is given none (a cache kept in RAM
+            for want of disk room, a ``TMPDIR`` passed over, a dead process's cache removed),
+            each line once however many builds say it.
     """
 
     cache_memory: int
     ram_fallback: int = 0
     base_cut: int = 0
     local_ranks: int = 1
+    note: Callable[[str], None] | None = None
     builds: list[CacheBuild] = field(default_factory=list)
     _sources: dict[tuple[Any, ...], Source] = field(default_factory=dict)
+    _said: set[str] = field(default_factory=set)
+
+    def _note_once(self, line: str) -> None:
+        if self.note is not None and line not in self._said:
+            self._said.add(line)
+            self.note(line)
 
     def sources(
         self,
@@ -107,6 +117,7 @@ class CachePool:
             inputs,
         )
         missing = {name: ids for name, ids in splits.items() if (*key, name) not in self._sources}
+        note = note or (self._note_once if self.note is not None else None)
         if missing:
             bases = self._bases(key, missing)
             if not bases and 0 < self.base_cut < cut:  # the base cut first (its cut: base_cut, as cut > 0)

@@ -130,8 +130,9 @@ def tune(
         guard.before = f"the study is kept in {work_dir(out)} for --resume"
         cut = base_cut(space, settings.finetune, plan.config.n_layer)
         pool = CachePool(
-            plan.cache_memory, plan.cache_fallback, base_cut=cut, local_ranks=shard.local_world_size
-        )
+            plan.cache_memory, plan.cache_fallback, base_cut=cut, local_ranks=shard.local_world_size,
+            note=progress.message if shard.is_main else None,
+        )  # fmt: skip
         runner = TrialRunner(*found.trial_inputs, pool, guard, out, work_dir(out))
         try:
             if build is not None:

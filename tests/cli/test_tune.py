@@ -173,6 +173,23 @@ def test_no_disk_room_for_a_cache_ends_the_search_in_one_line_instead_of_failing
     assert "trial 0: failed" not in stderr and not out.exists()
 
 
+@needs_optuna
+@pytest.mark.slow
+def test_the_caches_notes_are_said_as_finetune_says_them(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TMPDIR that cannot be used is said once (the cache's file goes elsewhere), as finetune
+    says it; the trials themselves stay silent."""
+    common, tmp_path = setup
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "absent"))
+    out = tmp_path / "tuned"
+    code, _, stderr = tune(*common, "--trials", "2", "--cache-memory", "0", "--out", str(out))
+    assert code == 0, stderr
+    passed_over = f"TMPDIR={tmp_path / 'absent'} cannot be written"
+    said = [line for line in stderr.splitlines() if line.startswith(passed_over)]
+    assert len(said) == 1, stderr  # once, not once a build
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
