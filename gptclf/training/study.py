@@ -14,6 +14,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +94,21 @@ class Study:
         """Trials a killed process left running: marked failed, and their settings queued again."""
         import optuna
 
+        fixed = {n: self.settings.finetune.option(n) for n in self.settings.finetune.given}
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             self.study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted; run again")
             self.study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
-            self.progress.message(f"trial {trial.number} was running when the search stopped: it runs again")
+            number = trial.number
+            if not trial.params:  # killed before it drew a setting: nothing of it to run again
+                self.progress.message(f"trial {number} was starting when the search stopped: a new trial "
+                                      "takes its place")  # fmt: skip
+                continue
+            self.study.enqueue_trial(trial.params, user_attrs={"rerun_of": number})
+            drawn = set(trial.params) >= set(sample(self.space, _Drawn(trial.params), fixed))
+            self.progress.message(
+                f"trial {number} was running when the search stopped: it runs again"
+                + ("" if drawn else " with the settings it had drawn (the others are drawn anew)")
+            )
 
     def done(self) -> int:
         """Trials that count towards ``--trials``: complete, pruned, and failed ones (not interrupted)."""
@@ -283,6 +294,24 @@ class Study:
             },
             "test_split": "never read by the search; only the final run is evaluated on it",
         }
+
+
+class _Drawn:
+    """A trial's drawn settings as a sampler (:class:`~gptclf.training.search_space.Suggests`):
+    :func:`sample` over it names the options the trial draws given them (those whose condition
+    holds); one it had not drawn yet reads as None."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.params.get(name)
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> Any:
+        return self.params.get(name)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> Any:
+        return self.params.get(name)
 
 
 class _Stopped(Exception):

@@ -254,10 +254,13 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
             value = str(Path(value).expanduser().resolve())
         return value != fs.option(name)
 
+    searched = {p.name for p in space or ()}
     conflicts = [
-        f"--{name.replace('_', '-')} {given.finetune.option(name)} (the search used {fs.option(name)})"
+        f"--{name.replace('_', '-')} {given.finetune.option(name)} (the study searches it)"
+        if name in searched
+        else f"--{name.replace('_', '-')} {given.finetune.option(name)} (the search used {fs.option(name)})"
         for name in sorted(given.finetune.given - RESUME_CHANGEABLE - {"force"})
-        if differs(name)
+        if name in searched or differs(name)
     ]
     conflicts += [
         f"--{name} {getattr(given.search, name)} (the search used {getattr(search, name)})"

@@ -190,6 +190,51 @@ def test_the_caches_notes_are_said_as_finetune_says_them(
     assert len(said) == 1, stderr  # once, not once a build
 
 
+class _Killed(BaseException):
+    """Stands for a kill -9 between two draws of a trial: nothing after it runs, the journal keeps
+    the trial running with the settings it had drawn."""
+
+
+@needs_optuna
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_at", ["lr", "trainable"])
+def test_a_trial_killed_while_drawing_runs_again_with_what_it_had_drawn(
+    setup: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch, killed_at: str
+) -> None:
+    """Killed before its first draw (lr), a trial has nothing to run again: a new one takes its
+    place. Killed after it (before trainable), it runs again with its lr, the rest drawn anew, and
+    says so."""
+    from gptclf.training.search_space import Param
+
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    draw = Param.sample
+    seen: dict[str, Any] = {}
+
+    def killed(self: Param, trial: Any) -> Any:
+        if trial.number == 1 and self.name == killed_at:
+            seen.update(trial.params)
+            raise _Killed
+        return draw(self, trial)
+
+    monkeypatch.setattr(Param, "sample", killed)
+    with pytest.raises(_Killed):
+        tune(*common, "--trials", "3", "--pruner", "none", "--out", str(out))
+    monkeypatch.setattr(Param, "sample", draw)
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 0, stderr
+    rows = read_trials(out)
+    assert rows[1]["status"] == "interrupted"
+    if killed_at == "lr":
+        assert not seen
+        assert "trial 1 was starting when the search stopped: a new trial takes its place" in stderr
+    else:
+        assert set(seen) == {"lr"} and float(rows[2]["lr"]) == seen["lr"]  # run again with its lr
+        again = "trial 1 was running when the search stopped: it runs again with the settings it had drawn"
+        assert again in stderr
+    assert [r["status"] for r in rows].count("complete") == 3
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
@@ -222,7 +267,9 @@ def test_sigterm_stops_after_the_epoch_and_resume_continues(setup: tuple[list[st
     assert "SIGTERM: stopped trial 2 after" in rest and "continue with `gptclf tune --out" in rest
     assert not out.exists() and (work_dir(out) / "tune.journal").is_file()
     code, _, stderr = tune("--out", str(out), "--resume", "--lr", "0.5")
-    assert code == 2 and "cannot change these on --resume: --lr 0.5" in stderr
+    assert code == 2 and "cannot change these on --resume: --lr 0.5 (the study searches it)" in stderr
+    code, _, stderr = tune("--out", str(out), "--resume", "--epochs", "3")  # fixed: the value it used
+    assert code == 2 and "cannot change these on --resume: --epochs 3 (the search used 2)" in stderr
     code, _, stderr = tune("--out", str(out), "--resume")
     assert code == 0, stderr
     rows = read_trials(out)
