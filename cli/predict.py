@@ -161,7 +161,14 @@ def predict(
                 f"under torchrun ({ranks} processes) predict needs --input FILE and --output FILE: the ranks "
                 "split the file and rank 0 writes the output"
             )
-    if fmt is None and output is not None and output.suffix.lower() in (".parquet", ".pq"):
+    named = _SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
+    if fmt is not None and named is not None and fmt != named:
+        suffix = ".txt" if fmt == "table" else f".{fmt}"
+        raise BadInputError(
+            f"--format {fmt} but --output {output} is named as {named}: name the file for what it "
+            f"holds (e.g. {output.with_suffix(suffix).name}) or drop --format"
+        )
+    if fmt is None and named == "parquet":
         fmt = "parquet"
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() and output is None else "jsonl"
@@ -227,6 +234,11 @@ def predict(
         if finish is not None:  # Parquet's footer: before the file is renamed into place
             finish()
     _say_long(predictor)
+
+
+#: Output names that say their format: --format must agree (CSV text in a .parquet file reads as
+#: a damaged Parquet file later).
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def _open(

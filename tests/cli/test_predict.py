@@ -518,6 +518,10 @@ def test_parquet_in_and_out_with_ids_and_kept_columns_joins_back(run_dir: Path, 
         (["--keep-columns", "team,team", "--output", "{tmp}/out.parquet"], "names 'team' twice"),
         (["--keep-columns", "p_spam", "--format", "parquet", "--output", "{tmp}/o"], "its own 'p_spam'"),
         (["--keep-columns", "p_spam", "--output", "{tmp}/o.parquet", "--shard", "1/2"], "its own 'p_spam'"),
+        # A file named for another format than --format's (CSV text in a .parquet file)
+        (["--format", "csv", "--output", "{tmp}/o.parquet"], "--format csv but --output"),
+        (["--format", "parquet", "--output", "{tmp}/o.csv"], "is named as csv: name the file for what it"),
+        (["--format", "table", "--output", "{tmp}/o.jsonl"], "(e.g. o.txt) or drop --format"),
     ],
 )
 def test_bad_parquet_and_kept_column_options(
