@@ -25,7 +25,7 @@ from gptclf.model.hfconfig import resolve_base_model
 from gptclf.model.weights import weights_problems
 from gptclf.option_groups import DeviceOptions, InputOptions
 from gptclf.options import OptionSpec, coerce, field_problems, option, option_specs, reuse
-from gptclf.training.plan import attempt  # finetune's: note a BadInputError, go on checking
+from gptclf.training.plan import attempt, data_folder_problem  # attempt: note a BadInputError, go on
 from gptclf.training.settings import FinetuneSettings, TrainConfig
 
 _DATA, _MODEL, _TRAIN, _RUN = "Data", "Model", "Training", "Run"
@@ -121,8 +121,8 @@ class AdaptSettings:
         if self.out is None:
             out.append("--out LMDIR is required: the folder to write the adapted model into")
         # A resumed run reads its blocks from its work folder, not from --data.
-        if self.data is not None and not self.resume and not Path(self.data).expanduser().is_dir():
-            out.append(f"--data {self.data}: no such folder (give a folder written by `gptclf prepare`)")
+        if self.data is not None and not self.resume and (problem := data_folder_problem(self.data)):
+            out.append(problem)
         if self.source is not None and self.data is None:
             out.append("--source names the file a prepared folder was made from: it needs --data")
         return out

@@ -134,10 +134,19 @@ def plan_problems(settings: FinetuneSettings) -> list[str]:
     return problems
 
 
+def data_folder_problem(data: str) -> str | None:
+    """What keeps ``--data`` from being a prepared folder before it is read: absent, or a file."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return None
+    what = "is a file, not a folder" if path.exists() else "no such folder"
+    return f"--data {data}: {what} (give a folder written by `gptclf prepare`)"
+
+
 def _data_problems(settings: FinetuneSettings) -> list[str]:
     """What is wrong with ``--data`` and ``--classes`` before the data is read."""
-    if settings.data is not None and not Path(settings.data).expanduser().is_dir():
-        return [f"--data {settings.data}: no such folder (give a folder written by `gptclf prepare`)"]
+    if settings.data is not None and (problem := data_folder_problem(settings.data)):
+        return [problem]
     if settings.data is None and settings.classes and set(settings.classes) != SMS_LABELS:
         return [
             f"--classes {','.join(settings.classes)}: without --data the SMS set is used, whose classes are "
@@ -147,9 +156,15 @@ def _data_problems(settings: FinetuneSettings) -> list[str]:
 
 
 def out_dir(settings: FinetuneSettings) -> Path:
-    """The run directory: ``--out``, else ``runs/<timestamp>`` (made unique)."""
+    """The run directory: ``--out``, else ``runs/<timestamp>`` (made unique).
+
+    Raises:
+        BadInputError: ``--resume`` without ``--out``: a new timestamp names no run to continue.
+    """
     if settings.out:
         return Path(settings.out).expanduser().resolve()
+    if settings.resume:
+        raise BadInputError("--resume needs --out RUN, the run to continue (its folder)")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = Path("runs") / stamp, 1
     while path.exists():

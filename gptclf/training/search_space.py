@@ -223,7 +223,8 @@ def _value(key: str, name: str, value: Any, problems: list[str]) -> Any:
         found += pooling_problems(coerced)
     if isinstance(coerced, float) and not math.isfinite(coerced):
         found.append(f"{coerced} is not finite")
-    problems += [f"[{key}] {p}" for p in dict.fromkeys(found)]
+    if found:  # the first check that refuses it says why (the later ones say it again in other words)
+        problems.append(f"[{key}] {found[0]}")
     return coerced
 
 

@@ -277,6 +277,10 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     Raises:
         BadInputError: The file is missing, unreadable or not TOML.
     """
+    if str(path) == "-":
+        raise BadInputError(f"{what} - : standard input is not read for a TOML file; give its path")
+    if path.is_dir():
+        raise BadInputError(f"{what} {path} is a folder: give the TOML file's path")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -86,3 +86,18 @@ def test_a_cache_memory_no_float_holds_or_in_other_digits_is_one_line(size: str)
 
     with pytest.raises(BadInputError, match="is not a size"):
         parse_size(size)
+
+
+def test_a_data_file_and_a_resume_without_out_are_said_as_such(tmp_path: Path) -> None:
+    from gptclf.training.plan import out_dir
+
+    table = tmp_path / "table.csv"
+    table.write_text("text,label\n")
+    with pytest.raises(BadInputError, match=r"--data .*table.csv: is a file, not a folder \(give a folder"):
+        make_plan(build_settings({"data": str(table)}))
+    with pytest.raises(BadInputError, match=r"--data .*absent: no such folder"):
+        make_plan(build_settings({"data": str(tmp_path / "absent")}))
+    # A new runs/<timestamp> names no run to continue (it said "nothing to resume for runs/2026...")
+    with pytest.raises(BadInputError, match=r"^--resume needs --out RUN, the run to continue"):
+        out_dir(build_settings({"resume": True}))
+    assert out_dir(build_settings({"resume": True, "out": str(tmp_path / "run")})) == tmp_path / "run"

@@ -88,7 +88,12 @@ def test_a_space_file_of_ranges_choices_and_conditions(tmp_path: Path) -> None:
         ('[out]\nchoices = ["a"]\n', "out cannot be searched"),
         ("[lr]\nlow = 1e-3\nhigh = 1e-5\n", r"\[lr\] is an empty range \(low 0.001 > high 1e-05\)"),
         ("[pooling]\nchoices = []\n", r"\[pooling\] choices must be a non-empty list"),
-        ('[pooling]\nchoices = ["last-token", "middle"]\n', "unknown pooling 'middle'"),
+        # Each bad value once: the first check that refuses it (others said it again in other words)
+        (
+            '[pooling]\nchoices = ["last-token", "middle"]\n',
+            r"\[pooling\] --pooling 'middle': use one of [-a-z, ]+$",
+        ),
+        ("[lr]\nlow = nan\nhigh = 1e-3\n", r"\[lr\] --lr must be > 0 and <= 1 \(got nan\)$"),
         ('[trainable]\nchoices = ["last-blocks x"]\n', "trainable"),
         ("[weight_decay]\nlow = 0.0\nhigh = 0.1\nlog = true\n", "log = true needs low > 0"),
         ("[lr]\nlow = 1e-5\nhigh = 5.0\n", "lr"),
@@ -114,6 +119,13 @@ def test_bad_space_files_are_one_line(tmp_path: Path, content: str, message: str
     with pytest.raises(BadInputError, match=message) as info:
         load_space(path)
     assert "\n" not in str(info.value) and str(info.value).startswith(f"--space {path}")
+
+
+def test_a_folder_or_stdin_for_a_space_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=f"--space {tmp_path} is a folder: give the TOML file's path"):
+        load_space(tmp_path)
+    with pytest.raises(BadInputError, match="standard input is not read for a TOML file"):
+        load_space(Path("-"))
 
 
 def test_every_problem_of_a_file_is_named_at_once(tmp_path: Path) -> None:
