@@ -142,6 +142,7 @@ class Study:
                 if deadline is not None and time.monotonic() > deadline and self.counts()["complete"]:
                     self.progress.message(f"--timeout reached after {self.done()} of {total} trials")
                     break
+                self._stop_if_signalled()
                 self._one(deadline)
                 best, done = self._best_value(), min(self.done(), total)
                 self.progress.advance(
@@ -150,6 +151,18 @@ class Study:
                 shown = done
         finally:
             self.progress.end()
+
+    def _stop_if_signalled(self) -> None:
+        """A signal that came during the trial just told (its last epoch, or between trials) ends
+        the search before the next one starts: nothing of it is lost."""
+        signum = self.guard.signum
+        if signum is not None:
+            raise Interrupted(
+                f"{signal_name(signum)}: stopped between trials; {self.done()} of "
+                f"{self.settings.search.trials} trials are done and kept in {self.runner.work}; "
+                f"continue with `gptclf tune --out {self.runner.out} --resume`",
+                signum,
+            )
 
     def running(self) -> int:
         """Trials running now (in other ranks' processes)."""
@@ -176,7 +189,9 @@ class Study:
                 return
             curve.append(float(value))
             trial.report(float(value), len(curve))
-            if self.guard.signum is not None:
+            # A signal ends the trial here, unless this is its last epoch: then it completes and
+            # counts (thrown away at its end, a 1-epoch trial would be all lost work).
+            if self.guard.signum is not None and row.get("epoch", 0) < trial_settings.train.epochs:
                 raise _Stopped()
             if deadline is not None and time.monotonic() > deadline and self.counts()["complete"]:
                 raise _TimedOut()
