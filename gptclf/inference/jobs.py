@@ -256,10 +256,10 @@ class Job:
                 f"gptclf: starting {out} again: the interrupted job in {folder} ({old.rows:,} rows done) "
                 "is discarded (--resume would have continued it)"
             )
-        for name in (JOURNAL, RECORDS, ASSEMBLED):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
-        try:
+        try:  # a read-only folder, no permission: said as any unwritable place
+            for name in (JOURNAL, RECORDS, ASSEMBLED):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
             (folder / RECORDS).touch()
         except OSError as exc:
             raise write_error(exc, out.parent) from None

@@ -267,7 +267,10 @@ class RunBuild:
         if resume and not work.is_dir() and has_checkpoint(out):
             os.rename(out, work)  # a run interrupted by an older gptclf kept its checkpoint in --out
         if work.is_dir() and not resume:
-            shutil.rmtree(work)
+            try:
+                shutil.rmtree(work)
+            except OSError as exc:  # a read-only folder, no permission: said as any unwritable place
+                raise write_error(exc, out.parent) from None
             note(f"removed {work}, left by an earlier run that did not finish")
         created = not work.is_dir()
         lock: WorkLock | None = None

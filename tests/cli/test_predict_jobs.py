@@ -498,3 +498,20 @@ def test_a_job_whose_stderr_reader_has_gone_finishes_its_file(
     assert proc.returncode == 0 and proc.stdout == b""
     assert finish(job_args(run_dir, table, straight))[0] == 0
     assert out.read_bytes() == straight.read_bytes() and not work_dir(out).exists()
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_dead_jobs_folder_on_a_read_only_disk_is_one_line(
+    run_dir: Path, table: Path, tmp_path: Path, resume: bool
+) -> None:
+    """An empty job folder a kill left where nothing can be written any more: one line naming the
+    folder, exit 2 (it was a traceback), the folder left as it was."""
+    from tests.fault_helpers import tmpfs
+
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
+        out = mnt / "out.jsonl"
+        work_dir(out).mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        code, _, err = invoke(*job_args(run_dir, table, out, *(["--resume"] if resume else [])))
+        assert code == 2 and f"cannot write into {mnt}" in err and "Traceback" not in err, err
+        assert work_dir(out).is_dir() and not out.exists()

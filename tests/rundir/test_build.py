@@ -290,6 +290,25 @@ def test_an_unwritable_out_is_refused_before_any_work(data: Path, tmp_path: Path
     assert "epoch" not in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_dead_builds_folder_on_a_read_only_disk_is_one_line(
+    data: Path, tmp_path: Path, resume: bool
+) -> None:
+    """A folder a killed build left where nothing can be written any more (remounted read-only, or
+    no permission) cannot be cleared: one line naming the folder, exit 2 (it was a traceback)."""
+    import subprocess
+
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
+        out = mnt / "run"
+        work_dir(out).mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        extra = ["--resume"] if resume else []
+        code, _, stderr = cli("finetune", "--data", str(data), *LEARN, "--out", str(out), *extra)
+        assert code == 2 and len(stderr.strip().splitlines()) <= 2, stderr  # a --resume says its note first
+        assert stderr.strip().splitlines()[-1].startswith(f"gptclf: error: cannot write into {mnt}"), stderr
+        assert "Traceback" not in stderr and work_dir(out).is_dir()
+
+
 def test_the_space_check_counts_a_resumed_runs_checkpoint_as_present(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
