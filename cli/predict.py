@@ -161,6 +161,12 @@ def predict(
                 f"under torchrun ({ranks} processes) predict needs --input FILE and --output FILE: the ranks "
                 "split the file and rank 0 writes the output"
             )
+    if output is not None and output.suffix.lower() in _COMPRESSED:
+        raise BadInputError(
+            f"--output {output}: predict writes uncompressed files; write {output.with_suffix('').name} "
+            f"and compress it, or compress stdout (`gptclf predict ... | "
+            f"{_COMPRESSED[output.suffix.lower()]} > {output.name}`)"
+        )
     named = _SUFFIX_FORMATS.get(output.suffix.lower()) if output is not None else None
     if fmt is not None and named is not None and fmt != named:
         suffix = ".txt" if fmt == "table" else f".{fmt}"
@@ -239,6 +245,8 @@ def predict(
 #: Output names that say their format: --format must agree (CSV text in a .parquet file reads as
 #: a damaged Parquet file later).
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: Output names of compressed data, which predict does not write (it reads them).
+_COMPRESSED = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
 
 
 def _open(

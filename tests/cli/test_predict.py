@@ -522,6 +522,9 @@ def test_parquet_in_and_out_with_ids_and_kept_columns_joins_back(run_dir: Path, 
         (["--format", "csv", "--output", "{tmp}/o.parquet"], "--format csv but --output"),
         (["--format", "parquet", "--output", "{tmp}/o.csv"], "is named as csv: name the file for what it"),
         (["--format", "table", "--output", "{tmp}/o.jsonl"], "(e.g. o.txt) or drop --format"),
+        # A compressed name: the file would be plain text (and JSONL under a .csv.gz name)
+        (["--output", "{tmp}/o.csv.gz"], "predict writes uncompressed files; write o.csv and compress it"),
+        (["--format", "jsonl", "--output", "{tmp}/o.jsonl.xz"], "| xz > o.jsonl.xz"),
     ],
 )
 def test_bad_parquet_and_kept_column_options(
