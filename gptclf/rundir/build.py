@@ -213,7 +213,11 @@ def check_out(out: Path, *, force: bool, resume: bool) -> None:
     if resume:
         if not interrupted:
             done = (out / INFO_FILE).is_file()
-            what = "that run has finished" if done else f"{work} holds no {CHECKPOINT_NAME}"
+            what = (
+                "that run has finished"
+                if done
+                else f"{work} holds no {CHECKPOINT_NAME} (the whole command with --resume starts the run)"
+            )
             raise BadInputError(f"nothing to resume for {out}: {what}")
         return
     if interrupted and not force:

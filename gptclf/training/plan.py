@@ -208,19 +208,15 @@ def starts_afresh(out: Path, settings: FinetuneSettings) -> bool:
     scheduler that always passes --resume) and a command that names the run to make (options
     beyond where and how it runs): the run starts from the beginning, as predict's job does.
     ``--out RUN --resume`` alone keeps its refusal: it names no run to start."""
-    return (
-        settings.resume
-        and bool(settings.given - RESUME_CHANGEABLE - {"force"})
-        and nothing_to_resume(out)
-    )
+    return settings.resume and bool(settings.given - RESUME_CHANGEABLE - {"force"}) and nothing_to_resume(out)
 
 
-def started_afresh_note(out: Path) -> str:
-    """The note of a ``--resume`` that :func:`starts_afresh`."""
-    return (
-        f"gptclf: nothing to resume for {out} ({work_dir(out)} holds no {CHECKPOINT_NAME}): "
-        "starting the run from the beginning"
-    )
+def started_afresh_note(out: Path, what: str = "run") -> str:
+    """The note of a ``--resume`` that :func:`starts_afresh` (``what``: a run, or tune's search)."""
+    work = work_dir(out)
+    saved = CHECKPOINT_NAME if what == "run" else "search"
+    held = f"{work} holds no {saved}" if work.is_dir() else "none was saved"
+    return f"gptclf: nothing to resume for {out} ({held}): starting the {what} from the beginning"
 
 
 def check_launch(settings: FinetuneSettings, devices: int) -> Path:

@@ -116,7 +116,7 @@ def tune(
     progress = progress or TrainProgress()
     out = shard.from_main(out_dir(settings.finetune))
     with InterruptGuard() as guard:
-        settings = checked_out(out, settings)
+        settings = checked_out(out, settings, progress.message if shard.is_main else None)
         space, timeout = check_settings(settings)
         _need_optuna()
         plan = make_plan(settings.finetune)  # checked by check_settings: the fixed settings plan

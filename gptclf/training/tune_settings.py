@@ -10,8 +10,10 @@ searched space and data fingerprint into the work folder when the study starts, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from gptclf.fileio import atomic_write_json
 from gptclf.options import field_problems, option
 from gptclf.rundir import check_not_a_source, check_out, work_dir
 from gptclf.rundir.layout import TUNE_DIR
-from gptclf.training.plan import RESUME_CHANGEABLE, finetune_sources, plan_problems
+from gptclf.training.plan import (
+    RESUME_CHANGEABLE,
+    finetune_sources,
+    plan_problems,
+    started_afresh_note,
+    starts_afresh,
+)
 from gptclf.training.search_space import DEFAULT_SPACE, Param, load_space, without_fixed
 from gptclf.training.settings import FinetuneSettings
 
@@ -91,8 +99,17 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def checked_out(out: Path, settings: TuneSettings) -> TuneSettings:
-    """The settings to search with (a resumed search's saved ones), once ``--out`` may be written."""
+def checked_out(out: Path, settings: TuneSettings, note: Callable[[str], None] | None = None) -> TuneSettings:
+    """The settings to search with (a resumed search's saved ones), once ``--out`` may be written.
+
+    A ``--resume`` that finds no search to continue (killed before it saved its settings) and
+    names the search to run (``--data`` and the rest) starts it, said in ``note``, as finetune does
+    (:func:`~gptclf.training.plan.starts_afresh`)."""
+    fs = settings.finetune
+    if fs.resume and not (work_dir(out) / TUNE_DIR / _SETTINGS_FILE).is_file() and starts_afresh(out, fs):
+        if note is not None:
+            note(started_afresh_note(out, "search"))
+        settings = dataclasses.replace(settings, finetune=fs.with_options({"resume": False}))
     if settings.finetune.resume:
         return _resumed(out, settings)
     check_not_a_source(out, finetune_sources(settings.finetune))
@@ -230,7 +247,12 @@ def _resumed(out: Path, given: TuneSettings) -> TuneSettings:
     path = work_dir(out) / TUNE_DIR / _SETTINGS_FILE
     if not path.is_file():
         done = (out / "run.json").is_file() and not work_dir(out).exists()
-        what = "that run has finished" if done else f"{work_dir(out)} holds no interrupted tune search"
+        what = (
+            "that run has finished"
+            if done
+            else f"{work_dir(out)} holds no interrupted tune search (the whole command with --resume "
+            "starts it)"
+        )
         raise BadInputError(f"nothing to resume for {out}: {what}")
     check_out(out, force=False, resume=True)
     try:

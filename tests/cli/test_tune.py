@@ -235,6 +235,22 @@ def test_a_trial_killed_while_drawing_runs_again_with_what_it_had_drawn(
     assert [r["status"] for r in rows].count("complete") == 3
 
 
+@needs_optuna
+def test_resume_with_no_search_to_resume_starts_the_named_search(setup: tuple[list[str], Path]) -> None:
+    """Killed before it saved its settings, a search has nothing to resume: the whole command with
+    --resume starts it (a scheduler that always resumes is not stuck); --out RUN --resume alone
+    names no search and is refused, saying what would start it."""
+    common, tmp_path = setup
+    out = tmp_path / "tuned"
+    work_dir(out).mkdir()  # what a kill in the first moments leaves: no settings.json, no journal
+    code, _, stderr = tune("--out", str(out), "--resume")
+    assert code == 2 and "no interrupted tune search (the whole command with --resume starts it)" in stderr
+    code, _, stderr = tune(*common, "--trials", "2", "--out", str(out), "--resume")
+    assert code == 0, stderr
+    assert f"nothing to resume for {out} ({work_dir(out)} holds no search): starting the search" in stderr
+    assert len(read_trials(out)) == 2 and not work_dir(out).exists()
+
+
 def _start(args: list[str]) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
