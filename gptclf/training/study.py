@@ -107,7 +107,13 @@ class Study:
             drawn = set(trial.params) >= set(sample(self.space, _Drawn(trial.params), fixed))
             self.progress.message(
                 f"trial {number} was running when the search stopped: it runs again"
-                + ("" if drawn else " with the settings it had drawn (the others are drawn anew)")
+                + (
+                    ""
+                    if drawn
+                    else " with the settings it had drawn ("
+                    + ", ".join(f"{k} {show_value(v)}" for k, v in trial.params.items())
+                    + "; the others are drawn anew)"
+                )
             )
 
     def done(self) -> int:

@@ -171,7 +171,8 @@ def _lora_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:
     shown = " and ".join(n.replace("_", "-") for n in names)
     return [
         f"--space searches {shown}, which only --trainable lora reads, but no trial trains LoRA "
-        f"(trainable {fs.trainable}): add lora to [trainable] choices with "
+        f"(trainable {'one of ' + ', '.join(map(str, trainables)) if trainables else fs.trainable}): "
+        "add lora to [trainable] choices with "
         f'when = {{ trainable = "lora" }}, or drop {shown}'
     ]
 

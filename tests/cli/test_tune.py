@@ -230,7 +230,10 @@ def test_a_trial_killed_while_drawing_runs_again_with_what_it_had_drawn(
         assert "trial 1 was starting when the search stopped: a new trial takes its place" in stderr
     else:
         assert set(seen) == {"lr"} and float(rows[2]["lr"]) == seen["lr"]  # run again with its lr
-        again = "trial 1 was running when the search stopped: it runs again with the settings it had drawn"
+        again = (
+            "trial 1 was running when the search stopped: it runs again with the settings it had drawn "
+            f"(lr {seen['lr']:.3g}; the others are drawn anew)"
+        )
         assert again in stderr
     assert [r["status"] for r in rows].count("complete") == 3
 
@@ -437,6 +440,10 @@ def test_bad_data_and_space_are_one_line(tmp_path: Path) -> None:
             "[lora-rank]\nchoices = [4, 8]\n",
             "--space searches lora-rank, which only --trainable lora reads, but no trial trains LoRA "
             "(trainable last-block)",
+        ),
+        (
+            '[trainable]\nchoices = ["head", "last-block"]\n[lora-rank]\nchoices = [4, 8]\n',
+            "but no trial trains LoRA (trainable one of head, last-block)",
         ),
         (
             '[lora-rank]\nchoices = [99999999999999999]\n[trainable]\nchoices = ["lora"]\n',
