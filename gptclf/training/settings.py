@@ -222,6 +222,23 @@ class FinetuneSettings:
             given=self.given if given is None else given,
         )
 
+    def _cache_memory_warnings(self) -> list[str]:
+        """A ``--cache-memory`` over the machine's RAM: a cache that big would be swapped or killed."""
+        if self.cache_memory is None:
+            return []
+        try:
+            asked = parse_size(self.cache_memory)
+        except BadInputError:
+            return []  # the plan says it is not a size
+        ram = total_memory()
+        if not ram or asked <= ram:
+            return []
+        return [
+            f"gptclf: warning: --cache-memory {self.cache_memory} is more than this machine's RAM "
+            f"({ram / 2**30:,.1f} GB): a cache past what RAM holds is swapped out or killed, where one "
+            "in a file trains as fast (leave --cache-memory out for the default)"
+        ]
+
     def long(self) -> LongTexts:
         """The long-texts settings, unresolved (:meth:`gptclf.data.long_texts.LongTexts.resolved`)."""
         return LongTexts(self.long_texts, self.head_tokens, self.stride, self.aggregate)
@@ -230,6 +247,7 @@ class FinetuneSettings:
         """Options that were given (flag or config file) but have no effect, one line each."""
         long = {n: self.option(n) for n in ("head_tokens", "stride", "aggregate") if n in self.given}
         warnings = unused_options(self.long_texts, long)
+        warnings += self._cache_memory_warnings()
         unused = [f"--{name.replace('_', '-')}" for name in ("lora_rank", "lora_alpha") if name in self.given]
         if not unused or self.trainable.strip() == "lora":
             return warnings

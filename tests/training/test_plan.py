@@ -101,3 +101,16 @@ def test_a_data_file_and_a_resume_without_out_are_said_as_such(tmp_path: Path) -
     with pytest.raises(BadInputError, match=r"^--resume needs --out RUN, the run to continue"):
         out_dir(build_settings({"resume": True}))
     assert out_dir(build_settings({"resume": True, "out": str(tmp_path / "run")})) == tmp_path / "run"
+
+
+def test_a_cache_memory_over_the_machines_ram_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptclf.training import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "total_memory", lambda: 24 << 30)
+    (line,) = build_settings({"cache_memory": "10TB"}).warnings()
+    assert line.startswith("gptclf: warning: --cache-memory 10TB is more than this machine's RAM (24.0 GB)")
+    assert build_settings({"cache_memory": "16GB"}).warnings() == []
+    assert build_settings({"cache_memory": "lots"}).warnings() == []  # the plan says what is wrong
+    assert build_settings({}).warnings() == []
+    monkeypatch.setattr(settings_module, "total_memory", lambda: 0)  # the OS does not say
+    assert build_settings({"cache_memory": "10TB"}).warnings() == []
