@@ -136,6 +136,11 @@ def sample(space: Sequence[Param], trial: Suggests, fixed: Mapping[str, Any]) ->
     return values
 
 
+def choices_of(space: Sequence[Param], name: str) -> tuple[Any, ...]:
+    """The values the space chooses ``name`` among (empty: it does not choose it)."""
+    return next((p.choices for p in space if p.name == name and p.choices), ())
+
+
 def without_fixed(space: Sequence[Param], fixed: frozenset[str]) -> tuple[Param, ...]:
     """``space`` less the options the user fixed on the command line or in a config file."""
     return tuple(p for p in space if p.name not in fixed)

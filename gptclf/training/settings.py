@@ -244,7 +244,8 @@ class FinetuneSettings:
         return LongTexts(self.long_texts, self.head_tokens, self.stride, self.aggregate)
 
     def warnings(self) -> list[str]:
-        """Options that were given (flag or config file) but have no effect, one line each."""
+        """Options that were given (flag or config file) but have no effect, or ask for more RAM
+        than the machine has, one line each."""
         long = {n: self.option(n) for n in ("head_tokens", "stride", "aggregate") if n in self.given}
         warnings = unused_options(self.long_texts, long)
         warnings += self._cache_memory_warnings()

@@ -104,7 +104,7 @@ class Study:
                                       "takes its place")  # fmt: skip
                 continue
             self.study.enqueue_trial(trial.params, user_attrs={"rerun_of": number})
-            drawn = set(trial.params) >= set(sample(self.space, _Drawn(trial.params), fixed))
+            drawn = _drew_all(self.space, trial.params, fixed)
             self.progress.message(
                 f"trial {number} was running when the search stopped: it runs again"
                 + (
@@ -317,22 +317,15 @@ class Study:
         }
 
 
-class _Drawn:
-    """A trial's drawn settings as a sampler (:class:`~gptclf.training.search_space.Suggests`):
-    :func:`sample` over it names the options the trial draws given them (those whose condition
-    holds); one it had not drawn yet reads as None."""
+def _drew_all(space: Sequence[Param], params: dict[str, Any], fixed: dict[str, Any]) -> bool:
+    """Whether ``params`` hold every option a trial draws given them (those whose condition holds)."""
+    import optuna
 
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.params.get(name)
-
-    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> Any:
-        return self.params.get(name)
-
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> Any:
-        return self.params.get(name)
+    try:
+        sample(space, optuna.trial.FixedTrial(params), fixed)
+    except ValueError:  # FixedTrial: a parameter it was not given
+        return False
+    return True
 
 
 class _Stopped(Exception):

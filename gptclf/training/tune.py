@@ -42,7 +42,7 @@ from gptclf.training.context import FinetuneResult, RunContext
 from gptclf.training.finetune import fetch_artefacts
 from gptclf.training.plan import RunPlan, make_plan, out_dir
 from gptclf.training.run import bytes_needed, check_space, run_classes, train_run
-from gptclf.training.search_space import Param
+from gptclf.training.search_space import Param, choices_of
 from gptclf.training.settings import FinetuneSettings
 from gptclf.training.study import Study, best_dict, show_value
 from gptclf.training.trials import TrialRunner, no_validation
@@ -265,7 +265,7 @@ def base_cut(space: Sequence[Param], fixed: FinetuneSettings, n_layer: int) -> i
 
     The cuts are those of the trainable scopes the space samples (or the one ``--trainable``
     fixes); ``all`` and ``lora`` have none."""
-    choices = next((p.choices for p in space if p.name == "trainable" and p.choices), (fixed.trainable,))
+    choices = choices_of(space, "trainable") or (fixed.trainable,)
     scopes = [parse_scope(str(choice)) for choice in choices]
     cuts = {n_layer - s.trainable_blocks(n_layer) for s in scopes if not s.problems(n_layer)} - {0}
     return min(cuts) if len(cuts) > 1 else 0

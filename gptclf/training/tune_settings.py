@@ -30,7 +30,7 @@ from gptclf.training.plan import (
     started_afresh_note,
     starts_afresh,
 )
-from gptclf.training.search_space import DEFAULT_SPACE, Param, load_space, without_fixed
+from gptclf.training.search_space import DEFAULT_SPACE, Param, choices_of, load_space, without_fixed
 from gptclf.training.settings import FinetuneSettings
 
 #: ``--metric`` -> the finetune ``--monitor`` that keeps the weights best at it, and its history column.
@@ -162,7 +162,7 @@ def check_settings(settings: TuneSettings) -> tuple[tuple[Param, ...], float | N
 def _lora_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]:
     """LoRA's options searched where no trial trains LoRA: every value would train the same
     model (finetune only warns of a flag it ignores; a search would spend its trials on it)."""
-    trainables = next((p.choices for p in space if p.name == "trainable" and p.choices), ())
+    trainables = choices_of(space, "trainable")
     if "lora" in trainables or (not trainables and fs.trainable.strip() == "lora"):
         return []
     names = [p.name for p in space if p.name in _LORA_OPTIONS]
@@ -184,7 +184,7 @@ def _model_problems(fs: FinetuneSettings, space: tuple[Param, ...]) -> list[str]
     option has some value is checked with that value; LoRA's own options with LoRA, where the
     space can choose it."""
     problems = []
-    trainables = next((p.choices for p in space if p.name == "trainable" and p.choices), ())
+    trainables = choices_of(space, "trainable")
     for param in space:
         context: dict[str, Any] = {}
         if param.when is not None:
