@@ -118,8 +118,8 @@ def predict(
         None,
         "--format",
         "-f",
-        help="jsonl, csv, tsv, parquet (with --output) or table (default: parquet for --output *.parquet, "
-        "table on a terminal, else jsonl).",
+        help="jsonl, csv, tsv, parquet (with --output) or table (default: what --output's name says, "
+        "*.jsonl/.csv/.tsv/.parquet; else table on a terminal, jsonl otherwise).",
     ),
     keep_columns: str | None = typer.Option(
         None, "--keep-columns", help="Input columns to copy into each result, comma-separated (a,b)."
@@ -174,8 +174,8 @@ def predict(
             f"--format {fmt} but --output {output} is named as {named}: name the file for what it "
             f"holds (e.g. {output.with_suffix(suffix).name}) or drop --format"
         )
-    if fmt is None and named == "parquet":
-        fmt = "parquet"
+    if fmt is None and named is not None:  # the name says it (JSONL into a .csv file read back as CSV fails)
+        fmt = named
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() and output is None else "jsonl"
     if fmt not in FORMATS:
@@ -242,8 +242,8 @@ def predict(
     _say_long(predictor)
 
 
-#: Output names that say their format: --format must agree (CSV text in a .parquet file reads as
-#: a damaged Parquet file later).
+#: Output names that say their format: it is the default, and --format must agree (CSV text in a
+#: .parquet file reads as a damaged Parquet file later).
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 #: Output names of compressed data, which predict does not write (it reads them).
 _COMPRESSED = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}

@@ -725,3 +725,16 @@ def test_a_bad_input_file_is_one_line_before_any_progress(
     code, stdout, err = invoke(str(run_dir), "--input", str(source), *args, *out)
     assert code == 2 and err.startswith("gptclf: error:") and len(err.strip().splitlines()) == 1, err
     assert stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize(("name", "first"), [("o.csv", "id,text,label,"), ("o.TSV", "id\ttext\tlabel\t"),
+                                              ("o.jsonl", '{"id": 0,'), ("o.txt", '{"id": 0,')])  # fmt: skip
+def test_without_format_the_outputs_name_says_it(
+    run_dir: Path, tmp_path: Path, name: str, first: str
+) -> None:
+    """`--output o.csv` writes CSV (it wrote JSONL into a .csv file, which read back as CSV fails);
+    a name that says no format keeps the JSONL default off a terminal."""
+    out = tmp_path / name
+    code, _, err = invoke(str(run_dir), "win cash now", "see you at lunch", "--output", str(out))
+    assert code == 0, err
+    assert out.read_text(encoding="utf-8").startswith(first)
